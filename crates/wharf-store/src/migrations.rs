@@ -1,0 +1,80 @@
+//! The ordered schema migrations. Each entry moves the schema from version `i` to `i + 1`;
+//! `PRAGMA user_version` records how far a database has come. Never edit a released entry:
+//! append a new one.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: images. Blobs live on disk, content-addressed; these tables say which repository
+    // holds which blob and manifest, and where each tag points.
+    "CREATE TABLE repo_blobs (
+         repo TEXT NOT NULL,
+         digest TEXT NOT NULL,
+         PRIMARY KEY (repo, digest)
+     );
+     CREATE INDEX repo_blobs_digest ON repo_blobs (digest);
+     CREATE TABLE manifests (
+         repo TEXT NOT NULL,
+         digest TEXT NOT NULL,
+         media_type TEXT NOT NULL,
+         size INTEGER NOT NULL,
+         created_at INTEGER NOT NULL,
+         PRIMARY KEY (repo, digest)
+     );
+     CREATE INDEX manifests_digest ON manifests (digest);
+     CREATE TABLE manifest_refs (
+         parent TEXT NOT NULL,
+         child TEXT NOT NULL,
+         PRIMARY KEY (parent, child)
+     );
+     CREATE TABLE tags (
+         repo TEXT NOT NULL,
+         tag TEXT NOT NULL,
+         digest TEXT NOT NULL,
+         updated_at INTEGER NOT NULL,
+         PRIMARY KEY (repo, tag)
+     );
+     CREATE TABLE uploads (
+         id TEXT PRIMARY KEY,
+         repo TEXT NOT NULL,
+         started_at INTEGER NOT NULL
+     );",
+    // 2: principals. The owner credential created on first start; IAM adds more later.
+    "CREATE TABLE principals (
+         name TEXT PRIMARY KEY,
+         token_sha256 TEXT NOT NULL UNIQUE,
+         role TEXT NOT NULL,
+         created_at INTEGER NOT NULL
+     );",
+];
+
+pub(crate) fn latest_version() -> i64 {
+    i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn apply(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+    if current > latest_version() {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_owned(),
+            found: current,
+            known: latest_version(),
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(current).unwrap_or(0)) {
+        let version = i64::try_from(index).unwrap_or(i64::MAX) + 1;
+        let fail = |source| StoreError::Migration { version, source };
+        let tx = conn.transaction().map_err(fail)?;
+        tx.execute_batch(sql).map_err(fail)?;
+        tx.pragma_update(None, "user_version", version).map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        tracing::info!(version, "applied state database migration");
+    }
+    Ok(())
+}
