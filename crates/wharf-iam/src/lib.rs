@@ -1,1 +1,172 @@
-//! placeholder
+//! Identity and access: who is calling Wharf, and (as IAM grows) what they may do.
+//!
+//! Every API and registry request passes through [`Iam::authenticate`], the single place
+//! where credentials are checked. Today there is one principal, the owner, whose token
+//! `wharf server` creates on first start in `<data-dir>/owner.token` (mode 0600, root only);
+//! the database keeps only its SHA-256. Policies and service identities plug in here later.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+use wharf_store::Store;
+use wharf_store::rusqlite::{OptionalExtension, params};
+
+/// The file, inside the data directory, holding the owner's token.
+pub const OWNER_TOKEN_FILE: &str = "owner.token";
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub role: String,
+}
+
+/// Why a request was not authenticated. Both variants are 401s; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("request has no credentials: send 'Authorization: Bearer <token>' (the owner token is in <data-dir>/owner.token, or set WHARF_TOKEN)")]
+    Missing,
+    #[error("request credentials are not valid: {0}")]
+    Invalid(&'static str),
+    #[error("credential check failed")]
+    Store(#[from] wharf_store::StoreError),
+}
+
+/// Failure to set up credentials at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum IamError {
+    #[error("{op} {path} failed")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] wharf_store::StoreError),
+}
+
+#[derive(Debug, Clone)]
+pub struct Iam {
+    db: Store,
+}
+
+impl Iam {
+    /// Opens IAM, creating the owner credential in `data_dir` if it does not exist yet.
+    /// An existing `owner.token` file is authoritative: its hash is (re)recorded.
+    pub fn open(db: Store, data_dir: &Path) -> Result<Iam, IamError> {
+        let path = data_dir.join(OWNER_TOKEN_FILE);
+        let io = |op, source| IamError::Io { op, path: path.clone(), source };
+        let token = match fs::read_to_string(&path) {
+            Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
+            Ok(_) => write_new_token(&path).map_err(|e| io("write", e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_new_token(&path).map_err(|e| io("write", e))?
+            }
+            Err(e) => return Err(io("read", e)),
+        };
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod", e))?;
+        let hash = token_hash(&token);
+        db.write(|tx| {
+            tx.execute(
+                "INSERT INTO principals (name, token_sha256, role, created_at) VALUES ('owner', ?1, 'owner', ?2)
+                 ON CONFLICT (name) DO UPDATE SET token_sha256 = excluded.token_sha256",
+                params![hash, wharf_store::unix_now()],
+            )
+            .map_err(wharf_store::StoreError::Query)
+        })?;
+        Ok(Iam { db })
+    }
+
+    /// Checks an `Authorization` header value: `Bearer <token>`, or `Basic` with the token as
+    /// the password (any user name), which is what `docker login` and `skopeo --creds` send.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        let header = authorization.map(str::trim).filter(|h| !h.is_empty()).ok_or(AuthError::Missing)?;
+        let (scheme, value) = header.split_once(' ').ok_or(AuthError::Invalid("malformed Authorization header"))?;
+        let token = if scheme.eq_ignore_ascii_case("bearer") {
+            value.trim().to_owned()
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(value.trim())
+                .map_err(|_| AuthError::Invalid("Basic credentials are not base64"))?;
+            let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Invalid("Basic credentials are not UTF-8"))?;
+            let (_, password) =
+                decoded.split_once(':').ok_or(AuthError::Invalid("Basic credentials must be user:token"))?;
+            password.to_owned()
+        } else {
+            return Err(AuthError::Invalid("unsupported scheme; use Bearer or Basic"));
+        };
+        let hash = token_hash(&token);
+        let found = self.db.read(|c| {
+            c.query_row("SELECT name, role FROM principals WHERE token_sha256 = ?1", [hash], |r| {
+                Ok(Principal { name: r.get(0)?, role: r.get(1)? })
+            })
+            .optional()
+        })?;
+        found.ok_or(AuthError::Invalid("unknown token"))
+    }
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Mints a random token and writes it to `path` (mode 0600, written under a temporary name
+/// and renamed so no reader sees a partial token).
+fn write_new_token(path: &Path) -> std::io::Result<String> {
+    let mut random = [0u8; 24];
+    fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    let token = format!("wharf_{}", hex::encode(random));
+    let staged = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&staged)?;
+    file.write_all(token.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    fs::rename(&staged, path)?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Iam, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Store::open(&dir.path().join("state.db")).unwrap();
+        let iam = Iam::open(db, dir.path()).unwrap();
+        let token = fs::read_to_string(dir.path().join(OWNER_TOKEN_FILE)).unwrap().trim().to_owned();
+        (dir, iam, token)
+    }
+
+    #[test]
+    fn owner_token_is_private_and_stable() {
+        let (dir, _, token) = setup();
+        let mode = fs::metadata(dir.path().join(OWNER_TOKEN_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let db = Store::open(&dir.path().join("state.db")).unwrap();
+        let iam = Iam::open(db, dir.path()).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join(OWNER_TOKEN_FILE)).unwrap().trim(), token);
+        assert_eq!(iam.authenticate(Some(&format!("Bearer {token}"))).unwrap().name, "owner");
+    }
+
+    #[test]
+    fn accepts_bearer_and_basic() {
+        let (_dir, iam, token) = setup();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("anyone:{token}"));
+        assert_eq!(iam.authenticate(Some(&format!("Basic {basic}"))).unwrap().role, "owner");
+        assert_eq!(iam.authenticate(Some(&format!("bearer {token}"))).unwrap().role, "owner");
+    }
+
+    #[test]
+    fn rejects_missing_and_wrong_credentials() {
+        let (_dir, iam, _) = setup();
+        assert!(matches!(iam.authenticate(None), Err(AuthError::Missing)));
+        assert!(matches!(iam.authenticate(Some("Bearer wharf_nope")), Err(AuthError::Invalid("unknown token"))));
+        assert!(matches!(iam.authenticate(Some("Digest x")), Err(AuthError::Invalid(_))));
+        assert!(matches!(iam.authenticate(Some("Basic !!!")), Err(AuthError::Invalid(_))));
+    }
+}

@@ -1,2 +1,216 @@
-//! placeholder
-fn main() {}
+//! `wharf-testapp`: the HTTP app inside Wharf's test image, in the role of Knative's test
+//! images. It listens on `$PORT` (default 8080) and offers one endpoint per behaviour a test
+//! needs to provoke or observe:
+//!
+//! | path | effect |
+//! |---|---|
+//! | `/` | `Hello from <K_REVISION>!` |
+//! | `/env` | the environment as a JSON object |
+//! | `/headers` | the request headers as a JSON object |
+//! | `/sleep?ms=N` | answers after N ms |
+//! | `/cpu?ms=N` | burns CPU for N ms of wall time, reports iterations done |
+//! | `/alloc?mib=N` | allocates and touches N MiB, kept until exit |
+//! | `/exit?code=N` | exits with code N |
+//! | `/status?code=N` | answers with status N |
+//! | `/stream?chunks=N&ms=M` | N chunks, M ms apart |
+//! | `/echo` (POST) | streams the request body back |
+//! | `/ws` | WebSocket echo |
+//! | `/log?message=M&severity=S&stream=stdout\|stderr&json=1` | writes a log line |
+//! | `/file?path=P` | GET reads P, PUT writes the body to P |
+//!
+//! On SIGTERM it logs `testapp: received SIGTERM, exiting` and exits 0.
+//! With `TESTAPP_NO_LISTEN=1` it never listens (to test startup failures).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, Request};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use futures::StreamExt as _;
+
+/// Memory handed out by `/alloc`, kept so it stays charged to the container.
+static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+type Params = Query<HashMap<String, String>>;
+
+fn param<T: std::str::FromStr>(q: &HashMap<String, String>, key: &str, default: T) -> T {
+    q.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
+    tokio::spawn(async {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+        term.recv().await;
+        println!("testapp: received SIGTERM, exiting");
+        std::process::exit(0);
+    });
+    if std::env::var("TESTAPP_NO_LISTEN").is_ok_and(|v| v == "1") {
+        println!("testapp: TESTAPP_NO_LISTEN set, not listening");
+        std::future::pending::<()>().await;
+    }
+    let app = Router::new()
+        .route("/", get(hello))
+        .route("/env", get(env))
+        .route("/headers", get(headers))
+        .route("/sleep", get(sleep))
+        .route("/cpu", get(cpu))
+        .route("/alloc", get(alloc))
+        .route("/exit", get(exit))
+        .route("/status", get(status))
+        .route("/stream", get(stream))
+        .route("/echo", any(echo))
+        .route("/ws", get(ws))
+        .route("/log", get(log))
+        .route("/file", get(read_file).put(write_file));
+    let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("testapp: cannot listen on port {port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("testapp: listening on port {port}");
+    if let Err(e) = axum::serve(listener, app).await {
+        eprintln!("testapp: server failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn hello() -> String {
+    format!("Hello from {}!\n", std::env::var("K_REVISION").unwrap_or_else(|_| "unknown".into()))
+}
+
+async fn env() -> impl IntoResponse {
+    axum::Json(std::env::vars().collect::<HashMap<_, _>>())
+}
+
+async fn headers(headers: HeaderMap) -> impl IntoResponse {
+    let map: HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    axum::Json(map)
+}
+
+async fn sleep(Query(q): Params) -> String {
+    let ms: u64 = param(&q, "ms", 0);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("slept {ms} ms\n")
+}
+
+async fn cpu(Query(q): Params) -> String {
+    let ms: u64 = param(&q, "ms", 100);
+    let (iterations, elapsed) = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut x: u64 = 1;
+        let mut iterations: u64 = 0;
+        while start.elapsed() < Duration::from_millis(ms) {
+            for _ in 0..10_000 {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            }
+            iterations += 1;
+        }
+        std::hint::black_box(x);
+        (iterations, start.elapsed())
+    })
+    .await
+    .unwrap_or_default();
+    format!("burned {} ms, {iterations} iterations\n", elapsed.as_millis())
+}
+
+async fn alloc(Query(q): Params) -> String {
+    let mib: usize = param(&q, "mib", 1);
+    for _ in 0..mib {
+        // Touch every page so the memory is really charged.
+        HELD.lock().unwrap_or_else(|p| p.into_inner()).push(vec![1u8; 1 << 20]);
+    }
+    format!("allocated {mib} MiB\n")
+}
+
+async fn exit(Query(q): Params) -> String {
+    let code: i32 = param(&q, "code", 0);
+    println!("testapp: exiting with code {code}");
+    std::process::exit(code);
+}
+
+async fn status(Query(q): Params) -> Response {
+    let code: u16 = param(&q, "code", 200);
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, format!("status {code}\n")).into_response()
+}
+
+async fn stream(Query(q): Params) -> Response {
+    let chunks: usize = param(&q, "chunks", 5);
+    let ms: u64 = param(&q, "ms", 100);
+    let body = futures::stream::unfold(0usize, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Some((Ok::<_, std::io::Error>(format!("chunk {i}\n")), i + 1))
+    });
+    Body::from_stream(body).into_response()
+}
+
+async fn echo(request: Request) -> Response {
+    Body::from_stream(request.into_body().into_data_stream()).into_response()
+}
+
+async fn ws(upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(|mut socket: WebSocket| async move {
+        while let Some(Ok(message)) = socket.next().await {
+            let reply = match message {
+                Message::Text(t) => Message::Text(t),
+                Message::Binary(b) => Message::Binary(b),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if socket.send(reply).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+async fn log(Query(q): Params) -> String {
+    let message = q.get("message").cloned().unwrap_or_else(|| "hello log".into());
+    let line = if q.get("json").is_some_and(|v| v == "1") {
+        let severity = q.get("severity").cloned().unwrap_or_else(|| "INFO".into());
+        serde_json::json!({"severity": severity, "message": message}).to_string()
+    } else {
+        message
+    };
+    if q.get("stream").is_some_and(|s| s == "stderr") {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+    "logged\n".into()
+}
+
+async fn read_file(Query(q): Params) -> Response {
+    let Some(path) = q.get("path") else { return (StatusCode::BAD_REQUEST, "path= required\n").into_response() };
+    match tokio::fs::read(path).await {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn write_file(Query(q): Params, body: axum::body::Bytes) -> Response {
+    let Some(path) = q.get("path") else { return (StatusCode::BAD_REQUEST, "path= required\n").into_response() };
+    match tokio::fs::write(path, &body).await {
+        Ok(()) => (StatusCode::CREATED, format!("wrote {} bytes\n", body.len())).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}

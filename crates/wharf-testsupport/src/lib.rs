@@ -1,1 +1,28 @@
-//! placeholder
+//! Test support for Wharf's end-to-end tests and benchmarks:
+//! - [`image`]: builds the testapp binary and packages it as a multi-layer OCI image layout,
+//!   with no network access;
+//! - [`server`]: starts a real `wharf server` on free ports in a temporary data directory and
+//!   stops it (even when a test fails);
+//! - [`wait_until`]: waits for a condition with a deadline, instead of sleeping.
+
+pub mod image;
+pub mod server;
+
+use std::time::{Duration, Instant};
+
+pub use image::{TestImage, testapp_image};
+pub use server::WharfServer;
+
+/// Polls `condition` every 20 ms until it returns `Some`, failing after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

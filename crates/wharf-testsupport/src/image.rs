@@ -1,0 +1,192 @@
+//! The testapp image: the `wharf-testapp` binary plus the shared libraries it links, written
+//! as an OCI image layout directory with three layers (libraries, app, etc files) so tests
+//! exercise multi-layer images.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{Context as _, bail};
+use wharf_image::Digest;
+use wharf_image::manifest::{OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST};
+
+/// An OCI image layout on disk.
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    pub layout: PathBuf,
+    pub tag: String,
+    pub manifest_digest: Digest,
+    pub layers: Vec<Digest>,
+}
+
+/// Path of the `wharf-testapp` binary, built (once per process) with the same profile as the
+/// running test. Set `WHARF_TESTAPP` to use a prebuilt binary instead.
+pub fn testapp_binary() -> anyhow::Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| build_testapp().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_testapp() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WHARF_TESTAPP") {
+        return Ok(PathBuf::from(path));
+    }
+    // Test binaries live in target/<profile>/deps/.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("cannot locate the target directory")?;
+    let profile = profile_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "wharf-testapp", "--bin", "wharf-testapp"]);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        cmd.arg("--target-dir").arg(target_dir);
+    }
+    let status = cmd.status().context("cannot run cargo to build wharf-testapp")?;
+    if !status.success() {
+        bail!("building wharf-testapp failed: {status}");
+    }
+    let binary = profile_dir.join("wharf-testapp");
+    if !binary.exists() {
+        bail!("built wharf-testapp, but {} does not exist", binary.display());
+    }
+    Ok(binary)
+}
+
+/// Writes the testapp image into `dir` (an OCI layout) and returns where it is.
+pub fn testapp_image(dir: &Path, tag: &str) -> anyhow::Result<TestImage> {
+    let binary = testapp_binary()?;
+    let layout = dir.join("testapp-oci");
+    let blobs = layout.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs)?;
+    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+
+    let mut layers = Vec::new();
+    layers.push(layer(&blobs, |b| {
+        for lib in shared_libraries(&binary)? {
+            let inside = lib.strip_prefix("/").unwrap_or(&lib).to_owned();
+            let real = std::fs::canonicalize(&lib)?;
+            append_file(b, &inside, &std::fs::read(real)?, 0o755)?;
+        }
+        Ok(())
+    })?);
+    layers.push(layer(&blobs, |b| append_file(b, Path::new("app/testapp"), &std::fs::read(&binary)?, 0o755))?);
+    layers.push(layer(&blobs, |b| {
+        append_file(b, Path::new("etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n", 0o644)?;
+        append_file(b, Path::new("etc/group"), b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
+        append_dir(b, Path::new("tmp"), 0o1777)?;
+        Ok(())
+    })?);
+
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": ["/app/testapp"],
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "WorkingDir": "/",
+            "ExposedPorts": {"8080/tcp": {}}
+        },
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config_bytes = serde_json::to_vec(&config)?;
+    let config_digest = write_blob(&blobs, &config_bytes)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_bytes.len()},
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": OCI_LAYER_GZIP, "digest": l.digest, "size": l.size
+        })).collect::<Vec<_>>(),
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest)?;
+    let manifest_digest = write_blob(&blobs, &manifest_bytes)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST, "digest": manifest_digest, "size": manifest_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag}
+        }],
+    });
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
+    Ok(TestImage { layout, tag: tag.to_owned(), manifest_digest, layers: layers.into_iter().map(|l| l.digest).collect() })
+}
+
+struct Layer {
+    digest: Digest,
+    diff_id: Digest,
+    size: usize,
+}
+
+fn layer(blobs: &Path, fill: impl FnOnce(&mut tar::Builder<Vec<u8>>) -> anyhow::Result<()>) -> anyhow::Result<Layer> {
+    let mut builder = tar::Builder::new(Vec::new());
+    fill(&mut builder)?;
+    let tar_bytes = builder.into_inner()?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar_bytes)?;
+    let gz = gz.finish()?;
+    let digest = write_blob(blobs, &gz)?;
+    Ok(Layer { digest, diff_id: Digest::of(&tar_bytes), size: gz.len() })
+}
+
+fn write_blob(blobs: &Path, bytes: &[u8]) -> anyhow::Result<Digest> {
+    let digest = Digest::of(bytes);
+    std::fs::write(blobs.join(digest.hex()), bytes)?;
+    Ok(digest)
+}
+
+fn append_dirs_above(b: &mut tar::Builder<Vec<u8>>, path: &Path) -> anyhow::Result<()> {
+    let mut ancestors: Vec<&Path> = path.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()).collect();
+    ancestors.reverse();
+    for dir in ancestors {
+        append_dir(b, dir, 0o755)?;
+    }
+    Ok(())
+}
+
+fn append_dir(b: &mut tar::Builder<Vec<u8>>, path: &Path, mode: u32) -> anyhow::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(mode);
+    header.set_size(0);
+    header.set_mtime(0);
+    b.append_data(&mut header, path, std::io::empty())?;
+    Ok(())
+}
+
+fn append_file(b: &mut tar::Builder<Vec<u8>>, path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    append_dirs_above(b, path)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(mode);
+    header.set_size(data.len() as u64);
+    header.set_mtime(0);
+    b.append_data(&mut header, path, data)?;
+    Ok(())
+}
+
+/// The libraries `ldd` says `binary` loads, by the paths the dynamic loader will look for.
+fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let output = Command::new("ldd").arg(binary).output().context("cannot run ldd")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains("not a dynamic executable") || text.contains("statically linked") {
+        return Ok(Vec::new());
+    }
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}

@@ -1,0 +1,182 @@
+//! The admin API on `--api-addr`. Every request is authenticated first, in one middleware;
+//! errors are rendered once, in [`ApiError`], as Google APIs render them
+//! (`{"error": {"code", "message", "status"}}`).
+//!
+//! Today it serves Wharf's own image endpoints under `/wharf/v1/images`; the Cloud Run v2
+//! resources (`/v2/projects/...`) join it with the services work.
+
+use axum::extract::{Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use wharf_iam::AuthError;
+use wharf_image::ImageError;
+use wharf_image::content::ImageSummary;
+
+use super::Platform;
+
+/// An API failure, classified into an HTTP status and a Google API error status once.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl ApiError {
+    fn classify(&self) -> (StatusCode, &'static str) {
+        use ImageError as I;
+        match self {
+            ApiError::Auth(AuthError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+            ApiError::Auth(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            ApiError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            ApiError::Image(e) => match e {
+                I::BlobUnknown { .. } | I::ManifestUnknown { .. } | I::NameUnknown(_) => {
+                    (StatusCode::NOT_FOUND, "NOT_FOUND")
+                }
+                I::DigestMismatch { .. }
+                | I::DigestInvalid(_)
+                | I::ManifestInvalid(_)
+                | I::ManifestBlobUnknown { .. }
+                | I::NameInvalid(_)
+                | I::TagInvalid(_)
+                | I::ReferenceInvalid(_)
+                | I::UnsafeLayer { .. } => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+                I::Pull { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+                I::UploadUnknown(_) | I::UploadOutOfOrder { .. } => (StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
+                I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL")
+                }
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, name) = self.classify();
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = ?self, "API request failed");
+            "Internal error; see the wharf server log.".to_owned()
+        } else {
+            self.to_string()
+        };
+        let body = serde_json::json!({"error": {"code": status.as_u16(), "message": message, "status": name}});
+        (status, Json(body)).into_response()
+    }
+}
+
+pub fn router(platform: Platform) -> Router {
+    Router::new()
+        .route("/wharf/v1/images", get(list_images).delete(delete_image))
+        .route("/wharf/v1/images:pull", post(pull_image))
+        .fallback(|request: Request| async move {
+            ApiError::NotFound(format!("{} {} is not an API method", request.method(), request.uri().path()))
+        })
+        .layer(middleware::from_fn_with_state(platform.clone(), authenticate))
+        .with_state(platform)
+}
+
+/// The one place every API request is authenticated.
+async fn authenticate(State(platform): State<Platform>, request: Request, next: Next) -> Response {
+    let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match platform.iam.authenticate(header) {
+        Ok(_principal) => next.run(request).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ImageList {
+    images: Vec<ImageSummary>,
+}
+
+async fn list_images(State(platform): State<Platform>) -> Result<Json<ImageList>, ApiError> {
+    Ok(Json(ImageList { images: platform.images.list_images()? }))
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    image: String,
+}
+
+async fn pull_image(
+    State(platform): State<Platform>,
+    Json(request): Json<PullRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let image = platform.resolver.resolve(&request.image).await?;
+    platform.resolver.snapshots(&image).await?;
+    Ok(Json(serde_json::json!({
+        "image": request.image,
+        "repository": image.repository,
+        "digest": image.digest,
+        "layers": image.layers,
+    })))
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    reference: String,
+}
+
+/// Deletes `name:tag` (the tag) or `name@digest` (the manifest and its tags).
+async fn delete_image(
+    State(platform): State<Platform>,
+    Query(query): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    let (repo, reference) = split_local_reference(&query.reference)?;
+    platform.images.delete_manifest(&repo, &reference)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Splits `[host:port/]name(:tag|@digest)` into the local repository and the tag or digest.
+/// A leading registry host is dropped: this API addresses Wharf's own registry.
+pub fn split_local_reference(input: &str) -> Result<(String, String), ApiError> {
+    let bad = |why: &str| ApiError::InvalidArgument(format!("image reference {input:?} {why}"));
+    let (name, reference) = if let Some((name, digest)) = input.split_once('@') {
+        (name, digest.to_owned())
+    } else {
+        let slash = input.rfind('/').map_or(0, |i| i + 1);
+        match input[slash..].rfind(':') {
+            Some(i) => (&input[..slash + i], input[slash + i + 1..].to_owned()),
+            None => return Err(bad("needs a :tag or @digest")),
+        }
+    };
+    let name = match name.split_once('/') {
+        Some((first, rest)) if first.contains(':') || first.contains('.') || first == "localhost" => rest,
+        _ => name,
+    };
+    wharf_image::reference::validate_repository(name).map_err(ApiError::InvalidArgument)?;
+    Ok((name.to_owned(), reference))
+}
+
+/// The ingress listener's service until the ingress router lands: every host is unknown.
+pub fn ingress_placeholder() -> Router {
+    Router::new().fallback(|| async {
+        (StatusCode::NOT_FOUND, "Error: Page not found. The requested URL was not found on this server.\n")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_references() {
+        let split = |s| split_local_reference(s).map_err(|e| e.to_string());
+        assert_eq!(split("hello:v1"), Ok(("hello".into(), "v1".into())));
+        assert_eq!(split("127.0.0.1:5000/team/app:v2"), Ok(("team/app".into(), "v2".into())));
+        assert_eq!(split("app@sha256:abc"), Ok(("app".into(), "sha256:abc".into())));
+        assert!(split("hello").is_err());
+        assert!(split("Bad:v1").is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! `wharf server`: wires the platform's components together and serves them.
+//!
+//! Start-up opens the state database (applying migrations), the owner credential, the image
+//! store and snapshot store, binds the three listeners (port 0 allowed), writes the bound
+//! addresses to `<data-dir>/server.json` for the CLI and tests, then serves until SIGINT or
+//! SIGTERM, when it stops accepting, finishes in-flight requests and removes `server.json`.
+
+mod api;
+mod config;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wharf_iam::Iam;
+use wharf_image::remote::{RemoteRegistry, default_docker_config};
+use wharf_image::{ImageStore, Resolver, SnapshotStore};
+use wharf_store::Store;
+
+pub use config::{DEFAULT_DATA_DIR, ServerArgs, ServerConfig};
+
+/// The file in the data directory that tells clients where a running server listens.
+pub const SERVER_INFO_FILE: &str = "server.json";
+
+/// What `server.json` holds.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerInfo {
+    pub pid: u32,
+    pub api_addr: SocketAddr,
+    pub ingress_addr: SocketAddr,
+    pub registry_addr: SocketAddr,
+}
+
+/// Everything the API handlers share.
+#[derive(Debug, Clone)]
+pub struct Platform {
+    pub iam: Iam,
+    pub images: ImageStore,
+    pub resolver: Resolver,
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = ServerConfig::resolve(&args)?;
+    let data_dir = &config.data_dir;
+    create_private_dir(data_dir)?;
+
+    let db = Store::open(&data_dir.join("state.db"))?;
+    let iam = Iam::open(db.clone(), data_dir)?;
+    let images = ImageStore::open(data_dir, db.clone())?;
+    let snapshots = Arc::new(SnapshotStore::open(&data_dir.join("snapshots"), images.blobs().clone())?);
+
+    let api_listener = bind(config.api_addr, "API").await?;
+    let ingress_listener = bind(config.ingress_addr, "ingress").await?;
+    let registry_listener = bind(config.registry_addr, "registry").await?;
+    let info = ServerInfo {
+        pid: std::process::id(),
+        api_addr: api_listener.local_addr()?,
+        ingress_addr: ingress_listener.local_addr()?,
+        registry_addr: registry_listener.local_addr()?,
+    };
+
+    let remote = Arc::new(RemoteRegistry::new(default_docker_config()));
+    let resolver = Resolver::new(images.clone(), snapshots, remote, local_registry_names(info.registry_addr));
+    let platform = Platform { iam: iam.clone(), images: images.clone(), resolver };
+
+    let shutdown = CancellationToken::new();
+    let registry = wharf_registry::router(wharf_registry::RegistryState { images, iam });
+    let servers = [
+        serve(api_listener, api::router(platform), shutdown.clone()),
+        serve(ingress_listener, api::ingress_placeholder(), shutdown.clone()),
+        serve(registry_listener, registry, shutdown.clone()),
+    ];
+    write_server_info(data_dir, &info)?;
+    tracing::info!(
+        api = %info.api_addr, ingress = %info.ingress_addr, registry = %info.registry_addr,
+        data_dir = %data_dir.display(), "wharf server ready"
+    );
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    for server in servers {
+        let _ = server.await;
+    }
+    let _ = std::fs::remove_file(data_dir.join(SERVER_INFO_FILE));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict data directory {}", dir.display()))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for the {what} on {addr} (is another wharf server running? pass --{}-addr with a free port, or port 0)", what.to_lowercase()))
+}
+
+/// Names under which users refer to this server's registry in image references.
+fn local_registry_names(addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    let mut names = vec![addr.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")];
+    names.dedup();
+    names
+}
+
+fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "listener failed");
+        }
+    })
+}
+
+fn write_server_info(data_dir: &Path, info: &ServerInfo) -> anyhow::Result<()> {
+    let path: PathBuf = data_dir.join(SERVER_INFO_FILE);
+    let staged = path.with_extension("json.tmp");
+    std::fs::write(&staged, serde_json::to_vec_pretty(info)?)
+        .with_context(|| format!("cannot write {}", staged.display()))?;
+    std::fs::rename(&staged, &path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
