@@ -26,6 +26,7 @@ pub struct WharfServer {
     data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     child: Option<Child>,
+    env: Vec<(String, String)>,
     pub addrs: Addresses,
     pub token: String,
 }
@@ -33,14 +34,20 @@ pub struct WharfServer {
 impl WharfServer {
     /// Starts `binary server` in a fresh temporary data directory.
     pub fn start(binary: &Path) -> anyhow::Result<WharfServer> {
+        WharfServer::start_with_env(binary, &[])
+    }
+
+    /// Like [`WharfServer::start`], with extra environment variables for the server process.
+    pub fn start_with_env(binary: &Path, env: &[(&str, &str)]) -> anyhow::Result<WharfServer> {
         let temp = tempfile::Builder::new().prefix("wharf-test-").tempdir()?;
         let data_dir = temp.path().to_owned();
-        let mut server = WharfServer::launch(binary, &data_dir)?;
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut server = WharfServer::launch(binary, &data_dir, env)?;
         server._temp = Some(temp);
         Ok(server)
     }
 
-    fn launch(binary: &Path, data_dir: &Path) -> anyhow::Result<WharfServer> {
+    fn launch(binary: &Path, data_dir: &Path, env: Vec<(String, String)>) -> anyhow::Result<WharfServer> {
         let _ = std::fs::remove_file(data_dir.join("server.json"));
         std::fs::create_dir_all(data_dir)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("server.log"))?;
@@ -49,6 +56,7 @@ impl WharfServer {
             .arg("--data-dir")
             .arg(data_dir)
             .env("WHARF_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -60,6 +68,7 @@ impl WharfServer {
             data_dir: data_dir.to_owned(),
             _temp: None,
             child: Some(child),
+            env,
             addrs: Addresses { pid, api_addr: String::new(), ingress_addr: String::new(), registry_addr: String::new() },
             token: String::new(),
         };
@@ -123,7 +132,7 @@ impl WharfServer {
             bail!("wharf server did not stop cleanly:\n{}", self.log());
         }
         let temp = self._temp.take();
-        let mut next = WharfServer::launch(&self.binary, &self.data_dir)?;
+        let mut next = WharfServer::launch(&self.binary, &self.data_dir, std::mem::take(&mut self.env))?;
         next._temp = temp;
         *self = next;
         Ok(())
