@@ -28,7 +28,9 @@ pub struct Principal {
 /// Why a request was not authenticated. Both variants are 401s; the message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("request has no credentials: send 'Authorization: Bearer <token>' (the owner token is in <data-dir>/owner.token, or set WHARF_TOKEN)")]
+    #[error(
+        "request has no credentials: send 'Authorization: Bearer <token>' (the owner token is in <data-dir>/owner.token, or set WHARF_TOKEN)"
+    )]
     Missing,
     #[error("request credentials are not valid: {0}")]
     Invalid(&'static str),
@@ -64,9 +66,7 @@ impl Iam {
         let token = match fs::read_to_string(&path) {
             Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
             Ok(_) => write_new_token(&path).map_err(|e| io("write", e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                write_new_token(&path).map_err(|e| io("write", e))?
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_new_token(&path).map_err(|e| io("write", e))?,
             Err(e) => return Err(io("read", e)),
         };
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod", e))?;
@@ -93,7 +93,8 @@ impl Iam {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(value.trim())
                 .map_err(|_| AuthError::Invalid("Basic credentials are not base64"))?;
-            let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Invalid("Basic credentials are not UTF-8"))?;
+            let decoded =
+                String::from_utf8(decoded).map_err(|_| AuthError::Invalid("Basic credentials are not UTF-8"))?;
             let (_, password) =
                 decoded.split_once(':').ok_or(AuthError::Invalid("Basic credentials must be user:token"))?;
             password.to_owned()

@@ -35,7 +35,8 @@ impl ImageArchive {
         }
         let dir = tempfile::tempdir().map_err(ImageError::io("create temporary directory", "/tmp"))?;
         let file = fs::File::open(path).map_err(ImageError::io("open", path))?;
-        let reader = crate::snapshot::decompress(std::io::BufReader::new(file)).map_err(ImageError::io("read", path))?;
+        let reader =
+            crate::snapshot::decompress(std::io::BufReader::new(file)).map_err(ImageError::io("read", path))?;
         // The tarball is unpacked with the same safe extraction as image layers.
         crate::snapshot::unpack_layer(reader, dir.path(), &Digest::of(path.to_string_lossy().as_bytes()))?;
         let mut archive = if dir.path().join("index.json").exists() && !dir.path().join("manifest.json").exists() {
@@ -71,9 +72,10 @@ fn read_oci_layout(dir: &Path, tag: Option<&str>) -> Result<ImageArchive, ImageE
             .map(str::to_owned)
     };
     let chosen = match tag {
-        Some(tag) => manifests.iter().find(|d| ref_name(d).as_deref() == Some(tag)).or_else(|| {
-            (manifests.len() == 1).then(|| &manifests[0])
-        }),
+        Some(tag) => manifests
+            .iter()
+            .find(|d| ref_name(d).as_deref() == Some(tag))
+            .or_else(|| (manifests.len() == 1).then(|| &manifests[0])),
         None if manifests.len() == 1 => manifests.first(),
         None => None,
     };
@@ -135,8 +137,7 @@ struct DockerArchiveEntry {
 fn read_docker_archive(dir: &Path) -> Result<ImageArchive, ImageError> {
     let manifest_path = dir.join("manifest.json");
     let text = fs::read(&manifest_path).map_err(ImageError::io("read", &manifest_path))?;
-    let entries: Vec<DockerArchiveEntry> =
-        serde_json::from_slice(&text).map_err(|e| invalid(&manifest_path, e))?;
+    let entries: Vec<DockerArchiveEntry> = serde_json::from_slice(&text).map_err(|e| invalid(&manifest_path, e))?;
     let [entry] = entries.as_slice() else {
         return Err(invalid(&manifest_path, "expected exactly one image in the archive"));
     };

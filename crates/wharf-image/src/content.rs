@@ -112,8 +112,7 @@ impl ImageStore {
             return Err(ImageError::NameUnknown(repo.to_owned()));
         }
         Ok(self.db.read(|c| {
-            let mut stmt =
-                c.prepare("SELECT tag FROM tags WHERE repo = ?1 AND tag > ?2 ORDER BY tag LIMIT ?3")?;
+            let mut stmt = c.prepare("SELECT tag FROM tags WHERE repo = ?1 AND tag > ?2 ORDER BY tag LIMIT ?3")?;
             let rows = stmt.query_map(params![repo, last.unwrap_or(""), limit(n)], |r| r.get(0))?;
             rows.collect()
         })?)
@@ -195,12 +194,7 @@ impl ImageStore {
 
     /// Opens upload `id` for appending a chunk that starts at `start` (the current offset when
     /// `None`). A chunk that does not start at the current offset is refused.
-    pub fn open_upload_for_append(
-        &self,
-        repo: &str,
-        id: &str,
-        start: Option<u64>,
-    ) -> Result<(File, u64), ImageError> {
+    pub fn open_upload_for_append(&self, repo: &str, id: &str, start: Option<u64>) -> Result<(File, u64), ImageError> {
         let offset = self.upload_offset(repo, id)?;
         if let Some(start) = start
             && start != offset
@@ -237,9 +231,8 @@ impl ImageStore {
     }
 
     fn check_upload(&self, repo: &str, id: &str) -> Result<(), ImageError> {
-        let found: Option<String> = self.db.read(|c| {
-            c.query_row("SELECT repo FROM uploads WHERE id = ?1", [id], |r| r.get(0)).optional()
-        })?;
+        let found: Option<String> =
+            self.db.read(|c| c.query_row("SELECT repo FROM uploads WHERE id = ?1", [id], |r| r.get(0)).optional())?;
         match found {
             Some(r) if r == repo => Ok(()),
             _ => Err(ImageError::UploadUnknown(id.to_owned())),
@@ -264,6 +257,23 @@ impl ImageStore {
         content_type: Option<&str>,
         bytes: &[u8],
     ) -> Result<Digest, ImageError> {
+        self.store_manifest(repo, reference, content_type, bytes, true)
+    }
+
+    /// Stores an index pulled from a remote registry, of which only the linux/amd64 image was
+    /// fetched: its other children are allowed to be absent.
+    pub(crate) fn put_pulled_index(&self, repo: &str, reference: &str, bytes: &[u8]) -> Result<Digest, ImageError> {
+        self.store_manifest(repo, reference, None, bytes, false)
+    }
+
+    fn store_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        content_type: Option<&str>,
+        bytes: &[u8],
+        require_all_children: bool,
+    ) -> Result<Digest, ImageError> {
         validate_repository(repo).map_err(ImageError::NameInvalid)?;
         let reference = ManifestRef::parse(reference)?;
         let digest = Digest::of(bytes);
@@ -279,7 +289,8 @@ impl ImageStore {
             }
             Manifest::Index { manifests, .. } => manifests.iter().map(|d| &d.digest).collect(),
         };
-        for child in &children {
+        let check_children = require_all_children || matches!(manifest, Manifest::Image { .. });
+        for child in children.iter().filter(|_| check_children) {
             if self.blob_in_repo(repo, child)?.is_none() {
                 return Err(ImageError::ManifestBlobUnknown { repo: repo.to_owned(), digest: (*child).clone() });
             }
@@ -382,7 +393,8 @@ impl ImageStore {
                                    WHERE r.child = m.digest)
                  ORDER BY m.repo, t.tag",
             )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
             rows.collect()
         })?;
         let mut images = Vec::with_capacity(rows.len());
@@ -400,11 +412,7 @@ impl ImageStore {
             let rows = stmt.query_map([manifest.as_str()], |r| r.get(0))?;
             rows.collect()
         })?;
-        Ok(children
-            .iter()
-            .filter_map(|c| c.parse::<Digest>().ok())
-            .filter_map(|d| self.blobs.size(&d))
-            .sum())
+        Ok(children.iter().filter_map(|c| c.parse::<Digest>().ok()).filter_map(|d| self.blobs.size(&d)).sum())
     }
 }
 

@@ -27,7 +27,9 @@ pub enum ImageError {
     TagInvalid(String),
     #[error("upload {0} is not known (it was finished, cancelled or never started)")]
     UploadUnknown(String),
-    #[error("chunk starts at byte {got}, but the upload has {expected} bytes; send the chunk that starts at {expected}")]
+    #[error(
+        "chunk starts at byte {got}, but the upload has {expected} bytes; send the chunk that starts at {expected}"
+    )]
     UploadOutOfOrder { expected: u64, got: u64 },
     #[error("{0}")]
     ReferenceInvalid(String),

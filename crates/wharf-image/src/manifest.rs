@@ -64,14 +64,12 @@ impl Manifest {
     /// Parses `bytes`, using the request's `Content-Type` (when one of the manifest types)
     /// and the document's own `mediaType` field, which must agree when both are present.
     pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<Manifest, String> {
-        let raw: RawManifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+        let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
         if raw.schema_version != Some(2) {
             return Err("manifest must have schemaVersion 2".to_owned());
         }
-        let header = content_type
-            .map(|c| c.split(';').next().unwrap_or(c).trim())
-            .filter(|c| MANIFEST_MEDIA_TYPES.contains(c));
+        let header =
+            content_type.map(|c| c.split(';').next().unwrap_or(c).trim()).filter(|c| MANIFEST_MEDIA_TYPES.contains(c));
         let media_type = match (header, raw.media_type.as_deref()) {
             (Some(h), Some(m)) if h != m => {
                 return Err(format!("Content-Type {h} does not match the manifest's mediaType {m}"));
@@ -92,10 +90,9 @@ impl Manifest {
                 let manifests = raw.manifests.ok_or("index has no manifests array")?;
                 Ok(Manifest::Index { media_type, manifests })
             }
-            other => Err(format!(
-                "unsupported manifest media type {other}; supported: {}",
-                MANIFEST_MEDIA_TYPES.join(", ")
-            )),
+            other => {
+                Err(format!("unsupported manifest media type {other}; supported: {}", MANIFEST_MEDIA_TYPES.join(", ")))
+            }
         }
     }
 
@@ -108,9 +105,9 @@ impl Manifest {
     /// For an index, the child manifest for linux/amd64 (the only platform Wharf runs).
     pub fn pick_linux_amd64(&self) -> Option<&Descriptor> {
         match self {
-            Manifest::Index { manifests, .. } => manifests.iter().find(|d| {
-                d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-            }),
+            Manifest::Index { manifests, .. } => manifests
+                .iter()
+                .find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64")),
             Manifest::Image { .. } => None,
         }
     }
@@ -169,11 +166,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_manifests() {
-        assert!(Manifest::parse(None, b"{").is_err());
-        assert!(Manifest::parse(None, br#"{"schemaVersion":1}"#).is_err());
+        Manifest::parse(None, b"{").unwrap_err();
+        Manifest::parse(None, br#"{"schemaVersion":1}"#).unwrap_err();
         let err = Manifest::parse(Some(OCI_INDEX), image(OCI_MANIFEST).as_bytes()).unwrap_err();
         assert!(err.contains("does not match"), "{err}");
         let no_config = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[]}}"#);
-        assert!(Manifest::parse(None, no_config.as_bytes()).is_err());
+        Manifest::parse(None, no_config.as_bytes()).unwrap_err();
     }
 }

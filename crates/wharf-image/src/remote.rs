@@ -54,24 +54,22 @@ impl RemoteRegistry {
     pub async fn pull(&self, store: &ImageStore, reference: &ImageReference) -> Result<Pulled, ImageError> {
         let fail = |reason: String| ImageError::Pull { reference: reference.to_string(), reason };
         let client = if is_loopback(&reference.registry) {
-            oci_client::Client::new(client_config(&[reference.registry.clone()]))
+            oci_client::Client::new(client_config(std::slice::from_ref(&reference.registry)))
         } else {
             self.client.clone()
         };
         let auth = self.credentials(&reference.registry);
         let repo = Self::local_repository(reference);
         let top_ref = oci_reference(reference, &reference.reference());
-        let (bytes, _) = client
-            .pull_manifest_raw(&top_ref, &auth, MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let (bytes, _) =
+            client.pull_manifest_raw(&top_ref, &auth, MANIFEST_MEDIA_TYPES).await.map_err(|e| fail(e.to_string()))?;
         let top = Digest::of(&bytes);
         if let Some(expected) = &reference.digest
             && expected != &top
         {
             return Err(fail(format!("registry returned manifest {top}, not the requested {expected}")));
         }
-        let manifest = Manifest::parse(None, &bytes).map_err(|e| fail(e))?;
+        let manifest = Manifest::parse(None, &bytes).map_err(&fail)?;
         let (image, image_bytes, image_manifest) = match &manifest {
             Manifest::Index { .. } => {
                 let child = manifest
@@ -86,7 +84,7 @@ impl RemoteRegistry {
                 if actual != child.digest {
                     return Err(ImageError::DigestMismatch { expected: child.digest.clone(), actual });
                 }
-                let parsed = Manifest::parse(None, &child_bytes).map_err(|e| fail(e))?;
+                let parsed = Manifest::parse(None, &child_bytes).map_err(&fail)?;
                 (actual, child_bytes.to_vec(), parsed)
             }
             Manifest::Image { .. } => (top.clone(), bytes.to_vec(), manifest.clone()),
@@ -103,7 +101,11 @@ impl RemoteRegistry {
         store.put_manifest(&repo, image.as_str(), None, &image_bytes)?;
         let tag = reference.tag.clone().unwrap_or_else(|| "latest".to_owned());
         let top_reference = if reference.digest.is_some() { top.to_string() } else { tag };
-        store.put_manifest(&repo, &top_reference, None, &bytes)?;
+        if top == image {
+            store.put_manifest(&repo, &top_reference, None, &bytes)?;
+        } else {
+            store.put_pulled_index(&repo, &top_reference, &bytes)?;
+        }
         Ok(Pulled { repository: repo, top, image })
     }
 
@@ -163,7 +165,11 @@ fn oci_reference(reference: &ImageReference, tag_or_digest: &str) -> oci_client:
             tag_or_digest.to_owned(),
         )
     } else {
-        oci_client::Reference::with_tag(reference.registry.clone(), reference.repository.clone(), tag_or_digest.to_owned())
+        oci_client::Reference::with_tag(
+            reference.registry.clone(),
+            reference.repository.clone(),
+            tag_or_digest.to_owned(),
+        )
     }
 }
 
@@ -228,7 +234,10 @@ mod tests {
             format!(r#"{{"auths":{{"reg.example:5000":{{"auth":"{auth}"}},"https://index.docker.io/v1/":{{"username":"bob","password":"pw"}}}}}}"#),
         )
         .unwrap();
-        assert_eq!(read_docker_credentials(&path, "reg.example:5000").unwrap(), Some(("alice".into(), "s3cret".into())));
+        assert_eq!(
+            read_docker_credentials(&path, "reg.example:5000").unwrap(),
+            Some(("alice".into(), "s3cret".into()))
+        );
         assert_eq!(read_docker_credentials(&path, "docker.io").unwrap(), Some(("bob".into(), "pw".into())));
         assert_eq!(read_docker_credentials(&path, "other.example").unwrap(), None);
     }

@@ -75,8 +75,8 @@ impl Resolver {
                     ImageError::ManifestInvalid(format!("{repository}:{reference} has no linux/amd64 image"))
                 })?;
                 let stored = self.images.get_manifest(repository, child.digest.as_str())?;
-                let parsed = Manifest::parse(Some(&stored.media_type), &stored.bytes)
-                    .map_err(ImageError::ManifestInvalid)?;
+                let parsed =
+                    Manifest::parse(Some(&stored.media_type), &stored.bytes).map_err(ImageError::ManifestInvalid)?;
                 (stored.digest, parsed)
             }
             Manifest::Image { .. } => (stored.digest, manifest),

@@ -18,9 +18,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use nix::fcntl::AtFlags;
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
 use nix::sys::time::TimeSpec;
-use nix::fcntl::AtFlags;
 use nix::unistd::{Gid, Uid, fchownat, mkfifo};
 
 use crate::blobs::BlobStore;
@@ -124,11 +124,8 @@ pub fn unpack_layer(reader: impl Read, root: &Path, layer: &Digest) -> Result<()
         source,
     })?;
     for entry in entries {
-        let mut entry = entry.map_err(|source| ImageError::Unpack {
-            layer: layer.clone(),
-            entry: String::new(),
-            source,
-        })?;
+        let mut entry =
+            entry.map_err(|source| ImageError::Unpack { layer: layer.clone(), entry: String::new(), source })?;
         let raw = entry.path().map(|p| p.into_owned()).unwrap_or_default();
         let name = raw.to_string_lossy().into_owned();
         let unsafe_entry = |reason| ImageError::UnsafeLayer { layer: layer.clone(), entry: name.clone(), reason };
@@ -159,16 +156,14 @@ pub fn unpack_layer(reader: impl Read, root: &Path, layer: &Digest) -> Result<()
         let kind = header.entry_type();
         let mode = header.mode().map_err(io_err)? & 0o7777;
         match kind {
-            tar::EntryType::Directory => {
-                match fs::symlink_metadata(&target) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        remove_existing(&target).map_err(io_err)?;
-                        fs::create_dir(&target).map_err(io_err)?;
-                    }
-                    Err(_) => fs::create_dir(&target).map_err(io_err)?,
+            tar::EntryType::Directory => match fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    remove_existing(&target).map_err(io_err)?;
+                    fs::create_dir(&target).map_err(io_err)?;
                 }
-            }
+                Err(_) => fs::create_dir(&target).map_err(io_err)?,
+            },
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 remove_existing(&target).map_err(io_err)?;
                 let mut file = OpenOptions::new()
@@ -181,12 +176,14 @@ pub fn unpack_layer(reader: impl Read, root: &Path, layer: &Digest) -> Result<()
                 io::copy(&mut entry, &mut file).map_err(io_err)?;
             }
             tar::EntryType::Symlink => {
-                let link = header.link_name().map_err(io_err)?.ok_or_else(|| unsafe_entry("symlink without a target"))?;
+                let link =
+                    header.link_name().map_err(io_err)?.ok_or_else(|| unsafe_entry("symlink without a target"))?;
                 remove_existing(&target).map_err(io_err)?;
                 std::os::unix::fs::symlink(&link, &target).map_err(io_err)?;
             }
             tar::EntryType::Link => {
-                let link = header.link_name().map_err(io_err)?.ok_or_else(|| unsafe_entry("hard link without a target"))?;
+                let link =
+                    header.link_name().map_err(io_err)?.ok_or_else(|| unsafe_entry("hard link without a target"))?;
                 let link_rel = relative_entry_path(&link).map_err(unsafe_entry)?;
                 let source = ensure_parent(root, &link_rel)
                     .map_err(|_| unsafe_entry("hard link target passes through a symlink"))?

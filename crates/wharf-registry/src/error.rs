@@ -37,12 +37,9 @@ impl RegistryError {
                 I::TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
                 I::UploadUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
                 I::UploadOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
-                I::Pull { .. }
-                | I::UnsafeLayer { .. }
-                | I::Unpack { .. }
-                | I::Io { .. }
-                | I::Task(_)
-                | I::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+                I::Pull { .. } | I::UnsafeLayer { .. } | I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
+                }
             },
             RegistryError::Auth(AuthError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             RegistryError::Auth(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
@@ -66,9 +63,7 @@ impl IntoResponse for RegistryError {
         let body = serde_json::json!({"errors": [{"code": code, "message": message, "detail": null}]});
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"wharf\""));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"wharf\""));
         }
         response
     }

@@ -13,9 +13,9 @@ use futures::StreamExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use wharf_image::{Digest, ImageError, ImageStore};
 
+use crate::RegistryState;
 use crate::error::RegistryError;
 use crate::route::Route;
-use crate::RegistryState;
 
 /// The largest manifest accepted, as in the spec's recommendation.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -65,9 +65,9 @@ async fn handle(state: &RegistryState, request: Request) -> Result<Response> {
             upload_status(StatusCode::ACCEPTED, &name, &id, offset)
         }
         (Route::Upload { name, id: Some(id) }, &Method::PUT) => {
-            let digest = query
-                .get("digest")
-                .ok_or_else(|| RegistryError::BadRequest("DIGEST_INVALID", "finishing an upload needs ?digest=".into()))?;
+            let digest = query.get("digest").ok_or_else(|| {
+                RegistryError::BadRequest("DIGEST_INVALID", "finishing an upload needs ?digest=".into())
+            })?;
             let digest = parse_digest(digest)?;
             let range = content_range(&parts.headers)?;
             append_chunk(images, &name, &id, range, body).await?;
@@ -90,9 +90,7 @@ async fn handle(state: &RegistryState, request: Request) -> Result<Response> {
         }
         _ => return Err(unsupported()),
     };
-    response
-        .headers_mut()
-        .insert("Docker-Distribution-API-Version", HeaderValue::from_static("registry/2.0"));
+    response.headers_mut().insert("Docker-Distribution-API-Version", HeaderValue::from_static("registry/2.0"));
     Ok(response)
 }
 
@@ -182,7 +180,9 @@ fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>> {
             (size.saturating_sub(n), size.checked_sub(1).ok_or_else(invalid)?)
         }
         (s, "") => (s.parse().map_err(|_| invalid())?, size.checked_sub(1).ok_or_else(invalid)?),
-        (s, e) => (s.parse().map_err(|_| invalid())?, e.parse::<u64>().map_err(|_| invalid())?.min(size.saturating_sub(1))),
+        (s, e) => {
+            (s.parse().map_err(|_| invalid())?, e.parse::<u64>().map_err(|_| invalid())?.min(size.saturating_sub(1)))
+        }
     };
     if start > end || start >= size {
         return Err(invalid());
@@ -213,10 +213,16 @@ async fn get_blob(images: &ImageStore, name: &str, digest: &str, headers: &Heade
         Body::empty()
     } else {
         let path = images.blobs().path(&digest);
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| ImageError::Io { op: "open blob", path: path.clone(), source: e })?;
-        file.seek(SeekFrom::Start(start))
-            .await
-            .map_err(|e| ImageError::Io { op: "seek blob", path: path.clone(), source: e })?;
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| ImageError::Io {
+            op: "open blob",
+            path: path.clone(),
+            source: e,
+        })?;
+        file.seek(SeekFrom::Start(start)).await.map_err(|e| ImageError::Io {
+            op: "seek blob",
+            path: path.clone(),
+            source: e,
+        })?;
         Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10))
     };
     builder.body(body).map_err(|e| RegistryError::BadRequest("UNKNOWN", e.to_string()))
@@ -296,13 +302,7 @@ fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>> {
 
 /// Streams `body` onto the end of upload `id`. If the body fails midway or does not match its
 /// `Content-Range`, the upload is cut back to where it was, so a bad chunk leaves no trace.
-async fn append_chunk(
-    images: &ImageStore,
-    name: &str,
-    id: &str,
-    range: Option<(u64, u64)>,
-    body: Body,
-) -> Result<u64> {
+async fn append_chunk(images: &ImageStore, name: &str, id: &str, range: Option<(u64, u64)>, body: Body) -> Result<u64> {
     let (file, offset) = images.open_upload_for_append(name, id, range.map(|r| r.0))?;
     let mut file = tokio::fs::File::from_std(file);
     let mut written: u64 = 0;

@@ -29,8 +29,5 @@ pub struct RegistryState {
 
 /// The registry's HTTP service, to be served on `--registry-addr`.
 pub fn router(state: RegistryState) -> Router {
-    Router::new()
-        .fallback(handlers::dispatch)
-        .layer(DefaultBodyLimit::disable())
-        .with_state(Arc::new(state))
+    Router::new().fallback(handlers::dispatch).layer(DefaultBodyLimit::disable()).with_state(Arc::new(state))
 }

@@ -71,10 +71,7 @@ impl Store {
     }
 
     /// Runs read-only queries on the shared connection.
-    pub fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         Ok(f(&self.lock())?)
     }
 

@@ -61,11 +61,7 @@ pub(crate) fn apply(conn: &mut Connection, path: &Path) -> Result<(), StoreError
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
     if current > latest_version() {
-        return Err(StoreError::SchemaTooNew {
-            path: path.to_owned(),
-            found: current,
-            known: latest_version(),
-        });
+        return Err(StoreError::SchemaTooNew { path: path.to_owned(), found: current, known: latest_version() });
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(current).unwrap_or(0)) {
         let version = i64::try_from(index).unwrap_or(i64::MAX) + 1;

@@ -93,10 +93,8 @@ async fn env() -> impl IntoResponse {
 }
 
 async fn headers(headers: HeaderMap) -> impl IntoResponse {
-    let map: HashMap<String, String> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
+    let map: HashMap<String, String> =
+        headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
     axum::Json(map)
 }
 

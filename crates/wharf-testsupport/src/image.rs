@@ -23,10 +23,7 @@ pub struct TestImage {
 /// running test. Set `WHARF_TESTAPP` to use a prebuilt binary instead.
 pub fn testapp_binary() -> anyhow::Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| build_testapp().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
+    BINARY.get_or_init(|| build_testapp().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
 }
 
 fn build_testapp() -> anyhow::Result<PathBuf> {
@@ -76,7 +73,12 @@ pub fn testapp_image(dir: &Path, tag: &str) -> anyhow::Result<TestImage> {
     })?);
     layers.push(layer(&blobs, |b| append_file(b, Path::new("app/testapp"), &std::fs::read(&binary)?, 0o755))?);
     layers.push(layer(&blobs, |b| {
-        append_file(b, Path::new("etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n", 0o644)?;
+        append_file(
+            b,
+            Path::new("etc/passwd"),
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+            0o644,
+        )?;
         append_file(b, Path::new("etc/group"), b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
         append_dir(b, Path::new("tmp"), 0o1777)?;
         Ok(())
@@ -115,7 +117,12 @@ pub fn testapp_image(dir: &Path, tag: &str) -> anyhow::Result<TestImage> {
         }],
     });
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
-    Ok(TestImage { layout, tag: tag.to_owned(), manifest_digest, layers: layers.into_iter().map(|l| l.digest).collect() })
+    Ok(TestImage {
+        layout,
+        tag: tag.to_owned(),
+        manifest_digest,
+        layers: layers.into_iter().map(|l| l.digest).collect(),
+    })
 }
 
 struct Layer {

@@ -52,7 +52,15 @@ impl WharfServer {
         std::fs::create_dir_all(data_dir)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("server.log"))?;
         let child = Command::new(binary)
-            .args(["server", "--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0", "--registry-addr", "127.0.0.1:0"])
+            .args([
+                "server",
+                "--api-addr",
+                "127.0.0.1:0",
+                "--ingress-addr",
+                "127.0.0.1:0",
+                "--registry-addr",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .env("WHARF_LOG", "info")
@@ -69,7 +77,12 @@ impl WharfServer {
             _temp: None,
             child: Some(child),
             env,
-            addrs: Addresses { pid, api_addr: String::new(), ingress_addr: String::new(), registry_addr: String::new() },
+            addrs: Addresses {
+                pid,
+                api_addr: String::new(),
+                ingress_addr: String::new(),
+                registry_addr: String::new(),
+            },
             token: String::new(),
         };
         let info_path = data_dir.join("server.json");

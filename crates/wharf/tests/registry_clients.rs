@@ -112,7 +112,9 @@ fn cli_imports_lists_and_deletes_images() {
 
     // A docker-archive tarball of the same image imports to the same layers.
     let archive = work.path().join("testapp.tar");
-    run(skopeo(&["copy"]).arg(format!("oci:{layout}:v1")).arg(format!("docker-archive:{}:hello:v2", archive.display())));
+    run(skopeo(&["copy"])
+        .arg(format!("oci:{layout}:v1"))
+        .arg(format!("docker-archive:{}:hello:v2", archive.display())));
     let out = server.cli(&["images", "import", &archive.to_string_lossy(), "--tag", "hello:v2"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -147,5 +149,9 @@ fn cli_imports_lists_and_deletes_images() {
 
     let out = server.cli(&["images", "import", &layout, "--tag", "Bad Name:v1"]).unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("repository name"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("repository name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -83,7 +83,8 @@ async fn version_check_requires_credentials() {
     let r = reg.req(Method::GET, "/v2/").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
-    let r = reg.http.get(reg.server.registry_url("/v2/")).basic_auth("any", Some(&reg.server.token)).send().await.unwrap();
+    let r =
+        reg.http.get(reg.server.registry_url("/v2/")).basic_auth("any", Some(&reg.server.token)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -92,7 +93,8 @@ async fn wrong_digest_is_rejected_and_nothing_is_stored() {
     let reg = Registry::start();
     let before = reg.stored_blob_count();
     let wrong = Digest::of(b"something else");
-    let r = reg.req(Method::POST, &format!("/v2/app/blobs/uploads/?digest={wrong}")).body("payload").send().await.unwrap();
+    let r =
+        reg.req(Method::POST, &format!("/v2/app/blobs/uploads/?digest={wrong}")).body("payload").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     assert_eq!(reg.stored_blob_count(), before);
@@ -169,13 +171,15 @@ async fn chunked_upload_with_status_range_reads_and_cancel() {
 async fn cross_repository_mount() {
     let reg = Registry::start();
     let digest = reg.push_blob("source", b"shared layer").await;
-    let r = reg.req(Method::POST, &format!("/v2/target/blobs/uploads/?mount={digest}&from=source")).send().await.unwrap();
+    let r =
+        reg.req(Method::POST, &format!("/v2/target/blobs/uploads/?mount={digest}&from=source")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.headers()["location"], format!("/v2/target/blobs/{digest}").as_str());
     let r = reg.req(Method::GET, &format!("/v2/target/blobs/{digest}")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "shared layer");
     // Mounting from a repository that lacks the blob falls back to an upload session.
-    let r = reg.req(Method::POST, &format!("/v2/third/blobs/uploads/?mount={digest}&from=nowhere")).send().await.unwrap();
+    let r =
+        reg.req(Method::POST, &format!("/v2/third/blobs/uploads/?mount={digest}&from=nowhere")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     // A repository never sees a blob it does not hold.
     let r = reg.req(Method::GET, &format!("/v2/third/blobs/{digest}")).send().await.unwrap();
@@ -197,7 +201,13 @@ async fn manifests_of_every_format_tags_catalog_and_errors() {
     let r = reg.put_manifest("app", "bad", oci_type, &bad).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
-    let r = reg.req(Method::PUT, "/v2/app/manifests/bad").header("Content-Type", oci_type).body("{not json").send().await.unwrap();
+    let r = reg
+        .req(Method::PUT, "/v2/app/manifests/bad")
+        .header("Content-Type", oci_type)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(r).await, "MANIFEST_INVALID");
     let r = reg.put_manifest("app", Digest::of(b"x").as_str(), oci_type, &manifest).await;
     assert_eq!(error_code(r).await, "DIGEST_INVALID");

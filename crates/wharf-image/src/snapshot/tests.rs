@@ -126,7 +126,8 @@ fn refuses_writing_through_a_symlink() {
     }
     // A symlink replaced by a file in the same layer must not be followed either.
     fs::write(victim.join("keep"), b"original").unwrap();
-    let layer = LayerBuilder::new().symlink("f", victim.join("keep").to_str().unwrap()).file("f", b"overwritten").finish();
+    let layer =
+        LayerBuilder::new().symlink("f", victim.join("keep").to_str().unwrap()).file("f", b"overwritten").finish();
     unpack(&layer, &root).unwrap();
     assert_eq!(fs::read(victim.join("keep")).unwrap(), b"original");
     assert_eq!(fs::read(root.join("f")).unwrap(), b"overwritten");

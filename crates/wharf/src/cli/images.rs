@@ -189,8 +189,8 @@ mod tests {
     fn parses_import_targets() {
         assert_eq!(parse_target("hello:v1").unwrap(), ("hello".into(), "v1".into()));
         assert_eq!(parse_target("127.0.0.1:5000/a/b:latest").unwrap(), ("a/b".into(), "latest".into()));
-        assert!(parse_target("hello").is_err());
-        assert!(parse_target("Hello:v1").is_err());
-        assert!(parse_target("hello:-x").is_err());
+        parse_target("hello").unwrap_err();
+        parse_target("Hello:v1").unwrap_err();
+        parse_target("hello:-x").unwrap_err();
     }
 }

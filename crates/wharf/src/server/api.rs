@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(split("hello:v1"), Ok(("hello".into(), "v1".into())));
         assert_eq!(split("127.0.0.1:5000/team/app:v2"), Ok(("team/app".into(), "v2".into())));
         assert_eq!(split("app@sha256:abc"), Ok(("app".into(), "sha256:abc".into())));
-        assert!(split("hello").is_err());
-        assert!(split("Bad:v1").is_err());
+        split("hello").unwrap_err();
+        split("Bad:v1").unwrap_err();
     }
 }
