@@ -380,6 +380,26 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Imports an image read from disk (see [`crate::archive`]) into `repo`, tagging its top
+    /// manifest `tag`. Returns the top manifest's digest.
+    pub fn import(&self, archive: &crate::archive::ImageArchive, repo: &str, tag: &str) -> Result<Digest, ImageError> {
+        for (digest, path) in &archive.blobs {
+            if self.blobs.size(digest).is_none() {
+                let staged = self.blobs.staging_path();
+                fs::copy(path, &staged).map_err(ImageError::io("copy", path))?;
+                self.blobs.ingest(&staged, digest)?;
+            }
+            self.link_blob(repo, digest)?;
+        }
+        let mut top = None;
+        let count = archive.manifests.len();
+        for (i, (digest, media_type, bytes)) in archive.manifests.iter().enumerate() {
+            let reference = if i + 1 == count { tag.to_owned() } else { digest.to_string() };
+            top = Some(self.put_manifest(repo, &reference, Some(media_type), bytes)?);
+        }
+        top.ok_or_else(|| ImageError::ManifestInvalid("the archive holds no manifest".to_owned()))
+    }
+
     /// Every tagged manifest, plus manifests that are neither tagged nor part of an index.
     pub fn list_images(&self) -> Result<Vec<ImageSummary>, ImageError> {
         let rows: Vec<(String, Option<String>, String, String, i64, i64)> = self.db.read(|c| {

@@ -50,6 +50,27 @@ const MIGRATIONS: &[&str] = &[
          role TEXT NOT NULL,
          created_at INTEGER NOT NULL
      );",
+    // 3: logs. Instance output, one row a line, labelled with who produced it.
+    "CREATE TABLE logs (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         ts_us INTEGER NOT NULL,
+         stream TEXT NOT NULL,
+         severity INTEGER NOT NULL,
+         message TEXT NOT NULL,
+         payload TEXT,
+         service TEXT,
+         revision TEXT,
+         job TEXT,
+         execution TEXT,
+         task_index INTEGER,
+         task_attempt INTEGER,
+         instance TEXT NOT NULL
+     );
+     CREATE INDEX logs_service ON logs (service, id);
+     CREATE INDEX logs_revision ON logs (revision, id);
+     CREATE INDEX logs_job ON logs (job, id);
+     CREATE INDEX logs_execution ON logs (execution, id);
+     CREATE INDEX logs_instance ON logs (instance, id);",
 ];
 
 pub(crate) fn latest_version() -> i64 {

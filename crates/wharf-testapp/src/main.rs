@@ -17,9 +17,11 @@
 //! | `/ws` | WebSocket echo |
 //! | `/log?message=M&severity=S&stream=stdout\|stderr&json=1` | writes a log line |
 //! | `/file?path=P` | GET reads P, PUT writes the body to P |
+//! | `/connect?addr=IP:PORT` | opens a TCP connection (1 s timeout), reports `connected` or the error |
 //!
 //! On SIGTERM it logs `testapp: received SIGTERM, exiting` and exits 0.
-//! With `TESTAPP_NO_LISTEN=1` it never listens (to test startup failures).
+//! With `TESTAPP_NO_LISTEN=1` it never listens; with `TESTAPP_EXIT_CODE=N` it prints
+//! `testapp: exiting early with code N` and exits at once (to test startup failures).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -52,6 +54,10 @@ async fn main() {
         println!("testapp: received SIGTERM, exiting");
         std::process::exit(0);
     });
+    if let Some(code) = std::env::var("TESTAPP_EXIT_CODE").ok().and_then(|c| c.parse::<i32>().ok()) {
+        println!("testapp: exiting early with code {code}");
+        std::process::exit(code);
+    }
     if std::env::var("TESTAPP_NO_LISTEN").is_ok_and(|v| v == "1") {
         println!("testapp: TESTAPP_NO_LISTEN set, not listening");
         std::future::pending::<()>().await;
@@ -69,7 +75,8 @@ async fn main() {
         .route("/echo", any(echo))
         .route("/ws", get(ws))
         .route("/log", get(log))
-        .route("/file", get(read_file).put(write_file));
+        .route("/file", get(read_file).put(write_file))
+        .route("/connect", get(connect));
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -210,5 +217,15 @@ async fn write_file(Query(q): Params, body: axum::body::Bytes) -> Response {
     match tokio::fs::write(path, &body).await {
         Ok(()) => (StatusCode::CREATED, format!("wrote {} bytes\n", body.len())).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn connect(Query(q): Params) -> Response {
+    let Some(addr) = q.get("addr") else { return (StatusCode::BAD_REQUEST, "addr= required\n").into_response() };
+    let attempt = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr.as_str())).await;
+    match attempt {
+        Ok(Ok(_)) => "connected\n".into_response(),
+        Ok(Err(e)) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+        Err(_) => (StatusCode::GATEWAY_TIMEOUT, "timed out\n").into_response(),
     }
 }

@@ -6,6 +6,7 @@
 //! - [`wait_until`]: waits for a condition with a deadline, instead of sleeping.
 
 pub mod image;
+pub mod leaks;
 pub mod server;
 
 use std::time::{Duration, Instant};

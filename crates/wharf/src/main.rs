@@ -18,6 +18,16 @@ struct Wharf {
 enum Command {
     /// Run the Wharf platform: API, ingress, registry, runtime and state store.
     Server(server::ServerArgs),
+    /// Internal: the per-instance container helper the server starts (not for users).
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        bundle: std::path::PathBuf,
+        #[arg(long)]
+        state_root: std::path::PathBuf,
+    },
     /// Manage images in Wharf's registry.
     Images {
         #[command(flatten)]
@@ -29,6 +39,17 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let args = Wharf::parse();
+    // The shim forks containers, so it must stay single-threaded: no async runtime for it.
+    if let Command::Shim { id, bundle, state_root } = args.command {
+        // The shim's stderr is a file in the instance directory; WHARF_SHIM_LOG=debug shows
+        // libcontainer's own account of a failing start.
+        let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_SHIM_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+        let _ =
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr).try_init();
+        let code = wharf_runtime::shim::run(&wharf_runtime::shim::ShimArgs { id, bundle, state_root });
+        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -40,6 +61,7 @@ fn main() -> std::process::ExitCode {
         match args.command {
             Command::Server(server_args) => server::run(server_args).await,
             Command::Images { connection, command } => cli::images::run(&connection, command).await,
+            Command::Shim { .. } => unreachable!("handled before the async runtime starts"),
         }
     });
     match result {

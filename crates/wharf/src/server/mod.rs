@@ -64,6 +64,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         registry_addr: registry_listener.local_addr()?,
     };
 
+    let helper = std::env::current_exe().context("cannot find the wharf binary for the container helper")?;
+    let runtime = wharf_runtime::Runtime::open(
+        wharf_runtime::RuntimeConfig { data_dir: data_dir.clone(), helper, log_retention_lines: 1_000_000 },
+        db.clone(),
+    )
+    .await
+    .context("cannot start the container runtime (wharf server must run as root, with iproute2 and nftables)")?;
+
     let remote = Arc::new(RemoteRegistry::new(default_docker_config()));
     let resolver = Resolver::new(images.clone(), snapshots, remote, local_registry_names(info.registry_addr));
     let platform = Platform { iam: iam.clone(), images: images.clone(), resolver };
@@ -87,6 +95,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     for server in servers {
         let _ = server.await;
     }
+    runtime.shutdown().await;
     let _ = std::fs::remove_file(data_dir.join(SERVER_INFO_FILE));
     tracing::info!("stopped");
     Ok(())

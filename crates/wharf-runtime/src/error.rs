@@ -1,0 +1,42 @@
+//! The runtime's error type.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{op} {path} failed")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mounting {target} failed")]
+    Mount {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    CommandFailed { command: String, status: String, stderr: String },
+    #[error("the instance configuration is invalid: {0}")]
+    InvalidSpec(String),
+    #[error("the container helper failed: {0}")]
+    Shim(String),
+    /// The container did not become ready; `reason` is what a user needs to see.
+    #[error("{reason}")]
+    StartupFailed { reason: String },
+    #[error("no free instance address left in {0}")]
+    AddressesExhausted(String),
+    #[error(transparent)]
+    Image(#[from] wharf_image::ImageError),
+    #[error(transparent)]
+    Store(#[from] wharf_store::StoreError),
+}
+
+impl RuntimeError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let path = path.into();
+        move |source| RuntimeError::Io { op, path, source }
+    }
+}

@@ -1,0 +1,206 @@
+//! Instances: what one is ([`Instance`], its [`InstanceState`] and start-up [`StartPhases`]),
+//! and its lifecycle, one file per operation: [`start`](start.rs) builds and starts one and
+//! waits for readiness, [`probe`](probe.rs) checks readiness and liveness, [`stop`](stop.rs)
+//! asks it to stop, and [`reap`](reap.rs) records how it ended and releases everything it used.
+
+pub(crate) mod probe;
+pub(crate) mod reap;
+pub(crate) mod start;
+pub(crate) mod stop;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use wharf_image::ResolvedImage;
+
+use crate::cgroup::CpuStats;
+use crate::contract::Owner;
+use crate::network::InstanceNetwork;
+use crate::resources::Resources;
+use crate::rootfs::Rootfs;
+
+pub use probe::{Probe, ProbeAction};
+pub(crate) use probe::{probe_until_ready, watch_liveness};
+
+/// How many of an instance's last output lines are kept in memory to explain a failure.
+const RECENT_LINES: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InstanceState {
+    Starting,
+    Ready,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl InstanceState {
+    /// Stopped or failed: the instance is gone and everything it used is released.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, InstanceState::Stopped | InstanceState::Failed)
+    }
+}
+
+/// How a container process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    pub state: InstanceState,
+    /// Why the instance failed, in words for the user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+}
+
+/// Where a start's time went, so a slow start can be explained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartPhases {
+    /// Mounting the tmpfs and overlay.
+    pub rootfs_us: u64,
+    /// Namespace, veth, address and routes.
+    pub network_us: u64,
+    /// libcontainer create (namespaces, cgroups, mounts, pivot_root), measured by the shim.
+    pub create_us: u64,
+    /// libcontainer start until the process runs, measured by the shim.
+    pub exec_us: u64,
+    /// From the process running until its port accepted a connection.
+    pub first_listen_us: u64,
+    /// Everything, from the start request until ready.
+    pub total_us: u64,
+}
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub owner: Owner,
+    pub image: ResolvedImage,
+    /// Snapshot directories of the image's layers, bottom first.
+    pub layers: Vec<PathBuf>,
+    /// Replaces the image's Entrypoint.
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's Cmd.
+    pub args: Option<Vec<String>>,
+    pub env: Vec<(String, String)>,
+    /// The port the container listens on (`PORT`); services only.
+    pub port: u16,
+    pub resources: Resources,
+    /// `None` for job tasks, which need not listen.
+    pub startup_probe: Option<Probe>,
+    pub liveness_probe: Option<Probe>,
+    /// SIGTERM to SIGKILL.
+    pub grace_period: Duration,
+}
+
+/// A running (or finished) container instance.
+#[derive(Debug)]
+pub struct Instance {
+    pub id: String,
+    pub owner: Owner,
+    /// Where the platform reaches the container's port.
+    pub addr: SocketAddr,
+    pub created_at: SystemTime,
+    pub(crate) dir: PathBuf,
+    pub(crate) rootfs: Rootfs,
+    pub(crate) network: InstanceNetwork,
+    pub(crate) memory_bytes: u64,
+    pub(crate) grace_period: Duration,
+    pub(crate) status: watch::Sender<InstanceStatus>,
+    pub(crate) phases: Mutex<StartPhases>,
+    pub(crate) control: tokio::sync::Mutex<Option<tokio::process::ChildStdin>>,
+    pub(crate) recent: Mutex<VecDeque<String>>,
+    /// Set before the platform kills an instance for a reason of its own (liveness failure,
+    /// startup timeout), so the reaper reports that reason rather than the kill.
+    pub(crate) failure: Mutex<Option<String>>,
+    /// Raised as soon as the container is known to have exited, before teardown starts.
+    pub(crate) exited: std::sync::atomic::AtomicBool,
+}
+
+impl Instance {
+    pub fn status(&self) -> InstanceStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn state(&self) -> InstanceState {
+        self.status.borrow().state
+    }
+
+    pub fn phases(&self) -> StartPhases {
+        *self.phases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the instance is stopped or failed and fully torn down.
+    pub async fn wait_terminal(&self) -> InstanceStatus {
+        let mut rx = self.status.subscribe();
+        match rx.wait_for(|s| s.state.is_terminal()).await {
+            Ok(status) => status.clone(),
+            Err(_) => self.status(),
+        }
+    }
+
+    /// CPU throttling counters, while the instance runs.
+    pub fn cpu_stats(&self) -> Option<CpuStats> {
+        crate::cgroup::cpu_stats(&self.id)
+    }
+
+    /// The last lines the container wrote.
+    pub fn recent_output(&self) -> Vec<String> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// Whether the container process has exited (its teardown may still be under way).
+    pub fn has_exited(&self) -> bool {
+        self.exited.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn netns(&self) -> &str {
+        &self.network.netns
+    }
+
+    pub(crate) fn remember_line(&self, line: &str) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_LINES {
+            recent.pop_front();
+        }
+        recent.push_back(line.to_owned());
+    }
+
+    pub(crate) fn set_state(&self, state: InstanceState) {
+        self.status.send_modify(|s| {
+            if !s.state.is_terminal() {
+                s.state = state;
+            }
+        });
+    }
+}
+
+/// Releases a leftover instance found by the start-up sweep.
+pub(crate) async fn reap_leftover(
+    inner: &crate::runtime::Inner,
+    id: &str,
+    rootfs: &Rootfs,
+    network: Option<&InstanceNetwork>,
+    dir: &Path,
+) {
+    let network = network.filter(|n| Path::new("/run/netns").join(&n.netns).exists());
+    reap::release(inner, id, rootfs, network, dir).await;
+}

@@ -1,0 +1,32 @@
+//! Wharf's container runtime: turns a pinned image plus a revision's settings into a running,
+//! isolated, resource-limited instance, and tears it down leaving nothing behind.
+//!
+//! - [`Runtime`] (`runtime.rs`): the handle; opening it sweeps leftovers of an unclean exit.
+//! - [`instance`]: an instance's lifecycle, one file per operation (start, probe, stop, reap).
+//! - [`shim`]: the helper process that drives youki's libcontainer, one per instance, so the
+//!   multi-threaded server never forks a container itself.
+//! - [`rootfs`], [`network`], [`cgroup`], [`spec`]: the sandbox: overlay on a memory-charged
+//!   tmpfs, a network namespace with NAT egress and no instance-to-instance traffic, cgroup
+//!   limits, and the OCI runtime spec.
+//! - [`contract`]: Cloud Run's environment contract; [`resources`]: limit syntax.
+//! - [`logs`]: captured output, stored durably with retention.
+//!
+//! It knows nothing of services, revisions or HTTP: callers hand it an [`InstanceSpec`].
+
+pub mod cgroup;
+pub mod contract;
+mod error;
+pub mod instance;
+pub mod logs;
+pub mod network;
+pub mod resources;
+pub mod rootfs;
+mod runtime;
+pub mod shim;
+pub mod spec;
+
+pub use contract::Owner;
+pub use error::RuntimeError;
+pub use instance::{Instance, InstanceSpec, InstanceState, InstanceStatus, Probe, ProbeAction, StartPhases};
+pub use resources::Resources;
+pub use runtime::{Runtime, RuntimeConfig};

@@ -1,0 +1,180 @@
+//! Instance networking. Each instance gets its own network namespace (`wharf-<id>`, bound
+//! under `/run/netns` so `ip netns` shows it) with loopback up and one veth, `eth0`, holding a
+//! /32 address from the instance subnet (default 10.213.0.0/16). The host end (`wh<id>`) has
+//! no address: a host route sends the instance's /32 to it, and proxy ARP answers for the
+//! instance's gateway 169.254.1.1. So the platform reaches `<ip>:<port>` with an ordinary
+//! connect, the instance reaches the world through NAT (masquerade), and one nftables rule
+//! drops traffic from one instance's veth to another's: instances cannot reach each other.
+//!
+//! Setup shells out to `ip` and `nft` (iproute2, nftables), batching commands to keep a
+//! start to a handful of process spawns.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::process::Command;
+
+use crate::error::RuntimeError;
+
+/// The gateway address instances route through; the host answers ARP for it.
+const GATEWAY: &str = "169.254.1.1";
+
+/// An instance's network, everything needed to tear it down.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceNetwork {
+    pub netns: String,
+    pub host_interface: String,
+    pub ip: Ipv4Addr,
+}
+
+impl InstanceNetwork {
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.netns)
+    }
+}
+
+/// The host side of instance networking.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// First two octets of the /16 instance subnet.
+    prefix: [u8; 2],
+}
+
+impl Default for Network {
+    fn default() -> Network {
+        Network { prefix: [10, 213] }
+    }
+}
+
+async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), RuntimeError> {
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let describe = || format!("{program} {}", args.join(" "));
+    let mut child = cmd.spawn().map_err(|e| RuntimeError::CommandFailed {
+        command: describe(),
+        status: "not started".to_owned(),
+        stderr: format!("{e} (is {program} installed?)"),
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).await.map_err(RuntimeError::io("write to", program))?;
+    }
+    let output = child.wait_with_output().await.map_err(RuntimeError::io("wait for", program))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(RuntimeError::CommandFailed {
+            command: describe(),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+impl Network {
+    pub fn subnet(&self) -> String {
+        format!("{}.{}.0.0/16", self.prefix[0], self.prefix[1])
+    }
+
+    /// Enables forwarding and installs the isolation and NAT rules. Idempotent; the rules are
+    /// the same for every wharf server on the machine.
+    pub async fn setup_host(&self) -> Result<(), RuntimeError> {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(RuntimeError::io("enable forwarding in", "/proc/sys/net/ipv4/ip_forward"))?;
+        let rules = format!(
+            "table inet wharf {{}}
+             delete table inet wharf
+             table inet wharf {{
+               chain forward {{
+                 type filter hook forward priority 0; policy accept;
+                 iifname \"wh*\" oifname \"wh*\" drop
+               }}
+             }}
+             table ip wharf_nat {{}}
+             delete table ip wharf_nat
+             table ip wharf_nat {{
+               chain postrouting {{
+                 type nat hook postrouting priority 100; policy accept;
+                 ip saddr {} oifname != \"wh*\" masquerade
+               }}
+             }}\n",
+            self.subnet()
+        );
+        run("nft", &["-f", "-"], Some(&rules)).await
+    }
+
+    /// Removes the host rules if no instance of any wharf server is left.
+    pub async fn teardown_host(&self) {
+        let links = Command::new("ip").args(["-o", "link", "show"]).output().await;
+        let in_use = links.map(|o| String::from_utf8_lossy(&o.stdout).contains(": wh")).unwrap_or(true);
+        if !in_use {
+            let _ = run("nft", &["delete", "table", "inet", "wharf"], None).await;
+            let _ = run("nft", &["delete", "table", "ip", "wharf_nat"], None).await;
+        }
+    }
+
+    /// Creates the namespace and veth of instance `id`. On failure nothing is left behind.
+    pub async fn create(&self, id: &str) -> Result<InstanceNetwork, RuntimeError> {
+        let netns = format!("wharf-{id}");
+        let host_interface = format!("wh{}", &id[..id.len().min(12)]);
+        run("ip", &["netns", "add", &netns], None).await?;
+        let mut net = InstanceNetwork { netns, host_interface, ip: Ipv4Addr::UNSPECIFIED };
+        match self.configure(&mut net).await {
+            Ok(()) => Ok(net),
+            Err(e) => {
+                self.destroy(&net).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn configure(&self, net: &mut InstanceNetwork) -> Result<(), RuntimeError> {
+        let host_if = net.host_interface.as_str();
+        let host_batch =
+            format!("link add {host_if} type veth peer name eth0 netns {}\nlink set {host_if} up\n", net.netns);
+        run("ip", &["-batch", "-"], Some(&host_batch)).await?;
+        let proxy_arp = format!("/proc/sys/net/ipv4/conf/{host_if}/proxy_arp");
+        std::fs::write(&proxy_arp, "1").map_err(RuntimeError::io("enable proxy ARP in", &proxy_arp))?;
+        // Claim an address by adding its host route: the kernel refuses a duplicate, which
+        // keeps concurrent wharf servers (and instances) from sharing one.
+        net.ip = self.claim_address(host_if).await?;
+        let ns_batch = format!(
+            "link set lo up\naddr add {ip}/32 dev eth0\nlink set eth0 up\n\
+             route add {GATEWAY} dev eth0 scope link\nroute add default via {GATEWAY} dev eth0\n",
+            ip = net.ip
+        );
+        run("ip", &["-n", &net.netns, "-batch", "-"], Some(&ns_batch)).await
+    }
+
+    async fn claim_address(&self, host_if: &str) -> Result<Ipv4Addr, RuntimeError> {
+        let mut seed = u16::from_le_bytes(*uuid::Uuid::new_v4().as_bytes().first_chunk().unwrap_or(&[1, 0]));
+        for _ in 0..64 {
+            seed = seed.wrapping_mul(25173).wrapping_add(13849);
+            let [hi, lo] = seed.to_be_bytes();
+            if lo == 0 || lo == 255 {
+                continue;
+            }
+            let ip = Ipv4Addr::new(self.prefix[0], self.prefix[1], hi, lo);
+            match run("ip", &["route", "add", &format!("{ip}/32"), "dev", host_if, "scope", "link"], None).await {
+                Ok(()) => return Ok(ip),
+                Err(RuntimeError::CommandFailed { stderr, .. }) if stderr.contains("File exists") => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RuntimeError::AddressesExhausted(self.subnet()))
+    }
+
+    /// Deletes the namespace, which takes the veth pair and the host route with it.
+    pub async fn destroy(&self, net: &InstanceNetwork) {
+        if let Err(e) = run("ip", &["netns", "delete", &net.netns], None).await {
+            tracing::warn!(netns = %net.netns, error = %e, "deleting network namespace failed");
+        }
+        // The veth normally dies with the namespace; make sure, for a half-built network.
+        if std::path::Path::new("/sys/class/net").join(&net.host_interface).exists() {
+            let _ = run("ip", &["link", "delete", &net.host_interface], None).await;
+        }
+    }
+}

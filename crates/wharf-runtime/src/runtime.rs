@@ -1,0 +1,123 @@
+//! The runtime handle: where instances live on disk, the host network, the log store, and the
+//! table of running instances. Opening it sweeps up whatever an unclean exit of a previous
+//! server on the same data directory left (processes, cgroups, mounts, namespaces).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use wharf_store::Store;
+
+use crate::error::RuntimeError;
+use crate::instance::Instance;
+use crate::logs::LogStore;
+use crate::network::{InstanceNetwork, Network};
+use crate::rootfs::Rootfs;
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub data_dir: PathBuf,
+    /// The `wharf` binary, whose `shim` subcommand runs each container.
+    pub helper: PathBuf,
+    /// How many log lines to keep.
+    pub log_retention_lines: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) instances_dir: PathBuf,
+    pub(crate) state_root: PathBuf,
+    pub(crate) helper: PathBuf,
+    pub(crate) network: Network,
+    pub(crate) logs: LogStore,
+    pub(crate) instances: Mutex<HashMap<String, Arc<Instance>>>,
+}
+
+/// What is written to `<instance-dir>/instance.json` before anything is created, so a sweep
+/// after a crash knows what to remove.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct InstanceRecord {
+    pub(crate) id: String,
+    pub(crate) network: InstanceNetwork,
+}
+
+impl InstanceRecord {
+    pub(crate) fn write(&self, dir: &Path) -> Result<(), RuntimeError> {
+        let path = dir.join("instance.json");
+        let bytes = serde_json::to_vec(self).map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
+        std::fs::write(&path, bytes).map_err(RuntimeError::io("write", &path))
+    }
+}
+
+impl Runtime {
+    /// Opens the runtime on `config.data_dir`: sweeps leftovers, installs the host network
+    /// rules, starts the log writer. Must run inside a tokio runtime.
+    pub async fn open(config: RuntimeConfig, db: Store) -> Result<Runtime, RuntimeError> {
+        let instances_dir = config.data_dir.join("instances");
+        let state_root = config.data_dir.join("containers");
+        for dir in [&instances_dir, &state_root] {
+            std::fs::create_dir_all(dir).map_err(RuntimeError::io("create directory", dir))?;
+        }
+        let network = Network::default();
+        network.setup_host().await?;
+        let inner = Inner {
+            instances_dir,
+            state_root,
+            helper: config.helper,
+            network,
+            logs: LogStore::open(db, config.log_retention_lines),
+            instances: Mutex::default(),
+        };
+        let runtime = Runtime { inner: Arc::new(inner) };
+        runtime.sweep().await;
+        Ok(runtime)
+    }
+
+    pub fn logs(&self) -> &LogStore {
+        &self.inner.logs
+    }
+
+    /// Instances not yet torn down.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.inner.instances.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {
+        self.inner.instances.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Stops every instance (each with its grace period), then removes the host network rules
+    /// if no other server uses them.
+    pub async fn shutdown(&self) {
+        let stops = self.instances().into_iter().map(|i| {
+            let runtime = self.clone();
+            tokio::spawn(async move { runtime.stop(&i).await })
+        });
+        for stop in stops.collect::<Vec<_>>() {
+            let _ = stop.await;
+        }
+        self.inner.network.teardown_host().await;
+        self.inner.logs.flush().await;
+    }
+
+    /// Removes what instances of a previous run on this data directory left behind.
+    async fn sweep(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.inner.instances_dir) else { return };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let record: Option<InstanceRecord> =
+                std::fs::read(dir.join("instance.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let id = record.as_ref().map_or_else(|| entry.file_name().to_string_lossy().into_owned(), |r| r.id.clone());
+            tracing::warn!(instance = %id, "sweeping up an instance left by a previous run");
+            let kill_id = id.clone();
+            let _ = tokio::task::spawn_blocking(move || crate::cgroup::kill_and_remove(&kill_id)).await;
+            let network = record.map(|r| r.network);
+            crate::instance::reap_leftover(&self.inner, &id, &Rootfs::paths(&dir), network.as_ref(), &dir).await;
+        }
+    }
+}

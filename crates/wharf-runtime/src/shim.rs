@@ -1,0 +1,176 @@
+//! The container helper process (`wharf shim`), in the containerd-shim pattern: the
+//! multi-threaded server never forks a container itself; it starts one shim per instance,
+//! which drives youki's libcontainer single-threaded, waits for the container, and reports.
+//!
+//! Protocol, all over inherited file descriptors:
+//! - fd 0 (from the server): commands, one per line: `stop <grace-ms>` sends SIGTERM, then
+//!   SIGKILL after the grace period. End of file (the server went away) kills the container.
+//! - fd 1 (to the server): events, one JSON object per line: [`ShimEvent`].
+//! - fd 2: the shim's own diagnostics (a file in the instance directory).
+//! - fd 3 and 4: the write ends of the container's stdout and stderr pipes.
+//!
+//! After the container exits the shim reads whether the kernel OOM-killed it, deletes the
+//! container (cgroups and state), reports `exited`, and exits itself.
+
+#![allow(unsafe_code)] // taking ownership of the inherited descriptors 3 and 4
+
+use std::io::{BufRead as _, Write as _};
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// What the shim tells the server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "event")]
+pub enum ShimEvent {
+    /// The container's process is running.
+    Started { pid: i32, create_us: u64, start_us: u64 },
+    /// The container could not be created or started.
+    Failed { error: String },
+    /// The container exited and was deleted.
+    Exited { code: Option<i32>, signal: Option<i32>, oom_killed: bool },
+}
+
+/// What the shim is told on its command line (the binary parses the flags).
+#[derive(Debug, Clone)]
+pub struct ShimArgs {
+    /// The container id (also names its cgroup).
+    pub id: String,
+    /// The OCI bundle directory holding `config.json`.
+    pub bundle: PathBuf,
+    /// libcontainer's state directory.
+    pub state_root: PathBuf,
+}
+
+fn emit(event: &ShimEvent) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, event);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// Runs the shim; returns the process exit code. Must be called in a fresh, single-threaded
+/// process (libcontainer forks).
+pub fn run(args: &ShimArgs) -> i32 {
+    // SAFETY: the server starts the shim with descriptors 3 and 4 open (the container's
+    // stdout and stderr pipes) and nothing else in this process owns them.
+    let (stdout, stderr) = unsafe { (OwnedFd::from_raw_fd(3), OwnedFd::from_raw_fd(4)) };
+    let devnull = match std::fs::File::open("/dev/null") {
+        Ok(f) => f,
+        Err(e) => {
+            emit(&ShimEvent::Failed { error: format!("cannot open /dev/null: {e}") });
+            return 1;
+        }
+    };
+    let t0 = Instant::now();
+    let built = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
+        .with_root_path(&args.state_root)
+        .map(|b| b.with_stdin(devnull).with_stdout(stdout).with_stderr(stderr))
+        .and_then(|b| b.validate_id())
+        .and_then(|b| b.as_init(&args.bundle).with_systemd(false).with_detach(true).build());
+    let mut container = match built {
+        Ok(c) => c,
+        Err(e) => {
+            emit(&ShimEvent::Failed { error: format!("creating the container failed: {e}") });
+            return 1;
+        }
+    };
+    let create_us = elapsed_us(t0);
+    let t1 = Instant::now();
+    if let Err(e) = container.start() {
+        let _ = container.delete(true);
+        emit(&ShimEvent::Failed { error: format!("starting the container failed: {e}") });
+        return 1;
+    }
+    let start_us = elapsed_us(t1);
+    let Some(pid) = container.pid() else {
+        let _ = container.delete(true);
+        emit(&ShimEvent::Failed { error: "the container has no init process".to_owned() });
+        return 1;
+    };
+    emit(&ShimEvent::Started { pid: pid.as_raw(), create_us, start_us });
+    // libcontainer speaks an older nix; convert its pid to ours.
+    let pid = Pid::from_raw(pid.as_raw());
+
+    let exited = Arc::new(AtomicBool::new(false));
+    spawn_control_thread(pid, exited.clone());
+    let (code, signal) = wait_for(pid);
+    exited.store(true, Ordering::SeqCst);
+    let oom_killed = oom_killed(&args.id);
+    if let Err(e) = container.delete(true) {
+        eprintln!("wharf shim: deleting container {} failed: {e}", args.id);
+    }
+    emit(&ShimEvent::Exited { code, signal, oom_killed });
+    0
+}
+
+fn elapsed_us(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Waits for the container's init process (a child of the shim) and returns its exit code or
+/// the signal that killed it.
+fn wait_for(pid: Pid) -> (Option<i32>, Option<i32>) {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return (Some(code), None),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return (None, Some(signal as i32)),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("wharf shim: waiting for {pid} failed: {e}");
+                return (None, None);
+            }
+        }
+    }
+}
+
+/// Reads commands from the server on stdin until the container exits.
+fn spawn_control_thread(pid: Pid, exited: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let Ok(line) = line else { break };
+            let mut words = line.split_whitespace();
+            if words.next() == Some("stop") {
+                let grace = Duration::from_millis(words.next().and_then(|g| g.parse().ok()).unwrap_or(10_000));
+                let _ = kill(pid, Signal::SIGTERM);
+                let exited = exited.clone();
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + grace;
+                    while Instant::now() < deadline {
+                        if exited.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    if !exited.load(Ordering::SeqCst) {
+                        // Killing the pid namespace's init kills everything in it.
+                        let _ = kill(pid, Signal::SIGKILL);
+                    }
+                });
+            }
+        }
+        // The server closed our stdin: it is gone, so the container goes too.
+        if !exited.load(Ordering::SeqCst) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    });
+}
+
+/// Whether the kernel OOM-killed a process of the container's memory cgroup.
+fn oom_killed(id: &str) -> bool {
+    let cgroup = crate::cgroup::name(id);
+    let v1 = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/{cgroup}/memory.oom_control"));
+    let v2 = std::fs::read_to_string(format!("/sys/fs/cgroup/{cgroup}/memory.events"));
+    [v1, v2].into_iter().flatten().any(|text| {
+        text.lines().any(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0) > 0)
+    })
+}

@@ -1,0 +1,311 @@
+//! The runtime with real containers (as root): testapp starts and answers; instances share
+//! port 8080 in their own namespaces; the env contract is visible inside; the rootfs is fresh
+//! each time; memory and CPU limits bite; SIGTERM is honoured; start-up failures explain
+//! themselves; instances cannot reach each other but reach the host; an unclean exit is swept
+//! up on the next start; and nothing is left behind.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wharf_image::archive::ImageArchive;
+use wharf_image::remote::RemoteRegistry;
+use wharf_image::{ImageStore, ResolvedImage, Resolver, SnapshotStore};
+use wharf_runtime::logs::LogFilter;
+use wharf_runtime::{
+    Instance, InstanceSpec, InstanceState, Owner, Probe, ProbeAction, Resources, Runtime, RuntimeConfig, RuntimeError,
+};
+use wharf_store::Store;
+use wharf_testsupport::leaks::{Scope, wharf_leftovers};
+
+struct Harness {
+    dir: tempfile::TempDir,
+    runtime: Runtime,
+    started: std::sync::Mutex<Vec<String>>,
+    image: ResolvedImage,
+    layers: Vec<PathBuf>,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::Builder::new().prefix("wharf-rt-").tempdir().unwrap();
+    let db = Store::open(&dir.path().join("state.db")).unwrap();
+    let images = ImageStore::open(dir.path(), db.clone()).unwrap();
+    let built = wharf_testsupport::testapp_image(dir.path(), "v1").unwrap();
+    let archive = ImageArchive::open(&built.layout, Some("v1")).unwrap();
+    images.import(&archive, "testapp", "v1").unwrap();
+    let snapshots = Arc::new(SnapshotStore::open(&dir.path().join("snapshots"), images.blobs().clone()).unwrap());
+    let resolver = Resolver::new(images, snapshots, Arc::new(RemoteRegistry::new(None)), vec![]);
+    let image = resolver.load("testapp", "v1").unwrap();
+    let layers = resolver.snapshots(&image).await.unwrap();
+    let config = RuntimeConfig {
+        data_dir: dir.path().to_owned(),
+        helper: PathBuf::from(env!("CARGO_BIN_EXE_wharf")),
+        log_retention_lines: 100_000,
+    };
+    let runtime = Runtime::open(config, db.clone()).await.unwrap();
+    Harness { dir, runtime, started: std::sync::Mutex::default(), image, layers }
+}
+
+impl Harness {
+    fn spec(&self, revision: &str) -> InstanceSpec {
+        InstanceSpec {
+            owner: Owner::Service { service: "hello".into(), revision: revision.into(), configuration: "hello".into() },
+            image: self.image.clone(),
+            layers: self.layers.clone(),
+            command: None,
+            args: None,
+            env: vec![],
+            port: 8080,
+            resources: Resources::default(),
+            startup_probe: Some(Probe::default_startup(8080)),
+            liveness_probe: None,
+            grace_period: Duration::from_secs(10),
+        }
+    }
+
+    /// Starts an instance, remembering its id for the leak check.
+    async fn start(&self, spec: InstanceSpec) -> Result<Arc<Instance>, RuntimeError> {
+        let result = self.runtime.start(spec).await;
+        if let Ok(instance) = &result {
+            self.started.lock().unwrap().push(instance.id.clone());
+        }
+        result
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::Instances { data_dir: self.dir.path().to_owned(), ids: self.started.lock().unwrap().clone() }
+    }
+
+    /// Stops everything and checks that nothing of this runtime is left on the machine.
+    async fn finish(self) {
+        self.runtime.shutdown().await;
+        let leftovers = wharf_leftovers(&self.scope());
+        assert_eq!(leftovers, Vec::<String>::new(), "instances left things behind");
+        let instances = std::fs::read_dir(self.dir.path().join("instances")).unwrap().count();
+        assert_eq!(instances, 0, "instance directories left behind");
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+async fn get(instance: &Instance, path: &str) -> (u16, String) {
+    let r = client().get(format!("http://{}{path}", instance.addr)).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn two_instances_share_port_8080_and_stop_gracefully() {
+    let h = harness().await;
+    let a = h.start(h.spec("hello-00001-aaa")).await.unwrap();
+    let b = h.start(h.spec("hello-00002-bbb")).await.unwrap();
+    assert_eq!((a.addr.port(), b.addr.port()), (8080, 8080));
+    assert_ne!(a.addr.ip(), b.addr.ip());
+    assert_eq!(get(&a, "/").await, (200, "Hello from hello-00001-aaa!\n".to_owned()));
+    assert_eq!(get(&b, "/").await, (200, "Hello from hello-00002-bbb!\n".to_owned()));
+    let phases = a.phases();
+    assert!(phases.total_us > 0 && phases.create_us > 0, "{phases:?}");
+    assert_eq!(a.state(), InstanceState::Ready);
+
+    let status = h.runtime.stop(&a).await;
+    assert_eq!(status.state, InstanceState::Stopped);
+    let exit = status.exit.unwrap();
+    assert_eq!((exit.code, exit.signal), (Some(0), None), "testapp should exit on SIGTERM, before SIGKILL");
+    let logs = h
+        .runtime
+        .logs()
+        .query(&LogFilter { instance: Some(a.id.clone()), limit: 50, ..LogFilter::default() })
+        .await
+        .unwrap();
+    let lines: Vec<&str> = logs.iter().map(|l| l.message.as_str()).collect();
+    assert!(lines.contains(&"testapp: received SIGTERM, exiting"), "{lines:?}");
+    assert!(logs.iter().all(|l| l.revision.as_deref() == Some("hello-00001-aaa")));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn env_contract_is_visible_inside_and_reserved_names_are_refused() {
+    let h = harness().await;
+    let mut spec = h.spec("hello-00003-env");
+    spec.env = vec![("GREETING".into(), "bonjour".into())];
+    let service = h.start(spec).await.unwrap();
+    let (status, body) = get(&service, "/env").await;
+    assert_eq!(status, 200);
+    let env: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(env["PORT"], "8080");
+    assert_eq!(env["K_SERVICE"], "hello");
+    assert_eq!(env["K_REVISION"], "hello-00003-env");
+    assert_eq!(env["K_CONFIGURATION"], "hello");
+    assert_eq!(env["GREETING"], "bonjour");
+
+    let mut task = h.spec("unused");
+    task.owner = Owner::Task { job: "batch".into(), execution: "batch-abc12".into(), index: 7, attempt: 1, count: 10 };
+    let task = h.start(task).await.unwrap();
+    let env: serde_json::Value = serde_json::from_str(&get(&task, "/env").await.1).unwrap();
+    assert_eq!(env["CLOUD_RUN_JOB"], "batch");
+    assert_eq!(env["CLOUD_RUN_EXECUTION"], "batch-abc12");
+    assert_eq!(env["CLOUD_RUN_TASK_INDEX"], "7");
+    assert_eq!(env["CLOUD_RUN_TASK_ATTEMPT"], "1");
+    assert_eq!(env["CLOUD_RUN_TASK_COUNT"], "10");
+    assert!(env.get("K_SERVICE").is_none());
+
+    let mut bad = h.spec("hello-00004-bad");
+    bad.env = vec![("K_REVISION".into(), "spoofed".into())];
+    match h.start(bad).await {
+        Err(RuntimeError::InvalidSpec(why)) => assert!(why.contains("K_REVISION is reserved"), "{why}"),
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    }
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn rootfs_writes_vanish_with_the_instance() {
+    let h = harness().await;
+    let first = h.start(h.spec("hello-00005-fs")).await.unwrap();
+    let r = client().put(format!("http://{}/file?path=/scratch.txt", first.addr)).body("written").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(get(&first, "/file?path=/scratch.txt").await, (200, "written".to_owned()));
+    h.runtime.stop(&first).await;
+    let second = h.start(h.spec("hello-00005-fs")).await.unwrap();
+    assert_eq!(get(&second, "/file?path=/scratch.txt").await.0, 404);
+    // The image's own files are there, read through the overlay.
+    assert_eq!(get(&second, "/file?path=/etc/group").await.0, 200);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn exceeding_the_memory_limit_kills_with_a_recorded_reason() {
+    let h = harness().await;
+    let mut spec = h.spec("hello-00006-mem");
+    spec.resources = Resources::from_user(Some("128Mi"), None).unwrap();
+    let instance = h.start(spec).await.unwrap();
+    let _ = client().get(format!("http://{}/alloc?mib=400", instance.addr)).send().await;
+    let status = tokio::time::timeout(Duration::from_secs(30), instance.wait_terminal()).await.unwrap();
+    assert_eq!(status.state, InstanceState::Failed);
+    let reason = status.reason.unwrap();
+    assert!(reason.contains("Memory limit of 128 MiB exceeded"), "{reason}");
+    assert!(status.exit.unwrap().oom_killed);
+    let logs = h
+        .runtime
+        .logs()
+        .query(&LogFilter {
+            instance: Some(instance.id.clone()),
+            min_severity: Some(500),
+            limit: 10,
+            ..LogFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(logs.iter().any(|l| l.message.contains("Memory limit of 128 MiB exceeded")), "{logs:?}");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn half_a_cpu_throttles_a_cpu_burn() {
+    let h = harness().await;
+    let mut spec = h.spec("hello-00007-cpu");
+    spec.resources = Resources::from_user(None, Some("0.5")).unwrap();
+    let instance = h.start(spec).await.unwrap();
+    let before = instance.cpu_stats().expect("cpu.stat readable");
+    let (status, body) = get(&instance, "/cpu?ms=800").await;
+    assert_eq!(status, 200, "{body}");
+    let after = instance.cpu_stats().unwrap();
+    assert!(after.throttled_periods > before.throttled_periods, "no throttling under 0.5 CPU: {before:?} -> {after:?}");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn startup_failures_explain_themselves() {
+    let h = harness().await;
+    let mut never = h.spec("hello-00008-quiet");
+    never.env = vec![("TESTAPP_NO_LISTEN".into(), "1".into())];
+    never.startup_probe = Some(Probe {
+        action: ProbeAction::Tcp { port: 8080 },
+        initial_delay: Duration::ZERO,
+        period: Duration::from_millis(500),
+        timeout: Duration::from_millis(500),
+        failure_threshold: 2,
+    });
+    match h.start(never).await {
+        Err(RuntimeError::StartupFailed { reason }) => {
+            assert!(reason.contains("failed to start and listen on the port defined by the PORT=8080"), "{reason}")
+        }
+        other => panic!("expected a startup failure, got {other:?}"),
+    }
+
+    let mut early = h.spec("hello-00009-exit");
+    early.env = vec![("TESTAPP_EXIT_CODE".into(), "3".into())];
+    match h.start(early).await {
+        Err(RuntimeError::StartupFailed { reason }) => {
+            assert!(reason.contains("Container called exit(3)."), "{reason}");
+            assert!(reason.contains("testapp: exiting early with code 3"), "{reason}");
+        }
+        other => panic!("expected a startup failure, got {other:?}"),
+    }
+    h.finish().await;
+}
+
+/// The host's address on its default route: what an instance reaches as "the outside".
+fn host_address() -> Option<std::net::IpAddr> {
+    let out = std::process::Command::new("ip").args(["-o", "route", "get", "192.0.2.1"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "src")?;
+    words.next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn instances_reach_out_but_not_each_other() {
+    let h = harness().await;
+    let a = h.start(h.spec("hello-00010-a")).await.unwrap();
+    let b = h.start(h.spec("hello-00010-b")).await.unwrap();
+    let (status, body) = get(&a, &format!("/connect?addr={}", b.addr)).await;
+    assert_ne!(status, 200, "instance a reached instance b: {body}");
+
+    if let Some(host) = host_address() {
+        let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
+        let target = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(5), listener.accept()).await });
+        let (status, body) = get(&a, &format!("/connect?addr={target}")).await;
+        assert_eq!((status, body.as_str()), (200, "connected\n"), "no egress from the instance");
+        assert!(matches!(accept.await.unwrap(), Ok(Ok(_))));
+    }
+    h.finish().await;
+}
+
+#[test]
+fn an_unclean_exit_is_swept_up_on_the_next_start() {
+    let (dir, scope);
+    {
+        // A runtime whose process "dies": its tokio runtime is dropped with instances running.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = rt.block_on(harness());
+        let instance = rt.block_on(h.start(h.spec("hello-00011-crash"))).unwrap();
+        assert_eq!(instance.state(), InstanceState::Ready);
+        scope = h.scope();
+        let Harness { dir: d, .. } = h;
+        dir = d;
+        drop(rt);
+    }
+    assert!(!wharf_leftovers(&scope).is_empty(), "the simulated crash left nothing to sweep");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = Store::open(&dir.path().join("state.db")).unwrap();
+        let config = RuntimeConfig {
+            data_dir: dir.path().to_owned(),
+            helper: PathBuf::from(env!("CARGO_BIN_EXE_wharf")),
+            log_retention_lines: 1000,
+        };
+        let runtime = Runtime::open(config, db).await.unwrap();
+        // The orphaned shim notices its server is gone and kills its container; the sweep
+        // removes the rest. Give the shim a moment, bounded.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !wharf_leftovers(&scope).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(wharf_leftovers(&scope), Vec::<String>::new());
+        assert_eq!(std::fs::read_dir(dir.path().join("instances")).unwrap().count(), 0);
+        runtime.shutdown().await;
+    });
+}
