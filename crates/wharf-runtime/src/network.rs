@@ -138,6 +138,10 @@ impl Network {
         run("ip", &["-batch", "-"], Some(&host_batch)).await?;
         let proxy_arp = format!("/proc/sys/net/ipv4/conf/{host_if}/proxy_arp");
         std::fs::write(&proxy_arp, "1").map_err(RuntimeError::io("enable proxy ARP in", &proxy_arp))?;
+        // Proxy ARP answers after a random delay of up to 0.8 s by default; the instance's
+        // first reply waits on that answer, so without this a start takes hundreds of ms.
+        let proxy_delay = format!("/proc/sys/net/ipv4/neigh/{host_if}/proxy_delay");
+        std::fs::write(&proxy_delay, "0").map_err(RuntimeError::io("set proxy ARP delay in", &proxy_delay))?;
         // Claim an address by adding its host route: the kernel refuses a duplicate, which
         // keeps concurrent wharf servers (and instances) from sharing one.
         net.ip = self.claim_address(host_if).await?;

@@ -30,9 +30,12 @@ fn build_testapp() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("WHARF_TESTAPP") {
         return Ok(PathBuf::from(path));
     }
-    // Test binaries live in target/<profile>/deps/.
+    // Test binaries live in target/<profile>/deps/, other binaries in target/<profile>/.
     let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(Path::parent).context("cannot locate the target directory")?;
+    let profile_dir = exe
+        .ancestors()
+        .find(|dir| matches!(dir.file_name().and_then(|n| n.to_str()), Some("debug" | "release")))
+        .context("cannot locate the target directory")?;
     let profile = profile_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_owned();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);

@@ -99,6 +99,7 @@ pub(crate) async fn probe_until_ready(instance: &super::Instance, probe: &Probe)
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let attempt = Probe { timeout: probe.timeout.min(remaining), ..probe.clone() };
         let result = attempt.check(instance.addr.ip()).await;
+        tracing::trace!(instance = %instance.id, after = ?started.elapsed(), ?result, "startup probe");
         // The exited flag is raised before the network is torn down, so a success seen while
         // it is down really reached the container (not whatever answers for a dead address).
         if result.is_ok() && !instance.has_exited() {

@@ -1,0 +1,131 @@
+//! `wharf-bench`: whole-system benchmarks, printed as tables with the figures a reader needs
+//! to judge them. Not part of the test run (too slow and noisy for pass/fail).
+//!
+//! ```sh
+//! cargo build --release -p wharf -p wharf-testapp
+//! cargo run --release -p wharf-bench -- start [--runs 20]
+//! ```
+//!
+//! `start`: time from `Runtime::start` to ready (startup probe passed) for testapp with its
+//! layers already unpacked, split into phases, over N starts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use wharf_image::archive::ImageArchive;
+use wharf_image::remote::RemoteRegistry;
+use wharf_image::{ImageStore, Resolver, SnapshotStore};
+use wharf_runtime::{InstanceSpec, Owner, Probe, Resources, Runtime, RuntimeConfig, StartPhases};
+use wharf_store::Store;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse::<usize>())
+        .transpose()
+        .context("--runs takes a number")?
+        .unwrap_or(20);
+    match args.first().map(String::as_str) {
+        Some("start") => tokio::runtime::Runtime::new()?.block_on(instance_start(runs)),
+        _ => bail!("usage: wharf-bench start [--runs N]"),
+    }
+}
+
+/// The `wharf` binary next to this one (same profile), which serves as the shim.
+fn wharf_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name("wharf");
+    if !path.exists() {
+        bail!("{} is missing: build it first with `cargo build --release -p wharf -p wharf-testapp`", path.display());
+    }
+    Ok(path)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // an index into a short vector
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index]
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+async fn instance_start(runs: usize) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
+    let db = Store::open(&dir.path().join("state.db"))?;
+    let images = ImageStore::open(dir.path(), db.clone())?;
+    let built = wharf_testsupport::testapp_image(dir.path(), "bench")?;
+    images.import(&ImageArchive::open(&built.layout, Some("bench"))?, "testapp", "bench")?;
+    let snapshots = Arc::new(SnapshotStore::open(&dir.path().join("snapshots"), images.blobs().clone())?);
+    let resolver = Resolver::new(images, snapshots, Arc::new(RemoteRegistry::new(None)), vec![]);
+    let image = resolver.load("testapp", "bench")?;
+    let layers = resolver.snapshots(&image).await?;
+    let config =
+        RuntimeConfig { data_dir: dir.path().to_owned(), helper: wharf_binary()?, log_retention_lines: 10_000 };
+    let runtime = Runtime::open(config, db).await?;
+
+    let mut phases: Vec<StartPhases> = Vec::new();
+    let mut wall: Vec<f64> = Vec::new();
+    for i in 0..runs + 1 {
+        let spec = InstanceSpec {
+            owner: Owner::Service {
+                service: "bench".into(),
+                revision: "bench-00001-abc".into(),
+                configuration: "bench".into(),
+            },
+            image: image.clone(),
+            layers: layers.clone(),
+            command: None,
+            args: None,
+            env: vec![],
+            port: 8080,
+            resources: Resources::default(),
+            startup_probe: Some(Probe::default_startup(8080)),
+            liveness_probe: None,
+            grace_period: Duration::from_secs(10),
+        };
+        let t = Instant::now();
+        let instance = runtime.start(spec).await?;
+        let elapsed = t.elapsed();
+        runtime.stop(&instance).await;
+        if i > 0 {
+            // The first start warms caches (page cache, binaries); it is not counted.
+            wall.push(elapsed.as_secs_f64() * 1000.0);
+            phases.push(instance.phases());
+        }
+    }
+    runtime.shutdown().await;
+
+    let column = |f: &dyn Fn(&StartPhases) -> u64| {
+        let mut v: Vec<f64> = phases.iter().map(|p| ms(f(p))).collect();
+        v.sort_by(f64::total_cmp);
+        (percentile(&v, 0.5), percentile(&v, 0.9))
+    };
+    wall.sort_by(f64::total_cmp);
+    println!("instance start to ready, testapp, layers unpacked, {runs} starts (ms)");
+    println!("{:<28} {:>8} {:>8}", "phase", "p50", "p90");
+    type Phase<'a> = &'a dyn Fn(&StartPhases) -> u64;
+    let rows: [(&str, Phase<'_>); 6] = [
+        ("rootfs (tmpfs + overlay)", &|p| p.rootfs_us),
+        ("network (netns + veth)", &|p| p.network_us),
+        ("container create", &|p| p.create_us),
+        ("exec", &|p| p.exec_us),
+        ("first listen", &|p| p.first_listen_us),
+        ("total (runtime)", &|p| p.total_us),
+    ];
+    for (name, f) in rows {
+        let (p50, p90) = column(f);
+        println!("{name:<28} {p50:>8.2} {p90:>8.2}");
+    }
+    println!("{:<28} {:>8.2} {:>8.2}", "total (caller wall clock)", percentile(&wall, 0.5), percentile(&wall, 0.9));
+    Ok(())
+}
