@@ -246,6 +246,36 @@ async fn startup_failures_explain_themselves() {
     h.finish().await;
 }
 
+#[tokio::test]
+async fn http_startup_and_liveness_probes() {
+    let h = harness().await;
+    let http = |path: &str, period_ms: u64, threshold: u32| Probe {
+        action: ProbeAction::HttpGet { port: 8080, path: path.to_owned() },
+        initial_delay: Duration::ZERO,
+        period: Duration::from_millis(period_ms),
+        timeout: Duration::from_millis(500),
+        failure_threshold: threshold,
+    };
+    let mut spec = h.spec("hello-00012-http");
+    spec.startup_probe = Some(http("/status?code=204", 2000, 1));
+    spec.liveness_probe = Some(http("/status?code=503", 100, 3));
+    let instance = h.start(spec).await.unwrap();
+    assert_eq!(instance.state(), InstanceState::Ready);
+    let status = tokio::time::timeout(Duration::from_secs(10), instance.wait_terminal()).await.unwrap();
+    assert_eq!(status.state, InstanceState::Failed);
+    let reason = status.reason.unwrap();
+    assert!(reason.starts_with("Liveness probe failed: HTTP probe GET /status?code=503"), "{reason}");
+    assert!(reason.contains("HTTP status 503"), "{reason}");
+
+    let mut spec = h.spec("hello-00013-http");
+    spec.startup_probe = Some(http("/status?code=500", 300, 2));
+    match h.start(spec).await {
+        Err(RuntimeError::StartupFailed { reason }) => assert!(reason.contains("HTTP status 500"), "{reason}"),
+        other => panic!("expected a startup failure, got {other:?}"),
+    }
+    h.finish().await;
+}
+
 /// The host's address on its default route: what an instance reaches as "the outside".
 fn host_address() -> Option<std::net::IpAddr> {
     let out = std::process::Command::new("ip").args(["-o", "route", "get", "192.0.2.1"]).output().ok()?;
@@ -284,6 +314,8 @@ fn an_unclean_exit_is_swept_up_on_the_next_start() {
         let instance = rt.block_on(h.start(h.spec("hello-00011-crash"))).unwrap();
         assert_eq!(instance.state(), InstanceState::Ready);
         scope = h.scope();
+        // Lines already stored must survive the crash.
+        rt.block_on(h.runtime.logs().flush());
         let Harness { dir: d, .. } = h;
         dir = d;
         drop(rt);
@@ -306,6 +338,10 @@ fn an_unclean_exit_is_swept_up_on_the_next_start() {
         }
         assert_eq!(wharf_leftovers(&scope), Vec::<String>::new());
         assert_eq!(std::fs::read_dir(dir.path().join("instances")).unwrap().count(), 0);
+        // What the crashed instance logged survived the crash.
+        let filter = LogFilter { revision: Some("hello-00011-crash".into()), limit: 10, ..LogFilter::default() };
+        let logs = runtime.logs().query(&filter).await.unwrap();
+        assert!(logs.iter().any(|l| l.message == "testapp: listening on port 8080"), "{logs:?}");
         runtime.shutdown().await;
     });
 }
