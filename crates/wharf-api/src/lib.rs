@@ -1,0 +1,17 @@
+//! Wharf's resources in the shape of Cloud Run Admin API v2 (`google.cloud.run.v2`), shared by
+//! the server and the CLI.
+//!
+//! - [`types`]: `Service`, `RevisionTemplate`, `Container`, `Revision`, `Condition`,
+//!   `TrafficTarget`, `Operation`, ... with the JSON field names and encodings the API uses
+//!   (camelCase, int64 as strings, durations as `"300s"`, timestamps in RFC 3339).
+//! - [`enums`]: enum values by name, and the integer encoding clients may ask for.
+//! - [`names`]: resource names (`projects/p/locations/l/services/s`) and Cloud Run's naming rules.
+//!
+//! This crate does no I/O.
+
+pub mod enums;
+pub mod names;
+pub mod types;
+
+pub use names::{ResourceName, validate_service_name};
+pub use types::*;

@@ -1,0 +1,100 @@
+//! Resource names and Cloud Run's naming rules.
+
+use std::fmt;
+
+/// `projects/{project}/locations/{location}`, the parent of services and jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Parent {
+    pub project: String,
+    pub location: String,
+}
+
+impl Parent {
+    pub fn path(&self) -> String {
+        format!("projects/{}/locations/{}", self.project, self.location)
+    }
+}
+
+/// A full resource name: a parent plus a collection and id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourceName {
+    pub parent: Parent,
+    pub collection: &'static str,
+    pub id: String,
+}
+
+impl fmt::Display for ResourceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.parent.path(), self.collection, self.id)
+    }
+}
+
+/// Checks a service (or job) name: lowercase letters, digits and hyphens, starting with a
+/// letter, not ending with a hyphen, at most 49 characters.
+pub fn validate_service_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 49
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} name {name:?} is invalid: it must use only lowercase letters, digits and hyphens, \
+             start with a letter, not end with a hyphen, and be at most 49 characters"
+        ))
+    }
+}
+
+/// Checks a project or location id: lowercase letters, digits and hyphens, at most 63.
+pub fn validate_parent_id(kind: &str, id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !id.starts_with('-')
+        && !id.ends_with('-');
+    if ok { Ok(()) } else { Err(format!("{kind} {id:?} is invalid: use lowercase letters, digits and hyphens")) }
+}
+
+/// Checks a full revision name given for a service: `{service}-{suffix}` where the whole is a
+/// DNS label (at most 63 characters).
+pub fn validate_revision_name(service: &str, revision: &str) -> Result<(), String> {
+    let prefix = format!("{service}-");
+    let ok = revision.starts_with(&prefix)
+        && revision.len() > prefix.len()
+        && revision.len() <= 63
+        && !revision.ends_with('-')
+        && revision.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "revision name {revision:?} is invalid: it must be {prefix}<suffix>, with lowercase letters, digits \
+             and hyphens, at most 63 characters"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_follow_cloud_run() {
+        for good in ["hello", "a", "my-service-2", &"a".repeat(49)] {
+            assert_eq!(validate_service_name("service", good), Ok(()), "{good}");
+        }
+        for bad in ["", "Hello", "1abc", "abc-", "a_b", "a.b", &"a".repeat(50)] {
+            validate_service_name("service", bad).expect_err(bad);
+        }
+    }
+
+    #[test]
+    fn revision_names() {
+        assert_eq!(validate_revision_name("hello", "hello-green"), Ok(()));
+        validate_revision_name("hello", "other-green").unwrap_err();
+        validate_revision_name("hello", "hello-").unwrap_err();
+        validate_revision_name("hello", "hello-Green").unwrap_err();
+    }
+}
