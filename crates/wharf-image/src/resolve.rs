@@ -14,7 +14,7 @@ use crate::remote::RemoteRegistry;
 use crate::snapshot::SnapshotStore;
 
 /// An image pinned by digest, with everything needed to run it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResolvedImage {
     /// The local repository holding the image.
     pub repository: String,

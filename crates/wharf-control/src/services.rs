@@ -1,0 +1,375 @@
+//! Service and revision commands: create, get, list, update, delete. Each validates fully
+//! before writing anything, writes in one transaction, and hands the rest to a reconciler.
+
+use wharf_api::names::{Parent, validate_parent_id, validate_revision_name};
+use wharf_api::{ListRevisionsResponse, ListServicesResponse, Operation, Revision, Service, validate_service_name};
+
+use crate::store::{self, RevisionRow, RevisionState, ServiceRow};
+use crate::validate::validate;
+use crate::{ControlError, ControlPlane, render};
+
+const DEFAULT_PAGE: usize = 100;
+
+fn not_found(parent: &Parent, name: &str) -> ControlError {
+    ControlError::NotFound(format!("Resource '{}/services/{name}' was not found", parent.path()))
+}
+
+/// Fields of a service the user sets (everything else is status).
+fn user_fields(body: &Service) -> Service {
+    Service {
+        description: body.description.clone(),
+        labels: body.labels.clone(),
+        annotations: body.annotations.clone(),
+        client: body.client.clone(),
+        client_version: body.client_version.clone(),
+        ingress: body.ingress.clone(),
+        launch_stage: body.launch_stage.clone(),
+        template: body.template.clone(),
+        traffic: body.traffic.clone(),
+        invoker_iam_disabled: body.invoker_iam_disabled,
+        ..Service::default()
+    }
+}
+
+/// Two templates describe the same revision when they match ignoring the requested name.
+fn same_template(a: &wharf_api::RevisionTemplate, b: &wharf_api::RevisionTemplate) -> bool {
+    let strip = |t: &wharf_api::RevisionTemplate| wharf_api::RevisionTemplate { revision: String::new(), ..t.clone() };
+    strip(a) == strip(b)
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    uuid::Uuid::new_v4().as_bytes()[..3].iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
+}
+
+impl ControlPlane {
+    pub fn parent(&self, project: &str, location: &str) -> Result<Parent, ControlError> {
+        validate_parent_id("project", project).map_err(ControlError::InvalidArgument)?;
+        if location != "-" {
+            validate_parent_id("location", location).map_err(ControlError::InvalidArgument)?;
+        }
+        Ok(Parent { project: project.to_owned(), location: location.to_owned() })
+    }
+
+    fn render(&self, row: &ServiceRow) -> Result<Service, ControlError> {
+        let revisions = store::list_revisions(&self.inner.db, &row.parent, &row.name)?;
+        Ok(render::service(row, &revisions, &self.inner.settings))
+    }
+
+    /// Validates a template and resolves its image; builds the revision row to insert.
+    async fn new_revision(&self, row: &ServiceRow, template: &wharf_api::RevisionTemplate) -> Result<RevisionRow, ControlError> {
+        let config = validate(template)?;
+        let name = if template.revision.is_empty() {
+            format!("{}-{:05}-{}", row.name, row.next_revision, random_suffix())
+        } else {
+            validate_revision_name(&row.name, &template.revision).map_err(ControlError::InvalidArgument)?;
+            if store::get_revision(&self.inner.db, &row.parent, &template.revision)?.is_some() {
+                return Err(ControlError::AlreadyExists(format!(
+                    "Revision named '{}' already exists; choose another --revision-suffix",
+                    template.revision
+                )));
+            }
+            template.revision.clone()
+        };
+        let image = self.inner.resolver.resolve(&config.image).await.map_err(|e| {
+            ControlError::InvalidArgument(format!("Image '{}' could not be resolved: {e}", config.image))
+        })?;
+        Ok(RevisionRow {
+            parent: row.parent.clone(),
+            service: row.name.clone(),
+            name,
+            uid: uuid::Uuid::new_v4().to_string(),
+            seq: row.next_revision,
+            template: template.clone(),
+            image,
+            state: RevisionState::Pending,
+            message: String::new(),
+            create_time: crate::time::now(),
+        })
+    }
+
+    pub async fn create_service(
+        &self,
+        parent: &Parent,
+        service_id: &str,
+        body: Service,
+        validate_only: bool,
+    ) -> Result<Operation, ControlError> {
+        validate_service_name("service", service_id).map_err(ControlError::InvalidArgument)?;
+        self.check_traffic(&body, &[])?;
+        let lock = self.service_lock(&format!("{}/{service_id}", parent.path()));
+        let _guard = lock.lock().await;
+        if store::get_service(&self.inner.db, parent, service_id)?.is_some() {
+            return Err(ControlError::AlreadyExists(format!(
+                "Resource '{}/services/{service_id}' already exists",
+                parent.path()
+            )));
+        }
+        let now = crate::time::now();
+        let mut row = ServiceRow {
+            parent: parent.clone(),
+            name: service_id.to_owned(),
+            uid: uuid::Uuid::new_v4().to_string(),
+            generation: 1,
+            spec: user_fields(&body),
+            create_time: now.clone(),
+            update_time: now,
+            observed_generation: 0,
+            next_revision: 1,
+        };
+        let revision = self.new_revision(&row, &body.template).await?;
+        if validate_only {
+            let service = render::service(&row, &[revision], &self.inner.settings);
+            return Ok(Operation { name: String::new(), done: true, ..Operation::default() }).map(|mut op| {
+                op.response = Some(wharf_api::to_any(wharf_api::SERVICE_TYPE, &service));
+                op
+            });
+        }
+        row.next_revision += 1;
+        let service = render::service(&row, std::slice::from_ref(&revision), &self.inner.settings);
+        let op = self.inner.db.write(|tx| {
+            store::insert_service(tx, &row)?;
+            store::insert_revision(tx, &revision)?;
+            self.new_operation(tx, &parent.project, &parent.location, &service, false)
+        })?;
+        self.spawn_reconcile(parent.clone(), service_id.to_owned(), Some(op.name.clone()));
+        Ok(op)
+    }
+
+    pub fn get_service(&self, parent: &Parent, name: &str) -> Result<Service, ControlError> {
+        let row = store::get_service(&self.inner.db, parent, name)?.ok_or_else(|| not_found(parent, name))?;
+        self.render(&row)
+    }
+
+    pub fn list_services(
+        &self,
+        parent: &Parent,
+        page_size: Option<usize>,
+        page_token: &str,
+    ) -> Result<ListServicesResponse, ControlError> {
+        let size = page_size.filter(|n| *n > 0).unwrap_or(DEFAULT_PAGE).min(1000);
+        let rows = store::list_services(&self.inner.db, parent, page_token, size + 1)?;
+        let more = rows.len() > size;
+        let services: Vec<Service> = rows.iter().take(size).map(|r| self.render(r)).collect::<Result<_, _>>()?;
+        let next_page_token = if more { rows[size - 1].name.clone() } else { String::new() };
+        Ok(ListServicesResponse { services, next_page_token })
+    }
+
+    /// Replaces the service's user fields (all, or those `update_mask` names). A changed
+    /// template makes a new revision; a changed traffic spec re-routes.
+    pub async fn update_service(
+        &self,
+        parent: &Parent,
+        name: &str,
+        body: Service,
+        update_mask: Option<Vec<String>>,
+        allow_missing: bool,
+        validate_only: bool,
+    ) -> Result<Operation, ControlError> {
+        let existing = store::get_service(&self.inner.db, parent, name)?;
+        let Some(current) = existing else {
+            if allow_missing {
+                return self.create_service(parent, name, body, validate_only).await;
+            }
+            return Err(not_found(parent, name));
+        };
+        let lock = self.service_lock(&format!("{}/{name}", parent.path()));
+        let guard = lock.lock().await;
+        let current = store::get_service(&self.inner.db, parent, name)?.unwrap_or(current);
+        let rendered = self.render(&current)?;
+        if !body.etag.is_empty() && body.etag != rendered.etag {
+            return Err(ControlError::Aborted(format!(
+                "The service was changed since it was read (etag {} is not the current {}); read it again and retry",
+                body.etag, rendered.etag
+            )));
+        }
+        let mut spec = current.spec.clone();
+        let incoming = user_fields(&body);
+        match &update_mask {
+            None => spec = incoming,
+            Some(paths) => {
+                for path in paths {
+                    match path.split('.').next().unwrap_or("") {
+                        "template" => spec.template = incoming.template.clone(),
+                        "traffic" => spec.traffic = incoming.traffic.clone(),
+                        "labels" => spec.labels = incoming.labels.clone(),
+                        "annotations" => spec.annotations = incoming.annotations.clone(),
+                        "description" => spec.description = incoming.description.clone(),
+                        "ingress" => spec.ingress = incoming.ingress.clone(),
+                        "client" | "clientVersion" | "client_version" => {
+                            spec.client = incoming.client.clone();
+                            spec.client_version = incoming.client_version.clone();
+                        }
+                        other => {
+                            return Err(ControlError::InvalidArgument(format!(
+                                "updateMask path {other:?} is not supported; use template, traffic, labels, \
+                                 annotations, description or ingress"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        let revisions = store::list_revisions(&self.inner.db, parent, name)?;
+        let names: Vec<String> = revisions.iter().map(|r| r.name.clone()).collect();
+        let latest_template = revisions.first().map(|r| &r.template);
+        let template_changed = latest_template.is_none_or(|t| !same_template(t, &spec.template))
+            || (!spec.template.revision.is_empty() && !names.contains(&spec.template.revision));
+        let mut row = current.clone();
+        row.spec = spec;
+        let revision = if template_changed { Some(self.new_revision(&row, &row.spec.template).await?) } else { None };
+        let mut all_names = names.clone();
+        if let Some(r) = &revision {
+            all_names.push(r.name.clone());
+        }
+        self.check_traffic(&row.spec, &all_names)?;
+        let changed = revision.is_some() || row.spec != current.spec;
+        if validate_only || !changed {
+            let service = self.render(&current)?;
+            return Ok(Operation {
+                name: String::new(),
+                done: true,
+                metadata: Some(wharf_api::to_any(wharf_api::SERVICE_TYPE, &service)),
+                response: Some(wharf_api::to_any(wharf_api::SERVICE_TYPE, &service)),
+                error: None,
+            });
+        }
+        row.generation += 1;
+        row.update_time = crate::time::now();
+        if revision.is_some() {
+            row.next_revision += 1;
+        }
+        let mut preview = revisions.clone();
+        if let Some(r) = &revision {
+            preview.insert(0, r.clone());
+        }
+        let service = render::service(&row, &preview, &self.inner.settings);
+        let op = self.inner.db.write(|tx| {
+            store::update_service(tx, &row)?;
+            if let Some(r) = &revision {
+                store::insert_revision(tx, r)?;
+            }
+            self.new_operation(tx, &parent.project, &parent.location, &service, false)
+        })?;
+        drop(guard);
+        self.spawn_reconcile(parent.clone(), name.to_owned(), Some(op.name.clone()));
+        Ok(op)
+    }
+
+    /// Traffic must name known revisions (or LATEST), with percents summing to 100.
+    fn check_traffic(&self, spec: &Service, revisions: &[String]) -> Result<(), ControlError> {
+        if spec.traffic.is_empty() {
+            return Ok(());
+        }
+        let mut total = 0;
+        for t in &spec.traffic {
+            if t.percent < 0 || t.percent > 100 {
+                return Err(ControlError::InvalidArgument(format!("traffic percent {} is out of range", t.percent)));
+            }
+            total += t.percent;
+            let latest = t.kind.as_deref() == Some(wharf_api::TRAFFIC_LATEST);
+            if !latest && !revisions.contains(&t.revision) {
+                return Err(ControlError::InvalidArgument(format!(
+                    "traffic names revision {:?}, which this service does not have",
+                    t.revision
+                )));
+            }
+        }
+        if total != 100 {
+            return Err(ControlError::InvalidArgument(format!("traffic percents sum to {total}; they must sum to 100")));
+        }
+        Ok(())
+    }
+
+    pub async fn delete_service(&self, parent: &Parent, name: &str, etag: &str) -> Result<Operation, ControlError> {
+        let lock = self.service_lock(&format!("{}/{name}", parent.path()));
+        let guard = lock.lock().await;
+        let row = store::get_service(&self.inner.db, parent, name)?.ok_or_else(|| not_found(parent, name))?;
+        let service = self.render(&row)?;
+        if !etag.is_empty() && etag != service.etag {
+            return Err(ControlError::Aborted(format!("etag {etag} is not the current {}", service.etag)));
+        }
+        let revisions = store::list_revisions(&self.inner.db, parent, name)?;
+        let op = self.inner.db.write(|tx| self.new_operation(tx, &parent.project, &parent.location, &service, false))?;
+        self.inner.table.remove(&render::host(name, &parent.project, &self.inner.settings));
+        store::delete_service(&self.inner.db, parent, name)?;
+        drop(guard);
+        let control = self.clone();
+        let (parent, op_name) = (parent.clone(), op.name.clone());
+        tokio::spawn(async move {
+            for r in &revisions {
+                control.close_pool(&parent, &r.name).await;
+            }
+            if let Err(e) = control.finish_operation(&op_name, &service, None) {
+                tracing::error!(error = %e, "cannot complete the delete operation");
+            }
+        });
+        Ok(op)
+    }
+
+    pub fn list_revisions(
+        &self,
+        parent: &Parent,
+        service: &str,
+        page_size: Option<usize>,
+        page_token: &str,
+    ) -> Result<ListRevisionsResponse, ControlError> {
+        if service != "-" && store::get_service(&self.inner.db, parent, service)?.is_none() {
+            return Err(not_found(parent, service));
+        }
+        let rows = store::list_revisions(&self.inner.db, parent, service)?;
+        let size = page_size.filter(|n| *n > 0).unwrap_or(DEFAULT_PAGE).min(1000);
+        let start = if page_token.is_empty() {
+            0
+        } else {
+            rows.iter().position(|r| r.name == page_token).map_or(rows.len(), |i| i + 1)
+        };
+        let page: Vec<&RevisionRow> = rows.iter().skip(start).take(size).collect();
+        let next_page_token = if start + size < rows.len() { page.last().map(|r| r.name.clone()).unwrap_or_default() } else { String::new() };
+        Ok(ListRevisionsResponse {
+            revisions: page.into_iter().map(|r| render::revision(r, &self.inner.settings)).collect(),
+            next_page_token,
+        })
+    }
+
+    pub fn get_revision(&self, parent: &Parent, service: &str, name: &str) -> Result<Revision, ControlError> {
+        store::get_revision(&self.inner.db, parent, name)?
+            .filter(|r| r.service == service || service == "-")
+            .map(|r| render::revision(&r, &self.inner.settings))
+            .ok_or_else(|| ControlError::NotFound(format!("Revision '{name}' was not found")))
+    }
+
+    /// Deletes a revision that serves no traffic and carries no tag.
+    pub async fn delete_revision(&self, parent: &Parent, service: &str, name: &str) -> Result<Operation, ControlError> {
+        let lock = self.service_lock(&format!("{}/{service}", parent.path()));
+        let guard = lock.lock().await;
+        let row = store::get_service(&self.inner.db, parent, service)?.ok_or_else(|| not_found(parent, service))?;
+        let revisions = store::list_revisions(&self.inner.db, parent, service)?;
+        let revision = revisions
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| ControlError::NotFound(format!("Revision '{name}' was not found")))?;
+        for (target, percent, tag, _) in render::resolve_traffic(&row.spec, &revisions) {
+            if target.as_deref() == Some(name) && (percent > 0 || !tag.is_empty()) {
+                let why = if percent > 0 { format!("it serves {percent}% of traffic") } else { format!("it carries tag {tag:?}") };
+                return Err(ControlError::FailedPrecondition(format!(
+                    "Revision '{name}' cannot be deleted because {why}; move traffic or tags off it first \
+                     (wharf run services update-traffic)"
+                )));
+            }
+        }
+        let rendered = render::revision(revision, &self.inner.settings);
+        store::delete_revision(&self.inner.db, parent, name)?;
+        drop(guard);
+        self.close_pool(parent, name).await;
+        let op = Operation {
+            name: format!("{}/operations/{}", parent.path(), uuid::Uuid::new_v4()),
+            metadata: Some(wharf_api::to_any(wharf_api::REVISION_TYPE, &rendered)),
+            done: true,
+            error: None,
+            response: Some(wharf_api::to_any(wharf_api::REVISION_TYPE, &rendered)),
+        };
+        self.inner.db.write(|tx| store::insert_operation(tx, &op, &crate::time::now()))?;
+        Ok(op)
+    }
+}

@@ -1,0 +1,334 @@
+//! The control plane's rows: services, revisions and operations in the state database.
+
+use wharf_api::names::Parent;
+use wharf_store::Store;
+use wharf_store::rusqlite::{self, OptionalExtension, Row, params};
+
+use crate::ControlError;
+
+#[derive(Debug, Clone)]
+pub struct ServiceRow {
+    pub parent: Parent,
+    pub name: String,
+    pub uid: String,
+    pub generation: i64,
+    /// The user's part of the resource (template, traffic, labels, ...), as API JSON.
+    pub spec: wharf_api::Service,
+    pub create_time: String,
+    pub update_time: String,
+    pub observed_generation: i64,
+    pub next_revision: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevisionState {
+    Pending,
+    Ready,
+    Failed,
+}
+
+impl RevisionState {
+    fn as_str(self) -> &'static str {
+        match self {
+            RevisionState::Pending => "PENDING",
+            RevisionState::Ready => "READY",
+            RevisionState::Failed => "FAILED",
+        }
+    }
+
+    fn parse(s: &str) -> RevisionState {
+        match s {
+            "READY" => RevisionState::Ready,
+            "FAILED" => RevisionState::Failed,
+            _ => RevisionState::Pending,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RevisionRow {
+    pub parent: Parent,
+    pub service: String,
+    pub name: String,
+    pub uid: String,
+    pub seq: i64,
+    pub template: wharf_api::RevisionTemplate,
+    pub image: wharf_image::ResolvedImage,
+    pub state: RevisionState,
+    pub message: String,
+    pub create_time: String,
+}
+
+fn json<T: serde::de::DeserializeOwned>(text: String) -> rusqlite::Result<T> {
+    serde_json::from_str(&text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, ControlError> {
+    serde_json::to_string(value).map_err(|e| ControlError::Internal(e.to_string()))
+}
+
+fn service_row(r: &Row<'_>) -> rusqlite::Result<ServiceRow> {
+    Ok(ServiceRow {
+        parent: Parent { project: r.get(0)?, location: r.get(1)? },
+        name: r.get(2)?,
+        uid: r.get(3)?,
+        generation: r.get(4)?,
+        spec: json(r.get(5)?)?,
+        create_time: r.get(6)?,
+        update_time: r.get(7)?,
+        observed_generation: r.get(8)?,
+        next_revision: r.get(9)?,
+    })
+}
+
+const SERVICE_COLUMNS: &str =
+    "project, location, name, uid, generation, spec, create_time, update_time, observed_generation, next_revision";
+const REVISION_COLUMNS: &str = "project, location, service, name, uid, seq, spec, image, state, message, create_time";
+
+fn revision_row(r: &Row<'_>) -> rusqlite::Result<RevisionRow> {
+    let state: String = r.get(8)?;
+    Ok(RevisionRow {
+        parent: Parent { project: r.get(0)?, location: r.get(1)? },
+        service: r.get(2)?,
+        name: r.get(3)?,
+        uid: r.get(4)?,
+        seq: r.get(5)?,
+        template: json(r.get(6)?)?,
+        image: json(r.get(7)?)?,
+        state: RevisionState::parse(&state),
+        message: r.get(9)?,
+        create_time: r.get(10)?,
+    })
+}
+
+pub fn get_service(db: &Store, parent: &Parent, name: &str) -> Result<Option<ServiceRow>, ControlError> {
+    Ok(db.read(|c| {
+        c.query_row(
+            &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE project = ?1 AND location = ?2 AND name = ?3"),
+            params![parent.project, parent.location, name],
+            service_row,
+        )
+        .optional()
+    })?)
+}
+
+/// Services of `parent` after `after` (by name), at most `limit`.
+pub fn list_services(db: &Store, parent: &Parent, after: &str, limit: usize) -> Result<Vec<ServiceRow>, ControlError> {
+    Ok(db.read(|c| {
+        let mut stmt = c.prepare(&format!(
+            "SELECT {SERVICE_COLUMNS} FROM services WHERE project = ?1 AND (location = ?2 OR ?2 = '-') AND name > ?3
+             ORDER BY name LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(
+            params![parent.project, parent.location, after, i64::try_from(limit).unwrap_or(i64::MAX)],
+            service_row,
+        )?;
+        rows.collect()
+    })?)
+}
+
+pub fn all_services(db: &Store) -> Result<Vec<ServiceRow>, ControlError> {
+    Ok(db.read(|c| {
+        let mut stmt = c.prepare(&format!("SELECT {SERVICE_COLUMNS} FROM services"))?;
+        let rows = stmt.query_map([], service_row)?;
+        rows.collect()
+    })?)
+}
+
+pub fn insert_service(tx: &rusqlite::Transaction<'_>, row: &ServiceRow) -> Result<(), ControlError> {
+    tx.execute(
+        &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+        params![
+            row.parent.project,
+            row.parent.location,
+            row.name,
+            row.uid,
+            row.generation,
+            to_json(&row.spec)?,
+            row.create_time,
+            row.update_time,
+            row.observed_generation,
+            row.next_revision
+        ],
+    )
+    .map_err(ControlError::from_sql)?;
+    Ok(())
+}
+
+pub fn update_service(tx: &rusqlite::Transaction<'_>, row: &ServiceRow) -> Result<(), ControlError> {
+    tx.execute(
+        "UPDATE services SET generation = ?4, spec = ?5, update_time = ?6, observed_generation = ?7, next_revision = ?8
+         WHERE project = ?1 AND location = ?2 AND name = ?3",
+        params![
+            row.parent.project,
+            row.parent.location,
+            row.name,
+            row.generation,
+            to_json(&row.spec)?,
+            row.update_time,
+            row.observed_generation,
+            row.next_revision
+        ],
+    )
+    .map_err(ControlError::from_sql)?;
+    Ok(())
+}
+
+pub fn set_observed_generation(db: &Store, parent: &Parent, name: &str, generation: i64) -> Result<(), ControlError> {
+    db.write(|tx| {
+        tx.execute(
+            "UPDATE services SET observed_generation = max(observed_generation, ?4)
+             WHERE project = ?1 AND location = ?2 AND name = ?3",
+            params![parent.project, parent.location, name, generation],
+        )
+        .map_err(ControlError::from_sql)
+    })?;
+    Ok(())
+}
+
+pub fn delete_service(db: &Store, parent: &Parent, name: &str) -> Result<(), ControlError> {
+    db.write(|tx| {
+        tx.execute(
+            "DELETE FROM revisions WHERE project = ?1 AND location = ?2 AND service = ?3",
+            params![parent.project, parent.location, name],
+        )
+        .map_err(ControlError::from_sql)?;
+        tx.execute(
+            "DELETE FROM services WHERE project = ?1 AND location = ?2 AND name = ?3",
+            params![parent.project, parent.location, name],
+        )
+        .map_err(ControlError::from_sql)
+    })?;
+    Ok(())
+}
+
+pub fn insert_revision(tx: &rusqlite::Transaction<'_>, row: &RevisionRow) -> Result<(), ControlError> {
+    tx.execute(
+        &format!("INSERT INTO revisions ({REVISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        params![
+            row.parent.project,
+            row.parent.location,
+            row.service,
+            row.name,
+            row.uid,
+            row.seq,
+            to_json(&row.template)?,
+            to_json(&row.image)?,
+            row.state.as_str(),
+            row.message,
+            row.create_time
+        ],
+    )
+    .map_err(ControlError::from_sql)?;
+    Ok(())
+}
+
+pub fn set_revision_state(
+    db: &Store,
+    parent: &Parent,
+    name: &str,
+    state: RevisionState,
+    message: &str,
+) -> Result<(), ControlError> {
+    db.write(|tx| {
+        tx.execute(
+            "UPDATE revisions SET state = ?4, message = ?5 WHERE project = ?1 AND location = ?2 AND name = ?3",
+            params![parent.project, parent.location, name, state.as_str(), message],
+        )
+        .map_err(ControlError::from_sql)
+    })?;
+    Ok(())
+}
+
+pub fn get_revision(db: &Store, parent: &Parent, name: &str) -> Result<Option<RevisionRow>, ControlError> {
+    Ok(db.read(|c| {
+        c.query_row(
+            &format!("SELECT {REVISION_COLUMNS} FROM revisions WHERE project = ?1 AND location = ?2 AND name = ?3"),
+            params![parent.project, parent.location, name],
+            revision_row,
+        )
+        .optional()
+    })?)
+}
+
+/// A service's revisions, newest first.
+pub fn list_revisions(db: &Store, parent: &Parent, service: &str) -> Result<Vec<RevisionRow>, ControlError> {
+    Ok(db.read(|c| {
+        let mut stmt = c.prepare(&format!(
+            "SELECT {REVISION_COLUMNS} FROM revisions WHERE project = ?1 AND location = ?2 AND service = ?3
+             ORDER BY seq DESC"
+        ))?;
+        let rows = stmt.query_map(params![parent.project, parent.location, service], revision_row)?;
+        rows.collect()
+    })?)
+}
+
+pub fn delete_revision(db: &Store, parent: &Parent, name: &str) -> Result<(), ControlError> {
+    db.write(|tx| {
+        tx.execute(
+            "DELETE FROM revisions WHERE project = ?1 AND location = ?2 AND name = ?3",
+            params![parent.project, parent.location, name],
+        )
+        .map_err(ControlError::from_sql)
+    })?;
+    Ok(())
+}
+
+pub fn insert_operation(tx: &rusqlite::Transaction<'_>, op: &wharf_api::Operation, time: &str) -> Result<(), ControlError> {
+    tx.execute(
+        "INSERT INTO operations (name, done, metadata, response, error, create_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            op.name,
+            op.done,
+            op.metadata.as_ref().map(|m| m.to_string()),
+            op.response.as_ref().map(|r| r.to_string()),
+            op.error.as_ref().map(to_json).transpose()?,
+            time
+        ],
+    )
+    .map_err(ControlError::from_sql)?;
+    Ok(())
+}
+
+pub fn finish_operation(db: &Store, op: &wharf_api::Operation) -> Result<(), ControlError> {
+    db.write(|tx| {
+        tx.execute(
+            "UPDATE operations SET done = 1, metadata = ?2, response = ?3, error = ?4 WHERE name = ?1",
+            params![
+                op.name,
+                op.metadata.as_ref().map(|m| m.to_string()),
+                op.response.as_ref().map(|r| r.to_string()),
+                op.error.as_ref().map(to_json).transpose()?
+            ],
+        )
+        .map_err(ControlError::from_sql)
+    })?;
+    Ok(())
+}
+
+pub fn get_operation(db: &Store, name: &str) -> Result<Option<wharf_api::Operation>, ControlError> {
+    Ok(db.read(|c| {
+        c.query_row("SELECT name, done, metadata, response, error FROM operations WHERE name = ?1", [name], |r| {
+            let parse = |t: Option<String>| t.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+            let error: Option<String> = r.get(4)?;
+            Ok(wharf_api::Operation {
+                name: r.get(0)?,
+                done: r.get(1)?,
+                metadata: parse(r.get(2)?),
+                response: parse(r.get(3)?),
+                error: error.and_then(|e| serde_json::from_str(&e).ok()),
+            })
+        })
+        .optional()
+    })?)
+}
+
+/// Operations not finished when the server last stopped.
+pub fn unfinished_operations(db: &Store) -> Result<Vec<wharf_api::Operation>, ControlError> {
+    let names: Vec<String> = db.read(|c| {
+        let mut stmt = c.prepare("SELECT name FROM operations WHERE done = 0")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect()
+    })?;
+    Ok(names.iter().filter_map(|n| get_operation(db, n).ok().flatten()).collect())
+}

@@ -1,0 +1,77 @@
+//! Proxy failures and how each is answered, decided once here: an unknown host is a 404, a
+//! full queue a 429, no instance in time a 503, an instance that cannot start a 503, an
+//! upstream that fails a 502, a request past its timeout a 504 (the instance is kept).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Response, StatusCode};
+
+use crate::proxy::ProxyBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no service answers to host {host:?}")]
+    UnknownHost { host: String },
+    #[error("the service has no revision ready to serve")]
+    NoRevision,
+    #[error("the request queue is full")]
+    QueueFull,
+    #[error("no instance became available in time")]
+    NoInstance,
+    #[error("an instance could not be started: {0}")]
+    StartFailed(String),
+    #[error("the upstream request failed: {0}")]
+    Upstream(String),
+    #[error("the request exceeded its timeout of {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UnknownHost { .. } => StatusCode::NOT_FOUND,
+            ProxyError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::NoRevision | ProxyError::NoInstance | ProxyError::StartFailed(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Whether the request can be retried on another instance: only failures where the
+    /// request never reached an instance.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ProxyError::QueueFull | ProxyError::NoInstance)
+    }
+
+    fn body(&self) -> String {
+        match self {
+            ProxyError::UnknownHost { .. } => {
+                "Error: Page not found. The requested URL was not found on this server.".to_owned()
+            }
+            ProxyError::QueueFull | ProxyError::NoInstance => {
+                "The request was aborted because there was no available instance.".to_owned()
+            }
+            ProxyError::NoRevision => "The service has no ready revision to serve this request.".to_owned(),
+            ProxyError::StartFailed(reason) => format!("The service could not start an instance: {reason}"),
+            ProxyError::Upstream(_) => "The upstream instance failed to answer the request.".to_owned(),
+            ProxyError::Timeout(t) => format!("upstream request timeout: the request exceeded {}s", t.as_secs()),
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::debug!(error = %self, "proxy error");
+        }
+        let body = Full::new(Bytes::from(format!("{}\n", self.body()))).map_err(|never| match never {}).boxed();
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("valid"));
+        if self.retryable() {
+            response.headers_mut().insert(hyper::header::RETRY_AFTER, "1".parse().expect("valid"));
+        }
+        response
+    }
+}

@@ -1,0 +1,21 @@
+//! Wharf's data plane, one in-process proxy with no sidecars.
+//!
+//! - [`table`]: the routing table, Host -> service -> weighted revisions, swapped atomically
+//!   by the control plane.
+//! - [`pool`]: a revision's instances: per-instance concurrency enforced here, a bounded
+//!   queue for requests that arrive while instances start, and a scaling loop that feeds the
+//!   autoscaler and starts and stops instances through a [`pool::Launcher`].
+//! - [`proxy`]: the ingress HTTP server: HTTP/1.1 and h2c, WebSocket upgrades, streamed bodies,
+//!   forwarding and trace headers, request timeouts.
+//! - [`error`]: how every proxy failure is answered, classified in one place.
+//!
+//! It does not know how instances are built (the launcher does) nor where routes come from.
+
+pub mod error;
+pub mod pool;
+pub mod proxy;
+pub mod table;
+
+pub use pool::{Launcher, PoolConfig, RevisionPool};
+pub use proxy::serve;
+pub use table::{RoutingTable, ServiceRoute};

@@ -1,0 +1,279 @@
+//! The ingress server: accepts HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one port,
+//! routes each request by Host to a revision (weighted), takes a slot on one of its instances,
+//! and forwards the request with streamed bodies, `X-Forwarded-*` and trace headers. WebSocket
+//! (and other) upgrades are spliced through. The revision's timeout bounds each request: past
+//! it the client gets a 504 and the instance keeps serving.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ProxyError;
+use crate::pool::Lease;
+use crate::table::RoutingTable;
+
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// Serves the ingress on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, table: Arc<RoutingTable>, shutdown: CancellationToken) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector);
+    let proxy = Arc::new(Proxy { table, client });
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return,
+        };
+        let Ok((stream, remote)) = accepted else { continue };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+                }
+            }
+        });
+    }
+}
+
+struct Proxy {
+    table: Arc<RoutingTable>,
+    client: Client<HttpConnector, Incoming>,
+}
+
+/// Headers that belong to one connection, never forwarded.
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+impl Proxy {
+    async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+        match self.forward(req, remote).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>, remote: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_owned();
+        let route = self.table.lookup(&host).ok_or(ProxyError::UnknownHost { host: host.clone() })?;
+        let roll = random_percent();
+        let pool = route.pick(roll).ok_or(ProxyError::NoRevision)?.clone();
+        let timeout = pool.config().request_timeout;
+        let started = tokio::time::Instant::now();
+        let lease = tokio::time::timeout(timeout, pool.acquire()).await.map_err(|_| ProxyError::Timeout(timeout))??;
+
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = format!("http://{}{path}", lease.instance.addr)
+            .parse()
+            .map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))?;
+        parts.version = hyper::Version::HTTP_11;
+        prepare_headers(&mut parts.headers, remote, &host, upgrade);
+        let upstream = Request::from_parts(parts, body);
+
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let mut response = match tokio::time::timeout(remaining, self.client.request(upstream)).await {
+            Err(_) => return Err(ProxyError::Timeout(timeout)),
+            Ok(Err(e)) => return Err(ProxyError::Upstream(e.to_string())),
+            Ok(Ok(r)) => r,
+        };
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice(client_upgrade, upstream_upgrade, lease));
+            let (parts, _) = response.into_parts();
+            return Ok(Response::from_parts(parts, http_body_util::Empty::new().map_err(|never| match never {}).boxed()));
+        }
+
+        let (mut parts, body) = response.into_parts();
+        for name in HOP_BY_HOP {
+            parts.headers.remove(*name);
+        }
+        let deadline = started + timeout;
+        let body = LeasedBody { inner: body, _lease: lease, deadline: Box::pin(tokio::time::sleep_until(deadline)) };
+        Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Strips hop-by-hop headers (keeping an upgrade's), and adds `X-Forwarded-For`,
+/// `X-Forwarded-Proto`, `X-Forwarded-Host` and trace context.
+fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, upgrade: bool) {
+    let upgrade_header = headers.get(header::UPGRADE).cloned();
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    if upgrade && let Some(value) = upgrade_header {
+        headers.insert(header::UPGRADE, value);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", remote.ip()),
+        None => remote.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    if let Ok(v) = HeaderValue::from_str(host) {
+        headers.entry(HeaderName::from_static("x-forwarded-host")).or_insert(v);
+    }
+    add_trace_headers(headers);
+}
+
+/// Makes sure both W3C `traceparent` and Google's `X-Cloud-Trace-Context` are present and
+/// name the same trace.
+fn add_trace_headers(headers: &mut HeaderMap) {
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let cloud = headers.get("x-cloud-trace-context").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let parsed_parent = traceparent.as_deref().and_then(|t| {
+        let parts: Vec<&str> = t.split('-').collect();
+        (parts.len() == 4 && parts[1].len() == 32 && parts[2].len() == 16).then(|| (parts[1].to_owned(), parts[2].to_owned()))
+    });
+    let parsed_cloud = cloud.as_deref().and_then(|c| {
+        let (trace, rest) = c.split_once('/')?;
+        let span: u64 = rest.split(';').next()?.parse().ok()?;
+        (trace.len() == 32).then(|| (trace.to_owned(), format!("{span:016x}")))
+    });
+    let (trace, span) = parsed_parent.clone().or(parsed_cloud.clone()).unwrap_or_else(|| {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        (id.clone(), id[..16].to_owned())
+    });
+    if parsed_parent.is_none()
+        && let Ok(v) = HeaderValue::from_str(&format!("00-{trace}-{span}-01"))
+    {
+        headers.insert(HeaderName::from_static("traceparent"), v);
+    }
+    if parsed_cloud.is_none() {
+        let span_decimal = u64::from_str_radix(&span, 16).unwrap_or(1);
+        if let Ok(v) = HeaderValue::from_str(&format!("{trace}/{span_decimal};o=1")) {
+            headers.insert(HeaderName::from_static("x-cloud-trace-context"), v);
+        }
+    }
+}
+
+fn random_percent() -> u32 {
+    let bytes = uuid::Uuid::new_v4();
+    u32::from_le_bytes(*bytes.as_bytes().first_chunk().unwrap_or(&[0; 4])) % 100
+}
+
+/// Copies bytes both ways between an upgraded client and instance connection; the lease
+/// (the instance's concurrency slot) is held until both sides close.
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, lease: Lease) {
+    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else { return };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    drop(lease);
+}
+
+/// A response body that holds its instance slot until the body ends, and is cut off at the
+/// request's deadline.
+struct LeasedBody {
+    inner: Incoming,
+    _lease: Lease,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for LeasedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            // Past the timeout mid-body: end the stream (the status line is already sent).
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_headers_are_added_and_kept_consistent() {
+        let mut h = HeaderMap::new();
+        add_trace_headers(&mut h);
+        let tp = h["traceparent"].to_str().unwrap().to_owned();
+        let trace = tp.split('-').nth(1).unwrap().to_owned();
+        assert!(h["x-cloud-trace-context"].to_str().unwrap().starts_with(&format!("{trace}/")));
+
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        add_trace_headers(&mut h);
+        assert_eq!(
+            h["x-cloud-trace-context"].to_str().unwrap(),
+            format!("0af7651916cd43dd8448eb211c80319c/{};o=1", 0xb7ad6b7169203331_u64)
+        );
+    }
+
+    #[test]
+    fn forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        h.insert("connection", HeaderValue::from_static("keep-alive"));
+        prepare_headers(&mut h, "127.0.0.1:5555".parse().unwrap(), "hello-p.localhost:8080", false);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("connection"));
+    }
+}
