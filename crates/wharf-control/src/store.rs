@@ -255,8 +255,8 @@ pub fn get_revision(db: &Store, parent: &Parent, name: &str) -> Result<Option<Re
 pub fn list_revisions(db: &Store, parent: &Parent, service: &str) -> Result<Vec<RevisionRow>, ControlError> {
     Ok(db.read(|c| {
         let mut stmt = c.prepare(&format!(
-            "SELECT {REVISION_COLUMNS} FROM revisions WHERE project = ?1 AND location = ?2 AND service = ?3
-             ORDER BY seq DESC"
+            "SELECT {REVISION_COLUMNS} FROM revisions WHERE project = ?1 AND location = ?2 AND (service = ?3 OR ?3 = '-')
+             ORDER BY service, seq DESC"
         ))?;
         let rows = stmt.query_map(params![parent.project, parent.location, service], revision_row)?;
         rows.collect()

@@ -166,7 +166,11 @@ impl RevisionPool {
 
     /// Adds an instance started elsewhere (the deploy's readiness check) to the pool.
     pub fn adopt(&self, instance: Arc<Instance>) {
-        self.lock().slots.push(Slot { instance, in_flight: 0, idle_since: Instant::now() });
+        let mut st = self.lock();
+        // A fresh instance counts as activity: it is kept warm for the idle period.
+        st.autoscaler.record(Instant::now(), 1.0);
+        st.slots.push(Slot { instance, in_flight: 0, idle_since: Instant::now() });
+        drop(st);
         self.capacity.notify_waiters();
     }
 

@@ -28,6 +28,22 @@ enum Command {
         #[arg(long)]
         state_root: std::path::PathBuf,
     },
+    /// Deploy and manage services (as `gcloud run`).
+    Run {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(flatten)]
+        place: cli::run::Place,
+        #[command(subcommand)]
+        command: cli::run::RunCommand,
+    },
+    /// Read instance logs.
+    Logs {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(subcommand)]
+        command: cli::logs::LogsCommand,
+    },
     /// Manage images in Wharf's registry.
     Images {
         #[command(flatten)]
@@ -61,6 +77,8 @@ fn main() -> std::process::ExitCode {
         match args.command {
             Command::Server(server_args) => server::run(server_args).await,
             Command::Images { connection, command } => cli::images::run(&connection, command).await,
+            Command::Run { connection, place, command } => cli::run::run(&connection, &place, command).await,
+            Command::Logs { connection, command } => cli::logs::run(&connection, command).await,
             Command::Shim { .. } => unreachable!("handled before the async runtime starts"),
         }
     });

@@ -5,6 +5,8 @@
 //! `<data-dir>/owner.token` (readable by root only).
 
 pub mod images;
+pub mod logs;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +33,18 @@ struct CliConfig {
     token: Option<String>,
     api: Option<String>,
     registry: Option<String>,
+    project: Option<String>,
+    region: Option<String>,
+}
+
+/// A default from the CLI config file (`project`, `region`).
+pub fn cli_setting(key: &str) -> Option<String> {
+    let config = read_cli_config().ok()?;
+    match key {
+        "project" => config.project,
+        "region" => config.region,
+        _ => None,
+    }
 }
 
 /// A connection to a Wharf server: where its API and registry are, and the token to send.

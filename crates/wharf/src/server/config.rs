@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -13,7 +14,8 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/wharf/config.toml";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// Config file (TOML with keys data_dir, api_addr, ingress_addr, registry_addr).
+    /// Config file (TOML with keys data_dir, api_addr, ingress_addr, registry_addr, domain,
+    /// idle_timeout).
     #[arg(long, env = "WHARF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where Wharf keeps its state database, images and credentials [default: /var/lib/wharf]
@@ -28,6 +30,13 @@ pub struct ServerArgs {
     /// Address of the embedded OCI registry [default: 127.0.0.1:5000]
     #[arg(long, env = "WHARF_REGISTRY_ADDR")]
     pub registry_addr: Option<SocketAddr>,
+    /// Service URLs are http://{service}-{project}.{domain}; names under localhost reach
+    /// loopback without /etc/hosts edits [default: localhost]
+    #[arg(long, env = "WHARF_DOMAIN")]
+    pub domain: Option<String>,
+    /// How long an idle instance is kept before it is stopped, e.g. 60s, 15m [default: 60s]
+    #[arg(long, env = "WHARF_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -37,6 +46,8 @@ struct ConfigFile {
     api_addr: Option<SocketAddr>,
     ingress_addr: Option<SocketAddr>,
     registry_addr: Option<SocketAddr>,
+    domain: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -46,6 +57,23 @@ pub struct ServerConfig {
     pub api_addr: SocketAddr,
     pub ingress_addr: SocketAddr,
     pub registry_addr: SocketAddr,
+    pub domain: String,
+    pub idle_timeout: Duration,
+}
+
+/// Parses `500ms`, `60s`, `15m` or `1h`.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| anyhow::anyhow!("{text:?} is not a duration such as 500ms, 60s or 15m"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => anyhow::bail!("{text:?} is not a duration such as 500ms, 60s or 15m"),
+    })
 }
 
 impl ServerConfig {
@@ -61,6 +89,9 @@ impl ServerConfig {
             api_addr: args.api_addr.or(file.api_addr).unwrap_or_else(|| addr("127.0.0.1:8090")),
             ingress_addr: args.ingress_addr.or(file.ingress_addr).unwrap_or_else(|| addr("127.0.0.1:8080")),
             registry_addr: args.registry_addr.or(file.registry_addr).unwrap_or_else(|| addr("127.0.0.1:5000")),
+            domain: args.domain.clone().or(file.domain).unwrap_or_else(|| "localhost".to_owned()),
+            idle_timeout: parse_duration(args.idle_timeout.as_deref().or(file.idle_timeout.as_deref()).unwrap_or("60s"))
+                .context("--idle-timeout")?,
         })
     }
 }
@@ -75,7 +106,15 @@ mod tests {
     use super::*;
 
     fn args() -> ServerArgs {
-        ServerArgs { config: None, data_dir: None, api_addr: None, ingress_addr: None, registry_addr: None }
+        ServerArgs {
+            config: None,
+            data_dir: None,
+            api_addr: None,
+            ingress_addr: None,
+            registry_addr: None,
+            domain: None,
+            idle_timeout: None,
+        }
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Platform {
     pub iam: Iam,
     pub images: ImageStore,
     pub resolver: Resolver,
+    pub control: wharf_control::ControlPlane,
+    pub logs: wharf_runtime::logs::LogStore,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -74,13 +76,28 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let remote = Arc::new(RemoteRegistry::new(default_docker_config()));
     let resolver = Resolver::new(images.clone(), snapshots, remote, local_registry_names(info.registry_addr));
-    let platform = Platform { iam: iam.clone(), images: images.clone(), resolver };
+    let table = Arc::new(wharf_router::RoutingTable::default());
+    let settings = wharf_control::Settings {
+        domain: config.domain.clone(),
+        ingress_port: info.ingress_addr.port(),
+        idle_timeout: config.idle_timeout,
+        queue_timeout: std::time::Duration::from_secs(10),
+    };
+    let control =
+        wharf_control::ControlPlane::open(db.clone(), resolver.clone(), runtime.clone(), table.clone(), settings).await?;
+    let platform = Platform {
+        iam: iam.clone(),
+        images: images.clone(),
+        resolver,
+        control: control.clone(),
+        logs: runtime.logs().clone(),
+    };
 
     let shutdown = CancellationToken::new();
     let registry = wharf_registry::router(wharf_registry::RegistryState { images, iam });
     let servers = [
         serve(api_listener, api::router(platform), shutdown.clone()),
-        serve(ingress_listener, api::ingress_placeholder(), shutdown.clone()),
+        tokio::spawn(wharf_router::serve(ingress_listener, table, shutdown.clone())),
         serve(registry_listener, registry, shutdown.clone()),
     ];
     write_server_info(data_dir, &info)?;
@@ -95,6 +112,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     for server in servers {
         let _ = server.await;
     }
+    control.shutdown().await;
     runtime.shutdown().await;
     let _ = std::fs::remove_file(data_dir.join(SERVER_INFO_FILE));
     tracing::info!("stopped");

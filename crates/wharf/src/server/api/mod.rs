@@ -1,9 +1,11 @@
-//! The admin API on `--api-addr`. Every request is authenticated first, in one middleware;
-//! errors are rendered once, in [`ApiError`], as Google APIs render them
-//! (`{"error": {"code", "message", "status"}}`).
-//!
-//! Today it serves Wharf's own image endpoints under `/wharf/v1/images`; the Cloud Run v2
-//! resources (`/v2/projects/...`) join it with the services work.
+//! The admin API on `--api-addr`: Cloud Run Admin API v2 resources under `/v2/projects/...`
+//! ([`services`], [`operations`]) and Wharf's own image endpoints under `/wharf/v1/images`.
+//! Every request is authenticated first, in one middleware; handlers only parse the request
+//! into a control-plane call; errors are rendered once, in [`ApiError`], as Google APIs render
+//! them (`{"error": {"code", "message", "status"}}`).
+
+mod operations;
+mod services;
 
 use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
@@ -25,10 +27,14 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Control(#[from] wharf_control::ControlError),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -39,6 +45,18 @@ impl ApiError {
             ApiError::Auth(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
             ApiError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+            ApiError::Control(e) => {
+                use wharf_control::ControlError as C;
+                match e {
+                    C::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+                    C::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+                    C::AlreadyExists(_) => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
+                    C::FailedPrecondition(_) => (StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
+                    C::Aborted(_) => (StatusCode::CONFLICT, "ABORTED"),
+                    C::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+                }
+            }
             ApiError::Image(e) => match e {
                 I::BlobUnknown { .. } | I::ManifestUnknown { .. } | I::NameUnknown(_) => {
                     (StatusCode::NOT_FOUND, "NOT_FOUND")
@@ -77,8 +95,11 @@ impl IntoResponse for ApiError {
 
 pub fn router(platform: Platform) -> Router {
     Router::new()
+        .merge(services::routes())
+        .merge(operations::routes())
         .route("/wharf/v1/images", get(list_images).delete(delete_image))
         .route("/wharf/v1/images:pull", post(pull_image))
+        .route("/wharf/v1/logs", get(read_logs))
         .fallback(|request: Request| async move {
             ApiError::NotFound(format!("{} {} is not an API method", request.method(), request.uri().path()))
         })
@@ -124,6 +145,47 @@ async fn pull_image(
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LogsQuery {
+    service: Option<String>,
+    revision: Option<String>,
+    job: Option<String>,
+    execution: Option<String>,
+    task: Option<u32>,
+    severity: Option<String>,
+    limit: Option<usize>,
+    after_id: Option<i64>,
+}
+
+/// Log entries, newest last: `?service=&revision=&job=&execution=&task=&severity=&limit=&afterId=`.
+async fn read_logs(
+    State(platform): State<Platform>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let min_severity = match &q.severity {
+        None => None,
+        Some(s) => Some(wharf_runtime::logs::severity_number(s).ok_or_else(|| {
+            ApiError::InvalidArgument(format!(
+                "severity {s:?} is not one of DEFAULT, DEBUG, INFO, NOTICE, WARNING, ERROR, CRITICAL, ALERT, EMERGENCY"
+            ))
+        })?),
+    };
+    let filter = wharf_runtime::logs::LogFilter {
+        service: q.service,
+        revision: q.revision,
+        job: q.job,
+        execution: q.execution,
+        task_index: q.task,
+        instance: None,
+        min_severity,
+        after_id: q.after_id,
+        limit: q.limit.unwrap_or(100).clamp(1, 10_000),
+    };
+    let entries = platform.logs.query(&filter).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(serde_json::json!({ "entries": entries })))
+}
+
+#[derive(Deserialize)]
 struct DeleteQuery {
     reference: String,
 }
@@ -159,11 +221,36 @@ pub fn split_local_reference(input: &str) -> Result<(String, String), ApiError> 
     Ok((name.to_owned(), reference))
 }
 
-/// The ingress listener's service until the ingress router lands: every host is unknown.
-pub fn ingress_placeholder() -> Router {
-    Router::new().fallback(|| async {
-        (StatusCode::NOT_FOUND, "Error: Page not found. The requested URL was not found on this server.\n")
-    })
+/// A JSON body parsed as the API reads one: enum numbers become names first.
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::InvalidArgument(format!("cannot read the request body: {e}")))?;
+        let mut value: serde_json::Value = if bytes.is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::InvalidArgument(format!("the request body is not valid JSON: {e}")))?
+        };
+        wharf_api::enums::decode_ints(&mut value);
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|e| ApiError::InvalidArgument(format!("the request body is not a valid resource: {e}")))
+    }
+}
+
+/// A response in the API's JSON, with integer enums when the client asked for them.
+pub fn respond(query: Option<&str>, resource: &impl serde::Serialize) -> Response {
+    let mut value = serde_json::to_value(resource).unwrap_or_default();
+    if wharf_api::enums::wants_ints(query) {
+        wharf_api::enums::encode_as_ints(&mut value);
+    }
+    Json(value).into_response()
 }
 
 #[cfg(test)]
