@@ -42,7 +42,9 @@ fn container(c: &Container) -> Value {
         v["args"] = json!(c.args);
     }
     if !c.env.is_empty() {
-        v["env"] = Value::Array(c.env.iter().map(|e| json!({"name": e.name, "value": e.value.clone().unwrap_or_default()})).collect());
+        v["env"] = Value::Array(
+            c.env.iter().map(|e| json!({"name": e.name, "value": e.value.clone().unwrap_or_default()})).collect(),
+        );
     }
     let port = c.ports.first().map_or(8080, |p| p.container_port);
     v["ports"] = json!([{"name": "http1", "containerPort": port}]);
@@ -58,8 +60,13 @@ fn container(c: &Container) -> Value {
     v
 }
 
+/// Whole seconds of a `"300s"` duration (fractions dropped), 300 when absent.
 fn seconds(duration: Option<&str>) -> u64 {
-    duration.and_then(|d| d.strip_suffix('s')).and_then(|d| d.parse::<f64>().ok()).map_or(300, |s| s.round() as u64)
+    duration
+        .and_then(|d| d.strip_suffix('s'))
+        .and_then(|d| d.split('.').next())
+        .and_then(|d| d.parse::<u64>().ok())
+        .unwrap_or(300)
 }
 
 pub fn service(s: &Service) -> Value {
@@ -68,10 +75,12 @@ pub fn service(s: &Service) -> Value {
     let mut template_annotations = s.template.annotations.clone();
     if let Some(scaling) = &s.template.scaling {
         if scaling.min_instance_count > 0 {
-            template_annotations.insert("autoscaling.knative.dev/minScale".into(), scaling.min_instance_count.to_string());
+            template_annotations
+                .insert("autoscaling.knative.dev/minScale".into(), scaling.min_instance_count.to_string());
         }
         if scaling.max_instance_count > 0 {
-            template_annotations.insert("autoscaling.knative.dev/maxScale".into(), scaling.max_instance_count.to_string());
+            template_annotations
+                .insert("autoscaling.knative.dev/maxScale".into(), scaling.max_instance_count.to_string());
         }
     }
     let mut labels = s.labels.clone();
@@ -83,7 +92,10 @@ pub fn service(s: &Service) -> Value {
                 .map(|t| (t.kind.clone(), t.revision.clone(), t.percent, t.tag.clone(), t.uri.clone()))
                 .collect()
         } else {
-            s.traffic.iter().map(|t| (t.kind.clone(), t.revision.clone(), t.percent, t.tag.clone(), String::new())).collect()
+            s.traffic
+                .iter()
+                .map(|t| (t.kind.clone(), t.revision.clone(), t.percent, t.tag.clone(), String::new()))
+                .collect()
         };
         source
             .into_iter()
@@ -200,6 +212,9 @@ mod tests {
         assert_eq!(k["status"]["url"], "http://hello-p.localhost:8080");
         assert_eq!(k["metadata"]["name"], "hello");
         assert_eq!(k["status"]["latestReadyRevisionName"], "hello-00001-abc");
-        assert_eq!(k["status"]["traffic"][0], json!({"percent": 100, "latestRevision": true, "revisionName": "hello-00001-abc"}));
+        assert_eq!(
+            k["status"]["traffic"][0],
+            json!({"percent": 100, "latestRevision": true, "revisionName": "hello-00001-abc"})
+        );
     }
 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wharf_router::pool::BoxFuture;
 use wharf_router::Launcher;
+use wharf_router::pool::BoxFuture;
 use wharf_runtime::{Instance, InstanceSpec, Runtime};
 
 #[derive(Debug)]

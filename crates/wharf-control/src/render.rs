@@ -23,7 +23,11 @@ pub fn host(service: &str, project: &str, settings: &Settings) -> String {
 }
 
 pub fn url(host: &str, settings: &Settings) -> String {
-    if settings.ingress_port == 80 { format!("http://{host}") } else { format!("http://{host}:{}", settings.ingress_port) }
+    if settings.ingress_port == 80 {
+        format!("http://{host}")
+    } else {
+        format!("http://{host}:{}", settings.ingress_port)
+    }
 }
 
 /// The traffic the service asks for; no targets means 100% to the latest ready revision.
@@ -83,10 +87,9 @@ pub fn service(row: &ServiceRow, revisions: &[RevisionRow], settings: &Settings)
         Some(r) if r.state == RevisionState::Pending => {
             (CONDITION_RECONCILING, format!("Deploying revision {}.", r.name))
         }
-        Some(r) if r.state == RevisionState::Failed => (
-            CONDITION_FAILED,
-            format!("Revision '{}' is not ready and cannot serve traffic. {}", r.name, r.message),
-        ),
+        Some(r) if r.state == RevisionState::Failed => {
+            (CONDITION_FAILED, format!("Revision '{}' is not ready and cannot serve traffic. {}", r.name, r.message))
+        }
         Some(_) => (CONDITION_SUCCEEDED, String::new()),
     };
     let mut ready = Condition::new("Ready", state, message.clone(), &time);
@@ -133,9 +136,11 @@ pub fn revision(row: &RevisionRow, settings: &Settings) -> Revision {
         launch_stage: Some("GA".to_owned()),
         service: format!("{}/services/{}", row.parent.path(), row.service),
         scaling: row.template.scaling.clone(),
-        max_instance_request_concurrency: row.template.max_instance_request_concurrency.max(0).max(
-            if row.template.max_instance_request_concurrency == 0 { 80 } else { 0 },
-        ),
+        max_instance_request_concurrency: row
+            .template
+            .max_instance_request_concurrency
+            .max(0)
+            .max(if row.template.max_instance_request_concurrency == 0 { 80 } else { 0 }),
         timeout: Some(row.template.timeout.clone().unwrap_or_else(|| "300s".to_owned())),
         service_account: row.template.service_account.clone(),
         containers,

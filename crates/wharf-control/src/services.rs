@@ -57,7 +57,11 @@ impl ControlPlane {
     }
 
     /// Validates a template and resolves its image; builds the revision row to insert.
-    async fn new_revision(&self, row: &ServiceRow, template: &wharf_api::RevisionTemplate) -> Result<RevisionRow, ControlError> {
+    async fn new_revision(
+        &self,
+        row: &ServiceRow,
+        template: &wharf_api::RevisionTemplate,
+    ) -> Result<RevisionRow, ControlError> {
         let config = validate(template)?;
         let name = if template.revision.is_empty() {
             format!("{}-{:05}-{}", row.name, row.next_revision, random_suffix())
@@ -276,7 +280,9 @@ impl ControlPlane {
             }
         }
         if total != 100 {
-            return Err(ControlError::InvalidArgument(format!("traffic percents sum to {total}; they must sum to 100")));
+            return Err(ControlError::InvalidArgument(format!(
+                "traffic percents sum to {total}; they must sum to 100"
+            )));
         }
         Ok(())
     }
@@ -290,7 +296,8 @@ impl ControlPlane {
             return Err(ControlError::Aborted(format!("etag {etag} is not the current {}", service.etag)));
         }
         let revisions = store::list_revisions(&self.inner.db, parent, name)?;
-        let op = self.inner.db.write(|tx| self.new_operation(tx, &parent.project, &parent.location, &service, false))?;
+        let op =
+            self.inner.db.write(|tx| self.new_operation(tx, &parent.project, &parent.location, &service, false))?;
         self.inner.table.remove(&render::host(name, &parent.project, &self.inner.settings));
         store::delete_service(&self.inner.db, parent, name)?;
         drop(guard);
@@ -325,7 +332,11 @@ impl ControlPlane {
             rows.iter().position(|r| r.name == page_token).map_or(rows.len(), |i| i + 1)
         };
         let page: Vec<&RevisionRow> = rows.iter().skip(start).take(size).collect();
-        let next_page_token = if start + size < rows.len() { page.last().map(|r| r.name.clone()).unwrap_or_default() } else { String::new() };
+        let next_page_token = if start + size < rows.len() {
+            page.last().map(|r| r.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(ListRevisionsResponse {
             revisions: page.into_iter().map(|r| render::revision(r, &self.inner.settings)).collect(),
             next_page_token,
@@ -351,7 +362,11 @@ impl ControlPlane {
             .ok_or_else(|| ControlError::NotFound(format!("Revision '{name}' was not found")))?;
         for (target, percent, tag, _) in render::resolve_traffic(&row.spec, &revisions) {
             if target.as_deref() == Some(name) && (percent > 0 || !tag.is_empty()) {
-                let why = if percent > 0 { format!("it serves {percent}% of traffic") } else { format!("it carries tag {tag:?}") };
+                let why = if percent > 0 {
+                    format!("it serves {percent}% of traffic")
+                } else {
+                    format!("it carries tag {tag:?}")
+                };
                 return Err(ControlError::FailedPrecondition(format!(
                     "Revision '{name}' cannot be deleted because {why}; move traffic or tags off it first \
                      (wharf run services update-traffic)"

@@ -60,7 +60,8 @@ pub struct RevisionRow {
 }
 
 fn json<T: serde::de::DeserializeOwned>(text: String) -> rusqlite::Result<T> {
-    serde_json::from_str(&text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<String, ControlError> {
@@ -274,7 +275,11 @@ pub fn delete_revision(db: &Store, parent: &Parent, name: &str) -> Result<(), Co
     Ok(())
 }
 
-pub fn insert_operation(tx: &rusqlite::Transaction<'_>, op: &wharf_api::Operation, time: &str) -> Result<(), ControlError> {
+pub fn insert_operation(
+    tx: &rusqlite::Transaction<'_>,
+    op: &wharf_api::Operation,
+    time: &str,
+) -> Result<(), ControlError> {
     tx.execute(
         "INSERT INTO operations (name, done, metadata, response, error, create_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![

@@ -72,8 +72,9 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
     if let Some(unknown) = limits.keys().find(|k| *k != "cpu" && *k != "memory") {
         return Err(invalid(format!("resources.limits.{unknown} is not supported: use cpu and memory")));
     }
-    let resources = Resources::from_user(limits.get("memory").map(String::as_str), limits.get("cpu").map(String::as_str))
-        .map_err(|e| invalid(e.0))?;
+    let resources =
+        Resources::from_user(limits.get("memory").map(String::as_str), limits.get("cpu").map(String::as_str))
+            .map_err(|e| invalid(e.0))?;
     let concurrency = match template.max_instance_request_concurrency {
         0 => DEFAULT_CONCURRENCY,
         n @ 1..=1000 => n.unsigned_abs(),
@@ -92,9 +93,7 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
         return Err(invalid(format!("max instances {max_instances} is out of range: at most 1000")));
     }
     if min_instances > max_instances {
-        return Err(invalid(format!(
-            "min instances ({min_instances}) may not exceed max instances ({max_instances})"
-        )));
+        return Err(invalid(format!("min instances ({min_instances}) may not exceed max instances ({max_instances})")));
     }
     let timeout = match &template.timeout {
         None => DEFAULT_TIMEOUT,
@@ -222,7 +221,8 @@ mod tests {
         t.scaling = Some(RevisionScaling { min_instance_count: 5, max_instance_count: 2 });
         assert!(err(&t).contains("may not exceed"));
         let mut c = image();
-        c.resources = Some(ResourceRequirements { limits: [("memory".into(), "64Mi".into())].into(), ..Default::default() });
+        c.resources =
+            Some(ResourceRequirements { limits: [("memory".into(), "64Mi".into())].into(), ..Default::default() });
         assert!(err(&template(c)).contains("between 128Mi and 32Gi"));
         let mut c = image();
         c.env = vec![EnvVar { name: "PORT".into(), value: Some("1".into()), value_source: None }];

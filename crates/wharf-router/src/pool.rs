@@ -211,10 +211,11 @@ impl RevisionPool {
                         st.autoscaler.record(Instant::now(), sample);
                     }
                 }
-                if st.slots.is_empty() && st.starting == 0 {
-                    if let Some(reason) = st.last_error.clone() {
-                        break Err(ProxyError::StartFailed(reason));
-                    }
+                if st.slots.is_empty()
+                    && st.starting == 0
+                    && let Some(reason) = st.last_error.clone()
+                {
+                    break Err(ProxyError::StartFailed(reason));
                 }
             }
             self.wake.notify_one();

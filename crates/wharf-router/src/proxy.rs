@@ -73,8 +73,17 @@ struct Proxy {
 }
 
 /// Headers that belong to one connection, never forwarded.
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 impl Proxy {
     async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
@@ -123,7 +132,10 @@ impl Proxy {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(splice(client_upgrade, upstream_upgrade, lease));
             let (parts, _) = response.into_parts();
-            return Ok(Response::from_parts(parts, http_body_util::Empty::new().map_err(|never| match never {}).boxed()));
+            return Ok(Response::from_parts(
+                parts,
+                http_body_util::Empty::new().map_err(|never| match never {}).boxed(),
+            ));
         }
 
         let (mut parts, body) = response.into_parts();
@@ -177,7 +189,8 @@ fn add_trace_headers(headers: &mut HeaderMap) {
     let cloud = headers.get("x-cloud-trace-context").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let parsed_parent = traceparent.as_deref().and_then(|t| {
         let parts: Vec<&str> = t.split('-').collect();
-        (parts.len() == 4 && parts[1].len() == 32 && parts[2].len() == 16).then(|| (parts[1].to_owned(), parts[2].to_owned()))
+        (parts.len() == 4 && parts[1].len() == 32 && parts[2].len() == 16)
+            .then(|| (parts[1].to_owned(), parts[2].to_owned()))
     });
     let parsed_cloud = cloud.as_deref().and_then(|c| {
         let (trace, rest) = c.split_once('/')?;

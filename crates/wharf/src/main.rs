@@ -35,7 +35,7 @@ enum Command {
         #[command(flatten)]
         place: cli::run::Place,
         #[command(subcommand)]
-        command: cli::run::RunCommand,
+        command: Box<cli::run::RunCommand>,
     },
     /// Read instance logs.
     Logs {
@@ -77,7 +77,7 @@ fn main() -> std::process::ExitCode {
         match args.command {
             Command::Server(server_args) => server::run(server_args).await,
             Command::Images { connection, command } => cli::images::run(&connection, command).await,
-            Command::Run { connection, place, command } => cli::run::run(&connection, &place, command).await,
+            Command::Run { connection, place, command } => cli::run::run(&connection, &place, *command).await,
             Command::Logs { connection, command } => cli::logs::run(&connection, command).await,
             Command::Shim { .. } => unreachable!("handled before the async runtime starts"),
         }

@@ -32,7 +32,7 @@ pub struct Place {
 #[derive(Debug, clap::Subcommand)]
 pub enum RunCommand {
     /// Deploy a container image to a service (creating it if needed).
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// Manage services.
     #[command(subcommand)]
     Services(ServicesCommand),
@@ -48,7 +48,7 @@ pub enum ServicesCommand {
     /// Show a service.
     Describe { service: String },
     /// Change a service's settings (creates a new revision when the template changes).
-    Update(DeployArgs),
+    Update(Box<DeployArgs>),
     /// Delete a service and its revisions.
     Delete {
         service: String,
@@ -144,8 +144,8 @@ pub async fn run(connection: &ConnectionArgs, place: &Place, command: RunCommand
     let client = Client::connect(connection)?;
     let ctx = Ctx { client, project: place.project(), region: place.region(), format: place.format.clone() };
     match command {
-        RunCommand::Deploy(args) => deploy(&ctx, args, true).await,
-        RunCommand::Services(ServicesCommand::Update(args)) => deploy(&ctx, args, false).await,
+        RunCommand::Deploy(args) => deploy(&ctx, *args, true).await,
+        RunCommand::Services(ServicesCommand::Update(args)) => deploy(&ctx, *args, false).await,
         RunCommand::Services(ServicesCommand::List) => list_services(&ctx).await,
         RunCommand::Services(ServicesCommand::Describe { service }) => {
             let s = ctx.get_service(&service).await?.with_context(|| ctx.missing(&service))?;
@@ -371,10 +371,7 @@ async fn deploy(ctx: &Ctx, args: DeployArgs, create_if_missing: bool) -> anyhow:
         bail!("{}", ctx.missing(&args.service));
     }
     let name = args.service.clone();
-    eprintln!(
-        "Deploying container to Cloud Run service [{name}] in project [{}] region [{}]",
-        ctx.project, ctx.region
-    );
+    eprintln!("Deploying container to Cloud Run service [{name}] in project [{}] region [{}]", ctx.project, ctx.region);
     let creating = existing.is_none();
     let mut service = existing.unwrap_or_default();
     apply(&args, &mut service)?;
@@ -438,7 +435,8 @@ async fn revisions(ctx: &Ctx, command: RevisionsCommand) -> anyhow::Result<()> {
     match command {
         RevisionsCommand::List { service } => {
             let path = format!("{}/services/{}/revisions", ctx.parent(), service.as_deref().unwrap_or("-"));
-            let response = ctx.client.api_request(reqwest::Method::GET, &path).query(&[("pageSize", "1000")]).send().await?;
+            let response =
+                ctx.client.api_request(reqwest::Method::GET, &path).query(&[("pageSize", "1000")]).send().await?;
             let list: wharf_api::ListRevisionsResponse = check(response).await?.json().await?;
             let view: Vec<serde_json::Value> = list.revisions.iter().map(wharf_api::knative::revision).collect();
             ctx.print(

@@ -90,8 +90,10 @@ impl ServerConfig {
             ingress_addr: args.ingress_addr.or(file.ingress_addr).unwrap_or_else(|| addr("127.0.0.1:8080")),
             registry_addr: args.registry_addr.or(file.registry_addr).unwrap_or_else(|| addr("127.0.0.1:5000")),
             domain: args.domain.clone().or(file.domain).unwrap_or_else(|| "localhost".to_owned()),
-            idle_timeout: parse_duration(args.idle_timeout.as_deref().or(file.idle_timeout.as_deref()).unwrap_or("60s"))
-                .context("--idle-timeout")?,
+            idle_timeout: parse_duration(
+                args.idle_timeout.as_deref().or(file.idle_timeout.as_deref()).unwrap_or("60s"),
+            )
+            .context("--idle-timeout")?,
         })
     }
 }

@@ -84,7 +84,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         queue_timeout: std::time::Duration::from_secs(10),
     };
     let control =
-        wharf_control::ControlPlane::open(db.clone(), resolver.clone(), runtime.clone(), table.clone(), settings).await?;
+        wharf_control::ControlPlane::open(db.clone(), resolver.clone(), runtime.clone(), table.clone(), settings)
+            .await?;
     let platform = Platform {
         iam: iam.clone(),
         images: images.clone(),

@@ -37,7 +37,9 @@ async fn wait(
     ApiJson(request): ApiJson<WaitRequest>,
 ) -> Result<Response, ApiError> {
     let Some(operation) = operation.strip_suffix(":wait") else {
-        return Err(ApiError::NotFound(format!("POST {operation} is not an API method; did you mean {operation}:wait?")));
+        return Err(ApiError::NotFound(format!(
+            "POST {operation} is not an API method; did you mean {operation}:wait?"
+        )));
     };
     let timeout = match &request.timeout {
         Some(t) => wharf_control::validate::parse_duration("timeout", t)?,
