@@ -1,0 +1,29 @@
+//! Google's Python client library for Cloud Run (`google-cloud-run`, REST transport) works
+//! against Wharf unchanged: `.ci/run` installs it from PyPI.
+
+use std::path::Path;
+use std::process::Command;
+
+use wharf_testsupport::{WharfServer, testapp_image};
+
+#[test]
+fn google_cloud_run_python_client_manages_a_service() {
+    let work = tempfile::tempdir().unwrap();
+    let built = testapp_image(work.path(), "v1").unwrap();
+    let server = WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap();
+    let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/cloud_run_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .env("WHARF_API", format!("http://{}", server.addrs.api_addr))
+        .env("WHARF_TOKEN", &server.token)
+        .env("WHARF_IMAGE", format!("{}/testapp:v1", server.addrs.registry_addr))
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the Python client failed:\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}", server.log());
+    assert!(stdout.contains("deleted"), "{stdout}");
+}
