@@ -24,6 +24,10 @@ fn google_cloud_run_python_client_manages_a_service() {
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the Python client failed:\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}", server.log());
+    assert!(
+        out.status.success(),
+        "the Python client failed:\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
+        server.log()
+    );
     assert!(stdout.contains("deleted"), "{stdout}");
 }
