@@ -88,6 +88,8 @@ pub(crate) struct Inner {
     pub(crate) service_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Signalled whenever an operation completes.
     pub(crate) operation_done: Notify,
+    /// The tag hosts (`{tag}---{host}`) routed for each service, to remove stale ones.
+    pub(crate) tag_hosts: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl ControlPlane {
@@ -111,6 +113,7 @@ impl ControlPlane {
                 pools: Mutex::default(),
                 service_locks: Mutex::default(),
                 operation_done: Notify::new(),
+                tag_hosts: Mutex::default(),
             }),
         };
         control.restore().await?;

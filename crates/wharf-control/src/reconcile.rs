@@ -146,16 +146,27 @@ impl ControlPlane {
     pub(crate) async fn route(&self, row: &ServiceRow, revisions: &[RevisionRow]) {
         let host = render::host(&row.name, &row.parent.project, &self.inner.settings);
         let mut targets = Vec::new();
-        for (revision, percent, _tag, _latest) in render::resolve_traffic(&row.spec, revisions) {
+        let mut tagged = Vec::new();
+        for (revision, percent, tag, _latest) in render::resolve_traffic(&row.spec, revisions) {
             let Some(rev) = revision.and_then(|name| revisions.iter().find(|r| r.name == name)) else { continue };
-            if rev.state != RevisionState::Ready || percent <= 0 {
+            if rev.state != RevisionState::Ready || (percent <= 0 && tag.is_empty()) {
                 continue;
             }
-            match self.ensure_pool(rev).await {
-                Ok(pool) => targets.push((pool, percent.unsigned_abs())),
-                Err(e) => tracing::error!(revision = %rev.name, error = %e, "cannot build the revision's pool"),
+            let pool = match self.ensure_pool(rev).await {
+                Ok(pool) => pool,
+                Err(e) => {
+                    tracing::error!(revision = %rev.name, error = %e, "cannot build the revision's pool");
+                    continue;
+                }
+            };
+            if !tag.is_empty() {
+                tagged.push((format!("{tag}---{host}"), pool.clone()));
+            }
+            if percent > 0 {
+                targets.push((pool, percent.unsigned_abs()));
             }
         }
+        self.route_tags(&row.parent.path(), &row.name, tagged);
         // Serving revisions keep their min-instances; the others scale toward zero.
         for rev in revisions {
             let Some(pool) = self.pool(&rev.parent.project, &rev.parent.location, &rev.name) else { continue };
@@ -168,6 +179,21 @@ impl ControlPlane {
             self.inner.table.remove(&host);
         } else {
             self.inner.table.set(&host, ServiceRoute { service: row.name.clone(), targets });
+        }
+    }
+
+    /// Routes each tag's own host to its revision, and drops tag hosts no longer in use.
+    pub(crate) fn route_tags(&self, parent: &str, service: &str, tagged: Vec<(String, Arc<RevisionPool>)>) {
+        let key = format!("{parent}/{service}");
+        let hosts: Vec<String> = tagged.iter().map(|(h, _)| h.clone()).collect();
+        let previous = self.inner.tag_hosts.lock().unwrap_or_else(|p| p.into_inner()).insert(key, hosts.clone());
+        for old in previous.unwrap_or_default() {
+            if !hosts.contains(&old) {
+                self.inner.table.remove(&old);
+            }
+        }
+        for (host, pool) in tagged {
+            self.inner.table.set(&host, ServiceRoute { service: service.to_owned(), targets: vec![(pool, 100)] });
         }
     }
 

@@ -222,11 +222,11 @@ impl ControlPlane {
         let mut row = current.clone();
         row.spec = spec;
         let revision = if template_changed { Some(self.new_revision(&row, &row.spec.template).await?) } else { None };
-        let mut all_names = names.clone();
+        let mut known: Vec<(String, RevisionState)> = revisions.iter().map(|r| (r.name.clone(), r.state)).collect();
         if let Some(r) = &revision {
-            all_names.push(r.name.clone());
+            known.push((r.name.clone(), r.state));
         }
-        self.check_traffic(&row.spec, &all_names)?;
+        self.check_traffic(&row.spec, &known)?;
         let changed = revision.is_some() || row.spec != current.spec;
         if validate_only || !changed {
             let service = self.render(&current)?;
@@ -260,23 +260,50 @@ impl ControlPlane {
         Ok(op)
     }
 
-    /// Traffic must name known revisions (or LATEST), with percents summing to 100.
-    fn check_traffic(&self, spec: &Service, revisions: &[String]) -> Result<(), ControlError> {
+    /// Traffic must name known revisions (or LATEST), send traffic only to ready ones, give
+    /// each tag once as a DNS label, and have percents summing to 100.
+    fn check_traffic(&self, spec: &Service, revisions: &[(String, RevisionState)]) -> Result<(), ControlError> {
         if spec.traffic.is_empty() {
             return Ok(());
         }
         let mut total = 0;
+        let mut tags: Vec<&str> = Vec::new();
         for t in &spec.traffic {
             if t.percent < 0 || t.percent > 100 {
                 return Err(ControlError::InvalidArgument(format!("traffic percent {} is out of range", t.percent)));
             }
             total += t.percent;
             let latest = t.kind.as_deref() == Some(wharf_api::TRAFFIC_LATEST);
-            if !latest && !revisions.contains(&t.revision) {
-                return Err(ControlError::InvalidArgument(format!(
-                    "traffic names revision {:?}, which this service does not have",
-                    t.revision
-                )));
+            if !latest {
+                let Some((_, state)) = revisions.iter().find(|(name, _)| *name == t.revision) else {
+                    return Err(ControlError::InvalidArgument(format!(
+                        "traffic names revision {:?}, which this service does not have",
+                        t.revision
+                    )));
+                };
+                if t.percent > 0 && *state != RevisionState::Ready {
+                    return Err(ControlError::FailedPrecondition(format!(
+                        "revision {:?} is not ready, so it cannot receive traffic yet",
+                        t.revision
+                    )));
+                }
+            }
+            if !t.tag.is_empty() {
+                let label = t.tag.as_str();
+                let valid = label.len() <= 46
+                    && label.starts_with(|c: char| c.is_ascii_lowercase())
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                if !valid {
+                    return Err(ControlError::InvalidArgument(format!(
+                        "tag {label:?} is invalid: a tag is a DNS label of lowercase letters, digits and hyphens, \
+                         starting with a letter, at most 46 characters"
+                    )));
+                }
+                if tags.contains(&label) {
+                    return Err(ControlError::InvalidArgument(format!("tag {label:?} is given more than once")));
+                }
+                tags.push(label);
             }
         }
         if total != 100 {
@@ -299,6 +326,7 @@ impl ControlPlane {
         let op =
             self.inner.db.write(|tx| self.new_operation(tx, &parent.project, &parent.location, &service, false))?;
         self.inner.table.remove(&render::host(name, &parent.project, &self.inner.settings));
+        self.route_tags(&parent.path(), name, Vec::new());
         store::delete_service(&self.inner.db, parent, name)?;
         drop(guard);
         let control = self.clone();

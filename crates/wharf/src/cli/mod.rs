@@ -7,6 +7,7 @@
 pub mod images;
 pub mod logs;
 pub mod run;
+pub mod traffic;
 
 use std::path::{Path, PathBuf};
 

@@ -8,6 +8,7 @@ use std::io::Write as _;
 use anyhow::{Context as _, bail};
 use wharf_api::{Container, EnvVar, ResourceRequirements, RevisionScaling, Service};
 
+use super::traffic::{Target, Traffic, resolve_revision};
 use super::{Client, ConnectionArgs, check};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -49,6 +50,8 @@ pub enum ServicesCommand {
     Describe { service: String },
     /// Change a service's settings (creates a new revision when the template changes).
     Update(Box<DeployArgs>),
+    /// Split traffic between revisions, move tags, roll back.
+    UpdateTraffic(UpdateTrafficArgs),
     /// Delete a service and its revisions.
     Delete {
         service: String,
@@ -132,6 +135,37 @@ pub struct DeployArgs {
     /// Require authentication to invoke (not available yet: refused).
     #[arg(long)]
     pub no_allow_unauthenticated: bool,
+    /// Give the new revision no traffic (traffic stays where it is).
+    #[arg(long)]
+    pub no_traffic: bool,
+    /// Give the new revision this tag: it gets its own URL, {tag}---{service host}.
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpdateTrafficArgs {
+    pub service: String,
+    /// REVISION=PERCENT,... (LATEST names the latest ready revision).
+    #[arg(long, value_name = "REVISION=PERCENT,...")]
+    pub to_revisions: Option<String>,
+    /// Send all traffic to the latest ready revision.
+    #[arg(long)]
+    pub to_latest: bool,
+    /// TAG=PERCENT,...: traffic to the revisions these tags name.
+    #[arg(long, value_name = "TAG=PERCENT,...")]
+    pub to_tags: Option<String>,
+    /// TAG=REVISION,...
+    #[arg(long, value_name = "TAG=REVISION,...")]
+    pub set_tags: Option<String>,
+    /// TAG,...
+    #[arg(long, value_name = "TAG,...")]
+    pub remove_tags: Option<String>,
+    /// Remove every tag.
+    #[arg(long)]
+    pub clear_tags: bool,
+    #[arg(long = "async")]
+    pub no_wait: bool,
 }
 
 pub async fn run(connection: &ConnectionArgs, place: &Place, command: RunCommand) -> anyhow::Result<()> {
@@ -147,6 +181,7 @@ pub async fn run(connection: &ConnectionArgs, place: &Place, command: RunCommand
         RunCommand::Deploy(args) => deploy(&ctx, *args, true).await,
         RunCommand::Services(ServicesCommand::Update(args)) => deploy(&ctx, *args, false).await,
         RunCommand::Services(ServicesCommand::List) => list_services(&ctx).await,
+        RunCommand::Services(ServicesCommand::UpdateTraffic(args)) => update_traffic(&ctx, args).await,
         RunCommand::Services(ServicesCommand::Describe { service }) => {
             let s = ctx.get_service(&service).await?.with_context(|| ctx.missing(&service))?;
             ctx.print(&wharf_api::knative::service(&s), "yaml")
@@ -375,6 +410,31 @@ async fn deploy(ctx: &Ctx, args: DeployArgs, create_if_missing: bool) -> anyhow:
     let creating = existing.is_none();
     let mut service = existing.unwrap_or_default();
     apply(&args, &mut service)?;
+    if args.no_traffic || args.tag.is_some() {
+        if creating && args.no_traffic {
+            bail!(
+                "--no-traffic is not supported when creating a service: deploy it first, then deploy new revisions with --no-traffic"
+            );
+        }
+        // Name the new revision here, as gcloud does, so the traffic spec can refer to it.
+        if service.template.revision.is_empty() {
+            service.template.revision = next_revision_name(&name, &service.latest_created_revision);
+        }
+        let mut traffic = Traffic::of(&service);
+        if args.no_traffic {
+            let latest = service.latest_ready_revision.rsplit('/').next().unwrap_or("").to_owned();
+            if let Some(p) = traffic.percents.remove(&Target::Latest) {
+                if latest.is_empty() {
+                    bail!("service [{name}] has no ready revision to keep its traffic on");
+                }
+                *traffic.percents.entry(Target::Revision(latest)).or_default() += p;
+            }
+        }
+        if let Some(tag) = &args.tag {
+            traffic.tags.insert(tag.clone(), Target::Revision(service.template.revision.clone()));
+        }
+        service.traffic = traffic.to_api();
+    }
     let request = if creating {
         eprintln!("Deploying new service...");
         ctx.client
@@ -402,6 +462,97 @@ async fn deploy(ctx: &Ctx, args: DeployArgs, create_if_missing: bool) -> anyhow:
         ctx.print(&wharf_api::knative::service(&service), "yaml")?;
     } else {
         println!("Service URL: {}", service.uri);
+    }
+    Ok(())
+}
+
+/// `{service}-{NNNNN}-{abc}` with the number after the latest created revision's.
+fn next_revision_name(service: &str, latest_created: &str) -> String {
+    let latest = latest_created.rsplit('/').next().unwrap_or("");
+    let number = latest
+        .strip_prefix(&format!("{service}-"))
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let suffix: String = uuid::Uuid::new_v4().as_bytes()[..3]
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect();
+    format!("{service}-{:05}-{suffix}", number + 1)
+}
+
+async fn update_traffic(ctx: &Ctx, args: UpdateTrafficArgs) -> anyhow::Result<()> {
+    let name = &args.service;
+    let mut service = ctx.get_service(name).await?.with_context(|| ctx.missing(name))?;
+    let path = format!("{}/services/{name}/revisions", ctx.parent());
+    let response = ctx.client.api_request(reqwest::Method::GET, &path).query(&[("pageSize", "1000")]).send().await?;
+    let list: wharf_api::ListRevisionsResponse = check(response).await?.json().await?;
+    let known: Vec<String> =
+        list.revisions.iter().map(|r| r.name.rsplit('/').next().unwrap_or("").to_owned()).collect();
+    let mut traffic = Traffic::of(&service);
+    if args.to_latest {
+        traffic.send_all_to_latest();
+    }
+    if let Some(revisions) = &args.to_revisions {
+        let assigned = super::traffic::pairs("--to-revisions", revisions)?
+            .into_iter()
+            .map(|(r, p)| Ok((resolve_revision(&r, &known)?, super::traffic::percent("--to-revisions", &p)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        traffic.assign(assigned)?;
+    }
+    if let Some(tags) = &args.to_tags {
+        let assigned = super::traffic::pairs("--to-tags", tags)?
+            .into_iter()
+            .map(|(tag, p)| {
+                let target =
+                    traffic.tags.get(&tag).cloned().with_context(|| format!("--to-tags: there is no tag {tag:?}"))?;
+                Ok((target, super::traffic::percent("--to-tags", &p)?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        traffic.assign(assigned)?;
+    }
+    if args.clear_tags {
+        traffic.tags.clear();
+    }
+    if let Some(remove) = &args.remove_tags {
+        for tag in split_list(remove) {
+            if traffic.tags.remove(&tag).is_none() {
+                bail!("--remove-tags: there is no tag {tag:?}");
+            }
+        }
+    }
+    if let Some(set) = &args.set_tags {
+        for (tag, revision) in super::traffic::pairs("--set-tags", set)? {
+            traffic.tags.insert(tag, resolve_revision(&revision, &known)?);
+        }
+    }
+    service.traffic = traffic.to_api();
+    eprintln!("Updating traffic...");
+    let request = ctx
+        .client
+        .api_request(reqwest::Method::PATCH, &ctx.service_path(name))
+        .query(&[("updateMask", "traffic")])
+        .json(&service);
+    let op: wharf_api::Operation = check(request.send().await?).await?.json().await?;
+    if args.no_wait {
+        return Ok(());
+    }
+    ctx.wait(&op).await?;
+    let service = ctx.get_service(name).await?.with_context(|| ctx.missing(name))?;
+    eprintln!("Done.");
+    eprintln!("Traffic:");
+    for t in &service.traffic_statuses {
+        if t.percent > 0 {
+            let latest = if t.kind.as_deref() == Some(wharf_api::TRAFFIC_LATEST) { " (LATEST)" } else { "" };
+            eprintln!("  {:>3}% {}{latest}", t.percent, t.revision);
+        }
+        if !t.tag.is_empty() {
+            eprintln!("        {}: {}", t.tag, t.uri);
+        }
+    }
+    if ctx.format.is_some() {
+        ctx.print(&wharf_api::knative::service(&service), "yaml")?;
     }
     Ok(())
 }
@@ -502,6 +653,8 @@ mod tests {
                 no_wait: false,
                 allow_unauthenticated: false,
                 no_allow_unauthenticated: false,
+                no_traffic: false,
+                tag: None,
             };
             f(&mut a);
             a

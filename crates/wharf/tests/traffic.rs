@@ -1,0 +1,238 @@
+//! Revisions and traffic: the blue/green lab of seed 002 (Tasks 1-5) with `gcloud` replaced by
+//! `wharf` and `--source` by `--image`; a restart in the middle keeps traffic and tags; and a
+//! continuous 200 requests/s load across deploy -> 10% -> 50% -> 100% -> rollback sees no
+//! failed request.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use wharf_testsupport::{WharfServer, testapp_image};
+
+struct Lab {
+    server: WharfServer,
+    image: String,
+    _work: tempfile::TempDir,
+}
+
+const REGION: &str = "us-central1";
+
+impl Lab {
+    fn start() -> Lab {
+        let work = tempfile::tempdir().unwrap();
+        let built = testapp_image(work.path(), "v1").unwrap();
+        let server = WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap();
+        let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "color-api:v1"]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let image = format!("{}/color-api:v1", server.addrs.registry_addr);
+        Lab { server, image, _work: work }
+    }
+
+    fn wharf(&self, args: &[&str]) -> String {
+        let mut full = args.to_vec();
+        full.extend(["--project", "lab", "--region", REGION]);
+        let out = self.server.cli(&full).unwrap();
+        assert!(out.status.success(), "wharf {full:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wharf_err(&self, args: &[&str]) -> String {
+        let mut full = args.to_vec();
+        full.extend(["--project", "lab", "--region", REGION]);
+        let out = self.server.cli(&full).unwrap();
+        assert!(!out.status.success(), "wharf {full:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
+    }
+
+    /// Which revision answered `/` on `host`.
+    async fn who(&self, client: &reqwest::Client, host: &str) -> String {
+        let r = client
+            .get(format!("http://{}/", self.server.addrs.ingress_addr))
+            .header("Host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.unwrap().trim().trim_start_matches("Hello from ").trim_end_matches('!').to_owned()
+    }
+
+    async fn count(&self, host: &str, n: usize, revision: &str) -> usize {
+        let client = Lab::client();
+        let mut hits = 0;
+        for _ in 0..n {
+            if self.who(&client, host).await == revision {
+                hits += 1;
+            }
+        }
+        hits
+    }
+}
+
+const HOST: &str = "color-api-lab.localhost";
+
+#[tokio::test]
+async fn blue_green_lab_with_tags_canary_cutover_rollback_and_restart() {
+    let mut lab = Lab::start();
+    // Task 1: blue.
+    lab.wharf(&[
+        "run",
+        "deploy",
+        "color-api",
+        "--image",
+        &lab.image,
+        "--allow-unauthenticated",
+        "--set-env-vars=APP_VERSION=1.0.0",
+        "--memory=256Mi",
+        "--cpu=1",
+        "--min-instances=0",
+        "--max-instances=5",
+    ]);
+    let url = lab.wharf(&["run", "services", "describe", "color-api", "--format=value(status.url)"]);
+    assert!(url.starts_with("http://color-api-lab.localhost:"), "{url}");
+
+    // Task 2: green, without traffic, with a tag and its own URL.
+    lab.wharf(&[
+        "run",
+        "deploy",
+        "color-api",
+        "--image",
+        &lab.image,
+        "--set-env-vars=APP_VERSION=2.0.0",
+        "--no-traffic",
+        "--tag=green",
+    ]);
+    let green_url = lab.wharf(&["run", "services", "describe", "color-api", "--format=value(status.traffic[1].url)"]);
+    assert!(green_url.trim().starts_with("http://green---color-api-lab.localhost:"), "{green_url}");
+    let revisions = lab.wharf(&["run", "revisions", "list", "--service=color-api", "--format=value(metadata.name)"]);
+    let names: Vec<&str> = revisions.lines().collect();
+    let (green, blue) = (names[0].to_owned(), names[names.len() - 1].to_owned());
+    assert_eq!(names.len(), 2, "{revisions}");
+    let client = Lab::client();
+    assert_eq!(lab.who(&client, "green---color-api-lab.localhost").await, green);
+    assert_eq!(lab.count(HOST, 20, &blue).await, 20, "--no-traffic must leave all traffic on blue");
+
+    // Task 3: canary, 10% to green, checked over 1,000 requests (within 3 points).
+    lab.wharf(&["run", "services", "update-traffic", "color-api", &format!("--to-revisions={blue}=90,{green}=10")]);
+    let yaml = lab.wharf(&["run", "services", "describe", "color-api", "--format=yaml(status.traffic)"]);
+    assert!(yaml.contains("percent: 90") && yaml.contains("percent: 10") && yaml.contains("tag: green"), "{yaml}");
+    let green_hits = lab.count(HOST, 1000, &green).await;
+    assert!((70..=130).contains(&green_hits), "{green_hits} of 1000 went to green, expected 100 +- 30");
+
+    // A restart keeps the split and the tag.
+    lab.server.restart().unwrap();
+    let yaml_after = lab.wharf(&["run", "services", "describe", "color-api", "--format=yaml(status.traffic)"]);
+    assert_eq!(yaml_after.replace(|c: char| c.is_ascii_digit(), ""), yaml.replace(|c: char| c.is_ascii_digit(), ""));
+    assert_eq!(lab.who(&client, "green---color-api-lab.localhost").await, green);
+
+    // Task 4: full cutover to the latest (green).
+    lab.wharf(&["run", "services", "update-traffic", "color-api", "--to-latest"]);
+    assert_eq!(lab.count(HOST, 20, &green).await, 20);
+
+    // Task 5: instant rollback to blue.
+    lab.wharf(&["run", "services", "update-traffic", "color-api", &format!("--to-revisions={blue}=100")]);
+    assert_eq!(lab.count(HOST, 20, &blue).await, 20);
+
+    // Validation: nothing changes on bad traffic.
+    let err = lab.wharf_err(&["run", "services", "update-traffic", "color-api", "--to-revisions=nope=100"]);
+    assert!(err.contains("does not exist"), "{err}");
+    let err = lab.wharf_err(&["run", "services", "update-traffic", "color-api", "--set-tags=Bad_Tag=LATEST"]);
+    assert!(err.contains("is invalid"), "{err}");
+    let err = lab.wharf_err(&[
+        "run",
+        "services",
+        "update-traffic",
+        "color-api",
+        &format!("--to-revisions={blue}=60,{green}=60"),
+    ]);
+    assert!(err.contains("sum to at most 100"), "{err}");
+    // A revision that serves traffic or carries a tag cannot be deleted.
+    let err = lab.wharf_err(&["run", "revisions", "delete", &blue, "--quiet"]);
+    assert!(err.contains("serves 100% of traffic"), "{err}");
+    let err = lab.wharf_err(&["run", "revisions", "delete", &green, "--quiet"]);
+    assert!(err.contains("carries tag"), "{err}");
+    lab.wharf(&["run", "services", "update-traffic", "color-api", "--remove-tags=green"]);
+    lab.wharf(&["run", "revisions", "delete", &green, "--quiet"]);
+    assert_eq!(lab.count(HOST, 5, &blue).await, 5);
+}
+
+#[tokio::test]
+async fn no_request_fails_under_load_across_a_rollout() {
+    let lab = Arc::new(Lab::start());
+    lab.wharf(&["run", "deploy", "color-api", "--image", &lab.image, "--concurrency", "20"]);
+    let blue =
+        lab.wharf(&["run", "services", "describe", "color-api", "--format=value(status.latestReadyRevisionName)"]);
+    let blue = blue.trim().to_owned();
+
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = {
+        let (lab, ok, failed, stop) = (lab.clone(), ok.clone(), failed.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = Lab::client();
+            let mut tick = tokio::time::interval(Duration::from_millis(5)); // 200 requests per second
+            let mut inflight = tokio::task::JoinSet::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.is_cancelled() && Instant::now() < deadline {
+                tick.tick().await;
+                let (client, url, ok, failed) =
+                    (client.clone(), format!("http://{}/", lab.server.addrs.ingress_addr), ok.clone(), failed.clone());
+                inflight.spawn(async move {
+                    match client.get(url).header("Host", HOST).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => failed.lock().unwrap().push(format!("HTTP {}", r.status())),
+                        Err(e) => failed.lock().unwrap().push(format!("error: {e}")),
+                    }
+                });
+            }
+            while inflight.join_next().await.is_some() {}
+        })
+    };
+    let step = |args: Vec<String>| {
+        let lab = lab.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            tokio::task::spawn_blocking({
+                let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+                move || lab.wharf(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<String>>();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    step(s(&[
+        "run",
+        "deploy",
+        "color-api",
+        "--image",
+        &lab.image,
+        "--no-traffic",
+        "--tag",
+        "green",
+        "--update-env-vars",
+        "V=2",
+    ]))
+    .await;
+    let revisions = lab.wharf(&["run", "revisions", "list", "--service=color-api", "--format=value(metadata.name)"]);
+    let green = revisions.lines().next().unwrap().to_owned();
+    step(s(&["run", "services", "update-traffic", "color-api", &format!("--to-revisions={blue}=90,{green}=10")])).await;
+    step(s(&["run", "services", "update-traffic", "color-api", &format!("--to-revisions={blue}=50,{green}=50")])).await;
+    step(s(&["run", "services", "update-traffic", "color-api", "--to-latest"])).await;
+    step(s(&["run", "services", "update-traffic", "color-api", &format!("--to-revisions={blue}=100")])).await;
+    stop.cancel();
+    load.await.unwrap();
+    let failed = failed.lock().unwrap().clone();
+    let served = ok.load(Ordering::Relaxed);
+    assert!(served > 1000, "the load generator only completed {served} requests");
+    assert_eq!(failed, Vec::<String>::new(), "{} of {} requests failed", failed.len(), served + failed.len());
+}
