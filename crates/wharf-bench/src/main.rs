@@ -8,6 +8,11 @@
 //!
 //! `start`: time from `Runtime::start` to ready (startup probe passed) for testapp with its
 //! layers already unpacked, split into phases, over N starts.
+//!
+//! `all [--smoke] [--out FILE]`: the whole-system table (see `system.rs`), also written as JSON
+//! (default `bench-results.json`); `--smoke` runs few iterations (CI runs it so it cannot rot).
+
+mod system;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +37,16 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(20);
     match args.first().map(String::as_str) {
         Some("start") => tokio::runtime::Runtime::new()?.block_on(instance_start(runs)),
-        _ => bail!("usage: wharf-bench start [--runs N]"),
+        Some("all") => {
+            let out = args
+                .iter()
+                .position(|a| a == "--out")
+                .and_then(|i| args.get(i + 1))
+                .map_or_else(|| PathBuf::from("bench-results.json"), PathBuf::from);
+            let smoke = args.iter().any(|a| a == "--smoke");
+            tokio::runtime::Runtime::new()?.block_on(system::run(system::Options { smoke, out }))
+        }
+        _ => bail!("usage: wharf-bench start [--runs N] | wharf-bench all [--smoke] [--out FILE]"),
     }
 }
 

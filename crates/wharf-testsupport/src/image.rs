@@ -39,7 +39,8 @@ fn build_testapp() -> anyhow::Result<PathBuf> {
     let profile = profile_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_owned();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "wharf-testapp", "--bin", "wharf-testapp"]);
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+    cmd.args(["build", "--quiet", "-p", "wharf-testapp", "--bin", "wharf-testapp", "--manifest-path"]).arg(workspace);
     if profile == "release" {
         cmd.arg("--release");
     }

@@ -1,0 +1,518 @@
+//! `wharf-bench all`: whole-system figures from a real `wharf server` (started here on free
+//! ports with a temporary data directory), each next to a baseline measured in the same run:
+//!
+//! 1. cold start of a service scaled to zero, to the first response byte, against `runc run`
+//!    of the same rootfs until its port answers, and Wharf's own runtime start (no proxy);
+//! 2. warm proxy latency and throughput at 64 connections (wrk) through the ingress, against
+//!    the same instance reached directly, and through nginx as a reverse proxy;
+//! 3. `wharf run deploy` of a new revision (cached image) until its URL serves it;
+//! 4. scale-out: 0 to 200 concurrent slow requests at concurrency 10;
+//! 5. Wharf's memory (server and shims) per running instance.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use wharf_testsupport::WharfServer;
+
+/// One row of the results table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub metric: String,
+    pub wharf: f64,
+    pub baseline: Option<f64>,
+    pub baseline_name: String,
+    pub unit: &'static str,
+    /// Whether bigger is better (throughput) rather than smaller (latency).
+    pub higher_is_better: bool,
+}
+
+pub struct Options {
+    pub smoke: bool,
+    pub out: PathBuf,
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // an index into a short vector
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v[i]
+}
+
+fn wharf_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("wharf");
+    if !path.exists() {
+        bail!("{} is missing: build it first (cargo build --release -p wharf -p wharf-testapp)", path.display());
+    }
+    Ok(path)
+}
+
+fn cli(server: &WharfServer, args: &[&str]) -> anyhow::Result<String> {
+    let out = server.cli(args)?;
+    if !out.status.success() {
+        bail!("wharf {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Instances of `service` that exist (starting, ready or stopping).
+fn instances(server: &WharfServer, service: &str) -> usize {
+    let Ok(dirs) = std::fs::read_dir(server.data_dir().join("instances")) else { return 0 };
+    dirs.flatten()
+        .filter(|d| {
+            std::fs::read_to_string(d.path().join("bundle/config.json"))
+                .is_ok_and(|c| c.contains(&format!("K_SERVICE={service}\"")))
+        })
+        .count()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Time to the response head of one GET.
+async fn first_byte(client: &reqwest::Client, url: &str, host: Option<&str>) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut request = client.get(url);
+    if let Some(h) = host {
+        request = request.header("Host", h);
+    }
+    let response = request.send().await?;
+    let elapsed = t.elapsed();
+    if !response.status().is_success() {
+        bail!("GET {url} answered {}", response.status());
+    }
+    response.bytes().await?;
+    Ok(elapsed)
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let trials = if options.smoke { 3 } else { 30 };
+    let work = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
+    let image = wharf_testsupport::testapp_image(work.path(), "bench")?;
+    let server = WharfServer::start_with_env(&wharf_binary()?, &[("WHARF_IDLE_TIMEOUT", "1s"), ("WHARF_LOG", "warn")])?;
+    cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
+    let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
+    let ingress = format!("http://{}/", server.addrs.ingress_addr);
+    let host = "cold-bench.localhost";
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build()?;
+    let mut rows = Vec::new();
+
+    // 1. Cold start.
+    cli(&server, &["run", "deploy", "cold", "--image", &image_ref, "--project", "bench"])?;
+    let mut cold = Vec::new();
+    for _ in 0..trials {
+        wait_for("scale to zero", Duration::from_secs(30), || instances(&server, "cold") == 0)?;
+        cold.push(first_byte(&client, &ingress, Some(host)).await?.as_secs_f64() * 1000.0);
+    }
+    let runc = runc_baseline(work.path(), &image, trials).ok();
+    for (p, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
+        rows.push(Row {
+            metric: format!("cold start to first byte, {name}"),
+            wharf: percentile(&cold, p),
+            baseline: runc.as_ref().map(|r| percentile(r, p)),
+            baseline_name: "runc run until port answers".into(),
+            unit: "ms",
+            higher_is_better: false,
+        });
+    }
+
+    // 2. Warm proxy.
+    cli(&server, &["run", "deploy", "warm", "--image", &image_ref, "--project", "bench", "--min-instances", "1"])?;
+    first_byte(&client, &ingress, Some("warm-bench.localhost")).await?;
+    let direct = instance_address(&server, "warm")?;
+    let duration = if options.smoke { "1s" } else { "5s" };
+    if which("wrk") {
+        let through = wrk(&ingress, Some("warm-bench.localhost"), duration)?;
+        let direct_run = wrk(&format!("http://{direct}/"), None, duration)?;
+        let nginx = nginx_baseline(work.path(), &direct, duration).ok();
+        for (metric, key, higher) in [
+            ("proxy throughput, 64 connections", "rps", true),
+            ("proxy latency p50", "p50_ms", false),
+            ("proxy latency p99", "p99_ms", false),
+        ] {
+            rows.push(Row {
+                metric: metric.into(),
+                wharf: through[key],
+                baseline: Some(direct_run[key]),
+                baseline_name: "direct to the instance".into(),
+                unit: if higher { "req/s" } else { "ms" },
+                higher_is_better: higher,
+            });
+            if let Some(n) = &nginx {
+                rows.push(Row {
+                    metric: format!("{metric} (vs nginx)"),
+                    wharf: through[key],
+                    baseline: Some(n[key]),
+                    baseline_name: "nginx reverse proxy".into(),
+                    unit: if higher { "req/s" } else { "ms" },
+                    higher_is_better: higher,
+                });
+            }
+        }
+    } else {
+        eprintln!("wrk is not installed: skipping the proxy rows (apt-get install wrk nginx)");
+    }
+
+    // 3. Deploy to serving.
+    let mut deploys = Vec::new();
+    for i in 0..(if options.smoke { 1 } else { 5 }) {
+        let t = Instant::now();
+        cli(
+            &server,
+            &[
+                "run",
+                "deploy",
+                "warm",
+                "--image",
+                &image_ref,
+                "--project",
+                "bench",
+                "--update-env-vars",
+                &format!("N={i}"),
+            ],
+        )?;
+        let revision = cli(
+            &server,
+            &[
+                "run",
+                "services",
+                "describe",
+                "warm",
+                "--project",
+                "bench",
+                "--format",
+                "value(status.latestReadyRevisionName)",
+            ],
+        )?;
+        loop {
+            let body = client.get(&ingress).header("Host", "warm-bench.localhost").send().await?.text().await?;
+            if body.contains(revision.trim()) {
+                break;
+            }
+        }
+        deploys.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    rows.push(Row {
+        metric: "deploy a new revision until it serves".into(),
+        wharf: percentile(&deploys, 0.5),
+        baseline: None,
+        baseline_name: "(target: 1000 ms)".into(),
+        unit: "ms",
+        higher_is_better: false,
+    });
+
+    // 4. Scale-out.
+    let burst = if options.smoke { 40 } else { 200 };
+    cli(
+        &server,
+        &[
+            "run",
+            "deploy",
+            "burst",
+            "--image",
+            &image_ref,
+            "--project",
+            "bench",
+            "--concurrency",
+            "10",
+            "--max-instances",
+            "40",
+        ],
+    )?;
+    wait_for("scale to zero", Duration::from_secs(30), || instances(&server, "burst") == 0)?;
+    let t = Instant::now();
+    let requests: Vec<_> = (0..burst)
+        .map(|_| {
+            let (client, url) = (client.clone(), format!("{ingress}sleep?ms=2000"));
+            tokio::spawn(async move {
+                let r = client.get(url).header("Host", "burst-bench.localhost").send().await;
+                r.map(|r| r.status().is_success()).unwrap_or(false)
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    let watcher = {
+        let dir = server.data_dir().join("instances");
+        let others = instances(&server, "warm");
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                let now = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0).saturating_sub(others);
+                peak = peak.max(now);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let mut succeeded = 0;
+    for r in requests {
+        if r.await.unwrap_or(false) {
+            succeeded += 1;
+        }
+    }
+    let all_served = t.elapsed().as_secs_f64() * 1000.0 - 2000.0;
+    peak = peak.max(watcher.join().unwrap_or(0));
+    rows.push(Row {
+        metric: format!(
+            "scale-out 0 to {burst} requests (concurrency 10): until all served, {peak} instances, {succeeded} ok"
+        ),
+        wharf: all_served,
+        baseline: None,
+        baseline_name: "(target: 2000 ms to 20 instances)".into(),
+        unit: "ms",
+        higher_is_better: false,
+    });
+
+    // 5. Memory per instance.
+    let before = wharf_rss_kib(&server, false);
+    let n = if options.smoke { 2 } else { 10 };
+    cli(
+        &server,
+        &["run", "deploy", "mem", "--image", &image_ref, "--project", "bench", "--min-instances", &n.to_string()],
+    )?;
+    wait_for("min instances", Duration::from_secs(60), || count_shims(&server) >= n + 1)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let after = wharf_rss_kib(&server, true);
+    let per_instance = (after - before) / (n as f64) / 1024.0;
+    rows.push(Row {
+        metric: format!("Wharf memory per running instance (server + shim, {n} instances)"),
+        wharf: per_instance,
+        baseline: None,
+        baseline_name: "(target: 2 MiB)".into(),
+        unit: "MiB",
+        higher_is_better: false,
+    });
+
+    print_table(&rows);
+    write_json(&options.out, &rows, options.smoke)?;
+    drop(server);
+    Ok(())
+}
+
+fn which(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The address of a running instance of `service`, read from its instance directory.
+fn instance_address(server: &WharfServer, service: &str) -> anyhow::Result<String> {
+    for entry in std::fs::read_dir(server.data_dir().join("instances"))? {
+        let dir = entry?.path();
+        let config = std::fs::read_to_string(dir.join("bundle/config.json")).unwrap_or_default();
+        if !config.contains(&format!("K_SERVICE={service}\"")) {
+            continue;
+        }
+        let hosts = std::fs::read_to_string(dir.join("hosts"))?;
+        let ip = hosts.lines().last().and_then(|l| l.split_whitespace().next()).context("no instance address")?;
+        return Ok(format!("{ip}:8080"));
+    }
+    bail!("no running instance of {service}")
+}
+
+fn wrk(url: &str, host: Option<&str>, duration: &str) -> anyhow::Result<BTreeMap<&'static str, f64>> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c64", "-d", duration, "--latency"]);
+    if let Some(h) = host {
+        cmd.args(["-H", &format!("Host: {h}")]);
+    }
+    let out = cmd.arg(url).output().context("cannot run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |prefix: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.trim_start().starts_with(prefix))?;
+        let v = line.split_whitespace().nth(1)?;
+        parse_wrk_number(v)
+    };
+    let mut m = BTreeMap::new();
+    m.insert("rps", value("Requests/sec:").context("wrk printed no Requests/sec")?);
+    m.insert("p50_ms", value("50%").context("wrk printed no 50% latency")?);
+    m.insert("p99_ms", value("99%").context("wrk printed no 99% latency")?);
+    Ok(m)
+}
+
+/// `123.45us`, `1.20ms`, `2.00s` in milliseconds; plain numbers as they are.
+fn parse_wrk_number(v: &str) -> Option<f64> {
+    if let Some(n) = v.strip_suffix("us") {
+        return n.parse::<f64>().ok().map(|x| x / 1000.0);
+    }
+    if let Some(n) = v.strip_suffix("ms") {
+        return n.parse().ok();
+    }
+    if let Some(n) = v.strip_suffix('s') {
+        return n.parse::<f64>().ok().map(|x| x * 1000.0);
+    }
+    v.parse().ok()
+}
+
+fn nginx_baseline(dir: &Path, upstream: &str, duration: &str) -> anyhow::Result<BTreeMap<&'static str, f64>> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2; pid {p}/nginx.pid; error_log {p}/logs/error.log;
+             events {{ worker_connections 1024; }}
+             http {{ access_log off;
+               upstream app {{ server {upstream}; keepalive 64; }}
+               server {{ listen 127.0.0.1:{port};
+                 location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}",
+            p = prefix.display()
+        ),
+    )?;
+    let mut nginx = Command::new("nginx")
+        .args(["-p", &prefix.to_string_lossy(), "-c", &conf.to_string_lossy(), "-g", "daemon off;"])
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start nginx")?;
+    let result = (|| {
+        wait_for("nginx", Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+        wrk(&format!("http://127.0.0.1:{port}/"), None, duration)
+    })();
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    result
+}
+
+/// Unpacks the image into a rootfs and times `runc run -d` until the app's port answers.
+fn runc_baseline(dir: &Path, image: &wharf_testsupport::TestImage, trials: usize) -> anyhow::Result<Vec<f64>> {
+    let bundle = dir.join("runc-bundle");
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(&rootfs)?;
+    for layer in &image.layers {
+        let blob = image.layout.join("blobs/sha256").join(layer.hex());
+        let reader = wharf_image::snapshot::decompress(std::io::BufReader::new(std::fs::File::open(blob)?))?;
+        wharf_image::snapshot::unpack_layer(reader, &rootfs, layer)?;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/app/testapp"],
+                    "env": ["PATH=/bin", format!("PORT={port}")], "cwd": "/",
+                    "capabilities": {"bounding": ["CAP_NET_BIND_SERVICE"], "effective": ["CAP_NET_BIND_SERVICE"], "permitted": ["CAP_NET_BIND_SERVICE"]},
+                    "noNewPrivileges": true},
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "runc",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                   {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+                   {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=1777"]}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+                  "resources": {"memory": {"limit": 536_870_912_i64}, "cpu": {"quota": 100_000, "period": 100_000}}}
+    });
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+    let mut times = Vec::new();
+    for i in 0..trials {
+        let id = format!("wharf-bench-runc-{}-{i}", std::process::id());
+        let t = Instant::now();
+        let status = Command::new("runc")
+            .args(["run", "-d", "--bundle", &bundle.to_string_lossy(), &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot run runc")?;
+        if !status.success() {
+            bail!("runc run failed: {status}");
+        }
+        let answered = wait_for("runc container port", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        let _ = Command::new("runc").args(["delete", "-f", &id]).status();
+        answered?;
+    }
+    Ok(times)
+}
+
+fn pids_matching(filter: impl Fn(&str) -> bool) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            filter(&String::from_utf8_lossy(&cmdline).replace('\0', " ")).then_some(pid)
+        })
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn count_shims(server: &WharfServer) -> usize {
+    let dir = server.data_dir().to_string_lossy().into_owned();
+    pids_matching(|c| c.contains(" shim --id ") && c.contains(&dir)).len()
+}
+
+/// RSS of the server plus, when `with_shims`, of every shim of this server.
+fn wharf_rss_kib(server: &WharfServer, with_shims: bool) -> f64 {
+    let dir = server.data_dir().to_string_lossy().into_owned();
+    let mut total = rss_kib(server.addrs.pid);
+    if with_shims {
+        for pid in pids_matching(|c| c.contains(" shim --id ") && c.contains(&dir)) {
+            total += rss_kib(pid);
+        }
+    }
+    total
+}
+
+fn print_table(rows: &[Row]) {
+    println!("{:<78} {:>12} {:>12} {:>8}  baseline", "metric", "wharf", "baseline", "ratio");
+    for r in rows {
+        let baseline = r.baseline.map_or("-".to_owned(), |b| format!("{b:.2}"));
+        let ratio = r.baseline.map_or("-".to_owned(), |b| format!("{:.2}x", r.wharf / b));
+        println!("{:<78} {:>9.2} {:<2} {:>12} {:>8}  {}", r.metric, r.wharf, r.unit, baseline, ratio, r.baseline_name);
+    }
+}
+
+fn write_json(path: &Path, rows: &[Row], smoke: bool) -> anyhow::Result<()> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let value = json!({
+        "date": date,
+        "machine": {"cores": cores, "kernel": kernel},
+        "smoke": smoke,
+        "rows": rows.iter().map(|r| json!({
+            "metric": r.metric, "wharf": r.wharf, "unit": r.unit, "baseline": r.baseline,
+            "baselineName": r.baseline_name, "ratio": r.baseline.map(|b| r.wharf / b),
+            "higherIsBetter": r.higher_is_better,
+        })).collect::<Vec<Value>>(),
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&value)?)?;
+    eprintln!("results written to {}", path.display());
+    Ok(())
+}
