@@ -280,13 +280,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     });
 
     // 5. Memory per instance.
-    let before = wharf_rss_kib(&server, false);
+    let before = wharf_rss_kib(&server, true);
     let n = if options.smoke { 2 } else { 10 };
+    let shims_before = count_shims(&server);
     cli(
         &server,
         &["run", "deploy", "mem", "--image", &image_ref, "--project", "bench", "--min-instances", &n.to_string()],
     )?;
-    wait_for("min instances", Duration::from_secs(60), || count_shims(&server) >= n + 1)?;
+    wait_for("min instances", Duration::from_secs(60), || count_shims(&server) >= shims_before + n)?;
     std::thread::sleep(Duration::from_secs(1));
     let after = wharf_rss_kib(&server, true);
     let per_instance = (after - before) / (n as f64) / 1024.0;
@@ -383,6 +384,7 @@ fn nginx_baseline(dir: &Path, upstream: &str, duration: &str) -> anyhow::Result<
     )?;
     let mut nginx = Command::new("nginx")
         .args(["-p", &prefix.to_string_lossy(), "-c", &conf.to_string_lossy(), "-g", "daemon off;"])
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("cannot start nginx")?;
@@ -390,7 +392,10 @@ fn nginx_baseline(dir: &Path, upstream: &str, duration: &str) -> anyhow::Result<
         wait_for("nginx", Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
         wrk(&format!("http://127.0.0.1:{port}/"), None, duration)
     })();
-    let _ = nginx.kill();
+    // SIGTERM, not SIGKILL: the master must take its workers down with it.
+    if let Ok(pid) = i32::try_from(nginx.id()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    }
     let _ = nginx.wait();
     result
 }
@@ -469,7 +474,7 @@ fn rss_kib(pid: u32) -> f64 {
 
 fn count_shims(server: &WharfServer) -> usize {
     let dir = server.data_dir().to_string_lossy().into_owned();
-    pids_matching(|c| c.contains(" shim --id ") && c.contains(&dir)).len()
+    pids_matching(|c| (c.contains(" shim --id ") || c.contains(" shim-wait --pid ")) && c.contains(&dir)).len()
 }
 
 /// RSS of the server plus, when `with_shims`, of every shim of this server.
@@ -477,7 +482,8 @@ fn wharf_rss_kib(server: &WharfServer, with_shims: bool) -> f64 {
     let dir = server.data_dir().to_string_lossy().into_owned();
     let mut total = rss_kib(server.addrs.pid);
     if with_shims {
-        for pid in pids_matching(|c| c.contains(" shim --id ") && c.contains(&dir)) {
+        for pid in pids_matching(|c| (c.contains(" shim --id ") || c.contains(" shim-wait --pid ")) && c.contains(&dir))
+        {
             total += rss_kib(pid);
         }
     }

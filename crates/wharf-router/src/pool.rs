@@ -42,8 +42,17 @@ pub struct PoolConfig {
 
 struct Slot {
     instance: Arc<Instance>,
+    /// `ip:port` of the instance, parsed once for the proxy's upstream URIs.
+    authority: hyper::http::uri::Authority,
     in_flight: u32,
     idle_since: Instant,
+}
+
+impl Slot {
+    fn new(instance: Arc<Instance>) -> Slot {
+        let authority = instance.addr.to_string().parse().expect("a socket address is a valid URI authority");
+        Slot { instance, authority, in_flight: 0, idle_since: Instant::now() }
+    }
 }
 
 struct PoolState {
@@ -68,6 +77,11 @@ pub struct RevisionPool {
     /// Wakes the scaling loop early.
     wake: Notify,
     closed: CancellationToken,
+    request_timeout_ms: std::sync::atomic::AtomicU64,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl fmt::Debug for RevisionPool {
@@ -87,6 +101,7 @@ impl fmt::Debug for RevisionPool {
 pub struct Lease {
     pool: Arc<RevisionPool>,
     pub instance: Arc<Instance>,
+    pub authority: hyper::http::uri::Authority,
 }
 
 impl Drop for Lease {
@@ -131,7 +146,9 @@ impl RevisionPool {
             capacity: Notify::new(),
             wake: Notify::new(),
             closed: CancellationToken::new(),
+            request_timeout_ms: std::sync::atomic::AtomicU64::new(0),
         });
+        pool.request_timeout_ms.store(millis(pool.lock().config.request_timeout), std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(scaling_loop(Arc::downgrade(&pool), pool.closed.clone()));
         pool
     }
@@ -144,11 +161,17 @@ impl RevisionPool {
         self.lock().config.clone()
     }
 
+    /// The revision's request timeout (read on every request, so kept outside the lock).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Updates scaling settings in place (the revision itself is immutable; the service's
     /// scaling bounds may change).
     pub fn set_config(&self, config: PoolConfig) {
         let mut st = self.lock();
         st.autoscaler.set_config(config.scaling.clone());
+        self.request_timeout_ms.store(millis(config.request_timeout), std::sync::atomic::Ordering::Relaxed);
         st.config = config;
         drop(st);
         self.wake.notify_one();
@@ -169,13 +192,31 @@ impl RevisionPool {
         let mut st = self.lock();
         // A fresh instance counts as activity: it is kept warm for the idle period.
         st.autoscaler.record(Instant::now(), 1.0);
-        st.slots.push(Slot { instance, in_flight: 0, idle_since: Instant::now() });
+        st.slots.push(Slot::new(instance));
         drop(st);
         self.capacity.notify_waiters();
     }
 
+    /// Claims a slot at once if an instance has room (the common, warm case: no waiting, no
+    /// timers).
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
+        let mut st = self.lock();
+        let limit = st.config.scaling.container_concurrency.max(1);
+        let slot = st
+            .slots
+            .iter_mut()
+            .filter(|s| s.in_flight < limit && !s.instance.has_exited())
+            .min_by_key(|s| s.in_flight)?;
+        slot.in_flight += 1;
+        let (instance, authority) = (slot.instance.clone(), slot.authority.clone());
+        Some(Lease { pool: self.clone(), instance, authority })
+    }
+
     /// Claims a slot on an instance, waiting in the queue while instances start.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, ProxyError> {
+        if let Some(lease) = self.try_acquire() {
+            return Ok(lease);
+        }
         let mut queued = false;
         let queue_timeout = self.lock().config.queue_timeout;
         let deadline = Instant::now() + queue_timeout;
@@ -190,11 +231,11 @@ impl RevisionPool {
                 let best = st.slots.iter_mut().filter(|s| s.in_flight < limit).min_by_key(|s| s.in_flight);
                 if let Some(slot) = best {
                     slot.in_flight += 1;
-                    let instance = slot.instance.clone();
+                    let (instance, authority) = (slot.instance.clone(), slot.authority.clone());
                     if queued {
                         st.queued -= 1;
                     }
-                    return Ok(Lease { pool: self.clone(), instance });
+                    return Ok(Lease { pool: self.clone(), instance, authority });
                 }
                 if self.closed.is_cancelled() {
                     break Err(ProxyError::NoInstance);
@@ -277,7 +318,14 @@ fn scale_once(pool: &Arc<RevisionPool>) {
         let sample = f64::from(in_flight + st.queued);
         st.autoscaler.record(now, sample);
         let current = u32::try_from(st.slots.len()).unwrap_or(u32::MAX) + st.starting;
-        let desired = st.autoscaler.decide(now, current).desired;
+        let mut desired = st.autoscaler.decide(now, current).desired;
+        if st.queued > 0 {
+            // Requests are waiting for capacity: start what they need now, without waiting
+            // for the windows to fill (what Knative's activator does for a cold revision).
+            let limit = st.config.scaling.container_concurrency.max(1);
+            let needed = (in_flight + st.queued).div_ceil(limit).min(st.config.scaling.max_instances);
+            desired = desired.max(needed);
+        }
         let backing_off = st.retry_after.is_some_and(|t| now < t);
         to_start = if backing_off { 0 } else { desired.saturating_sub(current) };
         st.starting += to_start;
@@ -307,7 +355,7 @@ fn scale_once(pool: &Arc<RevisionPool>) {
                     Ok(instance) => {
                         st.last_error = None;
                         st.retry_after = None;
-                        st.slots.push(Slot { instance, in_flight: 0, idle_since: Instant::now() });
+                        st.slots.push(Slot::new(instance));
                         None
                     }
                     Err(reason) => {

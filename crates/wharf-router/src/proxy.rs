@@ -30,7 +30,61 @@ use crate::table::RoutingTable;
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// Serves the ingress on `listener` until `shutdown`.
+///
+/// Like nginx's workers, one thread per core runs its own single-threaded runtime and accepts
+/// from the shared listener: a connection, its requests and their upstream connections stay
+/// on one thread, so a proxied request costs no cross-thread wake-ups. Routing state (the
+/// table, the pools) is shared between threads.
 pub async fn serve(listener: TcpListener, table: Arc<RoutingTable>, shutdown: CancellationToken) {
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "ingress listener unusable");
+            return;
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut workers = Vec::new();
+    for i in 0..threads {
+        let (listener, table, shutdown) = match listener.try_clone() {
+            Ok(l) => (l, table.clone(), shutdown.clone()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot share the ingress listener");
+                break;
+            }
+        };
+        let worker = std::thread::Builder::new().name(format!("wharf-ingress-{i}")).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start an ingress worker");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => accept_loop(listener, table, shutdown).await,
+                    Err(e) => tracing::error!(error = %e, "ingress worker cannot listen"),
+                }
+            });
+        });
+        match worker {
+            Ok(handle) => workers.push(handle),
+            Err(e) => tracing::error!(error = %e, "cannot spawn an ingress worker"),
+        }
+    }
+    shutdown.cancelled().await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            let _ = worker.join();
+        }
+    })
+    .await;
+}
+
+/// Accepts and serves connections on this thread until `shutdown`, then lets open
+/// connections finish (up to 10 s).
+async fn accept_loop(listener: TcpListener, table: Arc<RoutingTable>, shutdown: CancellationToken) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -39,16 +93,17 @@ pub async fn serve(listener: TcpListener, table: Arc<RoutingTable>, shutdown: Ca
         .pool_max_idle_per_host(256)
         .build(connector);
     let proxy = Arc::new(Proxy { table, client });
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
         };
         let Ok((stream, remote)) = accepted else { continue };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
@@ -65,6 +120,8 @@ pub async fn serve(listener: TcpListener, table: Arc<RoutingTable>, shutdown: Ca
             }
         });
     }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(11), connections.wait()).await;
 }
 
 struct Proxy {
@@ -102,28 +159,35 @@ impl Proxy {
             .unwrap_or("")
             .to_owned();
         let route = self.table.lookup(&host).ok_or(ProxyError::UnknownHost { host: host.clone() })?;
-        let roll = random_percent();
-        let pool = route.pick(roll).ok_or(ProxyError::NoRevision)?.clone();
-        let timeout = pool.config().request_timeout;
-        let started = tokio::time::Instant::now();
-        let lease = tokio::time::timeout(timeout, pool.acquire()).await.map_err(|_| ProxyError::Timeout(timeout))??;
+        let roll = if route.targets.len() > 1 { fast_random() % 100 } else { 0 };
+        let pool = route.pick(u32::try_from(roll).unwrap_or(0)).ok_or(ProxyError::NoRevision)?.clone();
+        let timeout = pool.request_timeout();
+        // One timer per request: it bounds the wait for an instance, the response head, and
+        // then the body.
+        let mut deadline = Box::pin(tokio::time::sleep(timeout));
+        let lease = match pool.try_acquire() {
+            Some(lease) => lease,
+            None => tokio::select! {
+                lease = pool.acquire() => lease?,
+                _ = deadline.as_mut() => return Err(ProxyError::Timeout(timeout)),
+            },
+        };
 
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = format!("http://{}{path}", lease.instance.addr)
-            .parse()
-            .map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))?;
+        let mut uri = hyper::http::uri::Parts::default();
+        uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        uri.authority = Some(lease.authority.clone());
+        uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| "/".parse().expect("valid")));
+        parts.uri = hyper::Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))?;
         parts.version = hyper::Version::HTTP_11;
         prepare_headers(&mut parts.headers, remote, &host, upgrade);
         let upstream = Request::from_parts(parts, body);
 
-        let remaining = timeout.saturating_sub(started.elapsed());
-        let mut response = match tokio::time::timeout(remaining, self.client.request(upstream)).await {
-            Err(_) => return Err(ProxyError::Timeout(timeout)),
-            Ok(Err(e)) => return Err(ProxyError::Upstream(e.to_string())),
-            Ok(Ok(r)) => r,
+        let mut response = tokio::select! {
+            response = self.client.request(upstream) => response.map_err(|e| ProxyError::Upstream(e.to_string()))?,
+            _ = deadline.as_mut() => return Err(ProxyError::Timeout(timeout)),
         };
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -142,8 +206,7 @@ impl Proxy {
         for name in HOP_BY_HOP {
             parts.headers.remove(*name);
         }
-        let deadline = started + timeout;
-        let body = LeasedBody { inner: body, _lease: lease, deadline: Box::pin(tokio::time::sleep_until(deadline)) };
+        let body = LeasedBody { inner: body, _lease: lease, deadline };
         Ok(Response::from_parts(parts, body.boxed()))
     }
 }
@@ -198,8 +261,7 @@ fn add_trace_headers(headers: &mut HeaderMap) {
         (trace.len() == 32).then(|| (trace.to_owned(), format!("{span:016x}")))
     });
     let (trace, span) = parsed_parent.clone().or(parsed_cloud.clone()).unwrap_or_else(|| {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        (id.clone(), id[..16].to_owned())
+        (format!("{:016x}{:016x}", fast_random(), fast_random()), format!("{:016x}", fast_random() | 1))
     });
     if parsed_parent.is_none()
         && let Ok(v) = HeaderValue::from_str(&format!("00-{trace}-{span}-01"))
@@ -214,9 +276,21 @@ fn add_trace_headers(headers: &mut HeaderMap) {
     }
 }
 
-fn random_percent() -> u32 {
-    let bytes = uuid::Uuid::new_v4();
-    u32::from_le_bytes(*bytes.as_bytes().first_chunk().unwrap_or(&[0; 4])) % 100
+/// A fast per-thread pseudo-random number (xorshift64*), seeded once from the OS: for traffic
+/// splits and trace ids, where a syscall per request would cost more than the rest of routing.
+fn fast_random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(u64::from_le_bytes(*uuid::Uuid::new_v4().as_bytes().first_chunk().unwrap_or(&[7; 8])) | 1);
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
 }
 
 /// Copies bytes both ways between an upgraded client and instance connection; the lease

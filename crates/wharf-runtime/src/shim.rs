@@ -9,8 +9,11 @@
 //! - fd 2: the shim's own diagnostics (a file in the instance directory).
 //! - fd 3 and 4: the write ends of the container's stdout and stderr pipes.
 //!
-//! After the container exits the shim reads whether the kernel OOM-killed it, deletes the
-//! container (cgroups and state), reports `exited`, and exits itself.
+//! Once the container runs, the shim re-executes itself as `wharf shim-wait` (the same process,
+//! so the container stays its child): that small program, which never loads libcontainer or
+//! the CLI, is what sits beside each instance for its lifetime. After the container exits it
+//! reads whether the kernel OOM-killed it, removes the container's cgroups and state, reports
+//! `exited`, and exits itself.
 
 #![allow(unsafe_code)] // taking ownership of the inherited descriptors 3 and 4
 
@@ -97,16 +100,63 @@ pub fn run(args: &ShimArgs) -> i32 {
         return 1;
     };
     emit(&ShimEvent::Started { pid: pid.as_raw(), create_us, start_us });
-    // libcontainer speaks an older nix; convert its pid to ours.
-    let pid = Pid::from_raw(pid.as_raw());
+    // Become the small waiter; only if that fails, wait here.
+    let wait_args = WaitArgs { pid: pid.as_raw(), id: args.id.clone(), state_root: args.state_root.clone() };
+    let error = exec_waiter(&wait_args);
+    eprintln!("wharf shim: cannot re-execute as shim-wait ({error}); waiting in place");
+    drop(container);
+    wait(&wait_args)
+}
 
+/// What `wharf shim-wait` is told: the container's init pid (its child), id and state root.
+#[derive(Debug, Clone)]
+pub struct WaitArgs {
+    pub pid: i32,
+    pub id: String,
+    pub state_root: PathBuf,
+}
+
+impl WaitArgs {
+    /// Parses `--pid N --id ID --state-root DIR` (no clap: this runs in the small waiter).
+    pub fn parse(args: &[String]) -> Option<WaitArgs> {
+        let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+        Some(WaitArgs {
+            pid: value("--pid")?.parse().ok()?,
+            id: value("--id")?,
+            state_root: PathBuf::from(value("--state-root")?),
+        })
+    }
+}
+
+fn exec_waiter(args: &WaitArgs) -> std::io::Error {
+    use std::os::unix::process::CommandExt as _;
+    std::process::Command::new("/proc/self/exe")
+        .arg("shim-wait")
+        .arg("--pid")
+        .arg(args.pid.to_string())
+        .arg("--id")
+        .arg(&args.id)
+        .arg("--state-root")
+        .arg(&args.state_root)
+        .exec()
+}
+
+/// The waiter: carries out stop commands, waits for the container, cleans up after it and
+/// reports how it ended. Returns the process exit code.
+pub fn wait(args: &WaitArgs) -> i32 {
+    let pid = Pid::from_raw(args.pid);
     let exited = Arc::new(AtomicBool::new(false));
     spawn_control_thread(pid, exited.clone());
     let (code, signal) = wait_for(pid);
     exited.store(true, Ordering::SeqCst);
     let oom_killed = oom_killed(&args.id);
-    if let Err(e) = container.delete(true) {
-        eprintln!("wharf shim: deleting container {} failed: {e}", args.id);
+    // What libcontainer's delete does for a stopped container: its cgroups and its state.
+    crate::cgroup::kill_and_remove(&args.id);
+    let state = args.state_root.join(&args.id);
+    if let Err(e) = std::fs::remove_dir_all(&state)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("wharf shim: removing {} failed: {e}", state.display());
     }
     emit(&ShimEvent::Exited { code, signal, oom_killed });
     0

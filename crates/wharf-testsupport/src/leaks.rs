@@ -72,7 +72,8 @@ pub fn wharf_leftovers(scope: &Scope) -> Vec<String> {
             let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             let in_scope = scope.data_dir().is_none_or(|dir| cmdline.contains(&*dir.to_string_lossy()));
-            if cmdline.contains(" shim --id ") && in_scope {
+            let shim = cmdline.contains(" shim --id ") || cmdline.contains(" shim-wait --pid ");
+            if shim && in_scope {
                 found.push(format!("process {}: {cmdline}", entry.file_name().to_string_lossy()));
             }
         }

@@ -54,6 +54,15 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // The per-instance waiter stays small: it starts before any parsing or logging set-up.
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some("shim-wait") {
+        let Some(args) = wharf_runtime::shim::WaitArgs::parse(&raw[2..]) else {
+            eprintln!("usage: wharf shim-wait --pid N --id ID --state-root DIR (internal)");
+            return std::process::ExitCode::FAILURE;
+        };
+        return std::process::ExitCode::from(u8::try_from(wharf_runtime::shim::wait(&args)).unwrap_or(1));
+    }
     let args = Wharf::parse();
     // The shim forks containers, so it must stay single-threaded: no async runtime for it.
     if let Command::Shim { id, bundle, state_root } = args.command {
