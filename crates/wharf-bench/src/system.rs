@@ -112,6 +112,29 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build()?;
     let mut rows = Vec::new();
 
+    // 5 (measured first, on the fresh server). Memory per instance.
+    let before = wharf_rss_kib(&server, true);
+    let n = if options.smoke { 2 } else { 10 };
+    let shims_before = count_shims(&server);
+    cli(
+        &server,
+        &["run", "deploy", "mem", "--image", &image_ref, "--project", "bench", "--min-instances", &n.to_string()],
+    )?;
+    wait_for("min instances", Duration::from_secs(60), || count_shims(&server) >= shims_before + n)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let after = wharf_rss_kib(&server, true);
+    let per_instance = (after - before) / (n as f64) / 1024.0;
+    cli(&server, &["run", "services", "delete", "mem", "--project", "bench", "--quiet"])?;
+    let memory_row = Row {
+        metric: format!("Wharf memory per running instance (server + shim PSS, {n} instances)"),
+        wharf: per_instance,
+        baseline: None,
+        baseline_name: "(target: 2 MiB)".into(),
+        unit: "MiB",
+        higher_is_better: false,
+    };
+
+
     // 1. Cold start.
     cli(&server, &["run", "deploy", "cold", "--image", &image_ref, "--project", "bench"])?;
     let mut cold = Vec::new();
@@ -279,27 +302,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         higher_is_better: false,
     });
 
-    // 5. Memory per instance.
-    let before = wharf_rss_kib(&server, true);
-    let n = if options.smoke { 2 } else { 10 };
-    let shims_before = count_shims(&server);
-    cli(
-        &server,
-        &["run", "deploy", "mem", "--image", &image_ref, "--project", "bench", "--min-instances", &n.to_string()],
-    )?;
-    wait_for("min instances", Duration::from_secs(60), || count_shims(&server) >= shims_before + n)?;
-    std::thread::sleep(Duration::from_secs(1));
-    let after = wharf_rss_kib(&server, true);
-    let per_instance = (after - before) / (n as f64) / 1024.0;
-    rows.push(Row {
-        metric: format!("Wharf memory per running instance (server + shim, {n} instances)"),
-        wharf: per_instance,
-        baseline: None,
-        baseline_name: "(target: 2 MiB)".into(),
-        unit: "MiB",
-        higher_is_better: false,
-    });
-
+    rows.push(memory_row);
     print_table(&rows);
     write_json(&options.out, &rows, options.smoke)?;
     drop(server);

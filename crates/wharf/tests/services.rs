@@ -305,3 +305,75 @@ async fn restart_keeps_services_and_urls() {
     let (status, body) = env.get("keep-demo.localhost", "/").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Reads one unmasked WebSocket frame's payload (server frames are never masked).
+async fn read_ws_frame(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).await.unwrap();
+    let len = usize::from(head[1] & 0x7f);
+    assert!(len < 126, "test frames are short");
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await.unwrap();
+    payload
+}
+
+#[tokio::test]
+async fn h2c_websocket_and_streamed_bodies_pass_through() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let env = setup("60s");
+    env.ok(&["run", "deploy", "proto", "--image", &env.image, "--project", "demo"]);
+    let host = "proto-demo.localhost";
+    let ingress = &env.server.addrs.ingress_addr;
+
+    // HTTP/2 cleartext with prior knowledge.
+    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let r = h2.get(format!("http://{ingress}/")).header("Host", host).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().await.unwrap().starts_with("Hello from proto-00001-"));
+
+    // A streamed response arrives chunk by chunk, and a streamed request body is echoed.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut r = client.get(format!("http://{ingress}/stream?chunks=3&ms=200")).header("Host", host).send().await.unwrap();
+    let first = r.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"chunk 0\n");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    assert_eq!(rest, b"chunk 1\nchunk 2\n");
+    assert!(started.elapsed() >= Duration::from_millis(300), "the body was buffered, not streamed");
+    let body = reqwest::Body::wrap_stream(futures_stream());
+    let r = client.post(format!("http://{ingress}/echo")).header("Host", host).body(body).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "part one, part two");
+
+    // WebSocket upgrade, then an echoed text frame.
+    let mut ws = tokio::net::TcpStream::connect(ingress.as_str()).await.unwrap();
+    let handshake = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    ws.write_all(handshake.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        ws.read_exact(&mut byte).await.unwrap();
+        response.push(byte[0]);
+    }
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+    assert!(response.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{response}");
+    let mask = [1u8, 2, 3, 4];
+    let text = b"ahoy";
+    let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).unwrap()];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    ws.write_all(&frame).await.unwrap();
+    assert_eq!(read_ws_frame(&mut ws).await, b"ahoy");
+}
+
+fn futures_stream() -> impl futures::Stream<Item = Result<&'static str, std::io::Error>> + Send + 'static {
+    futures::stream::iter([Ok("part one, "), Ok("part two")])
+}
