@@ -134,7 +134,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         higher_is_better: false,
     };
 
-
     // 1. Cold start.
     cli(&server, &["run", "deploy", "cold", "--image", &image_ref, "--project", "bench"])?;
     let mut cold = Vec::new();

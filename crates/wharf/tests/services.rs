@@ -335,7 +335,8 @@ async fn h2c_websocket_and_streamed_bodies_pass_through() {
 
     // A streamed response arrives chunk by chunk, and a streamed request body is echoed.
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut r = client.get(format!("http://{ingress}/stream?chunks=3&ms=200")).header("Host", host).send().await.unwrap();
+    let mut r =
+        client.get(format!("http://{ingress}/stream?chunks=3&ms=200")).header("Host", host).send().await.unwrap();
     let first = r.chunk().await.unwrap().unwrap();
     assert_eq!(&first[..], b"chunk 0\n");
     let started = Instant::now();
