@@ -10,6 +10,7 @@
 //! This crate does no I/O.
 
 pub mod enums;
+pub mod jobs;
 pub mod knative;
 pub mod names;
 pub mod types;

@@ -8,6 +8,7 @@
 //! revision template. Nothing here knows about HTTP: the API layer turns requests into calls
 //! on [`ControlPlane`] and maps [`ControlError`] to statuses.
 
+pub mod jobs;
 mod launcher;
 pub mod operations;
 pub mod reconcile;
@@ -51,6 +52,12 @@ impl ControlError {
     }
 }
 
+impl From<wharf_store::rusqlite::Error> for ControlError {
+    fn from(e: wharf_store::rusqlite::Error) -> ControlError {
+        ControlError::from_sql(e)
+    }
+}
+
 impl From<wharf_store::StoreError> for ControlError {
     fn from(e: wharf_store::StoreError) -> ControlError {
         ControlError::Internal(format!("state database: {e}"))
@@ -90,6 +97,8 @@ pub(crate) struct Inner {
     pub(crate) operation_done: Notify,
     /// The tag hosts (`{tag}---{host}`) routed for each service, to remove stale ones.
     pub(crate) tag_hosts: Mutex<HashMap<String, Vec<String>>>,
+    /// Cancellation of running job executions, by `{parent}/{execution}`.
+    pub(crate) execution_cancels: Mutex<HashMap<String, jobs::CancelHandle>>,
 }
 
 impl ControlPlane {
@@ -114,9 +123,11 @@ impl ControlPlane {
                 service_locks: Mutex::default(),
                 operation_done: Notify::new(),
                 tag_hosts: Mutex::default(),
+                execution_cancels: Mutex::default(),
             }),
         };
         control.restore().await?;
+        control.resume_executions()?;
         Ok(control)
     }
 

@@ -109,6 +109,47 @@ const MIGRATIONS: &[&str] = &[
          error TEXT,
          create_time TEXT NOT NULL
      );",
+    // 5: jobs, their executions and tasks.
+    "CREATE TABLE jobs (
+         project TEXT NOT NULL,
+         location TEXT NOT NULL,
+         name TEXT NOT NULL,
+         uid TEXT NOT NULL,
+         generation INTEGER NOT NULL,
+         spec TEXT NOT NULL,
+         image TEXT NOT NULL,
+         create_time TEXT NOT NULL,
+         update_time TEXT NOT NULL,
+         execution_count INTEGER NOT NULL DEFAULT 0,
+         PRIMARY KEY (project, location, name)
+     );
+     CREATE TABLE executions (
+         project TEXT NOT NULL,
+         location TEXT NOT NULL,
+         job TEXT NOT NULL,
+         name TEXT NOT NULL,
+         uid TEXT NOT NULL,
+         spec TEXT NOT NULL,
+         state TEXT NOT NULL,
+         message TEXT NOT NULL DEFAULT '',
+         create_time TEXT NOT NULL,
+         start_time TEXT,
+         completion_time TEXT,
+         PRIMARY KEY (project, location, name)
+     );
+     CREATE TABLE tasks (
+         project TEXT NOT NULL,
+         location TEXT NOT NULL,
+         execution TEXT NOT NULL,
+         idx INTEGER NOT NULL,
+         state TEXT NOT NULL,
+         attempts INTEGER NOT NULL DEFAULT 0,
+         exit_code INTEGER,
+         message TEXT NOT NULL DEFAULT '',
+         start_time TEXT,
+         completion_time TEXT,
+         PRIMARY KEY (project, location, execution, idx)
+     );",
 ];
 
 pub(crate) fn latest_version() -> i64 {

@@ -19,6 +19,11 @@
 //! | `/file?path=P` | GET reads P, PUT writes the body to P |
 //! | `/connect?addr=IP:PORT` | opens a TCP connection (1 s timeout), reports `connected` or the error |
 //!
+//! As a job task (`testapp job`), it logs `task <index> attempt <attempt>` and, after
+//! `TESTAPP_SLEEP_MS` (default 0), exits 0; it exits 1 instead when `TESTAPP_FAIL_TASK` names its
+//! index and its attempt is below `TESTAPP_FAIL_ATTEMPTS` (default 1), and prints `TESTAPP_ECHO`
+//! when set.
+//!
 //! On SIGTERM it logs `testapp: received SIGTERM, exiting` and exits 0.
 //! With `TESTAPP_NO_LISTEN=1` it never listens; with `TESTAPP_EXIT_CODE=N` it prints
 //! `testapp: exiting early with code N` and exits at once (to test startup failures).
@@ -54,6 +59,9 @@ async fn main() {
         println!("testapp: received SIGTERM, exiting");
         std::process::exit(0);
     });
+    if std::env::args().nth(1).as_deref() == Some("job") {
+        run_task().await;
+    }
     if let Some(code) = std::env::var("TESTAPP_EXIT_CODE").ok().and_then(|c| c.parse::<i32>().ok()) {
         println!("testapp: exiting early with code {code}");
         std::process::exit(code);
@@ -228,4 +236,23 @@ async fn connect(Query(q): Params) -> Response {
         Ok(Err(e)) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
         Err(_) => (StatusCode::GATEWAY_TIMEOUT, "timed out\n").into_response(),
     }
+}
+
+/// The job-task mode: one unit of work, then exit.
+async fn run_task() -> ! {
+    let var = |k: &str| std::env::var(k).ok();
+    let num = |k: &str, d: u64| var(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let index = num("CLOUD_RUN_TASK_INDEX", 0);
+    let attempt = num("CLOUD_RUN_TASK_ATTEMPT", 0);
+    println!("task {index} attempt {attempt}");
+    if let Some(echo) = var("TESTAPP_ECHO") {
+        println!("echo {echo}");
+    }
+    tokio::time::sleep(Duration::from_millis(num("TESTAPP_SLEEP_MS", 0))).await;
+    let fails = var("TESTAPP_FAIL_TASK").and_then(|v| v.parse::<u64>().ok()) == Some(index);
+    if fails && attempt < num("TESTAPP_FAIL_ATTEMPTS", 1) {
+        eprintln!("task {index} attempt {attempt} failing on purpose");
+        std::process::exit(1);
+    }
+    std::process::exit(0);
 }

@@ -5,6 +5,7 @@
 //! `<data-dir>/owner.token` (readable by root only).
 
 pub mod images;
+pub mod jobs;
 pub mod logs;
 pub mod run;
 pub mod traffic;

@@ -40,6 +40,9 @@ pub enum RunCommand {
     /// Manage revisions.
     #[command(subcommand)]
     Revisions(RevisionsCommand),
+    /// Manage and run jobs.
+    #[command(subcommand)]
+    Jobs(super::jobs::JobsCommand),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -199,6 +202,7 @@ pub async fn run(connection: &ConnectionArgs, place: &Place, command: RunCommand
             Ok(())
         }
         RunCommand::Revisions(command) => revisions(&ctx, command).await,
+        RunCommand::Jobs(command) => super::jobs::run(&ctx, command).await,
     }
 }
 
@@ -212,15 +216,15 @@ impl Place {
     }
 }
 
-struct Ctx {
-    client: Client,
+pub struct Ctx {
+    pub client: Client,
     project: String,
     region: String,
     format: Option<String>,
 }
 
 impl Ctx {
-    fn parent(&self) -> String {
+    pub fn parent(&self) -> String {
         format!("/v2/projects/{}/locations/{}", self.project, self.region)
     }
 
@@ -240,7 +244,7 @@ impl Ctx {
         Ok(Some(check(response).await?.json().await?))
     }
 
-    fn print(&self, value: &serde_json::Value, default: &str) -> anyhow::Result<()> {
+    pub fn print(&self, value: &serde_json::Value, default: &str) -> anyhow::Result<()> {
         let format = self.format.as_deref().unwrap_or(default);
         let text = wharf_format::render(value, format)?;
         let mut out = std::io::stdout().lock();
@@ -249,7 +253,7 @@ impl Ctx {
     }
 
     /// Waits for an operation, returning its response or failing with its error.
-    async fn wait(&self, op: &wharf_api::Operation) -> anyhow::Result<Option<serde_json::Value>> {
+    pub async fn wait(&self, op: &wharf_api::Operation) -> anyhow::Result<Option<serde_json::Value>> {
         let mut op = op.clone();
         while !op.done {
             let response = self
@@ -283,7 +287,7 @@ fn split_list(text: &str) -> Vec<String> {
 }
 
 /// gcloud's `--timeout`: plain seconds or a duration such as 10m.
-fn timeout_seconds(text: &str) -> anyhow::Result<String> {
+pub fn timeout_seconds(text: &str) -> anyhow::Result<String> {
     let text = text.trim();
     let secs: u64 = if let Ok(n) = text.parse() {
         n

@@ -4,6 +4,7 @@
 //! into a control-plane call; errors are rendered once, in [`ApiError`], as Google APIs render
 //! them (`{"error": {"code", "message", "status"}}`).
 
+mod jobs;
 mod operations;
 mod services;
 
@@ -97,6 +98,7 @@ pub fn router(platform: Platform) -> Router {
     Router::new()
         .merge(services::routes())
         .merge(operations::routes())
+        .merge(jobs::routes())
         .route("/wharf/v1/images", get(list_images).delete(delete_image))
         .route("/wharf/v1/images:pull", post(pull_image))
         .route("/wharf/v1/logs", get(read_logs))

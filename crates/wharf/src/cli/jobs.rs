@@ -1,0 +1,304 @@
+//! `wharf run jobs ...`: create, update, describe, list, delete and execute jobs; list,
+//! describe, cancel and delete their executions (as `gcloud run jobs`).
+
+use anyhow::{Context as _, bail};
+use wharf_api::jobs::{ContainerOverride, Job, Overrides, RunJobRequest};
+use wharf_api::{Container, EnvVar, ResourceRequirements};
+
+use super::check;
+use super::run::Ctx;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum JobsCommand {
+    /// Create a job.
+    Create(JobArgs),
+    /// Change a job.
+    Update(JobArgs),
+    /// Show a job.
+    Describe { job: String },
+    /// List jobs.
+    List,
+    /// Delete a job and its executions.
+    Delete { job: String },
+    /// Run a job now.
+    Execute(ExecuteArgs),
+    /// Executions of jobs.
+    #[command(subcommand)]
+    Executions(ExecutionsCommand),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobArgs {
+    pub job: String,
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Number of tasks (1-10000, default 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub tasks: Option<i32>,
+    /// Tasks run at once (default: as many as the machine can).
+    #[arg(long, allow_negative_numbers = true)]
+    pub parallelism: Option<i32>,
+    /// Retries per task (0-10, default 3).
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_retries: Option<i32>,
+    /// Per-attempt timeout: seconds or a duration like 10m (default 10m, max 24h).
+    #[arg(long)]
+    pub task_timeout: Option<String>,
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub set_env_vars: Option<String>,
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub update_env_vars: Option<String>,
+    #[arg(long)]
+    pub command: Option<String>,
+    #[arg(long)]
+    pub args: Option<String>,
+    #[arg(long)]
+    pub memory: Option<String>,
+    #[arg(long)]
+    pub cpu: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecuteArgs {
+    pub job: String,
+    /// Wait for the execution to finish.
+    #[arg(long)]
+    pub wait: bool,
+    /// Env for this execution only: KEY=VALUE,...
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub update_env_vars: Option<String>,
+    /// Task count for this execution only.
+    #[arg(long)]
+    pub tasks: Option<i32>,
+    /// Args for this execution only.
+    #[arg(long)]
+    pub args: Option<String>,
+    #[arg(long)]
+    pub task_timeout: Option<String>,
+    #[arg(long = "async")]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ExecutionsCommand {
+    List {
+        #[arg(long)]
+        job: Option<String>,
+    },
+    Describe {
+        execution: String,
+    },
+    Cancel {
+        execution: String,
+    },
+    Delete {
+        execution: String,
+    },
+}
+
+fn pairs(flag: &str, text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    super::traffic::pairs(flag, text)
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn apply(args: &JobArgs, job: &mut Job) -> anyhow::Result<()> {
+    let t = &mut job.template;
+    if t.template.containers.is_empty() {
+        t.template.containers.push(Container::default());
+    }
+    let c = &mut t.template.containers[0];
+    if let Some(image) = &args.image {
+        c.image = image.clone();
+    }
+    if c.image.is_empty() {
+        bail!("--image is required to create a job");
+    }
+    if let Some(n) = args.tasks {
+        t.task_count = n;
+    }
+    if let Some(n) = args.parallelism {
+        t.parallelism = n;
+    }
+    if let Some(n) = args.max_retries {
+        t.template.max_retries = Some(n);
+    }
+    if let Some(timeout) = &args.task_timeout {
+        t.template.timeout = Some(super::run::timeout_seconds(timeout)?);
+    }
+    if let Some(set) = &args.set_env_vars {
+        c.env = pairs("--set-env-vars", set)?
+            .into_iter()
+            .map(|(name, v)| EnvVar { name, value: Some(v), value_source: None })
+            .collect();
+    }
+    if let Some(update) = &args.update_env_vars {
+        for (name, v) in pairs("--update-env-vars", update)? {
+            c.env.retain(|e| e.name != name);
+            c.env.push(EnvVar { name, value: Some(v), value_source: None });
+        }
+    }
+    if let Some(command) = &args.command {
+        c.command = list(command);
+    }
+    if let Some(a) = &args.args {
+        c.args = list(a);
+    }
+    if args.memory.is_some() || args.cpu.is_some() {
+        let r = c.resources.get_or_insert_with(ResourceRequirements::default);
+        if let Some(m) = &args.memory {
+            r.limits.insert("memory".into(), m.clone());
+        }
+        if let Some(cpu) = &args.cpu {
+            r.limits.insert("cpu".into(), cpu.clone());
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<()> {
+    let jobs = format!("{}/jobs", ctx.parent());
+    match command {
+        JobsCommand::Create(args) => {
+            let mut job = Job::default();
+            apply(&args, &mut job)?;
+            let r = ctx
+                .client
+                .api_request(reqwest::Method::POST, &jobs)
+                .query(&[("jobId", &args.job)])
+                .json(&job)
+                .send()
+                .await?;
+            let op: wharf_api::Operation = check(r).await?.json().await?;
+            ctx.wait(&op).await?;
+            eprintln!("Job [{}] has successfully been created.", args.job);
+            Ok(())
+        }
+        JobsCommand::Update(args) => {
+            let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{}", args.job)).send().await?;
+            let mut job: Job = check(r).await?.json().await?;
+            apply(&args, &mut job)?;
+            let r = ctx
+                .client
+                .api_request(reqwest::Method::PATCH, &format!("{jobs}/{}", args.job))
+                .json(&job)
+                .send()
+                .await?;
+            let op: wharf_api::Operation = check(r).await?.json().await?;
+            ctx.wait(&op).await?;
+            eprintln!("Job [{}] has been updated.", args.job);
+            Ok(())
+        }
+        JobsCommand::Describe { job } => {
+            let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{job}")).send().await?;
+            let job: serde_json::Value = check(r).await?.json().await?;
+            ctx.print(&job, "yaml")
+        }
+        JobsCommand::List => {
+            let r = ctx.client.api_request(reqwest::Method::GET, &jobs).send().await?;
+            let list: serde_json::Value = check(r).await?.json().await?;
+            ctx.print(&list["jobs"], "table(name.basename():label=JOB, latestCreatedExecution.name.basename():label=LAST_EXECUTION, executionCount:label=EXECUTIONS)")
+        }
+        JobsCommand::Delete { job } => {
+            let r = ctx.client.api_request(reqwest::Method::DELETE, &format!("{jobs}/{job}")).send().await?;
+            check(r).await?;
+            eprintln!("Deleted job [{job}].");
+            Ok(())
+        }
+        JobsCommand::Execute(args) => execute(ctx, &jobs, args).await,
+        JobsCommand::Executions(command) => executions(ctx, &jobs, command).await,
+    }
+}
+
+async fn execute(ctx: &Ctx, jobs: &str, args: ExecuteArgs) -> anyhow::Result<()> {
+    let mut container = ContainerOverride::default();
+    if let Some(update) = &args.update_env_vars {
+        container.env = pairs("--update-env-vars", update)?
+            .into_iter()
+            .map(|(name, v)| EnvVar { name, value: Some(v), value_source: None })
+            .collect();
+    }
+    if let Some(a) = &args.args {
+        container.args = list(a);
+    }
+    let overrides = Overrides {
+        container_overrides: vec![container],
+        task_count: args.tasks,
+        timeout: args.task_timeout.as_deref().map(super::run::timeout_seconds).transpose()?,
+    };
+    let request = RunJobRequest { overrides: Some(overrides) };
+    let r = ctx
+        .client
+        .api_request(reqwest::Method::POST, &format!("{jobs}/{}:run", args.job))
+        .json(&request)
+        .send()
+        .await?;
+    let op: wharf_api::Operation = check(r).await?.json().await?;
+    let execution =
+        op.metadata.as_ref().and_then(|m| m["name"].as_str()).unwrap_or("").rsplit('/').next().unwrap_or("").to_owned();
+    eprintln!("Execution [{execution}] has successfully started running.");
+    if args.wait && !args.no_wait {
+        ctx.wait(&op).await.with_context(|| format!("Execution [{execution}] failed"))?;
+        eprintln!("Execution [{execution}] has successfully completed.");
+    }
+    println!("{execution}");
+    Ok(())
+}
+
+async fn find_execution(ctx: &Ctx, jobs: &str, execution: &str) -> anyhow::Result<serde_json::Value> {
+    let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/-/executions/{execution}")).send().await?;
+    Ok(check(r).await?.json().await?)
+}
+
+async fn executions(ctx: &Ctx, jobs: &str, command: ExecutionsCommand) -> anyhow::Result<()> {
+    match command {
+        ExecutionsCommand::List { job } => {
+            let path = format!("{jobs}/{}/executions", job.as_deref().unwrap_or("-"));
+            let r = ctx.client.api_request(reqwest::Method::GET, &path).send().await?;
+            let list: serde_json::Value = check(r).await?.json().await?;
+            ctx.print(
+                &list["executions"],
+                "table(name.basename():label=EXECUTION, job.basename():label=JOB, taskCount:label=TASKS, succeededCount:label=SUCCEEDED, failedCount:label=FAILED, conditions[0].state:label=STATE)",
+            )
+        }
+        ExecutionsCommand::Describe { execution } => {
+            let e = find_execution(ctx, jobs, &execution).await?;
+            let job = e["job"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("-").to_owned();
+            let r = ctx
+                .client
+                .api_request(reqwest::Method::GET, &format!("{jobs}/{job}/executions/{execution}/tasks"))
+                .send()
+                .await?;
+            let tasks: serde_json::Value = check(r).await?.json().await?;
+            let mut view = e.clone();
+            view["tasks"] = tasks["tasks"].clone();
+            ctx.print(&view, "yaml")
+        }
+        ExecutionsCommand::Cancel { execution } => {
+            let e = find_execution(ctx, jobs, &execution).await?;
+            let job = e["job"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("-").to_owned();
+            let r = ctx
+                .client
+                .api_request(reqwest::Method::POST, &format!("{jobs}/{job}/executions/{execution}:cancel"))
+                .send()
+                .await?;
+            check(r).await?;
+            eprintln!("Execution [{execution}] is being cancelled.");
+            Ok(())
+        }
+        ExecutionsCommand::Delete { execution } => {
+            let e = find_execution(ctx, jobs, &execution).await?;
+            let job = e["job"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("-").to_owned();
+            let r = ctx
+                .client
+                .api_request(reqwest::Method::DELETE, &format!("{jobs}/{job}/executions/{execution}"))
+                .send()
+                .await?;
+            check(r).await?;
+            eprintln!("Deleted execution [{execution}].");
+            Ok(())
+        }
+    }
+}
