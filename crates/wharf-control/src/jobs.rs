@@ -414,6 +414,16 @@ impl ControlPlane {
         let control = self.clone();
         tokio::spawn(async move {
             let (state, message) = control.run_execution(&parent, &job, &id, &spec, &cancel).await;
+            if control.inner.stopping.is_cancelled() {
+                // The server is stopping: the execution stays running, to resume on restart.
+                control
+                    .inner
+                    .execution_cancels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&format!("{}/{id}", parent.path()));
+                return;
+            }
             let now = crate::time::now();
             let _ = control.inner.db.write(|tx| {
                 tx.execute(
@@ -550,6 +560,7 @@ impl ControlPlane {
                 p = permits.acquire() => p.map_err(|e| e.to_string())?,
                 _ = cancel.cancelled() => { set("CANCELLED", attempt, None, "cancelled", false, true); return Ok(()); }
                 _ = failed.cancelled() => { set("CANCELLED", attempt, None, "another task failed", false, true); return Ok(()); }
+                _ = self.inner.stopping.cancelled() => return Ok(()),
             };
             set("RUNNING", attempt, None, "", true, false);
             let instance_spec = InstanceSpec {
@@ -601,6 +612,11 @@ impl ControlPlane {
                         _ = failed.cancelled() => {
                             self.inner.runtime.stop(&instance).await;
                             set("CANCELLED", attempt + 1, None, "another task failed", false, true);
+                            return Ok(());
+                        }
+                        _ = self.inner.stopping.cancelled() => {
+                            // Left RUNNING: the next start counts this attempt as failed and retries.
+                            self.inner.runtime.stop(&instance).await;
                             return Ok(());
                         }
                     };

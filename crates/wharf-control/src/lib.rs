@@ -99,6 +99,9 @@ pub(crate) struct Inner {
     pub(crate) tag_hosts: Mutex<HashMap<String, Vec<String>>>,
     /// Cancellation of running job executions, by `{parent}/{execution}`.
     pub(crate) execution_cancels: Mutex<HashMap<String, jobs::CancelHandle>>,
+    /// Cancelled when the server stops: job runners stop their tasks and leave executions
+    /// running in the database, to be resumed by the next start.
+    pub(crate) stopping: jobs::CancelHandle,
 }
 
 impl ControlPlane {
@@ -124,6 +127,7 @@ impl ControlPlane {
                 operation_done: Notify::new(),
                 tag_hosts: Mutex::default(),
                 execution_cancels: Mutex::default(),
+                stopping: jobs::CancelHandle::default(),
             }),
         };
         control.restore().await?;
@@ -137,6 +141,17 @@ impl ControlPlane {
 
     /// Stops every revision's instances (draining in-flight requests first).
     pub async fn shutdown(&self) {
+        self.inner.stopping.cancel();
+        let runners: Vec<_> =
+            self.inner.execution_cancels.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        // Give job runners a moment to stop their tasks before the runtime goes down.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !runners.is_empty()
+            && !self.inner.execution_cancels.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let pools: Vec<Arc<RevisionPool>> =
             self.inner.pools.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, p)| p).collect();
         let closes: Vec<_> = pools.iter().map(|p| p.close(Duration::from_secs(10))).collect();

@@ -229,3 +229,39 @@ async fn bad_input_is_refused_and_creates_nothing() {
     let list = env.ok(&["list", "--format", "json"]);
     assert_eq!(list.trim(), "[]");
 }
+
+#[tokio::test]
+async fn a_restart_retries_interrupted_tasks_and_the_execution_completes() {
+    let mut env = setup();
+    env.ok(&[
+        "create",
+        "resume",
+        "--image",
+        &env.image,
+        "--args",
+        "job",
+        "--tasks",
+        "2",
+        "--set-env-vars",
+        "TESTAPP_SLEEP_MS=3000",
+    ]);
+    let execution = env.ok(&["execute", "resume"]).trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.instances() < 2 {
+        assert!(Instant::now() < deadline, "tasks never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.server.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let e = env.describe_execution(&execution);
+        if e["conditions"][0]["state"] == "CONDITION_SUCCEEDED" {
+            assert_eq!(e["succeededCount"], 2, "{e}");
+            // Each interrupted attempt counted as a failed one, and was retried.
+            assert_eq!(e["retriedCount"], 2, "{e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the execution did not complete after the restart: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
