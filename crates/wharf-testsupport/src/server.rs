@@ -123,20 +123,22 @@ impl WharfServer {
         std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
     }
 
-    /// Stops the server with SIGTERM (SIGKILL after 20 s) and returns whether it exited cleanly.
+    /// Stops the server with SIGTERM (SIGKILL after 60 s) and returns whether it exited cleanly.
+    /// A server that had to be killed is started once more on its data directory and stopped
+    /// again: its start-up sweep removes what the killed one left (mounts, namespaces).
     pub fn stop(&mut self) -> anyhow::Result<bool> {
-        let Some(mut child) = self.child.take() else { return Ok(true) };
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let exited = wait_until("wharf server to stop", Duration::from_secs(20), || child.try_wait().ok().flatten());
-        match exited {
-            Ok(status) => Ok(status.success()),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Ok(false)
-            }
+        let Some(child) = self.child.take() else { return Ok(true) };
+        if terminate(child) {
+            return Ok(true);
         }
+        let log = self.log();
+        eprintln!("wharf server did not stop within 60 s; sweeping its data directory. Log:\n{log}");
+        if let Ok(mut sweeper) = WharfServer::launch(&self.binary, &self.data_dir, self.env.clone())
+            && let Some(child) = sweeper.child.take()
+        {
+            terminate(child);
+        }
+        Ok(false)
     }
 
     /// Stops the server and starts a new one on the same data directory (new ports).
@@ -164,16 +166,22 @@ impl WharfServer {
     }
 }
 
+/// SIGTERM, then up to 60 s for a clean exit, then SIGKILL. Returns whether it exited cleanly.
+fn terminate(mut child: Child) -> bool {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    match wait_until("wharf server to stop", Duration::from_secs(60), || child.try_wait().ok().flatten()) {
+        Ok(status) => status.success(),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            false
+        }
+    }
+}
+
 impl Drop for WharfServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let done = wait_until("server to stop", Duration::from_secs(10), || child.try_wait().ok().flatten());
-            if done.is_err() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        let _ = self.stop();
     }
 }
