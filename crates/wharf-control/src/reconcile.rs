@@ -126,6 +126,7 @@ impl ControlPlane {
             request_timeout: config.timeout,
             max_queue: usize::try_from((2 * concurrency * config.max_instances).clamp(100, 10_000)).unwrap_or(100),
             queue_timeout: self.inner.settings.queue_timeout.min(config.timeout),
+            session_affinity: config.session_affinity,
         }
     }
 

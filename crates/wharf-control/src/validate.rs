@@ -30,6 +30,7 @@ pub struct RevisionConfig {
     pub timeout: Duration,
     pub startup_probe: Probe,
     pub liveness_probe: Option<Probe>,
+    pub session_affinity: bool,
 }
 
 fn invalid(message: impl Into<String>) -> ControlError {
@@ -128,6 +129,7 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
         timeout,
         startup_probe,
         liveness_probe,
+        session_affinity: template.session_affinity,
     })
 }
 

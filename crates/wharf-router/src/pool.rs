@@ -38,6 +38,9 @@ pub struct PoolConfig {
     pub max_queue: usize,
     /// How long a request may wait for an instance before a 503.
     pub queue_timeout: Duration,
+    /// Send a client back to the instance that served it before (cookie-based, as Cloud Run's
+    /// session affinity: best effort, never past the instance's concurrency).
+    pub session_affinity: bool,
 }
 
 struct Slot {
@@ -197,16 +200,21 @@ impl RevisionPool {
         self.capacity.notify_waiters();
     }
 
+    pub fn session_affinity(&self) -> bool {
+        self.lock().config.session_affinity
+    }
+
     /// Claims a slot at once if an instance has room (the common, warm case: no waiting, no
-    /// timers).
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
+    /// timers), preferring the instance `preferred` names when it has room.
+    pub fn try_acquire(self: &Arc<Self>, preferred: Option<&str>) -> Option<Lease> {
         let mut st = self.lock();
         let limit = st.config.scaling.container_concurrency.max(1);
-        let slot = st
-            .slots
-            .iter_mut()
-            .filter(|s| s.in_flight < limit && !s.instance.has_exited())
-            .min_by_key(|s| s.in_flight)?;
+        let has_room = |s: &Slot| s.in_flight < limit && !s.instance.has_exited();
+        let preferred_index = preferred.and_then(|id| st.slots.iter().position(|s| s.instance.id == id && has_room(s)));
+        let slot = match preferred_index {
+            Some(i) => &mut st.slots[i],
+            None => st.slots.iter_mut().filter(|s| has_room(s)).min_by_key(|s| s.in_flight)?,
+        };
         slot.in_flight += 1;
         let (instance, authority) = (slot.instance.clone(), slot.authority.clone());
         Some(Lease { pool: self.clone(), instance, authority })
@@ -214,7 +222,7 @@ impl RevisionPool {
 
     /// Claims a slot on an instance, waiting in the queue while instances start.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, ProxyError> {
-        if let Some(lease) = self.try_acquire() {
+        if let Some(lease) = self.try_acquire(None) {
             return Ok(lease);
         }
         let mut queued = false;

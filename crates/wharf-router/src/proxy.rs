@@ -165,7 +165,9 @@ impl Proxy {
         // One timer per request: it bounds the wait for an instance, the response head, and
         // then the body.
         let mut deadline = Box::pin(tokio::time::sleep(timeout));
-        let lease = match pool.try_acquire() {
+        let affinity = pool.session_affinity();
+        let preferred = if affinity { affinity_cookie(req.headers(), &pool.revision) } else { None };
+        let lease = match pool.try_acquire(preferred.as_deref()) {
             Some(lease) => lease,
             None => tokio::select! {
                 lease = pool.acquire() => lease?,
@@ -206,9 +208,30 @@ impl Proxy {
         for name in HOP_BY_HOP {
             parts.headers.remove(*name);
         }
+        if affinity && preferred.as_deref() != Some(lease.instance.id.as_str()) {
+            let cookie =
+                format!("{AFFINITY_COOKIE}={}.{}; Path=/; HttpOnly; Max-Age=2592000", pool.revision, lease.instance.id);
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                parts.headers.append(header::SET_COOKIE, v);
+            }
+        }
         let body = LeasedBody { inner: body, _lease: lease, deadline };
         Ok(Response::from_parts(parts, body.boxed()))
     }
+}
+
+/// The session affinity cookie: `wharf-affinity={revision}.{instance}`.
+const AFFINITY_COOKIE: &str = "wharf-affinity";
+
+/// The instance a client's affinity cookie names, if it is for `revision`.
+fn affinity_cookie(headers: &HeaderMap, revision: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix(AFFINITY_COOKIE)?.strip_prefix('='))
+        .find_map(|value| value.strip_prefix(revision)?.strip_prefix('.').map(str::to_owned))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {

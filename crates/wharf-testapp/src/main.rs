@@ -17,6 +17,7 @@
 //! | `/ws` | WebSocket echo |
 //! | `/log?message=M&severity=S&stream=stdout\|stderr&json=1` | writes a log line |
 //! | `/file?path=P` | GET reads P, PUT writes the body to P |
+//! | `/hostname` | the UTS hostname (Wharf names it after the instance) |
 //! | `/connect?addr=IP:PORT` | opens a TCP connection (1 s timeout), reports `connected` or the error |
 //!
 //! As a job task (`testapp job`), it logs `task <index> attempt <attempt>` and, after
@@ -84,7 +85,8 @@ async fn main() {
         .route("/ws", get(ws))
         .route("/log", get(log))
         .route("/file", get(read_file).put(write_file))
-        .route("/connect", get(connect));
+        .route("/connect", get(connect))
+        .route("/hostname", get(hostname));
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -255,4 +257,8 @@ async fn run_task() -> ! {
         std::process::exit(1);
     }
     std::process::exit(0);
+}
+
+async fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default()
 }

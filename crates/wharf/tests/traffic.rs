@@ -236,3 +236,39 @@ async fn no_request_fails_under_load_across_a_rollout() {
     assert!(served > 1000, "the load generator only completed {served} requests");
     assert_eq!(failed, Vec::<String>::new(), "{} of {} requests failed", failed.len(), served + failed.len());
 }
+
+#[tokio::test]
+async fn session_affinity_keeps_a_client_on_its_instance() {
+    let lab = Lab::start();
+    lab.wharf(&["run", "deploy", "sticky", "--image", &lab.image, "--session-affinity", "--min-instances", "2"]);
+    let host = "sticky-lab.localhost";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(lab.server.data_dir().join("instances")).map(|d| d.count()).unwrap_or(0) < 2 {
+        assert!(Instant::now() < deadline, "min-instances never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = Lab::client();
+    let base = format!("http://{}", lab.server.addrs.ingress_addr);
+    // Keep one instance busy so the next cookie-less request lands on the other one (B).
+    let slow = {
+        let (client, url) = (client.clone(), format!("{base}/sleep?ms=2000"));
+        tokio::spawn(async move { client.get(url).header("Host", host).send().await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = client.get(format!("{base}/hostname")).header("Host", host).send().await.unwrap();
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    assert!(cookie.starts_with("wharf-affinity=sticky-"), "{cookie}");
+    let b = first.text().await.unwrap();
+    assert_eq!(slow.await.unwrap(), 200);
+    // Without the cookie the least-loaded pick goes to the other instance (A) ...
+    let a = client.get(format!("{base}/hostname")).header("Host", host).send().await.unwrap().text().await.unwrap();
+    assert_ne!(a, b, "both requests reached one instance; the test cannot tell affinity from chance");
+    // ... with it, every request returns to B.
+    for _ in 0..20 {
+        let r =
+            client.get(format!("{base}/hostname")).header("Host", host).header("Cookie", &cookie).send().await.unwrap();
+        assert!(r.headers().get("set-cookie").is_none(), "the affinity moved");
+        assert_eq!(r.text().await.unwrap(), b);
+    }
+}

@@ -144,6 +144,11 @@ pub struct DeployArgs {
     /// Give the new revision this tag: it gets its own URL, {tag}---{service host}.
     #[arg(long)]
     pub tag: Option<String>,
+    /// Send a client's requests to the same instance (cookie-based, best effort).
+    #[arg(long, overrides_with = "no_session_affinity")]
+    pub session_affinity: bool,
+    #[arg(long)]
+    pub no_session_affinity: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -396,6 +401,12 @@ fn apply(args: &DeployArgs, service: &mut Service) -> anyhow::Result<()> {
     }
     if let Some(t) = &args.timeout {
         template.timeout = Some(timeout_seconds(t)?);
+    }
+    if args.session_affinity {
+        template.session_affinity = true;
+    }
+    if args.no_session_affinity {
+        template.session_affinity = false;
     }
     template.revision = args.revision_suffix.as_ref().map(|s| format!("{}-{s}", args.service)).unwrap_or_default();
     if let Some(labels) = &args.labels {
@@ -659,6 +670,8 @@ mod tests {
                 no_allow_unauthenticated: false,
                 no_traffic: false,
                 tag: None,
+                session_affinity: false,
+                no_session_affinity: false,
             };
             f(&mut a);
             a
