@@ -81,6 +81,7 @@ pub struct RevisionPool {
     wake: Notify,
     closed: CancellationToken,
     request_timeout_ms: std::sync::atomic::AtomicU64,
+    session_affinity: std::sync::atomic::AtomicBool,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -150,8 +151,10 @@ impl RevisionPool {
             wake: Notify::new(),
             closed: CancellationToken::new(),
             request_timeout_ms: std::sync::atomic::AtomicU64::new(0),
+            session_affinity: std::sync::atomic::AtomicBool::new(false),
         });
         pool.request_timeout_ms.store(millis(pool.lock().config.request_timeout), std::sync::atomic::Ordering::Relaxed);
+        pool.session_affinity.store(pool.lock().config.session_affinity, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(scaling_loop(Arc::downgrade(&pool), pool.closed.clone()));
         pool
     }
@@ -175,6 +178,7 @@ impl RevisionPool {
         let mut st = self.lock();
         st.autoscaler.set_config(config.scaling.clone());
         self.request_timeout_ms.store(millis(config.request_timeout), std::sync::atomic::Ordering::Relaxed);
+        self.session_affinity.store(config.session_affinity, std::sync::atomic::Ordering::Relaxed);
         st.config = config;
         drop(st);
         self.wake.notify_one();
@@ -200,8 +204,9 @@ impl RevisionPool {
         self.capacity.notify_waiters();
     }
 
+    /// Whether the revision uses session affinity (read on every request, kept outside the lock).
     pub fn session_affinity(&self) -> bool {
-        self.lock().config.session_affinity
+        self.session_affinity.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Claims a slot at once if an instance has room (the common, warm case: no waiting, no
