@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use tokio_util_free::CancelToken;
+use tokio_util::sync::CancellationToken as CancelToken;
 
 /// The cancellation handle of a running execution.
 pub type CancelHandle = CancelToken;
@@ -26,34 +26,6 @@ use wharf_store::rusqlite::{OptionalExtension, params};
 
 use crate::validate::{parse_duration, validate};
 use crate::{ControlError, ControlPlane};
-
-/// A tiny cancellation flag with async waiting, so this module needs no extra dependency.
-pub mod tokio_util_free {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    #[derive(Debug, Clone, Default)]
-    pub struct CancelToken(Arc<(AtomicBool, tokio::sync::Notify)>);
-
-    impl CancelToken {
-        pub fn cancel(&self) {
-            self.0.0.store(true, Ordering::SeqCst);
-            self.0.1.notify_waiters();
-        }
-        pub fn is_cancelled(&self) -> bool {
-            self.0.0.load(Ordering::SeqCst)
-        }
-        pub async fn cancelled(&self) {
-            loop {
-                let notified = self.0.1.notified();
-                if self.is_cancelled() {
-                    return;
-                }
-                notified.await;
-            }
-        }
-    }
-}
 
 /// An execution row: job, uid, spec, state, create, start and completion times, message.
 type ExecutionColumns = (String, String, String, String, String, Option<String>, Option<String>, String);
@@ -115,6 +87,23 @@ fn check_template(t: &wharf_api::jobs::ExecutionTemplate) -> Result<(u32, u32, u
 fn default_parallelism(tasks: u32) -> u32 {
     let cores = std::thread::available_parallelism().map_or(2, |n| u32::try_from(n.get()).unwrap_or(2));
     tasks.min((cores * 4).max(4))
+}
+
+/// Deletes an execution and its tasks inside `tx`.
+fn delete_execution_rows(
+    tx: &wharf_store::rusqlite::Transaction<'_>,
+    parent: &Parent,
+    execution: &str,
+) -> Result<(), ControlError> {
+    tx.execute(
+        "DELETE FROM tasks WHERE project = ?1 AND location = ?2 AND execution = ?3",
+        params![parent.project, parent.location, execution],
+    )?;
+    tx.execute(
+        "DELETE FROM executions WHERE project = ?1 AND location = ?2 AND name = ?3",
+        params![parent.project, parent.location, execution],
+    )?;
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -306,16 +295,8 @@ impl ControlPlane {
         }
         self.inner.db.write(|tx| {
             for e in &executions.executions {
-                let id = e.name.rsplit('/').next().unwrap_or("");
-                tx.execute(
-                    "DELETE FROM tasks WHERE project = ?1 AND location = ?2 AND execution = ?3",
-                    params![parent.project, parent.location, id],
-                )?;
+                delete_execution_rows(tx, parent, e.name.rsplit('/').next().unwrap_or(""))?;
             }
-            tx.execute(
-                "DELETE FROM executions WHERE project = ?1 AND location = ?2 AND job = ?3",
-                params![parent.project, parent.location, name],
-            )?;
             tx.execute(
                 "DELETE FROM jobs WHERE project = ?1 AND location = ?2 AND name = ?3",
                 params![parent.project, parent.location, name],
@@ -664,17 +645,7 @@ impl ControlPlane {
     pub fn delete_execution(&self, parent: &Parent, job: &str, execution: &str) -> Result<Operation, ControlError> {
         let e = self.get_execution(parent, job, execution)?;
         self.cancel_running(parent, execution);
-        self.inner.db.write(|tx| {
-            tx.execute(
-                "DELETE FROM tasks WHERE project = ?1 AND location = ?2 AND execution = ?3",
-                params![parent.project, parent.location, execution],
-            )?;
-            tx.execute(
-                "DELETE FROM executions WHERE project = ?1 AND location = ?2 AND name = ?3",
-                params![parent.project, parent.location, execution],
-            )
-            .map_err(ControlError::from_sql)
-        })?;
+        self.inner.db.write(|tx| delete_execution_rows(tx, parent, execution))?;
         self.done_operation(parent, EXECUTION_TYPE, &e)
     }
 

@@ -155,7 +155,7 @@ impl ControlPlane {
         let pools: Vec<Arc<RevisionPool>> =
             self.inner.pools.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, p)| p).collect();
         let closes: Vec<_> = pools.iter().map(|p| p.close(Duration::from_secs(10))).collect();
-        futures_join(closes).await;
+        futures::future::join_all(closes).await;
     }
 
     pub(crate) fn service_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -170,10 +170,4 @@ impl ControlPlane {
 
 pub(crate) fn pool_key(project: &str, location: &str, revision: &str) -> String {
     format!("{project}/{location}/{revision}")
-}
-
-pub(crate) async fn futures_join<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
-    for f in futures {
-        f.await;
-    }
 }
