@@ -83,7 +83,7 @@ impl ControlPlane {
     async fn prove_ready(&self, revision: &RevisionRow) -> Result<(), String> {
         let pool = self.ensure_pool(revision).await?;
         let launcher = self.launcher(revision).await?;
-        let instance = wharf_router::Launcher::launch(&launcher).await?;
+        let instance = wharf_router::Launcher::launch(&launcher).await.map_err(|e| e.to_string())?;
         pool.adopt(instance);
         Ok(())
     }

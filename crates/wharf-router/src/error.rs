@@ -7,6 +7,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{Response, StatusCode};
 
 use crate::proxy::ProxyBody;
+use crate::upstream::LaunchError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -19,7 +20,7 @@ pub enum ProxyError {
     #[error("no instance became available in time")]
     NoInstance,
     #[error("an instance could not be started: {0}")]
-    StartFailed(String),
+    StartFailed(LaunchError),
     #[error("the upstream request failed: {0}")]
     Upstream(String),
     #[error("the request exceeded its timeout of {0:?}")]

@@ -4,7 +4,10 @@
 //!   by the control plane.
 //! - [`pool`]: a revision's instances: per-instance concurrency enforced here, a bounded
 //!   queue for requests that arrive while instances start, and a scaling loop that feeds the
-//!   autoscaler and starts and stops instances through a [`pool::Launcher`].
+//!   autoscaler and starts and stops instances through a [`Launcher`].
+//! - [`upstream`]: the seam to what runs the code: an [`Upstream`] is one instance as the
+//!   router sees it, a [`Launcher`] starts and stops them (the control plane implements both
+//!   over the runtime).
 //! - [`proxy`]: the ingress HTTP server: HTTP/1.1 and h2c, WebSocket upgrades, streamed bodies,
 //!   forwarding and trace headers, request timeouts.
 //! - [`error`]: how every proxy failure is answered, classified in one place.
@@ -15,7 +18,9 @@ pub mod error;
 pub mod pool;
 pub mod proxy;
 pub mod table;
+pub mod upstream;
 
-pub use pool::{Launcher, PoolConfig, RevisionPool};
+pub use pool::{Lease, PoolConfig, PoolStats, RevisionPool};
 pub use proxy::serve;
 pub use table::{RoutingTable, ServiceRoute};
+pub use upstream::{BoxFuture, LaunchError, Launcher, Upstream};

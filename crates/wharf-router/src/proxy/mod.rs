@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, Span};
 
 use crate::error::ProxyError;
 use crate::pool::Lease;
@@ -143,14 +145,10 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 impl Proxy {
+    /// Answers one request, within a span naming it (a per-process request number), its host,
+    /// and once known its revision and instance. The span costs nothing when debug tracing is
+    /// off: its fields are only computed when it is enabled.
     async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
-        match self.forward(req, remote).await {
-            Ok(response) => response,
-            Err(e) => e.into_response(),
-        }
-    }
-
-    async fn forward(&self, mut req: Request<Incoming>, remote: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
         let host = req
             .headers()
             .get(header::HOST)
@@ -158,9 +156,33 @@ impl Proxy {
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
             .unwrap_or("")
             .to_owned();
-        let route = self.table.lookup(&host).ok_or(ProxyError::UnknownHost { host: host.clone() })?;
+        let span = tracing::debug_span!(
+            "request",
+            id = next_request_id(),
+            host = %host,
+            revision = tracing::field::Empty,
+            instance = tracing::field::Empty,
+        );
+        let forward = async {
+            match self.forward(req, remote, host, &span).await {
+                Ok(response) => response,
+                Err(e) => e.into_response(),
+            }
+        };
+        forward.instrument(span.clone()).await
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+        host: String,
+        span: &Span,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = self.table.lookup(&host).ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
         let roll = if route.targets.len() > 1 { fast_random() % 100 } else { 0 };
         let pool = route.pick(u32::try_from(roll).unwrap_or(0)).ok_or(ProxyError::NoRevision)?.clone();
+        span.record("revision", pool.revision.as_str());
         let timeout = pool.request_timeout();
         // One timer per request: it bounds the wait for an instance, the response head, and
         // then the body.
@@ -174,13 +196,14 @@ impl Proxy {
                 _ = deadline.as_mut() => return Err(ProxyError::Timeout(timeout)),
             },
         };
+        span.record("instance", lease.upstream().id());
 
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let mut uri = hyper::http::uri::Parts::default();
         uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
-        uri.authority = Some(lease.authority.clone());
+        uri.authority = Some(lease.authority().clone());
         uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| "/".parse().expect("valid")));
         parts.uri = hyper::Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))?;
         parts.version = hyper::Version::HTTP_11;
@@ -196,7 +219,7 @@ impl Proxy {
             && let Some(client_upgrade) = client_upgrade
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(splice(client_upgrade, upstream_upgrade, lease));
+            tokio::spawn(splice(client_upgrade, upstream_upgrade, lease).instrument(span.clone()));
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(
                 parts,
@@ -208,9 +231,12 @@ impl Proxy {
         for name in HOP_BY_HOP {
             parts.headers.remove(*name);
         }
-        if affinity && preferred.as_deref() != Some(lease.instance.id.as_str()) {
-            let cookie =
-                format!("{AFFINITY_COOKIE}={}.{}; Path=/; HttpOnly; Max-Age=2592000", pool.revision, lease.instance.id);
+        if affinity && preferred.as_deref() != Some(lease.upstream().id()) {
+            let cookie = format!(
+                "{AFFINITY_COOKIE}={}.{}; Path=/; HttpOnly; Max-Age=2592000",
+                pool.revision,
+                lease.upstream().id()
+            );
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 parts.headers.append(header::SET_COOKIE, v);
             }
@@ -218,6 +244,13 @@ impl Proxy {
         let body = LeasedBody { inner: body, _lease: lease, deadline };
         Ok(Response::from_parts(parts, body.boxed()))
     }
+}
+
+/// A number for each proxied request, unique within the process, to tell requests apart in
+/// traces.
+fn next_request_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The session affinity cookie: `wharf-affinity={revision}.{instance}`.
