@@ -18,6 +18,8 @@ pub mod error;
 pub mod pool;
 pub mod proxy;
 pub mod table;
+#[cfg(test)]
+mod testing;
 pub mod upstream;
 
 pub use pool::{Lease, PoolConfig, PoolStats, RevisionPool};

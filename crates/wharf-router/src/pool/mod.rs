@@ -9,6 +9,8 @@
 //! decide how many instances a load needs (the autoscaler does).
 
 mod scaling;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -29,6 +29,9 @@ use crate::error::ProxyError;
 use crate::pool::Lease;
 use crate::table::RoutingTable;
 
+#[cfg(test)]
+mod tests;
+
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// Serves the ingress on `listener` until `shutdown`.
@@ -385,38 +388,5 @@ impl Body for LeasedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trace_headers_are_added_and_kept_consistent() {
-        let mut h = HeaderMap::new();
-        add_trace_headers(&mut h);
-        let tp = h["traceparent"].to_str().unwrap().to_owned();
-        let trace = tp.split('-').nth(1).unwrap().to_owned();
-        assert!(h["x-cloud-trace-context"].to_str().unwrap().starts_with(&format!("{trace}/")));
-
-        let mut h = HeaderMap::new();
-        h.insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
-        add_trace_headers(&mut h);
-        assert_eq!(
-            h["x-cloud-trace-context"].to_str().unwrap(),
-            format!("0af7651916cd43dd8448eb211c80319c/{};o=1", 0xb7ad6b7169203331_u64)
-        );
-    }
-
-    #[test]
-    fn forwarding_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
-        h.insert("connection", HeaderValue::from_static("keep-alive"));
-        prepare_headers(&mut h, "127.0.0.1:5555".parse().unwrap(), "hello-p.localhost:8080", false);
-        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert!(!h.contains_key("connection"));
     }
 }

@@ -1,0 +1,308 @@
+//! The pool against a fake launcher, in paused time: a minute of idling takes microseconds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use tokio::time::Instant;
+
+use super::{PoolConfig, PoolStats, RevisionPool};
+use crate::error::ProxyError;
+use crate::testing::{FakeLauncher, FakeUpstream, config, fake, unroutable};
+
+fn stats(ready: u32, starting: u32, in_flight: u32, queued: u32) -> PoolStats {
+    PoolStats { ready, starting, in_flight, queued }
+}
+
+/// What an acquire that must fail failed with: its status and message.
+fn failure<T: std::fmt::Debug>(result: Result<T, ProxyError>) -> (StatusCode, String) {
+    let error = result.expect_err("the acquire should fail");
+    (error.status(), error.to_string())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_warm_instance_is_claimed_without_starting_another() {
+    let launcher = FakeLauncher::gated();
+    let pool = RevisionPool::start("hello-00001", config(10, 0, 10), launcher.arc());
+    pool.adopt(FakeUpstream::new("warm", unroutable()));
+
+    let first = pool.try_acquire(None).expect("the warm instance has room");
+    let second = pool.try_acquire(None).expect("the warm instance has room for another");
+    assert_eq!(first.upstream().id(), "warm");
+    assert_eq!(second.upstream().id(), "warm");
+    assert_eq!(pool.stats(), stats(1, 0, 2, 0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(launcher.launches(), 0);
+
+    drop((first, second));
+    assert_eq!(pool.stats(), stats(1, 0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_per_instance_never_exceeds_container_concurrency() {
+    let launcher = FakeLauncher::instant(unroutable());
+    let pool = RevisionPool::start("hello-00001", config(3, 0, 4), launcher.arc());
+
+    let requests: Vec<_> = (0..40)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let lease = pool.acquire().await?;
+                let upstream = fake(&lease);
+                let _running = upstream.enter();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, ProxyError>(upstream)
+            })
+        })
+        .collect();
+    let mut upstreams: Vec<Arc<FakeUpstream>> = Vec::new();
+    for request in requests {
+        let upstream = request.await.unwrap().expect("every request is served");
+        if !upstreams.iter().any(|u| Arc::ptr_eq(u, &upstream)) {
+            upstreams.push(upstream);
+        }
+    }
+
+    assert_eq!(launcher.launches(), 4);
+    let peaks: Vec<u32> = upstreams.iter().map(|u| u.peak()).collect();
+    assert_eq!(peaks, vec![3; 4], "each instance runs up to, never past, its concurrency");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_request_gets_the_instance_when_it_is_ready() {
+    let launcher = FakeLauncher::gated();
+    let pool = RevisionPool::start("hello-00001", config(1, 0, 1), launcher.arc());
+
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(|lease| lease.upstream().id().to_owned()) }
+    });
+    launcher.wait_launches(1).await;
+    assert_eq!(pool.stats(), stats(0, 1, 0, 1));
+    assert!(!waiter.is_finished());
+
+    launcher.release(1);
+    assert_eq!(waiter.await.unwrap().expect("served once the instance is ready"), "i1");
+    assert_eq!(pool.stats(), stats(1, 0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_refuses_requests_and_cancelled_waiters_give_their_place_back() {
+    let launcher = FakeLauncher::gated();
+    let pool = RevisionPool::start("hello-00001", PoolConfig { max_queue: 2, ..config(1, 0, 1) }, launcher.arc());
+
+    let mut first = Box::pin(pool.acquire());
+    let mut second = Box::pin(pool.acquire());
+    assert!(futures::poll!(first.as_mut()).is_pending());
+    assert!(futures::poll!(second.as_mut()).is_pending());
+    assert_eq!(pool.stats().queued, 2);
+    assert_eq!(failure(pool.acquire().await), (StatusCode::TOO_MANY_REQUESTS, "the request queue is full".to_owned()));
+
+    drop((first, second));
+    assert_eq!(pool.stats().queued, 0);
+    let mut third = Box::pin(pool.acquire());
+    assert!(futures::poll!(third.as_mut()).is_pending());
+    assert_eq!(pool.stats().queued, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_no_longer_than_the_queue_timeout() {
+    let launcher = FakeLauncher::gated();
+    let queue_timeout = Duration::from_secs(5);
+    let pool = RevisionPool::start("hello-00001", PoolConfig { queue_timeout, ..config(1, 0, 1) }, launcher.arc());
+
+    let asked = Instant::now();
+    let answer = failure(pool.acquire().await);
+    assert_eq!(answer, (StatusCode::SERVICE_UNAVAILABLE, "no instance became available in time".to_owned()));
+    assert_eq!(asked.elapsed().as_secs(), queue_timeout.as_secs());
+    assert_eq!(pool.stats(), stats(0, 1, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_request_scales_from_zero() {
+    let launcher = FakeLauncher::instant(unroutable());
+    let pool = RevisionPool::start("hello-00001", config(80, 0, 10), launcher.arc());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!((launcher.launches(), pool.stats()), (0, stats(0, 0, 0, 0)));
+
+    let lease = pool.acquire().await.expect("an instance is started for the request");
+    assert_eq!(lease.upstream().id(), "i1");
+    assert_eq!((launcher.launches(), pool.stats()), (1, stats(1, 0, 1, 0)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_revision_scales_to_zero_after_the_idle_timeout() {
+    let launcher = FakeLauncher::instant(unroutable());
+    let scaling = config(80, 0, 10);
+    let idle_timeout = scaling.scaling.idle_timeout;
+    let pool = RevisionPool::start("hello-00001", scaling, launcher.arc());
+
+    drop(pool.acquire().await.expect("served"));
+    let idle_since = Instant::now();
+    assert_eq!(launcher.wait_stopped(1).await, vec!["i1"]);
+    assert!(idle_since.elapsed() >= idle_timeout, "stopped after {:?}", idle_since.elapsed());
+    assert_eq!(pool.stats(), stats(0, 0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_revision_scales_down_to_min_instances() {
+    let launcher = FakeLauncher::instant(unroutable());
+    let pool = RevisionPool::start("hello-00001", config(1, 1, 10), launcher.arc());
+    let first = pool.acquire().await.expect("served");
+    let second = pool.acquire().await.expect("served");
+    assert_eq!(pool.stats(), stats(2, 0, 2, 0));
+
+    drop((first, second));
+    assert_eq!(launcher.wait_stopped(1).await.len(), 1);
+    tokio::time::sleep(Duration::from_secs(180)).await;
+    assert_eq!(launcher.stopped().len(), 1, "min-instances stay warm");
+    assert_eq!(pool.stats(), stats(1, 0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_instances_bounds_how_many_start() {
+    let launcher = FakeLauncher::gated();
+    let pool = RevisionPool::start("hello-00001", config(1, 0, 2), launcher.arc());
+    let requests: Vec<_> = (0..5)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let lease = pool.acquire().await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, ProxyError>(lease.upstream().id().to_owned())
+            })
+        })
+        .collect();
+    launcher.wait_launches(2).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!((launcher.launches(), pool.stats()), (2, stats(0, 2, 0, 5)));
+
+    launcher.release(2);
+    let mut served = Vec::new();
+    for request in requests {
+        served.push(request.await.unwrap().expect("served within the queue timeout"));
+    }
+    served.sort();
+    assert_eq!(served.len(), 5);
+    served.dedup();
+    assert_eq!(served, vec!["i1", "i2"]);
+    assert_eq!(launcher.launches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_start_is_explained_and_retried_after_a_back_off() {
+    let launcher = FakeLauncher::instant(unroutable());
+    launcher.fail_next("exec format error");
+    let pool = RevisionPool::start("hello-00001", config(80, 0, 10), launcher.arc());
+
+    let answer = failure(pool.acquire().await);
+    let failed_at = Instant::now();
+    let reason = "an instance could not be started: exec format error".to_owned();
+    assert_eq!(answer, (StatusCode::SERVICE_UNAVAILABLE, reason.clone()));
+    assert_eq!(launcher.launches(), 1);
+    // Until a start succeeds, requests are answered with the reason at once.
+    assert_eq!(failure(pool.acquire().await), (StatusCode::SERVICE_UNAVAILABLE, reason));
+
+    launcher.wait_launches(2).await;
+    assert!(failed_at.elapsed() >= super::scaling::RETRY_BACKOFF, "retried after {:?}", failed_at.elapsed());
+    assert_eq!(pool.acquire().await.expect("the retry started an instance").upstream().id(), "i2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gone_instance_is_dropped_and_not_routed_to() {
+    let launcher = FakeLauncher::gated();
+    let pool = RevisionPool::start("hello-00001", config(10, 0, 10), launcher.arc());
+    let dying = FakeUpstream::new("dying", unroutable());
+    pool.adopt(dying.clone());
+    pool.adopt(FakeUpstream::new("healthy", unroutable()));
+    let before = pool.try_acquire(None).expect("room");
+    assert_eq!(before.upstream().id(), "dying");
+
+    dying.kill();
+    assert_eq!(pool.stats().ready, 1);
+    let leases: Vec<_> = (0..5).map(|_| pool.try_acquire(Some("dying")).expect("room")).collect();
+    let ids: Vec<&str> = leases.iter().map(|l| l.upstream().id()).collect();
+    assert_eq!(ids, vec!["healthy"; 5]);
+    assert_eq!(pool.acquire().await.expect("room").upstream().id(), "healthy");
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_drains_in_flight_requests_then_stops_every_instance_even_starting_ones() {
+    let launcher = FakeLauncher::gated();
+    let pool = RevisionPool::start("hello-00001", config(1, 0, 2), launcher.arc());
+    pool.adopt(FakeUpstream::new("warm", unroutable()));
+    let in_flight = pool.try_acquire(None).expect("room");
+    let queued = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(|lease| lease.upstream().id().to_owned()) }
+    });
+    launcher.wait_launches(1).await;
+
+    let closing = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.close(Duration::from_secs(10)).await }
+    });
+    let answer = failure(queued.await.unwrap());
+    assert_eq!(answer.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(pool.try_acquire(None).is_none());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((closing.is_finished(), launcher.stopped().len()), (false, 0));
+
+    drop(in_flight);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((closing.is_finished(), launcher.stopped().len()), (false, 0), "waits for the start");
+
+    launcher.release(1);
+    closing.await.unwrap();
+    assert_eq!(launcher.stopped(), vec!["i1", "warm"]);
+    assert_eq!(pool.stats(), stats(0, 0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_stops_a_busy_instance_once_the_drain_period_is_over() {
+    let launcher = FakeLauncher::gated();
+    let pool = RevisionPool::start("hello-00001", config(1, 0, 2), launcher.arc());
+    pool.adopt(FakeUpstream::new("busy", unroutable()));
+    let _in_flight = pool.try_acquire(None).expect("room");
+
+    let closing = Instant::now();
+    pool.close(Duration::from_secs(10)).await;
+    assert_eq!(closing.elapsed().as_secs(), 10);
+    assert_eq!(launcher.stopped(), vec!["busy"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_config_changes_scaling_live() {
+    let launcher = FakeLauncher::instant(unroutable());
+    let pool = RevisionPool::start("hello-00001", config(80, 0, 10), launcher.arc());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(launcher.launches(), 0);
+
+    let timeout = Duration::from_secs(42);
+    pool.set_config(PoolConfig { request_timeout: timeout, session_affinity: true, ..config(80, 2, 10) });
+    launcher.wait_launches(2).await;
+    assert_eq!((pool.request_timeout(), pool.session_affinity()), (timeout, true));
+    let _lease = pool.acquire().await.expect("served");
+    assert_eq!(pool.stats(), stats(2, 0, 1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn session_affinity_is_honoured_only_within_concurrency() {
+    let launcher = FakeLauncher::gated();
+    let pool = RevisionPool::start("hello-00001", config(2, 0, 2), launcher.arc());
+    pool.adopt(FakeUpstream::new("a", unroutable()));
+    pool.adopt(FakeUpstream::new("b", unroutable()));
+
+    let mut leases = Vec::new();
+    let mut take = |preferred| {
+        let lease = pool.try_acquire(preferred);
+        let id = lease.as_ref().map(|l| l.upstream().id().to_owned());
+        leases.extend(lease);
+        id
+    };
+    assert_eq!(take(Some("b")).as_deref(), Some("b"));
+    assert_eq!(take(Some("b")).as_deref(), Some("b"));
+    assert_eq!(take(Some("b")).as_deref(), Some("a"), "b is full: another instance serves");
+    assert_eq!(take(Some("gone-long-ago")).as_deref(), Some("a"));
+    assert_eq!(take(Some("b")), None);
+}

@@ -1,0 +1,172 @@
+//! The proxy over real sockets on 127.0.0.1: a tiny HTTP server stands in for an instance.
+//! These run in real time (a paused clock would fire the request timeout while bytes are in
+//! flight); the only timer they wait for is the 504 test's short request timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{accept_loop, add_trace_headers, prepare_headers};
+use crate::pool::{PoolConfig, RevisionPool};
+use crate::table::{RoutingTable, ServiceRoute};
+use crate::testing::{FakeLauncher, config};
+
+const HOST: &str = "hello.example.com";
+
+/// An instance stand-in answering every request with `name`, except `/hang`, which it never
+/// answers. Returns its address.
+async fn instance(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                if req.uri().path() == "/hang" {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(name))))
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    addr
+}
+
+/// An address that refuses connections: a port that was just bound and released.
+async fn refusing() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
+}
+
+/// A running ingress over `table`, stopped when dropped.
+struct Ingress {
+    addr: SocketAddr,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    shutdown: CancellationToken,
+}
+
+impl Ingress {
+    async fn start(table: Arc<RoutingTable>) -> Ingress {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, table, shutdown.clone()));
+        Ingress { addr, client: Client::builder(TokioExecutor::new()).build_http(), shutdown }
+    }
+
+    /// Sends `GET path` for `host`; returns the status and the body.
+    async fn get(&self, host: &str, path: &str) -> (StatusCode, String) {
+        let request = Request::get(format!("http://{}{path}", self.addr))
+            .header(header::HOST, host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A pool for one revision whose instances answer at `addr`, routed from [`HOST`].
+fn route(
+    table: &RoutingTable,
+    revision: &str,
+    addr: SocketAddr,
+    config: PoolConfig,
+) -> (Arc<RevisionPool>, FakeLauncher) {
+    let launcher = FakeLauncher::instant(addr);
+    let pool = RevisionPool::start(revision, config, launcher.arc());
+    table.set(HOST, ServiceRoute { service: "hello".to_owned(), targets: vec![(pool.clone(), 100)] });
+    (pool, launcher)
+}
+
+#[tokio::test]
+async fn a_request_reaches_the_instance_and_its_answer_comes_back() {
+    let table = Arc::new(RoutingTable::default());
+    route(&table, "hello-00001", instance("hello from 00001").await, config(80, 0, 10));
+    let ingress = Ingress::start(table).await;
+
+    assert_eq!(ingress.get(HOST, "/").await, (StatusCode::OK, "hello from 00001".to_owned()));
+    assert_eq!(ingress.get("unknown.example.com", "/").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_route_change_sends_new_requests_to_the_new_revision() {
+    let table = Arc::new(RoutingTable::default());
+    route(&table, "hello-00001", instance("old").await, config(80, 0, 10));
+    let ingress = Ingress::start(table.clone()).await;
+    assert_eq!(ingress.get(HOST, "/").await, (StatusCode::OK, "old".to_owned()));
+
+    route(&table, "hello-00002", instance("new").await, config(80, 0, 10));
+    assert_eq!(ingress.get(HOST, "/").await, (StatusCode::OK, "new".to_owned()));
+}
+
+#[tokio::test]
+async fn a_request_past_its_timeout_gets_504_and_the_instance_is_kept() {
+    let table = Arc::new(RoutingTable::default());
+    let timeout = PoolConfig { request_timeout: Duration::from_millis(300), ..config(80, 0, 10) };
+    let (pool, launcher) = route(&table, "hello-00001", instance("hello").await, timeout);
+    let ingress = Ingress::start(table).await;
+
+    let (status, body) = ingress.get(HOST, "/hang").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!((pool.stats().ready, pool.stats().in_flight, launcher.stopped().len()), (1, 0, 0));
+    assert_eq!(ingress.get(HOST, "/").await, (StatusCode::OK, "hello".to_owned()));
+    assert_eq!(launcher.launches(), 1, "the same instance served the next request");
+}
+
+#[tokio::test]
+async fn an_upstream_that_refuses_the_connection_gets_502() {
+    let table = Arc::new(RoutingTable::default());
+    route(&table, "hello-00001", refusing().await, config(80, 0, 10));
+    let ingress = Ingress::start(table).await;
+
+    let (status, body) = ingress.get(HOST, "/").await;
+    assert_eq!(
+        (status, body.trim_end()),
+        (StatusCode::BAD_GATEWAY, "The upstream instance failed to answer the request.")
+    );
+}
+
+#[test]
+fn trace_headers_are_added_and_kept_consistent() {
+    let mut h = HeaderMap::new();
+    add_trace_headers(&mut h);
+    let tp = h["traceparent"].to_str().unwrap().to_owned();
+    let trace = tp.split('-').nth(1).unwrap().to_owned();
+    assert!(h["x-cloud-trace-context"].to_str().unwrap().starts_with(&format!("{trace}/")));
+
+    let mut h = HeaderMap::new();
+    h.insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+    add_trace_headers(&mut h);
+    assert_eq!(
+        h["x-cloud-trace-context"].to_str().unwrap(),
+        format!("0af7651916cd43dd8448eb211c80319c/{};o=1", 0xb7ad6b7169203331_u64)
+    );
+}
+
+#[test]
+fn forwarding_headers() {
+    let mut h = HeaderMap::new();
+    h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+    h.insert("connection", HeaderValue::from_static("keep-alive"));
+    prepare_headers(&mut h, "127.0.0.1:5555".parse().unwrap(), "hello-p.localhost:8080", false);
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(!h.contains_key("connection"));
+}
