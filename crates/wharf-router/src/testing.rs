@@ -139,7 +139,7 @@ impl FakeLauncher {
     }
 
     pub(crate) async fn wait_launches(&self, n: u32) {
-        self.0.launches.subscribe().wait_for(|count| *count >= n).await.unwrap();
+        within(self.0.launches.subscribe().wait_for(|count| *count >= n)).await.unwrap();
     }
 
     /// The instances stopped so far, sorted.
@@ -150,7 +150,7 @@ impl FakeLauncher {
     }
 
     pub(crate) async fn wait_stopped(&self, n: usize) -> Vec<String> {
-        self.0.stopped.subscribe().wait_for(|ids| ids.len() >= n).await.unwrap();
+        within(self.0.stopped.subscribe().wait_for(|ids| ids.len() >= n)).await.unwrap();
         self.stopped()
     }
 }
@@ -179,6 +179,13 @@ impl Launcher for FakeLauncher {
         let inner = self.0.clone();
         Box::pin(async move { inner.stopped.send_modify(|ids| ids.push(upstream.id().to_owned())) })
     }
+}
+
+/// Awaits `future`, failing the test if it takes longer than ten minutes (of paused time,
+/// which passes in a blink, or of real time), so that a broken behaviour fails rather than
+/// hangs.
+pub(crate) async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(600), future).await.expect("the awaited event never came")
 }
 
 /// An address nothing is expected to answer on, for upstreams no test connects to.

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::{PoolConfig, PoolStats, RevisionPool};
 use crate::error::ProxyError;
-use crate::testing::{FakeLauncher, FakeUpstream, config, fake, unroutable};
+use crate::testing::{FakeLauncher, FakeUpstream, config, fake, unroutable, within};
 
 fn stats(ready: u32, starting: u32, in_flight: u32, queued: u32) -> PoolStats {
     PoolStats { ready, starting, in_flight, queued }
@@ -57,7 +57,7 @@ async fn in_flight_per_instance_never_exceeds_container_concurrency() {
         .collect();
     let mut upstreams: Vec<Arc<FakeUpstream>> = Vec::new();
     for request in requests {
-        let upstream = request.await.unwrap().expect("every request is served");
+        let upstream = within(request).await.unwrap().expect("every request is served");
         if !upstreams.iter().any(|u| Arc::ptr_eq(u, &upstream)) {
             upstreams.push(upstream);
         }
@@ -82,7 +82,7 @@ async fn a_queued_request_gets_the_instance_when_it_is_ready() {
     assert!(!waiter.is_finished());
 
     launcher.release(1);
-    assert_eq!(waiter.await.unwrap().expect("served once the instance is ready"), "i1");
+    assert_eq!(within(waiter).await.unwrap().expect("served once the instance is ready"), "i1");
     assert_eq!(pool.stats(), stats(1, 0, 0, 0));
 }
 
@@ -180,7 +180,7 @@ async fn max_instances_bounds_how_many_start() {
     launcher.release(2);
     let mut served = Vec::new();
     for request in requests {
-        served.push(request.await.unwrap().expect("served within the queue timeout"));
+        served.push(within(request).await.unwrap().expect("served within the queue timeout"));
     }
     served.sort();
     assert_eq!(served.len(), 5);
@@ -242,7 +242,7 @@ async fn close_drains_in_flight_requests_then_stops_every_instance_even_starting
         let pool = pool.clone();
         async move { pool.close(Duration::from_secs(10)).await }
     });
-    let answer = failure(queued.await.unwrap());
+    let answer = failure(within(queued).await.unwrap());
     assert_eq!(answer.0, StatusCode::SERVICE_UNAVAILABLE);
     assert!(pool.try_acquire(None).is_none());
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -253,7 +253,7 @@ async fn close_drains_in_flight_requests_then_stops_every_instance_even_starting
     assert_eq!((closing.is_finished(), launcher.stopped().len()), (false, 0), "waits for the start");
 
     launcher.release(1);
-    closing.await.unwrap();
+    within(closing).await.unwrap();
     assert_eq!(launcher.stopped(), vec!["i1", "warm"]);
     assert_eq!(pool.stats(), stats(0, 0, 0, 0));
 }

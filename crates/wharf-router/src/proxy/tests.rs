@@ -69,9 +69,12 @@ impl Ingress {
             .header(header::HOST, host)
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let response = self.client.request(request).await.unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let exchange = async {
+            let response = self.client.request(request).await.unwrap();
+            let status = response.status();
+            (status, response.into_body().collect().await.unwrap().to_bytes())
+        };
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("an answer in time");
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 }
