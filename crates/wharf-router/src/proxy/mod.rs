@@ -2,7 +2,11 @@
 //! routes each request by Host to a revision (weighted), takes a slot on one of its instances,
 //! and forwards the request with streamed bodies, `X-Forwarded-*` and trace headers. WebSocket
 //! (and other) upgrades are spliced through. The revision's timeout bounds each request: past
-//! it the client gets a 504 and the instance keeps serving.
+//! it the client gets a 504 and the instance keeps serving. Each request runs in a debug span
+//! (`request`: its number, host, revision and instance).
+//!
+//! It does not choose instances nor scale them (the revision's [`crate::pool`] does), and it
+//! answers failures only through [`ProxyError`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

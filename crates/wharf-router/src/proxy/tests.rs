@@ -3,7 +3,7 @@
 //! flight); the only timer they wait for is the 504 test's short request timeout.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::Context;
 
 use super::{accept_loop, add_trace_headers, prepare_headers};
 use crate::pool::{PoolConfig, RevisionPool};
@@ -144,6 +145,55 @@ async fn an_upstream_that_refuses_the_connection_gets_502() {
         (status, body.trim_end()),
         (StatusCode::BAD_GATEWAY, "The upstream instance failed to answer the request.")
     );
+}
+
+/// Records the fields of `request` spans, as they are created and as they are filled in.
+#[derive(Debug, Clone, Default)]
+struct RequestSpans {
+    ids: Arc<Mutex<Vec<tracing::span::Id>>>,
+    fields: Arc<Mutex<Vec<(&'static str, String)>>>,
+}
+
+impl tracing::field::Visit for &RequestSpans {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.fields.lock().unwrap().push((field.name(), value.to_owned()));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.fields.lock().unwrap().push((field.name(), format!("{value:?}")));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RequestSpans {
+    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, _: Context<'_, S>) {
+        if attrs.metadata().name() == "request" {
+            self.ids.lock().unwrap().push(id.clone());
+            attrs.record(&mut &*self);
+        }
+    }
+
+    fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, _: Context<'_, S>) {
+        if self.ids.lock().unwrap().contains(id) {
+            values.record(&mut &*self);
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_request_runs_in_a_span_naming_its_host_revision_and_instance() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let spans = RequestSpans::default();
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let table = Arc::new(RoutingTable::default());
+    route(&table, "hello-00001", instance("hello").await, config(80, 0, 10));
+    let ingress = Ingress::start(table).await;
+
+    assert_eq!(ingress.get(HOST, "/").await.0, StatusCode::OK);
+    let mut fields = spans.fields.lock().unwrap().clone();
+    let id = fields.remove(0);
+    assert_eq!((id.0, id.1.parse::<u64>().is_ok()), ("id", true), "{id:?}");
+    let expected = [("host", HOST), ("revision", "hello-00001"), ("instance", "i1")];
+    assert_eq!(fields, expected.map(|(name, value)| (name, value.to_owned())));
 }
 
 #[test]
