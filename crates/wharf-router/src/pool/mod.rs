@@ -1,7 +1,7 @@
 //! A revision's instance pool. Requests [`RevisionPool::acquire`] a slot on an instance whose
 //! in-flight count is under the revision's concurrency (the hard limit Cloud Run calls
 //! `containerConcurrency`); when none has room they wait in a bounded queue. The scaling loop
-//! ([`scaling`]) starts and stops instances through the revision's [`Launcher`]. Instances
+//! (`scaling`) starts and stops instances through the revision's [`Launcher`]. Instances
 //! that are gone ([`Upstream::is_gone`]) are never routed to and are dropped from the pool;
 //! their teardown is the launcher's business.
 //!
