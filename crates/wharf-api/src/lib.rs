@@ -5,15 +5,18 @@
 //!   `TrafficTarget`, `Operation`, ... with the JSON field names and encodings the API uses
 //!   (camelCase, int64 as strings, durations as `"300s"`, timestamps in RFC 3339).
 //! - [`enums`]: enum values by name, and the integer encoding clients may ask for.
+//! - [`code`]: `google.rpc.Code`, the one place error codes have numbers and names.
 //! - [`names`]: resource names (`projects/p/locations/l/services/s`) and Cloud Run's naming rules.
 //!
 //! This crate does no I/O.
 
+pub mod code;
 pub mod enums;
 pub mod jobs;
 pub mod knative;
 pub mod names;
 pub mod types;
 
+pub use code::Code;
 pub use names::{ResourceName, validate_service_name};
 pub use types::*;

@@ -1,68 +1,42 @@
 //! Wharf's control plane: the declarative core behind the admin API.
 //!
-//! Commands ([`services`], [`operations`]) record desired state in SQLite ([`store`]) and
-//! answer with long-running operations at once; reconcilers ([`reconcile`]) then converge
-//! toward it: a new revision is started once to prove it becomes ready, routes are rebuilt, the
-//! operation completes. [`render`] derives a resource's status (conditions, latest revisions,
-//! traffic statuses, URL) from what is stored. [`validate`] holds Cloud Run's rules for a
-//! revision template. Nothing here knows about HTTP: the API layer turns requests into calls
-//! on [`ControlPlane`] and maps [`ControlError`] to statuses.
+//! Commands record desired state in SQLite and answer with long-running operations at once;
+//! reconcilers and runners then converge toward it. Each domain owns its commands, its tables
+//! and its run-time state:
+//!
+//! - [`services`]: services and revisions; the reconciler proves a new revision ready and
+//!   routes traffic through per-revision pools of the router.
+//! - [`jobs`]: jobs, executions and tasks; runners run tasks with parallelism, retries and
+//!   timeouts.
+//! - [`operations`]: the operation resources every mutation answers with.
+//! - [`validate`]: Cloud Run's rules for what users ask to run, checked once; the result is
+//!   stored and used as is by every start.
+//! - [`backend`]: the seam to whatever runs instances ([`backend::InstanceBackend`]), owned
+//!   here; `wharf-runtime` implements it, [`backend::fake`] fakes it for tests.
+//!
+//! Nothing here knows about HTTP: the API layer turns requests into calls on
+//! [`ControlPlane`] and maps [`ControlError::code`] to statuses.
 
+pub mod backend;
+mod error;
 pub mod jobs;
-mod launcher;
-pub mod operations;
-pub mod reconcile;
-pub mod render;
+pub(crate) mod operations;
 pub mod services;
-pub mod store;
 pub mod time;
 pub mod validate;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use wharf_image::Resolver;
 use wharf_router::{RevisionPool, RoutingTable};
-use wharf_runtime::Runtime;
 use wharf_store::Store;
 
-/// Why a command was refused or failed; the API maps each to an HTTP status once.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// An `etag` did not match: someone else changed the resource.
-    #[error("{0}")]
-    Aborted(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl ControlError {
-    pub(crate) fn from_sql(e: wharf_store::rusqlite::Error) -> ControlError {
-        ControlError::Internal(format!("state database: {e}"))
-    }
-}
-
-impl From<wharf_store::rusqlite::Error> for ControlError {
-    fn from(e: wharf_store::rusqlite::Error) -> ControlError {
-        ControlError::from_sql(e)
-    }
-}
-
-impl From<wharf_store::StoreError> for ControlError {
-    fn from(e: wharf_store::StoreError) -> ControlError {
-        ControlError::Internal(format!("state database: {e}"))
-    }
-}
+pub use backend::InstanceBackend;
+pub use error::ControlError;
 
 /// Settings the control plane runs with.
 #[derive(Debug, Clone)]
@@ -77,6 +51,7 @@ pub struct Settings {
     pub queue_timeout: Duration,
 }
 
+/// The control plane: cheap to clone, shared by the API handlers.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
     pub(crate) inner: Arc<Inner>,
@@ -86,51 +61,41 @@ pub struct ControlPlane {
 pub(crate) struct Inner {
     pub(crate) db: Store,
     pub(crate) resolver: Resolver,
-    pub(crate) runtime: Runtime,
-    pub(crate) table: Arc<RoutingTable>,
+    pub(crate) backend: Arc<dyn InstanceBackend>,
     pub(crate) settings: Settings,
-    /// Revision pools by `{project}/{location}/{revision}`.
-    pub(crate) pools: Mutex<HashMap<String, Arc<RevisionPool>>>,
-    /// One reconcile at a time per service.
-    pub(crate) service_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Signalled whenever an operation completes.
-    pub(crate) operation_done: Notify,
-    /// The tag hosts (`{tag}---{host}`) routed for each service, to remove stale ones.
-    pub(crate) tag_hosts: Mutex<HashMap<String, Vec<String>>>,
-    /// Cancellation of running job executions, by `{parent}/{execution}`.
-    pub(crate) execution_cancels: Mutex<HashMap<String, jobs::CancelHandle>>,
-    /// Cancelled when the server stops: job runners stop their tasks and leave executions
-    /// running in the database, to be resumed by the next start.
-    pub(crate) stopping: jobs::CancelHandle,
+    pub(crate) operations: operations::Operations,
+    pub(crate) serving: services::Serving,
+    pub(crate) jobs: jobs::Runs,
 }
+
+/// How long a stopping server gives job runners to stop their tasks.
+const JOB_STOP_BUDGET: Duration = Duration::from_secs(15);
+/// How long a stopping server lets in-flight requests finish.
+const DRAIN_BUDGET: Duration = Duration::from_secs(10);
 
 impl ControlPlane {
     /// Opens the control plane and restores what was running: routes for every service, the
-    /// pools of revisions that serve (which bring back min-instances), and reconciles that an
-    /// earlier run left unfinished.
+    /// pools of revisions that serve (which bring back min-instances), reconciles that an
+    /// earlier run left unfinished, and running job executions.
     pub async fn open(
         db: Store,
         resolver: Resolver,
-        runtime: Runtime,
+        backend: Arc<dyn InstanceBackend>,
         table: Arc<RoutingTable>,
         settings: Settings,
     ) -> Result<ControlPlane, ControlError> {
         let control = ControlPlane {
             inner: Arc::new(Inner {
+                operations: operations::Operations::new(db.clone()),
                 db,
                 resolver,
-                runtime,
-                table,
+                backend,
                 settings,
-                pools: Mutex::default(),
-                service_locks: Mutex::default(),
-                operation_done: Notify::new(),
-                tag_hosts: Mutex::default(),
-                execution_cancels: Mutex::default(),
-                stopping: jobs::CancelHandle::default(),
+                serving: services::Serving::new(table),
+                jobs: jobs::Runs::default(),
             }),
         };
-        control.restore().await?;
+        control.restore()?;
         control.resume_executions()?;
         Ok(control)
     }
@@ -139,32 +104,36 @@ impl ControlPlane {
         &self.inner.settings
     }
 
-    /// Stops every revision's instances (draining in-flight requests first).
+    /// Stops job runners (their executions resume at the next start), then every revision's
+    /// instances, draining in-flight requests first.
     pub async fn shutdown(&self) {
-        self.inner.stopping.cancel();
-        let runners: Vec<_> =
-            self.inner.execution_cancels.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-        // Give job runners a moment to stop their tasks before the runtime goes down.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while !runners.is_empty()
-            && !self.inner.execution_cancels.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.inner.jobs.stop_all(JOB_STOP_BUDGET).await;
         let pools: Vec<Arc<RevisionPool>> =
-            self.inner.pools.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, p)| p).collect();
-        let closes: Vec<_> = pools.iter().map(|p| p.close(Duration::from_secs(10))).collect();
+            self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, p)| p).collect();
+        let closes: Vec<_> = pools.iter().map(|p| p.close(DRAIN_BUDGET)).collect();
         futures::future::join_all(closes).await;
     }
 
-    pub(crate) fn service_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.inner.service_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone()
+    /// The operation `name`.
+    pub fn get_operation(&self, name: &str) -> Result<wharf_api::Operation, ControlError> {
+        self.inner.operations.get(name)
+    }
+
+    /// Waits until the operation is done or `timeout` passes, then returns it as it is.
+    pub async fn wait_operation(&self, name: &str, timeout: Duration) -> Result<wharf_api::Operation, ControlError> {
+        self.inner.operations.wait(name, timeout).await
+    }
+
+    /// One lock per service: commands and reconciles of a service do not interleave.
+    pub(crate) fn service_lock(&self, parent: &wharf_api::names::Parent, service: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let key = format!("{}/{service}", parent.path());
+        self.inner.serving.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
     }
 
     /// The pool of a revision, if it has one.
     pub fn pool(&self, project: &str, location: &str, revision: &str) -> Option<Arc<RevisionPool>> {
-        self.inner.pools.lock().unwrap_or_else(|p| p.into_inner()).get(&pool_key(project, location, revision)).cloned()
+        let pools = self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.get(&pool_key(project, location, revision)).cloned()
     }
 }
 

@@ -1,12 +1,16 @@
-//! Checking a revision template and turning it into what the runtime and router need. Every
-//! rule Cloud Run applies to these fields is here, with messages that say what to fix.
+//! Checking what users ask to run, once, when a revision or execution is created: every
+//! rule Cloud Run applies to these fields is here, with messages that say what to fix. The
+//! result is stored ([`RevisionConfig`] with the revision, an [`InstanceTemplate`] with an
+//! execution) and used as is by every start.
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use wharf_api::{Container, RevisionTemplate};
-use wharf_runtime::{Probe, ProbeAction, Resources};
 
 use crate::ControlError;
+use crate::backend::template::{GRACE_PERIOD, validate_user_env};
+use crate::backend::{InstanceTemplate, Probe, ProbeAction, Resources};
 
 /// Cloud Run's default and maximum request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -15,21 +19,17 @@ pub const DEFAULT_CONCURRENCY: u32 = 80;
 pub const DEFAULT_MAX_INSTANCES: u32 = 100;
 pub const DEFAULT_PORT: u16 = 8080;
 
-/// A validated revision template.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated revision template: how to run an instance, and how to serve with them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RevisionConfig {
+    /// The image as the user wrote it (the revision pins its digest separately).
     pub image: String,
-    pub command: Option<Vec<String>>,
-    pub args: Option<Vec<String>>,
-    pub env: Vec<(String, String)>,
-    pub port: u16,
-    pub resources: Resources,
+    pub instance: InstanceTemplate,
     pub concurrency: u32,
     pub min_instances: u32,
     pub max_instances: u32,
     pub timeout: Duration,
-    pub startup_probe: Probe,
-    pub liveness_probe: Option<Probe>,
     pub session_affinity: bool,
 }
 
@@ -47,8 +47,17 @@ pub fn parse_duration(field: &str, value: &str) -> Result<Duration, ControlError
     Ok(Duration::from_secs_f64(secs))
 }
 
-pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlError> {
-    let container = match template.containers.as_slice() {
+/// Whether a container serves requests (and so gets a startup probe) or runs to completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Service,
+    Task,
+}
+
+/// Checks the one container of a revision or task template; returns its image reference as
+/// written and the instance template.
+pub fn container(containers: &[Container], workload: Workload) -> Result<(String, InstanceTemplate), ControlError> {
+    let container = match containers {
         [c] => c,
         [] => return Err(invalid("template.containers is empty: give exactly one container with an image")),
         _ => return Err(invalid("Wharf runs one container per revision; sidecar containers are not supported yet")),
@@ -68,7 +77,7 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
         }
         env.push((var.name.clone(), var.value.clone().unwrap_or_default()));
     }
-    wharf_runtime::contract::validate_user_env(env.iter().map(|(k, _)| k.as_str())).map_err(invalid)?;
+    validate_user_env(env.iter().map(|(k, _)| k.as_str())).map_err(|e| invalid(e.to_string()))?;
     let limits = container.resources.as_ref().map(|r| r.limits.clone()).unwrap_or_default();
     if let Some(unknown) = limits.keys().find(|k| *k != "cpu" && *k != "memory") {
         return Err(invalid(format!("resources.limits.{unknown} is not supported: use cpu and memory")));
@@ -76,6 +85,43 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
     let resources =
         Resources::from_user(limits.get("memory").map(String::as_str), limits.get("cpu").map(String::as_str))
             .map_err(|e| invalid(e.0))?;
+    let (startup_probe, liveness_probe) = match workload {
+        Workload::Task => {
+            if container.startup_probe.is_some() || container.liveness_probe.is_some() {
+                return Err(invalid("job tasks do not take startup or liveness probes: remove them"));
+            }
+            (None, None)
+        }
+        Workload::Service => {
+            let startup = match &container.startup_probe {
+                None => Probe::default_startup(port),
+                Some(p) => probe("startupProbe", p, port, Duration::from_secs(10), 3)?,
+            };
+            let liveness = container
+                .liveness_probe
+                .as_ref()
+                .map(|p| probe("livenessProbe", p, port, Duration::from_secs(10), 3))
+                .transpose()?;
+            (Some(startup), liveness)
+        }
+    };
+    let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let template = InstanceTemplate {
+        command: list(&container.command),
+        args: list(&container.args),
+        env,
+        port,
+        resources,
+        startup_probe,
+        liveness_probe,
+        grace_period: GRACE_PERIOD,
+    };
+    Ok((container.image.trim().to_owned(), template))
+}
+
+/// Checks a revision template.
+pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlError> {
+    let (image, instance) = container(&template.containers, Workload::Service)?;
     let concurrency = match template.max_instance_request_concurrency {
         0 => DEFAULT_CONCURRENCY,
         n @ 1..=1000 => n.unsigned_abs(),
@@ -106,29 +152,13 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
             timeout.as_secs_f64()
         )));
     }
-    let startup_probe = match &container.startup_probe {
-        None => Probe::default_startup(port),
-        Some(p) => probe("startupProbe", p, port, Duration::from_secs(10), 3)?,
-    };
-    let liveness_probe = container
-        .liveness_probe
-        .as_ref()
-        .map(|p| probe("livenessProbe", p, port, Duration::from_secs(10), 3))
-        .transpose()?;
-    let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     Ok(RevisionConfig {
-        image: container.image.trim().to_owned(),
-        command: list(&container.command),
-        args: list(&container.args),
-        env,
-        port,
-        resources,
+        image,
+        instance,
         concurrency,
         min_instances,
         max_instances,
         timeout,
-        startup_probe,
-        liveness_probe,
         session_affinity: template.session_affinity,
     })
 }
@@ -206,9 +236,10 @@ mod tests {
     #[test]
     fn defaults_are_cloud_runs() {
         let c = validate(&template(image())).unwrap();
-        assert_eq!((c.port, c.concurrency, c.min_instances, c.max_instances), (8080, 80, 0, 100));
+        assert_eq!((c.instance.port, c.concurrency, c.min_instances, c.max_instances), (8080, 80, 0, 100));
         assert_eq!(c.timeout, Duration::from_secs(300));
-        assert_eq!(c.resources, Resources::default());
+        assert_eq!(c.instance.resources, Resources::default());
+        assert_eq!(c.instance.startup_probe, Some(Probe::default_startup(8080)));
     }
 
     #[test]

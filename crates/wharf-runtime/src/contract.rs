@@ -2,42 +2,8 @@
 //! (`PORT`, `K_SERVICE`, ... for services; `CLOUD_RUN_JOB`, ... for job tasks), and the rule
 //! that user env may not set those names.
 
-/// Who an instance runs for.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", tag = "kind")]
-pub enum Owner {
-    Service { service: String, revision: String, configuration: String },
-    Task { job: String, execution: String, index: u32, attempt: u32, count: u32 },
-}
-
-/// Names the platform sets; a revision's env may not.
-pub const RESERVED_ENV: &[&str] = &[
-    "PORT",
-    "K_SERVICE",
-    "K_REVISION",
-    "K_CONFIGURATION",
-    "CLOUD_RUN_JOB",
-    "CLOUD_RUN_EXECUTION",
-    "CLOUD_RUN_TASK_INDEX",
-    "CLOUD_RUN_TASK_ATTEMPT",
-    "CLOUD_RUN_TASK_COUNT",
-];
-
-/// Checks user-supplied env names: valid names, none reserved.
-pub fn validate_user_env<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
-    for name in names {
-        if RESERVED_ENV.contains(&name) {
-            return Err(format!(
-                "environment variable {name} is reserved: the platform sets it (reserved names: {})",
-                RESERVED_ENV.join(", ")
-            ));
-        }
-        if name.is_empty() || name.contains('=') || name.contains('\0') {
-            return Err(format!("environment variable name {name:?} is invalid: it may not be empty or contain '='"));
-        }
-    }
-    Ok(())
-}
+pub use wharf_control::backend::Owner;
+pub use wharf_control::backend::template::{EnvError, RESERVED_ENV, validate_user_env};
 
 /// The full environment of an instance: the image's env, then the user's, then the contract.
 pub fn instance_env(image_env: &[String], user_env: &[(String, String)], owner: &Owner, port: u16) -> Vec<String> {
@@ -85,7 +51,7 @@ mod tests {
     #[test]
     fn reserved_names_are_refused() {
         let e = validate_user_env(["FOO", "K_REVISION"]).unwrap_err();
-        assert!(e.contains("K_REVISION is reserved"), "{e}");
+        assert!(e.to_string().contains("K_REVISION is reserved"), "{e}");
         validate_user_env(["A=B"]).unwrap_err();
         assert_eq!(validate_user_env(["FOO", "BAR_2"]), Ok(()));
     }

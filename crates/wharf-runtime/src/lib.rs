@@ -8,11 +8,13 @@
 //! - [`rootfs`], [`network`], [`cgroup`], [`spec`]: the sandbox: overlay on a memory-charged
 //!   tmpfs, a network namespace with NAT egress and no instance-to-instance traffic, cgroup
 //!   limits, and the OCI runtime spec.
+//! - [`backend`]: the runtime as the control plane's instance backend.
 //! - [`contract`]: Cloud Run's environment contract; [`resources`]: limit syntax.
 //! - [`logs`]: captured output, stored durably with retention.
 //!
 //! It knows nothing of services, revisions or HTTP: callers hand it an [`InstanceSpec`].
 
+pub mod backend;
 pub mod cgroup;
 pub mod contract;
 mod error;
@@ -25,6 +27,7 @@ mod runtime;
 pub mod shim;
 pub mod spec;
 
+pub use backend::RuntimeBackend;
 pub use contract::Owner;
 pub use error::RuntimeError;
 pub use instance::{Instance, InstanceSpec, InstanceState, InstanceStatus, Probe, ProbeAction, StartPhases};

@@ -189,7 +189,17 @@ fn spawn_control_thread(pid: Pid, exited: Arc<AtomicBool>) {
         for line in stdin.lock().lines() {
             let Ok(line) = line else { break };
             let mut words = line.split_whitespace();
-            if words.next() == Some("stop") {
+            let command = words.next();
+            if command == Some("signal") {
+                // `signal N`: deliver signal N to the container's init now.
+                if let Some(signal) =
+                    words.next().and_then(|n| n.parse::<i32>().ok()).and_then(|n| Signal::try_from(n).ok())
+                {
+                    let _ = kill(pid, signal);
+                }
+                continue;
+            }
+            if command == Some("stop") {
                 let grace = Duration::from_millis(words.next().and_then(|g| g.parse().ok()).unwrap_or(10_000));
                 let _ = kill(pid, Signal::SIGTERM);
                 let exited = exited.clone();

@@ -150,6 +150,10 @@ const MIGRATIONS: &[&str] = &[
          completion_time TEXT,
          PRIMARY KEY (project, location, execution, idx)
      );",
+    // 6: a revision's validated configuration (its instance template and serving settings),
+    // stored when the revision is created and used as is by every start. Rows from before
+    // this migration have NULL and are validated from their spec when read.
+    "ALTER TABLE revisions ADD COLUMN config TEXT;",
 ];
 
 pub(crate) fn latest_version() -> i64 {

@@ -30,42 +30,7 @@ pub(crate) use probe::{probe_until_ready, watch_liveness};
 /// How many of an instance's last output lines are kept in memory to explain a failure.
 const RECENT_LINES: usize = 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum InstanceState {
-    Starting,
-    Ready,
-    Stopping,
-    Stopped,
-    Failed,
-}
-
-impl InstanceState {
-    /// Stopped or failed: the instance is gone and everything it used is released.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, InstanceState::Stopped | InstanceState::Failed)
-    }
-}
-
-/// How a container process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExitInfo {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-    pub oom_killed: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InstanceStatus {
-    pub state: InstanceState,
-    /// Why the instance failed, in words for the user.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit: Option<ExitInfo>,
-}
+pub use wharf_control::backend::{ExitInfo, InstanceState, InstanceStatus};
 
 /// Where a start's time went, so a slow start can be explained.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

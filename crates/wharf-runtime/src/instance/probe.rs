@@ -8,60 +8,21 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProbeAction {
-    Tcp { port: u16 },
-    HttpGet { port: u16, path: String },
-}
+pub use wharf_control::backend::{Probe, ProbeAction};
 
-/// A probe with Cloud Run's timing fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
-    pub action: ProbeAction,
-    pub initial_delay: Duration,
-    pub period: Duration,
-    pub timeout: Duration,
-    pub failure_threshold: u32,
-}
-
-impl Probe {
-    /// Cloud Run's default startup probe: TCP on the container port, a 240 s budget.
-    pub fn default_startup(port: u16) -> Probe {
-        Probe {
-            action: ProbeAction::Tcp { port },
-            initial_delay: Duration::ZERO,
-            period: Duration::from_secs(240),
-            timeout: Duration::from_secs(240),
-            failure_threshold: 1,
-        }
-    }
-
-    /// How long a startup probe may take in all before the instance fails.
-    pub fn budget(&self) -> Duration {
-        self.initial_delay + self.period * self.failure_threshold.max(1)
-    }
-
-    /// One check against the instance at `ip`; `Err` says why it failed.
-    pub async fn check(&self, ip: std::net::IpAddr) -> Result<(), String> {
-        let attempt = async {
-            match &self.action {
-                ProbeAction::Tcp { port } => {
-                    TcpStream::connect(SocketAddr::new(ip, *port)).await.map(|_| ()).map_err(|e| e.to_string())
-                }
-                ProbeAction::HttpGet { port, path } => http_get(SocketAddr::new(ip, *port), path).await,
+/// One check against the instance at `ip`; `Err` says why it failed.
+pub async fn check(probe: &Probe, ip: std::net::IpAddr) -> Result<(), String> {
+    let attempt = async {
+        match &probe.action {
+            ProbeAction::Tcp { port } => {
+                TcpStream::connect(SocketAddr::new(ip, *port)).await.map(|_| ()).map_err(|e| e.to_string())
             }
-        };
-        tokio::time::timeout(self.timeout.max(Duration::from_millis(1)), attempt)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)))
-    }
-
-    pub fn describe(&self) -> String {
-        match &self.action {
-            ProbeAction::Tcp { port } => format!("TCP probe on port {port}"),
-            ProbeAction::HttpGet { port, path } => format!("HTTP probe GET {path} on port {port}"),
+            ProbeAction::HttpGet { port, path } => http_get(SocketAddr::new(ip, *port), path).await,
         }
-    }
+    };
+    tokio::time::timeout(probe.timeout.max(Duration::from_millis(1)), attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", probe.timeout)))
 }
 
 /// A minimal HTTP/1.1 GET: success is a 2xx or 3xx status, as Kubernetes counts it.
@@ -98,7 +59,7 @@ pub(crate) async fn probe_until_ready(instance: &super::Instance, probe: &Probe)
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let attempt = Probe { timeout: probe.timeout.min(remaining), ..probe.clone() };
-        let result = attempt.check(instance.addr.ip()).await;
+        let result = check(&attempt, instance.addr.ip()).await;
         tracing::trace!(instance = %instance.id, after = ?started.elapsed(), ?result, "startup probe");
         // The exited flag is raised before the network is torn down, so a success seen while
         // it is down really reached the container (not whatever answers for a dead address).
@@ -154,7 +115,7 @@ pub(crate) async fn watch_liveness(runtime: crate::Runtime, instance: std::sync:
         if instance.state() != super::InstanceState::Ready {
             return;
         }
-        match probe.check(instance.addr.ip()).await {
+        match check(&probe, instance.addr.ip()).await {
             Ok(()) => failures = 0,
             Err(why) => {
                 failures += 1;

@@ -31,7 +31,8 @@ impl Runtime {
     /// Starts an instance and waits until its startup probe passes (services) or its process
     /// runs (job tasks, which have no startup probe). On error nothing of the instance is left.
     pub async fn start(&self, spec: InstanceSpec) -> Result<Arc<Instance>, RuntimeError> {
-        validate_user_env(spec.env.iter().map(|(k, _)| k.as_str())).map_err(RuntimeError::InvalidSpec)?;
+        validate_user_env(spec.env.iter().map(|(k, _)| k.as_str()))
+            .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
         let began = Instant::now();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let dir = self.inner.instances_dir.join(&id);

@@ -7,11 +7,21 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
 
 impl Runtime {
-    /// Stops `instance` gracefully and waits until it is torn down.
+    /// Stops `instance` gracefully (its own grace period) and waits until it is torn down.
     pub async fn stop(&self, instance: &Instance) -> InstanceStatus {
+        self.stop_within(instance, instance.grace_period).await
+    }
+
+    /// Stops `instance`: SIGTERM, SIGKILL after `grace`; waits until it is torn down.
+    pub async fn stop_within(&self, instance: &Instance, grace: Duration) -> InstanceStatus {
         instance.set_state(InstanceState::Stopping);
-        send_stop(instance, instance.grace_period).await;
+        send_stop(instance, grace).await;
         instance.wait_terminal().await
+    }
+
+    /// Sends signal `signo` to the container's main process; false if its shim is gone.
+    pub async fn signal(&self, instance: &Instance, signo: i32) -> bool {
+        send_command(instance, &format!("signal {signo}\n")).await
     }
 
     /// Kills `instance` at once for a platform `reason` (it ends `Failed` with that reason).
@@ -22,12 +32,17 @@ impl Runtime {
 }
 
 async fn send_stop(instance: &Instance, grace: Duration) {
+    send_command(instance, &format!("stop {}\n", grace.as_millis())).await;
+}
+
+/// Writes one command line to the instance's shim; false if the shim is gone.
+async fn send_command(instance: &Instance, command: &str) -> bool {
     let mut control = instance.control.lock().await;
-    if let Some(stdin) = control.as_mut() {
-        let command = format!("stop {}\n", grace.as_millis());
-        if stdin.write_all(command.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
-            // The shim is already gone; the reaper takes it from here.
-            *control = None;
-        }
+    let Some(stdin) = control.as_mut() else { return false };
+    if stdin.write_all(command.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+        // The shim is already gone; the reaper takes it from here.
+        *control = None;
+        return false;
     }
+    true
 }

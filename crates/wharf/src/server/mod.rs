@@ -83,9 +83,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         idle_timeout: config.idle_timeout,
         queue_timeout: std::time::Duration::from_secs(10),
     };
-    let control =
-        wharf_control::ControlPlane::open(db.clone(), resolver.clone(), runtime.clone(), table.clone(), settings)
-            .await?;
+    let backend = Arc::new(wharf_runtime::RuntimeBackend::new(runtime.clone(), resolver.clone()));
+    let control = wharf_control::ControlPlane::open(db.clone(), resolver.clone(), backend, table.clone(), settings)
+        .await
+        .context("cannot open the control plane")?;
     let platform = Platform {
         iam: iam.clone(),
         images: images.clone(),

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use wharf_api::Code;
 use wharf_iam::AuthError;
 use wharf_image::ImageError;
 use wharf_image::content::ImageSummary;
@@ -39,29 +40,18 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn classify(&self) -> (StatusCode, &'static str) {
+    /// The one place an API failure gets its `google.rpc.Code` (and so its HTTP status).
+    fn code(&self) -> Code {
         use ImageError as I;
         match self {
-            ApiError::Auth(AuthError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
-            ApiError::Auth(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
-            ApiError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
-            ApiError::Control(e) => {
-                use wharf_control::ControlError as C;
-                match e {
-                    C::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-                    C::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-                    C::AlreadyExists(_) => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
-                    C::FailedPrecondition(_) => (StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
-                    C::Aborted(_) => (StatusCode::CONFLICT, "ABORTED"),
-                    C::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
-                }
-            }
+            ApiError::Auth(AuthError::Store(_)) => Code::Internal,
+            ApiError::Auth(_) => Code::Unauthenticated,
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::Internal(_) => Code::Internal,
+            ApiError::Control(e) => e.code(),
             ApiError::Image(e) => match e {
-                I::BlobUnknown { .. } | I::ManifestUnknown { .. } | I::NameUnknown(_) => {
-                    (StatusCode::NOT_FOUND, "NOT_FOUND")
-                }
+                I::BlobUnknown { .. } | I::ManifestUnknown { .. } | I::NameUnknown(_) => Code::NotFound,
                 I::DigestMismatch { .. }
                 | I::DigestInvalid(_)
                 | I::ManifestInvalid(_)
@@ -69,12 +59,10 @@ impl ApiError {
                 | I::NameInvalid(_)
                 | I::TagInvalid(_)
                 | I::ReferenceInvalid(_)
-                | I::UnsafeLayer { .. } => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-                I::Pull { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
-                I::UploadUnknown(_) | I::UploadOutOfOrder { .. } => (StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
-                I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL")
-                }
+                | I::UnsafeLayer { .. } => Code::InvalidArgument,
+                I::Pull { .. } => Code::Unavailable,
+                I::UploadUnknown(_) | I::UploadOutOfOrder { .. } => Code::FailedPrecondition,
+                I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => Code::Internal,
             },
         }
     }
@@ -82,14 +70,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, name) = self.classify();
+        let code = self.code();
+        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = ?self, "API request failed");
             "Internal error; see the wharf server log.".to_owned()
         } else {
             self.to_string()
         };
-        let body = serde_json::json!({"error": {"code": status.as_u16(), "message": message, "status": name}});
+        let body = serde_json::json!({"error": {"code": status.as_u16(), "message": message, "status": code.name()}});
         (status, Json(body)).into_response()
     }
 }

@@ -6,8 +6,8 @@ use wharf_api::{
     TRAFFIC_REVISION, TrafficTarget, TrafficTargetStatus,
 };
 
+use super::store::{RevisionRow, RevisionState, ServiceRow};
 use crate::Settings;
-use crate::store::{RevisionRow, RevisionState, ServiceRow};
 
 pub fn service_name(row: &ServiceRow) -> String {
     format!("{}/services/{}", row.parent.path(), row.name)

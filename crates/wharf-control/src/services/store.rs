@@ -1,10 +1,13 @@
-//! The control plane's rows: services, revisions and operations in the state database.
+//! The `services` and `revisions` tables: typed rows, typed revision states, and every query
+//! the services domain makes.
 
 use wharf_api::names::Parent;
 use wharf_store::Store;
 use wharf_store::rusqlite::{self, OptionalExtension, Row, params};
 
 use crate::ControlError;
+use crate::error::{from_json, to_json};
+use crate::validate::RevisionConfig;
 
 #[derive(Debug, Clone)]
 pub struct ServiceRow {
@@ -36,11 +39,12 @@ impl RevisionState {
         }
     }
 
-    fn parse(s: &str) -> RevisionState {
+    fn parse(s: &str) -> Option<RevisionState> {
         match s {
-            "READY" => RevisionState::Ready,
-            "FAILED" => RevisionState::Failed,
-            _ => RevisionState::Pending,
+            "PENDING" => Some(RevisionState::Pending),
+            "READY" => Some(RevisionState::Ready),
+            "FAILED" => Some(RevisionState::Failed),
+            _ => None,
         }
     }
 }
@@ -53,19 +57,12 @@ pub struct RevisionRow {
     pub uid: String,
     pub seq: i64,
     pub template: wharf_api::RevisionTemplate,
+    /// The template as validated when the revision was created.
+    pub config: RevisionConfig,
     pub image: wharf_image::ResolvedImage,
     pub state: RevisionState,
     pub message: String,
     pub create_time: String,
-}
-
-fn json<T: serde::de::DeserializeOwned>(text: String) -> rusqlite::Result<T> {
-    serde_json::from_str(&text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
-}
-
-fn to_json(value: &impl serde::Serialize) -> Result<String, ControlError> {
-    serde_json::to_string(value).map_err(|e| ControlError::Internal(e.to_string()))
 }
 
 fn service_row(r: &Row<'_>) -> rusqlite::Result<ServiceRow> {
@@ -74,7 +71,7 @@ fn service_row(r: &Row<'_>) -> rusqlite::Result<ServiceRow> {
         name: r.get(2)?,
         uid: r.get(3)?,
         generation: r.get(4)?,
-        spec: json(r.get(5)?)?,
+        spec: from_json(&r.get::<_, String>(5)?)?,
         create_time: r.get(6)?,
         update_time: r.get(7)?,
         observed_generation: r.get(8)?,
@@ -84,19 +81,36 @@ fn service_row(r: &Row<'_>) -> rusqlite::Result<ServiceRow> {
 
 const SERVICE_COLUMNS: &str =
     "project, location, name, uid, generation, spec, create_time, update_time, observed_generation, next_revision";
-const REVISION_COLUMNS: &str = "project, location, service, name, uid, seq, spec, image, state, message, create_time";
+const REVISION_COLUMNS: &str =
+    "project, location, service, name, uid, seq, spec, image, state, message, create_time, config";
 
 fn revision_row(r: &Row<'_>) -> rusqlite::Result<RevisionRow> {
     let state: String = r.get(8)?;
+    let template: wharf_api::RevisionTemplate = from_json(&r.get::<_, String>(6)?)?;
+    let config: Option<String> = r.get(11)?;
+    let config = match config {
+        Some(text) => from_json(&text)?,
+        // Stored before configs were: validate the spec as it was validated then.
+        None => crate::validate::validate(&template)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e)))?,
+    };
+    let state = RevisionState::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            8,
+            rusqlite::types::Type::Text,
+            format!("unknown revision state {state:?}").into(),
+        )
+    })?;
     Ok(RevisionRow {
         parent: Parent { project: r.get(0)?, location: r.get(1)? },
         service: r.get(2)?,
         name: r.get(3)?,
         uid: r.get(4)?,
         seq: r.get(5)?,
-        template: json(r.get(6)?)?,
-        image: json(r.get(7)?)?,
-        state: RevisionState::parse(&state),
+        template,
+        config,
+        image: from_json(&r.get::<_, String>(7)?)?,
+        state,
         message: r.get(9)?,
         create_time: r.get(10)?,
     })
@@ -145,14 +159,14 @@ pub fn insert_service(tx: &rusqlite::Transaction<'_>, row: &ServiceRow) -> Resul
             row.name,
             row.uid,
             row.generation,
-            to_json(&row.spec)?,
+            to_json("service spec", &row.spec)?,
             row.create_time,
             row.update_time,
             row.observed_generation,
             row.next_revision
         ],
     )
-    .map_err(ControlError::from_sql)?;
+    .map_err(ControlError::from)?;
     Ok(())
 }
 
@@ -165,13 +179,13 @@ pub fn update_service(tx: &rusqlite::Transaction<'_>, row: &ServiceRow) -> Resul
             row.parent.location,
             row.name,
             row.generation,
-            to_json(&row.spec)?,
+            to_json("service spec", &row.spec)?,
             row.update_time,
             row.observed_generation,
             row.next_revision
         ],
     )
-    .map_err(ControlError::from_sql)?;
+    .map_err(ControlError::from)?;
     Ok(())
 }
 
@@ -182,7 +196,7 @@ pub fn set_observed_generation(db: &Store, parent: &Parent, name: &str, generati
              WHERE project = ?1 AND location = ?2 AND name = ?3",
             params![parent.project, parent.location, name, generation],
         )
-        .map_err(ControlError::from_sql)
+        .map_err(ControlError::from)
     })?;
     Ok(())
 }
@@ -193,19 +207,21 @@ pub fn delete_service(db: &Store, parent: &Parent, name: &str) -> Result<(), Con
             "DELETE FROM revisions WHERE project = ?1 AND location = ?2 AND service = ?3",
             params![parent.project, parent.location, name],
         )
-        .map_err(ControlError::from_sql)?;
+        .map_err(ControlError::from)?;
         tx.execute(
             "DELETE FROM services WHERE project = ?1 AND location = ?2 AND name = ?3",
             params![parent.project, parent.location, name],
         )
-        .map_err(ControlError::from_sql)
+        .map_err(ControlError::from)
     })?;
     Ok(())
 }
 
 pub fn insert_revision(tx: &rusqlite::Transaction<'_>, row: &RevisionRow) -> Result<(), ControlError> {
     tx.execute(
-        &format!("INSERT INTO revisions ({REVISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        &format!(
+            "INSERT INTO revisions ({REVISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ),
         params![
             row.parent.project,
             row.parent.location,
@@ -213,14 +229,15 @@ pub fn insert_revision(tx: &rusqlite::Transaction<'_>, row: &RevisionRow) -> Res
             row.name,
             row.uid,
             row.seq,
-            to_json(&row.template)?,
-            to_json(&row.image)?,
+            to_json("revision template", &row.template)?,
+            to_json("revision image", &row.image)?,
             row.state.as_str(),
             row.message,
-            row.create_time
+            row.create_time,
+            to_json("revision config", &row.config)?
         ],
     )
-    .map_err(ControlError::from_sql)?;
+    .map_err(ControlError::from)?;
     Ok(())
 }
 
@@ -236,7 +253,7 @@ pub fn set_revision_state(
             "UPDATE revisions SET state = ?4, message = ?5 WHERE project = ?1 AND location = ?2 AND name = ?3",
             params![parent.project, parent.location, name, state.as_str(), message],
         )
-        .map_err(ControlError::from_sql)
+        .map_err(ControlError::from)
     })?;
     Ok(())
 }
@@ -270,70 +287,7 @@ pub fn delete_revision(db: &Store, parent: &Parent, name: &str) -> Result<(), Co
             "DELETE FROM revisions WHERE project = ?1 AND location = ?2 AND name = ?3",
             params![parent.project, parent.location, name],
         )
-        .map_err(ControlError::from_sql)
+        .map_err(ControlError::from)
     })?;
     Ok(())
-}
-
-pub fn insert_operation(
-    tx: &rusqlite::Transaction<'_>,
-    op: &wharf_api::Operation,
-    time: &str,
-) -> Result<(), ControlError> {
-    tx.execute(
-        "INSERT INTO operations (name, done, metadata, response, error, create_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            op.name,
-            op.done,
-            op.metadata.as_ref().map(|m| m.to_string()),
-            op.response.as_ref().map(|r| r.to_string()),
-            op.error.as_ref().map(to_json).transpose()?,
-            time
-        ],
-    )
-    .map_err(ControlError::from_sql)?;
-    Ok(())
-}
-
-pub fn finish_operation(db: &Store, op: &wharf_api::Operation) -> Result<(), ControlError> {
-    db.write(|tx| {
-        tx.execute(
-            "UPDATE operations SET done = 1, metadata = ?2, response = ?3, error = ?4 WHERE name = ?1",
-            params![
-                op.name,
-                op.metadata.as_ref().map(|m| m.to_string()),
-                op.response.as_ref().map(|r| r.to_string()),
-                op.error.as_ref().map(to_json).transpose()?
-            ],
-        )
-        .map_err(ControlError::from_sql)
-    })?;
-    Ok(())
-}
-
-pub fn get_operation(db: &Store, name: &str) -> Result<Option<wharf_api::Operation>, ControlError> {
-    Ok(db.read(|c| {
-        c.query_row("SELECT name, done, metadata, response, error FROM operations WHERE name = ?1", [name], |r| {
-            let parse = |t: Option<String>| t.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-            let error: Option<String> = r.get(4)?;
-            Ok(wharf_api::Operation {
-                name: r.get(0)?,
-                done: r.get(1)?,
-                metadata: parse(r.get(2)?),
-                response: parse(r.get(3)?),
-                error: error.and_then(|e| serde_json::from_str(&e).ok()),
-            })
-        })
-        .optional()
-    })?)
-}
-
-/// Operations not finished when the server last stopped.
-pub fn unfinished_operations(db: &Store) -> Result<Vec<wharf_api::Operation>, ControlError> {
-    let names: Vec<String> = db.read(|c| {
-        let mut stmt = c.prepare("SELECT name FROM operations WHERE done = 0")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        rows.collect()
-    })?;
-    Ok(names.iter().filter_map(|n| get_operation(db, n).ok().flatten()).collect())
 }

@@ -1,12 +1,47 @@
-//! Service and revision commands: create, get, list, update, delete. Each validates fully
-//! before writing anything, writes in one transaction, and hands the rest to a reconciler.
+//! Services and their revisions. The commands here (create, get, list, update, delete)
+//! validate fully before writing anything, write in one transaction, and hand the rest to the
+//! reconciler ([`reconcile`]), which proves a new revision ready and routes traffic through
+//! the revisions' pools ([`pools`]). [`store`] owns the tables, [`render`] derives the status
+//! the API shows.
+
+mod pools;
+pub(crate) mod reconcile;
+pub mod render;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use wharf_api::names::{Parent, validate_parent_id, validate_revision_name};
-use wharf_api::{ListRevisionsResponse, ListServicesResponse, Operation, Revision, Service, validate_service_name};
+use wharf_api::{
+    ListRevisionsResponse, ListServicesResponse, Operation, REVISION_TYPE, Revision, SERVICE_TYPE, Service,
+    validate_service_name,
+};
+use wharf_router::{RevisionPool, RoutingTable};
 
-use crate::store::{self, RevisionRow, RevisionState, ServiceRow};
+use crate::operations::OperationBuilder;
 use crate::validate::validate;
-use crate::{ControlError, ControlPlane, render};
+use crate::{ControlError, ControlPlane};
+use store::{RevisionRow, RevisionState, ServiceRow};
+
+/// What serving needs while the server runs: the routing table the ingress reads, each
+/// revision's pool, one lock per service so reconciles and commands do not interleave, and
+/// the tag hosts routed per service.
+#[derive(Debug)]
+pub(crate) struct Serving {
+    pub(crate) table: Arc<RoutingTable>,
+    /// Revision pools by `{project}/{location}/{revision}`.
+    pub(crate) pools: Mutex<HashMap<String, Arc<RevisionPool>>>,
+    pub(crate) locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The tag hosts (`{tag}---{host}`) routed for each service, to remove stale ones.
+    pub(crate) tag_hosts: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl Serving {
+    pub(crate) fn new(table: Arc<RoutingTable>) -> Serving {
+        Serving { table, pools: Mutex::default(), locks: Mutex::default(), tag_hosts: Mutex::default() }
+    }
+}
 
 const DEFAULT_PAGE: usize = 100;
 
@@ -44,9 +79,9 @@ fn random_suffix() -> String {
 
 impl ControlPlane {
     pub fn parent(&self, project: &str, location: &str) -> Result<Parent, ControlError> {
-        validate_parent_id("project", project).map_err(ControlError::InvalidArgument)?;
+        validate_parent_id("project", project).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
         if location != "-" {
-            validate_parent_id("location", location).map_err(ControlError::InvalidArgument)?;
+            validate_parent_id("location", location).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
         }
         Ok(Parent { project: project.to_owned(), location: location.to_owned() })
     }
@@ -66,7 +101,8 @@ impl ControlPlane {
         let name = if template.revision.is_empty() {
             format!("{}-{:05}-{}", row.name, row.next_revision, random_suffix())
         } else {
-            validate_revision_name(&row.name, &template.revision).map_err(ControlError::InvalidArgument)?;
+            validate_revision_name(&row.name, &template.revision)
+                .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
             if store::get_revision(&self.inner.db, &row.parent, &template.revision)?.is_some() {
                 return Err(ControlError::AlreadyExists(format!(
                     "Revision named '{}' already exists; choose another --revision-suffix",
@@ -85,6 +121,7 @@ impl ControlPlane {
             uid: uuid::Uuid::new_v4().to_string(),
             seq: row.next_revision,
             template: template.clone(),
+            config,
             image,
             state: RevisionState::Pending,
             message: String::new(),
@@ -99,9 +136,9 @@ impl ControlPlane {
         body: Service,
         validate_only: bool,
     ) -> Result<Operation, ControlError> {
-        validate_service_name("service", service_id).map_err(ControlError::InvalidArgument)?;
+        validate_service_name("service", service_id).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
         self.check_traffic(&body, &[])?;
-        let lock = self.service_lock(&format!("{}/{service_id}", parent.path()));
+        let lock = self.service_lock(parent, service_id);
         let _guard = lock.lock().await;
         if store::get_service(&self.inner.db, parent, service_id)?.is_some() {
             return Err(ControlError::AlreadyExists(format!(
@@ -124,17 +161,15 @@ impl ControlPlane {
         let revision = self.new_revision(&row, &body.template).await?;
         if validate_only {
             let service = render::service(&row, &[revision], &self.inner.settings);
-            return Ok(Operation { name: String::new(), done: true, ..Operation::default() }).map(|mut op| {
-                op.response = Some(wharf_api::to_any(wharf_api::SERVICE_TYPE, &service));
-                op
-            });
+            return Ok(OperationBuilder::new(parent, SERVICE_TYPE, &service).dry_run());
         }
         row.next_revision += 1;
         let service = render::service(&row, std::slice::from_ref(&revision), &self.inner.settings);
-        let op = self.inner.db.write(|tx| {
+        let op = OperationBuilder::new(parent, SERVICE_TYPE, &service).running();
+        self.inner.db.write(|tx| {
             store::insert_service(tx, &row)?;
             store::insert_revision(tx, &revision)?;
-            self.new_operation(tx, &parent.project, &parent.location, &service, false)
+            self.inner.operations.insert(tx, &op)
         })?;
         self.spawn_reconcile(parent.clone(), service_id.to_owned(), Some(op.name.clone()));
         Ok(op)
@@ -177,7 +212,7 @@ impl ControlPlane {
             }
             return Err(not_found(parent, name));
         };
-        let lock = self.service_lock(&format!("{}/{name}", parent.path()));
+        let lock = self.service_lock(parent, name);
         let guard = lock.lock().await;
         let current = store::get_service(&self.inner.db, parent, name)?.unwrap_or(current);
         let rendered = self.render(&current)?;
@@ -230,13 +265,7 @@ impl ControlPlane {
         let changed = revision.is_some() || row.spec != current.spec;
         if validate_only || !changed {
             let service = self.render(&current)?;
-            return Ok(Operation {
-                name: String::new(),
-                done: true,
-                metadata: Some(wharf_api::to_any(wharf_api::SERVICE_TYPE, &service)),
-                response: Some(wharf_api::to_any(wharf_api::SERVICE_TYPE, &service)),
-                error: None,
-            });
+            return Ok(OperationBuilder::new(parent, SERVICE_TYPE, &service).dry_run());
         }
         row.generation += 1;
         row.update_time = crate::time::now();
@@ -248,12 +277,13 @@ impl ControlPlane {
             preview.insert(0, r.clone());
         }
         let service = render::service(&row, &preview, &self.inner.settings);
-        let op = self.inner.db.write(|tx| {
+        let op = OperationBuilder::new(parent, SERVICE_TYPE, &service).running();
+        self.inner.db.write(|tx| {
             store::update_service(tx, &row)?;
             if let Some(r) = &revision {
                 store::insert_revision(tx, r)?;
             }
-            self.new_operation(tx, &parent.project, &parent.location, &service, false)
+            self.inner.operations.insert(tx, &op)
         })?;
         drop(guard);
         self.spawn_reconcile(parent.clone(), name.to_owned(), Some(op.name.clone()));
@@ -315,7 +345,7 @@ impl ControlPlane {
     }
 
     pub async fn delete_service(&self, parent: &Parent, name: &str, etag: &str) -> Result<Operation, ControlError> {
-        let lock = self.service_lock(&format!("{}/{name}", parent.path()));
+        let lock = self.service_lock(parent, name);
         let guard = lock.lock().await;
         let row = store::get_service(&self.inner.db, parent, name)?.ok_or_else(|| not_found(parent, name))?;
         let service = self.render(&row)?;
@@ -323,9 +353,9 @@ impl ControlPlane {
             return Err(ControlError::Aborted(format!("etag {etag} is not the current {}", service.etag)));
         }
         let revisions = store::list_revisions(&self.inner.db, parent, name)?;
-        let op =
-            self.inner.db.write(|tx| self.new_operation(tx, &parent.project, &parent.location, &service, false))?;
-        self.inner.table.remove(&render::host(name, &parent.project, &self.inner.settings));
+        let op = OperationBuilder::new(parent, SERVICE_TYPE, &service).running();
+        self.inner.db.write(|tx| self.inner.operations.insert(tx, &op))?;
+        self.inner.serving.table.remove(&render::host(name, &parent.project, &self.inner.settings));
         self.route_tags(&parent.path(), name, Vec::new());
         store::delete_service(&self.inner.db, parent, name)?;
         drop(guard);
@@ -335,7 +365,8 @@ impl ControlPlane {
             for r in &revisions {
                 control.close_pool(&parent, &r.name).await;
             }
-            if let Err(e) = control.finish_operation(&op_name, &service, None) {
+            let op = OperationBuilder::new(&parent, SERVICE_TYPE, &service).finish(&op_name, None);
+            if let Err(e) = control.inner.operations.complete(&op) {
                 tracing::error!(error = %e, "cannot complete the delete operation");
             }
         });
@@ -380,7 +411,7 @@ impl ControlPlane {
 
     /// Deletes a revision that serves no traffic and carries no tag.
     pub async fn delete_revision(&self, parent: &Parent, service: &str, name: &str) -> Result<Operation, ControlError> {
-        let lock = self.service_lock(&format!("{}/{service}", parent.path()));
+        let lock = self.service_lock(parent, service);
         let guard = lock.lock().await;
         let row = store::get_service(&self.inner.db, parent, service)?.ok_or_else(|| not_found(parent, service))?;
         let revisions = store::list_revisions(&self.inner.db, parent, service)?;
@@ -405,14 +436,6 @@ impl ControlPlane {
         store::delete_revision(&self.inner.db, parent, name)?;
         drop(guard);
         self.close_pool(parent, name).await;
-        let op = Operation {
-            name: format!("{}/operations/{}", parent.path(), uuid::Uuid::new_v4()),
-            metadata: Some(wharf_api::to_any(wharf_api::REVISION_TYPE, &rendered)),
-            done: true,
-            error: None,
-            response: Some(wharf_api::to_any(wharf_api::REVISION_TYPE, &rendered)),
-        };
-        self.inner.db.write(|tx| store::insert_operation(tx, &op, &crate::time::now()))?;
-        Ok(op)
+        self.inner.operations.record(OperationBuilder::new(parent, REVISION_TYPE, &rendered).done())
     }
 }

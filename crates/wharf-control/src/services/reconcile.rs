@@ -9,20 +9,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument as _;
 use wharf_api::names::Parent;
+use wharf_api::{Code, Status};
 use wharf_autoscaler::ScalingConfig;
 use wharf_router::{PoolConfig, RevisionPool, ServiceRoute};
-use wharf_runtime::{InstanceSpec, Owner};
 
-use crate::launcher::{GRACE_PERIOD, RevisionLauncher};
-use crate::store::{self, RevisionRow, RevisionState, ServiceRow};
-use crate::validate::{RevisionConfig, validate};
-use crate::{ControlError, ControlPlane, pool_key, render};
+use super::pools::RevisionLauncher;
+use super::render;
+use super::store::{self, RevisionRow, RevisionState, ServiceRow};
+use crate::backend::{LaunchSpec, Owner};
+use crate::operations::OperationBuilder;
+use crate::validate::RevisionConfig;
+use crate::{ControlError, ControlPlane, pool_key};
 
 impl ControlPlane {
     /// Restores routes and pools after a restart, and resumes unfinished work.
-    pub(crate) async fn restore(&self) -> Result<(), ControlError> {
-        let unfinished = store::unfinished_operations(&self.inner.db)?;
+    pub(crate) fn restore(&self) -> Result<(), ControlError> {
+        let unfinished = self.inner.operations.unfinished()?;
         for row in store::all_services(&self.inner.db)? {
             let op = unfinished
                 .iter()
@@ -35,7 +39,7 @@ impl ControlPlane {
             if op.is_some() || revisions.first().is_some_and(|r| r.state == RevisionState::Pending) {
                 self.spawn_reconcile(row.parent.clone(), row.name.clone(), op);
             } else {
-                self.route(&row, &revisions).await;
+                self.route(&row, &revisions);
             }
         }
         Ok(())
@@ -43,74 +47,80 @@ impl ControlPlane {
 
     pub(crate) fn spawn_reconcile(&self, parent: Parent, name: String, operation: Option<String>) {
         let control = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = control.reconcile(&parent, &name, operation.as_deref()).await {
-                tracing::error!(service = %name, error = %e, "reconcile failed");
+        let span = tracing::info_span!(
+            "reconcile",
+            project = %parent.project,
+            service = %name,
+            operation = operation.as_deref().and_then(|o| o.rsplit('/').next()).unwrap_or("")
+        );
+        tokio::spawn(
+            async move {
+                tracing::debug!("reconcile started");
+                match control.reconcile(&parent, &name, operation.as_deref()).await {
+                    Ok(()) => tracing::debug!("reconcile done"),
+                    Err(e) => tracing::error!(error = %e, source = ?std::error::Error::source(&e), "reconcile failed"),
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 
     async fn reconcile(&self, parent: &Parent, name: &str, operation: Option<&str>) -> Result<(), ControlError> {
-        let lock = self.service_lock(&format!("{}/{name}", parent.path()));
+        let lock = self.service_lock(parent, name);
         let _guard = lock.lock().await;
         let Some(row) = store::get_service(&self.inner.db, parent, name)? else { return Ok(()) };
         let mut revisions = store::list_revisions(&self.inner.db, parent, name)?;
         if let Some(latest) = revisions.first().filter(|r| r.state == RevisionState::Pending).cloned() {
-            let (state, message) = match self.prove_ready(&latest).await {
+            let span = tracing::info_span!("revision", revision = %latest.name);
+            let (state, message) = match self.prove_ready(&latest).instrument(span.clone()).await {
                 Ok(()) => (RevisionState::Ready, String::new()),
                 Err(reason) => (RevisionState::Failed, reason),
             };
+            span.in_scope(|| tracing::info!(state = ?state, %message, "revision proven"));
             store::set_revision_state(&self.inner.db, parent, &latest.name, state, &message)?;
             revisions = store::list_revisions(&self.inner.db, parent, name)?;
         }
-        self.route(&row, &revisions).await;
+        self.route(&row, &revisions);
         store::set_observed_generation(&self.inner.db, parent, name, row.generation)?;
         if let Some(op) = operation {
             let row = store::get_service(&self.inner.db, parent, name)?.unwrap_or(row);
             let service = render::service(&row, &revisions, &self.inner.settings);
             let failed = revisions.first().filter(|r| r.state == RevisionState::Failed);
-            let error = failed.map(|r| wharf_api::Status {
-                code: 9,
-                message: format!("Revision '{}' is not ready and cannot serve traffic. {}", r.name, r.message),
-                details: vec![],
+            let error = failed.map(|r| {
+                Status::new(
+                    Code::FailedPrecondition,
+                    format!("Revision '{}' is not ready and cannot serve traffic. {}", r.name, r.message),
+                )
             });
-            self.finish_operation(op, &service, error)?;
+            let op = OperationBuilder::new(parent, wharf_api::SERVICE_TYPE, &service).finish(op, error);
+            self.inner.operations.complete(&op)?;
         }
         Ok(())
     }
 
     /// Starts one instance of a new revision; it joins the revision's pool when ready.
+    /// The error is the reason the revision failed, for its status.
     async fn prove_ready(&self, revision: &RevisionRow) -> Result<(), String> {
-        let pool = self.ensure_pool(revision).await?;
-        let launcher = self.launcher(revision).await?;
-        let instance = wharf_router::Launcher::launch(&launcher).await.map_err(|e| e.to_string())?;
+        let pool = self.ensure_pool(revision);
+        let instance = self.launcher(revision).start().await.map_err(|e| e.to_string())?;
         pool.adopt(instance);
         Ok(())
     }
 
-    async fn launcher(&self, revision: &RevisionRow) -> Result<RevisionLauncher, String> {
-        let config = validate(&revision.template).map_err(|e| e.to_string())?;
-        let layers = self.inner.resolver.snapshots(&revision.image).await.map_err(|e| e.to_string())?;
-        Ok(RevisionLauncher {
-            runtime: self.inner.runtime.clone(),
-            spec: InstanceSpec {
+    /// Starts instances of `revision` from its stored configuration.
+    fn launcher(&self, revision: &RevisionRow) -> RevisionLauncher {
+        RevisionLauncher {
+            backend: self.inner.backend.clone(),
+            spec: LaunchSpec {
                 owner: Owner::Service {
                     service: revision.service.clone(),
                     revision: revision.name.clone(),
                     configuration: revision.service.clone(),
                 },
                 image: revision.image.clone(),
-                layers,
-                command: config.command.clone(),
-                args: config.args.clone(),
-                env: config.env.clone(),
-                port: config.port,
-                resources: config.resources,
-                startup_probe: Some(config.startup_probe.clone()),
-                liveness_probe: config.liveness_probe.clone(),
-                grace_period: GRACE_PERIOD,
+                template: revision.config.instance.clone(),
             },
-        })
+        }
     }
 
     pub(crate) fn pool_config(&self, config: &RevisionConfig, serving: bool) -> PoolConfig {
@@ -131,20 +141,21 @@ impl ControlPlane {
     }
 
     /// The pool of `revision`, created (not yet serving) if it has none.
-    async fn ensure_pool(&self, revision: &RevisionRow) -> Result<Arc<RevisionPool>, String> {
+    fn ensure_pool(&self, revision: &RevisionRow) -> Arc<RevisionPool> {
         let key = pool_key(&revision.parent.project, &revision.parent.location, &revision.name);
-        if let Some(pool) = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(pool.clone());
-        }
-        let config = validate(&revision.template).map_err(|e| e.to_string())?;
-        let launcher = Arc::new(self.launcher(revision).await?);
-        let pool = RevisionPool::start(&revision.name, self.pool_config(&config, false), launcher);
-        let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(pools.entry(key).or_insert(pool).clone())
+        let mut pools = self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(key)
+            .or_insert_with(|| {
+                let launcher = Arc::new(self.launcher(revision));
+                RevisionPool::start(&revision.name, self.pool_config(&revision.config, false), launcher)
+            })
+            .clone()
     }
 
     /// Points the service's host at the revisions its traffic names.
-    pub(crate) async fn route(&self, row: &ServiceRow, revisions: &[RevisionRow]) {
+    pub(crate) fn route(&self, row: &ServiceRow, revisions: &[RevisionRow]) {
+        tracing::debug!(service = %row.name, "routing");
         let host = render::host(&row.name, &row.parent.project, &self.inner.settings);
         let mut targets = Vec::new();
         let mut tagged = Vec::new();
@@ -153,13 +164,7 @@ impl ControlPlane {
             if rev.state != RevisionState::Ready || (percent <= 0 && tag.is_empty()) {
                 continue;
             }
-            let pool = match self.ensure_pool(rev).await {
-                Ok(pool) => pool,
-                Err(e) => {
-                    tracing::error!(revision = %rev.name, error = %e, "cannot build the revision's pool");
-                    continue;
-                }
-            };
+            let pool = self.ensure_pool(rev);
             if !tag.is_empty() {
                 tagged.push((format!("{tag}---{host}"), pool.clone()));
             }
@@ -172,14 +177,12 @@ impl ControlPlane {
         for rev in revisions {
             let Some(pool) = self.pool(&rev.parent.project, &rev.parent.location, &rev.name) else { continue };
             let serving = targets.iter().any(|(p, _)| Arc::ptr_eq(p, &pool));
-            if let Ok(config) = validate(&rev.template) {
-                pool.set_config(self.pool_config(&config, serving));
-            }
+            pool.set_config(self.pool_config(&rev.config, serving));
         }
         if targets.is_empty() {
-            self.inner.table.remove(&host);
+            self.inner.serving.table.remove(&host);
         } else {
-            self.inner.table.set(&host, ServiceRoute { service: row.name.clone(), targets });
+            self.inner.serving.table.set(&host, ServiceRoute { service: row.name.clone(), targets });
         }
     }
 
@@ -187,21 +190,25 @@ impl ControlPlane {
     pub(crate) fn route_tags(&self, parent: &str, service: &str, tagged: Vec<(String, Arc<RevisionPool>)>) {
         let key = format!("{parent}/{service}");
         let hosts: Vec<String> = tagged.iter().map(|(h, _)| h.clone()).collect();
-        let previous = self.inner.tag_hosts.lock().unwrap_or_else(|p| p.into_inner()).insert(key, hosts.clone());
+        let previous =
+            self.inner.serving.tag_hosts.lock().unwrap_or_else(|p| p.into_inner()).insert(key, hosts.clone());
         for old in previous.unwrap_or_default() {
             if !hosts.contains(&old) {
-                self.inner.table.remove(&old);
+                self.inner.serving.table.remove(&old);
             }
         }
         for (host, pool) in tagged {
-            self.inner.table.set(&host, ServiceRoute { service: service.to_owned(), targets: vec![(pool, 100)] });
+            self.inner
+                .serving
+                .table
+                .set(&host, ServiceRoute { service: service.to_owned(), targets: vec![(pool, 100)] });
         }
     }
 
     /// Closes and forgets a revision's pool (its instances drain, then stop).
     pub(crate) async fn close_pool(&self, parent: &Parent, revision: &str) {
         let key = pool_key(&parent.project, &parent.location, revision);
-        let pool = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        let pool = self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         if let Some(pool) = pool {
             pool.close(Duration::from_secs(10)).await;
         }

@@ -1,0 +1,184 @@
+//! The instance backend: the seam between the control plane and whatever runs containers.
+//!
+//! The control plane owns this trait and decides *what* runs ([`LaunchSpec`]: an owner, a
+//! pinned image and a validated [`InstanceTemplate`]); a backend decides *how*. `wharf-runtime`
+//! implements it with youki's libcontainer on this machine; [`fake`] implements it in memory
+//! for tests of pools, reconcilers and jobs that run without root and with paused time. A
+//! gVisor or Kubernetes backend would go behind the same trait.
+//!
+//! An instance is seen through an [`InstanceHandle`]: its id, address and status (a watch the
+//! backend keeps current until the instance is released).
+
+pub mod fake;
+pub mod resources;
+pub mod template;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use resources::Resources;
+pub use template::{InstanceTemplate, Owner, Probe, ProbeAction};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What to run: who it runs for, the image pinned by digest, and the validated template.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub owner: Owner,
+    pub image: wharf_image::ResolvedImage,
+    pub template: InstanceTemplate,
+}
+
+/// Runs instances. Every method may be called concurrently.
+pub trait InstanceBackend: Send + Sync + fmt::Debug + 'static {
+    /// Starts an instance and resolves once it is ready: for a service when its startup probe
+    /// passes, for a job task (no probe) once its process runs. On error nothing of the
+    /// instance is left behind.
+    fn start(&self, spec: LaunchSpec) -> BoxFuture<'static, Result<Arc<dyn InstanceHandle>, BackendError>>;
+
+    /// Stops the instance gracefully (SIGTERM, then SIGKILL after `grace`) and resolves once it
+    /// is released, with how it ended. Stopping an instance that already ended returns at once.
+    fn stop(&self, instance: Arc<dyn InstanceHandle>, grace: Duration) -> BoxFuture<'static, InstanceStatus>;
+
+    /// Sends `signal` to the instance's main process now, without waiting.
+    fn signal(&self, instance: &dyn InstanceHandle, signal: Signal) -> BoxFuture<'static, Result<(), BackendError>>;
+
+    /// Records a line the platform says about the instance (a timeout, a kill), next to the
+    /// instance's own output.
+    fn log(&self, instance: &dyn InstanceHandle, severity: Severity, message: String) -> BoxFuture<'static, ()>;
+
+    /// Resource usage while the instance runs; `None` once it is gone.
+    fn stats(&self, instance: &dyn InstanceHandle) -> Option<InstanceStats>;
+}
+
+/// A started instance as the control plane and router see it.
+pub trait InstanceHandle: Send + Sync + fmt::Debug + 'static {
+    fn id(&self) -> &str;
+    fn owner(&self) -> &Owner;
+    /// Where the platform reaches the container's port.
+    fn addr(&self) -> SocketAddr;
+    fn status(&self) -> InstanceStatus;
+    /// The state alone (cheap: called on the request path).
+    fn state(&self) -> InstanceState;
+    /// Whether the container process has exited (its release may still be under way).
+    fn has_exited(&self) -> bool;
+    /// Resolves once the instance is stopped or failed and released.
+    fn wait_terminal(&self) -> BoxFuture<'_, InstanceStatus>;
+}
+
+/// Signals the control plane may send to an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Terminate,
+    Kill,
+}
+
+impl Signal {
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Terminate => 15,
+            Signal::Kill => 9,
+        }
+    }
+}
+
+/// Log severities the platform writes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "INFO",
+            Severity::Warning => "WARNING",
+            Severity::Error => "ERROR",
+        }
+    }
+}
+
+/// CPU usage counters of a running instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStats {
+    pub cpu_periods: u64,
+    pub cpu_throttled_periods: u64,
+    pub cpu_throttled_us: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InstanceState {
+    Starting,
+    Ready,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl InstanceState {
+    /// Stopped or failed: the instance is gone and everything it used is released.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, InstanceState::Stopped | InstanceState::Failed)
+    }
+}
+
+/// How a container process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    pub state: InstanceState,
+    /// Why the instance failed, in words for the user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+}
+
+impl InstanceStatus {
+    /// Whether the process ran to completion with exit code 0 (a task's success).
+    pub fn succeeded(&self) -> bool {
+        self.state == InstanceState::Stopped && self.exit.is_some_and(|e| e.code == Some(0))
+    }
+}
+
+/// Why a backend could not do what was asked. The message is for the user (it ends up in a
+/// revision's or task's status); the source, when there is one, says what failed below.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The instance's image, template or environment cannot run (a bad user, a missing
+    /// entrypoint, a reserved variable).
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// The instance started but never became ready, or exited while starting.
+    #[error("{message}")]
+    NotReady { message: String },
+    /// The machine could not provide what the instance needs (unpacking layers, mounts,
+    /// networking, the shim).
+    #[error("{what}")]
+    Platform {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The instance is gone.
+    #[error("instance {0} is not running")]
+    Gone(String),
+}

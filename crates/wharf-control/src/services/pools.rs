@@ -1,0 +1,84 @@
+//! A revision's instances as the router sees them: [`RevisionLauncher`] implements the
+//! router's `Launcher` over the instance backend, with the revision's stored template, and
+//! [`ServingInstance`] is a backend instance seen as the router's `Upstream`.
+
+use std::any::Any;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tracing::Instrument as _;
+use wharf_router::{BoxFuture, LaunchError, Launcher, Upstream};
+
+use crate::backend::{InstanceBackend, InstanceHandle, InstanceState, LaunchSpec};
+
+/// Starts and stops one revision's instances through the backend.
+#[derive(Debug)]
+pub(crate) struct RevisionLauncher {
+    pub(crate) backend: Arc<dyn InstanceBackend>,
+    pub(crate) spec: LaunchSpec,
+}
+
+/// A running instance of a revision, routed to by the router.
+#[derive(Debug)]
+pub(crate) struct ServingInstance {
+    pub(crate) handle: Arc<dyn InstanceHandle>,
+}
+
+impl Upstream for ServingInstance {
+    fn id(&self) -> &str {
+        self.handle.id()
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.handle.addr()
+    }
+
+    fn is_gone(&self) -> bool {
+        self.handle.has_exited() || !matches!(self.handle.state(), InstanceState::Starting | InstanceState::Ready)
+    }
+}
+
+impl RevisionLauncher {
+    /// Starts one instance and waits until it is ready.
+    pub(crate) async fn start(&self) -> Result<Arc<ServingInstance>, crate::backend::BackendError> {
+        let handle = self.backend.start(self.spec.clone()).await?;
+        Ok(Arc::new(ServingInstance { handle }))
+    }
+}
+
+impl Launcher for RevisionLauncher {
+    fn launch(&self) -> BoxFuture<Result<Arc<dyn Upstream>, LaunchError>> {
+        let start = self.backend.start(self.spec.clone());
+        let span = tracing::info_span!("instance.start", revision = %revision_of(&self.spec));
+        Box::pin(
+            async move {
+                let handle = start.await.map_err(LaunchError::new)?;
+                tracing::debug!(instance = %handle.id(), "instance ready");
+                Ok(Arc::new(ServingInstance { handle }) as Arc<dyn Upstream>)
+            }
+            .instrument(span),
+        )
+    }
+
+    fn stop(&self, upstream: Arc<dyn Upstream>) -> BoxFuture<()> {
+        let backend = self.backend.clone();
+        let grace = self.spec.template.grace_period;
+        Box::pin(async move {
+            let any: Arc<dyn Any + Send + Sync> = upstream;
+            match any.downcast::<ServingInstance>() {
+                Ok(instance) => {
+                    tracing::debug!(instance = %instance.handle.id(), "stopping instance");
+                    backend.stop(instance.handle.clone(), grace).await;
+                }
+                Err(_) => tracing::error!("asked to stop an instance this launcher did not start"),
+            }
+        })
+    }
+}
+
+fn revision_of(spec: &LaunchSpec) -> &str {
+    match &spec.owner {
+        crate::backend::Owner::Service { revision, .. } => revision,
+        crate::backend::Owner::Task { execution, .. } => execution,
+    }
+}

@@ -1,0 +1,134 @@
+//! The runtime as the control plane's instance backend: [`RuntimeBackend`] implements
+//! `wharf_control::backend::InstanceBackend` (unpack the pinned image's layers, start a
+//! sandboxed instance, stop, signal, log, stats), and an [`Instance`] is what the control
+//! plane holds as its `InstanceHandle`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument as _;
+use wharf_control::backend::{
+    BackendError, BoxFuture, InstanceBackend, InstanceHandle, InstanceState, InstanceStats, InstanceStatus, LaunchSpec,
+    Owner, Severity, Signal,
+};
+use wharf_image::Resolver;
+
+use crate::error::RuntimeError;
+use crate::instance::{Instance, InstanceSpec};
+use crate::runtime::Runtime;
+
+/// Runs the control plane's instances on this machine.
+#[derive(Debug, Clone)]
+pub struct RuntimeBackend {
+    runtime: Runtime,
+    resolver: Resolver,
+}
+
+impl RuntimeBackend {
+    pub fn new(runtime: Runtime, resolver: Resolver) -> RuntimeBackend {
+        RuntimeBackend { runtime, resolver }
+    }
+
+    async fn start(&self, spec: LaunchSpec) -> Result<Arc<dyn InstanceHandle>, BackendError> {
+        let layers = self.resolver.snapshots(&spec.image).await.map_err(|source| BackendError::Platform {
+            what: format!("the image {} could not be unpacked", spec.image.digest),
+            source: Box::new(source),
+        })?;
+        let t = spec.template;
+        let instance_spec = InstanceSpec {
+            owner: spec.owner,
+            image: spec.image,
+            layers,
+            command: t.command,
+            args: t.args,
+            env: t.env,
+            port: t.port,
+            resources: t.resources,
+            startup_probe: t.startup_probe,
+            liveness_probe: t.liveness_probe,
+            grace_period: t.grace_period,
+        };
+        match self.runtime.start(instance_spec).await {
+            Ok(instance) => Ok(instance),
+            Err(RuntimeError::InvalidSpec(message)) => Err(BackendError::InvalidSpec(message)),
+            Err(RuntimeError::StartupFailed { reason }) => Err(BackendError::NotReady { message: reason }),
+            Err(e) => {
+                Err(BackendError::Platform { what: "the instance could not start".to_owned(), source: Box::new(e) })
+            }
+        }
+    }
+}
+
+impl InstanceBackend for RuntimeBackend {
+    fn start(&self, spec: LaunchSpec) -> BoxFuture<'static, Result<Arc<dyn InstanceHandle>, BackendError>> {
+        let this = self.clone();
+        Box::pin(async move { this.start(spec).await })
+    }
+
+    fn stop(&self, instance: Arc<dyn InstanceHandle>, grace: Duration) -> BoxFuture<'static, InstanceStatus> {
+        let runtime = self.runtime.clone();
+        Box::pin(async move {
+            match runtime.instance(instance.id()) {
+                Some(running) => {
+                    let span = tracing::info_span!("instance.stop", instance = %running.id);
+                    runtime.stop_within(&running, grace).instrument(span).await
+                }
+                // Already released.
+                None => instance.wait_terminal().await,
+            }
+        })
+    }
+
+    fn signal(&self, instance: &dyn InstanceHandle, signal: Signal) -> BoxFuture<'static, Result<(), BackendError>> {
+        let (runtime, id) = (self.runtime.clone(), instance.id().to_owned());
+        Box::pin(async move {
+            let running = runtime.instance(&id).ok_or_else(|| BackendError::Gone(id.clone()))?;
+            runtime.signal(&running, signal.number()).await.then_some(()).ok_or(BackendError::Gone(id))
+        })
+    }
+
+    fn log(&self, instance: &dyn InstanceHandle, severity: Severity, message: String) -> BoxFuture<'static, ()> {
+        let (runtime, owner, id) = (self.runtime.clone(), instance.owner().clone(), instance.id().to_owned());
+        Box::pin(async move { runtime.logs().platform(&owner, &id, severity.name(), &message).await })
+    }
+
+    fn stats(&self, instance: &dyn InstanceHandle) -> Option<InstanceStats> {
+        let cpu = crate::cgroup::cpu_stats(instance.id())?;
+        Some(InstanceStats {
+            cpu_periods: cpu.periods,
+            cpu_throttled_periods: cpu.throttled_periods,
+            cpu_throttled_us: cpu.throttled_us,
+        })
+    }
+}
+
+impl InstanceHandle for Instance {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn status(&self) -> InstanceStatus {
+        Instance::status(self)
+    }
+
+    fn state(&self) -> InstanceState {
+        Instance::state(self)
+    }
+
+    fn has_exited(&self) -> bool {
+        Instance::has_exited(self)
+    }
+
+    fn wait_terminal(&self) -> BoxFuture<'_, InstanceStatus> {
+        Box::pin(Instance::wait_terminal(self))
+    }
+}
