@@ -9,11 +9,12 @@
 //!
 //! This crate does no I/O.
 
+pub mod duration;
 pub mod enums;
 pub mod jobs;
 pub mod knative;
 pub mod names;
 pub mod types;
 
-pub use names::{ResourceName, validate_service_name};
+pub use names::{NameError, ResourceName, validate_service_name};
 pub use types::*;

@@ -205,7 +205,7 @@ impl ControlPlane {
     }
 
     pub async fn create_job(&self, parent: &Parent, job_id: &str, body: Job) -> Result<Operation, ControlError> {
-        wharf_api::validate_service_name("job", job_id).map_err(ControlError::InvalidArgument)?;
+        wharf_api::validate_service_name("job", job_id).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
         check_template(&body.template)?;
         if self.job_row(parent, job_id)?.is_some() {
             return Err(ControlError::AlreadyExists(format!("Resource '{}' already exists", job_path(parent, job_id))));

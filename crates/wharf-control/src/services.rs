@@ -44,9 +44,9 @@ fn random_suffix() -> String {
 
 impl ControlPlane {
     pub fn parent(&self, project: &str, location: &str) -> Result<Parent, ControlError> {
-        validate_parent_id("project", project).map_err(ControlError::InvalidArgument)?;
+        validate_parent_id("project", project).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
         if location != "-" {
-            validate_parent_id("location", location).map_err(ControlError::InvalidArgument)?;
+            validate_parent_id("location", location).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
         }
         Ok(Parent { project: project.to_owned(), location: location.to_owned() })
     }
@@ -66,7 +66,8 @@ impl ControlPlane {
         let name = if template.revision.is_empty() {
             format!("{}-{:05}-{}", row.name, row.next_revision, random_suffix())
         } else {
-            validate_revision_name(&row.name, &template.revision).map_err(ControlError::InvalidArgument)?;
+            validate_revision_name(&row.name, &template.revision)
+                .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
             if store::get_revision(&self.inner.db, &row.parent, &template.revision)?.is_some() {
                 return Err(ControlError::AlreadyExists(format!(
                     "Revision named '{}' already exists; choose another --revision-suffix",
@@ -99,7 +100,7 @@ impl ControlPlane {
         body: Service,
         validate_only: bool,
     ) -> Result<Operation, ControlError> {
-        validate_service_name("service", service_id).map_err(ControlError::InvalidArgument)?;
+        validate_service_name("service", service_id).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
         self.check_traffic(&body, &[])?;
         let lock = self.service_lock(&format!("{}/{service_id}", parent.path()));
         let _guard = lock.lock().await;

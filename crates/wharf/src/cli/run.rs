@@ -355,14 +355,14 @@ fn apply(args: &DeployArgs, service: &mut Service) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.env_vars_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let map: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(&text)
+        let map: BTreeMap<String, serde_norway::Value> = serde_norway::from_str(&text)
             .with_context(|| format!("{} is not a YAML map of KEY: VALUE", path.display()))?;
         env = map
             .into_iter()
             .map(|(k, v)| match v {
-                serde_yaml::Value::String(s) => Ok((k, s)),
-                serde_yaml::Value::Number(n) => Ok((k, n.to_string())),
-                serde_yaml::Value::Bool(b) => Ok((k, b.to_string())),
+                serde_norway::Value::String(s) => Ok((k, s)),
+                serde_norway::Value::Number(n) => Ok((k, n.to_string())),
+                serde_norway::Value::Bool(b) => Ok((k, b.to_string())),
                 _ => bail!("{}: the value of {k} must be a string, number or boolean", path.display()),
             })
             .collect::<anyhow::Result<_>>()?;
