@@ -11,6 +11,7 @@
 //! This crate does no I/O.
 
 pub mod code;
+pub mod duration;
 pub mod enums;
 pub mod jobs;
 pub mod knative;
@@ -18,5 +19,5 @@ pub mod names;
 pub mod types;
 
 pub use code::Code;
-pub use names::{ResourceName, validate_service_name};
+pub use names::{NameError, ResourceName, validate_service_name};
 pub use types::*;

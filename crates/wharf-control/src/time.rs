@@ -2,28 +2,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// `time` as `2026-11-22T17:45:39.123456Z`.
+/// `time` as `2026-11-22T17:45:39.123456Z` (UTC, microseconds); instants before 1970 or
+/// past jiff's range print as the Unix epoch.
 pub fn rfc3339(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = i64::try_from(since.as_secs()).unwrap_or(i64::MAX);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_micros()
-    )
+    let timestamp = jiff::Timestamp::try_from(time).ok().filter(|_| time >= UNIX_EPOCH);
+    format!("{:.6}", timestamp.unwrap_or(jiff::Timestamp::UNIX_EPOCH))
 }
 
 pub fn now() -> String {

@@ -39,12 +39,7 @@ fn invalid(message: impl Into<String>) -> ControlError {
 
 /// Parses a protobuf JSON duration (`"300s"`, `"1.5s"`).
 pub fn parse_duration(field: &str, value: &str) -> Result<Duration, ControlError> {
-    let secs = value
-        .strip_suffix('s')
-        .and_then(|n| n.parse::<f64>().ok())
-        .filter(|n| n.is_finite() && *n >= 0.0)
-        .ok_or_else(|| invalid(format!("{field} {value:?} is not a duration: write seconds like \"300s\"")))?;
-    Ok(Duration::from_secs_f64(secs))
+    wharf_api::duration::parse(value).map_err(|e| invalid(format!("{field}: {e}")))
 }
 
 /// Whether a container serves requests (and so gets a startup probe) or runs to completion.

@@ -89,7 +89,7 @@ pub enum FormatError {
     #[error("could not print the resource as YAML")]
     Yaml {
         #[source]
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
 }
 
@@ -307,7 +307,7 @@ mod tests {
         let text = ok(&service, "yaml");
         assert!(text.starts_with("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n"), "{text}");
         assert!(text.contains("  conditions:\n  - status: 'True'\n    type: Ready\n"), "{text}");
-        assert_eq!(serde_yaml::from_str::<Value>(&text).unwrap(), service);
+        assert_eq!(serde_norway::from_str::<Value>(&text).unwrap(), service);
         assert_eq!(ok(&service, "default"), text);
         let two = ok(&json!([v2_service(), second_v2_service()]), "yaml(uri)");
         assert_eq!(two, "---\nuri: https://hello-abc123-uc.a.run.app\n---\nuri: https://api-abc123-ew.a.run.app\n");

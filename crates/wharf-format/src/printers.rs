@@ -72,7 +72,7 @@ fn yaml(records: &[&Value], list: bool, spec: &Spec) -> Result<String, FormatErr
         if list {
             out.push_str("---\n");
         }
-        out.push_str(&serde_yaml::to_string(&shape(record, spec)).map_err(|source| FormatError::Yaml { source })?);
+        out.push_str(&serde_norway::to_string(&shape(record, spec)).map_err(|source| FormatError::Yaml { source })?);
     }
     Ok(out)
 }

@@ -282,7 +282,7 @@ impl ImageStore {
         {
             return Err(ImageError::DigestMismatch { expected: expected.clone(), actual: digest });
         }
-        let manifest = Manifest::parse(content_type, bytes).map_err(ImageError::ManifestInvalid)?;
+        let manifest = Manifest::parse(content_type, bytes).map_err(|e| ImageError::ManifestInvalid(e.to_string()))?;
         let children: Vec<&Digest> = match &manifest {
             Manifest::Image { config, layers, .. } => {
                 std::iter::once(config).chain(layers).map(|d| &d.digest).collect()

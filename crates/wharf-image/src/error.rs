@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::digest::Digest;
+use crate::reference::ReferenceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -20,11 +21,11 @@ pub enum ImageError {
     #[error("manifest {reference} is not known to repository {repo}")]
     ManifestUnknown { repo: String, reference: String },
     #[error("{0}")]
-    NameInvalid(String),
+    NameInvalid(ReferenceError),
     #[error("repository {0} is not known")]
     NameUnknown(String),
     #[error("{0}")]
-    TagInvalid(String),
+    TagInvalid(ReferenceError),
     #[error("upload {0} is not known (it was finished, cancelled or never started)")]
     UploadUnknown(String),
     #[error(
@@ -32,7 +33,7 @@ pub enum ImageError {
     )]
     UploadOutOfOrder { expected: u64, got: u64 },
     #[error("{0}")]
-    ReferenceInvalid(String),
+    ReferenceInvalid(ReferenceError),
     #[error("pulling {reference} failed: {reason}")]
     Pull { reference: String, reason: String },
     #[error("unsafe layer entry {entry:?} in {layer}: {reason}")]

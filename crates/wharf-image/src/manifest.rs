@@ -20,6 +20,25 @@ pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.ta
 /// Every manifest media type the registry accepts.
 pub const MANIFEST_MEDIA_TYPES: &[&str] = &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
 
+/// Why pushed or pulled bytes are not a manifest Wharf understands.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON: {reason}")]
+    Json { reason: serde_json::Error },
+    #[error("manifest must have schemaVersion 2 (it has {found:?})")]
+    SchemaVersion { found: Option<i64> },
+    #[error("Content-Type {header} does not match the manifest's mediaType {media_type}")]
+    MediaTypeMismatch { header: String, media_type: String },
+    #[error("image manifest has no config descriptor")]
+    NoConfig,
+    #[error("image manifest has no layers array")]
+    NoLayers,
+    #[error("index has no manifests array")]
+    NoManifests,
+    #[error("unsupported manifest media type {media_type}; supported: {}", MANIFEST_MEDIA_TYPES.join(", "))]
+    UnsupportedMediaType { media_type: String },
+}
+
 /// A content descriptor: what a manifest says about a blob or a child manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,16 +82,16 @@ struct RawManifest {
 impl Manifest {
     /// Parses `bytes`, using the request's `Content-Type` (when one of the manifest types)
     /// and the document's own `mediaType` field, which must agree when both are present.
-    pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<Manifest, String> {
-        let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+    pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let raw: RawManifest = serde_json::from_slice(bytes).map_err(|reason| ManifestError::Json { reason })?;
         if raw.schema_version != Some(2) {
-            return Err("manifest must have schemaVersion 2".to_owned());
+            return Err(ManifestError::SchemaVersion { found: raw.schema_version });
         }
         let header =
             content_type.map(|c| c.split(';').next().unwrap_or(c).trim()).filter(|c| MANIFEST_MEDIA_TYPES.contains(c));
         let media_type = match (header, raw.media_type.as_deref()) {
             (Some(h), Some(m)) if h != m => {
-                return Err(format!("Content-Type {h} does not match the manifest's mediaType {m}"));
+                return Err(ManifestError::MediaTypeMismatch { header: h.to_owned(), media_type: m.to_owned() });
             }
             (_, Some(m)) => m.to_owned(),
             (Some(h), None) => h.to_owned(),
@@ -82,17 +101,15 @@ impl Manifest {
         };
         match media_type.as_str() {
             OCI_MANIFEST | DOCKER_MANIFEST => {
-                let config = raw.config.ok_or("image manifest has no config descriptor")?;
-                let layers = raw.layers.ok_or("image manifest has no layers array")?;
+                let config = raw.config.ok_or(ManifestError::NoConfig)?;
+                let layers = raw.layers.ok_or(ManifestError::NoLayers)?;
                 Ok(Manifest::Image { media_type, config, layers })
             }
             OCI_INDEX | DOCKER_MANIFEST_LIST => {
-                let manifests = raw.manifests.ok_or("index has no manifests array")?;
+                let manifests = raw.manifests.ok_or(ManifestError::NoManifests)?;
                 Ok(Manifest::Index { media_type, manifests })
             }
-            other => {
-                Err(format!("unsupported manifest media type {other}; supported: {}", MANIFEST_MEDIA_TYPES.join(", ")))
-            }
+            _ => Err(ManifestError::UnsupportedMediaType { media_type }),
         }
     }
 
@@ -169,7 +186,7 @@ mod tests {
         Manifest::parse(None, b"{").unwrap_err();
         Manifest::parse(None, br#"{"schemaVersion":1}"#).unwrap_err();
         let err = Manifest::parse(Some(OCI_INDEX), image(OCI_MANIFEST).as_bytes()).unwrap_err();
-        assert!(err.contains("does not match"), "{err}");
+        assert!(matches!(&err, ManifestError::MediaTypeMismatch { header, .. } if header == OCI_INDEX), "{err}");
         let no_config = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[]}}"#);
         Manifest::parse(None, no_config.as_bytes()).unwrap_err();
     }

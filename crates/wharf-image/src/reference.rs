@@ -4,24 +4,39 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestParseError};
+
+/// Why a repository name, tag or image reference was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("repository name {name:?} must be 1 to 255 characters")]
+    RepositoryLength { name: String },
+    #[error(
+        "repository name {name:?} is invalid: each '/'-separated part must be lowercase \
+         letters and digits, optionally separated by '.', '_', '__' or dashes"
+    )]
+    RepositoryInvalid { name: String },
+    #[error("tag {tag:?} is invalid: use up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'")]
+    TagInvalid { tag: String },
+    /// The part after `@` is not a digest.
+    #[error("invalid image reference {input:?}: {reason}")]
+    Digest { input: String, reason: DigestParseError },
+    /// The repository or tag part of a reference is invalid.
+    #[error("invalid image reference {input:?}: {reason}")]
+    Image { input: String, reason: Box<ReferenceError> },
+}
 
 /// The registry unqualified names resolve against, as in Docker.
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 
 /// Checks a repository name against the distribution spec's grammar:
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`, at most 255 bytes.
-pub fn validate_repository(name: &str) -> Result<(), String> {
+pub fn validate_repository(name: &str) -> Result<(), ReferenceError> {
     if name.is_empty() || name.len() > 255 {
-        return Err(format!("repository name {name:?} must be 1 to 255 characters"));
+        return Err(ReferenceError::RepositoryLength { name: name.to_owned() });
     }
-    for component in name.split('/') {
-        if !valid_component(component) {
-            return Err(format!(
-                "repository name {name:?} is invalid: each '/'-separated part must be lowercase \
-                 letters and digits, optionally separated by '.', '_', '__' or dashes"
-            ));
-        }
+    if !name.split('/').all(valid_component) {
+        return Err(ReferenceError::RepositoryInvalid { name: name.to_owned() });
     }
     Ok(())
 }
@@ -53,20 +68,14 @@ fn valid_component(c: &str) -> bool {
 }
 
 /// Checks a tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
-pub fn validate_tag(tag: &str) -> Result<(), String> {
+pub fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
     let ok = !tag.is_empty()
         && tag.len() <= 128
         && tag
             .bytes()
             .enumerate()
             .all(|(i, b)| b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && (b == b'.' || b == b'-')));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "tag {tag:?} is invalid: use up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
-        ))
-    }
+    if ok { Ok(()) } else { Err(ReferenceError::TagInvalid { tag: tag.to_owned() }) }
 }
 
 /// A parsed image reference such as `127.0.0.1:5000/hello:v1` or `nginx@sha256:...`.
@@ -96,12 +105,16 @@ impl ImageReference {
 }
 
 impl FromStr for ImageReference {
-    type Err = String;
+    type Err = ReferenceError;
 
-    fn from_str(input: &str) -> Result<ImageReference, String> {
-        let invalid = |why: String| format!("invalid image reference {input:?}: {why}");
+    fn from_str(input: &str) -> Result<ImageReference, ReferenceError> {
+        let invalid = |reason| ReferenceError::Image { input: input.to_owned(), reason: Box::new(reason) };
         let (rest, digest) = match input.split_once('@') {
-            Some((rest, d)) => (rest, Some(d.parse::<Digest>().map_err(|e| invalid(e.to_string()))?)),
+            Some((rest, d)) => {
+                let digest =
+                    d.parse::<Digest>().map_err(|reason| ReferenceError::Digest { input: input.to_owned(), reason })?;
+                (rest, Some(digest))
+            }
             None => (input, None),
         };
         // A tag follows the last ':' that comes after the last '/'.
@@ -177,6 +190,9 @@ mod tests {
         let r: ImageReference = format!("localhost:5000/a@{d}").parse().unwrap();
         assert_eq!(r.reference(), d.to_string());
         "Hello:v1".parse::<ImageReference>().unwrap_err();
-        "a:b:c".parse::<ImageReference>().unwrap_err();
+        let err = "a:b:c".parse::<ImageReference>().unwrap_err();
+        let ReferenceError::Image { input, reason } = &err else { panic!("{err:?}") };
+        assert_eq!(input, "a:b:c");
+        assert_eq!(**reason, ReferenceError::RepositoryInvalid { name: "library/a:b".into() });
     }
 }

@@ -68,15 +68,16 @@ impl Resolver {
     /// Loads the image `reference` (tag or digest) names in local `repository`.
     pub fn load(&self, repository: &str, reference: &str) -> Result<ResolvedImage, ImageError> {
         let stored = self.images.get_manifest(repository, reference)?;
-        let manifest = Manifest::parse(Some(&stored.media_type), &stored.bytes).map_err(ImageError::ManifestInvalid)?;
+        let manifest = Manifest::parse(Some(&stored.media_type), &stored.bytes)
+            .map_err(|e| ImageError::ManifestInvalid(e.to_string()))?;
         let (digest, manifest) = match &manifest {
             Manifest::Index { .. } => {
                 let child = manifest.pick_linux_amd64().ok_or_else(|| {
                     ImageError::ManifestInvalid(format!("{repository}:{reference} has no linux/amd64 image"))
                 })?;
                 let stored = self.images.get_manifest(repository, child.digest.as_str())?;
-                let parsed =
-                    Manifest::parse(Some(&stored.media_type), &stored.bytes).map_err(ImageError::ManifestInvalid)?;
+                let parsed = Manifest::parse(Some(&stored.media_type), &stored.bytes)
+                    .map_err(|e| ImageError::ManifestInvalid(e.to_string()))?;
                 (stored.digest, parsed)
             }
             Manifest::Image { .. } => (stored.digest, manifest),

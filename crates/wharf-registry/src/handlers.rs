@@ -105,28 +105,11 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
+/// Decodes one `application/x-www-form-urlencoded` key or value: `+` is a space, `%XX` a
+/// byte. `None` when the bytes are not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    let s = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&s).decode_utf8().ok().map(|s| s.into_owned())
 }
 
 fn parse_digest(s: &str) -> Result<Digest> {
@@ -384,4 +367,20 @@ async fn put_manifest(
         .header("Docker-Content-Digest", digest.as_str())
         .body(Body::empty())
         .map_err(|e| RegistryError::BadRequest("UNKNOWN", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let q = parse_query(Some("mount=sha256%3Aabc&from=team%2Fapp&n=a+b&bad=%FF&empty"));
+        assert_eq!(q.get("mount").map(String::as_str), Some("sha256:abc"));
+        assert_eq!(q.get("from").map(String::as_str), Some("team/app"));
+        assert_eq!(q.get("n").map(String::as_str), Some("a b"));
+        assert_eq!(q.get("bad"), None, "invalid UTF-8 is refused");
+        assert_eq!(q.get("empty").map(String::as_str), Some(""));
+        assert_eq!(parse_query(None).len(), 0);
+    }
 }

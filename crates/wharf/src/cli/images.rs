@@ -111,8 +111,8 @@ fn parse_target(target: &str) -> anyhow::Result<(String, String)> {
         Some((first, rest)) if first.contains(':') || first.contains('.') || first == "localhost" => rest,
         _ => name,
     };
-    wharf_image::reference::validate_repository(name).map_err(anyhow::Error::msg)?;
-    wharf_image::reference::validate_tag(tag).map_err(anyhow::Error::msg)?;
+    wharf_image::reference::validate_repository(name)?;
+    wharf_image::reference::validate_tag(tag)?;
     Ok((name.to_owned(), tag.to_owned()))
 }
 

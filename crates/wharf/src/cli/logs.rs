@@ -77,16 +77,31 @@ async fn fetch(client: &Client, f: &LogFilterArgs, after: Option<i64>) -> anyhow
     Ok(body["entries"].as_array().cloned().unwrap_or_default())
 }
 
+/// An entry's `timestampUs` as RFC 3339 in UTC with microseconds, as the API's times read.
+fn timestamp(micros: i64) -> String {
+    format!("{:.6}", jiff::Timestamp::from_microsecond(micros).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+}
+
 fn print(entries: &[serde_json::Value], format: &str) -> anyhow::Result<()> {
     for e in entries {
         if format == "json" {
             println!("{e}");
             continue;
         }
-        let micros = e["timestampUs"].as_i64().unwrap_or(0);
-        let time = wharf_control::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs()));
+        let time = timestamp(e["timestampUs"].as_i64().unwrap_or(0));
         let source = e["revision"].as_str().or_else(|| e["execution"].as_str()).unwrap_or("");
         println!("{time} {:<8} {source} {}", e["severity"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or(""));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_print_as_rfc3339_micros() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(timestamp(1_795_369_539_123_456), "2026-11-22T17:45:39.123456Z");
+    }
 }

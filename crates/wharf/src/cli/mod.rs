@@ -4,8 +4,9 @@
 //! config file (`~/.config/wharf/config.toml`, key `token`), else the local owner token in
 //! `<data-dir>/owner.token` (readable by root only).
 
+pub mod ctx;
+pub mod flags;
 pub mod images;
-pub mod jobs;
 pub mod logs;
 pub mod run;
 pub mod traffic;

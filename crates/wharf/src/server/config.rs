@@ -61,19 +61,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
 }
 
-/// Parses `500ms`, `60s`, `15m` or `1h`.
+/// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| anyhow::anyhow!("{text:?} is not a duration such as 500ms, 60s or 15m"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => anyhow::bail!("{text:?} is not a duration such as 500ms, 60s or 15m"),
-    })
+    Ok(wharf_api::duration::parse(text)?)
 }
 
 impl ServerConfig {

@@ -208,7 +208,7 @@ pub fn split_local_reference(input: &str) -> Result<(String, String), ApiError> 
         Some((first, rest)) if first.contains(':') || first.contains('.') || first == "localhost" => rest,
         _ => name,
     };
-    wharf_image::reference::validate_repository(name).map_err(ApiError::InvalidArgument)?;
+    wharf_image::reference::validate_repository(name).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
     Ok((name.to_owned(), reference))
 }
 

@@ -3,10 +3,11 @@
 
 use anyhow::{Context as _, bail};
 use wharf_api::jobs::{ContainerOverride, Job, Overrides, RunJobRequest};
-use wharf_api::{Container, EnvVar, ResourceRequirements};
+use wharf_api::{Container, EnvVar};
 
-use super::check;
-use super::run::Ctx;
+use crate::cli::check;
+use crate::cli::ctx::Ctx;
+use crate::cli::flags::{ContainerFlags, api_duration, split_list, split_pairs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum JobsCommand {
@@ -30,8 +31,8 @@ pub enum JobsCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobArgs {
     pub job: String,
-    #[arg(long)]
-    pub image: Option<String>,
+    #[command(flatten)]
+    pub container: ContainerFlags,
     /// Number of tasks (1-10000, default 1).
     #[arg(long, allow_negative_numbers = true)]
     pub tasks: Option<i32>,
@@ -44,18 +45,6 @@ pub struct JobArgs {
     /// Per-attempt timeout: seconds or a duration like 10m (default 10m, max 24h).
     #[arg(long)]
     pub task_timeout: Option<String>,
-    #[arg(long, value_name = "KEY=VALUE,...")]
-    pub set_env_vars: Option<String>,
-    #[arg(long, value_name = "KEY=VALUE,...")]
-    pub update_env_vars: Option<String>,
-    #[arg(long)]
-    pub command: Option<String>,
-    #[arg(long)]
-    pub args: Option<String>,
-    #[arg(long)]
-    pub memory: Option<String>,
-    #[arg(long)]
-    pub cpu: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -96,23 +85,13 @@ pub enum ExecutionsCommand {
     },
 }
 
-fn pairs(flag: &str, text: &str) -> anyhow::Result<Vec<(String, String)>> {
-    super::traffic::pairs(flag, text)
-}
-
-fn list(text: &str) -> Vec<String> {
-    text.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
-}
-
 fn apply(args: &JobArgs, job: &mut Job) -> anyhow::Result<()> {
     let t = &mut job.template;
     if t.template.containers.is_empty() {
         t.template.containers.push(Container::default());
     }
     let c = &mut t.template.containers[0];
-    if let Some(image) = &args.image {
-        c.image = image.clone();
-    }
+    args.container.apply(c)?;
     if c.image.is_empty() {
         bail!("--image is required to create a job");
     }
@@ -126,34 +105,7 @@ fn apply(args: &JobArgs, job: &mut Job) -> anyhow::Result<()> {
         t.template.max_retries = Some(n);
     }
     if let Some(timeout) = &args.task_timeout {
-        t.template.timeout = Some(super::run::timeout_seconds(timeout)?);
-    }
-    if let Some(set) = &args.set_env_vars {
-        c.env = pairs("--set-env-vars", set)?
-            .into_iter()
-            .map(|(name, v)| EnvVar { name, value: Some(v), value_source: None })
-            .collect();
-    }
-    if let Some(update) = &args.update_env_vars {
-        for (name, v) in pairs("--update-env-vars", update)? {
-            c.env.retain(|e| e.name != name);
-            c.env.push(EnvVar { name, value: Some(v), value_source: None });
-        }
-    }
-    if let Some(command) = &args.command {
-        c.command = list(command);
-    }
-    if let Some(a) = &args.args {
-        c.args = list(a);
-    }
-    if args.memory.is_some() || args.cpu.is_some() {
-        let r = c.resources.get_or_insert_with(ResourceRequirements::default);
-        if let Some(m) = &args.memory {
-            r.limits.insert("memory".into(), m.clone());
-        }
-        if let Some(cpu) = &args.cpu {
-            r.limits.insert("cpu".into(), cpu.clone());
-        }
+        t.template.timeout = Some(api_duration("--task-timeout", timeout)?);
     }
     Ok(())
 }
@@ -215,18 +167,18 @@ pub async fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<()> {
 async fn execute(ctx: &Ctx, jobs: &str, args: ExecuteArgs) -> anyhow::Result<()> {
     let mut container = ContainerOverride::default();
     if let Some(update) = &args.update_env_vars {
-        container.env = pairs("--update-env-vars", update)?
+        container.env = split_pairs("--update-env-vars", update)?
             .into_iter()
             .map(|(name, v)| EnvVar { name, value: Some(v), value_source: None })
             .collect();
     }
     if let Some(a) = &args.args {
-        container.args = list(a);
+        container.args = split_list(a);
     }
     let overrides = Overrides {
         container_overrides: vec![container],
         task_count: args.tasks,
-        timeout: args.task_timeout.as_deref().map(super::run::timeout_seconds).transpose()?,
+        timeout: args.task_timeout.as_deref().map(|t| api_duration("--task-timeout", t)).transpose()?,
     };
     let request = RunJobRequest { overrides: Some(overrides) };
     let r = ctx
@@ -300,5 +252,39 @@ async fn executions(ctx: &Ctx, jobs: &str, command: ExecutionsCommand) -> anyhow
             eprintln!("Deleted execution [{execution}].");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        job: JobArgs,
+    }
+
+    fn applied(flags: &[&str], job: &mut Job) -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["create", "j"].iter().chain(flags))?;
+        apply(&cli.job, job)
+    }
+
+    #[test]
+    fn job_flags_shape_the_template() {
+        let mut job = Job::default();
+        let err = applied(&["--tasks=2"], &mut job).unwrap_err();
+        assert_eq!(err.to_string(), "--image is required to create a job");
+        applied(&["--image=x", "--tasks=3", "--max-retries=0", "--task-timeout=1h", "--set-env-vars=A= a"], &mut job)
+            .unwrap();
+        assert_eq!(job.template.task_count, 3);
+        assert_eq!(job.template.template.max_retries, Some(0));
+        assert_eq!(job.template.template.timeout.as_deref(), Some("3600s"));
+        let c = &job.template.template.containers[0];
+        assert_eq!((c.env[0].name.as_str(), c.env[0].value.as_deref()), ("A", Some(" a")));
+        applied(&["--remove-env-vars=A"], &mut job).unwrap();
+        assert_eq!(job.template.template.containers[0].env, []);
     }
 }

@@ -1,0 +1,231 @@
+//! Flags several `wharf run` verbs share, parsed one way: the container flags of `deploy`,
+//! `services update` and `jobs create|update` ([`ContainerFlags`]), gcloud's `KEY=VALUE,...`
+//! and `A,B,...` lists, and durations. Values are taken as typed, never trimmed, as gcloud
+//! does (`--set-env-vars=A=" x"` keeps the space).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use wharf_api::{Container, EnvVar, ResourceRequirements};
+
+/// The container's image, entrypoint, env and resources.
+///
+/// The env flags follow gcloud's groups: `--set-env-vars`, `--env-vars-file` and
+/// `--clear-env-vars` replace the whole env and exclude each other and the others;
+/// `--update-env-vars` and `--remove-env-vars` change it and may be combined (removals first).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct ContainerFlags {
+    /// The container image, e.g. 127.0.0.1:5000/hello:v1
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Entrypoint override, comma-separated.
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Arguments, comma-separated.
+    #[arg(long)]
+    pub args: Option<String>,
+    /// Replace all env vars: KEY=VALUE,...
+    #[arg(
+        long,
+        value_name = "KEY=VALUE,...",
+        conflicts_with_all = ["env_vars_file", "clear_env_vars", "update_env_vars", "remove_env_vars"]
+    )]
+    pub set_env_vars: Option<String>,
+    /// Replace all env vars with those of a YAML file of KEY: VALUE.
+    #[arg(long, conflicts_with_all = ["clear_env_vars", "update_env_vars", "remove_env_vars"])]
+    pub env_vars_file: Option<PathBuf>,
+    /// Remove all env vars.
+    #[arg(long, conflicts_with_all = ["update_env_vars", "remove_env_vars"])]
+    pub clear_env_vars: bool,
+    /// Add or change env vars: KEY=VALUE,...
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub update_env_vars: Option<String>,
+    /// Remove env vars: KEY,...
+    #[arg(long, value_name = "KEY,...")]
+    pub remove_env_vars: Option<String>,
+    /// CPU limit, e.g. 1, 0.5, 500m.
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Memory limit, e.g. 512Mi, 2Gi.
+    #[arg(long)]
+    pub memory: Option<String>,
+}
+
+impl ContainerFlags {
+    /// Applies the flags given to `c` (the current container when updating); flags not given
+    /// leave `c` as it is. Reads `--env-vars-file`.
+    pub fn apply(&self, c: &mut Container) -> anyhow::Result<()> {
+        if let Some(image) = &self.image {
+            c.image = image.clone();
+        }
+        if let Some(command) = &self.command {
+            c.command = split_list(command);
+        }
+        if let Some(args) = &self.args {
+            c.args = split_list(args);
+        }
+        if self.memory.is_some() || self.cpu.is_some() {
+            let resources = c.resources.get_or_insert_with(ResourceRequirements::default);
+            if let Some(memory) = &self.memory {
+                resources.limits.insert("memory".into(), memory.clone());
+            }
+            if let Some(cpu) = &self.cpu {
+                resources.limits.insert("cpu".into(), cpu.clone());
+            }
+        }
+        let mut env: Vec<(String, String)> =
+            c.env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
+        if self.clear_env_vars {
+            env.clear();
+        }
+        if let Some(path) = &self.env_vars_file {
+            env = read_env_vars_file(path)?;
+        }
+        if let Some(set) = &self.set_env_vars {
+            env = split_pairs("--set-env-vars", set)?;
+        }
+        if let Some(remove) = &self.remove_env_vars {
+            let remove = split_list(remove);
+            env.retain(|(name, _)| !remove.contains(name));
+        }
+        if let Some(update) = &self.update_env_vars {
+            for (k, v) in split_pairs("--update-env-vars", update)? {
+                env.retain(|(name, _)| *name != k);
+                env.push((k, v));
+            }
+        }
+        c.env = env.into_iter().map(|(name, value)| EnvVar { name, value: Some(value), value_source: None }).collect();
+        Ok(())
+    }
+}
+
+fn read_env_vars_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let map: BTreeMap<String, serde_norway::Value> =
+        serde_norway::from_str(&text).with_context(|| format!("{} is not a YAML map of KEY: VALUE", path.display()))?;
+    map.into_iter()
+        .map(|(k, v)| match v {
+            serde_norway::Value::String(s) => Ok((k, s)),
+            serde_norway::Value::Number(n) => Ok((k, n.to_string())),
+            serde_norway::Value::Bool(b) => Ok((k, b.to_string())),
+            _ => bail!("{}: the value of {k} must be a string, number or boolean", path.display()),
+        })
+        .collect()
+}
+
+/// gcloud's `KEY=VALUE,...`: split at commas, then at each pair's first `=`; nothing trimmed.
+pub fn split_pairs(flag: &str, text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("{flag}: {pair:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// gcloud's `A,B,...`, empty items dropped.
+pub fn split_list(text: &str) -> Vec<String> {
+    text.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// A duration flag (`--timeout`, `--task-timeout`) in the API's form: `"5m"` -> `"300s"`.
+pub fn api_duration(flag: &str, text: &str) -> anyhow::Result<String> {
+    let duration = wharf_api::duration::parse(text).with_context(|| flag.to_owned())?;
+    Ok(wharf_api::duration::to_proto(duration))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        container: ContainerFlags,
+    }
+
+    fn parse(args: &[&str]) -> Result<ContainerFlags, clap::Error> {
+        Flags::try_parse_from(std::iter::once("test").chain(args.iter().copied())).map(|f| f.container)
+    }
+
+    fn env(c: &Container) -> Vec<(&str, &str)> {
+        c.env.iter().map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or(""))).collect()
+    }
+
+    #[test]
+    fn parses_every_container_flag() {
+        let flags = parse(&[
+            "--image=127.0.0.1:5000/hello:v1",
+            "--command=/bin/app,serve",
+            "--args=-v,--port=1",
+            "--update-env-vars=A=1",
+            "--remove-env-vars=B,C",
+            "--cpu=0.5",
+            "--memory",
+            "512Mi",
+        ])
+        .unwrap();
+        let mut c = Container::default();
+        flags.apply(&mut c).unwrap();
+        assert_eq!(c.image, "127.0.0.1:5000/hello:v1");
+        assert_eq!(c.command, ["/bin/app", "serve"]);
+        assert_eq!(c.args, ["-v", "--port=1"]);
+        let limits = c.resources.unwrap().limits;
+        assert_eq!((limits["cpu"].as_str(), limits["memory"].as_str()), ("0.5", "512Mi"));
+        assert_eq!(parse(&[]).unwrap(), ContainerFlags::default());
+    }
+
+    #[test]
+    fn env_flags_compose_and_keep_values_as_typed() {
+        let mut c = Container::default();
+        parse(&["--set-env-vars=A=1,B= two ,C=x=y"]).unwrap().apply(&mut c).unwrap();
+        assert_eq!(env(&c), [("A", "1"), ("B", " two "), ("C", "x=y")]);
+        parse(&["--update-env-vars=B=3,D=4", "--remove-env-vars=A"]).unwrap().apply(&mut c).unwrap();
+        assert_eq!(env(&c), [("C", "x=y"), ("B", "3"), ("D", "4")]);
+        parse(&["--image=x"]).unwrap().apply(&mut c).unwrap();
+        assert_eq!(env(&c).len(), 3, "flags not given leave the env alone");
+        parse(&["--clear-env-vars"]).unwrap().apply(&mut c).unwrap();
+        assert_eq!(env(&c), Vec::<(&str, &str)>::new());
+        let err = parse(&["--set-env-vars=oops"]).unwrap().apply(&mut c).unwrap_err();
+        assert_eq!(err.to_string(), "--set-env-vars: \"oops\" is not KEY=VALUE");
+    }
+
+    #[test]
+    fn env_vars_file_reads_a_yaml_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("env.yaml");
+        std::fs::write(&path, "NAME: hello\nCOUNT: 3\nDEBUG: true\n").unwrap();
+        let mut c = Container::default();
+        parse(&["--env-vars-file", path.to_str().unwrap()]).unwrap().apply(&mut c).unwrap();
+        assert_eq!(env(&c), [("COUNT", "3"), ("DEBUG", "true"), ("NAME", "hello")]);
+        std::fs::write(&path, "NAME: [1, 2]\n").unwrap();
+        parse(&["--env-vars-file", path.to_str().unwrap()]).unwrap().apply(&mut c).unwrap_err();
+    }
+
+    #[test]
+    fn replacing_env_flags_exclude_the_others() {
+        for args in [
+            &["--set-env-vars=A=1", "--update-env-vars=B=2"][..],
+            &["--set-env-vars=A=1", "--clear-env-vars"],
+            &["--clear-env-vars", "--remove-env-vars=A"],
+            &["--env-vars-file=x.yaml", "--set-env-vars=A=1"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn durations_take_the_api_form() {
+        assert_eq!(api_duration("--timeout", "300").unwrap(), "300s");
+        assert_eq!(api_duration("--timeout", "5m").unwrap(), "300s");
+        assert_eq!(api_duration("--timeout", "1.5s").unwrap(), "1.5s");
+        let err = api_duration("--timeout", "soon").unwrap_err();
+        assert!(format!("{err:#}").starts_with("--timeout: \"soon\" is not a duration"), "{err:#}");
+    }
+}
