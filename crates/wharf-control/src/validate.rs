@@ -68,7 +68,8 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
         }
         env.push((var.name.clone(), var.value.clone().unwrap_or_default()));
     }
-    wharf_runtime::contract::validate_user_env(env.iter().map(|(k, _)| k.as_str())).map_err(invalid)?;
+    wharf_runtime::contract::validate_user_env(env.iter().map(|(k, _)| k.as_str()))
+        .map_err(|e| invalid(e.to_string()))?;
     let limits = container.resources.as_ref().map(|r| r.limits.clone()).unwrap_or_default();
     if let Some(unknown) = limits.keys().find(|k| *k != "cpu" && *k != "memory") {
         return Err(invalid(format!("resources.limits.{unknown} is not supported: use cpu and memory")));

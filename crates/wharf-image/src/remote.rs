@@ -69,7 +69,7 @@ impl RemoteRegistry {
         {
             return Err(fail(format!("registry returned manifest {top}, not the requested {expected}")));
         }
-        let manifest = Manifest::parse(None, &bytes).map_err(&fail)?;
+        let manifest = Manifest::parse(None, &bytes).map_err(|e| fail(e.to_string()))?;
         let (image, image_bytes, image_manifest) = match &manifest {
             Manifest::Index { .. } => {
                 let child = manifest
@@ -84,7 +84,7 @@ impl RemoteRegistry {
                 if actual != child.digest {
                     return Err(ImageError::DigestMismatch { expected: child.digest.clone(), actual });
                 }
-                let parsed = Manifest::parse(None, &child_bytes).map_err(&fail)?;
+                let parsed = Manifest::parse(None, &child_bytes).map_err(|e| fail(e.to_string()))?;
                 (actual, child_bytes.to_vec(), parsed)
             }
             Manifest::Image { .. } => (top.clone(), bytes.to_vec(), manifest.clone()),

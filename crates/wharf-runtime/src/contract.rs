@@ -23,17 +23,23 @@ pub const RESERVED_ENV: &[&str] = &[
     "CLOUD_RUN_TASK_COUNT",
 ];
 
-/// Checks user-supplied env names: valid names, none reserved.
-pub fn validate_user_env<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+/// Why a user-supplied environment variable name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("environment variable {name} is reserved: the platform sets it (reserved names: {})", RESERVED_ENV.join(", "))]
+    Reserved { name: String },
+    #[error("environment variable name {name:?} is invalid: it may not be empty or contain '='")]
+    InvalidName { name: String },
+}
+
+/// Checks user-supplied env names: valid names, none reserved. The first bad name is the error.
+pub fn validate_user_env<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), EnvError> {
     for name in names {
         if RESERVED_ENV.contains(&name) {
-            return Err(format!(
-                "environment variable {name} is reserved: the platform sets it (reserved names: {})",
-                RESERVED_ENV.join(", ")
-            ));
+            return Err(EnvError::Reserved { name: name.to_owned() });
         }
         if name.is_empty() || name.contains('=') || name.contains('\0') {
-            return Err(format!("environment variable name {name:?} is invalid: it may not be empty or contain '='"));
+            return Err(EnvError::InvalidName { name: name.to_owned() });
         }
     }
     Ok(())
@@ -85,8 +91,9 @@ mod tests {
     #[test]
     fn reserved_names_are_refused() {
         let e = validate_user_env(["FOO", "K_REVISION"]).unwrap_err();
-        assert!(e.contains("K_REVISION is reserved"), "{e}");
-        validate_user_env(["A=B"]).unwrap_err();
+        assert_eq!(e, EnvError::Reserved { name: "K_REVISION".to_owned() });
+        assert!(e.to_string().contains("K_REVISION is reserved"), "{e}");
+        assert_eq!(validate_user_env(["A=B"]), Err(EnvError::InvalidName { name: "A=B".to_owned() }));
         assert_eq!(validate_user_env(["FOO", "BAR_2"]), Ok(()));
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use wharf_image::archive::ImageArchive;
 use wharf_image::remote::RemoteRegistry;
 use wharf_image::{ImageStore, ResolvedImage, Resolver, SnapshotStore};
+use wharf_runtime::contract::EnvError;
 use wharf_runtime::logs::LogFilter;
 use wharf_runtime::{
     Instance, InstanceSpec, InstanceState, Owner, Probe, ProbeAction, Resources, Runtime, RuntimeConfig, RuntimeError,
@@ -153,8 +154,8 @@ async fn env_contract_is_visible_inside_and_reserved_names_are_refused() {
     let mut bad = h.spec("hello-00004-bad");
     bad.env = vec![("K_REVISION".into(), "spoofed".into())];
     match h.start(bad).await {
-        Err(RuntimeError::InvalidSpec(why)) => assert!(why.contains("K_REVISION is reserved"), "{why}"),
-        other => panic!("expected InvalidSpec, got {other:?}"),
+        Err(RuntimeError::InvalidEnv(EnvError::Reserved { name })) => assert_eq!(name, "K_REVISION"),
+        other => panic!("expected InvalidEnv, got {other:?}"),
     }
     h.finish().await;
 }
