@@ -244,4 +244,41 @@ mod tests {
             other => panic!("expected an unsupported media type, got {other:?}"),
         }
     }
+
+    #[test]
+    fn docker_configs_parse_and_platform_is_checked() {
+        let d = Digest::of(b"config");
+        let docker = br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Entrypoint":null,
+            "Cmd":["/app"],"ExposedPorts":{"8080/tcp":{}},"WorkingDir":"/srv","User":"app","Labels":null},
+            "rootfs":{"type":"layers","diff_ids":[]},"history":[{"created_by":"x"}]}"#;
+        let config = ImageConfig::parse(&d, docker).unwrap();
+        assert_eq!(config.config.cmd().as_deref(), Some(&["/app".to_owned()][..]));
+        assert_eq!(config.config.entrypoint(), &None);
+        assert_eq!(config.config.working_dir().as_deref(), Some("/srv"));
+        assert_eq!(config.config.user().as_deref(), Some("app"));
+        // A config naming no platform (and no rootfs) is accepted, as before.
+        assert_eq!(ImageConfig::parse(&d, br#"{"config":{}}"#).unwrap(), ImageConfig::default());
+        match ImageConfig::parse(&d, br#"{"architecture":"arm64","os":"linux"}"#) {
+            Err(ManifestError::WrongPlatform { os, architecture }) => {
+                assert_eq!((os, architecture), ("linux".into(), "arm64".into()))
+            }
+            other => panic!("expected WrongPlatform, got {other:?}"),
+        }
+        match ImageConfig::parse(&d, b"[1]") {
+            Err(ManifestError::Config { digest, .. }) => assert_eq!(digest, d),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    /// Revisions store their `ImageConfig`: what earlier versions wrote must still load, and
+    /// what this one writes must read back the same.
+    #[test]
+    fn stored_image_configs_round_trip() {
+        let stored =
+            r#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/app"],"Env":["A=1"],"WorkingDir":"/w"}}"#;
+        let config: ImageConfig = serde_json::from_str(stored).unwrap();
+        assert_eq!(config.config.entrypoint().as_deref(), Some(&["/app".to_owned()][..]));
+        let again: serde_json::Value = serde_json::to_value(&config).unwrap();
+        assert_eq!(again, serde_json::from_str::<serde_json::Value>(stored).unwrap());
+    }
 }

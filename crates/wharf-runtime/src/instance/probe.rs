@@ -222,3 +222,75 @@ pub(crate) async fn watch_liveness(runtime: crate::Runtime, instance: std::sync:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn probe(action: ProbeAction) -> Probe {
+        Probe {
+            action,
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            failure_threshold: 1,
+        }
+    }
+
+    /// Serves one connection with `response` and returns the port.
+    async fn serve_once(response: &'static str) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 512];
+            let _ = stream.read(&mut request).await;
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn probe_failures_say_what_failed() {
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        match probe(ProbeAction::Tcp { port: closed }).check(ip).await {
+            Err(e @ ProbeError::Connect { addr, .. }) => {
+                assert_eq!(addr.port(), closed);
+                assert!(chain(&e).contains("refused"), "{}", chain(&e));
+            }
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+
+        let port = serve_once("HTTP/1.1 500 Internal Server Error\r\n\r\n").await;
+        match probe(ProbeAction::HttpGet { port, path: "/healthz".into() }).check(ip).await {
+            Err(ProbeError::Status { status }) => assert_eq!(status, 500),
+            other => panic!("expected an HTTP status error, got {other:?}"),
+        }
+        let port = serve_once("nonsense\r\n").await;
+        match probe(ProbeAction::HttpGet { port, path: "/".into() }).check(ip).await {
+            Err(ProbeError::MalformedResponse { head, .. }) => assert_eq!(head, "nonsense\r\n"),
+            other => panic!("expected a malformed response, got {other:?}"),
+        }
+        let port = serve_once("HTTP/1.1 204 No Content\r\n\r\n").await;
+        probe(ProbeAction::HttpGet { port, path: "/".into() }).check(ip).await.unwrap();
+    }
+
+    #[test]
+    fn not_ready_explains_with_the_last_failure() {
+        let last = ProbeError::Timeout { timeout: Duration::from_millis(500) };
+        let e = ProbeError::NotReady {
+            port: 8080,
+            budget_s: 1.0,
+            probe: "TCP probe on port 8080".into(),
+            last: Box::new(last),
+        };
+        assert_eq!(
+            e.to_string(),
+            "The container failed to start and listen on the port defined by the PORT=8080 environment variable \
+             within the allocated timeout of 1s (TCP probe on port 8080 failed: no answer within 500ms)."
+        );
+    }
+}
