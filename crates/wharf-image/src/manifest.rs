@@ -1,6 +1,7 @@
 //! Manifest formats: OCI image manifests and indexes, Docker schema2 manifests and manifest
-//! lists. Parsing here validates structure and extracts what a manifest references; the bytes
-//! themselves are always stored exactly as pushed, since their digest is their identity.
+//! lists, and image configs. Parsing (with oci-spec's image types) validates structure and
+//! extracts what a manifest references; the bytes themselves are always stored exactly as
+//! pushed, since their digest is their identity. It does not fetch or store anything.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! The OCI runtime spec (`config.json`) of an instance: image config (Entrypoint, Cmd,
 //! WorkingDir, User, Env) with the revision's overrides, the sandbox (namespaces, masked
-//! paths, capabilities) and the limits (memory, CPU quota, pids).
+//! paths, capabilities) and the limits (memory, CPU quota, pids), built as oci-spec's typed
+//! `Spec`; `start` writes it into the bundle, and creating the container is the shim's job.
 
 use std::path::{Path, PathBuf};
 
