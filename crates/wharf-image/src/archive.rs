@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::error::ImageError;
-use crate::manifest::{self, Descriptor, Manifest};
+use crate::manifest::{self, Descriptor, Manifest, ManifestError};
 
 /// An image read from disk, ready to push.
 #[derive(Debug)]
@@ -50,7 +50,12 @@ impl ImageArchive {
 }
 
 fn invalid(path: &Path, why: impl std::fmt::Display) -> ImageError {
-    ImageError::ManifestInvalid(format!("{}: {why}", path.display()))
+    ManifestError::Archive { path: path.to_owned(), reason: why.to_string() }.into()
+}
+
+/// A manifest file of the archive that does not parse.
+fn invalid_manifest(path: &Path) -> impl FnOnce(ManifestError) -> ImageError {
+    move |error| ManifestError::InFile { path: path.to_owned(), error: Box::new(error) }.into()
 }
 
 fn read_oci_layout(dir: &Path, tag: Option<&str>) -> Result<ImageArchive, ImageError> {
@@ -60,17 +65,12 @@ fn read_oci_layout(dir: &Path, tag: Option<&str>) -> Result<ImageArchive, ImageE
     let index_path = dir.join("index.json");
     let index = fs::read(&index_path).map_err(ImageError::io("read", &index_path))?;
     let Manifest::Index { manifests, .. } =
-        Manifest::parse(Some(manifest::OCI_INDEX), &index).map_err(|e| invalid(&index_path, e))?
+        Manifest::parse(Some(manifest::OCI_INDEX), &index).map_err(invalid_manifest(&index_path))?
     else {
         return Err(invalid(&index_path, "index.json is not an image index"));
     };
-    let ref_name = |d: &Descriptor| {
-        d.annotations
-            .as_ref()
-            .and_then(|a| a.get("org.opencontainers.image.ref.name"))
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    };
+    let ref_name =
+        |d: &Descriptor| d.annotations.as_ref().and_then(|a| a.get("org.opencontainers.image.ref.name")).cloned();
     let chosen = match tag {
         Some(tag) => manifests
             .iter()
@@ -96,7 +96,7 @@ fn collect_manifest(
     depth: usize,
 ) -> Result<(), ImageError> {
     if depth > 2 {
-        return Err(ImageError::ManifestInvalid("indexes nested too deeply".to_owned()));
+        return Err(ManifestError::NestedTooDeep { digest: descriptor.digest.clone() }.into());
     }
     let path = blob_path(&descriptor.digest);
     let bytes = fs::read(&path).map_err(ImageError::io("read", &path))?;
@@ -104,7 +104,7 @@ fn collect_manifest(
     if actual != descriptor.digest {
         return Err(ImageError::DigestMismatch { expected: descriptor.digest.clone(), actual });
     }
-    let parsed = Manifest::parse(Some(&descriptor.media_type), &bytes).map_err(|e| invalid(&path, e))?;
+    let parsed = Manifest::parse(Some(&descriptor.media_type), &bytes).map_err(invalid_manifest(&path))?;
     match &parsed {
         Manifest::Image { config, layers, .. } => {
             for blob in std::iter::once(config).chain(layers) {
@@ -125,6 +125,8 @@ fn collect_manifest(
     Ok(())
 }
 
+/// An entry of a `docker save` tarball's `manifest.json`: Docker's own format, which neither
+/// the OCI image spec nor oci-spec describes.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DockerArchiveEntry {

@@ -12,7 +12,7 @@ use wharf_store::rusqlite::{OptionalExtension, params};
 use crate::blobs::BlobStore;
 use crate::digest::Digest;
 use crate::error::ImageError;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestError};
 use crate::reference::{validate_repository, validate_tag};
 
 /// A manifest as stored: its bytes exactly as pushed, and how to serve them.
@@ -282,7 +282,7 @@ impl ImageStore {
         {
             return Err(ImageError::DigestMismatch { expected: expected.clone(), actual: digest });
         }
-        let manifest = Manifest::parse(content_type, bytes).map_err(|e| ImageError::ManifestInvalid(e.to_string()))?;
+        let manifest = Manifest::parse(content_type, bytes)?;
         let children: Vec<&Digest> = match &manifest {
             Manifest::Image { config, layers, .. } => {
                 std::iter::once(config).chain(layers).map(|d| &d.digest).collect()
@@ -397,7 +397,7 @@ impl ImageStore {
             let reference = if i + 1 == count { tag.to_owned() } else { digest.to_string() };
             top = Some(self.put_manifest(repo, &reference, Some(media_type), bytes)?);
         }
-        top.ok_or_else(|| ImageError::ManifestInvalid("the archive holds no manifest".to_owned()))
+        top.ok_or(ImageError::ManifestInvalid(ManifestError::EmptyArchive))
     }
 
     /// Every tagged manifest, plus manifests that are neither tagged nor part of an index.

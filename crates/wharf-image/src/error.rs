@@ -14,8 +14,8 @@ pub enum ImageError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("{0}")]
     DigestInvalid(String),
-    #[error("invalid manifest: {0}")]
-    ManifestInvalid(String),
+    #[error(transparent)]
+    ManifestInvalid(#[from] crate::manifest::ManifestError),
     #[error("manifest references {digest}, which is not in repository {repo}; push it first")]
     ManifestBlobUnknown { repo: String, digest: Digest },
     #[error("manifest {reference} is not known to repository {repo}")]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::content::ImageStore;
 use crate::digest::Digest;
 use crate::error::ImageError;
-use crate::manifest::{ImageConfig, Manifest};
+use crate::manifest::{ImageConfig, Manifest, ManifestError};
 use crate::reference::ImageReference;
 use crate::remote::RemoteRegistry;
 use crate::snapshot::SnapshotStore;
@@ -68,32 +68,22 @@ impl Resolver {
     /// Loads the image `reference` (tag or digest) names in local `repository`.
     pub fn load(&self, repository: &str, reference: &str) -> Result<ResolvedImage, ImageError> {
         let stored = self.images.get_manifest(repository, reference)?;
-        let manifest = Manifest::parse(Some(&stored.media_type), &stored.bytes)
-            .map_err(|e| ImageError::ManifestInvalid(e.to_string()))?;
+        let manifest = Manifest::parse(Some(&stored.media_type), &stored.bytes)?;
         let (digest, manifest) = match &manifest {
             Manifest::Index { .. } => {
-                let child = manifest.pick_linux_amd64().ok_or_else(|| {
-                    ImageError::ManifestInvalid(format!("{repository}:{reference} has no linux/amd64 image"))
-                })?;
+                let child = manifest
+                    .pick_linux_amd64()
+                    .ok_or_else(|| ManifestError::NoLinuxAmd64 { reference: format!("{repository}:{reference}") })?;
                 let stored = self.images.get_manifest(repository, child.digest.as_str())?;
-                let parsed = Manifest::parse(Some(&stored.media_type), &stored.bytes)
-                    .map_err(|e| ImageError::ManifestInvalid(e.to_string()))?;
-                (stored.digest, parsed)
+                (stored.digest, Manifest::parse(Some(&stored.media_type), &stored.bytes)?)
             }
             Manifest::Image { .. } => (stored.digest, manifest),
         };
         let Manifest::Image { config, layers, .. } = manifest else {
-            return Err(ImageError::ManifestInvalid("nested image index".to_owned()));
+            return Err(ManifestError::NestedIndex { index: format!("{repository}:{reference}"), child: digest }.into());
         };
         let config_bytes = self.images.blobs().read(&config.digest)?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|e| ImageError::ManifestInvalid(format!("image config {} is not valid: {e}", config.digest)))?;
-        if !config.os.is_empty() && (config.os != "linux" || config.architecture != "amd64") {
-            return Err(ImageError::ManifestInvalid(format!(
-                "image is for {}/{}, but Wharf runs linux/amd64",
-                config.os, config.architecture
-            )));
-        }
+        let config = ImageConfig::parse(&config.digest, &config_bytes)?;
         Ok(ResolvedImage {
             repository: repository.to_owned(),
             digest,

@@ -51,7 +51,9 @@ impl RuntimeBackend {
         };
         match self.runtime.start(instance_spec).await {
             Ok(instance) => Ok(instance),
-            Err(RuntimeError::InvalidSpec(message)) => Err(BackendError::InvalidSpec(message)),
+            Err(e @ (RuntimeError::InvalidSpec(_) | RuntimeError::InvalidEnv(_))) => {
+                Err(BackendError::InvalidSpec(e.to_string()))
+            }
             Err(RuntimeError::StartupFailed { reason }) => Err(BackendError::NotReady { message: reason }),
             Err(e) => {
                 Err(BackendError::Platform { what: "the instance could not start".to_owned(), source: Box::new(e) })

@@ -51,8 +51,9 @@ mod tests {
     #[test]
     fn reserved_names_are_refused() {
         let e = validate_user_env(["FOO", "K_REVISION"]).unwrap_err();
+        assert_eq!(e, EnvError::Reserved { name: "K_REVISION".to_owned() });
         assert!(e.to_string().contains("K_REVISION is reserved"), "{e}");
-        validate_user_env(["A=B"]).unwrap_err();
+        assert_eq!(validate_user_env(["A=B"]), Err(EnvError::InvalidName { name: "A=B".to_owned() }));
         assert_eq!(validate_user_env(["FOO", "BAR_2"]), Ok(()));
     }
 

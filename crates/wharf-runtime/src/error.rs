@@ -19,8 +19,12 @@ pub enum RuntimeError {
     },
     #[error("`{command}` failed ({status}): {stderr}")]
     CommandFailed { command: String, status: String, stderr: String },
-    #[error("the instance configuration is invalid: {0}")]
-    InvalidSpec(String),
+    /// The revision's env sets a name it may not.
+    #[error(transparent)]
+    InvalidEnv(#[from] crate::contract::EnvError),
+    /// The image and settings do not make a runnable container (no command, unknown user).
+    #[error(transparent)]
+    InvalidSpec(#[from] crate::spec::SpecError),
     #[error("the container helper failed: {0}")]
     Shim(String),
     /// The container did not become ready; `reason` is what a user needs to see.

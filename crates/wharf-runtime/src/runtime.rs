@@ -49,7 +49,7 @@ pub(crate) struct InstanceRecord {
 impl InstanceRecord {
     pub(crate) fn write(&self, dir: &Path) -> Result<(), RuntimeError> {
         let path = dir.join("instance.json");
-        let bytes = serde_json::to_vec(self).map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
+        let bytes = serde_json::to_vec(self).map_err(|e| RuntimeError::io("serialize", &path)(e.into()))?;
         std::fs::write(&path, bytes).map_err(RuntimeError::io("write", &path))
     }
 }

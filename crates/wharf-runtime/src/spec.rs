@@ -1,33 +1,60 @@
 //! The OCI runtime spec (`config.json`) of an instance: image config (Entrypoint, Cmd,
 //! WorkingDir, User, Env) with the revision's overrides, the sandbox (namespaces, masked
-//! paths, capabilities) and the limits (memory, CPU quota, pids).
+//! paths, capabilities) and the limits (memory, CPU quota, pids), built as oci-spec's typed
+//! `Spec`; `start` writes it into the bundle, and creating the container is the shim's job.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
+use oci_spec::OciSpecError;
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
 use wharf_image::manifest::ContainerConfig;
 
 use crate::resources::Resources;
+
+/// Why an instance's runtime spec cannot be built from its image and settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("the image has no Entrypoint or Cmd; set a command for the container")]
+    NoCommand,
+    #[error("user {user:?} is not in the image's /etc/passwd")]
+    UnknownUser { user: String },
+    #[error("group {group:?} is not in the image's /etc/group")]
+    UnknownGroup { group: String },
+    #[error("bad {field} {value:?} for {user} in the image's /etc/passwd")]
+    BadPasswdEntry { user: String, field: &'static str, value: String },
+    #[error("building the OCI runtime spec failed")]
+    Build(#[from] OciSpecError),
+    #[error("writing the OCI runtime spec to {path} failed")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: OciSpecError,
+    },
+}
 
 /// The CFS period CPU quotas are expressed against.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
 /// Docker's default capability set: enough for ordinary servers, nothing that reaches the host.
-const CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
+const CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
 ];
 
 const MASKED_PATHS: &[&str] = &[
@@ -51,26 +78,27 @@ pub fn command_line(
     image: &ContainerConfig,
     command: Option<&[String]>,
     args: Option<&[String]>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, SpecError> {
     let entrypoint: Vec<String> = match command {
         Some(c) => c.to_vec(),
-        None => image.entrypoint.clone().unwrap_or_default(),
+        None => image.entrypoint().clone().unwrap_or_default(),
     };
     let rest: Vec<String> = match (args, command) {
         (Some(a), _) => a.to_vec(),
         (None, Some(_)) => Vec::new(),
-        (None, None) => image.cmd.clone().unwrap_or_default(),
+        (None, None) => image.cmd().clone().unwrap_or_default(),
     };
     let line: Vec<String> = entrypoint.into_iter().chain(rest).collect();
     if line.is_empty() {
-        return Err("the image has no Entrypoint or Cmd; set a command for the container".to_owned());
+        return Err(SpecError::NoCommand);
     }
     Ok(line)
 }
 
 /// Resolves the image's `User` (`uid`, `uid:gid`, `name`, `name:group`) against the rootfs's
 /// `/etc/passwd` and `/etc/group`.
-pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), String> {
+/// Missing files count as empty (an image without `/etc/passwd` can still name a numeric uid).
+pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), SpecError> {
     let user = user.map(str::trim).unwrap_or("");
     if user.is_empty() {
         return Ok((0, 0));
@@ -87,10 +115,15 @@ pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), Str
         }
         Err(_) => {
             let fields = passwd_entry(&passwd, |f| f[0] == user_part)
-                .ok_or_else(|| format!("user {user_part:?} is not in the image's /etc/passwd"))?;
-            let uid = fields[2].parse().map_err(|_| format!("bad uid for {user_part} in /etc/passwd"))?;
-            let gid = fields[3].parse().map_err(|_| format!("bad gid for {user_part} in /etc/passwd"))?;
-            (uid, gid)
+                .ok_or_else(|| SpecError::UnknownUser { user: user_part.to_owned() })?;
+            let number = |field: &'static str, value: &str| {
+                value.parse::<u32>().map_err(|_| SpecError::BadPasswdEntry {
+                    user: user_part.to_owned(),
+                    field,
+                    value: value.to_owned(),
+                })
+            };
+            (number("uid", fields[2])?, number("gid", fields[3])?)
         }
     };
     let gid = match group_part {
@@ -101,7 +134,7 @@ pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), Str
                 let groups = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
                 passwd_entry(&groups, |f| f[0] == g)
                     .and_then(|f| f[2].parse().ok())
-                    .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?
+                    .ok_or_else(|| SpecError::UnknownGroup { group: g.to_owned() })?
             }
         },
     };
@@ -128,60 +161,114 @@ pub struct SpecInput<'a> {
     pub hosts: &'a Path,
 }
 
-pub fn runtime_spec(input: &SpecInput<'_>) -> Value {
-    let caps: Vec<&str> = CAPABILITIES.to_vec();
+/// Builds the runtime spec. Every field the instance relies on is set explicitly: oci-spec's
+/// builders fill unset fields from its own defaults (youki's example config: an NOFILE
+/// rlimit of 1024, `TERM=xterm`, inheritable and ambient capabilities, default namespaces and
+/// mounts), which are not Wharf's sandbox. No rlimits are set: the container inherits the
+/// shim's.
+pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
+    let capabilities: Capabilities = CAPABILITIES.iter().copied().collect();
+    let mut caps = LinuxCapabilitiesBuilder::default()
+        .bounding(capabilities.clone())
+        .effective(capabilities.clone())
+        .permitted(capabilities)
+        .build()?;
+    caps.set_inheritable(None);
+    caps.set_ambient(None);
+    let mut process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(input.user.0).gid(input.user.1).build()?)
+        .args(input.args.clone())
+        .env(input.env.clone())
+        .cwd(if input.cwd.is_empty() { "/" } else { input.cwd })
+        .capabilities(caps)
+        .no_new_privileges(true)
+        .build()?;
+    process.set_rlimits(None);
+
     let quota = input.resources.cpu_millis * CPU_PERIOD_US / 1000;
-    json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": input.user.0, "gid": input.user.1},
-            "args": input.args,
-            "env": input.env,
-            "cwd": if input.cwd.is_empty() { "/" } else { input.cwd },
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": true
-        },
-        "root": {"path": input.rootfs, "readonly": false},
-        "hostname": input.hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/etc/resolv.conf", "type": "bind", "source": input.resolv_conf, "options": ["rbind", "ro"]},
-            {"destination": "/etc/hosts", "type": "bind", "source": input.hosts, "options": ["rbind", "ro"]}
-        ],
-        "linux": {
-            "namespaces": [
-                {"type": "pid"},
-                {"type": "ipc"},
-                {"type": "uts"},
-                {"type": "mount"},
-                {"type": "network", "path": input.netns}
-            ],
-            "cgroupsPath": input.cgroup,
-            "resources": {
-                "devices": [{"allow": false, "access": "rwm"}],
-                "memory": {"limit": input.resources.memory_bytes},
-                "cpu": {"quota": quota, "period": CPU_PERIOD_US},
-                "pids": {"limit": input.resources.pids}
-            },
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS
-        }
-    })
+    let resources = LinuxResourcesBuilder::default()
+        .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?])
+        .memory(LinuxMemoryBuilder::default().limit(saturating_i64(input.resources.memory_bytes)).build()?)
+        .cpu(LinuxCpuBuilder::default().quota(saturating_i64(quota)).period(CPU_PERIOD_US).build()?)
+        .pids(LinuxPidsBuilder::default().limit(saturating_i64(input.resources.pids)).build()?)
+        .build()?;
+    let namespace = |typ, path: Option<&Path>| -> Result<LinuxNamespace, SpecError> {
+        let builder = LinuxNamespaceBuilder::default().typ(typ);
+        Ok(match path {
+            Some(path) => builder.path(path).build()?,
+            None => builder.build()?,
+        })
+    };
+    let linux = LinuxBuilder::default()
+        .namespaces(vec![
+            namespace(LinuxNamespaceType::Pid, None)?,
+            namespace(LinuxNamespaceType::Ipc, None)?,
+            namespace(LinuxNamespaceType::Uts, None)?,
+            namespace(LinuxNamespaceType::Mount, None)?,
+            namespace(LinuxNamespaceType::Network, Some(input.netns))?,
+        ])
+        .cgroups_path(input.cgroup)
+        .resources(resources)
+        .masked_paths(MASKED_PATHS.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
+        .readonly_paths(READONLY_PATHS.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
+        .build()?;
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .process(process)
+        .root(RootBuilder::default().path(input.rootfs).readonly(false).build()?)
+        .hostname(input.hostname)
+        .mounts(mounts(input)?)
+        .linux(linux)
+        .build()?;
+    spec.set_annotations(None);
+    Ok(spec)
+}
+
+fn mounts(input: &SpecInput<'_>) -> Result<Vec<Mount>, SpecError> {
+    let mount = |destination: &str, typ: &str, source: &Path, options: &[&str]| -> Result<Mount, SpecError> {
+        Ok(MountBuilder::default()
+            .destination(destination)
+            .typ(typ)
+            .source(source)
+            .options(options.iter().map(|o| (*o).to_owned()).collect::<Vec<_>>())
+            .build()?)
+    };
+    let p = Path::new;
+    Ok(vec![
+        mount("/proc", "proc", p("proc"), &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", p("tmpfs"), &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount("/dev/pts", "devpts", p("devpts"), &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
+        mount("/dev/shm", "tmpfs", p("shm"), &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/dev/mqueue", "mqueue", p("mqueue"), &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", p("sysfs"), &["nosuid", "noexec", "nodev", "ro"])?,
+        mount("/etc/resolv.conf", "bind", input.resolv_conf, &["rbind", "ro"])?,
+        mount("/etc/hosts", "bind", input.hosts, &["rbind", "ro"])?,
+    ])
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
+    use oci_spec::image::ConfigBuilder;
+    use serde_json::json;
+
     use super::*;
 
     fn config(entrypoint: Option<&[&str]>, cmd: Option<&[&str]>) -> ContainerConfig {
-        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect();
-        ContainerConfig { entrypoint: entrypoint.map(v), cmd: cmd.map(v), ..ContainerConfig::default() }
+        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        let mut builder = ConfigBuilder::default();
+        if let Some(e) = entrypoint {
+            builder = builder.entrypoint(v(e));
+        }
+        if let Some(c) = cmd {
+            builder = builder.cmd(v(c));
+        }
+        builder.build().unwrap()
     }
 
     #[test]
@@ -191,20 +278,167 @@ mod tests {
         assert_eq!(command_line(&image, None, None).unwrap(), s(&["/app", "--serve"]));
         assert_eq!(command_line(&image, None, Some(&s(&["--x"]))).unwrap(), s(&["/app", "--x"]));
         assert_eq!(command_line(&image, Some(&s(&["/bin/sh"])), None).unwrap(), s(&["/bin/sh"]));
-        command_line(&config(None, None), None, None).unwrap_err();
+        let err = command_line(&config(None, None), None, None).unwrap_err();
+        assert!(matches!(err, SpecError::NoCommand), "{err:?}");
     }
 
     #[test]
     fn users_resolve_from_the_rootfs() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/:/bin/sh\napp:x:1000:1001::/:/bin/sh\n").unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/:/bin/sh\napp:x:1000:1001::/:/bin/sh\nodd:x:12x:0::/:/bin/sh\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        assert_eq!(resolve_user(None, dir.path()), Ok((0, 0)));
-        assert_eq!(resolve_user(Some("app"), dir.path()), Ok((1000, 1001)));
-        assert_eq!(resolve_user(Some("app:staff"), dir.path()), Ok((1000, 50)));
-        assert_eq!(resolve_user(Some("1000"), dir.path()), Ok((1000, 1001)));
-        assert_eq!(resolve_user(Some("4242:7"), dir.path()), Ok((4242, 7)));
-        resolve_user(Some("ghost"), dir.path()).unwrap_err();
+        assert_eq!(resolve_user(None, dir.path()).unwrap(), (0, 0));
+        assert_eq!(resolve_user(Some("app"), dir.path()).unwrap(), (1000, 1001));
+        assert_eq!(resolve_user(Some("app:staff"), dir.path()).unwrap(), (1000, 50));
+        assert_eq!(resolve_user(Some("1000"), dir.path()).unwrap(), (1000, 1001));
+        assert_eq!(resolve_user(Some("4242:7"), dir.path()).unwrap(), (4242, 7));
+        match resolve_user(Some("ghost"), dir.path()) {
+            Err(SpecError::UnknownUser { user }) => assert_eq!(user, "ghost"),
+            other => panic!("expected UnknownUser, got {other:?}"),
+        }
+        match resolve_user(Some("app:wheel"), dir.path()) {
+            Err(SpecError::UnknownGroup { group }) => assert_eq!(group, "wheel"),
+            other => panic!("expected UnknownGroup, got {other:?}"),
+        }
+        match resolve_user(Some("odd"), dir.path()) {
+            Err(SpecError::BadPasswdEntry { user, field, value }) => {
+                assert_eq!((user.as_str(), field, value.as_str()), ("odd", "uid", "12x"));
+            }
+            other => panic!("expected BadPasswdEntry, got {other:?}"),
+        }
+    }
+
+    fn input<'a>(rootfs: &'a Path, netns: &'a Path, resolv: &'a Path, hosts: &'a Path) -> SpecInput<'a> {
+        SpecInput {
+            args: vec!["/app".into(), "--serve".into()],
+            env: vec!["PATH=/bin".into(), "PORT=8080".into()],
+            cwd: "",
+            user: (1000, 1001),
+            rootfs,
+            hostname: "abc123",
+            netns,
+            cgroup: "/wharf-abc123",
+            resources: Resources { memory_bytes: 512 << 20, cpu_millis: 1500, pids: 256 },
+            resolv_conf: resolv,
+            hosts,
+        }
+    }
+
+    #[test]
+    fn spec_sets_the_sandbox_and_limits() {
+        let (rootfs, netns) = (Path::new("/i/rootfs"), Path::new("/run/netns/wharf-abc123"));
+        let (resolv, hosts) = (Path::new("/i/resolv.conf"), Path::new("/i/hosts"));
+        let spec = runtime_spec(&input(rootfs, netns, resolv, hosts)).unwrap();
+
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.no_new_privileges(), Some(true));
+        assert_eq!(process.args().as_deref().unwrap(), ["/app", "--serve"]);
+        assert!(process.env().as_ref().unwrap().contains(&"PORT=8080".to_owned()));
+        assert_eq!(process.cwd(), Path::new("/"));
+        assert_eq!((process.user().uid(), process.user().gid()), (1000, 1001));
+        assert_eq!(process.rlimits(), &None);
+        let caps = process.capabilities().as_ref().unwrap();
+        let expected: Capabilities = CAPABILITIES.iter().copied().collect();
+        assert_eq!(caps.bounding().as_ref(), Some(&expected));
+        assert_eq!(caps.effective().as_ref(), Some(&expected));
+        assert_eq!(caps.permitted().as_ref(), Some(&expected));
+        assert_eq!(caps.inheritable(), &None);
+        assert_eq!(caps.ambient(), &None);
+        assert!(!expected.contains(&Capability::SysAdmin));
+
+        let linux = spec.linux().as_ref().unwrap();
+        let namespaces: Vec<_> =
+            linux.namespaces().as_ref().unwrap().iter().map(|n| (n.typ(), n.path().clone())).collect();
+        assert_eq!(
+            namespaces,
+            [
+                (LinuxNamespaceType::Pid, None),
+                (LinuxNamespaceType::Ipc, None),
+                (LinuxNamespaceType::Uts, None),
+                (LinuxNamespaceType::Mount, None),
+                (LinuxNamespaceType::Network, Some(netns.to_path_buf())),
+            ]
+        );
+        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/wharf-abc123")));
+        let resources = linux.resources().as_ref().unwrap();
+        assert_eq!(resources.memory().as_ref().unwrap().limit(), Some(512 << 20));
+        let cpu = resources.cpu().as_ref().unwrap();
+        assert_eq!((cpu.quota(), cpu.period()), (Some(150_000), Some(CPU_PERIOD_US)));
+        assert_eq!(resources.pids().as_ref().unwrap().limit(), 256);
+        assert_eq!(linux.masked_paths().as_ref().unwrap().len(), MASKED_PATHS.len());
+        assert!(linux.readonly_paths().as_ref().unwrap().contains(&"/proc/sys".to_owned()));
+
+        let root = spec.root().as_ref().unwrap();
+        assert_eq!((root.path().as_path(), root.readonly()), (rootfs, Some(false)));
+        let mounts = spec.mounts().as_ref().unwrap();
+        let hosts_mount = mounts.iter().find(|m| m.destination() == Path::new("/etc/hosts")).unwrap();
+        assert_eq!(hosts_mount.source().as_deref(), Some(hosts));
+        assert_eq!(hosts_mount.options().as_deref().unwrap(), ["rbind", "ro"]);
+    }
+
+    /// The typed spec serializes to the document the `json!` version wrote (capability sets
+    /// compared as sets: oci-spec keeps them in a `HashSet`).
+    #[test]
+    fn spec_serializes_as_before() {
+        let (rootfs, netns) = (Path::new("/i/rootfs"), Path::new("/run/netns/wharf-abc123"));
+        let (resolv, hosts) = (Path::new("/i/resolv.conf"), Path::new("/i/hosts"));
+        let mut actual = serde_json::to_value(runtime_spec(&input(rootfs, netns, resolv, hosts)).unwrap()).unwrap();
+        let caps = actual["process"]["capabilities"].as_object_mut().unwrap();
+        for set in caps.values_mut() {
+            let mut names: Vec<String> = serde_json::from_value(set.take()).unwrap();
+            names.sort();
+            *set = json!(names);
+        }
+        let mut caps: Vec<String> =
+            CAPABILITIES.iter().map(|c| serde_json::to_value(c).unwrap().as_str().unwrap().to_owned()).collect();
+        caps.sort();
+        let expected = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 1000, "gid": 1001},
+                "args": ["/app", "--serve"],
+                "env": ["PATH=/bin", "PORT=8080"],
+                "cwd": "/",
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+                "noNewPrivileges": true
+            },
+            "root": {"path": "/i/rootfs", "readonly": false},
+            "hostname": "abc123",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/etc/resolv.conf", "type": "bind", "source": "/i/resolv.conf", "options": ["rbind", "ro"]},
+                {"destination": "/etc/hosts", "type": "bind", "source": "/i/hosts", "options": ["rbind", "ro"]}
+            ],
+            "linux": {
+                "namespaces": [
+                    {"type": "pid"},
+                    {"type": "ipc"},
+                    {"type": "uts"},
+                    {"type": "mount"},
+                    {"type": "network", "path": "/run/netns/wharf-abc123"}
+                ],
+                "cgroupsPath": "/wharf-abc123",
+                "resources": {
+                    "devices": [{"allow": false, "access": "rwm"}],
+                    "memory": {"limit": 512 << 20},
+                    "cpu": {"quota": 150_000, "period": CPU_PERIOD_US},
+                    "pids": {"limit": 256}
+                },
+                "maskedPaths": MASKED_PATHS,
+                "readonlyPaths": READONLY_PATHS
+            }
+        });
+        assert_eq!(actual, expected, "{}", serde_json::to_string_pretty(&actual).unwrap());
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use wharf_image::archive::ImageArchive;
 use wharf_image::remote::RemoteRegistry;
 use wharf_image::{ImageStore, ResolvedImage, Resolver, SnapshotStore};
+use wharf_runtime::contract::EnvError;
 use wharf_runtime::logs::LogFilter;
+use wharf_runtime::spec::SpecError;
 use wharf_runtime::{
     Instance, InstanceSpec, InstanceState, Owner, Probe, ProbeAction, Resources, Runtime, RuntimeConfig, RuntimeError,
 };
@@ -153,8 +155,8 @@ async fn env_contract_is_visible_inside_and_reserved_names_are_refused() {
     let mut bad = h.spec("hello-00004-bad");
     bad.env = vec![("K_REVISION".into(), "spoofed".into())];
     match h.start(bad).await {
-        Err(RuntimeError::InvalidSpec(why)) => assert!(why.contains("K_REVISION is reserved"), "{why}"),
-        other => panic!("expected InvalidSpec, got {other:?}"),
+        Err(RuntimeError::InvalidEnv(EnvError::Reserved { name })) => assert_eq!(name, "K_REVISION"),
+        other => panic!("expected InvalidEnv, got {other:?}"),
     }
     h.finish().await;
 }
@@ -344,4 +346,24 @@ fn an_unclean_exit_is_swept_up_on_the_next_start() {
         assert!(logs.iter().any(|l| l.message == "testapp: listening on port 8080"), "{logs:?}");
         runtime.shutdown().await;
     });
+}
+
+#[tokio::test]
+async fn failed_starts_release_what_they_created() {
+    let h = harness().await;
+    // Both fail after the rootfs and network exist, while writing the bundle.
+    let mut no_command = h.spec("hello-00012-nocmd");
+    no_command.image.config.config.set_entrypoint(None);
+    no_command.image.config.config.set_cmd(None);
+    match h.start(no_command).await {
+        Err(RuntimeError::InvalidSpec(SpecError::NoCommand)) => {}
+        other => panic!("expected NoCommand, got {other:?}"),
+    }
+    let mut ghost = h.spec("hello-00013-ghost");
+    ghost.image.config.config.set_user(Some("ghost".into()));
+    match h.start(ghost).await {
+        Err(RuntimeError::InvalidSpec(SpecError::UnknownUser { user })) => assert_eq!(user, "ghost"),
+        other => panic!("expected UnknownUser, got {other:?}"),
+    }
+    h.finish().await;
 }

@@ -24,7 +24,7 @@ use crate::network::InstanceNetwork;
 use crate::resources::Resources;
 use crate::rootfs::Rootfs;
 
-pub use probe::{Probe, ProbeAction};
+pub use probe::{Probe, ProbeAction, ProbeCheck, ProbeError};
 pub(crate) use probe::{probe_until_ready, watch_liveness};
 
 /// How many of an instance's last output lines are kept in memory to explain a failure.

@@ -32,7 +32,7 @@ pub(crate) async fn read_output(runtime: Runtime, instance: Arc<Instance>, pipe:
     let receiver = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe.into()) {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!(instance = %instance.id, error = %e, "cannot read container output");
+            tracing::error!(?stream, error = %e, "cannot read container output");
             return;
         }
     };
@@ -48,6 +48,8 @@ pub(crate) async fn read_output(runtime: Runtime, instance: Arc<Instance>, pipe:
     }
 }
 
+/// Waits for the shim's exit report, then releases everything and records the end state.
+/// Runs in the instance's span (spawned from `start`).
 pub(crate) async fn reap(
     runtime: Runtime,
     instance: Arc<Instance>,
@@ -60,10 +62,11 @@ pub(crate) async fn reap(
         match serde_json::from_str::<ShimEvent>(&line) {
             Ok(ShimEvent::Exited { code, signal, oom_killed }) => {
                 instance.exited.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::debug!(?code, ?signal, oom_killed, "container exited");
                 exit = Some(ExitInfo { code, signal, oom_killed });
             }
-            Ok(other) => tracing::debug!(instance = %instance.id, event = ?other, "shim event"),
-            Err(_) => tracing::warn!(instance = %instance.id, line, "unreadable shim event"),
+            Ok(other) => tracing::debug!(event = ?other, "shim event"),
+            Err(_) => tracing::warn!(line, "unreadable shim event"),
         }
     }
     instance.exited.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -71,6 +74,7 @@ pub(crate) async fn reap(
     *instance.control.lock().await = None;
     if exit.is_none() {
         // The shim died without reporting: make sure nothing of the container survives.
+        tracing::warn!("the container helper exited without reporting; killing the container's cgroup");
         let id = instance.id.clone();
         let _ = tokio::task::spawn_blocking(move || crate::cgroup::kill_and_remove(&id)).await;
     }
@@ -78,6 +82,7 @@ pub(crate) async fn reap(
         let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
     }
     release(&runtime.inner, &instance.id, &instance.rootfs, Some(&instance.network), &instance.dir).await;
+    tracing::debug!("released mounts, network and directory");
 
     let stopping = instance.state() == InstanceState::Stopping;
     let platform_reason = instance.failure.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -96,6 +101,7 @@ pub(crate) async fn reap(
         (None, Some(e)) => (InstanceState::Failed, Some(describe_exit(&e))),
         (None, None) => (InstanceState::Failed, Some("The container helper exited unexpectedly.".to_owned())),
     };
+    tracing::debug!(?state, reason = reason.as_deref().unwrap_or(""), "instance ended");
     if let Some(reason) = &reason {
         runtime.logs().platform(&instance.owner, &instance.id, "ERROR", reason).await;
     }

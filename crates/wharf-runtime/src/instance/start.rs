@@ -1,16 +1,19 @@
 //! Starting an instance: rootfs, network, OCI bundle, the shim that runs the container, then
-//! the startup probe. Each step undoes what came before if it fails, so a failed start leaves
-//! nothing behind.
+//! the startup probe. Until the shim reports the container running, everything created so far
+//! is held by a [`PartialStart`], which releases it if the start fails (or is abandoned), so a
+//! failed start leaves nothing behind. From then on the instance's reaper owns it all.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use command_fds::{CommandFdExt as _, FdMapping};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::reap::{self, release};
 use super::{Instance, InstanceSpec, InstanceState, InstanceStatus, StartPhases};
@@ -21,89 +24,129 @@ use crate::network::InstanceNetwork;
 use crate::rootfs::Rootfs;
 use crate::runtime::{InstanceRecord, Runtime};
 use crate::shim::ShimEvent;
-use crate::spec::{SpecInput, command_line, resolve_user, runtime_spec};
+use crate::spec::{SpecError, SpecInput, command_line, resolve_user, runtime_spec};
+
+/// How long the shim may take to create and start the container.
+const SHIM_REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// What a start has created so far, released unless the start gets as far as handing it to
+/// the instance ([`PartialStart::into_parts`]). [`PartialStart::fail`] releases it and
+/// returns the error; dropping it (the start future was cancelled) releases it in the
+/// background.
+#[derive(Debug)]
+struct PartialStart {
+    created: Option<Created>,
+}
+
+#[derive(Debug)]
+struct Created {
+    runtime: Runtime,
+    id: String,
+    dir: PathBuf,
+    rootfs: Option<Rootfs>,
+    network: Option<InstanceNetwork>,
+    shim: Option<Child>,
+}
+
+impl Created {
+    /// Kills the shim, if one was started (a shim that reported failure is exiting anyway),
+    /// and releases mounts, network, container state and the instance directory.
+    async fn release(mut self) {
+        if let Some(shim) = self.shim.as_mut() {
+            let _ = shim.kill().await;
+        }
+        // A rootfs not (yet) mounted is unmounted by path: unmounting nothing is no error.
+        let rootfs = self.rootfs.unwrap_or_else(|| Rootfs::paths(&self.dir));
+        release(&self.runtime.inner, &self.id, &rootfs, self.network.as_ref(), &self.dir).await;
+    }
+}
+
+impl PartialStart {
+    fn new(runtime: &Runtime, id: &str, dir: &Path) -> PartialStart {
+        PartialStart {
+            created: Some(Created {
+                runtime: runtime.clone(),
+                id: id.to_owned(),
+                dir: dir.to_owned(),
+                rootfs: None,
+                network: None,
+                shim: None,
+            }),
+        }
+    }
+
+    fn created(&mut self) -> &mut Created {
+        self.created.as_mut().expect("a partial start is used only until fail or into_parts")
+    }
+
+    /// Releases everything created so far and returns `error`, the reason the start failed.
+    async fn fail(mut self, error: RuntimeError) -> RuntimeError {
+        tracing::debug!(error = %error, "start failed; releasing what it created");
+        if let Some(created) = self.created.take() {
+            created.release().await;
+        }
+        error
+    }
+
+    /// Hands the rootfs, network and shim over to the instance; the guard releases nothing.
+    /// Can only be called once all three exist.
+    fn into_parts(mut self) -> (Rootfs, InstanceNetwork, Child) {
+        let created = self.created.take().expect("into_parts is called once");
+        match (created.rootfs, created.network, created.shim) {
+            (Some(rootfs), Some(network), Some(shim)) => (rootfs, network, shim),
+            _ => unreachable!("into_parts is called only after the shim reported the container running"),
+        }
+    }
+}
+
+impl Drop for PartialStart {
+    fn drop(&mut self) {
+        if let Some(created) = self.created.take() {
+            tracing::warn!(id = %created.id, "start abandoned; releasing what it created");
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(created.release().in_current_span())),
+                Err(_) => tracing::error!(id = %created.id, "no runtime to release an abandoned start on"),
+            }
+        }
+    }
+}
+
+/// A container the shim reports running, with the pipes the reaper takes over.
+#[derive(Debug)]
+struct Launched {
+    events: Lines<BufReader<ChildStdout>>,
+    stdout: std::io::PipeReader,
+    stderr: std::io::PipeReader,
+    phases: StartPhases,
+}
+
 impl Runtime {
     /// Starts an instance and waits until its startup probe passes (services) or its process
     /// runs (job tasks, which have no startup probe). On error nothing of the instance is left.
+    /// Everything the start logs is in an `instance` span carrying the instance's id.
     pub async fn start(&self, spec: InstanceSpec) -> Result<Arc<Instance>, RuntimeError> {
-        validate_user_env(spec.env.iter().map(|(k, _)| k.as_str()))
-            .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
-        let began = Instant::now();
+        validate_user_env(spec.env.iter().map(|(k, _)| k.as_str()))?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let span = tracing::info_span!("instance", id = %id);
+        self.start_instance(id, spec).instrument(span).await
+    }
+
+    async fn start_instance(&self, id: String, spec: InstanceSpec) -> Result<Arc<Instance>, RuntimeError> {
+        let began = Instant::now();
+        tracing::debug!(owner = ?spec.owner, image = %spec.image.digest, "starting");
         let dir = self.inner.instances_dir.join(&id);
         let bundle = dir.join("bundle");
         std::fs::create_dir_all(&bundle).map_err(RuntimeError::io("create directory", &bundle))?;
-        let planned = InstanceNetwork {
-            netns: format!("wharf-{id}"),
-            host_interface: format!("wh{id}"),
-            ip: std::net::Ipv4Addr::UNSPECIFIED,
+        let mut partial = PartialStart::new(self, &id, &dir);
+        let launched = match self.launch(&spec, &id, &dir, partial.created()).await {
+            Ok(launched) => launched,
+            Err(e) => return Err(partial.fail(e).await),
         };
-        InstanceRecord { id: id.clone(), network: planned }.write(&dir)?;
-
-        let t = Instant::now();
-        let (layers, memory) = (spec.layers.clone(), spec.resources.memory_bytes);
-        let mount_dir = dir.clone();
-        let rootfs = tokio::task::spawn_blocking(move || Rootfs::mount(&mount_dir, &layers, memory))
-            .await
-            .map_err(|e| RuntimeError::Shim(e.to_string()))
-            .and_then(|r| r);
-        let rootfs = match rootfs {
-            Ok(r) => r,
-            Err(e) => {
-                release(&self.inner, &id, &Rootfs::paths(&dir), None, &dir).await;
-                return Err(e);
-            }
-        };
-        let rootfs_us = micros(t.elapsed());
-
-        let t = Instant::now();
-        let network = match self.inner.network.create(&id).await {
-            Ok(n) => n,
-            Err(e) => {
-                release(&self.inner, &id, &rootfs, None, &dir).await;
-                return Err(e);
-            }
-        };
-        let network_us = micros(t.elapsed());
-
-        let launched = match self.write_bundle(&spec, &id, &dir, &rootfs, &network) {
-            Ok(()) => self.launch_shim(&id, &dir).await,
-            Err(e) => Err(e),
-        };
-        let (mut child, mut events, stdout, stderr) = match launched {
-            Ok(parts) => parts,
-            Err(e) => {
-                release(&self.inner, &id, &rootfs, Some(&network), &dir).await;
-                return Err(e);
-            }
-        };
-        let first = tokio::time::timeout(Duration::from_secs(60), events.next_line()).await;
-        let (create_us, exec_us) = match first {
-            Ok(Ok(Some(line))) => match serde_json::from_str::<ShimEvent>(&line) {
-                Ok(ShimEvent::Started { create_us, start_us, .. }) => (create_us, start_us),
-                Ok(ShimEvent::Failed { error }) => {
-                    let _ = child.wait().await;
-                    release(&self.inner, &id, &rootfs, Some(&network), &dir).await;
-                    return Err(RuntimeError::Shim(error));
-                }
-                other => {
-                    let _ = child.kill().await;
-                    release(&self.inner, &id, &rootfs, Some(&network), &dir).await;
-                    return Err(RuntimeError::Shim(format!("unexpected first report {other:?}")));
-                }
-            },
-            other => {
-                let _ = child.kill().await;
-                let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
-                release(&self.inner, &id, &rootfs, Some(&network), &dir).await;
-                return Err(RuntimeError::Shim(format!("no report from the container helper ({other:?}): {log}")));
-            }
-        };
+        let (rootfs, network, mut child) = partial.into_parts();
         let running_at = Instant::now();
 
         let port = spec.startup_probe.as_ref().map_or(spec.port, |p| match &p.action {
@@ -122,21 +165,29 @@ impl Runtime {
             memory_bytes: spec.resources.memory_bytes,
             grace_period: spec.grace_period,
             status,
-            phases: Mutex::new(StartPhases { rootfs_us, network_us, create_us, exec_us, ..StartPhases::default() }),
+            phases: Mutex::new(launched.phases),
             control: tokio::sync::Mutex::new(control),
             recent: Mutex::default(),
             failure: Mutex::new(None),
             exited: std::sync::atomic::AtomicBool::new(false),
         });
         self.inner.instances.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), instance.clone());
+        // The reaper now owns the container: from here a failed start is a kill, and the
+        // reaper releases everything.
         let readers = vec![
-            tokio::spawn(reap::read_output(self.clone(), instance.clone(), stdout, Stream::Stdout)),
-            tokio::spawn(reap::read_output(self.clone(), instance.clone(), stderr, Stream::Stderr)),
+            tokio::spawn(
+                reap::read_output(self.clone(), instance.clone(), launched.stdout, Stream::Stdout).in_current_span(),
+            ),
+            tokio::spawn(
+                reap::read_output(self.clone(), instance.clone(), launched.stderr, Stream::Stderr).in_current_span(),
+            ),
         ];
-        tokio::spawn(reap::reap(self.clone(), instance.clone(), events, child, readers));
+        tokio::spawn(reap::reap(self.clone(), instance.clone(), launched.events, child, readers).in_current_span());
 
         if let Some(probe) = &spec.startup_probe {
-            if let Err(reason) = super::probe_until_ready(&instance, probe).await {
+            if let Err(e) = super::probe_until_ready(&instance, probe).await {
+                // The probe's error says why, with the exit and last output if it exited.
+                let reason = e.to_string();
                 self.kill(&instance, reason.clone()).await;
                 instance.wait_terminal().await;
                 return Err(RuntimeError::StartupFailed { reason });
@@ -155,9 +206,62 @@ impl Runtime {
             });
         }
         if let Some(probe) = spec.liveness_probe.clone() {
-            tokio::spawn(super::watch_liveness(self.clone(), instance.clone(), probe));
+            tokio::spawn(super::watch_liveness(self.clone(), instance.clone(), probe).in_current_span());
         }
+        tracing::debug!(addr = %instance.addr, phases = ?instance.phases(), "ready");
         Ok(instance)
+    }
+
+    /// Mounts the rootfs, creates the network, writes the bundle and starts the shim, then
+    /// waits for the shim's first report. Each thing created is recorded in `created` as soon
+    /// as it exists, for the caller to release if this fails.
+    async fn launch(
+        &self,
+        spec: &InstanceSpec,
+        id: &str,
+        dir: &Path,
+        created: &mut Created,
+    ) -> Result<Launched, RuntimeError> {
+        let planned = InstanceNetwork {
+            netns: format!("wharf-{id}"),
+            host_interface: format!("wh{id}"),
+            ip: std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        InstanceRecord { id: id.to_owned(), network: planned }.write(dir)?;
+
+        let t = Instant::now();
+        let (layers, memory, mount_dir) = (spec.layers.clone(), spec.resources.memory_bytes, dir.to_owned());
+        let rootfs = tokio::task::spawn_blocking(move || Rootfs::mount(&mount_dir, &layers, memory))
+            .await
+            .map_err(|e| RuntimeError::Shim(e.to_string()))??;
+        let rootfs = created.rootfs.insert(rootfs).clone();
+        let rootfs_us = micros(t.elapsed());
+        tracing::debug!(us = rootfs_us, "rootfs mounted");
+
+        let t = Instant::now();
+        let network = self.inner.network.create(id).await?;
+        let network = created.network.insert(network).clone();
+        let network_us = micros(t.elapsed());
+        tracing::debug!(us = network_us, ip = %network.ip, netns = %network.netns, "network ready");
+
+        self.write_bundle(spec, id, dir, &rootfs, &network)?;
+        let (child, mut events, stdout, stderr) = self.launch_shim(id, dir).await?;
+        created.shim = Some(child);
+        let first = tokio::time::timeout(SHIM_REPORT_TIMEOUT, events.next_line()).await;
+        let (create_us, exec_us) = match first {
+            Ok(Ok(Some(line))) => match serde_json::from_str::<ShimEvent>(&line) {
+                Ok(ShimEvent::Started { create_us, start_us, .. }) => (create_us, start_us),
+                Ok(ShimEvent::Failed { error }) => return Err(RuntimeError::Shim(error)),
+                other => return Err(RuntimeError::Shim(format!("unexpected first report {other:?}"))),
+            },
+            other => {
+                let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+                return Err(RuntimeError::Shim(format!("no report from the container helper ({other:?}): {log}")));
+            }
+        };
+        tracing::debug!(create_us, exec_us, "container running");
+        let phases = StartPhases { rootfs_us, network_us, create_us, exec_us, ..StartPhases::default() };
+        Ok(Launched { events, stdout, stderr, phases })
     }
 
     fn write_bundle(
@@ -169,10 +273,9 @@ impl Runtime {
         network: &InstanceNetwork,
     ) -> Result<(), RuntimeError> {
         let image = &spec.image.config.config;
-        let args =
-            command_line(image, spec.command.as_deref(), spec.args.as_deref()).map_err(RuntimeError::InvalidSpec)?;
-        let user = resolve_user(image.user.as_deref(), &rootfs.merged).map_err(RuntimeError::InvalidSpec)?;
-        let env = instance_env(image.env.as_deref().unwrap_or_default(), &spec.env, &spec.owner, spec.port);
+        let args = command_line(image, spec.command.as_deref(), spec.args.as_deref())?;
+        let user = resolve_user(image.user().as_deref(), &rootfs.merged)?;
+        let env = instance_env(image.env().as_deref().unwrap_or_default(), &spec.env, &spec.owner, spec.port);
         let resolv_conf = dir.join("resolv.conf");
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         std::fs::write(&resolv_conf, host_resolv).map_err(RuntimeError::io("write", &resolv_conf))?;
@@ -184,7 +287,7 @@ impl Runtime {
         let config = runtime_spec(&SpecInput {
             args,
             env,
-            cwd: image.working_dir.as_deref().unwrap_or("/"),
+            cwd: image.working_dir().as_deref().unwrap_or("/"),
             user,
             rootfs: &rootfs.merged,
             hostname: id,
@@ -193,10 +296,10 @@ impl Runtime {
             resources: spec.resources,
             resolv_conf: &resolv_conf,
             hosts: &hosts,
-        });
+        })?;
         let path = dir.join("bundle").join("config.json");
-        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
-        std::fs::write(&path, bytes).map_err(RuntimeError::io("write", &path))
+        config.save(&path).map_err(|source| SpecError::Write { path, source })?;
+        Ok(())
     }
 
     /// Starts `wharf shim` for instance `id` with the container's output pipes on fds 3 and 4.

@@ -5,6 +5,7 @@ use super::{Instance, InstanceState, InstanceStatus};
 use crate::runtime::Runtime;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
+use tracing::Instrument as _;
 
 impl Runtime {
     /// Stops `instance` gracefully (its own grace period) and waits until it is torn down.
@@ -12,11 +13,18 @@ impl Runtime {
         self.stop_within(instance, instance.grace_period).await
     }
 
-    /// Stops `instance`: SIGTERM, SIGKILL after `grace`; waits until it is torn down.
+    /// Stops `instance`: SIGTERM, SIGKILL after `grace`; waits until it is torn down, in the
+    /// instance's span.
     pub async fn stop_within(&self, instance: &Instance, grace: Duration) -> InstanceStatus {
-        instance.set_state(InstanceState::Stopping);
-        send_stop(instance, grace).await;
-        instance.wait_terminal().await
+        let span = tracing::info_span!("instance", id = %instance.id);
+        async {
+            tracing::debug!(?grace, "stopping");
+            instance.set_state(InstanceState::Stopping);
+            send_stop(instance, grace).await;
+            instance.wait_terminal().await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Sends signal `signo` to the container's main process; false if its shim is gone.
@@ -26,6 +34,7 @@ impl Runtime {
 
     /// Kills `instance` at once for a platform `reason` (it ends `Failed` with that reason).
     pub(crate) async fn kill(&self, instance: &Instance, reason: String) {
+        tracing::debug!(%reason, "killing");
         *instance.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
         send_stop(instance, Duration::ZERO).await;
     }
