@@ -37,7 +37,8 @@ fn invalid(message: impl Into<String>) -> ControlError {
     ControlError::InvalidArgument(message.into())
 }
 
-/// Parses a protobuf JSON duration (`"300s"`, `"1.5s"`).
+/// Parses a duration the way every Wharf surface does (`"300s"`, `"1.5s"`, `"5m"`, ...: see
+/// `wharf_api::duration`), naming `field` in the error.
 pub fn parse_duration(field: &str, value: &str) -> Result<Duration, ControlError> {
     wharf_api::duration::parse(value).map_err(|e| invalid(format!("{field}: {e}")))
 }

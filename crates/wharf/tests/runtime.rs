@@ -270,7 +270,9 @@ async fn http_startup_and_liveness_probes() {
     assert!(reason.contains("HTTP status 503"), "{reason}");
 
     let mut spec = h.spec("hello-00013-http");
-    spec.startup_probe = Some(http("/status?code=500", 300, 2));
+    // A budget of 4 s: the app must get to listen (slow on a loaded 2-core machine) before the
+    // probe can see its 500s.
+    spec.startup_probe = Some(http("/status?code=500", 2000, 2));
     match h.start(spec).await {
         Err(RuntimeError::StartupFailed { reason }) => assert!(reason.contains("HTTP status 500"), "{reason}"),
         other => panic!("expected a startup failure, got {other:?}"),
