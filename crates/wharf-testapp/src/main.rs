@@ -8,6 +8,8 @@
 //! | `/env` | the environment as a JSON object |
 //! | `/headers` | the request headers as a JSON object |
 //! | `/sleep?ms=N` | answers after N ms |
+//! | `/work?ms=N` | answers after N ms with `{"instance", "inflight", "max"}`: the hostname, the `/work` requests in flight here when this one arrived (itself included), and the most ever seen |
+//! | `/inflight` | `{"instance", "inflight", "max"}` of `/work` requests now |
 //! | `/cpu?ms=N` | burns CPU for N ms of wall time, reports iterations done |
 //! | `/alloc?mib=N` | allocates and touches N MiB, kept until exit |
 //! | `/exit?code=N` | exits with code N |
@@ -22,7 +24,8 @@
 //!
 //! As a job task (`testapp job`), it logs `task <index> attempt <attempt>` and, after
 //! `TESTAPP_SLEEP_MS` (default 0), exits 0; it exits 1 instead when `TESTAPP_FAIL_TASK` names its
-//! index and its attempt is below `TESTAPP_FAIL_ATTEMPTS` (default 1), and prints `TESTAPP_ECHO`
+//! index and its attempt is below `TESTAPP_FAIL_ATTEMPTS` (default 1), after
+//! `TESTAPP_FAIL_AFTER_MS` when set (instead of `TESTAPP_SLEEP_MS`), and prints `TESTAPP_ECHO`
 //! when set.
 //!
 //! On SIGTERM it logs `testapp: received SIGTERM, exiting` and exits 0.
@@ -31,6 +34,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -44,6 +48,10 @@ use futures::StreamExt as _;
 
 /// Memory handed out by `/alloc`, kept so it stays charged to the container.
 static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// `/work` requests in flight now, and the most ever in flight at once.
+static INFLIGHT: AtomicUsize = AtomicUsize::new(0);
+static INFLIGHT_MAX: AtomicUsize = AtomicUsize::new(0);
 
 type Params = Query<HashMap<String, String>>;
 
@@ -76,6 +84,8 @@ async fn main() {
         .route("/env", get(env))
         .route("/headers", get(headers))
         .route("/sleep", get(sleep))
+        .route("/work", get(work))
+        .route("/inflight", get(inflight))
         .route("/cpu", get(cpu))
         .route("/alloc", get(alloc))
         .route("/exit", get(exit))
@@ -119,6 +129,35 @@ async fn sleep(Query(q): Params) -> String {
     let ms: u64 = param(&q, "ms", 0);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     format!("slept {ms} ms\n")
+}
+
+/// Decrements the in-flight gauge when a `/work` request ends, even if it is cancelled.
+struct InFlight;
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        INFLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn instance_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned()
+}
+
+async fn work(Query(q): Params) -> impl IntoResponse {
+    let now = INFLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+    let _guard = InFlight;
+    let max = INFLIGHT_MAX.fetch_max(now, Ordering::SeqCst).max(now);
+    tokio::time::sleep(Duration::from_millis(param(&q, "ms", 0))).await;
+    axum::Json(serde_json::json!({"instance": instance_name(), "inflight": now, "max": max}))
+}
+
+async fn inflight() -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "instance": instance_name(),
+        "inflight": INFLIGHT.load(Ordering::SeqCst),
+        "max": INFLIGHT_MAX.load(Ordering::SeqCst),
+    }))
 }
 
 async fn cpu(Query(q): Params) -> String {
@@ -250,9 +289,12 @@ async fn run_task() -> ! {
     if let Some(echo) = var("TESTAPP_ECHO") {
         println!("echo {echo}");
     }
-    tokio::time::sleep(Duration::from_millis(num("TESTAPP_SLEEP_MS", 0))).await;
-    let fails = var("TESTAPP_FAIL_TASK").and_then(|v| v.parse::<u64>().ok()) == Some(index);
-    if fails && attempt < num("TESTAPP_FAIL_ATTEMPTS", 1) {
+    let fails = var("TESTAPP_FAIL_TASK").and_then(|v| v.parse::<u64>().ok()) == Some(index)
+        && attempt < num("TESTAPP_FAIL_ATTEMPTS", 1);
+    let sleep_ms = num("TESTAPP_SLEEP_MS", 0);
+    let sleep_ms = if fails { num("TESTAPP_FAIL_AFTER_MS", sleep_ms) } else { sleep_ms };
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    if fails {
         eprintln!("task {index} attempt {attempt} failing on purpose");
         std::process::exit(1);
     }
