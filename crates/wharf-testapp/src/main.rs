@@ -20,6 +20,7 @@
 //! | `/log?message=M&severity=S&stream=stdout\|stderr&json=1` | writes a log line |
 //! | `/file?path=P` | GET reads P, PUT writes the body to P |
 //! | `/hostname` | the UTS hostname (Wharf names it after the instance) |
+//! | `/ip` | the instance's own IPv4 address (the source address of its default route) |
 //! | `/connect?addr=IP:PORT` | opens a TCP connection (1 s timeout), reports `connected` or the error |
 //!
 //! As a job task (`testapp job`), it logs `task <index> attempt <attempt>` and, after
@@ -96,7 +97,8 @@ async fn main() {
         .route("/log", get(log))
         .route("/file", get(read_file).put(write_file))
         .route("/connect", get(connect))
-        .route("/hostname", get(hostname));
+        .route("/hostname", get(hostname))
+        .route("/ip", get(own_ip));
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -299,6 +301,15 @@ async fn run_task() -> ! {
         std::process::exit(1);
     }
     std::process::exit(0);
+}
+
+async fn own_ip() -> Response {
+    // Connecting a UDP socket sends nothing; it picks the source address of the route.
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.connect("169.254.1.1:9").map(|()| s));
+    match probe.and_then(|s| s.local_addr()) {
+        Ok(addr) => format!("{}\n", addr.ip()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn hostname() -> String {
