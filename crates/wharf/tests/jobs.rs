@@ -1,5 +1,5 @@
 //! Jobs end to end with real containers: parallel tasks with a retry, timeouts, per-execution
-//! overrides, cancellation, and bad input.
+//! overrides, cancellation, one failing task stopping the others, and bad input.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! Services end to end, through the CLI and the API, with real containers: deploy and get a
 //! URL, new revisions on env changes, describe with --format, scale to zero and cold start,
-//! scale-out under load bounded by max-instances, request timeouts, bad input, delete.
+//! scale-out under load up to and never past max-instances, the concurrency limit measured
+//! inside each instance, request timeouts, bad input, delete.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -485,4 +486,16 @@ async fn h2c_websocket_and_streamed_bodies_pass_through() {
 
 fn futures_stream() -> impl futures::Stream<Item = Result<&'static str, std::io::Error>> + Send + 'static {
     futures::stream::iter([Ok("part one, "), Ok("part two")])
+}
+
+/// The harness runs the CLI with a sealed `HOME`/`XDG_CONFIG_HOME`: the CLI config it reads
+/// is the test's own (here naming the default project), never the developer's.
+#[tokio::test]
+async fn the_cli_reads_the_tests_own_config_home() {
+    let env = setup("60s");
+    let config_dir = env.server.home().join(".config/wharf");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(config_dir.join("config.toml"), "project = \"sealed\"\n").unwrap();
+    let out = env.ok(&["run", "deploy", "homed", "--image", &env.image]);
+    assert!(out.contains("Service URL: http://homed-sealed.localhost:"), "{out}");
 }
