@@ -10,7 +10,7 @@
 //! | `/sleep?ms=N` | answers after N ms |
 //! | `/work?ms=N` | answers after N ms with `{"instance", "inflight", "max"}`: the hostname, the `/work` requests in flight here when this one arrived (itself included), and the most ever seen |
 //! | `/inflight` | `{"instance", "inflight", "max"}` of `/work` requests now |
-//! | `/cpu?ms=N` | burns CPU for N ms of wall time, reports iterations done |
+//! | `/cpu?ms=N&threads=T` | burns CPU on T threads (default 1) for N ms of wall time, reports iterations done |
 //! | `/alloc?mib=N` | allocates and touches N MiB, kept until exit |
 //! | `/exit?code=N` | exits with code N |
 //! | `/status?code=N` | answers with status N |
@@ -164,21 +164,30 @@ async fn inflight() -> impl IntoResponse {
 
 async fn cpu(Query(q): Params) -> String {
     let ms: u64 = param(&q, "ms", 100);
-    let (iterations, elapsed) = tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        let mut x: u64 = 1;
-        let mut iterations: u64 = 0;
-        while start.elapsed() < Duration::from_millis(ms) {
-            for _ in 0..10_000 {
-                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            }
-            iterations += 1;
-        }
-        std::hint::black_box(x);
-        (iterations, start.elapsed())
-    })
-    .await
-    .unwrap_or_default();
+    let threads: usize = param(&q, "threads", 1usize).clamp(1, 64);
+    let burners: Vec<_> = (0..threads)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                let start = Instant::now();
+                let mut x: u64 = 1;
+                let mut iterations: u64 = 0;
+                while start.elapsed() < Duration::from_millis(ms) {
+                    for _ in 0..10_000 {
+                        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    }
+                    iterations += 1;
+                }
+                std::hint::black_box(x);
+                (iterations, start.elapsed())
+            })
+        })
+        .collect();
+    let (mut iterations, mut elapsed) = (0, Duration::ZERO);
+    for burner in burners {
+        let (i, e) = burner.await.unwrap_or_default();
+        iterations += i;
+        elapsed = elapsed.max(e);
+    }
     format!("burned {} ms, {iterations} iterations\n", elapsed.as_millis())
 }
 

@@ -212,7 +212,9 @@ async fn half_a_cpu_throttles_a_cpu_burn() {
     spec.resources = Resources::from_user(None, Some("0.5")).unwrap();
     let instance = h.start(spec).await.unwrap();
     let before = instance.cpu_stats().expect("cpu.stat readable");
-    let (status, body) = get(&instance, "/cpu?ms=800").await;
+    // Two burning threads want two CPUs: even on a busy machine they get more than the half
+    // CPU the quota allows, so the quota (not the machine's load) is what must throttle them.
+    let (status, body) = get(&instance, "/cpu?ms=1000&threads=2").await;
     assert_eq!(status, 200, "{body}");
     let after = instance.cpu_stats().unwrap();
     assert!(after.throttled_periods > before.throttled_periods, "no throttling under 0.5 CPU: {before:?} -> {after:?}");
