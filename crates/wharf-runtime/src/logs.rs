@@ -351,7 +351,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Store::open(&dir.path().join("state.db")).unwrap();
         let logs = LogStore::open(db.clone(), 1500);
-        for i in 0..2100 {
+        // Far more lines than kept, so a store without retention holds 5,001.
+        for i in 0..5000 {
             logs.append(&owner(), "inst", Stream::Stdout, &format!("line {i}")).await;
         }
         logs.platform(&owner(), "inst", "ERROR", "Memory limit of 512 MiB exceeded").await;
@@ -362,9 +363,25 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].message, "Memory limit of 512 MiB exceeded");
         let last = logs.query(&LogFilter { limit: 2, ..LogFilter::default() }).await.unwrap();
-        assert_eq!(last[0].message, "line 2099");
-        let total: i64 = db.read(|c| c.query_row("SELECT count(*) FROM logs", [], |r| r.get(0))).unwrap();
-        assert!(total <= 1500 + 1000, "retention not applied: {total} lines");
+        assert_eq!(last[0].message, "line 4999");
+        // Pruning runs every 1,000 lines and keeps the newest 1,500: between prunes at most
+        // 999 more lines are stored, never fewer than 1,500, and what is kept is the newest.
+        let (total, oldest_id, newest_id): (i64, i64, i64) = db
+            .read(|c| {
+                c.query_row("SELECT count(*), min(id), max(id) FROM logs", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+            })
+            .unwrap();
+        assert!((1500..1500 + 1000).contains(&total), "retention not applied as documented: {total} lines kept");
+        assert_eq!(newest_id - oldest_id + 1, total, "kept lines are not the newest, contiguous ones");
+        let oldest: String =
+            db.read(|c| c.query_row("SELECT message FROM logs WHERE id = ?1", [oldest_id], |r| r.get(0))).unwrap();
+        assert_eq!(
+            oldest,
+            format!("line {}", 5000 - (total - 1)),
+            "the oldest kept line is not the newest but {total}"
+        );
         let none =
             logs.query(&LogFilter { revision: Some("other".into()), limit: 10, ..LogFilter::default() }).await.unwrap();
         assert_eq!(none, []);

@@ -8,6 +8,13 @@
 //!
 //! Setup shells out to `ip` and `nft` (iproute2, nftables), batching commands to keep a
 //! start to a handful of process spawns.
+//!
+//! The host rules (tables `inet wharf` and `ip wharf_nat`) are shared by every wharf server on
+//! the machine. Each server registers itself while it uses them (a file
+//! `/run/wharf/host-network/<pid>-<n>`, under the lock `/run/wharf/host-network.lock`); the
+//! last one to leave removes them, so stopping one server never strips another's instances
+//! of NAT and isolation. Registrations of servers that died are pruned by the next one to
+//! leave.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -36,17 +43,59 @@ impl InstanceNetwork {
     }
 }
 
+/// Where servers using the shared host rules register, and the lock that orders them.
+const HOLDERS_DIR: &str = "/run/wharf/host-network";
+const HOLDERS_LOCK: &str = "/run/wharf/host-network.lock";
+
 /// The host side of instance networking.
 #[derive(Debug, Clone)]
 pub struct Network {
     /// First two octets of the /16 instance subnet.
     prefix: [u8; 2],
+    /// This user's registration file name under [`HOLDERS_DIR`]: `<pid>-<unique>`.
+    holder: String,
 }
 
 impl Default for Network {
     fn default() -> Network {
-        Network { prefix: [10, 213] }
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        Network { prefix: [10, 213], holder: format!("{}-{}", std::process::id(), &unique[..12]) }
     }
+}
+
+/// Takes the host-network lock (blocking, off the async threads); released when dropped.
+async fn lock_holders() -> Result<nix::fcntl::Flock<std::fs::File>, RuntimeError> {
+    tokio::task::spawn_blocking(|| {
+        std::fs::create_dir_all(HOLDERS_DIR).map_err(RuntimeError::io("create directory", HOLDERS_DIR))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(HOLDERS_LOCK)
+            .map_err(RuntimeError::io("open", HOLDERS_LOCK))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| RuntimeError::io("lock", HOLDERS_LOCK)(std::io::Error::from(errno)))
+    })
+    .await
+    .map_err(|e| RuntimeError::io("lock", HOLDERS_LOCK)(std::io::Error::other(e)))?
+}
+
+/// Registrations under [`HOLDERS_DIR`] whose process is still alive, after removing those
+/// whose process is gone. Call with the lock held.
+fn live_holders() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(HOLDERS_DIR) else { return Vec::new() };
+    let mut live = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| std::path::Path::new("/proc").join(pid.to_string()).exists()) {
+            live.push(name);
+        } else {
+            tracing::info!(registration = %name, "removing the host-network registration of a server that is gone");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    live
 }
 
 async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), RuntimeError> {
@@ -79,11 +128,15 @@ impl Network {
         format!("{}.{}.0.0/16", self.prefix[0], self.prefix[1])
     }
 
-    /// Enables forwarding and installs the isolation and NAT rules. Idempotent; the rules are
-    /// the same for every wharf server on the machine.
+    /// Enables forwarding, registers this user of the host rules and installs the isolation
+    /// and NAT rules (the same for every wharf server on the machine; reinstalling them is
+    /// atomic, so servers already running keep them throughout).
     pub async fn setup_host(&self) -> Result<(), RuntimeError> {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(RuntimeError::io("enable forwarding in", "/proc/sys/net/ipv4/ip_forward"))?;
+        let _lock = lock_holders().await?;
+        let holder = std::path::Path::new(HOLDERS_DIR).join(&self.holder);
+        std::fs::write(&holder, b"").map_err(RuntimeError::io("register in", &holder))?;
         let rules = format!(
             "table inet wharf {{}}
              delete table inet wharf
@@ -103,11 +156,29 @@ impl Network {
              }}\n",
             self.subnet()
         );
-        run("nft", &["-f", "-"], Some(&rules)).await
+        let installed = run("nft", &["-f", "-"], Some(&rules)).await;
+        if installed.is_err() {
+            let _ = std::fs::remove_file(&holder);
+        }
+        installed
     }
 
-    /// Removes the host rules if no instance of any wharf server is left.
+    /// Unregisters this user of the host rules and removes the rules if it was the last one
+    /// (servers that died unregistered are not counted) and no instance veth is left.
     pub async fn teardown_host(&self) {
+        let _lock = match lock_holders().await {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the host-network lock; leaving the host rules in place");
+                return;
+            }
+        };
+        let _ = std::fs::remove_file(std::path::Path::new(HOLDERS_DIR).join(&self.holder));
+        let others = live_holders();
+        if !others.is_empty() {
+            tracing::debug!(?others, "other servers use the host rules; keeping them");
+            return;
+        }
         let links = Command::new("ip").args(["-o", "link", "show"]).output().await;
         let in_use = links.map(|o| String::from_utf8_lossy(&o.stdout).contains(": wh")).unwrap_or(true);
         if !in_use {

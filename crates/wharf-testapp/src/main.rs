@@ -8,7 +8,9 @@
 //! | `/env` | the environment as a JSON object |
 //! | `/headers` | the request headers as a JSON object |
 //! | `/sleep?ms=N` | answers after N ms |
-//! | `/cpu?ms=N` | burns CPU for N ms of wall time, reports iterations done |
+//! | `/work?ms=N` | answers after N ms with `{"instance", "inflight", "max"}`: the hostname, the `/work` requests in flight here when this one arrived (itself included), and the most ever seen |
+//! | `/inflight` | `{"instance", "inflight", "max"}` of `/work` requests now |
+//! | `/cpu?ms=N&threads=T` | burns CPU on T threads (default 1) for N ms of wall time, reports iterations done |
 //! | `/alloc?mib=N` | allocates and touches N MiB, kept until exit |
 //! | `/exit?code=N` | exits with code N |
 //! | `/status?code=N` | answers with status N |
@@ -18,11 +20,13 @@
 //! | `/log?message=M&severity=S&stream=stdout\|stderr&json=1` | writes a log line |
 //! | `/file?path=P` | GET reads P, PUT writes the body to P |
 //! | `/hostname` | the UTS hostname (Wharf names it after the instance) |
+//! | `/ip` | the instance's own IPv4 address (the source address of its default route) |
 //! | `/connect?addr=IP:PORT` | opens a TCP connection (1 s timeout), reports `connected` or the error |
 //!
 //! As a job task (`testapp job`), it logs `task <index> attempt <attempt>` and, after
 //! `TESTAPP_SLEEP_MS` (default 0), exits 0; it exits 1 instead when `TESTAPP_FAIL_TASK` names its
-//! index and its attempt is below `TESTAPP_FAIL_ATTEMPTS` (default 1), and prints `TESTAPP_ECHO`
+//! index and its attempt is below `TESTAPP_FAIL_ATTEMPTS` (default 1), after
+//! `TESTAPP_FAIL_AFTER_MS` when set (instead of `TESTAPP_SLEEP_MS`), and prints `TESTAPP_ECHO`
 //! when set.
 //!
 //! On SIGTERM it logs `testapp: received SIGTERM, exiting` and exits 0.
@@ -31,6 +35,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -44,6 +49,10 @@ use futures::StreamExt as _;
 
 /// Memory handed out by `/alloc`, kept so it stays charged to the container.
 static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// `/work` requests in flight now, and the most ever in flight at once.
+static INFLIGHT: AtomicUsize = AtomicUsize::new(0);
+static INFLIGHT_MAX: AtomicUsize = AtomicUsize::new(0);
 
 type Params = Query<HashMap<String, String>>;
 
@@ -76,6 +85,8 @@ async fn main() {
         .route("/env", get(env))
         .route("/headers", get(headers))
         .route("/sleep", get(sleep))
+        .route("/work", get(work))
+        .route("/inflight", get(inflight))
         .route("/cpu", get(cpu))
         .route("/alloc", get(alloc))
         .route("/exit", get(exit))
@@ -86,7 +97,8 @@ async fn main() {
         .route("/log", get(log))
         .route("/file", get(read_file).put(write_file))
         .route("/connect", get(connect))
-        .route("/hostname", get(hostname));
+        .route("/hostname", get(hostname))
+        .route("/ip", get(own_ip));
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -121,23 +133,61 @@ async fn sleep(Query(q): Params) -> String {
     format!("slept {ms} ms\n")
 }
 
+/// Decrements the in-flight gauge when a `/work` request ends, even if it is cancelled.
+struct InFlight;
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        INFLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn instance_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned()
+}
+
+async fn work(Query(q): Params) -> impl IntoResponse {
+    let now = INFLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+    let _guard = InFlight;
+    let max = INFLIGHT_MAX.fetch_max(now, Ordering::SeqCst).max(now);
+    tokio::time::sleep(Duration::from_millis(param(&q, "ms", 0))).await;
+    axum::Json(serde_json::json!({"instance": instance_name(), "inflight": now, "max": max}))
+}
+
+async fn inflight() -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "instance": instance_name(),
+        "inflight": INFLIGHT.load(Ordering::SeqCst),
+        "max": INFLIGHT_MAX.load(Ordering::SeqCst),
+    }))
+}
+
 async fn cpu(Query(q): Params) -> String {
     let ms: u64 = param(&q, "ms", 100);
-    let (iterations, elapsed) = tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        let mut x: u64 = 1;
-        let mut iterations: u64 = 0;
-        while start.elapsed() < Duration::from_millis(ms) {
-            for _ in 0..10_000 {
-                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            }
-            iterations += 1;
-        }
-        std::hint::black_box(x);
-        (iterations, start.elapsed())
-    })
-    .await
-    .unwrap_or_default();
+    let threads: usize = param(&q, "threads", 1usize).clamp(1, 64);
+    let burners: Vec<_> = (0..threads)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                let start = Instant::now();
+                let mut x: u64 = 1;
+                let mut iterations: u64 = 0;
+                while start.elapsed() < Duration::from_millis(ms) {
+                    for _ in 0..10_000 {
+                        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    }
+                    iterations += 1;
+                }
+                std::hint::black_box(x);
+                (iterations, start.elapsed())
+            })
+        })
+        .collect();
+    let (mut iterations, mut elapsed) = (0, Duration::ZERO);
+    for burner in burners {
+        let (i, e) = burner.await.unwrap_or_default();
+        iterations += i;
+        elapsed = elapsed.max(e);
+    }
     format!("burned {} ms, {iterations} iterations\n", elapsed.as_millis())
 }
 
@@ -250,13 +300,25 @@ async fn run_task() -> ! {
     if let Some(echo) = var("TESTAPP_ECHO") {
         println!("echo {echo}");
     }
-    tokio::time::sleep(Duration::from_millis(num("TESTAPP_SLEEP_MS", 0))).await;
-    let fails = var("TESTAPP_FAIL_TASK").and_then(|v| v.parse::<u64>().ok()) == Some(index);
-    if fails && attempt < num("TESTAPP_FAIL_ATTEMPTS", 1) {
+    let fails = var("TESTAPP_FAIL_TASK").and_then(|v| v.parse::<u64>().ok()) == Some(index)
+        && attempt < num("TESTAPP_FAIL_ATTEMPTS", 1);
+    let sleep_ms = num("TESTAPP_SLEEP_MS", 0);
+    let sleep_ms = if fails { num("TESTAPP_FAIL_AFTER_MS", sleep_ms) } else { sleep_ms };
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    if fails {
         eprintln!("task {index} attempt {attempt} failing on purpose");
         std::process::exit(1);
     }
     std::process::exit(0);
+}
+
+async fn own_ip() -> Response {
+    // Connecting a UDP socket sends nothing; it picks the source address of the route.
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.connect("169.254.1.1:9").map(|()| s));
+    match probe.and_then(|s| s.local_addr()) {
+        Ok(addr) => format!("{}\n", addr.ip()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn hostname() -> String {

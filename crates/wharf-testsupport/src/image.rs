@@ -58,16 +58,48 @@ fn build_testapp() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+/// The image's blobs, built once per process (compressing the libraries is slow in debug
+/// builds) and written out for each test.
+#[derive(Debug, Clone)]
+struct Built {
+    blobs: Vec<(Digest, Vec<u8>)>,
+    manifest_digest: Digest,
+    manifest_size: usize,
+    layers: Vec<Digest>,
+}
+
+fn built() -> anyhow::Result<Built> {
+    static BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
+    BUILT.get_or_init(|| build_blobs().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
+}
+
 /// Writes the testapp image into `dir` (an OCI layout) and returns where it is.
 pub fn testapp_image(dir: &Path, tag: &str) -> anyhow::Result<TestImage> {
-    let binary = testapp_binary()?;
+    let built = built()?;
     let layout = dir.join("testapp-oci");
     let blobs = layout.join("blobs").join("sha256");
     std::fs::create_dir_all(&blobs)?;
     std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    for (digest, bytes) in &built.blobs {
+        std::fs::write(blobs.join(digest.hex()), bytes)?;
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST, "digest": built.manifest_digest, "size": built.manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": tag}
+        }],
+    });
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
+    Ok(TestImage { layout, tag: tag.to_owned(), manifest_digest: built.manifest_digest, layers: built.layers })
+}
 
+fn build_blobs() -> anyhow::Result<Built> {
+    let binary = testapp_binary()?;
+    let mut blobs = Vec::new();
     let mut layers = Vec::new();
-    layers.push(layer(&blobs, |b| {
+    layers.push(layer(&mut blobs, |b| {
         for lib in shared_libraries(&binary)? {
             let inside = lib.strip_prefix("/").unwrap_or(&lib).to_owned();
             let real = std::fs::canonicalize(&lib)?;
@@ -75,8 +107,8 @@ pub fn testapp_image(dir: &Path, tag: &str) -> anyhow::Result<TestImage> {
         }
         Ok(())
     })?);
-    layers.push(layer(&blobs, |b| append_file(b, Path::new("app/testapp"), &std::fs::read(&binary)?, 0o755))?);
-    layers.push(layer(&blobs, |b| {
+    layers.push(layer(&mut blobs, |b| append_file(b, Path::new("app/testapp"), &std::fs::read(&binary)?, 0o755))?);
+    layers.push(layer(&mut blobs, |b| {
         append_file(
             b,
             Path::new("etc/passwd"),
@@ -101,7 +133,7 @@ pub fn testapp_image(dir: &Path, tag: &str) -> anyhow::Result<TestImage> {
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let config_bytes = serde_json::to_vec(&config)?;
-    let config_digest = write_blob(&blobs, &config_bytes)?;
+    let config_digest = add_blob(&mut blobs, config_bytes.clone());
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -111,22 +143,9 @@ pub fn testapp_image(dir: &Path, tag: &str) -> anyhow::Result<TestImage> {
         })).collect::<Vec<_>>(),
     });
     let manifest_bytes = serde_json::to_vec(&manifest)?;
-    let manifest_digest = write_blob(&blobs, &manifest_bytes)?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [{
-            "mediaType": OCI_MANIFEST, "digest": manifest_digest, "size": manifest_bytes.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag}
-        }],
-    });
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
-    Ok(TestImage {
-        layout,
-        tag: tag.to_owned(),
-        manifest_digest,
-        layers: layers.into_iter().map(|l| l.digest).collect(),
-    })
+    let manifest_size = manifest_bytes.len();
+    let manifest_digest = add_blob(&mut blobs, manifest_bytes);
+    Ok(Built { blobs, manifest_digest, manifest_size, layers: layers.into_iter().map(|l| l.digest).collect() })
 }
 
 struct Layer {
@@ -135,21 +154,25 @@ struct Layer {
     size: usize,
 }
 
-fn layer(blobs: &Path, fill: impl FnOnce(&mut tar::Builder<Vec<u8>>) -> anyhow::Result<()>) -> anyhow::Result<Layer> {
+fn layer(
+    blobs: &mut Vec<(Digest, Vec<u8>)>,
+    fill: impl FnOnce(&mut tar::Builder<Vec<u8>>) -> anyhow::Result<()>,
+) -> anyhow::Result<Layer> {
     let mut builder = tar::Builder::new(Vec::new());
     fill(&mut builder)?;
     let tar_bytes = builder.into_inner()?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &tar_bytes)?;
     let gz = gz.finish()?;
-    let digest = write_blob(blobs, &gz)?;
-    Ok(Layer { digest, diff_id: Digest::of(&tar_bytes), size: gz.len() })
+    let size = gz.len();
+    let digest = add_blob(blobs, gz);
+    Ok(Layer { digest, diff_id: Digest::of(&tar_bytes), size })
 }
 
-fn write_blob(blobs: &Path, bytes: &[u8]) -> anyhow::Result<Digest> {
-    let digest = Digest::of(bytes);
-    std::fs::write(blobs.join(digest.hex()), bytes)?;
-    Ok(digest)
+fn add_blob(blobs: &mut Vec<(Digest, Vec<u8>)>, bytes: Vec<u8>) -> Digest {
+    let digest = Digest::of(&bytes);
+    blobs.push((digest.clone(), bytes));
+    digest
 }
 
 fn append_dirs_above(b: &mut tar::Builder<Vec<u8>>, path: &Path) -> anyhow::Result<()> {

@@ -2,7 +2,9 @@
 //! - [`image`]: builds the testapp binary and packages it as a multi-layer OCI image layout,
 //!   with no network access;
 //! - [`server`]: starts a real `wharf server` on free ports in a temporary data directory and
-//!   stops it (even when a test fails);
+//!   stops it (even when a test fails), in a sealed environment (no developer config);
+//! - [`leaks`]: finds and removes what a harness's scope left on the machine (mounts, cgroups,
+//!   namespaces, links, processes); [`leaks::LeakGuard`] does it on drop, even on panic;
 //! - [`wait_until`]: waits for a condition with a deadline, instead of sleeping.
 
 pub mod image;

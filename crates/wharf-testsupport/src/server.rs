@@ -1,6 +1,13 @@
 //! A real `wharf server` for a test: free ports, a temporary data directory, the log kept in
 //! `<data-dir>/server.log` and printed if start-up fails, and a stop on drop so a failing test
-//! leaves no server behind.
+//! leaves no server behind; then a [`LeakGuard`] checks (and cleans) what the server's scope
+//! left on the machine.
+//!
+//! The server and the CLI run in a sealed environment: only `PATH` (and `TMPDIR`,
+//! `RUST_BACKTRACE`) is inherited; `HOME`, `XDG_CONFIG_HOME` and `DOCKER_CONFIG` point into the
+//! test's temporary directory and `WHARF_CONFIG` at an empty config file there, so no test reads
+//! the developer's `~/.config/wharf`, `/etc/wharf/config.toml`, `~/.docker/config.json` or
+//! `WHARF_*`/`CLOUDSDK_*` variables.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -8,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::leaks::LeakGuard;
 use crate::wait_until;
 
 /// Where a started server listens (a copy of its `server.json`).
@@ -24,11 +32,45 @@ pub struct Addresses {
 pub struct WharfServer {
     binary: PathBuf,
     data_dir: PathBuf,
-    _temp: Option<tempfile::TempDir>,
+    /// The sealed home: `home/` (HOME), `home/.config` (XDG_CONFIG_HOME), `home/.docker`
+    /// (DOCKER_CONFIG) and `config.toml` (WHARF_CONFIG, empty).
+    root: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
     pub addrs: Addresses,
     pub token: String,
+    /// Declared before `_temp`: the leak check runs before the data directory is deleted.
+    guard: LeakGuard,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// The environment every test server and CLI gets, before the test's own variables.
+fn sealed_env(cmd: &mut Command, root: &Path) {
+    cmd.env_clear();
+    cmd.env(
+        "PATH",
+        std::env::var_os("PATH")
+            .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+    );
+    for inherited in ["TMPDIR", "RUST_BACKTRACE"] {
+        if let Some(value) = std::env::var_os(inherited) {
+            cmd.env(inherited, value);
+        }
+    }
+    let home = root.join("home");
+    cmd.env("HOME", &home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("DOCKER_CONFIG", home.join(".docker"))
+        .env("WHARF_CONFIG", root.join("config.toml"));
+}
+
+/// Creates the sealed home under `root`.
+fn prepare_root(root: &Path) -> anyhow::Result<()> {
+    let home = root.join("home");
+    std::fs::create_dir_all(home.join(".config"))?;
+    std::fs::create_dir_all(home.join(".docker"))?;
+    std::fs::write(root.join("config.toml"), "")?;
+    Ok(())
 }
 
 impl WharfServer {
@@ -40,18 +82,29 @@ impl WharfServer {
     /// Like [`WharfServer::start`], with extra environment variables for the server process.
     pub fn start_with_env(binary: &Path, env: &[(&str, &str)]) -> anyhow::Result<WharfServer> {
         let temp = tempfile::Builder::new().prefix("wharf-test-").tempdir()?;
-        let data_dir = temp.path().to_owned();
+        let root = temp.path().to_owned();
+        prepare_root(&root)?;
+        let data_dir = root.join("data");
         let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        let mut server = WharfServer::launch(binary, &data_dir, env)?;
+        let guard = LeakGuard::new(&data_dir);
+        let mut server = WharfServer::launch(binary, &data_dir, &root, env, guard)?;
         server._temp = Some(temp);
         Ok(server)
     }
 
-    fn launch(binary: &Path, data_dir: &Path, env: Vec<(String, String)>) -> anyhow::Result<WharfServer> {
+    fn launch(
+        binary: &Path,
+        data_dir: &Path,
+        root: &Path,
+        env: Vec<(String, String)>,
+        guard: LeakGuard,
+    ) -> anyhow::Result<WharfServer> {
         let _ = std::fs::remove_file(data_dir.join("server.json"));
         std::fs::create_dir_all(data_dir)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("server.log"))?;
-        let child = Command::new(binary)
+        let mut cmd = Command::new(binary);
+        sealed_env(&mut cmd, root);
+        let child = cmd
             .args([
                 "server",
                 "--api-addr",
@@ -71,9 +124,12 @@ impl WharfServer {
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let pid = child.id();
+        guard.server(pid);
         let mut server = WharfServer {
             binary: binary.to_owned(),
             data_dir: data_dir.to_owned(),
+            root: root.to_owned(),
+            guard,
             _temp: None,
             child: Some(child),
             env,
@@ -110,6 +166,25 @@ impl WharfServer {
         &self.data_dir
     }
 
+    /// The sealed `HOME` the server and the CLI run with.
+    pub fn home(&self) -> PathBuf {
+        self.root.join("home")
+    }
+
+    /// The leak guard of this server's scope (to add instance ids a test learns of).
+    pub fn leak_guard(&self) -> &LeakGuard {
+        &self.guard
+    }
+
+    /// Stops the server and checks its scope now, instead of at drop: returns what it left
+    /// on the machine (removed already).
+    pub fn stop_and_check(&mut self) -> anyhow::Result<Vec<crate::leaks::Leftover>> {
+        if !self.stop()? {
+            bail!("wharf server did not stop cleanly:\n{}", self.log());
+        }
+        Ok(self.guard.check_and_clean())
+    }
+
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addrs.api_addr)
     }
@@ -133,7 +208,8 @@ impl WharfServer {
         }
         let log = self.log();
         eprintln!("wharf server did not stop within 60 s; sweeping its data directory. Log:\n{log}");
-        if let Ok(mut sweeper) = WharfServer::launch(&self.binary, &self.data_dir, self.env.clone())
+        if let Ok(mut sweeper) =
+            WharfServer::launch(&self.binary, &self.data_dir, &self.root, self.env.clone(), self.guard.clone())
             && let Some(child) = sweeper.child.take()
         {
             terminate(child);
@@ -147,20 +223,27 @@ impl WharfServer {
             bail!("wharf server did not stop cleanly:\n{}", self.log());
         }
         let temp = self._temp.take();
-        let mut next = WharfServer::launch(&self.binary, &self.data_dir, std::mem::take(&mut self.env))?;
+        let env = std::mem::take(&mut self.env);
+        let mut next = WharfServer::launch(&self.binary, &self.data_dir, &self.root, env, self.guard.clone())?;
         next._temp = temp;
         *self = next;
         Ok(())
     }
 
-    /// Runs the wharf CLI against this server.
+    /// Runs the wharf CLI against this server, in the sealed environment, finding the server
+    /// through its data directory.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new(&self.binary)
-            .args(args)
+        self.cli_with_env(args, &[])
+    }
+
+    /// Like [`WharfServer::cli`], with extra environment variables.
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(&self.binary);
+        sealed_env(&mut cmd, &self.root);
+        cmd.args(args)
             .env("WHARF_DATA_DIR", &self.data_dir)
-            .env_remove("WHARF_TOKEN")
-            .env_remove("WHARF_API")
-            .env_remove("WHARF_REGISTRY")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
             .output()
             .context("cannot run the wharf CLI")
     }

@@ -83,7 +83,12 @@ async fn pulls_from_a_remote_registry_with_docker_config_credentials() {
     let remote_ref = format!("{}/team/hello:multi", remote.addrs.registry_addr);
     let out = no_creds.cli(&["images", "pull", &remote_ref]).unwrap();
     assert!(!out.status.success(), "pull without credentials succeeded");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pulling"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Refused for want of credentials (the remote answered 401 UNAUTHORIZED to the manifest
+    // request), not for any other reason.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let manifest_url = format!("http://{}/v2/team/hello/manifests/multi", remote.addrs.registry_addr);
+    assert!(stderr.contains(&format!("pulling {remote_ref} failed")), "{stderr}");
+    assert!(stderr.contains(&format!("Not authorized: url {manifest_url}")), "not refused as unauthorized: {stderr}");
 
     let pulled = cli_ok(&local, &["images", "pull", &remote_ref]);
     assert!(pulled.contains(image.manifest_digest.as_str()), "index did not resolve to the amd64 image: {pulled}");

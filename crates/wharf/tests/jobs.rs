@@ -1,5 +1,5 @@
 //! Jobs end to end with real containers: parallel tasks with a retry, timeouts, per-execution
-//! overrides, cancellation, and bad input.
+//! overrides, cancellation, one failing task stopping the others, and bad input.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -264,4 +264,59 @@ async fn a_restart_retries_interrupted_tasks_and_the_execution_completes() {
         assert!(Instant::now() < deadline, "the execution did not complete after the restart: {e}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// One task exhausting its retries fails the execution and stops the others (README, Jobs):
+/// the failing task's two attempts fail fast while its siblings would sleep for a minute; the
+/// siblings are stopped (SIGTERM, which the test app logs) and counted as cancelled.
+#[tokio::test]
+async fn a_task_that_exhausts_its_retries_fails_the_execution_and_stops_the_others() {
+    let env = setup();
+    env.ok(&[
+        "create",
+        "fragile",
+        "--image",
+        &env.image,
+        "--args",
+        "job",
+        "--tasks",
+        "3",
+        "--parallelism",
+        "3",
+        "--max-retries",
+        "1",
+        "--set-env-vars",
+        "TESTAPP_FAIL_TASK=0,TESTAPP_FAIL_ATTEMPTS=10,TESTAPP_FAIL_AFTER_MS=1500,TESTAPP_SLEEP_MS=60000",
+    ]);
+    let started = Instant::now();
+    let (ok, stdout, err) = env.run(&["execute", "fragile", "--wait"]);
+    let took = started.elapsed();
+    assert!(!ok, "an execution whose task always fails succeeded: {stdout}");
+    assert!(err.contains("Task 0 failed after 2 attempt(s) (max retries 1)"), "{err}");
+    assert!(took < Duration::from_secs(40), "the other tasks were not stopped: the execution took {took:?}");
+
+    let list = env.ok(&["executions", "list", "--job", "fragile", "--format", "value(name.basename())"]);
+    let execution = list.lines().next().unwrap().to_owned();
+    let e = env.describe_execution(&execution);
+    assert_eq!(e["conditions"][0]["state"], "CONDITION_FAILED", "{e}");
+    assert_eq!(e["failedCount"], 1, "{e}");
+    assert_eq!(e["cancelledCount"], 2, "{e}");
+    assert_eq!(e["succeededCount"].as_i64().unwrap_or(0), 0, "{e}");
+    assert_eq!(e["runningCount"].as_i64().unwrap_or(0), 0, "{e}");
+    let tasks = e["tasks"].as_array().unwrap();
+    assert_eq!(tasks[0]["retried"], 1, "{}", tasks[0]);
+    assert_eq!(tasks[1]["retried"], 0, "{}", tasks[1]);
+    assert_eq!(tasks[2]["retried"], 0, "{}", tasks[2]);
+
+    let logs = env.logs(&["--execution", &execution]);
+    assert!(logs.contains("task 0 attempt 1 failing on purpose"), "{logs}");
+    for index in [1, 2] {
+        assert!(logs.contains(&format!("task {index} attempt 0")), "task {index} never ran:\n{logs}");
+    }
+    assert_eq!(
+        logs.matches("testapp: received SIGTERM, exiting").count(),
+        2,
+        "the two running siblings were not stopped with SIGTERM:\n{logs}"
+    );
+    assert_eq!(env.instances(), 0, "tasks of the failed execution are still running");
 }

@@ -1,6 +1,7 @@
 //! Services end to end, through the CLI and the API, with real containers: deploy and get a
 //! URL, new revisions on env changes, describe with --format, scale to zero and cold start,
-//! scale-out under load bounded by max-instances, request timeouts, bad input, delete.
+//! scale-out under load up to and never past max-instances, the concurrency limit measured
+//! inside each instance, request timeouts, bad input, delete.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -145,6 +146,69 @@ async fn deploy_update_describe_scale_to_zero_and_delete() {
     assert!(stderr.contains("Cannot find service [hello]"), "{stderr}");
 }
 
+/// Counts the instance directories of `server` every 5 ms on a thread until stopped; the
+/// peak is returned when stopped.
+struct InstanceSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl InstanceSampler {
+    fn start(server: &WharfServer) -> InstanceSampler {
+        let dir = server.data_dir().join("instances");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        });
+        InstanceSampler { stop, thread }
+    }
+
+    fn peak(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Fires `n` concurrent `GET /work?ms={ms}` at `host`; returns each answer's status and body.
+async fn fire_work(env: &Env, host: &str, n: usize, ms: u64) -> Vec<(u16, String)> {
+    let requests: Vec<_> = (0..n)
+        .map(|_| {
+            let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+            let url = format!("http://{}/work?ms={ms}", env.server.addrs.ingress_addr);
+            let host = host.to_owned();
+            tokio::spawn(async move {
+                let r = client.get(url).header("Host", host).send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for r in requests {
+        answers.push(r.await.unwrap());
+    }
+    answers
+}
+
+/// The most `/work` requests each instance had in flight at once, from the answers that
+/// succeeded (each reports the instance's count when it arrived).
+fn max_in_flight_per_instance(answers: &[(u16, String)]) -> std::collections::BTreeMap<String, u64> {
+    let mut per_instance = std::collections::BTreeMap::new();
+    for (status, body) in answers.iter().filter(|(s, _)| *s == 200) {
+        let report: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{status}: {body}: {e}"));
+        let instance = report["instance"].as_str().unwrap().to_owned();
+        let inflight = report["inflight"].as_u64().unwrap();
+        let max = per_instance.entry(instance).or_insert(0);
+        *max = inflight.max(*max);
+    }
+    per_instance
+}
+
 #[tokio::test]
 async fn scales_out_under_load_within_max_instances_and_back_to_zero() {
     let env = setup("2s");
@@ -165,33 +229,78 @@ async fn scales_out_under_load_within_max_instances_and_back_to_zero() {
     ]);
     let host = "busy-demo.localhost";
     let started = Instant::now();
-    let requests: Vec<_> = (0..20)
-        .map(|_| {
-            let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
-            let url = format!("http://{}/sleep?ms=1500", env.server.addrs.ingress_addr);
-            tokio::spawn(async move {
-                let r = client.get(url).header("Host", host).send().await.unwrap();
-                (r.status().as_u16(), r.text().await.unwrap())
-            })
-        })
-        .collect();
-    let peak = env.wait_for_instances("scale-out to max-instances", |n| n >= 4, Duration::from_secs(20)).await;
-    let mut statuses = Vec::new();
-    for r in requests {
-        statuses.push(r.await.unwrap());
-    }
-    assert!(env.instances() <= 4, "more instances than --max-instances");
+    // The instance count is sampled every 5 ms for as long as the load runs.
+    let sampler = InstanceSampler::start(&env.server);
+    let answers = fire_work(&env, host, 20, 1500).await;
+    let peak = sampler.peak();
+    assert!(peak <= 4, "{peak} instances at once with --max-instances 4");
+    assert_eq!(peak, 4, "20 requests of 1.5 s at concurrency 1 never scaled out to --max-instances 4");
     // 4 instances serve 20 requests of 1.5 s one at a time: some wait in the queue past its
     // 10 s bound and get the documented "no available instance" answer; the rest succeed.
-    let served = statuses.iter().filter(|(s, _)| *s == 200).count();
-    let refused: Vec<&(u16, String)> = statuses.iter().filter(|(s, _)| *s != 200).collect();
+    let served = answers.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<&(u16, String)> = answers.iter().filter(|(s, _)| *s != 200).collect();
     assert!(served >= 16, "only {served} served; {refused:?}");
     for (status, body) in &refused {
         assert!(*status == 503 || *status == 429, "{status}: {body}");
         assert!(body.contains("no available instance"), "{body}");
     }
-    assert!(peak <= 4 && started.elapsed() < Duration::from_secs(40));
+    let per_instance = max_in_flight_per_instance(&answers);
+    assert!(per_instance.len() <= 4, "{} instances answered: {per_instance:?}", per_instance.len());
+    assert!(per_instance.values().all(|m| *m == 1), "--concurrency 1 broken: {per_instance:?}");
+    assert!(started.elapsed() < Duration::from_secs(40));
     env.wait_for_instances("scale back to zero", |n| n == 0, Duration::from_secs(30)).await;
+}
+
+/// `--concurrency` is a hard per-instance limit: under more concurrent requests than the
+/// instances can take, no instance ever has more than the limit in flight, and the load
+/// reaches the limit (so the test would notice a limit that is not enforced and a load that
+/// never exercised it).
+#[tokio::test]
+async fn concurrency_is_a_hard_per_instance_limit() {
+    let env = setup("60s");
+    for (service, concurrency, max_instances, requests) in [("one", 1u64, 2u64, 12), ("three", 3, 1, 12)] {
+        env.ok(&[
+            "run",
+            "deploy",
+            service,
+            "--image",
+            &env.image,
+            "--project",
+            "demo",
+            "--concurrency",
+            &concurrency.to_string(),
+            "--max-instances",
+            &max_instances.to_string(),
+            "--timeout",
+            "60",
+        ]);
+        let host = format!("{service}-demo.localhost");
+        let answers = fire_work(&env, &host, requests, 400).await;
+        let failed: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+        assert_eq!(failed, Vec::<&(u16, String)>::new(), "{service}: requests within the queue bound failed");
+        let per_instance = max_in_flight_per_instance(&answers);
+        assert!(
+            per_instance.len() as u64 <= max_instances,
+            "{service}: {} instances served with --max-instances {max_instances}",
+            per_instance.len()
+        );
+        for (instance, max) in &per_instance {
+            assert!(
+                *max <= concurrency,
+                "{service}: instance {instance} had {max} requests in flight, limit {concurrency}"
+            );
+        }
+        let reached = per_instance.values().max().copied().unwrap_or(0);
+        assert_eq!(reached, concurrency, "{service}: the load never reached the limit: {per_instance:?}");
+        if max_instances == 1 {
+            // The instance's own gauge agrees with what the answers reported.
+            let (status, body) = env.get(&host, "/inflight").await;
+            assert_eq!(status, 200, "{body}");
+            let gauge: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(gauge["max"], concurrency, "{gauge}");
+            assert_eq!(gauge["inflight"], 0, "{gauge}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -377,4 +486,16 @@ async fn h2c_websocket_and_streamed_bodies_pass_through() {
 
 fn futures_stream() -> impl futures::Stream<Item = Result<&'static str, std::io::Error>> + Send + 'static {
     futures::stream::iter([Ok("part one, "), Ok("part two")])
+}
+
+/// The harness runs the CLI with a sealed `HOME`/`XDG_CONFIG_HOME`: the CLI config it reads
+/// is the test's own (here naming the default project), never the developer's.
+#[tokio::test]
+async fn the_cli_reads_the_tests_own_config_home() {
+    let env = setup("60s");
+    let config_dir = env.server.home().join(".config/wharf");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(config_dir.join("config.toml"), "project = \"sealed\"\n").unwrap();
+    let out = env.ok(&["run", "deploy", "homed", "--image", &env.image]);
+    assert!(out.contains("Service URL: http://homed-sealed.localhost:"), "{out}");
 }
