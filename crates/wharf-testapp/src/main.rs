@@ -19,11 +19,14 @@
 //! | `/file?path=P` | GET reads P, PUT writes the body to P |
 //! | `/hostname` | the UTS hostname (Wharf names it after the instance) |
 //! | `/connect?addr=IP:PORT` | opens a TCP connection (1 s timeout), reports `connected` or the error |
+//! | `/sandbox?fork_max=N` | tries what the sandbox must refuse, reports operation -> `ok`/errno as JSON (`sandbox.rs`) |
 //!
 //! As a job task (`testapp job`), it logs `task <index> attempt <attempt>` and, after
 //! `TESTAPP_SLEEP_MS` (default 0), exits 0; it exits 1 instead when `TESTAPP_FAIL_TASK` names its
 //! index and its attempt is below `TESTAPP_FAIL_ATTEMPTS` (default 1), and prints `TESTAPP_ECHO`
 //! when set.
+//!
+//! `testapp idle` (the fork-bomb probe's children) waits for its stdin to close, then exits.
 //!
 //! On SIGTERM it logs `testapp: received SIGTERM, exiting` and exits 0.
 //! With `TESTAPP_NO_LISTEN=1` it never listens; with `TESTAPP_EXIT_CODE=N` it prints
@@ -45,14 +48,23 @@ use futures::StreamExt as _;
 /// Memory handed out by `/alloc`, kept so it stays charged to the container.
 static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
+mod sandbox;
+
 type Params = Query<HashMap<String, String>>;
 
 fn param<T: std::str::FromStr>(q: &HashMap<String, String>, key: &str, default: T) -> T {
     q.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("idle") {
+        sandbox::idle();
+    }
+    serve();
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+async fn serve() {
     let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
     tokio::spawn(async {
         let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
@@ -86,7 +98,8 @@ async fn main() {
         .route("/log", get(log))
         .route("/file", get(read_file).put(write_file))
         .route("/connect", get(connect))
-        .route("/hostname", get(hostname));
+        .route("/hostname", get(hostname))
+        .route("/sandbox", get(probe_sandbox));
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -257,6 +270,14 @@ async fn run_task() -> ! {
         std::process::exit(1);
     }
     std::process::exit(0);
+}
+
+async fn probe_sandbox(Query(q): Params) -> Response {
+    let fork_max: usize = param(&q, "fork_max", 64);
+    match tokio::task::spawn_blocking(move || sandbox::probe(fork_max)).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("probe failed: {e}\n")).into_response(),
+    }
 }
 
 async fn hostname() -> String {
