@@ -3,10 +3,10 @@
 //! (`"EPERM"`). The checker-inside-the-container pattern of youki's integration tests.
 //!
 //! Every probe is bounded and leaves nothing behind when it is refused; where a refused
-//! operation would succeed on a broken sandbox, the probe undoes it (removes the node, detaches,
-//! restores the persona) so a failing test does not also damage the instance. The fork bomb
-//! spawns at most `max` idle children (this binary in `idle` mode, blocked on its stdin), then
-//! closes their stdin and reaps them all.
+//! operation would succeed on a broken sandbox, the probe undoes it (removes the node,
+//! restores the persona, kills a traced child) so a failing test does not also damage the
+//! instance. The fork bomb spawns at most `max` idle children (this binary in `idle` mode,
+//! blocked on its stdin), then closes their stdin and reaps them all.
 //!
 //! Three probes need raw syscalls with no safe wrapper (`keyctl`, `bpf`, `clone3`), hence the
 //! `unsafe` below; the arguments are plain integers or null pointers the kernel validates.
@@ -129,8 +129,8 @@ pub fn probe(fork_max: usize) -> serde_json::Value {
             let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
             let attached = nix::sys::ptrace::attach(pid);
             if attached.is_ok() {
-                let _ = nix::sys::wait::waitpid(pid, None);
-                let _ = nix::sys::ptrace::detach(pid, None);
+                // A broken sandbox: do not wait on a traced child, end it (`reap` collects it).
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
             r.insert("ptrace_attach", outcome(attached));
             r.insert("fork", "ok".to_owned());
