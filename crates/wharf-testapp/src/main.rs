@@ -26,7 +26,8 @@
 //! index and its attempt is below `TESTAPP_FAIL_ATTEMPTS` (default 1), and prints `TESTAPP_ECHO`
 //! when set.
 //!
-//! `testapp idle` (the fork-bomb probe's children) waits for its stdin to close, then exits.
+//! `testapp idle` (the fork-bomb probe's children) waits for its stdin to close, then exits;
+//! `testapp unshare-user` tries unshare(CLONE_NEWUSER) single-threaded and prints the errno.
 //!
 //! On SIGTERM it logs `testapp: received SIGTERM, exiting` and exits 0.
 //! With `TESTAPP_NO_LISTEN=1` it never listens; with `TESTAPP_EXIT_CODE=N` it prints
@@ -57,8 +58,10 @@ fn param<T: std::str::FromStr>(q: &HashMap<String, String>, key: &str, default: 
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("idle") {
-        sandbox::idle();
+    match std::env::args().nth(1).as_deref() {
+        Some("idle") => sandbox::idle(),
+        Some("unshare-user") => sandbox::unshare_user(),
+        _ => {}
     }
     serve();
 }

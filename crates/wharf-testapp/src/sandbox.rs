@@ -47,6 +47,13 @@ pub fn idle() -> ! {
     std::process::exit(0);
 }
 
+/// The `unshare-user` mode (single-threaded, before any runtime starts): tries
+/// unshare(CLONE_NEWUSER) and prints the outcome.
+pub fn unshare_user() -> ! {
+    println!("{}", outcome(nix::sched::unshare(CloneFlags::CLONE_NEWUSER)));
+    std::process::exit(0);
+}
+
 fn idle_child() -> std::io::Result<Child> {
     Command::new("/proc/self/exe").arg("idle").stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
 }
@@ -63,8 +70,16 @@ fn reap(mut children: Vec<Child>) {
 /// Runs every probe; blocking (call it off the async runtime). `fork_max` bounds the bomb.
 pub fn probe(fork_max: usize) -> serde_json::Value {
     let mut r = Report::new();
-    // Namespaces: `unshare -r` is unshare(CLONE_NEWUSER) then writing the id maps.
+    // Namespaces: `unshare -r` is unshare(CLONE_NEWUSER) then writing the id maps. The kernel
+    // refuses it in a multithreaded process (EINVAL) whatever the sandbox, so it is also tried
+    // in a single-threaded child, as `unshare -r` would.
     r.insert("unshare_user", outcome(nix::sched::unshare(CloneFlags::CLONE_NEWUSER)));
+    let child = Command::new("/proc/self/exe").arg("unshare-user").stdin(Stdio::null()).output();
+    let single = match child {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        Err(e) => io_outcome::<()>(Err(e)),
+    };
+    r.insert("unshare_user_single_threaded", single);
     r.insert("unshare_net", outcome(nix::sched::unshare(CloneFlags::CLONE_NEWNET)));
     r.insert(
         "setns",

@@ -294,6 +294,7 @@ async fn the_sandbox_refuses_escapes_tried_from_inside() {
     let expected = [
         // seccomp
         ("unshare_user", "EPERM"),
+        ("unshare_user_single_threaded", "EPERM"),
         ("unshare_net", "EPERM"),
         ("setns", "EPERM"),
         ("clone3", "ENOSYS"),
