@@ -287,8 +287,23 @@ async fn the_sandbox_refuses_escapes_tried_from_inside() {
     let h = harness().await;
     let mut spec = h.spec("hello-00020-sandbox");
     spec.resources.pids = 48;
-    let instance = h.start(spec).await.unwrap();
-    let (status, body) = get(&instance, "/sandbox?fork_max=200").await;
+    // Everything inside the instance happens first and cannot panic; the instance is gone
+    // before any assertion runs, so a failing check leaves nothing behind.
+    let probed = async {
+        let instance = h.start(spec).await.map_err(|e| format!("start: {e}"))?;
+        let fetch = async |path: &str| -> Result<(u16, String), String> {
+            let response = client().get(format!("http://{}{path}", instance.addr)).send().await;
+            let response = response.map_err(|e| format!("GET {path}: {e}"))?;
+            let status = response.status().as_u16();
+            Ok((status, response.text().await.map_err(|e| format!("GET {path}: {e}"))?))
+        };
+        let report = fetch("/sandbox?fork_max=200").await?;
+        let after_bomb = fetch("/").await?;
+        Ok::<_, String>((report, after_bomb))
+    }
+    .await;
+    h.finish().await;
+    let ((status, body), after_bomb) = probed.unwrap();
     assert_eq!(status, 200, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     let expected = [
@@ -334,8 +349,7 @@ async fn the_sandbox_refuses_escapes_tried_from_inside() {
     assert_eq!(bomb["error"], "EAGAIN", "{bomb}");
     let spawned = bomb["spawned"].as_u64().unwrap();
     assert!(spawned > 30 && spawned < 48, "{bomb}");
-    assert_eq!(get(&instance, "/").await, (200, "Hello from hello-00020-sandbox!\n".to_owned()));
-    h.finish().await;
+    assert_eq!(after_bomb, (200, "Hello from hello-00020-sandbox!\n".to_owned()));
 }
 
 /// The host's address on its default route: what an instance reaches as "the outside".
