@@ -8,6 +8,7 @@
 //! - [`rootfs`], [`network`], [`cgroup`], [`spec`]: the sandbox: overlay on a memory-charged
 //!   tmpfs, a network namespace with NAT egress and no instance-to-instance traffic, cgroup
 //!   limits, and the OCI runtime spec.
+//! - [`seccomp`]: the syscall filter installed in every instance right before its command runs.
 //! - [`backend`]: the runtime as the control plane's instance backend.
 //! - [`contract`]: Cloud Run's environment contract; [`resources`]: limit syntax.
 //! - [`logs`]: captured output, stored durably with retention.
@@ -24,6 +25,7 @@ pub mod network;
 pub mod resources;
 pub mod rootfs;
 mod runtime;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 

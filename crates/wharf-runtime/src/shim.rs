@@ -74,7 +74,16 @@ pub fn run(args: &ShimArgs) -> i32 {
         }
     };
     let t0 = Instant::now();
+    let filters = match crate::seccomp::Filters::compile() {
+        Ok(f) => f,
+        Err(e) => {
+            let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            emit(&ShimEvent::Failed { error: format!("{e}{cause}") });
+            return 1;
+        }
+    };
     let built = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
+        .with_executor(crate::seccomp::SandboxExecutor::new(filters))
         .with_root_path(&args.state_root)
         .map(|b| b.with_stdin(devnull).with_stdout(stdout).with_stderr(stderr))
         .and_then(|b| b.validate_id())

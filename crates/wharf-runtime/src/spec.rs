@@ -1,7 +1,9 @@
 //! The OCI runtime spec (`config.json`) of an instance: image config (Entrypoint, Cmd,
 //! WorkingDir, User, Env) with the revision's overrides, the sandbox (namespaces, masked
-//! paths, capabilities) and the limits (memory, CPU quota, pids), built as oci-spec's typed
-//! `Spec`; `start` writes it into the bundle, and creating the container is the shim's job.
+//! paths, capabilities, rlimits) and the limits (memory, CPU quota, pids), built as oci-spec's
+//! typed `Spec`; `start` writes it into the bundle, and creating the container is the shim's
+//! job. The seccomp filter is not in the spec (libcontainer is built without libseccomp): the
+//! shim installs it itself (`seccomp`).
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +11,8 @@ use oci_spec::OciSpecError;
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use wharf_image::manifest::ContainerConfig;
 
@@ -36,17 +39,45 @@ pub enum SpecError {
     },
 }
 
+/// RLIMIT_NOFILE (soft, hard) of every instance, not inherited from the server (whose limit
+/// is raised for its many sockets): 1024 keeps `select()`-based code safe, and a process may
+/// raise its soft limit up to the hard one, as on Cloud Run.
+pub const NOFILE: (u64, u64) = (1024, 65536);
+
+/// The RLIMIT_NOFILE instances get on this host: [`NOFILE`], except that the hard limit is
+/// capped at the server's own when the server cannot raise it (a root without
+/// CAP_SYS_RESOURCE, for example confined by its own container): asking for more would make
+/// every start fail with EPERM.
+pub fn host_nofile() -> (u64, u64) {
+    let (_, server_hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((0, u64::MAX));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let cap_sys_resource = 24;
+    nofile_within(server_hard, effective & (1 << cap_sys_resource) != 0)
+}
+
+fn nofile_within(server_hard: u64, can_raise: bool) -> (u64, u64) {
+    let hard = if can_raise { NOFILE.1 } else { NOFILE.1.min(server_hard) };
+    (NOFILE.0.min(hard), hard)
+}
+
 /// The CFS period CPU quotas are expressed against.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
-/// Docker's default capability set: enough for ordinary servers, nothing that reaches the host.
-const CAPABILITIES: &[Capability] = &[
+/// Docker's default capability set minus CAP_MKNOD (no device nodes: the device cgroup and
+/// `nodev` mounts would refuse them anyway) and CAP_NET_RAW (no raw or packet sockets, so no
+/// spoofed packets or ARP games on the instance's link): enough for ordinary servers, including
+/// dropping root, binding ports below 1024 and chroot; nothing that reaches the host.
+pub const CAPABILITIES: &[Capability] = &[
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
     Capability::Setfcap,
@@ -57,9 +88,12 @@ const CAPABILITIES: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
+/// What runc masks (bind-mounts `/dev/null` or an empty read-only tmpfs over): kernel memory,
+/// the keyring, timers and scheduler internals that leak host activity, and firmware.
 const MASKED_PATHS: &[&str] = &[
     "/proc/asound",
     "/proc/acpi",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -68,8 +102,10 @@ const MASKED_PATHS: &[&str] = &[
     "/proc/sched_debug",
     "/proc/scsi",
     "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 
+/// What runc makes read-only: kernel tunables and the magic SysRq trigger.
 const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 /// The command line: the revision's command replaces the image's Entrypoint (and then the
@@ -159,13 +195,15 @@ pub struct SpecInput<'a> {
     pub resources: Resources,
     pub resolv_conf: &'a Path,
     pub hosts: &'a Path,
+    /// RLIMIT_NOFILE (soft, hard): [`host_nofile`].
+    pub nofile: (u64, u64),
 }
 
 /// Builds the runtime spec. Every field the instance relies on is set explicitly: oci-spec's
 /// builders fill unset fields from its own defaults (youki's example config: an NOFILE
 /// rlimit of 1024, `TERM=xterm`, inheritable and ambient capabilities, default namespaces and
-/// mounts), which are not Wharf's sandbox. No rlimits are set: the container inherits the
-/// shim's.
+/// mounts), which are not Wharf's sandbox. The only rlimit set is NOFILE (`input.nofile`); the
+/// others are the shim's (the server's), which are the system defaults.
 pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let capabilities: Capabilities = CAPABILITIES.iter().copied().collect();
     let mut caps = LinuxCapabilitiesBuilder::default()
@@ -184,7 +222,12 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .capabilities(caps)
         .no_new_privileges(true)
         .build()?;
-    process.set_rlimits(None);
+    let nofile: PosixRlimit = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .soft(input.nofile.0)
+        .hard(input.nofile.1)
+        .build()?;
+    process.set_rlimits(Some(vec![nofile]));
 
     let quota = input.resources.cpu_millis * CPU_PERIOD_US / 1000;
     let resources = LinuxResourcesBuilder::default()
@@ -272,6 +315,14 @@ mod tests {
     }
 
     #[test]
+    fn nofile_is_capped_only_where_the_server_cannot_raise_it() {
+        assert_eq!(nofile_within(20_000, false), (1024, 20_000));
+        assert_eq!(nofile_within(20_000, true), (1024, 65_536));
+        assert_eq!(nofile_within(1 << 20, false), (1024, 65_536));
+        assert_eq!(nofile_within(512, false), (512, 512));
+    }
+
+    #[test]
     fn overrides_follow_kubernetes_rules() {
         let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
         let image = config(Some(&["/app"]), Some(&["--serve"]));
@@ -326,6 +377,7 @@ mod tests {
             resources: Resources { memory_bytes: 512 << 20, cpu_millis: 1500, pids: 256 },
             resolv_conf: resolv,
             hosts,
+            nofile: NOFILE,
         }
     }
 
@@ -341,7 +393,9 @@ mod tests {
         assert!(process.env().as_ref().unwrap().contains(&"PORT=8080".to_owned()));
         assert_eq!(process.cwd(), Path::new("/"));
         assert_eq!((process.user().uid(), process.user().gid()), (1000, 1001));
-        assert_eq!(process.rlimits(), &None);
+        let rlimits = process.rlimits().as_ref().unwrap();
+        let nofile: Vec<_> = rlimits.iter().map(|r| (r.typ(), r.soft(), r.hard())).collect();
+        assert_eq!(nofile, [(PosixRlimitType::RlimitNofile, 1024, 65536)]);
         let caps = process.capabilities().as_ref().unwrap();
         let expected: Capabilities = CAPABILITIES.iter().copied().collect();
         assert_eq!(caps.bounding().as_ref(), Some(&expected));
@@ -349,7 +403,12 @@ mod tests {
         assert_eq!(caps.permitted().as_ref(), Some(&expected));
         assert_eq!(caps.inheritable(), &None);
         assert_eq!(caps.ambient(), &None);
-        assert!(!expected.contains(&Capability::SysAdmin));
+        for dangerous in [Capability::SysAdmin, Capability::Mknod, Capability::NetRaw, Capability::SysPtrace] {
+            assert!(!expected.contains(&dangerous), "{dangerous:?}");
+        }
+        for needed in [Capability::NetBindService, Capability::Setuid, Capability::Setgid, Capability::Chown] {
+            assert!(expected.contains(&needed), "{needed:?}");
+        }
 
         let linux = spec.linux().as_ref().unwrap();
         let namespaces: Vec<_> =
@@ -406,6 +465,7 @@ mod tests {
                 "env": ["PATH=/bin", "PORT=8080"],
                 "cwd": "/",
                 "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+                "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 65536}],
                 "noNewPrivileges": true
             },
             "root": {"path": "/i/rootfs", "readonly": false},

@@ -22,12 +22,16 @@
 //! | `/hostname` | the UTS hostname (Wharf names it after the instance) |
 //! | `/ip` | the instance's own IPv4 address (the source address of its default route) |
 //! | `/connect?addr=IP:PORT` | opens a TCP connection (1 s timeout), reports `connected` or the error |
+//! | `/sandbox?fork_max=N` | tries what the sandbox must refuse, reports operation -> `ok`/errno as JSON (`sandbox.rs`) |
 //!
 //! As a job task (`testapp job`), it logs `task <index> attempt <attempt>` and, after
 //! `TESTAPP_SLEEP_MS` (default 0), exits 0; it exits 1 instead when `TESTAPP_FAIL_TASK` names its
 //! index and its attempt is below `TESTAPP_FAIL_ATTEMPTS` (default 1), after
 //! `TESTAPP_FAIL_AFTER_MS` when set (instead of `TESTAPP_SLEEP_MS`), and prints `TESTAPP_ECHO`
 //! when set.
+//!
+//! `testapp idle` (the fork-bomb probe's children) waits for its stdin to close, then exits;
+//! `testapp unshare-user` tries unshare(CLONE_NEWUSER) single-threaded and prints the errno.
 //!
 //! On SIGTERM it logs `testapp: received SIGTERM, exiting` and exits 0.
 //! With `TESTAPP_NO_LISTEN=1` it never listens; with `TESTAPP_EXIT_CODE=N` it prints
@@ -50,6 +54,7 @@ use futures::StreamExt as _;
 /// Memory handed out by `/alloc`, kept so it stays charged to the container.
 static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
+mod sandbox;
 /// `/work` requests in flight now, and the most ever in flight at once.
 static INFLIGHT: AtomicUsize = AtomicUsize::new(0);
 static INFLIGHT_MAX: AtomicUsize = AtomicUsize::new(0);
@@ -60,8 +65,17 @@ fn param<T: std::str::FromStr>(q: &HashMap<String, String>, key: &str, default: 
     q.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("idle") => sandbox::idle(),
+        Some("unshare-user") => sandbox::unshare_user(),
+        _ => {}
+    }
+    serve();
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+async fn serve() {
     let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
     tokio::spawn(async {
         let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
@@ -98,7 +112,8 @@ async fn main() {
         .route("/file", get(read_file).put(write_file))
         .route("/connect", get(connect))
         .route("/hostname", get(hostname))
-        .route("/ip", get(own_ip));
+        .route("/ip", get(own_ip))
+        .route("/sandbox", get(probe_sandbox));
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -318,6 +333,14 @@ async fn own_ip() -> Response {
     match probe.and_then(|s| s.local_addr()) {
         Ok(addr) => format!("{}\n", addr.ip()).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn probe_sandbox(Query(q): Params) -> Response {
+    let fork_max: usize = param(&q, "fork_max", 64);
+    match tokio::task::spawn_blocking(move || sandbox::probe(fork_max)).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("probe failed: {e}\n")).into_response(),
     }
 }
 

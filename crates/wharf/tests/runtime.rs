@@ -1,8 +1,9 @@
 //! The runtime with real containers (as root): testapp starts and answers; instances share
 //! port 8080 in their own namespaces; the env contract is visible inside; the rootfs is fresh
 //! each time; memory and CPU limits bite; SIGTERM is honoured; start-up failures explain
-//! themselves; instances cannot reach each other but reach the host; an unclean exit is swept
-//! up on the next start; and nothing is left behind.
+//! themselves; instances cannot reach each other but reach the host; the sandbox refuses
+//! escapes tried from inside (seccomp, capabilities, rlimits, pids limit); an unclean exit is
+//! swept up on the next start; and nothing is left behind.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -284,6 +285,79 @@ async fn http_startup_and_liveness_probes() {
         other => panic!("expected a startup failure, got {other:?}"),
     }
     h.finish().await;
+}
+
+/// testapp's `/sandbox` tries, from inside a real instance, what the sandbox must refuse and
+/// reports each errno; the controls (allowed operations of the same kind) must report `ok`,
+/// which shows a refused probe is the sandbox at work and not a broken probe.
+#[tokio::test]
+async fn the_sandbox_refuses_escapes_tried_from_inside() {
+    let h = harness().await;
+    let mut spec = h.spec("hello-00020-sandbox");
+    spec.resources.pids = 48;
+    // Everything inside the instance happens first and cannot panic; the instance is gone
+    // before any assertion runs, so a failing check leaves nothing behind.
+    let probed = async {
+        let instance = h.start(spec).await.map_err(|e| format!("start: {e}"))?;
+        let fetch = async |path: &str| -> Result<(u16, String), String> {
+            let response = client().get(format!("http://{}{path}", instance.addr)).send().await;
+            let response = response.map_err(|e| format!("GET {path}: {e}"))?;
+            let status = response.status().as_u16();
+            Ok((status, response.text().await.map_err(|e| format!("GET {path}: {e}"))?))
+        };
+        let report = fetch("/sandbox?fork_max=200").await?;
+        let after_bomb = fetch("/").await?;
+        Ok::<_, String>((report, after_bomb))
+    }
+    .await;
+    h.finish().await;
+    let ((status, body), after_bomb) = probed.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let expected = [
+        // seccomp
+        ("unshare_user", "EPERM"),
+        ("unshare_user_single_threaded", "EPERM"),
+        ("unshare_net", "EPERM"),
+        ("setns", "EPERM"),
+        ("clone3", "ENOSYS"),
+        ("mount", "EPERM"),
+        ("keyctl", "EPERM"),
+        ("bpf", "EPERM"),
+        ("ptrace_attach", "EPERM"),
+        ("personality_addr_no_randomize", "EPERM"),
+        // capabilities: no CAP_MKNOD, no CAP_NET_RAW
+        ("mknod_block_tmp", "EPERM"),
+        ("mknod_block_dev", "EPERM"),
+        ("raw_socket", "EPERM"),
+        ("packet_socket", "EPERM"),
+        // controls
+        ("personality_query", "ok"),
+        ("mknod_fifo", "ok"),
+        ("udp_socket", "ok"),
+        ("fork", "ok"),
+    ];
+    let actual: Vec<(&str, &str)> =
+        expected.iter().map(|(name, _)| (*name, report[*name].as_str().unwrap_or("missing"))).collect();
+    assert_eq!(actual, expected, "{report:#}");
+    assert_eq!(report.get("open_block_tmp"), None, "a block device node was created: {report:#}");
+
+    // NOFILE: the spec's limits, not the server's; the 1025th descriptor fails.
+    let (soft, hard) = wharf_runtime::spec::host_nofile();
+    let nofile = &report["nofile"];
+    assert_eq!((nofile["soft"].as_str(), nofile["hard"].as_str()), (Some("1024"), Some(hard.to_string().as_str())));
+    assert_eq!(soft, 1024);
+    assert_eq!(nofile["error"], "EMFILE", "{nofile}");
+    let opened = nofile["opened"].as_u64().unwrap();
+    assert!(opened > 1000 && opened < 1024, "{nofile}");
+
+    // The fork bomb hits the pids limit (48 tasks, testapp's own threads included), not its
+    // bound of 200, and the instance still answers once its children are reaped.
+    let bomb = &report["fork_bomb"];
+    assert_eq!(bomb["error"], "EAGAIN", "{bomb}");
+    let spawned = bomb["spawned"].as_u64().unwrap();
+    assert!(spawned > 30 && spawned < 48, "{bomb}");
+    assert_eq!(after_bomb, (200, "Hello from hello-00020-sandbox!\n".to_owned()));
 }
 
 /// The host's address on its default route: what an instance reaches as "the outside".

@@ -296,6 +296,7 @@ impl Runtime {
             resources: spec.resources,
             resolv_conf: &resolv_conf,
             hosts: &hosts,
+            nofile: crate::spec::host_nofile(),
         })?;
         let path = dir.join("bundle").join("config.json");
         config.save(&path).map_err(|source| SpecError::Write { path, source })?;
