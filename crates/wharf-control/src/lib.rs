@@ -137,6 +137,13 @@ impl ControlPlane {
     }
 }
 
+/// `len` random lowercase letters and digits, for generated names (revisions, executions).
+pub(crate) fn random_suffix(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes.iter().take(len.min(bytes.len())).map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
+}
+
 pub(crate) fn pool_key(project: &str, location: &str, revision: &str) -> String {
     format!("{project}/{location}/{revision}")
 }

@@ -144,11 +144,6 @@ fn apply_overrides(mut template: ExecutionTemplate, request: &RunJobRequest) -> 
     template
 }
 
-fn random_suffix() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    uuid::Uuid::new_v4().as_bytes()[..5].iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
-}
-
 impl ControlPlane {
     fn job_row(&self, parent: &Parent, name: &str) -> Result<JobRow, ControlError> {
         store::get_job(&self.inner.db, parent, name)?.ok_or_else(|| job_not_found(parent, name))
@@ -237,7 +232,7 @@ impl ControlPlane {
         let execution = ExecutionRow {
             parent: parent.clone(),
             job: name.to_owned(),
-            name: format!("{name}-{}", random_suffix()),
+            name: format!("{name}-{}", crate::random_suffix(5)),
             uid: uuid::Uuid::new_v4().to_string(),
             spec: ExecutionSpec {
                 task_count: checked.task_count,

@@ -72,11 +72,6 @@ fn same_template(a: &wharf_api::RevisionTemplate, b: &wharf_api::RevisionTemplat
     strip(a) == strip(b)
 }
 
-fn random_suffix() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    uuid::Uuid::new_v4().as_bytes()[..3].iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
-}
-
 impl ControlPlane {
     pub fn parent(&self, project: &str, location: &str) -> Result<Parent, ControlError> {
         validate_parent_id("project", project).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
@@ -99,7 +94,7 @@ impl ControlPlane {
     ) -> Result<RevisionRow, ControlError> {
         let config = validate(template)?;
         let name = if template.revision.is_empty() {
-            format!("{}-{:05}-{}", row.name, row.next_revision, random_suffix())
+            format!("{}-{:05}-{}", row.name, row.next_revision, crate::random_suffix(3))
         } else {
             validate_revision_name(&row.name, &template.revision)
                 .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;

@@ -48,13 +48,13 @@ impl RevisionLauncher {
 
 impl Launcher for RevisionLauncher {
     fn launch(&self) -> BoxFuture<Result<Arc<dyn Upstream>, LaunchError>> {
-        let start = self.backend.start(self.spec.clone());
+        let launcher = RevisionLauncher { backend: self.backend.clone(), spec: self.spec.clone() };
         let span = tracing::info_span!("instance.start", revision = %revision_of(&self.spec));
         Box::pin(
             async move {
-                let handle = start.await.map_err(LaunchError::new)?;
-                tracing::debug!(instance = %handle.id(), "instance ready");
-                Ok(Arc::new(ServingInstance { handle }) as Arc<dyn Upstream>)
+                let instance = launcher.start().await.map_err(LaunchError::new)?;
+                tracing::debug!(instance = %instance.handle.id(), "instance ready");
+                Ok(instance as Arc<dyn Upstream>)
             }
             .instrument(span),
         )
