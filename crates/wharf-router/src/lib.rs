@@ -10,11 +10,14 @@
 //!   over the runtime).
 //! - [`proxy`]: the ingress HTTP server: HTTP/1.1 and h2c, WebSocket upgrades, streamed bodies,
 //!   forwarding and trace headers, request timeouts.
+//! - [`listener`]: what every listener of the server (ingress, API, registry) does against
+//!   hostile clients: connection cap, accept back-off, header-read and idle timeouts, header limits.
 //! - [`error`]: how every proxy failure is answered, classified in one place.
 //!
 //! It does not know how instances are built (the launcher does) nor where routes come from.
 
 pub mod error;
+pub mod listener;
 pub mod pool;
 pub mod proxy;
 pub mod table;
@@ -22,6 +25,7 @@ pub mod table;
 mod testing;
 pub mod upstream;
 
+pub use listener::{Listener, ListenerLimits};
 pub use pool::{Lease, PoolConfig, PoolStats, RevisionPool};
 pub use proxy::serve;
 pub use table::{RoutingTable, ServiceRoute};

@@ -1,7 +1,8 @@
 //! The ingress server: accepts HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one port,
 //! routes each request by Host to a revision (weighted), takes a slot on one of its instances,
 //! and forwards the request with streamed bodies, `X-Forwarded-*` and trace headers. WebSocket
-//! (and other) upgrades are spliced through. The revision's timeout bounds each request: past
+//! (and other) upgrades are spliced through, until both sides close or neither sends a byte for
+//! the revision's timeout. The revision's timeout bounds each request: past
 //! it the client gets a 504 and the instance keeps serving. Each request runs in a debug span
 //! (`request`: its number, host, revision and instance).
 //!
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 
 use crate::error::ProxyError;
+use crate::listener::Listener;
 use crate::pool::Lease;
 use crate::table::RoutingTable;
 
@@ -38,14 +40,15 @@ mod tests;
 
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
-/// Serves the ingress on `listener` until `shutdown`.
+/// Serves the ingress on `socket` until `shutdown`, with the connection limits of `listener`
+/// (see [`crate::listener`]).
 ///
 /// Like nginx's workers, one thread per core runs its own single-threaded runtime and accepts
-/// from the shared listener: a connection, its requests and their upstream connections stay
+/// from the shared socket: a connection, its requests and their upstream connections stay
 /// on one thread, so a proxied request costs no cross-thread wake-ups. Routing state (the
-/// table, the pools) is shared between threads.
-pub async fn serve(listener: TcpListener, table: Arc<RoutingTable>, shutdown: CancellationToken) {
-    let listener = match listener.into_std() {
+/// table, the pools) and the connection cap are shared between threads.
+pub async fn serve(socket: TcpListener, listener: Arc<Listener>, table: Arc<RoutingTable>, shutdown: CancellationToken) {
+    let socket = match socket.into_std() {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "ingress listener unusable");
@@ -55,8 +58,8 @@ pub async fn serve(listener: TcpListener, table: Arc<RoutingTable>, shutdown: Ca
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut workers = Vec::new();
     for i in 0..threads {
-        let (listener, table, shutdown) = match listener.try_clone() {
-            Ok(l) => (l, table.clone(), shutdown.clone()),
+        let (socket, listener, table, shutdown) = match socket.try_clone() {
+            Ok(l) => (l, listener.clone(), table.clone(), shutdown.clone()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot share the ingress listener");
                 break;
@@ -71,8 +74,8 @@ pub async fn serve(listener: TcpListener, table: Arc<RoutingTable>, shutdown: Ca
                 }
             };
             runtime.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => accept_loop(listener, table, shutdown).await,
+                match TcpListener::from_std(socket) {
+                    Ok(socket) => accept_loop(socket, listener, table, shutdown).await,
                     Err(e) => tracing::error!(error = %e, "ingress worker cannot listen"),
                 }
             });
@@ -93,7 +96,7 @@ pub async fn serve(listener: TcpListener, table: Arc<RoutingTable>, shutdown: Ca
 
 /// Accepts and serves connections on this thread until `shutdown`, then lets open
 /// connections finish (up to 10 s).
-async fn accept_loop(listener: TcpListener, table: Arc<RoutingTable>, shutdown: CancellationToken) {
+async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, table: Arc<RoutingTable>, shutdown: CancellationToken) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -102,35 +105,15 @@ async fn accept_loop(listener: TcpListener, table: Arc<RoutingTable>, shutdown: 
         .pool_max_idle_per_host(256)
         .build(connector);
     let proxy = Arc::new(Proxy { table, client });
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => break,
-        };
-        let Ok((stream, remote)) = accepted else { continue };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
+    listener
+        .serve(socket, shutdown, move |remote| {
+            let proxy = proxy.clone();
+            hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
-                }
-            }
-        });
-    }
-    connections.close();
-    let _ = tokio::time::timeout(Duration::from_secs(11), connections.wait()).await;
+            })
+        })
+        .await;
 }
 
 struct Proxy {
@@ -226,7 +209,7 @@ impl Proxy {
             && let Some(client_upgrade) = client_upgrade
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(splice(client_upgrade, upstream_upgrade, lease).instrument(span.clone()));
+            tokio::spawn(splice(client_upgrade, upstream_upgrade, lease, timeout).instrument(span.clone()));
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(
                 parts,
@@ -357,13 +340,77 @@ fn fast_random() -> u64 {
 }
 
 /// Copies bytes both ways between an upgraded client and instance connection; the lease
-/// (the instance's concurrency slot) is held until both sides close.
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, lease: Lease) {
+/// (the instance's concurrency slot) is held until both sides close, or until no byte has
+/// moved either way for `idle_timeout` (the revision's request timeout), when both are closed.
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, lease: Lease, idle_timeout: Duration) {
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else { return };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let activity = Arc::new(SpliceActivity::default());
+    let mut client = ActivityIo { inner: TokioIo::new(client), activity: activity.clone() };
+    let mut upstream = ActivityIo { inner: TokioIo::new(upstream), activity: activity.clone() };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        _ = activity.idle_for(idle_timeout) => {
+            tracing::debug!(timeout = ?idle_timeout, "closing an idle upgraded connection");
+        }
+    }
     drop(lease);
+}
+
+/// Counts bytes read on either side of a splice, so that an idle splice can be told apart.
+#[derive(Debug, Default)]
+struct SpliceActivity {
+    bytes: AtomicU64,
+}
+
+impl SpliceActivity {
+    /// Resolves once a whole `timeout` passes with no byte read on either side.
+    async fn idle_for(&self, timeout: Duration) {
+        let mut seen = self.bytes.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(timeout).await;
+            let now = self.bytes.load(Ordering::Relaxed);
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    }
+}
+
+/// An upgraded connection that records what it reads in its splice's [`SpliceActivity`].
+struct ActivityIo<T> {
+    inner: T,
+    activity: Arc<SpliceActivity>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.activity.bytes.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ActivityIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A response body that holds its instance slot until the body ends, and is cut off at the

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::Context;
 
 use super::{accept_loop, add_trace_headers, prepare_headers};
+use crate::listener::{Listener, ListenerLimits};
 use crate::pool::{PoolConfig, RevisionPool};
 use crate::table::{RoutingTable, ServiceRoute};
 use crate::testing::{FakeLauncher, config};
@@ -60,7 +61,8 @@ impl Ingress {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, table, shutdown.clone()));
+        let limits = Listener::new("ingress", ListenerLimits::default());
+        tokio::spawn(accept_loop(listener, limits, table, shutdown.clone()));
         Ingress { addr, client: Client::builder(TokioExecutor::new()).build_http(), shutdown }
     }
 
