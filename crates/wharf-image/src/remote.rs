@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -21,6 +22,24 @@ use crate::reference::ImageReference;
 pub struct RemoteRegistry {
     client: oci_client::Client,
     docker_config: Option<PathBuf>,
+    timeouts: PullTimeouts,
+}
+
+/// How long a pull waits on a remote registry. A registry that accepts the connection and
+/// never answers, or stops sending mid-blob, fails the pull with an error naming it and the
+/// timeout instead of holding the deploy forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullTimeouts {
+    /// To open a connection (TCP and TLS).
+    pub connect: Duration,
+    /// Between two reads of an answer (headers or body): a slow but moving download is fine.
+    pub read: Duration,
+}
+
+impl Default for PullTimeouts {
+    fn default() -> PullTimeouts {
+        PullTimeouts { connect: Duration::from_secs(10), read: Duration::from_secs(30) }
+    }
 }
 
 impl std::fmt::Debug for RemoteRegistry {
@@ -41,8 +60,26 @@ pub struct Pulled {
 impl RemoteRegistry {
     /// `docker_config` is the `config.json` to read credentials from; registries on loopback
     /// are spoken to over plain HTTP, all others over HTTPS.
+    /// Uses the default [`PullTimeouts`].
     pub fn new(docker_config: Option<PathBuf>) -> RemoteRegistry {
-        RemoteRegistry { client: oci_client::Client::new(client_config(&[])), docker_config }
+        RemoteRegistry::with_timeouts(docker_config, PullTimeouts::default())
+    }
+
+    /// Like [`RemoteRegistry::new`], with the given timeouts.
+    pub fn with_timeouts(docker_config: Option<PathBuf>, timeouts: PullTimeouts) -> RemoteRegistry {
+        RemoteRegistry { client: oci_client::Client::new(client_config(&[], timeouts)), docker_config, timeouts }
+    }
+
+    /// Why a request to `registry` failed, saying so plainly when it was a timeout.
+    fn explain(&self, registry: &str, error: &(dyn std::error::Error + 'static)) -> String {
+        if is_timeout(error) {
+            format!(
+                "registry {registry} did not answer in time (connect timeout {:?}, read timeout {:?}): {error}",
+                self.timeouts.connect, self.timeouts.read
+            )
+        } else {
+            error.to_string()
+        }
     }
 
     /// The local repository a remote reference is stored under.
@@ -53,8 +90,9 @@ impl RemoteRegistry {
     /// Pulls `reference` (manifest, config and layers) into `store`.
     pub async fn pull(&self, store: &ImageStore, reference: &ImageReference) -> Result<Pulled, ImageError> {
         let fail = |reason: String| ImageError::Pull { reference: reference.to_string(), reason };
+        let network = |e: oci_client::errors::OciDistributionError| fail(self.explain(&reference.registry, &e));
         let client = if is_loopback(&reference.registry) {
-            oci_client::Client::new(client_config(std::slice::from_ref(&reference.registry)))
+            oci_client::Client::new(client_config(std::slice::from_ref(&reference.registry), self.timeouts))
         } else {
             self.client.clone()
         };
@@ -62,7 +100,7 @@ impl RemoteRegistry {
         let repo = Self::local_repository(reference);
         let top_ref = oci_reference(reference, &reference.reference());
         let (bytes, _) =
-            client.pull_manifest_raw(&top_ref, &auth, MANIFEST_MEDIA_TYPES).await.map_err(|e| fail(e.to_string()))?;
+            client.pull_manifest_raw(&top_ref, &auth, MANIFEST_MEDIA_TYPES).await.map_err(network)?;
         let top = Digest::of(&bytes);
         if let Some(expected) = &reference.digest
             && expected != &top
@@ -79,7 +117,7 @@ impl RemoteRegistry {
                 let (child_bytes, _) = client
                     .pull_manifest_raw(&child_ref, &auth, MANIFEST_MEDIA_TYPES)
                     .await
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(network)?;
                 let actual = Digest::of(&child_bytes);
                 if actual != child.digest {
                     return Err(ImageError::DigestMismatch { expected: child.digest.clone(), actual });
@@ -124,7 +162,8 @@ impl RemoteRegistry {
         let flushed = writer.shutdown().await;
         if let Err(e) = result {
             let _ = tokio::fs::remove_file(&staged).await;
-            return Err(ImageError::Pull { reference: reference.to_string(), reason: format!("blob {digest}: {e}") });
+            let reason = format!("blob {digest}: {}", self.explain(&reference.registry, &e));
+            return Err(ImageError::Pull { reference: reference.to_string(), reason });
         }
         flushed.map_err(ImageError::io("write", &staged))?;
         let blobs = store.blobs().clone();
@@ -149,12 +188,29 @@ impl RemoteRegistry {
     }
 }
 
-fn client_config(plain_http: &[String]) -> ClientConfig {
+fn client_config(plain_http: &[String], timeouts: PullTimeouts) -> ClientConfig {
     ClientConfig {
         protocol: ClientProtocol::HttpsExcept(plain_http.to_vec()),
         platform_resolver: None,
+        connect_timeout: Some(timeouts.connect),
+        read_timeout: Some(timeouts.read),
         ..ClientConfig::default()
     }
+}
+
+/// Whether `error` or one of its sources is a timeout (an I/O `TimedOut`, or reqwest's and
+/// hyper's "operation timed out").
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || e.to_string().contains("timed out")
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn oci_reference(reference: &ImageReference, tag_or_digest: &str) -> oci_client::Reference {
@@ -240,6 +296,29 @@ mod tests {
         );
         assert_eq!(read_docker_credentials(&path, "docker.io").unwrap(), Some(("bob".into(), "pw".into())));
         assert_eq!(read_docker_credentials(&path, "other.example").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_accepts_and_never_answers_fails_the_pull_naming_it_and_the_timeout() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        // Accepts connections and holds them open without a byte, until the test ends.
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                open.push(stream);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path(), wharf_store::Store::open(&dir.path().join("state.db")).unwrap()).unwrap();
+        let timeouts = PullTimeouts { connect: Duration::from_secs(5), read: Duration::from_millis(300) };
+        let remote = RemoteRegistry::with_timeouts(None, timeouts);
+        let reference: ImageReference = format!("{addr}/team/app:v1").parse().unwrap();
+        let pull = tokio::time::timeout(Duration::from_secs(30), remote.pull(&store, &reference));
+        let error = pull.await.expect("the pull gives up by itself").unwrap_err().to_string();
+        held.abort();
+        assert!(error.contains(&format!("registry {addr} did not answer in time")), "{error}");
+        assert!(error.contains("read timeout 300ms"), "{error}");
     }
 
     #[test]
