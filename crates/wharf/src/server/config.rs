@@ -15,7 +15,9 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/wharf/config.toml";
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Config file (TOML with keys data_dir, api_addr, ingress_addr, registry_addr, domain,
-    /// idle_timeout).
+    /// idle_timeout, and the edge limits: header_read_timeout, connection_idle_timeout,
+    /// max_connections, max_header_bytes, max_api_body_bytes, pull_connect_timeout,
+    /// pull_read_timeout).
     #[arg(long, env = "WHARF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where Wharf keeps its state database, images and credentials [default: /var/lib/wharf]
@@ -37,6 +39,54 @@ pub struct ServerArgs {
     /// How long an idle instance is kept before it is stopped, e.g. 60s, 15m [default: 60s]
     #[arg(long, env = "WHARF_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// Flags for the protections of every listener against hostile clients (see [`EdgeLimits`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EdgeArgs {
+    /// How long a client may take to send a request's headers or its first request, at most
+    /// 30s [default: 15s]
+    #[arg(long, env = "WHARF_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// How long a client connection with no request in flight stays open [default: 60s]
+    #[arg(long, env = "WHARF_CONNECTION_IDLE_TIMEOUT")]
+    pub connection_idle_timeout: Option<String>,
+    /// Connections each listener serves at once; more get a 503 [default: 10000]
+    #[arg(long, env = "WHARF_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// The most bytes of headers a request may send (431 beyond) [default: 65536]
+    #[arg(long, env = "WHARF_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// The most bytes of a JSON body the admin API reads (413 beyond) [default: 4194304]
+    #[arg(long, env = "WHARF_MAX_API_BODY_BYTES")]
+    pub max_api_body_bytes: Option<usize>,
+    /// How long a pull waits to connect to a remote registry [default: 10s]
+    #[arg(long, env = "WHARF_PULL_CONNECT_TIMEOUT")]
+    pub pull_connect_timeout: Option<String>,
+    /// How long a pull waits for the next bytes from a remote registry [default: 30s]
+    #[arg(long, env = "WHARF_PULL_READ_TIMEOUT")]
+    pub pull_read_timeout: Option<String>,
+}
+
+/// The server's protections against hostile clients and remotes, in one place: limits of
+/// every listener (ingress, API, registry), the API's body limit and remote pull timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeLimits {
+    pub listener: wharf_router::ListenerLimits,
+    pub max_api_body_bytes: usize,
+    pub pull: wharf_image::remote::PullTimeouts,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> EdgeLimits {
+        EdgeLimits {
+            listener: wharf_router::ListenerLimits::default(),
+            max_api_body_bytes: 4 * 1024 * 1024,
+            pull: wharf_image::remote::PullTimeouts::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +98,13 @@ struct ConfigFile {
     registry_addr: Option<SocketAddr>,
     domain: Option<String>,
     idle_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    connection_idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_header_bytes: Option<usize>,
+    max_api_body_bytes: Option<usize>,
+    pull_connect_timeout: Option<String>,
+    pull_read_timeout: Option<String>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -59,6 +116,7 @@ pub struct ServerConfig {
     pub registry_addr: SocketAddr,
     pub domain: String,
     pub idle_timeout: Duration,
+    pub edge: EdgeLimits,
 }
 
 /// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
@@ -74,6 +132,7 @@ impl ServerConfig {
             None => ConfigFile::default(),
         };
         let addr = |s: &str| s.parse::<SocketAddr>().expect("embedded default address is valid");
+        let edge = resolve_edge(&args.edge, &file)?;
         Ok(ServerConfig {
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             api_addr: args.api_addr.or(file.api_addr).unwrap_or_else(|| addr("127.0.0.1:8090")),
@@ -84,8 +143,50 @@ impl ServerConfig {
                 args.idle_timeout.as_deref().or(file.idle_timeout.as_deref()).unwrap_or("60s"),
             )
             .context("--idle-timeout")?,
+            edge,
         })
     }
+}
+
+/// Merges the edge flags over the file over [`EdgeLimits::default`], and checks the result.
+fn resolve_edge(args: &EdgeArgs, file: &ConfigFile) -> anyhow::Result<EdgeLimits> {
+    let defaults = EdgeLimits::default();
+    let duration = |flag: &Option<String>, key: &Option<String>, default: Duration, name: &str| {
+        match flag.as_deref().or(key.as_deref()) {
+            Some(text) => parse_duration(text).with_context(|| format!("--{name}")),
+            None => Ok(default),
+        }
+    };
+    let listener = wharf_router::ListenerLimits {
+        header_read_timeout: duration(
+            &args.header_read_timeout,
+            &file.header_read_timeout,
+            defaults.listener.header_read_timeout,
+            "header-read-timeout",
+        )?,
+        idle_timeout: duration(
+            &args.connection_idle_timeout,
+            &file.connection_idle_timeout,
+            defaults.listener.idle_timeout,
+            "connection-idle-timeout",
+        )?,
+        max_connections: args.max_connections.or(file.max_connections).unwrap_or(defaults.listener.max_connections),
+        max_header_bytes: args.max_header_bytes.or(file.max_header_bytes).unwrap_or(defaults.listener.max_header_bytes),
+        max_headers: defaults.listener.max_headers,
+    };
+    listener.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let max_api_body_bytes = args.max_api_body_bytes.or(file.max_api_body_bytes).unwrap_or(defaults.max_api_body_bytes);
+    if max_api_body_bytes < 1024 {
+        anyhow::bail!("--max-api-body-bytes is {max_api_body_bytes}; it must be at least 1024");
+    }
+    let pull = wharf_image::remote::PullTimeouts {
+        connect: duration(&args.pull_connect_timeout, &file.pull_connect_timeout, defaults.pull.connect, "pull-connect-timeout")?,
+        read: duration(&args.pull_read_timeout, &file.pull_read_timeout, defaults.pull.read, "pull-read-timeout")?,
+    };
+    if pull.connect.is_zero() || pull.read.is_zero() {
+        anyhow::bail!("--pull-connect-timeout and --pull-read-timeout must be more than 0");
+    }
+    Ok(EdgeLimits { listener, max_api_body_bytes, pull })
 }
 
 fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
@@ -106,7 +207,30 @@ mod tests {
             registry_addr: None,
             domain: None,
             idle_timeout: None,
+            edge: EdgeArgs::default(),
         }
+    }
+
+    #[test]
+    fn edge_limits_come_from_flags_and_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "max_connections = 50\nheader_read_timeout = \"5s\"\n").unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        a.edge.header_read_timeout = Some("2s".to_owned());
+        let c = ServerConfig::resolve(&a).unwrap();
+        assert_eq!(c.edge.listener.max_connections, 50);
+        assert_eq!(c.edge.listener.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.edge.max_api_body_bytes, EdgeLimits::default().max_api_body_bytes);
+
+        a.edge.header_read_timeout = Some("45s".to_owned());
+        let err = format!("{:#}", ServerConfig::resolve(&a).unwrap_err());
+        assert!(err.contains("--header-read-timeout is 45s"), "{err}");
+        a.edge.header_read_timeout = None;
+        a.edge.max_header_bytes = Some(10);
+        let err = format!("{:#}", ServerConfig::resolve(&a).unwrap_err());
+        assert!(err.contains("--max-header-bytes is 10"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! store and snapshot store, binds the three listeners (port 0 allowed), writes the bound
 //! addresses to `<data-dir>/server.json` for the CLI and tests, then serves until SIGINT or
 //! SIGTERM, when it stops accepting, finishes in-flight requests and removes `server.json`.
+//! Every listener runs under the same [`config::EdgeLimits`] (a [`wharf_router::Listener`]
+//! each: connection cap, timeouts, header limits), and start-up raises the process's
+//! RLIMIT_NOFILE to its hard limit.
 
 mod api;
 mod config;
@@ -16,6 +19,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wharf_iam::Iam;
+use wharf_router::Listener;
 use wharf_image::remote::{RemoteRegistry, default_docker_config};
 use wharf_image::{ImageStore, Resolver, SnapshotStore};
 use wharf_store::Store;
@@ -48,6 +52,7 @@ pub struct Platform {
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
     let config = ServerConfig::resolve(&args)?;
+    raise_nofile_limit(&config);
     let data_dir = &config.data_dir;
     create_private_dir(data_dir)?;
 
@@ -74,7 +79,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .await
     .context("cannot start the container runtime (wharf server must run as root, with iproute2 and nftables)")?;
 
-    let remote = Arc::new(RemoteRegistry::new(default_docker_config()));
+    let remote = Arc::new(RemoteRegistry::with_timeouts(default_docker_config(), config.edge.pull));
     let resolver = Resolver::new(images.clone(), snapshots, remote, local_registry_names(info.registry_addr));
     let table = Arc::new(wharf_router::RoutingTable::default());
     let settings = wharf_control::Settings {
@@ -97,10 +102,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let registry = wharf_registry::router(wharf_registry::RegistryState { images, iam });
+    let limits = &config.edge.listener;
     let servers = [
-        serve(api_listener, api::router(platform), shutdown.clone()),
-        tokio::spawn(wharf_router::serve(ingress_listener, table, shutdown.clone())),
-        serve(registry_listener, registry, shutdown.clone()),
+        serve(
+            api_listener,
+            Listener::new("API", limits.clone()),
+            api::router(platform, config.edge.max_api_body_bytes),
+            shutdown.clone(),
+        ),
+        tokio::spawn(wharf_router::serve(
+            ingress_listener,
+            Listener::new("ingress", limits.clone()),
+            table,
+            shutdown.clone(),
+        )),
+        serve(registry_listener, Listener::new("registry", limits.clone()), registry, shutdown.clone()),
     ];
     write_server_info(data_dir, &info)?;
     tracing::info!(
@@ -153,15 +169,56 @@ fn local_registry_names(addr: SocketAddr) -> Vec<String> {
     names
 }
 
-fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let result = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "listener failed");
+/// Serves `router` on `socket` with `listener`'s connection limits until `shutdown`.
+fn serve(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(listener.serve(socket, shutdown, move |_remote| {
+        hyper_util::service::TowerToHyperService::new(router.clone())
+    }))
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to its hard limit: every client
+/// connection, upstream connection and instance log pipe is a descriptor, and the usual
+/// soft limit of 1024 would make a busy server fail with EMFILE long before the listeners'
+/// connection caps. Says so when even the hard limit is below what the caps could use.
+fn raise_nofile_limit(config: &ServerConfig) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open file limit (RLIMIT_NOFILE)");
+            return;
         }
-    })
+    };
+    let limit = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "raised the open file limit (RLIMIT_NOFILE)");
+                hard
+            }
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit (RLIMIT_NOFILE)");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    // Each proxied connection may need a second descriptor for its upstream.
+    let wanted = u64::try_from(config.edge.listener.max_connections).unwrap_or(u64::MAX).saturating_mul(4);
+    if limit < wanted {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_connections = config.edge.listener.max_connections,
+            "the open file limit is low for --max-connections on three listeners; accepts may fail with EMFILE \
+             (they are retried with a back-off); raise the hard limit (e.g. LimitNOFILE= in the systemd unit) or lower \
+             --max-connections"
+        );
+    }
 }
 
 fn write_server_info(data_dir: &Path, info: &ServerInfo) -> anyhow::Result<()> {

@@ -37,6 +37,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Internal(String),
+    #[error("the request body is larger than the server accepts ({limit} bytes, set by --max-api-body-bytes); send a smaller resource")]
+    BodyTooLarge { limit: usize },
 }
 
 impl ApiError {
@@ -49,6 +51,7 @@ impl ApiError {
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::Internal(_) => Code::Internal,
+            ApiError::BodyTooLarge { .. } => Code::InvalidArgument,
             ApiError::Control(e) => e.code(),
             ApiError::Image(e) => match e {
                 I::BlobUnknown { .. } | I::ManifestUnknown { .. } | I::NameUnknown(_) => Code::NotFound,
@@ -71,7 +74,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
-        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = match self {
+            // INVALID_ARGUMENT, but HTTP says precisely what was wrong.
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        };
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = ?self, "API request failed");
             "Internal error; see the wharf server log.".to_owned()
@@ -83,7 +90,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn router(platform: Platform) -> Router {
+/// The API's routes. JSON bodies over `max_body_bytes` are refused with a 413.
+pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(services::routes())
         .merge(operations::routes())
@@ -95,6 +103,8 @@ pub fn router(platform: Platform) -> Router {
             ApiError::NotFound(format!("{} {} is not an API method", request.method(), request.uri().path()))
         })
         .layer(middleware::from_fn_with_state(platform.clone(), authenticate))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::Extension(BodyLimit(max_body_bytes)))
         .with_state(platform)
 }
 
@@ -123,7 +133,7 @@ struct PullRequest {
 
 async fn pull_image(
     State(platform): State<Platform>,
-    Json(request): Json<PullRequest>,
+    ApiJson(request): ApiJson<PullRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let image = platform.resolver.resolve(&request.image).await?;
     platform.resolver.snapshots(&image).await?;
@@ -212,16 +222,23 @@ pub fn split_local_reference(input: &str) -> Result<(String, String), ApiError> 
     Ok((name.to_owned(), reference))
 }
 
-/// A JSON body parsed as the API reads one: enum numbers become names first.
+/// The API's body limit, for the error that names it.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
+/// A JSON body parsed as the API reads one: enum numbers become names first. A body over
+/// the limit is a 413 naming it.
 pub struct ApiJson<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(request, state)
-            .await
-            .map_err(|e| ApiError::InvalidArgument(format!("cannot read the request body: {e}")))?;
+        let limit = request.extensions().get::<BodyLimit>().map(|l| l.0);
+        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|e| match limit {
+            Some(limit) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit },
+            _ => ApiError::InvalidArgument(format!("cannot read the request body: {e}")),
+        })?;
         let mut value: serde_json::Value = if bytes.is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
