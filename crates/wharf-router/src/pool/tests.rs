@@ -306,3 +306,40 @@ async fn session_affinity_is_honoured_only_within_concurrency() {
     assert_eq!(take(Some("gone-long-ago")).as_deref(), Some("a"));
     assert_eq!(take(Some("b")), None);
 }
+
+/// Clients that give up while queued (a disconnect, a client timeout, an HTTP/2 stream reset:
+/// each drops the request's future) give their queue places back: the counter returns to
+/// zero, the idle instance still scales to zero, and a later request is served normally.
+#[tokio::test(start_paused = true)]
+async fn abandoned_queued_requests_give_everything_back_and_the_instance_scales_to_zero() {
+    let launcher = FakeLauncher::instant(unroutable());
+    let pool = RevisionPool::start("hello-00001", PoolConfig { max_queue: 200, ..config(1, 0, 1) }, launcher.arc());
+    let busy = pool.acquire().await.expect("served");
+
+    let waiters: Vec<_> = (0..100)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.acquire().await.map(|lease| lease.upstream().id().to_owned()) })
+        })
+        .collect();
+    within(async {
+        while pool.stats().queued < 100 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert_eq!(pool.stats(), stats(1, 0, 1, 100));
+    for waiter in &waiters {
+        waiter.abort();
+    }
+    for waiter in waiters {
+        assert!(within(waiter).await.unwrap_err().is_cancelled());
+    }
+    assert_eq!(pool.stats(), stats(1, 0, 1, 0));
+
+    drop(busy);
+    assert_eq!(launcher.wait_stopped(1).await, vec!["i1"]);
+    assert_eq!(pool.stats(), stats(0, 0, 0, 0));
+    let later = pool.acquire().await.expect("a later request is served");
+    assert_eq!(later.upstream().id(), "i2");
+}

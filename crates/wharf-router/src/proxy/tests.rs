@@ -149,6 +149,38 @@ async fn an_upstream_that_refuses_the_connection_gets_502() {
     );
 }
 
+/// Clients that disconnect while their request waits for the busy instance, or while it is in
+/// flight, give back their queue places and their slot.
+#[tokio::test]
+async fn clients_that_disconnect_while_queued_or_in_flight_release_their_places() {
+    let table = Arc::new(RoutingTable::default());
+    let (pool, _launcher) = route(&table, "hello-00001", instance("hello").await, config(1, 0, 1));
+    let ingress = Ingress::start(table).await;
+
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+        let request = format!("GET /hang HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+        clients.push(stream);
+    }
+    let settled = async {
+        while (pool.stats().in_flight, pool.stats().queued) != (1, 19) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), settled).await.expect("one request in flight, 19 queued");
+
+    drop(clients);
+    let released = async {
+        while (pool.stats().in_flight, pool.stats().queued) != (0, 0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), released).await.expect("disconnects release slot and queue places");
+    assert_eq!(ingress.get(HOST, "/").await, (StatusCode::OK, "hello".to_owned()));
+}
+
 /// Records the fields of `request` spans, as they are created and as they are filled in.
 #[derive(Debug, Clone, Default)]
 struct RequestSpans {
