@@ -11,7 +11,11 @@
 //!
 //! `all [--smoke] [--out FILE]`: the whole-system table (see `system.rs`), also written as JSON
 //! (default `bench-results.json`); `--smoke` runs few iterations (CI runs it so it cannot rot).
+//!
+//! `flood [--clients 1000] [--rounds 3]`: concurrent clients against a service scaled to zero
+//! with `--max-instances 5`; fails unless every answer is 200, 429 or 503 (see `flood.rs`).
 
+mod flood;
 mod system;
 
 use std::path::PathBuf;
@@ -46,7 +50,23 @@ fn main() -> anyhow::Result<()> {
             let smoke = args.iter().any(|a| a == "--smoke");
             tokio::runtime::Runtime::new()?.block_on(system::run(system::Options { smoke, out }))
         }
-        _ => bail!("usage: wharf-bench start [--runs N] | wharf-bench all [--smoke] [--out FILE]"),
+        Some("flood") => {
+            let number = |flag: &str, default: usize| -> anyhow::Result<usize> {
+                args.iter()
+                    .position(|a| a == flag)
+                    .and_then(|i| args.get(i + 1))
+                    .map(|n| n.parse::<usize>())
+                    .transpose()
+                    .with_context(|| format!("{flag} takes a number"))
+                    .map(|n| n.unwrap_or(default))
+            };
+            let (clients, rounds) = (number("--clients", 1000)?, number("--rounds", 3)?);
+            tokio::runtime::Runtime::new()?.block_on(flood::run(clients, rounds))
+        }
+        _ => bail!(
+            "usage: wharf-bench start [--runs N] | wharf-bench all [--smoke] [--out FILE] | \
+             wharf-bench flood [--clients N] [--rounds N]"
+        ),
     }
 }
 

@@ -46,7 +46,7 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     v[i]
 }
 
-fn wharf_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn wharf_binary() -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name("wharf");
     if !path.exists() {
         bail!("{} is missing: build it first (cargo build --release -p wharf -p wharf-testapp)", path.display());
@@ -54,7 +54,7 @@ fn wharf_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn cli(server: &WharfServer, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn cli(server: &WharfServer, args: &[&str]) -> anyhow::Result<String> {
     let out = server.cli(args)?;
     if !out.status.success() {
         bail!("wharf {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -63,7 +63,7 @@ fn cli(server: &WharfServer, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Instances of `service` that exist (starting, ready or stopping).
-fn instances(server: &WharfServer, service: &str) -> usize {
+pub(crate) fn instances(server: &WharfServer, service: &str) -> usize {
     let Ok(dirs) = std::fs::read_dir(server.data_dir().join("instances")) else { return 0 };
     dirs.flatten()
         .filter(|d| {
@@ -73,7 +73,7 @@ fn instances(server: &WharfServer, service: &str) -> usize {
         .count()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while !f() {
         if Instant::now() > deadline {
@@ -465,7 +465,7 @@ fn pids_matching(filter: impl Fn(&str) -> bool) -> Vec<u32> {
         .collect()
 }
 
-fn rss_kib(pid: u32) -> f64 {
+pub(crate) fn rss_kib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
