@@ -12,7 +12,7 @@
 //! `all [--smoke] [--out FILE]`: the whole-system table (see `system.rs`), also written as JSON
 //! (default `bench-results.json`); `--smoke` runs few iterations (CI runs it so it cannot rot).
 //!
-//! `flood [--clients 1000] [--rounds 3]`: concurrent clients against a service scaled to zero
+//! `flood [--clients 1000] [--rounds 3] [--waves 3]`: concurrent clients against a service scaled to zero
 //! with `--max-instances 5`; fails unless every answer is 200, 429 or 503 (see `flood.rs`).
 
 mod flood;
@@ -60,12 +60,12 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("{flag} takes a number"))
                     .map(|n| n.unwrap_or(default))
             };
-            let (clients, rounds) = (number("--clients", 1000)?, number("--rounds", 3)?);
-            tokio::runtime::Runtime::new()?.block_on(flood::run(clients, rounds))
+            let (clients, rounds, waves) = (number("--clients", 1000)?, number("--rounds", 3)?, number("--waves", 3)?);
+            tokio::runtime::Runtime::new()?.block_on(flood::run(clients, rounds, waves))
         }
         _ => bail!(
             "usage: wharf-bench start [--runs N] | wharf-bench all [--smoke] [--out FILE] | \
-             wharf-bench flood [--clients N] [--rounds N]"
+             wharf-bench flood [--clients N] [--rounds N] [--waves N]"
         ),
     }
 }
