@@ -39,8 +39,19 @@ pub async fn run(clients: usize, rounds: usize, waves: usize) -> anyhow::Result<
     cli(
         &server,
         &[
-            "run", "deploy", "flood", "--image", &image_ref, "--project", "bench", "--max-instances", "5",
-            "--concurrency", "10", "--timeout", "60",
+            "run",
+            "deploy",
+            "flood",
+            "--image",
+            &image_ref,
+            "--project",
+            "bench",
+            "--max-instances",
+            "5",
+            "--concurrency",
+            "10",
+            "--timeout",
+            "60",
         ],
     )?;
     let mut failed = 0;
@@ -121,7 +132,9 @@ async fn flood_once(server: &WharfServer, wave: usize, clients: usize, rounds: u
     let rss_after_idle = rss_kib(server.addrs.pid);
 
     let total = clients * rounds;
-    println!("flood {wave}: {clients} concurrent clients x {rounds} requests (GET /sleep?ms=200), service scaled to zero,");
+    println!(
+        "flood {wave}: {clients} concurrent clients x {rounds} requests (GET /sleep?ms=200), service scaled to zero,"
+    );
     println!("       --max-instances 5 --concurrency 10, in {:.1} s", elapsed.as_secs_f64());
     for (outcome, n) in &counts {
         let name = match outcome {
@@ -139,11 +152,8 @@ async fn flood_once(server: &WharfServer, wave: usize, clients: usize, rounds: u
         mib(rss_after_load),
         mib(rss_after_idle)
     );
-    let bad: usize = counts
-        .iter()
-        .filter(|(o, _)| !matches!(o, Outcome::Status(200 | 429 | 503)))
-        .map(|(_, n)| n)
-        .sum();
+    let bad: usize =
+        counts.iter().filter(|(o, _)| !matches!(o, Outcome::Status(200 | 429 | 503))).map(|(_, n)| n).sum();
     Ok(bad)
 }
 

@@ -99,8 +99,7 @@ impl RemoteRegistry {
         let auth = self.credentials(&reference.registry);
         let repo = Self::local_repository(reference);
         let top_ref = oci_reference(reference, &reference.reference());
-        let (bytes, _) =
-            client.pull_manifest_raw(&top_ref, &auth, MANIFEST_MEDIA_TYPES).await.map_err(network)?;
+        let (bytes, _) = client.pull_manifest_raw(&top_ref, &auth, MANIFEST_MEDIA_TYPES).await.map_err(network)?;
         let top = Digest::of(&bytes);
         if let Some(expected) = &reference.digest
             && expected != &top
@@ -114,10 +113,8 @@ impl RemoteRegistry {
                     .pick_linux_amd64()
                     .ok_or_else(|| fail("the image index has no linux/amd64 image".to_owned()))?;
                 let child_ref = oci_reference(reference, child.digest.as_str());
-                let (child_bytes, _) = client
-                    .pull_manifest_raw(&child_ref, &auth, MANIFEST_MEDIA_TYPES)
-                    .await
-                    .map_err(network)?;
+                let (child_bytes, _) =
+                    client.pull_manifest_raw(&child_ref, &auth, MANIFEST_MEDIA_TYPES).await.map_err(network)?;
                 let actual = Digest::of(&child_bytes);
                 if actual != child.digest {
                     return Err(ImageError::DigestMismatch { expected: child.digest.clone(), actual });
@@ -310,7 +307,8 @@ mod tests {
             }
         });
         let dir = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(dir.path(), wharf_store::Store::open(&dir.path().join("state.db")).unwrap()).unwrap();
+        let store =
+            ImageStore::open(dir.path(), wharf_store::Store::open(&dir.path().join("state.db")).unwrap()).unwrap();
         let timeouts = PullTimeouts { connect: Duration::from_secs(5), read: Duration::from_millis(300) };
         let remote = RemoteRegistry::with_timeouts(None, timeouts);
         let reference: ImageReference = format!("{addr}/team/app:v1").parse().unwrap();

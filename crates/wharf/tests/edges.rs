@@ -30,7 +30,8 @@ fn addr(text: &str) -> SocketAddr {
 /// Reads until the server closes the connection (EOF or reset); returns what it sent.
 async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut got = Vec::new();
-    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut got)).await.expect("the server closes the connection");
+    let read =
+        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut got)).await.expect("the server closes the connection");
     if let Err(e) = read {
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
     }
@@ -48,7 +49,9 @@ async fn exchange(stream: &mut TcpStream, path: &str) -> String {
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let length = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse::<usize>().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse::<usize>().unwrap())
+                })
                 .unwrap_or(0);
             if body.len() >= length {
                 return head.lines().next().unwrap_or_default().to_owned();
@@ -178,8 +181,19 @@ async fn a_hundred_abandoned_queued_requests_leave_nothing_behind() {
     let image = format!("{}/testapp:v1", server.addrs.registry_addr);
     let out = server
         .cli(&[
-            "run", "deploy", "queue", "--image", &image, "--project", "demo", "--concurrency", "1", "--max-instances",
-            "1", "--timeout", "300",
+            "run",
+            "deploy",
+            "queue",
+            "--image",
+            &image,
+            "--project",
+            "demo",
+            "--concurrency",
+            "1",
+            "--max-instances",
+            "1",
+            "--timeout",
+            "300",
         ])
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

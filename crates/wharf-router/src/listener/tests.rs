@@ -36,7 +36,9 @@ async fn server(limits: ListenerLimits) -> Server {
     let listener = Listener::new("test", limits);
     let shutdown = CancellationToken::new();
     tokio::spawn(listener.clone().serve(socket, shutdown.clone(), |_remote| {
-        hyper::service::service_fn(|_req| async { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("hello")))) })
+        hyper::service::service_fn(|_req| async {
+            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("hello"))))
+        })
     }));
     Server { addr, listener, shutdown }
 }
@@ -44,7 +46,8 @@ async fn server(limits: ListenerLimits) -> Server {
 /// Reads until the server closes the connection; returns what it sent.
 async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut got = Vec::new();
-    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut got)).await.expect("the server closes the connection");
+    let read =
+        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut got)).await.expect("the server closes the connection");
     if let Err(e) = read {
         // A reset after a timeout is a close too; anything received before it still counts.
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");

@@ -47,7 +47,12 @@ pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 /// from the shared socket: a connection, its requests and their upstream connections stay
 /// on one thread, so a proxied request costs no cross-thread wake-ups. Routing state (the
 /// table, the pools) and the connection cap are shared between threads.
-pub async fn serve(socket: TcpListener, listener: Arc<Listener>, table: Arc<RoutingTable>, shutdown: CancellationToken) {
+pub async fn serve(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    table: Arc<RoutingTable>,
+    shutdown: CancellationToken,
+) {
     let socket = match socket.into_std() {
         Ok(l) => l,
         Err(e) => {
@@ -96,7 +101,12 @@ pub async fn serve(socket: TcpListener, listener: Arc<Listener>, table: Arc<Rout
 
 /// Accepts and serves connections on this thread until `shutdown`, then lets open
 /// connections finish (up to 10 s).
-async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, table: Arc<RoutingTable>, shutdown: CancellationToken) {
+async fn accept_loop(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    table: Arc<RoutingTable>,
+    shutdown: CancellationToken,
+) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -342,7 +352,12 @@ fn fast_random() -> u64 {
 /// Copies bytes both ways between an upgraded client and instance connection; the lease
 /// (the instance's concurrency slot) is held until both sides close, or until no byte has
 /// moved either way for `idle_timeout` (the revision's request timeout), when both are closed.
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, lease: Lease, idle_timeout: Duration) {
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    lease: Lease,
+    idle_timeout: Duration,
+) {
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else { return };
     let activity = Arc::new(SpliceActivity::default());
     let mut client = ActivityIo { inner: TokioIo::new(client), activity: activity.clone() };

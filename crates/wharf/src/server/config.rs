@@ -151,11 +151,12 @@ impl ServerConfig {
 /// Merges the edge flags over the file over [`EdgeLimits::default`], and checks the result.
 fn resolve_edge(args: &EdgeArgs, file: &ConfigFile) -> anyhow::Result<EdgeLimits> {
     let defaults = EdgeLimits::default();
-    let duration = |flag: &Option<String>, key: &Option<String>, default: Duration, name: &str| {
-        match flag.as_deref().or(key.as_deref()) {
-            Some(text) => parse_duration(text).with_context(|| format!("--{name}")),
-            None => Ok(default),
-        }
+    let duration = |flag: &Option<String>, key: &Option<String>, default: Duration, name: &str| match flag
+        .as_deref()
+        .or(key.as_deref())
+    {
+        Some(text) => parse_duration(text).with_context(|| format!("--{name}")),
+        None => Ok(default),
     };
     let listener = wharf_router::ListenerLimits {
         header_read_timeout: duration(
@@ -180,7 +181,12 @@ fn resolve_edge(args: &EdgeArgs, file: &ConfigFile) -> anyhow::Result<EdgeLimits
         anyhow::bail!("--max-api-body-bytes is {max_api_body_bytes}; it must be at least 1024");
     }
     let pull = wharf_image::remote::PullTimeouts {
-        connect: duration(&args.pull_connect_timeout, &file.pull_connect_timeout, defaults.pull.connect, "pull-connect-timeout")?,
+        connect: duration(
+            &args.pull_connect_timeout,
+            &file.pull_connect_timeout,
+            defaults.pull.connect,
+            "pull-connect-timeout",
+        )?,
         read: duration(&args.pull_read_timeout, &file.pull_read_timeout, defaults.pull.read, "pull-read-timeout")?,
     };
     if pull.connect.is_zero() || pull.read.is_zero() {

@@ -19,9 +19,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wharf_iam::Iam;
-use wharf_router::Listener;
 use wharf_image::remote::{RemoteRegistry, default_docker_config};
 use wharf_image::{ImageStore, Resolver, SnapshotStore};
+use wharf_router::Listener;
 use wharf_store::Store;
 
 pub use config::{DEFAULT_DATA_DIR, ServerArgs, ServerConfig};
@@ -176,9 +176,9 @@ fn serve(
     router: axum::Router,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(listener.serve(socket, shutdown, move |_remote| {
-        hyper_util::service::TowerToHyperService::new(router.clone())
-    }))
+    tokio::spawn(
+        listener.serve(socket, shutdown, move |_remote| hyper_util::service::TowerToHyperService::new(router.clone())),
+    )
 }
 
 /// Raises this process's RLIMIT_NOFILE soft limit to its hard limit: every client

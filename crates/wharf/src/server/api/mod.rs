@@ -37,8 +37,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Internal(String),
-    #[error("the request body is larger than the server accepts ({limit} bytes, set by --max-api-body-bytes); send a smaller resource")]
+    #[error(
+        "the request body is larger than the server accepts ({limit} bytes, set by --max-api-body-bytes); send a smaller resource"
+    )]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {}s; send it at once", .after.as_secs())]
+    BodyTimeout { after: std::time::Duration },
 }
 
 impl ApiError {
@@ -52,6 +56,7 @@ impl ApiError {
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::Internal(_) => Code::Internal,
             ApiError::BodyTooLarge { .. } => Code::InvalidArgument,
+            ApiError::BodyTimeout { .. } => Code::DeadlineExceeded,
             ApiError::Control(e) => e.code(),
             ApiError::Image(e) => match e {
                 I::BlobUnknown { .. } | I::ManifestUnknown { .. } | I::NameUnknown(_) => Code::NotFound,
@@ -77,6 +82,7 @@ impl IntoResponse for ApiError {
         let status = match self {
             // INVALID_ARGUMENT, but HTTP says precisely what was wrong.
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         };
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -222,12 +228,16 @@ pub fn split_local_reference(input: &str) -> Result<(String, String), ApiError> 
     Ok((name.to_owned(), reference))
 }
 
+/// How long the API waits for a whole JSON body once its headers are in: a client trickling
+/// a body would otherwise hold its connection (and a handler task) for as long as it likes.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The API's body limit, for the error that names it.
 #[derive(Debug, Clone, Copy)]
 struct BodyLimit(usize);
 
 /// A JSON body parsed as the API reads one: enum numbers become names first. A body over
-/// the limit is a 413 naming it.
+/// the limit is a 413 naming it; one that takes longer than 30 s to arrive, a 408.
 pub struct ApiJson<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for ApiJson<T> {
@@ -235,10 +245,12 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let limit = request.extensions().get::<BodyLimit>().map(|l| l.0);
-        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|e| match limit {
-            Some(limit) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit },
-            _ => ApiError::InvalidArgument(format!("cannot read the request body: {e}")),
-        })?;
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::Bytes::from_request(request, state));
+        let bytes =
+            read.await.map_err(|_| ApiError::BodyTimeout { after: BODY_READ_TIMEOUT })?.map_err(|e| match limit {
+                Some(limit) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit },
+                _ => ApiError::InvalidArgument(format!("cannot read the request body: {e}")),
+            })?;
         let mut value: serde_json::Value = if bytes.is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
