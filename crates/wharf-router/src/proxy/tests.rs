@@ -181,6 +181,80 @@ async fn clients_that_disconnect_while_queued_or_in_flight_release_their_places(
     assert_eq!(ingress.get(HOST, "/").await, (StatusCode::OK, "hello".to_owned()));
 }
 
+/// An instance stand-in that accepts every upgrade (`101`) and then echoes what it reads.
+async fn upgrading_instance() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                let upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = upgrade.await {
+                        let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                        let _ = tokio::io::copy(&mut read, &mut write).await;
+                    }
+                });
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("echo"));
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                Ok::<_, std::convert::Infallible>(response)
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(conn.with_upgrades());
+        }
+    });
+    addr
+}
+
+/// An upgraded connection (a WebSocket) that goes quiet is closed after the revision's
+/// timeout and gives back its instance slot; one that keeps talking is not cut.
+#[tokio::test]
+async fn an_idle_upgraded_connection_ends_at_the_request_timeout_and_frees_its_slot() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let table = Arc::new(RoutingTable::default());
+    let timeout = PoolConfig { request_timeout: Duration::from_millis(1500), ..config(1, 0, 1) };
+    let (pool, _launcher) = route(&table, "hello-00001", upgrading_instance().await, timeout);
+    let ingress = Ingress::start(table).await;
+
+    let mut stream = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+    let request = format!("GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before the upgrade");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+
+    // Talking for longer than the timeout, in steps shorter than it: the splice stays.
+    for i in 0..6 {
+        let message = format!("ping {i}");
+        stream.write_all(message.as_bytes()).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf[..n], message.as_bytes());
+        // Time passing is the point here (a gap shorter than the timeout), not a wait for an event.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(pool.stats().in_flight, 1, "the splice holds the instance slot");
+
+    // Quiet: the proxy closes both sides and frees the slot.
+    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+        .await
+        .expect("closed when idle")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let freed = async {
+        while pool.stats().in_flight > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), freed).await.expect("the slot is given back");
+}
+
 /// Records the fields of `request` spans, as they are created and as they are filled in.
 #[derive(Debug, Clone, Default)]
 struct RequestSpans {
