@@ -19,7 +19,10 @@
 //!
 //! It does not limit request bodies (what a body may hold is the handler's business: the API
 //! caps JSON bodies, the proxy streams them within the revision's timeout) nor what happens
-//! after an HTTP/1 upgrade (the proxy's splice has its own idle timeout).
+//! after an HTTP/1 upgrade (the proxy's splice has its own idle timeout). An upgraded
+//! connection outlives hyper's connection, so each request carries the connection's place
+//! under the cap ([`ConnectionPlace`], a request extension) for the handler of an upgrade to
+//! keep for as long as the upgraded stream lives.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -276,7 +279,7 @@ impl Listener {
         self: Arc<Self>,
         stream: TcpStream,
         service: S,
-        _permit: OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) where
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -289,7 +292,8 @@ impl Listener {
     {
         let limits = &self.limits;
         let activity = Arc::new(Activity::new());
-        let service = Tracked { inner: service, activity: activity.clone() };
+        let place = ConnectionPlace(Arc::new(permit));
+        let service = Tracked { inner: service, activity: activity.clone(), place };
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -395,10 +399,18 @@ impl Drop for InFlight {
     }
 }
 
-/// A service that counts its requests in the connection's [`Activity`].
+/// A connection's place under its listener's cap, held until every holder drops it. Each
+/// request carries one (an extension); whoever serves an upgrade keeps it for the upgraded
+/// stream's life, so upgraded connections count against the cap too.
+#[derive(Debug, Clone)]
+pub struct ConnectionPlace(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+/// A service that counts its requests in the connection's [`Activity`] and hands each the
+/// connection's [`ConnectionPlace`].
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    place: ConnectionPlace,
 }
 
 type TrackedFuture<B> = Pin<Box<dyn Future<Output = Result<Response<TrackedBody<B>>, Infallible>> + Send>>;
@@ -413,7 +425,8 @@ where
     type Error = Infallible;
     type Future = TrackedFuture<B>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.place.clone());
         let in_flight = self.activity.begin();
         let response = self.inner.call(req);
         Box::pin(async move {

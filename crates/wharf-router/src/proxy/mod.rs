@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 
 use crate::error::ProxyError;
-use crate::listener::Listener;
+use crate::listener::{ConnectionPlace, Listener};
 use crate::pool::Lease;
 use crate::table::RoutingTable;
 
@@ -200,6 +200,7 @@ impl Proxy {
 
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let place = req.extensions_mut().remove::<ConnectionPlace>();
         let (mut parts, body) = req.into_parts();
         let mut uri = hyper::http::uri::Parts::default();
         uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
@@ -219,7 +220,15 @@ impl Proxy {
             && let Some(client_upgrade) = client_upgrade
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(splice(client_upgrade, upstream_upgrade, lease, timeout).instrument(span.clone()));
+            let splice = splice(client_upgrade, upstream_upgrade, lease, timeout);
+            tokio::spawn(
+                async move {
+                    splice.await;
+                    // The upgraded stream counted against the listener's cap until now.
+                    drop(place);
+                }
+                .instrument(span.clone()),
+            );
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(
                 parts,

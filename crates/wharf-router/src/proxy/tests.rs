@@ -52,6 +52,7 @@ async fn refusing() -> SocketAddr {
 /// A running ingress over `table`, stopped when dropped.
 struct Ingress {
     addr: SocketAddr,
+    listener: Arc<Listener>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     shutdown: CancellationToken,
 }
@@ -62,8 +63,8 @@ impl Ingress {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let limits = Listener::new("ingress", ListenerLimits::default());
-        tokio::spawn(accept_loop(listener, limits, table, shutdown.clone()));
-        Ingress { addr, client: Client::builder(TokioExecutor::new()).build_http(), shutdown }
+        tokio::spawn(accept_loop(listener, limits.clone(), table, shutdown.clone()));
+        Ingress { addr, listener: limits, client: Client::builder(TokioExecutor::new()).build_http(), shutdown }
     }
 
     /// Sends `GET path` for `host`; returns the status and the body.
@@ -240,6 +241,7 @@ async fn an_idle_upgraded_connection_ends_at_the_request_timeout_and_frees_its_s
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(pool.stats().in_flight, 1, "the splice holds the instance slot");
+    assert_eq!(ingress.listener.open_connections(), 1, "the upgraded connection counts against the cap");
 
     // Quiet: the proxy closes both sides and frees the slot.
     let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
@@ -253,6 +255,12 @@ async fn an_idle_upgraded_connection_ends_at_the_request_timeout_and_frees_its_s
         }
     };
     tokio::time::timeout(Duration::from_secs(20), freed).await.expect("the slot is given back");
+    let closed = async {
+        while ingress.listener.open_connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), closed).await.expect("the connection's place is given back");
 }
 
 /// Records the fields of `request` spans, as they are created and as they are filled in.
