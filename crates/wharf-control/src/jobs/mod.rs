@@ -27,13 +27,14 @@ use wharf_api::names::Parent;
 use wharf_api::{Code, Operation, Status};
 
 use crate::operations::OperationBuilder;
-use crate::validate::{Workload, container, parse_duration};
+use crate::validate::{self, Workload, container, duration_in};
 use crate::{ControlError, ControlPlane};
 use runner::ExecutionRunner;
 use store::{ExecutionRow, ExecutionSpec, ExecutionState, JobRow};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Cloud Run's longest task timeout: 168 hours (7 days).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(168 * 3600);
 
 /// Running executions, while the server runs.
 #[derive(Debug, Default)]
@@ -94,7 +95,11 @@ fn check_template(t: &ExecutionTemplate) -> Result<CheckedTemplate, ControlError
         n => return Err(invalid(format!("task count {n} is out of range: 1 to 10000"))),
     };
     let parallelism = match t.parallelism {
-        n if n < 0 => return Err(invalid(format!("parallelism {n} may not be negative"))),
+        n if n < 0 => {
+            return Err(invalid(format!(
+                "parallelism {n} is out of range: it must be between 0 (automatic) and the task count"
+            )));
+        }
         0 => default_parallelism(task_count),
         n => n.unsigned_abs().min(task_count),
     };
@@ -105,10 +110,11 @@ fn check_template(t: &ExecutionTemplate) -> Result<CheckedTemplate, ControlError
     };
     let timeout = match &t.template.timeout {
         None => DEFAULT_TIMEOUT,
-        Some(v) => parse_duration("task timeout", v)?,
+        Some(v) => duration_in("template.template.timeout (task timeout)", v, Duration::from_secs(1), MAX_TIMEOUT)?,
     };
-    if timeout < Duration::from_secs(1) || timeout > MAX_TIMEOUT {
-        return Err(invalid(format!("task timeout {}s is out of range: 1s to 24h", timeout.as_secs())));
+    validate::labels("template.labels", &t.labels)?;
+    if t.template.service_account.len() > validate::limits::PATH_BYTES {
+        return Err(invalid("template.template.serviceAccount is too long: at most 1024 bytes"));
     }
     let (image, instance) = container(&t.template.containers, Workload::Task)?;
     Ok(CheckedTemplate { task_count, parallelism, max_retries, timeout, image, instance })
@@ -159,6 +165,7 @@ impl ControlPlane {
 
     pub async fn create_job(&self, parent: &Parent, job_id: &str, body: Job) -> Result<Operation, ControlError> {
         wharf_api::validate_service_name("job", job_id).map_err(|e| invalid(e.to_string()))?;
+        validate::labels("labels", &body.labels)?;
         let checked = check_template(&body.template)?;
         if store::get_job(&self.inner.db, parent, job_id)?.is_some() {
             return Err(ControlError::AlreadyExists(format!("Resource '{}' already exists", job_path(parent, job_id))));
@@ -198,6 +205,7 @@ impl ControlPlane {
 
     pub async fn update_job(&self, parent: &Parent, name: &str, body: Job) -> Result<Operation, ControlError> {
         let mut row = self.job_row(parent, name)?;
+        validate::labels("labels", &body.labels)?;
         let checked = check_template(&body.template)?;
         row.image = self.resolve_job_image(&checked.image).await?;
         row.spec = Job { labels: body.labels.clone(), template: body.template.clone(), ..Job::default() };

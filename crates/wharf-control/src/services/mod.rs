@@ -132,6 +132,7 @@ impl ControlPlane {
         validate_only: bool,
     ) -> Result<Operation, ControlError> {
         validate_service_name("service", service_id).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+        crate::validate::service_fields(&body)?;
         self.check_traffic(&body, &[])?;
         let lock = self.service_lock(parent, service_id);
         let _guard = lock.lock().await;
