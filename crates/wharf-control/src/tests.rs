@@ -509,3 +509,45 @@ fn store_failures_keep_their_source() {
     let source = std::error::Error::source(&err).expect("the store error is kept");
     assert!(std::error::Error::source(source).is_some(), "and so is rusqlite's");
 }
+
+/// A revision whose instance takes half an hour to become ready (a stuck readiness probe) does not
+/// hold the service's lock: a delete answers before the start ends, the deploy's operation
+/// then fails saying why, and the instance the proof started is stopped.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_readiness_probe_does_not_block_a_delete() {
+    let backend = FakeBackend::new(|_| Behaviour::Serve { start_delay: Duration::from_secs(1800) });
+    let h = Harness::new(backend).await;
+    let deploy = h.control.create_service(&parent(), "stuck", service(&[]), false).await.unwrap();
+    h.backend.wait_for(|v| v.launches.len() == 1).await;
+    let delete = h.control.delete_service(&parent(), "stuck", "").await.unwrap();
+    assert_eq!(h.backend.view().started, 0, "the delete waited for the instance to become ready");
+    assert_eq!(h.done(delete).await.error, None);
+    let deploy = h.done(deploy).await;
+    let error = deploy.error.expect("the deploy of a deleted service cannot succeed");
+    assert_eq!(error.code, Code::Aborted.number(), "{error:?}");
+    assert!(error.message.contains("deleted"), "{}", error.message);
+    h.backend.wait_for(|v| v.started == 1 && v.running.is_empty()).await;
+    assert!(h.control.get_service(&parent(), "stuck").is_err());
+}
+
+/// An update planned while a revision is being proven does not wait for the proof either, and
+/// both operations complete; the newest revision ends up serving.
+#[tokio::test(start_paused = true)]
+async fn an_update_does_not_wait_for_a_slow_start() {
+    let backend = FakeBackend::new(|spec| match spec.template.env.first() {
+        Some((_, v)) if v == "slow" => Behaviour::Serve { start_delay: Duration::from_secs(600) },
+        _ => Behaviour::Serve { start_delay: Duration::ZERO },
+    });
+    let h = Harness::new(backend).await;
+    let first = h.control.create_service(&parent(), "busy", service(&[("MODE", "slow")]), false).await.unwrap();
+    h.backend.wait_for(|v| v.launches.len() == 1).await;
+    let second =
+        h.control.update_service(&parent(), "busy", service(&[("MODE", "fast")]), None, false, false).await.unwrap();
+    assert_eq!(h.backend.view().started, 0, "the update waited for the slow start");
+    assert_eq!(h.done(first).await.error, None);
+    assert_eq!(h.done(second).await.error, None);
+    let svc = h.control.get_service(&parent(), "busy").unwrap();
+    assert_eq!(svc.observed_generation, 2);
+    let latest = svc.latest_ready_revision.rsplit('/').next().unwrap().to_owned();
+    assert_eq!(h.routed("busy"), vec![(latest, 100)]);
+}

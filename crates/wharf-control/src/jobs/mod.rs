@@ -358,8 +358,10 @@ impl ControlPlane {
     }
 
     /// After a restart: executions that were running continue (see the module doc).
-    pub(crate) fn resume_executions(&self) -> Result<(), ControlError> {
+    /// Returns the operations handed to resumed executions.
+    pub(crate) fn resume_executions(&self) -> Result<Vec<String>, ControlError> {
         let unfinished = self.inner.operations.unfinished()?;
+        let mut claimed = Vec::new();
         for execution in store::running_executions(&self.inner.db)? {
             store::interrupt_running_tasks(&self.inner.db, &execution.parent, &execution.name)?;
             tracing::info!(execution = %execution.name, "resuming an execution after restart");
@@ -371,8 +373,22 @@ impl ControlPlane {
                     op.metadata.as_ref().and_then(|m| m.get("name")).and_then(|n| n.as_str()) == Some(&full_name)
                 })
                 .map(|op| op.name.clone());
+            claimed.extend(operation.iter().cloned());
             self.spawn_execution(execution, operation);
         }
-        Ok(())
+        Ok(claimed)
+    }
+
+    /// The execution an operation is about, rendered now, if it still exists.
+    pub(crate) fn execution_of(&self, resource_name: &str) -> Option<Execution> {
+        let mut parts = resource_name.split('/');
+        let (Some("projects"), Some(project), Some("locations"), Some(location), Some("jobs"), Some(job)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let (Some("executions"), Some(id)) = (parts.next(), parts.next()) else { return None };
+        let parent = Parent { project: project.to_owned(), location: location.to_owned() };
+        self.get_execution(&parent, job, id).ok()
     }
 }
