@@ -527,7 +527,7 @@ async fn a_stuck_readiness_probe_does_not_block_a_delete() {
     assert_eq!(error.code, Code::Aborted.number(), "{error:?}");
     assert!(error.message.contains("deleted"), "{}", error.message);
     h.backend.wait_for(|v| v.started == 1 && v.running.is_empty()).await;
-    assert!(h.control.get_service(&parent(), "stuck").is_err());
+    assert_eq!(h.control.get_service(&parent(), "stuck").unwrap_err().code(), Code::NotFound);
 }
 
 /// An update planned while a revision is being proven does not wait for the proof either, and

@@ -108,7 +108,7 @@ fn human(d: Duration) -> String {
     let secs = d.as_secs();
     if d.subsec_nanos() != 0 {
         format!("{}ms", d.as_millis())
-    } else if secs >= 3600 && secs % 3600 == 0 && secs > 3600 {
+    } else if secs > 3600 && secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
     } else {
         format!("{secs}s")
@@ -648,7 +648,7 @@ mod tests {
                         timeout_seconds: timeout,
                         period_seconds: period,
                         failure_threshold: threshold,
-                        http_get: http.then(|| wharf_api::HttpGetAction { path, port }),
+                        http_get: http.then_some(wharf_api::HttpGetAction { path, port }),
                         tcp_socket: (!http).then_some(wharf_api::TcpSocketAction { port }),
                     })
                 },

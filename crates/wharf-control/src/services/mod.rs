@@ -299,7 +299,7 @@ impl ControlPlane {
             )));
         }
         let mut spec = current.spec.clone();
-        let incoming = user_fields(&body);
+        let incoming = user_fields(body);
         match update_mask {
             None => spec = incoming,
             Some(paths) => {
