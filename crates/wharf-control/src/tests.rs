@@ -551,3 +551,19 @@ async fn an_update_does_not_wait_for_a_slow_start() {
     let latest = svc.latest_ready_revision.rsplit('/').next().unwrap().to_owned();
     assert_eq!(h.routed("busy"), vec![(latest, 100)]);
 }
+
+/// Deleting a job while its execution runs stops the tasks and still ends the `:run`
+/// operation, with the reason.
+#[tokio::test(start_paused = true)]
+async fn deleting_a_running_job_completes_its_run_operation() {
+    let backend = FakeBackend::new(|_| Behaviour::Exit { run_for: Duration::from_secs(3600), code: 0 });
+    let h = Harness::new(backend).await;
+    h.control.create_job(&parent(), "gone", job(2, 2, 0, "7200s")).await.unwrap();
+    let run = h.control.run_job(&parent(), "gone", RunJobRequest::default()).await.unwrap();
+    h.backend.wait_for(|v| v.running.len() == 2).await;
+    h.control.delete_job(&parent(), "gone").await.unwrap();
+    let op = h.done(run).await;
+    let error = op.error.expect("a deleted execution did not succeed");
+    assert_eq!(error.code, Code::Aborted.number(), "{error:?}");
+    h.backend.wait_for(|v| v.running.is_empty()).await;
+}

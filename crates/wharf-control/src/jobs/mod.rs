@@ -298,13 +298,24 @@ impl ControlPlane {
                 {
                     tracing::error!(error = %e, "cannot record the execution's end");
                 }
-                if let Some(op) = operation
-                    && let Ok(execution) = control.get_execution(parent, job, id)
-                {
-                    let error = (outcome.state != ExecutionState::Succeeded)
-                        .then(|| Status::new(Code::Aborted, outcome.message.clone()));
-                    let op = OperationBuilder::new(parent, EXECUTION_TYPE, &execution).finish(&op, error);
-                    if let Err(e) = control.inner.operations.complete(&op) {
+                if let Some(op) = operation {
+                    let finished = match control.get_execution(parent, job, id) {
+                        Ok(execution) => {
+                            let error = (outcome.state != ExecutionState::Succeeded)
+                                .then(|| Status::new(Code::Aborted, outcome.message.clone()));
+                            OperationBuilder::new(parent, EXECUTION_TYPE, &execution).finish(&op, error)
+                        }
+                        // Deleted (with its job, or alone) while it ran: the operation still ends.
+                        Err(_) => {
+                            let reference = Execution {
+                                name: format!("{}/executions/{id}", job_path(parent, job)),
+                                ..Execution::default()
+                            };
+                            let status = Status::new(Code::Aborted, "The execution was deleted before it completed.");
+                            OperationBuilder::new(parent, EXECUTION_TYPE, &reference).finish(&op, Some(status))
+                        }
+                    };
+                    if let Err(e) = control.inner.operations.complete(&finished) {
                         tracing::error!(error = %e, "cannot complete the execution's operation");
                     }
                 }
