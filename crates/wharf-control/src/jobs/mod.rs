@@ -403,3 +403,43 @@ impl ControlPlane {
         self.get_execution(&parent, job, id).ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use wharf_api::Container;
+    use wharf_api::jobs::TaskTemplate;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Whatever a client sends as an execution template, checking it answers (never
+        /// panics), and what it accepts is within Cloud Run's ranges.
+        #[test]
+        fn accepted_execution_templates_are_within_range(
+            task_count in prop_oneof![any::<i32>(), -2..10_010i32],
+            parallelism in prop_oneof![any::<i32>(), -2..100i32],
+            max_retries in proptest::option::of(prop_oneof![any::<i32>(), -2..12i32]),
+            timeout in proptest::option::of(prop_oneof!["[0-9]{1,22}(s|m|h|d)?", ".{0,12}"]),
+        ) {
+            let template = ExecutionTemplate {
+                task_count,
+                parallelism,
+                template: TaskTemplate {
+                    containers: vec![Container { image: "127.0.0.1:5000/job:v1".into(), ..Container::default() }],
+                    timeout,
+                    max_retries,
+                    ..TaskTemplate::default()
+                },
+                ..ExecutionTemplate::default()
+            };
+            if let Ok(t) = check_template(&template) {
+                prop_assert!((1..=10_000).contains(&t.task_count));
+                prop_assert!(t.parallelism >= 1 && t.parallelism <= t.task_count);
+                prop_assert!(t.max_retries <= 10);
+                prop_assert!(t.timeout >= Duration::from_secs(1) && t.timeout <= MAX_TIMEOUT);
+            }
+        }
+    }
+}
