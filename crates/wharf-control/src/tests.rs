@@ -567,3 +567,29 @@ async fn deleting_a_running_job_completes_its_run_operation() {
     assert_eq!(error.code, Code::Aborted.number(), "{error:?}");
     h.backend.wait_for(|v| v.running.is_empty()).await;
 }
+
+/// Operations a crash left unfinished, that no reconcile or execution takes over, are settled
+/// at the next start: a service operation whose service is gone (a committed delete) is done;
+/// any other fails with ABORTED and says why.
+#[tokio::test(start_paused = true)]
+async fn unfinished_operations_nobody_resumes_are_settled_at_start() {
+    use crate::operations::OperationBuilder;
+    let h = Harness::new(serving_behaviour()).await;
+    let gone = Service { name: "projects/p/locations/l/services/gone".into(), ..Service::default() };
+    let delete = OperationBuilder::new(&parent(), wharf_api::SERVICE_TYPE, &gone).running();
+    let other = OperationBuilder::new(&parent(), "type.googleapis.com/example.Unknown", &gone).running();
+    h.db.write(|tx| {
+        h.control.inner.operations.insert(tx, &delete)?;
+        h.control.inner.operations.insert(tx, &other)
+    })
+    .unwrap();
+    let h = h.restart().await;
+    let delete = h.control.get_operation(&delete.name).unwrap();
+    assert!(delete.done, "{delete:?}");
+    assert_eq!(delete.error, None);
+    let other = h.control.get_operation(&other.name).unwrap();
+    assert!(other.done, "{other:?}");
+    let error = other.error.expect("an operation nobody can finish fails");
+    assert_eq!(error.code, Code::Aborted.number());
+    assert!(error.message.contains("The server restarted before this operation completed"), "{}", error.message);
+}
