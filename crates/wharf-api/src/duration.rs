@@ -120,4 +120,37 @@ mod tests {
         assert_eq!(to_proto(Duration::from_millis(1500)), "1.5s");
         assert_eq!(to_proto(parse("5m").unwrap()), "300s");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+            /// Any text: an answer, never a panic.
+            #[test]
+            fn never_panics(text in prop_oneof!["[0-9.emshd ]{0,24}", ".{0,32}"]) {
+                let _ = parse(&text);
+            }
+
+            /// Whole seconds in the API's form parse to themselves and print back the same.
+            #[test]
+            fn seconds_round_trip(secs in 0u64..=10_000_000_000) {
+                let text = format!("{secs}s");
+                prop_assert_eq!(parse(&text), Ok(Duration::from_secs(secs)));
+                prop_assert_eq!(to_proto(Duration::from_secs(secs)), text);
+            }
+
+            /// A sum of units is the sum of its parts.
+            #[test]
+            fn units_add_up(h in 0u64..1000, m in 0u64..1000, s in 0u64..1000, ms in 0u64..1000) {
+                let text = format!("{h}h{m}m{s}s{ms}ms");
+                let expected = Duration::from_secs(h * 3600 + m * 60 + s) + Duration::from_millis(ms);
+                let got = parse(&text).unwrap();
+                let diff = got.abs_diff(expected);
+                prop_assert!(diff < Duration::from_micros(1), "{text}: {got:?} != {expected:?}");
+            }
+        }
+    }
 }

@@ -95,9 +95,58 @@ impl ControlPlane {
                 jobs: jobs::Runs::default(),
             }),
         };
-        control.restore()?;
-        control.resume_executions()?;
+        let mut claimed = control.restore()?;
+        claimed.extend(control.resume_executions()?);
+        control.settle_operations(&claimed)?;
         Ok(control)
+    }
+
+    /// After a restart: completes every unfinished operation that no reconcile or execution
+    /// took over (`claimed`), so none stays running forever. A service operation whose service
+    /// is gone was a committed delete: done. An execution's operation whose execution already
+    /// ended completes as the execution did. Anything else fails with the reason.
+    fn settle_operations(&self, claimed: &[String]) -> Result<(), ControlError> {
+        for op in self.inner.operations.unfinished()? {
+            if claimed.contains(&op.name) {
+                continue;
+            }
+            let Some(parent) = operation_parent(&op.name) else { continue };
+            let metadata = op.metadata.clone().unwrap_or_default();
+            let type_url = metadata.get("@type").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
+            let resource = metadata.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_owned();
+            let restarted = |what: &str| {
+                wharf_api::Status::new(
+                    wharf_api::Code::Aborted,
+                    format!("The server restarted before this operation completed; {what}"),
+                )
+            };
+            let builder = operations::OperationBuilder::from_any(&parent, metadata);
+            let settled = if type_url == wharf_api::SERVICE_TYPE {
+                let service = resource.rsplit('/').next().unwrap_or_default();
+                if services::store::get_service(&self.inner.db, &parent, service)?.is_none() {
+                    builder.finish(&op.name, None)
+                } else {
+                    builder.finish(&op.name, Some(restarted("read the service to see its state")))
+                }
+            } else if type_url == wharf_api::jobs::EXECUTION_TYPE {
+                match self.execution_of(&resource) {
+                    Some(execution) => {
+                        let ok = execution.conditions.iter().any(|c| c.state == wharf_api::CONDITION_SUCCEEDED);
+                        let error = (!ok).then(|| {
+                            let message = execution.conditions.first().map(|c| c.message.clone()).unwrap_or_default();
+                            wharf_api::Status::new(wharf_api::Code::Aborted, message)
+                        });
+                        operations::OperationBuilder::new(&parent, &type_url, &execution).finish(&op.name, error)
+                    }
+                    None => builder.finish(&op.name, Some(restarted("its execution no longer exists"))),
+                }
+            } else {
+                builder.finish(&op.name, Some(restarted("read the resource to see its state")))
+            };
+            tracing::info!(operation = %op.name, failed = settled.error.is_some(), "settled an operation left unfinished");
+            self.inner.operations.complete(&settled)?;
+        }
+        Ok(())
     }
 
     pub fn settings(&self) -> &Settings {
@@ -142,6 +191,17 @@ pub(crate) fn random_suffix(len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let bytes = uuid::Uuid::new_v4().into_bytes();
     bytes.iter().take(len.min(bytes.len())).map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
+}
+
+/// The parent of an operation named `projects/{p}/locations/{l}/operations/{id}`.
+fn operation_parent(name: &str) -> Option<wharf_api::names::Parent> {
+    let mut parts = name.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("projects"), Some(project), Some("locations"), Some(location)) => {
+            Some(wharf_api::names::Parent { project: project.to_owned(), location: location.to_owned() })
+        }
+        _ => None,
+    }
 }
 
 pub(crate) fn pool_key(project: &str, location: &str, revision: &str) -> String {

@@ -498,7 +498,7 @@ async fn job_templates_are_checked_by_name() {
     assert!(matches!(&err, ControlError::InvalidArgument(m) if m.contains("probes")), "{err:?}");
     let err = h.control.create_job(&parent(), "many", job(10_001, 1, 0, "60s")).await.unwrap_err();
     assert!(matches!(&err, ControlError::InvalidArgument(m) if m.contains("task count 10001")), "{err:?}");
-    let err = h.control.create_job(&parent(), "long", job(1, 1, 0, "90000s")).await.unwrap_err();
+    let err = h.control.create_job(&parent(), "long", job(1, 1, 0, "700000s")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -508,4 +508,88 @@ fn store_failures_keep_their_source() {
     assert_eq!(err.code(), Code::Internal);
     let source = std::error::Error::source(&err).expect("the store error is kept");
     assert!(std::error::Error::source(source).is_some(), "and so is rusqlite's");
+}
+
+/// A revision whose instance takes half an hour to become ready (a stuck readiness probe) does not
+/// hold the service's lock: a delete answers before the start ends, the deploy's operation
+/// then fails saying why, and the instance the proof started is stopped.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_readiness_probe_does_not_block_a_delete() {
+    let backend = FakeBackend::new(|_| Behaviour::Serve { start_delay: Duration::from_secs(1800) });
+    let h = Harness::new(backend).await;
+    let deploy = h.control.create_service(&parent(), "stuck", service(&[]), false).await.unwrap();
+    h.backend.wait_for(|v| v.launches.len() == 1).await;
+    let delete = h.control.delete_service(&parent(), "stuck", "").await.unwrap();
+    assert_eq!(h.backend.view().started, 0, "the delete waited for the instance to become ready");
+    assert_eq!(h.done(delete).await.error, None);
+    let deploy = h.done(deploy).await;
+    let error = deploy.error.expect("the deploy of a deleted service cannot succeed");
+    assert_eq!(error.code, Code::Aborted.number(), "{error:?}");
+    assert!(error.message.contains("deleted"), "{}", error.message);
+    h.backend.wait_for(|v| v.started == 1 && v.running.is_empty()).await;
+    assert_eq!(h.control.get_service(&parent(), "stuck").unwrap_err().code(), Code::NotFound);
+}
+
+/// An update planned while a revision is being proven does not wait for the proof either, and
+/// both operations complete; the newest revision ends up serving.
+#[tokio::test(start_paused = true)]
+async fn an_update_does_not_wait_for_a_slow_start() {
+    let backend = FakeBackend::new(|spec| match spec.template.env.first() {
+        Some((_, v)) if v == "slow" => Behaviour::Serve { start_delay: Duration::from_secs(600) },
+        _ => Behaviour::Serve { start_delay: Duration::ZERO },
+    });
+    let h = Harness::new(backend).await;
+    let first = h.control.create_service(&parent(), "busy", service(&[("MODE", "slow")]), false).await.unwrap();
+    h.backend.wait_for(|v| v.launches.len() == 1).await;
+    let second =
+        h.control.update_service(&parent(), "busy", service(&[("MODE", "fast")]), None, false, false).await.unwrap();
+    assert_eq!(h.backend.view().started, 0, "the update waited for the slow start");
+    assert_eq!(h.done(first).await.error, None);
+    assert_eq!(h.done(second).await.error, None);
+    let svc = h.control.get_service(&parent(), "busy").unwrap();
+    assert_eq!(svc.observed_generation, 2);
+    let latest = svc.latest_ready_revision.rsplit('/').next().unwrap().to_owned();
+    assert_eq!(h.routed("busy"), vec![(latest, 100)]);
+}
+
+/// Deleting a job while its execution runs stops the tasks and still ends the `:run`
+/// operation, with the reason.
+#[tokio::test(start_paused = true)]
+async fn deleting_a_running_job_completes_its_run_operation() {
+    let backend = FakeBackend::new(|_| Behaviour::Exit { run_for: Duration::from_secs(3600), code: 0 });
+    let h = Harness::new(backend).await;
+    h.control.create_job(&parent(), "gone", job(2, 2, 0, "7200s")).await.unwrap();
+    let run = h.control.run_job(&parent(), "gone", RunJobRequest::default()).await.unwrap();
+    h.backend.wait_for(|v| v.running.len() == 2).await;
+    h.control.delete_job(&parent(), "gone").await.unwrap();
+    let op = h.done(run).await;
+    let error = op.error.expect("a deleted execution did not succeed");
+    assert_eq!(error.code, Code::Aborted.number(), "{error:?}");
+    h.backend.wait_for(|v| v.running.is_empty()).await;
+}
+
+/// Operations a crash left unfinished, that no reconcile or execution takes over, are settled
+/// at the next start: a service operation whose service is gone (a committed delete) is done;
+/// any other fails with ABORTED and says why.
+#[tokio::test(start_paused = true)]
+async fn unfinished_operations_nobody_resumes_are_settled_at_start() {
+    use crate::operations::OperationBuilder;
+    let h = Harness::new(serving_behaviour()).await;
+    let gone = Service { name: "projects/p/locations/l/services/gone".into(), ..Service::default() };
+    let delete = OperationBuilder::new(&parent(), wharf_api::SERVICE_TYPE, &gone).running();
+    let other = OperationBuilder::new(&parent(), "type.googleapis.com/example.Unknown", &gone).running();
+    h.db.write(|tx| {
+        h.control.inner.operations.insert(tx, &delete)?;
+        h.control.inner.operations.insert(tx, &other)
+    })
+    .unwrap();
+    let h = h.restart().await;
+    let delete = h.control.get_operation(&delete.name).unwrap();
+    assert!(delete.done, "{delete:?}");
+    assert_eq!(delete.error, None);
+    let other = h.control.get_operation(&other.name).unwrap();
+    assert!(other.done, "{other:?}");
+    let error = other.error.expect("an operation nobody can finish fails");
+    assert_eq!(error.code, Code::Aborted.number());
+    assert!(error.message.contains("The server restarted before this operation completed"), "{}", error.message);
 }

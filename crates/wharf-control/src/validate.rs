@@ -19,6 +19,47 @@ pub const DEFAULT_CONCURRENCY: u32 = 80;
 pub const DEFAULT_MAX_INSTANCES: u32 = 100;
 pub const DEFAULT_PORT: u16 = 8080;
 
+/// The bounds every string, list and number of the API is held to. Cloud Run's documented
+/// limits where it has them (env values, labels, probes, counts); elsewhere bounds that keep
+/// one request from costing the server more than a request should (the sizes of commands and
+/// the environment together stay far below the kernel's `execve` limit).
+pub mod limits {
+    /// Largest value of one environment variable (Cloud Run: 32 KiB).
+    pub const ENV_VALUE_BYTES: usize = 32 * 1024;
+    /// Longest environment variable name.
+    pub const ENV_NAME_BYTES: usize = 256;
+    /// Most environment variables in one container (Cloud Run: 1000).
+    pub const ENV_VARS: usize = 1000;
+    /// Most bytes of env, command and args of one container together.
+    pub const CONTAINER_STRINGS_BYTES: usize = 512 * 1024;
+    /// Most entries in `command` and in `args`.
+    pub const ARGV_ENTRIES: usize = 1000;
+    /// Longest image reference.
+    pub const IMAGE_BYTES: usize = 1024;
+    /// Longest `workingDir`, probe path, service account.
+    pub const PATH_BYTES: usize = 1024;
+    /// Most labels on one resource (Cloud Run: 64).
+    pub const LABELS: usize = 64;
+    /// Longest label value and name part of a label or annotation key (Kubernetes: 63).
+    pub const LABEL_PART_BYTES: usize = 63;
+    /// Longest key prefix of a label or annotation (a DNS subdomain: 253).
+    pub const KEY_PREFIX_BYTES: usize = 253;
+    /// Most bytes of all annotations of one resource (Kubernetes: 256 KiB).
+    pub const ANNOTATIONS_BYTES: usize = 256 * 1024;
+    /// Longest description (Cloud Run: 512 characters).
+    pub const DESCRIPTION_CHARS: usize = 512;
+    /// Longest `client`, `clientVersion` and container name.
+    pub const SHORT_TEXT_BYTES: usize = 256;
+    /// Probe ranges (Cloud Run): initial delay 0..=240 s, period 1..=240 s for startup and
+    /// 1..=3600 s for liveness, timeout 1 s up to the period, failure threshold 1..=1000.
+    pub const PROBE_INITIAL_DELAY_SECS: i32 = 240;
+    pub const STARTUP_PERIOD_SECS: i32 = 240;
+    pub const LIVENESS_PERIOD_SECS: i32 = 3600;
+    pub const PROBE_FAILURE_THRESHOLD: i32 = 1000;
+    /// Instance counts (Cloud Run: max instances up to 1000 per revision by default).
+    pub const INSTANCES: i32 = 1000;
+}
+
 /// A validated revision template: how to run an instance, and how to serve with them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -43,6 +84,214 @@ pub fn parse_duration(field: &str, value: &str) -> Result<Duration, ControlError
     wharf_api::duration::parse(value).map_err(|e| invalid(format!("{field}: {e}")))
 }
 
+/// Parses a duration and checks it lies within `min..=max`, naming `field` and the range in
+/// the error.
+pub fn duration_in(field: &str, value: &str, min: Duration, max: Duration) -> Result<Duration, ControlError> {
+    if value.len() > 64 {
+        return Err(invalid(format!("{field} is {} characters long: a duration is at most 64", value.len())));
+    }
+    let out_of_range =
+        || invalid(format!("{field} {value:?} is out of range: it must be between {} and {}", human(min), human(max)));
+    let duration = match wharf_api::duration::parse(value) {
+        Ok(d) => d,
+        Err(wharf_api::duration::DurationError::TooLong { .. }) => return Err(out_of_range()),
+        Err(e) => return Err(invalid(format!("{field}: {e}"))),
+    };
+    if duration < min || duration > max {
+        return Err(out_of_range());
+    }
+    Ok(duration)
+}
+
+/// `3600s`, `168h`, `500ms`: the shortest exact form, for range messages.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        format!("{}ms", d.as_millis())
+    } else if secs > 3600 && secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Checks a string's length in bytes.
+fn max_len(field: &str, value: &str, max: usize) -> Result<(), ControlError> {
+    if value.len() > max {
+        return Err(invalid(format!("{field} is {} bytes long: at most {max} bytes are allowed", value.len())));
+    }
+    Ok(())
+}
+
+/// Checks a string the kernel will see (`execve`, paths): no NUL, at most `max` bytes.
+fn c_string(field: &str, value: &str, max: usize) -> Result<(), ControlError> {
+    max_len(field, value, max)?;
+    if value.contains('\0') {
+        return Err(invalid(format!("{field} contains a NUL character, which cannot be passed to a process")));
+    }
+    Ok(())
+}
+
+/// A Kubernetes name part (label value or the name of a key): at most 63 of `[A-Za-z0-9._-]`,
+/// beginning and ending with a letter or digit.
+fn k8s_name_part(text: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    !text.is_empty()
+        && text.len() <= limits::LABEL_PART_BYTES
+        && text.starts_with(alnum)
+        && text.ends_with(alnum)
+        && text.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
+}
+
+/// A label or annotation key as Kubernetes (and so Knative and Cloud Run) writes them: an
+/// optional DNS-subdomain prefix and `/`, then a name part.
+fn check_key(field: &str, key: &str) -> Result<(), ControlError> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= limits::KEY_PREFIX_BYTES
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    if !prefix_ok || !k8s_name_part(name) {
+        let shown: String = key.chars().take(80).collect();
+        return Err(invalid(format!(
+            "{field} key {shown:?} is invalid: a key is an optional DNS-subdomain prefix and '/', then at most 63 \
+             letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+/// Labels (`field` is e.g. `labels` or `template.labels`): at most 64, keys as Kubernetes
+/// writes them, values empty or a Kubernetes name part.
+pub fn labels(field: &str, labels: &wharf_api::Labels) -> Result<(), ControlError> {
+    if labels.len() > limits::LABELS {
+        return Err(invalid(format!("{field} has {} entries: at most {} are allowed", labels.len(), limits::LABELS)));
+    }
+    for (key, value) in labels {
+        check_key(field, key)?;
+        if !value.is_empty() && !k8s_name_part(value) {
+            let shown: String = value.chars().take(80).collect();
+            return Err(invalid(format!(
+                "{field}.{key} value {shown:?} is invalid: a label value is empty or at most 63 letters, digits, \
+                 '-', '_' or '.', starting and ending with a letter or digit"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Annotations: keys as Kubernetes writes them, at most 256 KiB of keys and values in all.
+pub fn annotations(field: &str, annotations: &wharf_api::Labels) -> Result<(), ControlError> {
+    let mut total = 0usize;
+    for (key, value) in annotations {
+        check_key(field, key)?;
+        total = total.saturating_add(key.len()).saturating_add(value.len());
+    }
+    if total > limits::ANNOTATIONS_BYTES {
+        return Err(invalid(format!(
+            "{field} take {total} bytes: at most {} bytes (256 KiB) of keys and values are allowed",
+            limits::ANNOTATIONS_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// The fields of a service (besides its template) that users set.
+pub fn service_fields(service: &wharf_api::Service) -> Result<(), ControlError> {
+    if service.description.chars().count() > limits::DESCRIPTION_CHARS {
+        return Err(invalid(format!(
+            "description has {} characters: at most {} are allowed",
+            service.description.chars().count(),
+            limits::DESCRIPTION_CHARS
+        )));
+    }
+    labels("labels", &service.labels)?;
+    annotations("annotations", &service.annotations)?;
+    max_len("client", &service.client, limits::SHORT_TEXT_BYTES)?;
+    max_len("clientVersion", &service.client_version, limits::SHORT_TEXT_BYTES)?;
+    if let Some(ingress) = &service.ingress
+        && !ingress.is_empty()
+        && !INGRESS_VALUES.contains(&ingress.as_str())
+    {
+        return Err(invalid(format!("ingress {ingress:?} is not one of {}", INGRESS_VALUES.join(", "))));
+    }
+    Ok(())
+}
+
+/// The values of Cloud Run's `IngressTraffic` enum.
+const INGRESS_VALUES: &[&str] = &[
+    "INGRESS_TRAFFIC_UNSPECIFIED",
+    "INGRESS_TRAFFIC_ALL",
+    "INGRESS_TRAFFIC_INTERNAL_ONLY",
+    "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER",
+    "INGRESS_TRAFFIC_NONE",
+];
+
+/// The values of Cloud Run's `ExecutionEnvironment` enum.
+const EXECUTION_ENVIRONMENTS: &[&str] =
+    &["EXECUTION_ENVIRONMENT_UNSPECIFIED", "EXECUTION_ENVIRONMENT_GEN1", "EXECUTION_ENVIRONMENT_GEN2"];
+
+/// A container's environment: at most 1000 variables, names valid and unique, each value at
+/// most 32 KiB.
+fn env_vars(field: &str, vars: &[wharf_api::EnvVar]) -> Result<Vec<(String, String)>, ControlError> {
+    if vars.len() > limits::ENV_VARS {
+        return Err(invalid(format!("{field} has {} variables: at most {} are allowed", vars.len(), limits::ENV_VARS)));
+    }
+    let mut env: Vec<(String, String)> = Vec::with_capacity(vars.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, var) in vars.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        c_string(&format!("{at}.name"), &var.name, limits::ENV_NAME_BYTES)?;
+        if var.name.chars().any(char::is_control) {
+            return Err(invalid(format!("{at}.name contains a control character")));
+        }
+        if var.value_source.is_some() {
+            return Err(invalid(format!("env {}: valueSource (secrets) is not supported yet; give a value", var.name)));
+        }
+        let value = var.value.clone().unwrap_or_default();
+        if value.len() > limits::ENV_VALUE_BYTES {
+            return Err(invalid(format!(
+                "{at}.value ({}) is {} bytes long: at most {} bytes (32 KiB) are allowed",
+                var.name,
+                value.len(),
+                limits::ENV_VALUE_BYTES
+            )));
+        }
+        c_string(&format!("{at}.value"), &value, limits::ENV_VALUE_BYTES)?;
+        if !seen.insert(var.name.as_str()) {
+            return Err(invalid(format!("{at}.name {:?} is given more than once", var.name)));
+        }
+        env.push((var.name.clone(), value));
+    }
+    validate_user_env(env.iter().map(|(k, _)| k.as_str())).map_err(|e| invalid(e.to_string()))?;
+    Ok(env)
+}
+
+/// `command` or `args`: at most 1000 entries, no NUL.
+fn argv(field: &str, list: &[String]) -> Result<(), ControlError> {
+    if list.len() > limits::ARGV_ENTRIES {
+        return Err(invalid(format!(
+            "{field} has {} entries: at most {} are allowed",
+            list.len(),
+            limits::ARGV_ENTRIES
+        )));
+    }
+    for (i, arg) in list.iter().enumerate() {
+        c_string(&format!("{field}[{i}]"), arg, limits::CONTAINER_STRINGS_BYTES)?;
+    }
+    Ok(())
+}
+
 /// Whether a container serves requests (and so gets a startup probe) or runs to completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
@@ -61,26 +310,37 @@ pub fn container(containers: &[Container], workload: Workload) -> Result<(String
     if container.image.trim().is_empty() {
         return Err(invalid("template.containers[0].image is required"));
     }
+    max_len("template.containers[0].image", &container.image, limits::IMAGE_BYTES)?;
     container
         .image
         .parse::<wharf_image::ImageReference>()
         .map_err(|e| invalid(format!("template.containers[0].image: {e}")))?;
     let port = container_port(container)?;
-    let mut env = Vec::new();
-    for var in &container.env {
-        if var.value_source.is_some() {
-            return Err(invalid(format!("env {}: valueSource (secrets) is not supported yet; give a value", var.name)));
-        }
-        env.push((var.name.clone(), var.value.clone().unwrap_or_default()));
+    let env = env_vars("template.containers[0].env", &container.env)?;
+    argv("template.containers[0].command", &container.command)?;
+    argv("template.containers[0].args", &container.args)?;
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>()
+        + container.command.iter().chain(&container.args).map(|a| a.len() + 1).sum::<usize>();
+    if total > limits::CONTAINER_STRINGS_BYTES {
+        return Err(invalid(format!(
+            "template.containers[0]: env, command and args take {total} bytes together: at most {} bytes \
+             (512 KiB) are allowed",
+            limits::CONTAINER_STRINGS_BYTES
+        )));
     }
-    validate_user_env(env.iter().map(|(k, _)| k.as_str())).map_err(|e| invalid(e.to_string()))?;
-    let limits = container.resources.as_ref().map(|r| r.limits.clone()).unwrap_or_default();
-    if let Some(unknown) = limits.keys().find(|k| *k != "cpu" && *k != "memory") {
-        return Err(invalid(format!("resources.limits.{unknown} is not supported: use cpu and memory")));
+    c_string("template.containers[0].workingDir", &container.working_dir, limits::PATH_BYTES)?;
+    max_len("template.containers[0].name", &container.name, limits::SHORT_TEXT_BYTES)?;
+    let quantities = container.resources.as_ref().map(|r| r.limits.clone()).unwrap_or_default();
+    if let Some(unknown) = quantities.keys().find(|k| *k != "cpu" && *k != "memory") {
+        let shown: String = unknown.chars().take(64).collect();
+        return Err(invalid(format!("resources.limits.{shown} is not supported: use cpu and memory")));
+    }
+    for (key, value) in &quantities {
+        max_len(&format!("template.containers[0].resources.limits.{key}"), value, 64)?;
     }
     let resources =
-        Resources::from_user(limits.get("memory").map(String::as_str), limits.get("cpu").map(String::as_str))
-            .map_err(|e| invalid(e.0))?;
+        Resources::from_user(quantities.get("memory").map(String::as_str), quantities.get("cpu").map(String::as_str))
+            .map_err(|e| invalid(format!("template.containers[0].resources.limits: {}", e.0)))?;
     let (startup_probe, liveness_probe) = match workload {
         Workload::Task => {
             if container.startup_probe.is_some() || container.liveness_probe.is_some() {
@@ -91,12 +351,12 @@ pub fn container(containers: &[Container], workload: Workload) -> Result<(String
         Workload::Service => {
             let startup = match &container.startup_probe {
                 None => Probe::default_startup(port),
-                Some(p) => probe("startupProbe", p, port, Duration::from_secs(10), 3)?,
+                Some(p) => probe("startupProbe", p, port, limits::STARTUP_PERIOD_SECS, Duration::from_secs(10), 3)?,
             };
             let liveness = container
                 .liveness_probe
                 .as_ref()
-                .map(|p| probe("livenessProbe", p, port, Duration::from_secs(10), 3))
+                .map(|p| probe("livenessProbe", p, port, limits::LIVENESS_PERIOD_SECS, Duration::from_secs(10), 3))
                 .transpose()?;
             (Some(startup), liveness)
         }
@@ -121,11 +381,22 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
     let concurrency = match template.max_instance_request_concurrency {
         0 => DEFAULT_CONCURRENCY,
         n @ 1..=1000 => n.unsigned_abs(),
-        n => return Err(invalid(format!("concurrency {n} is out of range: it must be between 1 and 1000"))),
+        n => {
+            return Err(invalid(format!(
+                "template.maxInstanceRequestConcurrency (concurrency) {n} is out of range: it must be between 1 and 1000"
+            )));
+        }
     };
     let scaling = template.scaling.clone().unwrap_or_default();
     if scaling.min_instance_count < 0 || scaling.max_instance_count < 0 {
         return Err(invalid("min and max instances may not be negative"));
+    }
+    if scaling.min_instance_count > limits::INSTANCES {
+        return Err(invalid(format!(
+            "min instances {} is out of range: it must be between 0 and {}",
+            scaling.min_instance_count,
+            limits::INSTANCES
+        )));
     }
     let min_instances = scaling.min_instance_count.unsigned_abs();
     let max_instances = match scaling.max_instance_count {
@@ -133,19 +404,26 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
         n => n.unsigned_abs(),
     };
     if max_instances > 1000 {
-        return Err(invalid(format!("max instances {max_instances} is out of range: at most 1000")));
+        return Err(invalid(format!("max instances {max_instances} is out of range: it must be between 1 and 1000")));
     }
     if min_instances > max_instances {
         return Err(invalid(format!("min instances ({min_instances}) may not exceed max instances ({max_instances})")));
     }
     let timeout = match &template.timeout {
         None => DEFAULT_TIMEOUT,
-        Some(t) => parse_duration("timeout", t)?,
+        Some(t) => duration_in("template.timeout", t, Duration::from_secs(1), MAX_TIMEOUT)?,
     };
-    if timeout < Duration::from_secs(1) || timeout > MAX_TIMEOUT {
+    labels("template.labels", &template.labels)?;
+    annotations("template.annotations", &template.annotations)?;
+    c_string("template.serviceAccount", &template.service_account, limits::PATH_BYTES)?;
+    if let Some(env) = &template.execution_environment
+        && !env.is_empty()
+        && !EXECUTION_ENVIRONMENTS.contains(&env.as_str())
+    {
+        let shown: String = env.chars().take(64).collect();
         return Err(invalid(format!(
-            "timeout {}s is out of range: it must be between 1s and 3600s",
-            timeout.as_secs_f64()
+            "template.executionEnvironment {shown:?} is not one of {}",
+            EXECUTION_ENVIRONMENTS.join(", ")
         )));
     }
     Ok(RevisionConfig {
@@ -174,38 +452,83 @@ fn probe(
     field: &str,
     p: &wharf_api::Probe,
     port: u16,
+    max_period: i32,
     default_period: Duration,
     default_threshold: u32,
 ) -> Result<Probe, ControlError> {
-    let secs = |n: i32, what: &str| -> Result<Option<Duration>, ControlError> {
+    // 0 means "not set" in the API's JSON (proto3 scalars), so each range starts at 1 except
+    // the initial delay's.
+    let seconds = |n: i32, what: &str, max: i32| -> Result<Option<Duration>, ControlError> {
         match n {
             0 => Ok(None),
-            n if n > 0 => Ok(Some(Duration::from_secs(n.unsigned_abs().into()))),
-            n => Err(invalid(format!("{field}.{what} {n} may not be negative"))),
+            n if (1..=max).contains(&n) => Ok(Some(Duration::from_secs(n.unsigned_abs().into()))),
+            n => Err(invalid(format!("{field}.{what} {n} is out of range: it must be between 1 and {max} seconds"))),
         }
     };
     let probe_port = |n: i32| -> Result<u16, ControlError> {
         if n == 0 {
             return Ok(port);
         }
-        u16::try_from(n).ok().filter(|p| *p > 0).ok_or_else(|| invalid(format!("{field} port {n} is out of range")))
+        u16::try_from(n)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| invalid(format!("{field} port {n} is out of range: it must be between 1 and 65535")))
     };
     let action = match (&p.http_get, &p.tcp_socket) {
-        (Some(h), None) => ProbeAction::HttpGet {
-            port: probe_port(h.port)?,
-            path: if h.path.is_empty() { "/".to_owned() } else { h.path.clone() },
-        },
+        (Some(h), None) => {
+            c_string(&format!("{field}.httpGet.path"), &h.path, limits::PATH_BYTES)?;
+            if !h.path.is_empty() && (!h.path.starts_with('/') || h.path.chars().any(|c| c.is_control() || c == ' ')) {
+                return Err(invalid(format!(
+                    "{field}.httpGet.path {:?} is invalid: give an absolute path such as /healthz, without spaces \
+                     or control characters",
+                    h.path.chars().take(80).collect::<String>()
+                )));
+            }
+            ProbeAction::HttpGet {
+                port: probe_port(h.port)?,
+                path: if h.path.is_empty() { "/".to_owned() } else { h.path.clone() },
+            }
+        }
         (None, Some(t)) => ProbeAction::Tcp { port: probe_port(t.port)? },
         (None, None) => return Err(invalid(format!("{field} needs httpGet or tcpSocket"))),
         (Some(_), Some(_)) => return Err(invalid(format!("{field} may have only one of httpGet and tcpSocket"))),
     };
-    let period = secs(p.period_seconds, "periodSeconds")?.unwrap_or(default_period);
+    let initial_delay = match p.initial_delay_seconds {
+        n @ 0..=limits::PROBE_INITIAL_DELAY_SECS => Duration::from_secs(n.unsigned_abs().into()),
+        n => {
+            return Err(invalid(format!(
+                "{field}.initialDelaySeconds {n} is out of range: it must be between 0 and {} seconds",
+                limits::PROBE_INITIAL_DELAY_SECS
+            )));
+        }
+    };
+    let period = seconds(p.period_seconds, "periodSeconds", max_period)?.unwrap_or(default_period);
+    let timeout = seconds(p.timeout_seconds, "timeoutSeconds", max_period)?;
+    if let Some(timeout) = timeout
+        && timeout > period
+    {
+        return Err(invalid(format!(
+            "{field}.timeoutSeconds {} may not exceed periodSeconds {}",
+            timeout.as_secs(),
+            period.as_secs()
+        )));
+    }
+    let failure_threshold = match p.failure_threshold {
+        0 => default_threshold,
+        n @ 1..=limits::PROBE_FAILURE_THRESHOLD => n.unsigned_abs(),
+        n => {
+            return Err(invalid(format!(
+                "{field}.failureThreshold {n} is out of range: it must be between 1 and {}",
+                limits::PROBE_FAILURE_THRESHOLD
+            )));
+        }
+    };
     Ok(Probe {
         action,
-        initial_delay: secs(p.initial_delay_seconds, "initialDelaySeconds")?.unwrap_or_default(),
-        timeout: secs(p.timeout_seconds, "timeoutSeconds")?.unwrap_or(Duration::from_secs(1)).min(period),
+        initial_delay,
+        timeout: timeout.unwrap_or(Duration::from_secs(1)).min(period),
         period,
-        failure_threshold: u32::try_from(p.failure_threshold).ok().filter(|n| *n > 0).unwrap_or(default_threshold),
+        failure_threshold,
     })
 }
 
@@ -259,5 +582,152 @@ mod tests {
         let mut c = image();
         c.image = "Not An Image".into();
         assert!(err(&template(c)).contains("image"));
+    }
+
+    #[test]
+    fn limits_name_the_field_and_the_range() {
+        let mut t = template(image());
+        t.timeout = Some("1e20s".into());
+        assert!(err(&t).contains("template.timeout"), "{}", err(&t));
+        t.timeout = Some("100000000000000000000s".into());
+        assert!(err(&t).contains("between 1s and 3600s"), "{}", err(&t));
+        let mut c = image();
+        c.env = vec![EnvVar { name: "BIG".into(), value: Some("x".repeat(32 * 1024 + 1)), value_source: None }];
+        assert!(err(&template(c)).contains("env[0].value (BIG) is 32769 bytes long"));
+        let mut c = image();
+        c.env = (0..2).map(|_| EnvVar { name: "A".into(), value: None, value_source: None }).collect();
+        assert!(err(&template(c)).contains("more than once"));
+        let mut c = image();
+        c.startup_probe = Some(wharf_api::Probe {
+            period_seconds: 241,
+            tcp_socket: Some(wharf_api::TcpSocketAction::default()),
+            ..Default::default()
+        });
+        assert!(err(&template(c)).contains("startupProbe.periodSeconds 241 is out of range"));
+        let mut c = image();
+        c.liveness_probe = Some(wharf_api::Probe {
+            failure_threshold: -1,
+            http_get: Some(wharf_api::HttpGetAction { path: "/ok".into(), port: 0 }),
+            ..Default::default()
+        });
+        assert!(err(&template(c)).contains("livenessProbe.failureThreshold -1"));
+        let mut c = image();
+        c.resources =
+            Some(ResourceRequirements { limits: [("cpu".into(), "50m".into())].into(), ..Default::default() });
+        assert!(err(&template(c)).contains("between 0.08 (80m) and 8 CPUs"));
+        let mut t = template(image());
+        t.labels = [("Bad Key".into(), "v".into())].into();
+        assert!(err(&t).contains("template.labels key \"Bad Key\" is invalid"));
+        let mut t = template(image());
+        t.labels = [("run.googleapis.com/x".into(), "ok-1".into())].into();
+        validate(&t).unwrap();
+        let mut c = image();
+        c.args = vec!["a\0b".into()];
+        assert!(err(&template(c)).contains("NUL"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Short strings drawn mostly from what the parsers look for, so that both accepted
+        /// and refused values come up.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof!["[0-9.eE+-]{0,12}(ms|s|m|h|d|Mi|Gi|M|G|Ki|k|m)?", "[0-9]{1,25}(s|m)?", ".{0,20}",]
+        }
+
+        fn number() -> impl Strategy<Value = i32> {
+            prop_oneof![any::<i32>(), -2..3000i32]
+        }
+
+        fn probe() -> impl Strategy<Value = Option<wharf_api::Probe>> {
+            (number(), number(), number(), number(), number(), ".{0,8}", any::<bool>()).prop_map(
+                |(delay, timeout, period, threshold, port, path, http)| {
+                    Some(wharf_api::Probe {
+                        initial_delay_seconds: delay,
+                        timeout_seconds: timeout,
+                        period_seconds: period,
+                        failure_threshold: threshold,
+                        http_get: http.then_some(wharf_api::HttpGetAction { path, port }),
+                        tcp_socket: (!http).then_some(wharf_api::TcpSocketAction { port }),
+                    })
+                },
+            )
+        }
+
+        prop_compose! {
+            fn any_template()(
+                timeout in proptest::option::of(text()),
+                memory in proptest::option::of(text()),
+                cpu in proptest::option::of(text()),
+                concurrency in number(),
+                min in number(),
+                max in number(),
+                port in number(),
+                env in proptest::collection::vec((".{0,6}", proptest::option::of(".{0,6}")), 0..4),
+                startup in proptest::option::of(probe()),
+                liveness in proptest::option::of(probe()),
+                labels in proptest::collection::btree_map(".{0,10}", ".{0,10}", 0..3),
+            ) -> RevisionTemplate {
+                let mut limits = wharf_api::Labels::new();
+                if let Some(m) = memory { limits.insert("memory".into(), m); }
+                if let Some(c) = cpu { limits.insert("cpu".into(), c); }
+                let container = Container {
+                    image: "127.0.0.1:5000/hello:v1".into(),
+                    env: env.into_iter().map(|(name, value)| EnvVar { name, value, value_source: None }).collect(),
+                    resources: Some(ResourceRequirements { limits, ..Default::default() }),
+                    ports: vec![wharf_api::ContainerPort { name: String::new(), container_port: port }],
+                    startup_probe: startup.flatten(),
+                    liveness_probe: liveness.flatten(),
+                    ..Container::default()
+                };
+                RevisionTemplate {
+                    containers: vec![container],
+                    timeout,
+                    max_instance_request_concurrency: concurrency,
+                    scaling: Some(RevisionScaling { min_instance_count: min, max_instance_count: max }),
+                    labels,
+                    ..RevisionTemplate::default()
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Whatever a client sends, validation answers (never panics), and what it
+            /// accepts lies within Cloud Run's ranges.
+            #[test]
+            fn accepted_templates_are_within_range(t in any_template()) {
+                if let Ok(c) = validate(&t) {
+                    prop_assert!((1..=1000).contains(&c.concurrency));
+                    prop_assert!(c.min_instances <= c.max_instances && c.max_instances <= 1000);
+                    prop_assert!(c.timeout >= Duration::from_secs(1) && c.timeout <= MAX_TIMEOUT);
+                    let r = c.instance.resources;
+                    prop_assert!((crate::backend::resources::MIN_MEMORY..=crate::backend::resources::MAX_MEMORY)
+                        .contains(&r.memory_bytes));
+                    prop_assert!((80..=8000).contains(&r.cpu_millis));
+                    prop_assert!(c.instance.port > 0);
+                    for probe in c.instance.startup_probe.iter().chain(&c.instance.liveness_probe) {
+                        prop_assert!(probe.period >= Duration::from_secs(1));
+                        prop_assert!(probe.period <= Duration::from_secs(3600));
+                        prop_assert!(probe.timeout <= probe.period);
+                        prop_assert!(probe.initial_delay <= Duration::from_secs(240));
+                        prop_assert!((1..=1000).contains(&probe.failure_threshold));
+                    }
+                    for (name, value) in &c.instance.env {
+                        prop_assert!(!name.is_empty() && !name.contains('=') && value.len() <= 32 * 1024);
+                    }
+                }
+            }
+
+            #[test]
+            fn bounded_durations_stay_in_bounds(text in text()) {
+                let (min, max) = (Duration::from_secs(1), Duration::from_secs(168 * 3600));
+                if let Ok(d) = duration_in("timeout", &text, min, max) {
+                    prop_assert!(d >= min && d <= max);
+                }
+            }
+        }
     }
 }

@@ -230,6 +230,43 @@ impl WharfServer {
         Ok(())
     }
 
+    /// Kills the server with SIGKILL, as a crash or an OOM kill would: no drain, no stop of
+    /// its instances, no clean-up of any kind. Waits until the process is gone.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else { bail!("the server is not running") };
+        child.kill().context("cannot SIGKILL wharf server")?;
+        child.wait().context("cannot reap the killed wharf server")?;
+        Ok(())
+    }
+
+    /// Starts a new server on the same data directory (new ports) after [`WharfServer::kill`]:
+    /// what the killed one left is the new one's to reconcile.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("the server is still running: kill or stop it first");
+        }
+        let temp = self._temp.take();
+        let env = std::mem::take(&mut self.env);
+        let launched = WharfServer::launch(&self.binary, &self.data_dir, &self.root, env.clone(), self.guard.clone());
+        let mut next = match launched {
+            Ok(next) => next,
+            Err(e) => {
+                self._temp = temp;
+                self.env = env;
+                return Err(e);
+            }
+        };
+        next._temp = temp;
+        *self = next;
+        Ok(())
+    }
+
+    /// SIGKILLs the server and starts a new one on the same data directory.
+    pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.kill()?;
+        self.start_again()
+    }
+
     /// Runs the wharf CLI against this server, in the sealed environment, finding the server
     /// through its data directory.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {

@@ -218,7 +218,7 @@ async fn bad_input_is_refused_and_creates_nothing() {
         (vec!["create", "neg", "--image", env.image.as_str(), "--tasks", "-1"], "out of range"),
         (vec!["create", "big", "--image", env.image.as_str(), "--tasks", "20000"], "out of range"),
         (vec!["create", "retry", "--image", env.image.as_str(), "--max-retries", "11"], "out of range"),
-        (vec!["create", "day", "--image", env.image.as_str(), "--task-timeout", "90000"], "out of range"),
+        (vec!["create", "day", "--image", env.image.as_str(), "--task-timeout", "700000"], "out of range"),
         (vec!["create", "ghost", "--image", "127.0.0.1:1/none:v1"], "could not be resolved"),
         (vec!["execute", "missing"], "was not found"),
     ] {

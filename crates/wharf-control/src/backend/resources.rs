@@ -17,6 +17,8 @@ pub const MIB: u64 = 1 << 20;
 /// Cloud Run's smallest and largest memory limits.
 pub const MIN_MEMORY: u64 = 128 * MIB;
 pub const MAX_MEMORY: u64 = 32 * 1024 * MIB;
+/// Cloud Run's smallest and largest CPU limits: 0.08 and 8 CPUs.
+pub const MIN_CPU_MILLIS: u64 = 80;
 pub const MAX_CPU_MILLIS: u64 = 8000;
 
 impl Default for Resources {
@@ -120,8 +122,11 @@ impl Resources {
                 HumanBytes(r.memory_bytes)
             )));
         }
-        if r.cpu_millis > MAX_CPU_MILLIS {
-            return Err(QuantityError(format!("cpu {}m is out of range: at most 8 CPUs", r.cpu_millis)));
+        if !(MIN_CPU_MILLIS..=MAX_CPU_MILLIS).contains(&r.cpu_millis) {
+            return Err(QuantityError(format!(
+                "cpu {}m is out of range: it must be between 0.08 (80m) and 8 CPUs",
+                r.cpu_millis
+            )));
         }
         Ok(r)
     }

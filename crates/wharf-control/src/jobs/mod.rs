@@ -27,13 +27,14 @@ use wharf_api::names::Parent;
 use wharf_api::{Code, Operation, Status};
 
 use crate::operations::OperationBuilder;
-use crate::validate::{Workload, container, parse_duration};
+use crate::validate::{self, Workload, container, duration_in};
 use crate::{ControlError, ControlPlane};
 use runner::ExecutionRunner;
 use store::{ExecutionRow, ExecutionSpec, ExecutionState, JobRow};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Cloud Run's longest task timeout: 168 hours (7 days).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(168 * 3600);
 
 /// Running executions, while the server runs.
 #[derive(Debug, Default)]
@@ -94,7 +95,11 @@ fn check_template(t: &ExecutionTemplate) -> Result<CheckedTemplate, ControlError
         n => return Err(invalid(format!("task count {n} is out of range: 1 to 10000"))),
     };
     let parallelism = match t.parallelism {
-        n if n < 0 => return Err(invalid(format!("parallelism {n} may not be negative"))),
+        n if n < 0 => {
+            return Err(invalid(format!(
+                "parallelism {n} is out of range: it must be between 0 (automatic) and the task count"
+            )));
+        }
         0 => default_parallelism(task_count),
         n => n.unsigned_abs().min(task_count),
     };
@@ -105,10 +110,11 @@ fn check_template(t: &ExecutionTemplate) -> Result<CheckedTemplate, ControlError
     };
     let timeout = match &t.template.timeout {
         None => DEFAULT_TIMEOUT,
-        Some(v) => parse_duration("task timeout", v)?,
+        Some(v) => duration_in("template.template.timeout (task timeout)", v, Duration::from_secs(1), MAX_TIMEOUT)?,
     };
-    if timeout < Duration::from_secs(1) || timeout > MAX_TIMEOUT {
-        return Err(invalid(format!("task timeout {}s is out of range: 1s to 24h", timeout.as_secs())));
+    validate::labels("template.labels", &t.labels)?;
+    if t.template.service_account.len() > validate::limits::PATH_BYTES {
+        return Err(invalid("template.template.serviceAccount is too long: at most 1024 bytes"));
     }
     let (image, instance) = container(&t.template.containers, Workload::Task)?;
     Ok(CheckedTemplate { task_count, parallelism, max_retries, timeout, image, instance })
@@ -159,6 +165,7 @@ impl ControlPlane {
 
     pub async fn create_job(&self, parent: &Parent, job_id: &str, body: Job) -> Result<Operation, ControlError> {
         wharf_api::validate_service_name("job", job_id).map_err(|e| invalid(e.to_string()))?;
+        validate::labels("labels", &body.labels)?;
         let checked = check_template(&body.template)?;
         if store::get_job(&self.inner.db, parent, job_id)?.is_some() {
             return Err(ControlError::AlreadyExists(format!("Resource '{}' already exists", job_path(parent, job_id))));
@@ -198,6 +205,7 @@ impl ControlPlane {
 
     pub async fn update_job(&self, parent: &Parent, name: &str, body: Job) -> Result<Operation, ControlError> {
         let mut row = self.job_row(parent, name)?;
+        validate::labels("labels", &body.labels)?;
         let checked = check_template(&body.template)?;
         row.image = self.resolve_job_image(&checked.image).await?;
         row.spec = Job { labels: body.labels.clone(), template: body.template.clone(), ..Job::default() };
@@ -290,13 +298,24 @@ impl ControlPlane {
                 {
                     tracing::error!(error = %e, "cannot record the execution's end");
                 }
-                if let Some(op) = operation
-                    && let Ok(execution) = control.get_execution(parent, job, id)
-                {
-                    let error = (outcome.state != ExecutionState::Succeeded)
-                        .then(|| Status::new(Code::Aborted, outcome.message.clone()));
-                    let op = OperationBuilder::new(parent, EXECUTION_TYPE, &execution).finish(&op, error);
-                    if let Err(e) = control.inner.operations.complete(&op) {
+                if let Some(op) = operation {
+                    let finished = match control.get_execution(parent, job, id) {
+                        Ok(execution) => {
+                            let error = (outcome.state != ExecutionState::Succeeded)
+                                .then(|| Status::new(Code::Aborted, outcome.message.clone()));
+                            OperationBuilder::new(parent, EXECUTION_TYPE, &execution).finish(&op, error)
+                        }
+                        // Deleted (with its job, or alone) while it ran: the operation still ends.
+                        Err(_) => {
+                            let reference = Execution {
+                                name: format!("{}/executions/{id}", job_path(parent, job)),
+                                ..Execution::default()
+                            };
+                            let status = Status::new(Code::Aborted, "The execution was deleted before it completed.");
+                            OperationBuilder::new(parent, EXECUTION_TYPE, &reference).finish(&op, Some(status))
+                        }
+                    };
+                    if let Err(e) = control.inner.operations.complete(&finished) {
                         tracing::error!(error = %e, "cannot complete the execution's operation");
                     }
                 }
@@ -350,8 +369,10 @@ impl ControlPlane {
     }
 
     /// After a restart: executions that were running continue (see the module doc).
-    pub(crate) fn resume_executions(&self) -> Result<(), ControlError> {
+    /// Returns the operations handed to resumed executions.
+    pub(crate) fn resume_executions(&self) -> Result<Vec<String>, ControlError> {
         let unfinished = self.inner.operations.unfinished()?;
+        let mut claimed = Vec::new();
         for execution in store::running_executions(&self.inner.db)? {
             store::interrupt_running_tasks(&self.inner.db, &execution.parent, &execution.name)?;
             tracing::info!(execution = %execution.name, "resuming an execution after restart");
@@ -363,8 +384,62 @@ impl ControlPlane {
                     op.metadata.as_ref().and_then(|m| m.get("name")).and_then(|n| n.as_str()) == Some(&full_name)
                 })
                 .map(|op| op.name.clone());
+            claimed.extend(operation.iter().cloned());
             self.spawn_execution(execution, operation);
         }
-        Ok(())
+        Ok(claimed)
+    }
+
+    /// The execution an operation is about, rendered now, if it still exists.
+    pub(crate) fn execution_of(&self, resource_name: &str) -> Option<Execution> {
+        let mut parts = resource_name.split('/');
+        let (Some("projects"), Some(project), Some("locations"), Some(location), Some("jobs"), Some(job)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let (Some("executions"), Some(id)) = (parts.next(), parts.next()) else { return None };
+        let parent = Parent { project: project.to_owned(), location: location.to_owned() };
+        self.get_execution(&parent, job, id).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use wharf_api::Container;
+    use wharf_api::jobs::TaskTemplate;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Whatever a client sends as an execution template, checking it answers (never
+        /// panics), and what it accepts is within Cloud Run's ranges.
+        #[test]
+        fn accepted_execution_templates_are_within_range(
+            task_count in prop_oneof![any::<i32>(), -2..10_010i32],
+            parallelism in prop_oneof![any::<i32>(), -2..100i32],
+            max_retries in proptest::option::of(prop_oneof![any::<i32>(), -2..12i32]),
+            timeout in proptest::option::of(prop_oneof!["[0-9]{1,22}(s|m|h|d)?", ".{0,12}"]),
+        ) {
+            let template = ExecutionTemplate {
+                task_count,
+                parallelism,
+                template: TaskTemplate {
+                    containers: vec![Container { image: "127.0.0.1:5000/job:v1".into(), ..Container::default() }],
+                    timeout,
+                    max_retries,
+                    ..TaskTemplate::default()
+                },
+                ..ExecutionTemplate::default()
+            };
+            if let Ok(t) = check_template(&template) {
+                prop_assert!((1..=10_000).contains(&t.task_count));
+                prop_assert!(t.parallelism >= 1 && t.parallelism <= t.task_count);
+                prop_assert!(t.max_retries <= 10);
+                prop_assert!(t.timeout >= Duration::from_secs(1) && t.timeout <= MAX_TIMEOUT);
+            }
+        }
     }
 }

@@ -119,6 +119,15 @@ impl TaskRunner {
     /// the reason the task failed for good.
     async fn run(self, mut attempt: u32) -> Result<(), String> {
         let max_retries = self.execution.spec.max_retries;
+        if attempt > max_retries {
+            // Its last attempt was interrupted by a server restart, which counts as a failure.
+            let message = "the task's last attempt was interrupted by a server restart";
+            self.record(TaskState::Failed, attempt, None, message, false, true);
+            return Err(format!(
+                "Task {} failed after {attempt} attempt(s) (max retries {max_retries}): {message}",
+                self.index
+            ));
+        }
         loop {
             let outcome = match self.wait_for_slot().await {
                 Some(stopped) => stopped,

@@ -30,6 +30,11 @@ impl OperationBuilder {
         }
     }
 
+    /// An operation about a resource already rendered as an `Any` (an operation's metadata).
+    pub(crate) fn from_any(parent: &Parent, resource: serde_json::Value) -> OperationBuilder {
+        OperationBuilder { name: format!("{}/operations/{}", parent.path(), uuid::Uuid::new_v4()), resource }
+    }
+
     /// Still running: a reconciler or runner completes it.
     pub(crate) fn running(self) -> Operation {
         Operation { name: self.name, metadata: Some(self.resource), done: false, error: None, response: None }

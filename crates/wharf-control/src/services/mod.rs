@@ -33,17 +33,29 @@ pub(crate) struct Serving {
     /// Revision pools by `{project}/{location}/{revision}`.
     pub(crate) pools: Mutex<HashMap<String, Arc<RevisionPool>>>,
     pub(crate) locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lock per service that reconciles take for their whole pass (across starts and
+    /// probes), so two reconciles never prove the same revision; commands never take it.
+    pub(crate) reconciles: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The tag hosts (`{tag}---{host}`) routed for each service, to remove stale ones.
     pub(crate) tag_hosts: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Serving {
     pub(crate) fn new(table: Arc<RoutingTable>) -> Serving {
-        Serving { table, pools: Mutex::default(), locks: Mutex::default(), tag_hosts: Mutex::default() }
+        Serving {
+            table,
+            pools: Mutex::default(),
+            locks: Mutex::default(),
+            reconciles: Mutex::default(),
+            tag_hosts: Mutex::default(),
+        }
     }
 }
 
 const DEFAULT_PAGE: usize = 100;
+
+/// How many times an update is planned again when the service changes while it is planned.
+const UPDATE_ATTEMPTS: usize = 5;
 
 fn not_found(parent: &Parent, name: &str) -> ControlError {
     ControlError::NotFound(format!("Resource '{}/services/{name}' was not found", parent.path()))
@@ -132,14 +144,13 @@ impl ControlPlane {
         validate_only: bool,
     ) -> Result<Operation, ControlError> {
         validate_service_name("service", service_id).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+        crate::validate::service_fields(&body)?;
         self.check_traffic(&body, &[])?;
-        let lock = self.service_lock(parent, service_id);
-        let _guard = lock.lock().await;
+        let already_exists = || {
+            ControlError::AlreadyExists(format!("Resource '{}/services/{service_id}' already exists", parent.path()))
+        };
         if store::get_service(&self.inner.db, parent, service_id)?.is_some() {
-            return Err(ControlError::AlreadyExists(format!(
-                "Resource '{}/services/{service_id}' already exists",
-                parent.path()
-            )));
+            return Err(already_exists());
         }
         let now = crate::time::now();
         let mut row = ServiceRow {
@@ -153,10 +164,22 @@ impl ControlPlane {
             observed_generation: 0,
             next_revision: 1,
         };
+        // Validating and resolving the image (a pull, maybe) happen before the lock.
         let revision = self.new_revision(&row, &body.template).await?;
         if validate_only {
             let service = render::service(&row, &[revision], &self.inner.settings);
             return Ok(OperationBuilder::new(parent, SERVICE_TYPE, &service).dry_run());
+        }
+        let lock = self.service_lock(parent, service_id);
+        let _guard = lock.lock().await;
+        if store::get_service(&self.inner.db, parent, service_id)?.is_some() {
+            return Err(already_exists());
+        }
+        if store::get_revision(&self.inner.db, parent, &revision.name)?.is_some() {
+            return Err(ControlError::AlreadyExists(format!(
+                "Revision named '{}' already exists; choose another --revision-suffix",
+                revision.name
+            )));
         }
         row.next_revision += 1;
         let service = render::service(&row, std::slice::from_ref(&revision), &self.inner.settings);
@@ -166,7 +189,7 @@ impl ControlPlane {
             store::insert_revision(tx, &revision)?;
             self.inner.operations.insert(tx, &op)
         })?;
-        self.spawn_reconcile(parent.clone(), service_id.to_owned(), Some(op.name.clone()));
+        self.spawn_reconcile(parent.clone(), service_id.to_owned(), vec![op.name.clone()]);
         Ok(op)
     }
 
@@ -200,17 +223,75 @@ impl ControlPlane {
         allow_missing: bool,
         validate_only: bool,
     ) -> Result<Operation, ControlError> {
-        let existing = store::get_service(&self.inner.db, parent, name)?;
-        let Some(current) = existing else {
-            if allow_missing {
-                return self.create_service(parent, name, body, validate_only).await;
+        // Planned without the service's lock (a new revision's image may need a pull), then
+        // written under it if the service did not change meanwhile; planned again if it did.
+        for _ in 0..UPDATE_ATTEMPTS {
+            let existing = store::get_service(&self.inner.db, parent, name)?;
+            let Some(current) = existing else {
+                if allow_missing {
+                    return Box::pin(self.create_service(parent, name, body, validate_only)).await;
+                }
+                return Err(not_found(parent, name));
+            };
+            let planned = self.plan_update(&current, &body, update_mask.as_deref()).await?;
+            let Some((mut row, revision)) = planned else {
+                let service = self.render(&current)?;
+                return Ok(OperationBuilder::new(parent, SERVICE_TYPE, &service).dry_run());
+            };
+            if validate_only {
+                let mut preview = store::list_revisions(&self.inner.db, parent, name)?;
+                preview.splice(0..0, revision.iter().cloned());
+                let service = render::service(&row, &preview, &self.inner.settings);
+                return Ok(OperationBuilder::new(parent, SERVICE_TYPE, &service).dry_run());
             }
-            return Err(not_found(parent, name));
-        };
-        let lock = self.service_lock(parent, name);
-        let guard = lock.lock().await;
-        let current = store::get_service(&self.inner.db, parent, name)?.unwrap_or(current);
-        let rendered = self.render(&current)?;
+            let lock = self.service_lock(parent, name);
+            let guard = lock.lock().await;
+            let now = store::get_service(&self.inner.db, parent, name)?;
+            if now.as_ref().map(|r| r.generation) != Some(current.generation) {
+                drop(guard);
+                tracing::debug!(service = %name, "the service changed while the update was planned; planning again");
+                continue;
+            }
+            let revisions = store::list_revisions(&self.inner.db, parent, name)?;
+            let mut known: Vec<(String, RevisionState)> = revisions.iter().map(|r| (r.name.clone(), r.state)).collect();
+            known.extend(revision.iter().map(|r| (r.name.clone(), r.state)));
+            self.check_traffic(&row.spec, &known)?;
+            row.generation += 1;
+            row.update_time = crate::time::now();
+            if revision.is_some() {
+                row.next_revision += 1;
+            }
+            let mut preview = revisions;
+            preview.splice(0..0, revision.iter().cloned());
+            let service = render::service(&row, &preview, &self.inner.settings);
+            let op = OperationBuilder::new(parent, SERVICE_TYPE, &service).running();
+            self.inner.db.write(|tx| {
+                store::update_service(tx, &row)?;
+                if let Some(r) = &revision {
+                    store::insert_revision(tx, r)?;
+                }
+                self.inner.operations.insert(tx, &op)
+            })?;
+            drop(guard);
+            self.spawn_reconcile(parent.clone(), name.to_owned(), vec![op.name.clone()]);
+            return Ok(op);
+        }
+        Err(ControlError::Aborted(format!(
+            "The service '{name}' kept changing while this update was prepared; read it again and retry"
+        )))
+    }
+
+    /// What an update of `current` with `body` would write: the new row (generation not yet
+    /// bumped) and the new revision if the template changed, or `None` if nothing changes.
+    /// Validates everything and resolves a new revision's image; takes no lock.
+    async fn plan_update(
+        &self,
+        current: &ServiceRow,
+        body: &Service,
+        update_mask: Option<&[String]>,
+    ) -> Result<Option<(ServiceRow, Option<RevisionRow>)>, ControlError> {
+        let (parent, name) = (&current.parent, current.name.as_str());
+        let rendered = self.render(current)?;
         if !body.etag.is_empty() && body.etag != rendered.etag {
             return Err(ControlError::Aborted(format!(
                 "The service was changed since it was read (etag {} is not the current {}); read it again and retry",
@@ -218,8 +299,8 @@ impl ControlPlane {
             )));
         }
         let mut spec = current.spec.clone();
-        let incoming = user_fields(&body);
-        match &update_mask {
+        let incoming = user_fields(body);
+        match update_mask {
             None => spec = incoming,
             Some(paths) => {
                 for path in paths {
@@ -251,6 +332,7 @@ impl ControlPlane {
             || (!spec.template.revision.is_empty() && !names.contains(&spec.template.revision));
         let mut row = current.clone();
         row.spec = spec;
+        crate::validate::service_fields(&row.spec)?;
         let revision = if template_changed { Some(self.new_revision(&row, &row.spec.template).await?) } else { None };
         let mut known: Vec<(String, RevisionState)> = revisions.iter().map(|r| (r.name.clone(), r.state)).collect();
         if let Some(r) = &revision {
@@ -258,31 +340,7 @@ impl ControlPlane {
         }
         self.check_traffic(&row.spec, &known)?;
         let changed = revision.is_some() || row.spec != current.spec;
-        if validate_only || !changed {
-            let service = self.render(&current)?;
-            return Ok(OperationBuilder::new(parent, SERVICE_TYPE, &service).dry_run());
-        }
-        row.generation += 1;
-        row.update_time = crate::time::now();
-        if revision.is_some() {
-            row.next_revision += 1;
-        }
-        let mut preview = revisions.clone();
-        if let Some(r) = &revision {
-            preview.insert(0, r.clone());
-        }
-        let service = render::service(&row, &preview, &self.inner.settings);
-        let op = OperationBuilder::new(parent, SERVICE_TYPE, &service).running();
-        self.inner.db.write(|tx| {
-            store::update_service(tx, &row)?;
-            if let Some(r) = &revision {
-                store::insert_revision(tx, r)?;
-            }
-            self.inner.operations.insert(tx, &op)
-        })?;
-        drop(guard);
-        self.spawn_reconcile(parent.clone(), name.to_owned(), Some(op.name.clone()));
-        Ok(op)
+        Ok(changed.then_some((row, revision)))
     }
 
     /// Traffic must name known revisions (or LATEST), send traffic only to ready ones, give
@@ -349,10 +407,14 @@ impl ControlPlane {
         }
         let revisions = store::list_revisions(&self.inner.db, parent, name)?;
         let op = OperationBuilder::new(parent, SERVICE_TYPE, &service).running();
-        self.inner.db.write(|tx| self.inner.operations.insert(tx, &op))?;
+        // One transaction: a crash leaves the service with no operation, or neither (the next
+        // start completes the operation; the runtime's sweep stops the instances).
+        self.inner.db.write(|tx| {
+            self.inner.operations.insert(tx, &op)?;
+            store::delete_service(tx, parent, name)
+        })?;
         self.inner.serving.table.remove(&render::host(name, &parent.project, &self.inner.settings));
         self.route_tags(&parent.path(), name, Vec::new());
-        store::delete_service(&self.inner.db, parent, name)?;
         drop(guard);
         let control = self.clone();
         let (parent, op_name) = (parent.clone(), op.name.clone());

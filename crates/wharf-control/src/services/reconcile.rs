@@ -24,39 +24,45 @@ use crate::validate::RevisionConfig;
 use crate::{ControlError, ControlPlane, pool_key};
 
 impl ControlPlane {
-    /// Restores routes and pools after a restart, and resumes unfinished work.
-    pub(crate) fn restore(&self) -> Result<(), ControlError> {
+    /// Restores routes and pools after a restart, and resumes unfinished work: a service with
+    /// unfinished operations, or whose newest revision was never proven, is reconciled (which
+    /// completes those operations). Returns the operations handed to reconciles.
+    pub(crate) fn restore(&self) -> Result<Vec<String>, ControlError> {
         let unfinished = self.inner.operations.unfinished()?;
+        let mut claimed = Vec::new();
         for row in store::all_services(&self.inner.db)? {
-            let op = unfinished
+            let full_name = render::service_name(&row);
+            let ops: Vec<String> = unfinished
                 .iter()
-                .find(|o| {
-                    o.metadata.as_ref().and_then(|m| m.get("name")).and_then(|n| n.as_str())
-                        == Some(render::service_name(&row).as_str())
+                .filter(|o| {
+                    o.metadata.as_ref().and_then(|m| m.get("name")).and_then(|n| n.as_str()) == Some(full_name.as_str())
                 })
-                .map(|o| o.name.clone());
+                .map(|o| o.name.clone())
+                .collect();
             let revisions = store::list_revisions(&self.inner.db, &row.parent, &row.name)?;
-            if op.is_some() || revisions.first().is_some_and(|r| r.state == RevisionState::Pending) {
-                self.spawn_reconcile(row.parent.clone(), row.name.clone(), op);
+            if !ops.is_empty() || revisions.first().is_some_and(|r| r.state == RevisionState::Pending) {
+                claimed.extend(ops.iter().cloned());
+                self.spawn_reconcile(row.parent.clone(), row.name.clone(), ops);
             } else {
                 self.route(&row, &revisions);
             }
         }
-        Ok(())
+        Ok(claimed)
     }
 
-    pub(crate) fn spawn_reconcile(&self, parent: Parent, name: String, operation: Option<String>) {
+    /// Reconciles a service in the background; completes `operations` when done.
+    pub(crate) fn spawn_reconcile(&self, parent: Parent, name: String, operations: Vec<String>) {
         let control = self.clone();
         let span = tracing::info_span!(
             "reconcile",
             project = %parent.project,
             service = %name,
-            operation = operation.as_deref().and_then(|o| o.rsplit('/').next()).unwrap_or("")
+            operation = operations.last().and_then(|o| o.rsplit('/').next()).unwrap_or("")
         );
         tokio::spawn(
             async move {
                 tracing::debug!("reconcile started");
-                match control.reconcile(&parent, &name, operation.as_deref()).await {
+                match control.reconcile(&parent, &name, &operations).await {
                     Ok(()) => tracing::debug!("reconcile done"),
                     Err(e) => tracing::error!(error = %e, source = ?std::error::Error::source(&e), "reconcile failed"),
                 }
@@ -65,27 +71,69 @@ impl ControlPlane {
         );
     }
 
-    async fn reconcile(&self, parent: &Parent, name: &str, operation: Option<&str>) -> Result<(), ControlError> {
+    /// One pass, in three steps so that the service's lock is never held across a start or a
+    /// readiness probe: read what to do (under the lock); prove the newest revision ready if it
+    /// is pending (no lock: a delete or update may run meanwhile); then, under the lock again,
+    /// record the result only if the service and revision still exist (else stop the instance
+    /// the proof started), route, and complete `operations`. Reconciles of one service run one
+    /// at a time (their own lock), so a revision is proven once.
+    async fn reconcile(&self, parent: &Parent, name: &str, operations: &[String]) -> Result<(), ControlError> {
+        let serial = self.reconcile_lock(parent, name);
+        let _serial = serial.lock().await;
         let lock = self.service_lock(parent, name);
-        let _guard = lock.lock().await;
-        let Some(row) = store::get_service(&self.inner.db, parent, name)? else { return Ok(()) };
-        let mut revisions = store::list_revisions(&self.inner.db, parent, name)?;
-        if let Some(latest) = revisions.first().filter(|r| r.state == RevisionState::Pending).cloned() {
-            let span = tracing::info_span!("revision", revision = %latest.name);
-            let (state, message) = match self.prove_ready(&latest).instrument(span.clone()).await {
-                Ok(()) => (RevisionState::Ready, String::new()),
-                Err(reason) => (RevisionState::Failed, reason),
+        let (generation, pending) = {
+            let _guard = lock.lock().await;
+            let Some(row) = store::get_service(&self.inner.db, parent, name)? else {
+                return self.abandon(parent, operations);
             };
-            span.in_scope(|| tracing::info!(state = ?state, %message, "revision proven"));
-            store::set_revision_state(&self.inner.db, parent, &latest.name, state, &message)?;
-            revisions = store::list_revisions(&self.inner.db, parent, name)?;
+            let revisions = store::list_revisions(&self.inner.db, parent, name)?;
+            (row.generation, revisions.into_iter().next().filter(|r| r.state == RevisionState::Pending))
+        };
+        let proof = match pending {
+            Some(revision) => {
+                let span = tracing::info_span!("revision", revision = %revision.name);
+                let result = self.launcher(&revision).start().instrument(span).await.map_err(|e| e.to_string());
+                Some((revision, result))
+            }
+            None => None,
+        };
+        let guard = lock.lock().await;
+        let current = store::get_service(&self.inner.db, parent, name)?;
+        let revision_exists = match &proof {
+            Some((r, _)) => current.is_some() && store::get_revision(&self.inner.db, parent, &r.name)?.is_some(),
+            None => true,
+        };
+        if let Some((revision, result)) = proof {
+            match result {
+                Ok(instance) if revision_exists => {
+                    // The proving instance stays as the revision's first warm instance.
+                    self.ensure_pool(&revision).adopt(instance);
+                    store::set_revision_state(&self.inner.db, parent, &revision.name, RevisionState::Ready, "")?;
+                    tracing::info!(revision = %revision.name, "revision ready");
+                }
+                Ok(instance) => {
+                    tracing::info!(revision = %revision.name, "revision deleted while it was proven; stopping");
+                    let backend = self.inner.backend.clone();
+                    let grace = revision.config.instance.grace_period;
+                    tokio::spawn(async move { backend.stop(instance.handle.clone(), grace).await });
+                }
+                Err(reason) if revision_exists => {
+                    tracing::info!(revision = %revision.name, %reason, "revision failed");
+                    store::set_revision_state(&self.inner.db, parent, &revision.name, RevisionState::Failed, &reason)?;
+                }
+                Err(_) => {}
+            }
         }
+        let Some(row) = current else {
+            drop(guard);
+            return self.abandon(parent, operations);
+        };
+        let revisions = store::list_revisions(&self.inner.db, parent, name)?;
         self.route(&row, &revisions);
-        store::set_observed_generation(&self.inner.db, parent, name, row.generation)?;
-        if let Some(op) = operation {
-            let row = store::get_service(&self.inner.db, parent, name)?.unwrap_or(row);
-            let service = render::service(&row, &revisions, &self.inner.settings);
-            let failed = revisions.first().filter(|r| r.state == RevisionState::Failed);
+        store::set_observed_generation(&self.inner.db, parent, name, generation)?;
+        let service = render::service(&row, &revisions, &self.inner.settings);
+        let failed = revisions.first().filter(|r| r.state == RevisionState::Failed);
+        for op in operations {
             let error = failed.map(|r| {
                 Status::new(
                     Code::FailedPrecondition,
@@ -98,13 +146,25 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Starts one instance of a new revision; it joins the revision's pool when ready.
-    /// The error is the reason the revision failed, for its status.
-    async fn prove_ready(&self, revision: &RevisionRow) -> Result<(), String> {
-        let pool = self.ensure_pool(revision);
-        let instance = self.launcher(revision).start().await.map_err(|e| e.to_string())?;
-        pool.adopt(instance);
+    /// Fails `operations` of a service that was deleted before they completed.
+    fn abandon(&self, parent: &Parent, operations: &[String]) -> Result<(), ControlError> {
+        for name in operations {
+            let op = self.inner.operations.get(name)?;
+            if op.done {
+                continue;
+            }
+            let status = Status::new(Code::Aborted, "The service was deleted before this operation completed.");
+            let resource = op.metadata.unwrap_or_default();
+            self.inner.operations.complete(&OperationBuilder::from_any(parent, resource).finish(name, Some(status)))?;
+        }
         Ok(())
+    }
+
+    /// The lock that makes reconciles of one service run one at a time.
+    fn reconcile_lock(&self, parent: &Parent, service: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let key = format!("{}/{service}", parent.path());
+        let mut locks = self.inner.serving.reconciles.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(key).or_default().clone()
     }
 
     /// Starts instances of `revision` from its stored configuration.

@@ -201,19 +201,17 @@ pub fn set_observed_generation(db: &Store, parent: &Parent, name: &str, generati
     Ok(())
 }
 
-pub fn delete_service(db: &Store, parent: &Parent, name: &str) -> Result<(), ControlError> {
-    db.write(|tx| {
-        tx.execute(
-            "DELETE FROM revisions WHERE project = ?1 AND location = ?2 AND service = ?3",
-            params![parent.project, parent.location, name],
-        )
-        .map_err(ControlError::from)?;
-        tx.execute(
-            "DELETE FROM services WHERE project = ?1 AND location = ?2 AND name = ?3",
-            params![parent.project, parent.location, name],
-        )
-        .map_err(ControlError::from)
-    })?;
+/// Deletes a service and its revisions inside the caller's transaction (the delete command
+/// stores its operation in the same one, so a crash leaves either everything or nothing).
+pub fn delete_service(tx: &rusqlite::Transaction<'_>, parent: &Parent, name: &str) -> Result<(), ControlError> {
+    tx.execute(
+        "DELETE FROM revisions WHERE project = ?1 AND location = ?2 AND service = ?3",
+        params![parent.project, parent.location, name],
+    )?;
+    tx.execute(
+        "DELETE FROM services WHERE project = ?1 AND location = ?2 AND name = ?3",
+        params![parent.project, parent.location, name],
+    )?;
     Ok(())
 }
 
