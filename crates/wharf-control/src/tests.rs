@@ -16,7 +16,7 @@ use wharf_store::Store;
 
 use crate::backend::fake::{Behaviour, FakeBackend};
 use crate::backend::{LaunchSpec, Owner};
-use crate::jobs::store::ExecutionState;
+use crate::paging::PageRequest;
 use crate::services::store::{self, RevisionState};
 use crate::{ControlError, ControlPlane, Settings};
 
@@ -247,7 +247,7 @@ async fn an_update_with_the_same_template_makes_no_revision() {
     h.deploy("hello", service(&[("V", "1")])).await;
     let op = h.control.update_service(&parent(), "hello", service(&[("V", "1")]), None, false, false).await.unwrap();
     assert!(op.done);
-    assert_eq!(h.control.list_revisions(&parent(), "hello", None, "").unwrap().revisions.len(), 1);
+    assert_eq!(h.control.list_revisions(&parent(), "hello", &PageRequest::default()).unwrap().revisions.len(), 1);
     assert_eq!(h.backend.view().launches.len(), 1);
 }
 
@@ -298,7 +298,7 @@ async fn an_instance_that_crashes_is_replaced_on_the_next_request() {
 async fn deleting_a_service_unroutes_it_and_stops_its_instances() {
     let h = Harness::new(serving_behaviour()).await;
     h.deploy("hello", service(&[])).await;
-    let op = h.control.delete_service(&parent(), "hello", "").await.unwrap();
+    let op = h.control.delete_service(&parent(), "hello", "", false).await.unwrap();
     h.done(op).await;
     assert_eq!(h.routed("hello"), vec![]);
     assert_eq!(h.backend.view().running.len(), 0);
@@ -343,7 +343,7 @@ async fn a_restart_restores_routes_without_new_revisions() {
     let before = h.routed("hello");
     let h = h.restart().await;
     assert_eq!(h.routed("hello"), before);
-    assert_eq!(h.control.list_revisions(&parent(), "hello", None, "").unwrap().revisions.len(), 1);
+    assert_eq!(h.control.list_revisions(&parent(), "hello", &PageRequest::default()).unwrap().revisions.len(), 1);
     let _ = &h.dir;
 }
 
@@ -375,10 +375,12 @@ fn task_of(spec: &LaunchSpec) -> (u32, u32) {
 
 impl Harness {
     async fn run(&self, job_name: &str, body: Job) -> (Operation, wharf_api::jobs::Execution) {
-        self.control.create_job(&parent(), job_name, body).await.unwrap();
+        self.control.create_job(&parent(), job_name, body, false).await.unwrap();
         let op = self.control.run_job(&parent(), job_name, RunJobRequest::default()).await.unwrap();
         let op = self.done(op).await;
-        let name = self.control.list_executions(&parent(), job_name).unwrap().executions[0].name.clone();
+        let name = self.control.list_executions(&parent(), job_name, &PageRequest::default()).unwrap().executions[0]
+            .name
+            .clone();
         let id = name.rsplit('/').next().unwrap();
         (op, self.control.get_execution(&parent(), job_name, id).unwrap())
     }
@@ -411,7 +413,10 @@ async fn a_failing_task_is_retried_with_the_next_attempt_number() {
     assert_eq!((execution.succeeded_count, execution.retried_count), (1, 2));
     let attempts: Vec<u32> = h.backend.view().launches.iter().map(|l| task_of(l).1).collect();
     assert_eq!(attempts, vec![0, 1, 2]);
-    let tasks = h.control.list_tasks(&parent(), "flaky", execution.name.rsplit('/').next().unwrap()).unwrap();
+    let tasks = h
+        .control
+        .list_tasks(&parent(), "flaky", execution.name.rsplit('/').next().unwrap(), &PageRequest::default())
+        .unwrap();
     assert_eq!(tasks.tasks[0].retried, 2);
 }
 
@@ -449,34 +454,41 @@ async fn one_task_failing_for_good_stops_the_others() {
 async fn a_cancelled_execution_stops_its_running_tasks() {
     let backend = FakeBackend::new(|_| Behaviour::Exit { run_for: Duration::from_secs(3600), code: 0 });
     let h = Harness::new(backend).await;
-    h.control.create_job(&parent(), "long", job(2, 2, 0, "7200s")).await.unwrap();
+    h.control.create_job(&parent(), "long", job(2, 2, 0, "7200s"), false).await.unwrap();
     let op = h.control.run_job(&parent(), "long", RunJobRequest::default()).await.unwrap();
     h.backend.wait_for(|v| v.running.len() == 2).await;
-    let id =
-        h.control.list_executions(&parent(), "long").unwrap().executions[0].name.rsplit('/').next().unwrap().to_owned();
-    h.control.cancel_execution(&parent(), "long", &id).unwrap();
+    let id = h.control.list_executions(&parent(), "long", &PageRequest::default()).unwrap().executions[0]
+        .name
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    h.control.cancel_execution(&parent(), "long", &id, &Default::default()).unwrap();
     let op = h.done(op).await;
     assert!(op.error.is_some());
     let execution = h.control.get_execution(&parent(), "long", &id).unwrap();
     assert_eq!(execution.cancelled_count, 2);
-    assert_eq!(execution.conditions[0].reason.as_deref(), Some(ExecutionState::Cancelled.as_str()));
+    assert_eq!(execution.conditions[0].execution_reason.as_deref(), Some("CANCELLED"));
     assert_eq!(h.backend.view().running.len(), 0);
     // Cancelling again: it is no longer running.
-    assert!(matches!(h.control.cancel_execution(&parent(), "long", &id), Err(ControlError::FailedPrecondition(_))));
+    assert!(matches!(
+        h.control.cancel_execution(&parent(), "long", &id, &Default::default()),
+        Err(ControlError::FailedPrecondition(_))
+    ));
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_execution_interrupted_by_a_restart_resumes_and_counts_the_attempt() {
     let backend = FakeBackend::new(|_| Behaviour::Exit { run_for: Duration::from_secs(60), code: 0 });
     let h = Harness::new(backend).await;
-    h.control.create_job(&parent(), "resume", job(1, 1, 3, "600s")).await.unwrap();
+    h.control.create_job(&parent(), "resume", job(1, 1, 3, "600s"), false).await.unwrap();
     let op = h.control.run_job(&parent(), "resume", RunJobRequest::default()).await.unwrap();
     h.backend.wait_for(|v| v.running.len() == 1).await;
     let h = h.restart().await;
     // The operation `run` answered with completes when the resumed execution does.
     let op = h.done(op).await;
     assert_eq!(op.error, None);
-    let id = h.control.list_executions(&parent(), "resume").unwrap().executions[0]
+    let id = h.control.list_executions(&parent(), "resume", &PageRequest::default()).unwrap().executions[0]
         .name
         .rsplit('/')
         .next()
@@ -494,11 +506,11 @@ async fn job_templates_are_checked_by_name() {
     let h = Harness::new(FakeBackend::default()).await;
     let mut probed = job(1, 1, 0, "60s");
     probed.template.template.containers[0].startup_probe = Some(wharf_api::Probe::default());
-    let err = h.control.create_job(&parent(), "probed", probed).await.unwrap_err();
+    let err = h.control.create_job(&parent(), "probed", probed, false).await.unwrap_err();
     assert!(matches!(&err, ControlError::InvalidArgument(m) if m.contains("probes")), "{err:?}");
-    let err = h.control.create_job(&parent(), "many", job(10_001, 1, 0, "60s")).await.unwrap_err();
+    let err = h.control.create_job(&parent(), "many", job(10_001, 1, 0, "60s"), false).await.unwrap_err();
     assert!(matches!(&err, ControlError::InvalidArgument(m) if m.contains("task count 10001")), "{err:?}");
-    let err = h.control.create_job(&parent(), "long", job(1, 1, 0, "90000s")).await.unwrap_err();
+    let err = h.control.create_job(&parent(), "long", job(1, 1, 0, "90000s"), false).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 

@@ -20,6 +20,7 @@ use wharf_api::{
 use wharf_router::{RevisionPool, RoutingTable};
 
 use crate::operations::OperationBuilder;
+use crate::paging::{PageRequest, check_etag};
 use crate::validate::validate;
 use crate::{ControlError, ControlPlane};
 use store::{RevisionRow, RevisionState, ServiceRow};
@@ -42,8 +43,6 @@ impl Serving {
         Serving { table, pools: Mutex::default(), locks: Mutex::default(), tag_hosts: Mutex::default() }
     }
 }
-
-const DEFAULT_PAGE: usize = 100;
 
 fn not_found(parent: &Parent, name: &str) -> ControlError {
     ControlError::NotFound(format!("Resource '{}/services/{name}' was not found", parent.path()))
@@ -175,14 +174,9 @@ impl ControlPlane {
         self.render(&row)
     }
 
-    pub fn list_services(
-        &self,
-        parent: &Parent,
-        page_size: Option<usize>,
-        page_token: &str,
-    ) -> Result<ListServicesResponse, ControlError> {
-        let size = page_size.filter(|n| *n > 0).unwrap_or(DEFAULT_PAGE).min(1000);
-        let rows = store::list_services(&self.inner.db, parent, page_token, size + 1)?;
+    pub fn list_services(&self, parent: &Parent, page: &PageRequest) -> Result<ListServicesResponse, ControlError> {
+        let size = page.limit();
+        let rows = store::list_services(&self.inner.db, parent, &page.token, size + 1)?;
         let more = rows.len() > size;
         let services: Vec<Service> = rows.iter().take(size).map(|r| self.render(r)).collect::<Result<_, _>>()?;
         let next_page_token = if more { rows[size - 1].name.clone() } else { String::new() };
@@ -211,12 +205,7 @@ impl ControlPlane {
         let guard = lock.lock().await;
         let current = store::get_service(&self.inner.db, parent, name)?.unwrap_or(current);
         let rendered = self.render(&current)?;
-        if !body.etag.is_empty() && body.etag != rendered.etag {
-            return Err(ControlError::Aborted(format!(
-                "The service was changed since it was read (etag {} is not the current {}); read it again and retry",
-                body.etag, rendered.etag
-            )));
-        }
+        check_etag(&body.etag, &rendered.etag, &format!("Service '{name}'"))?;
         let mut spec = current.spec.clone();
         let incoming = user_fields(&body);
         match &update_mask {
@@ -339,13 +328,22 @@ impl ControlPlane {
         Ok(())
     }
 
-    pub async fn delete_service(&self, parent: &Parent, name: &str, etag: &str) -> Result<Operation, ControlError> {
+    /// Deletes a service and its revisions; a dry run (`validate_only`) checks the etag and
+    /// answers with the service as it is, deleting nothing.
+    pub async fn delete_service(
+        &self,
+        parent: &Parent,
+        name: &str,
+        etag: &str,
+        validate_only: bool,
+    ) -> Result<Operation, ControlError> {
         let lock = self.service_lock(parent, name);
         let guard = lock.lock().await;
         let row = store::get_service(&self.inner.db, parent, name)?.ok_or_else(|| not_found(parent, name))?;
         let service = self.render(&row)?;
-        if !etag.is_empty() && etag != service.etag {
-            return Err(ControlError::Aborted(format!("etag {etag} is not the current {}", service.etag)));
+        check_etag(etag, &service.etag, &format!("Service '{name}'"))?;
+        if validate_only {
+            return Ok(OperationBuilder::new(parent, SERVICE_TYPE, &service).dry_run());
         }
         let revisions = store::list_revisions(&self.inner.db, parent, name)?;
         let op = OperationBuilder::new(parent, SERVICE_TYPE, &service).running();
@@ -372,27 +370,15 @@ impl ControlPlane {
         &self,
         parent: &Parent,
         service: &str,
-        page_size: Option<usize>,
-        page_token: &str,
+        page: &PageRequest,
     ) -> Result<ListRevisionsResponse, ControlError> {
         if service != "-" && store::get_service(&self.inner.db, parent, service)?.is_none() {
             return Err(not_found(parent, service));
         }
         let rows = store::list_revisions(&self.inner.db, parent, service)?;
-        let size = page_size.filter(|n| *n > 0).unwrap_or(DEFAULT_PAGE).min(1000);
-        let start = if page_token.is_empty() {
-            0
-        } else {
-            rows.iter().position(|r| r.name == page_token).map_or(rows.len(), |i| i + 1)
-        };
-        let page: Vec<&RevisionRow> = rows.iter().skip(start).take(size).collect();
-        let next_page_token = if start + size < rows.len() {
-            page.last().map(|r| r.name.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (rows, next_page_token) = page.page(rows, |r| &r.name)?;
         Ok(ListRevisionsResponse {
-            revisions: page.into_iter().map(|r| render::revision(r, &self.inner.settings)).collect(),
+            revisions: rows.iter().map(|r| render::revision(r, &self.inner.settings)).collect(),
             next_page_token,
         })
     }
@@ -404,8 +390,15 @@ impl ControlPlane {
             .ok_or_else(|| ControlError::NotFound(format!("Revision '{name}' was not found")))
     }
 
-    /// Deletes a revision that serves no traffic and carries no tag.
-    pub async fn delete_revision(&self, parent: &Parent, service: &str, name: &str) -> Result<Operation, ControlError> {
+    /// Deletes a revision that serves no traffic and carries no tag (a dry run only checks).
+    pub async fn delete_revision(
+        &self,
+        parent: &Parent,
+        service: &str,
+        name: &str,
+        etag: &str,
+        validate_only: bool,
+    ) -> Result<Operation, ControlError> {
         let lock = self.service_lock(parent, service);
         let guard = lock.lock().await;
         let row = store::get_service(&self.inner.db, parent, service)?.ok_or_else(|| not_found(parent, service))?;
@@ -428,6 +421,10 @@ impl ControlPlane {
             }
         }
         let rendered = render::revision(revision, &self.inner.settings);
+        check_etag(etag, &rendered.etag, &format!("Revision '{name}'"))?;
+        if validate_only {
+            return Ok(OperationBuilder::new(parent, REVISION_TYPE, &rendered).dry_run());
+        }
         store::delete_revision(&self.inner.db, parent, name)?;
         drop(guard);
         self.close_pool(parent, name).await;
