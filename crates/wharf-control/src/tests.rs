@@ -252,6 +252,37 @@ async fn an_update_with_the_same_template_makes_no_revision() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_template_spelling_out_the_defaults_is_the_same_revision() {
+    // What an exported Knative YAML sends back: defaults written out, traffic explicit.
+    let h = Harness::new(serving_behaviour()).await;
+    h.deploy("hello", service(&[("V", "1")])).await;
+    let before = h.control.get_service(&parent(), "hello").unwrap();
+    let mut explicit = service(&[("V", "1")]);
+    explicit.template.max_instance_request_concurrency = 80;
+    explicit.template.timeout = Some("300s".into());
+    let c = &mut explicit.template.containers[0];
+    c.ports = vec![wharf_api::ContainerPort { name: "http1".into(), container_port: 8080 }];
+    c.resources = Some(wharf_api::ResourceRequirements {
+        limits: [("cpu".into(), "1000m".into()), ("memory".into(), "512Mi".into())].into(),
+        ..Default::default()
+    });
+    explicit.traffic =
+        vec![TrafficTarget { kind: Some(wharf_api::TRAFFIC_LATEST.into()), percent: 100, ..Default::default() }];
+    let op = h.control.update_service(&parent(), "hello", explicit.clone(), None, false, false).await.unwrap();
+    assert!(op.done, "nothing changed, so nothing to do: {op:?}");
+    let after = h.control.get_service(&parent(), "hello").unwrap();
+    assert_eq!(
+        (after.generation, &after.latest_created_revision),
+        (before.generation, &before.latest_created_revision)
+    );
+    // A real change in the same spelling still makes a revision.
+    explicit.template.max_instance_request_concurrency = 10;
+    let op = h.control.update_service(&parent(), "hello", explicit, None, false, false).await.unwrap();
+    h.done(op).await;
+    assert_eq!(h.control.list_revisions(&parent(), "hello", &PageRequest::default()).unwrap().revisions.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_instances_scale_to_zero_and_a_request_brings_one_back() {
     let h = Harness::new(serving_behaviour()).await;
     h.deploy("hello", service(&[])).await;

@@ -270,3 +270,83 @@ fn merge(base: &mut Value, extra: Value) {
         (b, e) => *b = e,
     }
 }
+
+impl Api {
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut full = args.to_vec();
+        full.extend(["--project", "conf", "--region", "us-central1"]);
+        let out = self.server.cli(&full).unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.cli(args);
+        assert!(ok, "wharf {args:?} failed:\n{stderr}");
+        stdout
+    }
+
+    fn revision_count(&self, service: &str) -> usize {
+        let out = self.cli_ok(&["run", "revisions", "list", "--service", service, "--format", "json"]);
+        serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().len()
+    }
+}
+
+#[tokio::test]
+async fn knative_yaml_replaces_and_an_unchanged_export_is_a_no_op() {
+    let mut api = Api::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kn.yaml");
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: kn\n  labels:\n    team: web\n\
+         spec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/maxScale: '3'\n\
+         \x20       run.googleapis.com/execution-environment: gen2\n    spec:\n      containerConcurrency: 5\n\
+         \x20     containers:\n      - image: {}\n        env:\n        - name: GREETING\n          value: hi\n",
+        api.image
+    );
+    std::fs::write(&file, &yaml).unwrap();
+    let path = file.to_string_lossy().into_owned();
+    api.cli_ok(&["run", "services", "replace", &path]);
+    assert_eq!(api.revision_count("kn"), 1);
+
+    // A summary by default, as gcloud prints one.
+    let summary = api.cli_ok(&["run", "services", "describe", "kn"]);
+    for part in
+        ["Service kn in region us-central1", "URL:", "Traffic:", "100% LATEST", "GREETING", "Max Instances:   3"]
+    {
+        assert!(summary.contains(part), "{part:?} missing from:\n{summary}");
+    }
+    // An export has no status or server-set metadata, and replacing it changes nothing.
+    let export = api.cli_ok(&["run", "services", "describe", "kn", "--format", "export"]);
+    for absent in ["status:", "uid:", "generation:", "creationTimestamp:"] {
+        assert!(!export.contains(absent), "{absent:?} in the export:\n{export}");
+    }
+    assert!(export.contains("autoscaling.knative.dev/maxScale: '3'") || export.contains("maxScale: \"3\""), "{export}");
+    let before = api.cli_ok(&["run", "services", "describe", "kn", "--format", "value(metadata.generation)"]);
+    std::fs::write(&file, &export).unwrap();
+    api.cli_ok(&["run", "services", "replace", &path]);
+    let after = api.cli_ok(&["run", "services", "describe", "kn", "--format", "value(metadata.generation)"]);
+    assert_eq!(
+        (before.trim(), api.revision_count("kn")),
+        (after.trim(), 1),
+        "an unchanged replace changed the service"
+    );
+    // A changed export makes a revision.
+    std::fs::write(&file, export.replace("value: hi", "value: hello")).unwrap();
+    api.cli_ok(&["run", "services", "replace", &path]);
+    assert_eq!(api.revision_count("kn"), 2);
+
+    // YAML errors name the field and the line; unsupported annotations are refused by name.
+    std::fs::write(&file, yaml.replace("        env:\n", "        envv:\n")).unwrap();
+    let (ok, _, stderr) = api.cli(&["run", "services", "replace", &path]);
+    assert!(!ok && stderr.contains("envv") && stderr.contains("line 17"), "{stderr}");
+    std::fs::write(&file, yaml.replace("gen2", "gen2\n        run.googleapis.com/vpc-access-connector: c")).unwrap();
+    let (ok, _, stderr) = api.cli(&["run", "services", "replace", &path]);
+    assert!(!ok && stderr.contains("vpc-access-connector") && stderr.contains("not supported"), "{stderr}");
+    let (ok, _, stderr) = api.cli(&["run", "jobs", "list", "--format", "export"]);
+    assert!(!ok && stderr.contains("--format export"), "{stderr}");
+    assert!(api.server.stop_and_check().unwrap().is_empty());
+}

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use wharf_api::names::{Parent, validate_parent_id, validate_revision_name};
 use wharf_api::{
     ListRevisionsResponse, ListServicesResponse, Operation, REVISION_TYPE, Revision, SERVICE_TYPE, Service,
-    validate_service_name,
+    TrafficTarget, validate_service_name,
 };
 use wharf_router::{RevisionPool, RoutingTable};
 
@@ -56,8 +56,10 @@ fn user_fields(body: &Service) -> Service {
         annotations: body.annotations.clone(),
         client: body.client.clone(),
         client_version: body.client_version.clone(),
-        ingress: body.ingress.clone(),
-        launch_stage: body.launch_stage.clone(),
+        // The defaults, which every read shows, are stored as absent: a service read and
+        // written back unchanged is unchanged.
+        ingress: body.ingress.clone().filter(|i| i != "INGRESS_TRAFFIC_ALL" && i != "INGRESS_TRAFFIC_UNSPECIFIED"),
+        launch_stage: body.launch_stage.clone().filter(|l| l != "GA" && l != "LAUNCH_STAGE_UNSPECIFIED"),
         template: body.template.clone(),
         traffic: body.traffic.clone(),
         invoker_iam_disabled: body.invoker_iam_disabled,
@@ -65,10 +67,63 @@ fn user_fields(body: &Service) -> Service {
     }
 }
 
-/// Two templates describe the same revision when they match ignoring the requested name.
+/// Two templates describe the same revision when they match ignoring the requested name, or
+/// when they validate to the same configuration with the same metadata: a template that spells
+/// out Cloud Run's defaults (as an exported Knative YAML does) is the one that left them out.
 fn same_template(a: &wharf_api::RevisionTemplate, b: &wharf_api::RevisionTemplate) -> bool {
-    let strip = |t: &wharf_api::RevisionTemplate| wharf_api::RevisionTemplate { revision: String::new(), ..t.clone() };
+    let strip = |t: &wharf_api::RevisionTemplate| wharf_api::RevisionTemplate {
+        revision: String::new(),
+        containers: Vec::new(),
+        scaling: None,
+        timeout: None,
+        max_instance_request_concurrency: 0,
+        ..t.clone()
+    };
+    let whole = |t: &wharf_api::RevisionTemplate| wharf_api::RevisionTemplate { revision: String::new(), ..t.clone() };
+    if whole(a) == whole(b) {
+        return true;
+    }
+    let resources = |t: &wharf_api::RevisionTemplate| {
+        t.containers.first().and_then(|c| c.resources.as_ref()).map(|r| (r.cpu_idle, r.startup_cpu_boost))
+    };
     strip(a) == strip(b)
+        && resources(a).unwrap_or_default() == resources(b).unwrap_or_default()
+        && matches!((validate(a), validate(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Two traffic specs route the same way: no spec is all traffic to the latest revision, and
+/// a target without a type is typed by whether it names a revision.
+fn same_traffic(a: &[TrafficTarget], b: &[TrafficTarget]) -> bool {
+    let normal = |targets: &[TrafficTarget]| -> Vec<TrafficTarget> {
+        if targets.is_empty() {
+            return vec![TrafficTarget {
+                kind: Some(wharf_api::TRAFFIC_LATEST.to_owned()),
+                percent: 100,
+                ..TrafficTarget::default()
+            }];
+        }
+        targets
+            .iter()
+            .map(|t| TrafficTarget {
+                kind: Some(t.kind.clone().unwrap_or_else(|| {
+                    if t.revision.is_empty() { wharf_api::TRAFFIC_LATEST } else { wharf_api::TRAFFIC_REVISION }
+                        .to_owned()
+                })),
+                ..t.clone()
+            })
+            .collect()
+    };
+    normal(a) == normal(b)
+}
+
+/// Service-level fields Wharf stores but cannot honour yet are refused, not kept inert.
+fn check_service_fields(body: &Service) -> Result<(), ControlError> {
+    match body.ingress.as_deref() {
+        None | Some("INGRESS_TRAFFIC_ALL" | "INGRESS_TRAFFIC_UNSPECIFIED") => Ok(()),
+        Some(other) => Err(ControlError::InvalidArgument(format!(
+            "ingress {other} is not supported yet: Wharf serves every service on its ingress (INGRESS_TRAFFIC_ALL)"
+        ))),
+    }
 }
 
 impl ControlPlane {
@@ -131,6 +186,7 @@ impl ControlPlane {
         validate_only: bool,
     ) -> Result<Operation, ControlError> {
         validate_service_name("service", service_id).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+        check_service_fields(&body)?;
         self.check_traffic(&body, &[])?;
         let lock = self.service_lock(parent, service_id);
         let _guard = lock.lock().await;
@@ -206,6 +262,7 @@ impl ControlPlane {
         let current = store::get_service(&self.inner.db, parent, name)?.unwrap_or(current);
         let rendered = self.render(&current)?;
         check_etag(&body.etag, &rendered.etag, &format!("Service '{name}'"))?;
+        check_service_fields(&body)?;
         let mut spec = current.spec.clone();
         let incoming = user_fields(&body);
         match &update_mask {
@@ -238,6 +295,13 @@ impl ControlPlane {
         let latest_template = revisions.first().map(|r| &r.template);
         let template_changed = latest_template.is_none_or(|t| !same_template(t, &spec.template))
             || (!spec.template.revision.is_empty() && !names.contains(&spec.template.revision));
+        if !template_changed {
+            // The same revision, however it was spelled: keep it as stored.
+            spec.template = current.spec.template.clone();
+        }
+        if same_traffic(&spec.traffic, &current.spec.traffic) {
+            spec.traffic = current.spec.traffic.clone();
+        }
         let mut row = current.clone();
         row.spec = spec;
         let revision = if template_changed { Some(self.new_revision(&row, &row.spec.template).await?) } else { None };
