@@ -268,7 +268,7 @@ fn container(c: KContainer, cpu_idle: bool, startup_cpu_boost: bool) -> Containe
         command: c.command,
         args: c.args,
         env: c.env.into_iter().map(|e| EnvVar { name: e.name, value: Some(e.value), value_source: None }).collect(),
-        resources: (!resources.is_empty() || cpu_idle || startup_cpu_boost).then(|| ResourceRequirements {
+        resources: (!resources.is_empty() || cpu_idle || startup_cpu_boost).then_some(ResourceRequirements {
             limits: resources,
             cpu_idle,
             startup_cpu_boost,
