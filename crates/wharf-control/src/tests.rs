@@ -124,7 +124,7 @@ impl Harness {
     }
 
     fn host(&self, service: &str) -> String {
-        format!("{service}-p.wharf.test")
+        wharf_api::names::service_host(service, &parent(), "wharf.test")
     }
 
     /// The revisions serving `service`'s host, with their percents.
@@ -280,6 +280,25 @@ async fn a_template_spelling_out_the_defaults_is_the_same_revision() {
     let op = h.control.update_service(&parent(), "hello", explicit, None, false, false).await.unwrap();
     h.done(op).await;
     assert_eq!(h.control.list_revisions(&parent(), "hello", &PageRequest::default()).unwrap().revisions.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hosts_carry_the_project_hash_and_services_from_before_keep_their_old_host() {
+    let h = Harness::new(serving_behaviour()).await;
+    h.deploy("hello", service(&[])).await;
+    let svc = h.control.get_service(&parent(), "hello").unwrap();
+    assert!(svc.uri.starts_with(&format!("http://{}:", h.host("hello"))), "{}", svc.uri);
+    assert!(h.table.lookup("hello-p.wharf.test").is_none(), "a new service has only the hashed host");
+    // What migration 7 marks on services created before the hashed hosts.
+    h.db.write(|tx| tx.execute("UPDATE services SET legacy_host = 1", []).map_err(ControlError::from)).unwrap();
+    let h = h.restart().await;
+    assert!(h.table.lookup("hello-p.wharf.test").is_some(), "the old host still routes");
+    assert!(h.table.lookup(&h.host("hello")).is_some());
+    let urls = h.control.get_service(&parent(), "hello").unwrap().urls;
+    assert_eq!(urls.len(), 2, "{urls:?}");
+    let op = h.control.delete_service(&parent(), "hello", "", false).await.unwrap();
+    h.done(op).await;
+    assert!(h.table.lookup("hello-p.wharf.test").is_none(), "deleting unroutes both hosts");
 }
 
 #[tokio::test(start_paused = true)]

@@ -207,7 +207,9 @@ impl ControlPlane {
             update_time: now,
             observed_generation: 0,
             next_revision: 1,
+            legacy_host: false,
         };
+        self.check_host_is_free(&row)?;
         let revision = self.new_revision(&row, &body.template).await?;
         if validate_only {
             let service = render::service(&row, &[revision], &self.inner.settings);
@@ -338,6 +340,22 @@ impl ControlPlane {
         Ok(op)
     }
 
+    /// A new service's host must not be any other service's: the project hash makes that a
+    /// one-in-2^50 chance, and this makes it never.
+    fn check_host_is_free(&self, row: &ServiceRow) -> Result<(), ControlError> {
+        let host = render::host(&row.name, &row.parent, &self.inner.settings);
+        for other in store::all_services(&self.inner.db)? {
+            if render::hosts(&other, &self.inner.settings).contains(&host) {
+                return Err(ControlError::AlreadyExists(format!(
+                    "the host {host} is already service '{}/services/{}'s; choose another service name",
+                    other.parent.path(),
+                    other.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Traffic must name known revisions (or LATEST), send traffic only to ready ones, give
     /// each tag once as a DNS label, and have percents summing to 100.
     fn check_traffic(&self, spec: &Service, revisions: &[(String, RevisionState)]) -> Result<(), ControlError> {
@@ -412,7 +430,9 @@ impl ControlPlane {
         let revisions = store::list_revisions(&self.inner.db, parent, name)?;
         let op = OperationBuilder::new(parent, SERVICE_TYPE, &service).running();
         self.inner.db.write(|tx| self.inner.operations.insert(tx, &op))?;
-        self.inner.serving.table.remove(&render::host(name, &parent.project, &self.inner.settings));
+        for host in render::hosts(&row, &self.inner.settings) {
+            self.inner.serving.table.remove(&host);
+        }
         self.route_tags(&parent.path(), name, Vec::new());
         store::delete_service(&self.inner.db, parent, name)?;
         drop(guard);
