@@ -9,7 +9,7 @@ fn is_zero32(n: &i32) -> bool {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Job {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -37,7 +37,7 @@ pub struct Job {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ExecutionTemplate {
     #[serde(skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
@@ -49,7 +49,7 @@ pub struct ExecutionTemplate {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct TaskTemplate {
     pub containers: Vec<Container>,
     /// Per attempt, e.g. `"600s"`.
@@ -62,7 +62,7 @@ pub struct TaskTemplate {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ExecutionReference {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,14 +132,33 @@ pub struct TaskAttemptResult {
 
 /// `jobs/{job}:run` body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct RunJobRequest {
+    /// The job's full name; when given, it must be the one the URL names.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub validate_only: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub etag: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overrides: Option<Overrides>,
 }
 
+/// `executions/{execution}:cancel` body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct CancelExecutionRequest {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub validate_only: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub etag: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Overrides {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub container_overrides: Vec<ContainerOverride>,
@@ -150,8 +169,11 @@ pub struct Overrides {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ContainerOverride {
+    /// The container to override; Wharf's jobs have one, so empty or that container's name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -164,18 +186,24 @@ pub struct ContainerOverride {
 #[serde(rename_all = "camelCase", default)]
 pub struct ListJobsResponse {
     pub jobs: Vec<Job>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ListExecutionsResponse {
     pub executions: Vec<Execution>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ListTasksResponse {
     pub tasks: Vec<Task>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
 }
 
 pub const JOB_TYPE: &str = "type.googleapis.com/google.cloud.run.v2.Job";

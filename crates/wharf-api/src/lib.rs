@@ -6,6 +6,7 @@
 //!   (camelCase, int64 as strings, durations as `"300s"`, timestamps in RFC 3339).
 //! - [`enums`]: enum values by name, and the integer encoding clients may ask for.
 //! - [`code`]: `google.rpc.Code`, the one place error codes have numbers and names.
+//! - [`fields`]: strict reading of request bodies: unknown and unsupported fields refused by name.
 //! - [`names`]: resource names (`projects/p/locations/l/services/s`) and Cloud Run's naming rules.
 //!
 //! This crate does no I/O.
@@ -13,6 +14,7 @@
 pub mod code;
 pub mod duration;
 pub mod enums;
+pub mod fields;
 pub mod jobs;
 pub mod knative;
 pub mod names;

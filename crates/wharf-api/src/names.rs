@@ -79,9 +79,45 @@ pub fn validate_revision_name(service: &str, revision: &str) -> Result<(), NameE
     if ok { Ok(()) } else { Err(NameError::Revision { service: service.to_owned(), revision: revision.to_owned() }) }
 }
 
+/// The DNS label that names a service on the ingress: `{service}-{hash}`, the hash a stable
+/// ten-character digest of the project (as Cloud Run's `{service}-{project number}`). The
+/// hash has a fixed length, so the label splits back into one service and one project hash:
+/// service `a-b` in project `c` and service `a` in project `b-c` get different hosts.
+pub fn service_host_label(service: &str, project: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(project.as_bytes());
+    // 50 bits as ten base-32 letters and digits (a-z, 2-7): DNS-safe and lowercase.
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let bits = digest.iter().take(8).fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let hash: String = (0..10).map(|i| char::from(ALPHABET[((bits >> (59 - 5 * i)) & 31) as usize])).collect();
+    format!("{service}-{hash}")
+}
+
+/// A service's host: `{service}-{hash}.{location}.{domain}`, unique per project and region.
+pub fn service_host(service: &str, parent: &Parent, domain: &str) -> String {
+    format!("{}.{}.{domain}", service_host_label(service, &parent.project), parent.location)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_hosts_never_collide_across_projects_or_regions() {
+        let at = |project: &str, location: &str| Parent { project: project.into(), location: location.into() };
+        let a = service_host("a-b", &at("c", "us-central1"), "localhost");
+        let b = service_host("a", &at("b-c", "us-central1"), "localhost");
+        assert_ne!(a, b);
+        assert_ne!(
+            service_host("api", &at("p", "us-central1"), "localhost"),
+            service_host("api", &at("p", "europe-west1"), "localhost")
+        );
+        let host = service_host("hello", &at("demo", "us-central1"), "localhost");
+        assert_eq!(host, service_host("hello", &at("demo", "us-central1"), "localhost"), "stable");
+        let label = host.split('.').next().unwrap();
+        assert!(label.len() <= 63 && label.starts_with("hello-") && label.len() == "hello-".len() + 10, "{host}");
+        assert!(host.ends_with(".us-central1.localhost"), "{host}");
+    }
 
     #[test]
     fn service_names_follow_cloud_run() {

@@ -1,5 +1,6 @@
 //! The resources, field for field as Cloud Run Admin API v2 has them (the subset Wharf acts
-//! on; other fields a client sends are ignored). Defaults are omitted on output, as proto3 JSON
+//! on). Types a client sends deny unknown fields: see [`crate::fields`] for how a request
+//! body is read. Defaults are omitted on output, as proto3 JSON
 //! does; int64 fields are strings.
 
 use std::collections::BTreeMap;
@@ -41,7 +42,7 @@ mod int64 {
 pub type Labels = BTreeMap<String, String>;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Service {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -101,7 +102,7 @@ pub struct Service {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct RevisionTemplate {
     /// The full revision name to create (`{service}-{suffix}`); generated when empty.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -127,7 +128,7 @@ pub struct RevisionTemplate {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct RevisionScaling {
     #[serde(skip_serializing_if = "is_zero32")]
     pub min_instance_count: i32,
@@ -136,7 +137,7 @@ pub struct RevisionScaling {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Container {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -160,7 +161,7 @@ pub struct Container {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct EnvVar {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -171,7 +172,7 @@ pub struct EnvVar {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ResourceRequirements {
     /// `cpu` and `memory`, in Kubernetes quantity syntax.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -183,7 +184,7 @@ pub struct ResourceRequirements {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ContainerPort {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -191,7 +192,7 @@ pub struct ContainerPort {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Probe {
     #[serde(skip_serializing_if = "is_zero32")]
     pub initial_delay_seconds: i32,
@@ -208,7 +209,7 @@ pub struct Probe {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HttpGetAction {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub path: String,
@@ -217,7 +218,7 @@ pub struct HttpGetAction {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct TcpSocketAction {
     #[serde(skip_serializing_if = "is_zero32")]
     pub port: i32,
@@ -227,7 +228,7 @@ pub const TRAFFIC_LATEST: &str = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST";
 pub const TRAFFIC_REVISION: &str = "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct TrafficTarget {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
@@ -240,7 +241,7 @@ pub struct TrafficTarget {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct TrafficTargetStatus {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
@@ -260,7 +261,7 @@ pub const CONDITION_FAILED: &str = "CONDITION_FAILED";
 pub const CONDITION_SUCCEEDED: &str = "CONDITION_SUCCEEDED";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Condition {
     #[serde(rename = "type")]
     pub kind: String,
@@ -275,6 +276,8 @@ pub struct Condition {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_reason: Option<String>,
 }
 
 impl Condition {
@@ -380,6 +383,15 @@ pub struct ListServicesResponse {
     pub next_page_token: String,
 }
 
+/// `google.longrunning.ListOperationsResponse`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ListOperationsResponse {
+    pub operations: Vec<Operation>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ListRevisionsResponse {
@@ -399,8 +411,7 @@ mod tests {
                          "resources": {"limits": {"memory": "256Mi"}}}],
                          "maxInstanceRequestConcurrency": 5, "timeout": "30s"},
             "generation": "3",
-            "traffic": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}],
-            "unknownField": true
+            "traffic": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}]
         }))
         .unwrap();
         assert_eq!(service.generation, 3);

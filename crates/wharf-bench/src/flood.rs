@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use wharf_testsupport::WharfServer;
+use wharf_testsupport::{WharfServer, service_host};
 
 use crate::system::{cli, instances, rss_kib, wait_for, wharf_binary};
 
@@ -90,14 +90,15 @@ async fn flood_once(server: &WharfServer, wave: usize, clients: usize, rounds: u
     // the whole request, on a machine this small); concurrent requests still each get their
     // own connection, kept alive between rounds.
     let client = reqwest::Client::builder().no_proxy().build()?;
+    let host = service_host("flood", "bench");
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let (url, client) = (url.clone(), client.clone());
+            let (url, client, host) = (url.clone(), client.clone(), host.clone());
             tokio::spawn(async move {
                 let started = Instant::now();
                 let mut outcomes = Vec::with_capacity(rounds);
                 for _ in 0..rounds {
-                    let request = client.get(&url).header("Host", "flood-bench.localhost").send();
+                    let request = client.get(&url).header("Host", &host).send();
                     let outcome = match tokio::time::timeout(CLIENT_DEADLINE, async {
                         let response = request.await?;
                         let status = response.status().as_u16();

@@ -120,6 +120,7 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
             layers: layers.clone(),
             command: None,
             args: None,
+            working_dir: None,
             env: vec![],
             port: 8080,
             resources: Resources::default(),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use wharf_testsupport::WharfServer;
+use wharf_testsupport::{WharfServer, service_host};
 
 /// One row of the results table.
 #[derive(Debug, Clone)]
@@ -108,7 +108,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
     let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
     let ingress = format!("http://{}/", server.addrs.ingress_addr);
-    let host = "cold-bench.localhost";
+    let host = &service_host("cold", "bench");
     let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build()?;
     let mut rows = Vec::new();
 
@@ -155,11 +155,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     // 2. Warm proxy.
     cli(&server, &["run", "deploy", "warm", "--image", &image_ref, "--project", "bench", "--min-instances", "1"])?;
-    first_byte(&client, &ingress, Some("warm-bench.localhost")).await?;
+    first_byte(&client, &ingress, Some(&service_host("warm", "bench"))).await?;
     let direct = instance_address(&server, "warm")?;
     let duration = if options.smoke { "1s" } else { "5s" };
     if which("wrk") {
-        let through = wrk(&ingress, Some("warm-bench.localhost"), duration)?;
+        let through = wrk(&ingress, Some(&service_host("warm", "bench")), duration)?;
         let direct_run = wrk(&format!("http://{direct}/"), None, duration)?;
         let nginx = nginx_baseline(work.path(), &direct, duration).ok();
         for (metric, key, higher) in [
@@ -222,7 +222,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             ],
         )?;
         loop {
-            let body = client.get(&ingress).header("Host", "warm-bench.localhost").send().await?.text().await?;
+            let body = client.get(&ingress).header("Host", service_host("warm", "bench")).send().await?.text().await?;
             if body.contains(revision.trim()) {
                 break;
             }
@@ -262,7 +262,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .map(|_| {
             let (client, url) = (client.clone(), format!("{ingress}sleep?ms=2000"));
             tokio::spawn(async move {
-                let r = client.get(url).header("Host", "burst-bench.localhost").send().await;
+                let r = client.get(url).header("Host", service_host("burst", "bench")).send().await;
                 r.map(|r| r.status().is_success()).unwrap_or(false)
             })
         })

@@ -9,6 +9,7 @@
 //! - [`jobs`]: jobs, executions and tasks; runners run tasks with parallelism, retries and
 //!   timeouts.
 //! - [`operations`]: the operation resources every mutation answers with.
+//! - [`paging`]: `pageSize`/`pageToken` and `etag` checks, the same for every RPC.
 //! - [`validate`]: Cloud Run's rules for what users ask to run, checked once; the result is
 //!   stored and used as is by every start.
 //! - [`backend`]: the seam to whatever runs instances ([`backend::InstanceBackend`]), owned
@@ -21,6 +22,7 @@ pub mod backend;
 mod error;
 pub mod jobs;
 pub(crate) mod operations;
+pub mod paging;
 pub mod services;
 pub mod time;
 pub mod validate;
@@ -166,6 +168,21 @@ impl ControlPlane {
     /// The operation `name`.
     pub fn get_operation(&self, name: &str) -> Result<wharf_api::Operation, ControlError> {
         self.inner.operations.get(name)
+    }
+
+    /// The operations in `parent`, oldest first (`ListOperations`).
+    pub fn list_operations(
+        &self,
+        parent: &wharf_api::names::Parent,
+        filter: &str,
+        page: &paging::PageRequest,
+    ) -> Result<wharf_api::ListOperationsResponse, ControlError> {
+        self.inner.operations.list(parent, filter, page)
+    }
+
+    /// Forgets the operation `name` (`DeleteOperation`).
+    pub fn delete_operation(&self, name: &str) -> Result<(), ControlError> {
+        self.inner.operations.delete(name)
     }
 
     /// Waits until the operation is done or `timeout` passes, then returns it as it is.

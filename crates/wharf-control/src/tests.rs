@@ -16,7 +16,7 @@ use wharf_store::Store;
 
 use crate::backend::fake::{Behaviour, FakeBackend};
 use crate::backend::{LaunchSpec, Owner};
-use crate::jobs::store::ExecutionState;
+use crate::paging::PageRequest;
 use crate::services::store::{self, RevisionState};
 use crate::{ControlError, ControlPlane, Settings};
 
@@ -124,7 +124,7 @@ impl Harness {
     }
 
     fn host(&self, service: &str) -> String {
-        format!("{service}-p.wharf.test")
+        wharf_api::names::service_host(service, &parent(), "wharf.test")
     }
 
     /// The revisions serving `service`'s host, with their percents.
@@ -247,8 +247,58 @@ async fn an_update_with_the_same_template_makes_no_revision() {
     h.deploy("hello", service(&[("V", "1")])).await;
     let op = h.control.update_service(&parent(), "hello", service(&[("V", "1")]), None, false, false).await.unwrap();
     assert!(op.done);
-    assert_eq!(h.control.list_revisions(&parent(), "hello", None, "").unwrap().revisions.len(), 1);
+    assert_eq!(h.control.list_revisions(&parent(), "hello", &PageRequest::default()).unwrap().revisions.len(), 1);
     assert_eq!(h.backend.view().launches.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_template_spelling_out_the_defaults_is_the_same_revision() {
+    // What an exported Knative YAML sends back: defaults written out, traffic explicit.
+    let h = Harness::new(serving_behaviour()).await;
+    h.deploy("hello", service(&[("V", "1")])).await;
+    let before = h.control.get_service(&parent(), "hello").unwrap();
+    let mut explicit = service(&[("V", "1")]);
+    explicit.template.max_instance_request_concurrency = 80;
+    explicit.template.timeout = Some("300s".into());
+    let c = &mut explicit.template.containers[0];
+    c.ports = vec![wharf_api::ContainerPort { name: "http1".into(), container_port: 8080 }];
+    c.resources = Some(wharf_api::ResourceRequirements {
+        limits: [("cpu".into(), "1000m".into()), ("memory".into(), "512Mi".into())].into(),
+        ..Default::default()
+    });
+    explicit.traffic =
+        vec![TrafficTarget { kind: Some(wharf_api::TRAFFIC_LATEST.into()), percent: 100, ..Default::default() }];
+    let op = h.control.update_service(&parent(), "hello", explicit.clone(), None, false, false).await.unwrap();
+    assert!(op.done, "nothing changed, so nothing to do: {op:?}");
+    let after = h.control.get_service(&parent(), "hello").unwrap();
+    assert_eq!(
+        (after.generation, &after.latest_created_revision),
+        (before.generation, &before.latest_created_revision)
+    );
+    // A real change in the same spelling still makes a revision.
+    explicit.template.max_instance_request_concurrency = 10;
+    let op = h.control.update_service(&parent(), "hello", explicit, None, false, false).await.unwrap();
+    h.done(op).await;
+    assert_eq!(h.control.list_revisions(&parent(), "hello", &PageRequest::default()).unwrap().revisions.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hosts_carry_the_project_hash_and_services_from_before_keep_their_old_host() {
+    let h = Harness::new(serving_behaviour()).await;
+    h.deploy("hello", service(&[])).await;
+    let svc = h.control.get_service(&parent(), "hello").unwrap();
+    assert!(svc.uri.starts_with(&format!("http://{}:", h.host("hello"))), "{}", svc.uri);
+    assert!(h.table.lookup("hello-p.wharf.test").is_none(), "a new service has only the hashed host");
+    // What migration 7 marks on services created before the hashed hosts.
+    h.db.write(|tx| tx.execute("UPDATE services SET legacy_host = 1", []).map_err(ControlError::from)).unwrap();
+    let h = h.restart().await;
+    assert!(h.table.lookup("hello-p.wharf.test").is_some(), "the old host still routes");
+    assert!(h.table.lookup(&h.host("hello")).is_some());
+    let urls = h.control.get_service(&parent(), "hello").unwrap().urls;
+    assert_eq!(urls.len(), 2, "{urls:?}");
+    let op = h.control.delete_service(&parent(), "hello", "", false).await.unwrap();
+    h.done(op).await;
+    assert!(h.table.lookup("hello-p.wharf.test").is_none(), "deleting unroutes both hosts");
 }
 
 #[tokio::test(start_paused = true)]
@@ -298,7 +348,7 @@ async fn an_instance_that_crashes_is_replaced_on_the_next_request() {
 async fn deleting_a_service_unroutes_it_and_stops_its_instances() {
     let h = Harness::new(serving_behaviour()).await;
     h.deploy("hello", service(&[])).await;
-    let op = h.control.delete_service(&parent(), "hello", "").await.unwrap();
+    let op = h.control.delete_service(&parent(), "hello", "", false).await.unwrap();
     h.done(op).await;
     assert_eq!(h.routed("hello"), vec![]);
     assert_eq!(h.backend.view().running.len(), 0);
@@ -343,7 +393,7 @@ async fn a_restart_restores_routes_without_new_revisions() {
     let before = h.routed("hello");
     let h = h.restart().await;
     assert_eq!(h.routed("hello"), before);
-    assert_eq!(h.control.list_revisions(&parent(), "hello", None, "").unwrap().revisions.len(), 1);
+    assert_eq!(h.control.list_revisions(&parent(), "hello", &PageRequest::default()).unwrap().revisions.len(), 1);
     let _ = &h.dir;
 }
 
@@ -375,10 +425,12 @@ fn task_of(spec: &LaunchSpec) -> (u32, u32) {
 
 impl Harness {
     async fn run(&self, job_name: &str, body: Job) -> (Operation, wharf_api::jobs::Execution) {
-        self.control.create_job(&parent(), job_name, body).await.unwrap();
+        self.control.create_job(&parent(), job_name, body, false).await.unwrap();
         let op = self.control.run_job(&parent(), job_name, RunJobRequest::default()).await.unwrap();
         let op = self.done(op).await;
-        let name = self.control.list_executions(&parent(), job_name).unwrap().executions[0].name.clone();
+        let name = self.control.list_executions(&parent(), job_name, &PageRequest::default()).unwrap().executions[0]
+            .name
+            .clone();
         let id = name.rsplit('/').next().unwrap();
         (op, self.control.get_execution(&parent(), job_name, id).unwrap())
     }
@@ -411,7 +463,10 @@ async fn a_failing_task_is_retried_with_the_next_attempt_number() {
     assert_eq!((execution.succeeded_count, execution.retried_count), (1, 2));
     let attempts: Vec<u32> = h.backend.view().launches.iter().map(|l| task_of(l).1).collect();
     assert_eq!(attempts, vec![0, 1, 2]);
-    let tasks = h.control.list_tasks(&parent(), "flaky", execution.name.rsplit('/').next().unwrap()).unwrap();
+    let tasks = h
+        .control
+        .list_tasks(&parent(), "flaky", execution.name.rsplit('/').next().unwrap(), &PageRequest::default())
+        .unwrap();
     assert_eq!(tasks.tasks[0].retried, 2);
 }
 
@@ -449,34 +504,41 @@ async fn one_task_failing_for_good_stops_the_others() {
 async fn a_cancelled_execution_stops_its_running_tasks() {
     let backend = FakeBackend::new(|_| Behaviour::Exit { run_for: Duration::from_secs(3600), code: 0 });
     let h = Harness::new(backend).await;
-    h.control.create_job(&parent(), "long", job(2, 2, 0, "7200s")).await.unwrap();
+    h.control.create_job(&parent(), "long", job(2, 2, 0, "7200s"), false).await.unwrap();
     let op = h.control.run_job(&parent(), "long", RunJobRequest::default()).await.unwrap();
     h.backend.wait_for(|v| v.running.len() == 2).await;
-    let id =
-        h.control.list_executions(&parent(), "long").unwrap().executions[0].name.rsplit('/').next().unwrap().to_owned();
-    h.control.cancel_execution(&parent(), "long", &id).unwrap();
+    let id = h.control.list_executions(&parent(), "long", &PageRequest::default()).unwrap().executions[0]
+        .name
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    h.control.cancel_execution(&parent(), "long", &id, &Default::default()).unwrap();
     let op = h.done(op).await;
     assert!(op.error.is_some());
     let execution = h.control.get_execution(&parent(), "long", &id).unwrap();
     assert_eq!(execution.cancelled_count, 2);
-    assert_eq!(execution.conditions[0].reason.as_deref(), Some(ExecutionState::Cancelled.as_str()));
+    assert_eq!(execution.conditions[0].execution_reason.as_deref(), Some("CANCELLED"));
     assert_eq!(h.backend.view().running.len(), 0);
     // Cancelling again: it is no longer running.
-    assert!(matches!(h.control.cancel_execution(&parent(), "long", &id), Err(ControlError::FailedPrecondition(_))));
+    assert!(matches!(
+        h.control.cancel_execution(&parent(), "long", &id, &Default::default()),
+        Err(ControlError::FailedPrecondition(_))
+    ));
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_execution_interrupted_by_a_restart_resumes_and_counts_the_attempt() {
     let backend = FakeBackend::new(|_| Behaviour::Exit { run_for: Duration::from_secs(60), code: 0 });
     let h = Harness::new(backend).await;
-    h.control.create_job(&parent(), "resume", job(1, 1, 3, "600s")).await.unwrap();
+    h.control.create_job(&parent(), "resume", job(1, 1, 3, "600s"), false).await.unwrap();
     let op = h.control.run_job(&parent(), "resume", RunJobRequest::default()).await.unwrap();
     h.backend.wait_for(|v| v.running.len() == 1).await;
     let h = h.restart().await;
     // The operation `run` answered with completes when the resumed execution does.
     let op = h.done(op).await;
     assert_eq!(op.error, None);
-    let id = h.control.list_executions(&parent(), "resume").unwrap().executions[0]
+    let id = h.control.list_executions(&parent(), "resume", &PageRequest::default()).unwrap().executions[0]
         .name
         .rsplit('/')
         .next()
@@ -494,11 +556,11 @@ async fn job_templates_are_checked_by_name() {
     let h = Harness::new(FakeBackend::default()).await;
     let mut probed = job(1, 1, 0, "60s");
     probed.template.template.containers[0].startup_probe = Some(wharf_api::Probe::default());
-    let err = h.control.create_job(&parent(), "probed", probed).await.unwrap_err();
+    let err = h.control.create_job(&parent(), "probed", probed, false).await.unwrap_err();
     assert!(matches!(&err, ControlError::InvalidArgument(m) if m.contains("probes")), "{err:?}");
-    let err = h.control.create_job(&parent(), "many", job(10_001, 1, 0, "60s")).await.unwrap_err();
+    let err = h.control.create_job(&parent(), "many", job(10_001, 1, 0, "60s"), false).await.unwrap_err();
     assert!(matches!(&err, ControlError::InvalidArgument(m) if m.contains("task count 10001")), "{err:?}");
-    let err = h.control.create_job(&parent(), "long", job(1, 1, 0, "700000s")).await.unwrap_err();
+    let err = h.control.create_job(&parent(), "long", job(1, 1, 0, "700000s"), false).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -519,7 +581,7 @@ async fn a_stuck_readiness_probe_does_not_block_a_delete() {
     let h = Harness::new(backend).await;
     let deploy = h.control.create_service(&parent(), "stuck", service(&[]), false).await.unwrap();
     h.backend.wait_for(|v| v.launches.len() == 1).await;
-    let delete = h.control.delete_service(&parent(), "stuck", "").await.unwrap();
+    let delete = h.control.delete_service(&parent(), "stuck", "", false).await.unwrap();
     assert_eq!(h.backend.view().started, 0, "the delete waited for the instance to become ready");
     assert_eq!(h.done(delete).await.error, None);
     let deploy = h.done(deploy).await;
@@ -558,10 +620,10 @@ async fn an_update_does_not_wait_for_a_slow_start() {
 async fn deleting_a_running_job_completes_its_run_operation() {
     let backend = FakeBackend::new(|_| Behaviour::Exit { run_for: Duration::from_secs(3600), code: 0 });
     let h = Harness::new(backend).await;
-    h.control.create_job(&parent(), "gone", job(2, 2, 0, "7200s")).await.unwrap();
+    h.control.create_job(&parent(), "gone", job(2, 2, 0, "7200s"), false).await.unwrap();
     let run = h.control.run_job(&parent(), "gone", RunJobRequest::default()).await.unwrap();
     h.backend.wait_for(|v| v.running.len() == 2).await;
-    h.control.delete_job(&parent(), "gone").await.unwrap();
+    h.control.delete_job(&parent(), "gone", "", false).await.unwrap();
     let op = h.done(run).await;
     let error = op.error.expect("a deleted execution did not succeed");
     assert_eq!(error.code, Code::Aborted.number(), "{error:?}");

@@ -365,6 +365,7 @@ pub fn container(containers: &[Container], workload: Workload) -> Result<(String
     let template = InstanceTemplate {
         command: list(&container.command),
         args: list(&container.args),
+        working_dir: working_dir(&container.working_dir)?,
         env,
         port,
         resources,
@@ -437,7 +438,28 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
     })
 }
 
+/// `workingDir`: empty (the image's), or an absolute path.
+fn working_dir(dir: &str) -> Result<Option<String>, ControlError> {
+    if dir.is_empty() {
+        return Ok(None);
+    }
+    if !dir.starts_with('/') || dir.len() > 4096 || dir.contains('\0') || dir.split('/').any(|part| part == "..") {
+        return Err(invalid(format!(
+            "template.containers[0].workingDir {dir:?} must be an absolute path without \"..\" (e.g. /app)"
+        )));
+    }
+    Ok(Some(dir.to_owned()))
+}
+
 fn container_port(container: &Container) -> Result<u16, ControlError> {
+    if let Some(p) = container.ports.iter().find(|p| !p.name.is_empty() && p.name != "http1") {
+        return Err(invalid(match p.name.as_str() {
+            "h2c" => "template.containers[0].ports[0].name h2c (end-to-end HTTP/2) is not supported yet; \
+                      use http1 or leave the name out"
+                .to_owned(),
+            other => format!("template.containers[0].ports[0].name {other:?} is not a protocol: use http1 or h2c"),
+        }));
+    }
     match container.ports.as_slice() {
         [] => Ok(DEFAULT_PORT),
         [p] => u16::try_from(p.container_port)

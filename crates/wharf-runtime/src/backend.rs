@@ -42,6 +42,7 @@ impl RuntimeBackend {
             layers,
             command: t.command,
             args: t.args,
+            working_dir: t.working_dir,
             env: t.env,
             port: t.port,
             resources: t.resources,

@@ -154,6 +154,10 @@ const MIGRATIONS: &[&str] = &[
     // stored when the revision is created and used as is by every start. Rows from before
     // this migration have NULL and are validated from their spec when read.
     "ALTER TABLE revisions ADD COLUMN config TEXT;",
+    // 7: service hosts became `{service}-{project hash}.{location}.{domain}`; services created
+    // before keep answering on their old `{service}-{project}.{domain}` host as well.
+    "ALTER TABLE services ADD COLUMN legacy_host INTEGER NOT NULL DEFAULT 0;
+     UPDATE services SET legacy_host = 1;",
 ];
 
 pub(crate) fn latest_version() -> i64 {

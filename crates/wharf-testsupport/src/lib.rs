@@ -29,3 +29,10 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut condition: impl FnMut() 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The host a service answers on at a test server (default region, domain `localhost`):
+/// `{service}-{project hash}.us-central1.localhost`.
+pub fn service_host(service: &str, project: &str) -> String {
+    let parent = wharf_api::names::Parent { project: project.to_owned(), location: "us-central1".to_owned() };
+    wharf_api::names::service_host(service, &parent, "localhost")
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use wharf_testsupport::{WharfServer, testapp_image};
+use wharf_testsupport::{WharfServer, service_host, testapp_image};
 
 fn wharf() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_wharf"))
@@ -199,7 +199,8 @@ async fn a_hundred_abandoned_queued_requests_leave_nothing_behind() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let instances = || std::fs::read_dir(server.data_dir().join("instances")).map(|d| d.count()).unwrap_or(0);
     let ingress = addr(&server.addrs.ingress_addr);
-    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: queue-demo.localhost\r\n\r\n");
+    let queue_host = service_host("queue", "demo");
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {queue_host}\r\n\r\n");
 
     // One request holds the only instance; 100 more queue behind it.
     let mut holder = TcpStream::connect(ingress).await.unwrap();
@@ -226,7 +227,7 @@ async fn a_hundred_abandoned_queued_requests_leave_nothing_behind() {
     let client = reqwest::Client::builder().no_proxy().timeout(PATIENCE).build().unwrap();
     for _ in 0..3 {
         let response =
-            client.get(format!("http://{ingress}/")).header("Host", "queue-demo.localhost").send().await.unwrap();
+            client.get(format!("http://{ingress}/")).header("Host", &queue_host).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200);
         assert!(response.text().await.unwrap().starts_with("Hello from queue-00001-"));
     }

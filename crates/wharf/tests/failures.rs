@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use wharf_testsupport::{WharfServer, testapp_image};
+use wharf_testsupport::{WharfServer, service_host, testapp_image};
 
 struct Env {
     server: WharfServer,
@@ -104,7 +104,7 @@ async fn out_of_memory_and_crashed_instances_answer_502_and_log_why() {
         "--max-instances",
         "1",
     ]);
-    let host = "fragile-demo.localhost";
+    let host = &service_host("fragile", "demo");
     let (status, first) = env.get(host, "/hostname").await;
     assert_eq!(status, 200, "{first}");
 
@@ -173,7 +173,7 @@ async fn out_of_memory_and_crashed_instances_answer_502_and_log_why() {
 async fn structured_json_log_lines_keep_their_severity_and_message() {
     let env = setup();
     env.ok(&["run", "deploy", "chatty", "--image", &env.image, "--project", "demo"]);
-    let host = "chatty-demo.localhost";
+    let host = &service_host("chatty", "demo");
     for path in [
         "/log?json=1&severity=WARNING&message=disk%20low",
         "/log?json=1&severity=NOTICE&message=noted%20on%20stderr&stream=stderr",

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wharf_testsupport::image::testapp_binary;
-use wharf_testsupport::{WharfServer, testapp_image, wait_until};
+use wharf_testsupport::{WharfServer, service_host, testapp_image, wait_until};
 
 fn wharf() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_wharf"))
@@ -106,7 +106,7 @@ impl Node {
         let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
         let r = client
             .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
-            .header("Host", format!("{service}-net.localhost"))
+            .header("Host", service_host(service, "net"))
             .send()
             .await
             .unwrap();

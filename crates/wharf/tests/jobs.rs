@@ -200,7 +200,7 @@ async fn cancelling_stops_running_tasks() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let e = env.describe_execution(&execution);
-        if e["conditions"][0]["reason"] == "CANCELLED" {
+        if e["conditions"][0]["executionReason"] == "CANCELLED" {
             assert_eq!(e["cancelledCount"], 2, "{e}");
             break;
         }

@@ -1,20 +1,21 @@
 //! Google's Python client library for Cloud Run (`google-cloud-run`, REST transport) works
-//! against Wharf unchanged: `.ci/run` installs it from PyPI.
+//! against Wharf unchanged (services, revisions, jobs, executions, tasks, operations):
+//! `scripts/test` installs it from PyPI.
 
 use std::path::Path;
 use std::process::Command;
 
 use wharf_testsupport::{WharfServer, testapp_image};
 
-#[test]
-fn google_cloud_run_python_client_manages_a_service() {
+/// Runs `tests/python/{script}` against a fresh server with the testapp image; returns stdout.
+fn run_python(script: &str) -> String {
     let work = tempfile::tempdir().unwrap();
     let built = testapp_image(work.path(), "v1").unwrap();
     let server = WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap();
     let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/cloud_run_client.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
     let out = Command::new("python3")
         .arg(&script)
         .env("WHARF_API", format!("http://{}", server.addrs.api_addr))
@@ -29,5 +30,19 @@ fn google_cloud_run_python_client_manages_a_service() {
         "the Python client failed:\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
         server.log()
     );
+    stdout.into_owned()
+}
+
+#[test]
+fn google_cloud_run_python_client_manages_a_service() {
+    let stdout = run_python("cloud_run_client.py");
     assert!(stdout.contains("deleted"), "{stdout}");
+}
+
+#[test]
+fn google_cloud_run_python_clients_run_a_job_and_read_executions_and_tasks() {
+    let stdout = run_python("cloud_run_jobs_client.py");
+    for step in ["dry run stored nothing", "executed", "tasks 3", "operations", "deleted"] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
 }

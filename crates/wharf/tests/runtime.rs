@@ -60,6 +60,7 @@ impl Harness {
             layers: self.layers.clone(),
             command: None,
             args: None,
+            working_dir: None,
             env: vec![],
             port: 8080,
             resources: Resources::default(),

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wharf_testsupport::{WharfServer, testapp_image};
+use wharf_testsupport::{WharfServer, service_host, testapp_image};
 
 fn wharf() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_wharf"))
@@ -46,7 +46,7 @@ impl Env {
     }
 
     /// GET `path` on the service's host through the ingress (Host header, as a browser would
-    /// send for http://{service}-{project}.localhost).
+    /// send for the service's URL; see `wharf_testsupport::service_host`).
     async fn get(&self, host: &str, path: &str) -> (u16, String) {
         let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
         let r = client
@@ -92,8 +92,8 @@ async fn deploy_update_describe_scale_to_zero_and_delete() {
     ]);
     assert!(ok, "{stderr}");
     assert!(stderr.contains("has been deployed and is serving 100 percent of traffic"), "{stderr}");
-    assert!(stdout.contains("Service URL: http://hello-demo.localhost:"), "{stdout}");
-    let host = "hello-demo.localhost";
+    assert!(stdout.contains(&format!("Service URL: http://{}:", service_host("hello", "demo"))), "{stdout}");
+    let host = &service_host("hello", "demo");
     let (status, body) = env.get(host, "/").await;
     assert_eq!(status, 200);
     assert!(body.starts_with("Hello from hello-00001-"), "{body}");
@@ -227,7 +227,7 @@ async fn scales_out_under_load_within_max_instances_and_back_to_zero() {
         "--timeout",
         "60",
     ]);
-    let host = "busy-demo.localhost";
+    let host = &service_host("busy", "demo");
     let started = Instant::now();
     // The instance count is sampled every 5 ms for as long as the load runs.
     let sampler = InstanceSampler::start(&env.server);
@@ -274,8 +274,8 @@ async fn concurrency_is_a_hard_per_instance_limit() {
             "--timeout",
             "60",
         ]);
-        let host = format!("{service}-demo.localhost");
-        let answers = fire_work(&env, &host, requests, 400).await;
+        let host = &service_host(service, "demo");
+        let answers = fire_work(&env, host, requests, 400).await;
         let failed: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
         assert_eq!(failed, Vec::<&(u16, String)>::new(), "{service}: requests within the queue bound failed");
         let per_instance = max_in_flight_per_instance(&answers);
@@ -294,7 +294,7 @@ async fn concurrency_is_a_hard_per_instance_limit() {
         assert_eq!(reached, concurrency, "{service}: the load never reached the limit: {per_instance:?}");
         if max_instances == 1 {
             // The instance's own gauge agrees with what the answers reported.
-            let (status, body) = env.get(&host, "/inflight").await;
+            let (status, body) = env.get(host, "/inflight").await;
             assert_eq!(status, 200, "{body}");
             let gauge: Value = serde_json::from_str(&body).unwrap();
             assert_eq!(gauge["max"], concurrency, "{gauge}");
@@ -307,7 +307,7 @@ async fn concurrency_is_a_hard_per_instance_limit() {
 async fn request_timeout_gives_504_and_the_instance_keeps_serving() {
     let env = setup("60s");
     env.ok(&["run", "deploy", "slow", "--image", &env.image, "--project", "demo", "--timeout", "1"]);
-    let host = "slow-demo.localhost";
+    let host = &service_host("slow", "demo");
     let (status, body) = env.get(host, "/sleep?ms=3000").await;
     assert_eq!(status, 504, "{body}");
     let (status, body) = env.get(host, "/").await;
@@ -411,7 +411,7 @@ async fn restart_keeps_services_and_urls() {
         env.ok(&["run", "services", "describe", "keep", "--project", "demo", "--format", "value(status.url)"]);
     let path_of = |u: &str| u.trim().split(':').take(2).collect::<Vec<_>>().join(":");
     assert_eq!(path_of(&url_before), path_of(&url_after), "the service host changed");
-    let (status, body) = env.get("keep-demo.localhost", "/").await;
+    let (status, body) = env.get(&service_host("keep", "demo"), "/").await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -432,7 +432,7 @@ async fn h2c_websocket_and_streamed_bodies_pass_through() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let env = setup("60s");
     env.ok(&["run", "deploy", "proto", "--image", &env.image, "--project", "demo"]);
-    let host = "proto-demo.localhost";
+    let host = &service_host("proto", "demo");
     let ingress = &env.server.addrs.ingress_addr;
 
     // HTTP/2 cleartext with prior knowledge.
@@ -497,5 +497,5 @@ async fn the_cli_reads_the_tests_own_config_home() {
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::write(config_dir.join("config.toml"), "project = \"sealed\"\n").unwrap();
     let out = env.ok(&["run", "deploy", "homed", "--image", &env.image]);
-    assert!(out.contains("Service URL: http://homed-sealed.localhost:"), "{out}");
+    assert!(out.contains(&format!("Service URL: http://{}:", service_host("homed", "sealed"))), "{out}");
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use wharf_testsupport::{WharfServer, testapp_image};
+use wharf_testsupport::{WharfServer, service_host, testapp_image};
 
 struct Lab {
     server: WharfServer,
@@ -91,7 +91,9 @@ impl Lab {
     }
 }
 
-const HOST: &str = "color-api-lab.localhost";
+fn host() -> String {
+    service_host("color-api", "lab")
+}
 
 #[tokio::test]
 async fn blue_green_lab_with_tags_canary_cutover_rollback_and_restart() {
@@ -111,7 +113,7 @@ async fn blue_green_lab_with_tags_canary_cutover_rollback_and_restart() {
         "--max-instances=5",
     ]);
     let url = lab.wharf(&["run", "services", "describe", "color-api", "--format=value(status.url)"]);
-    assert!(url.starts_with("http://color-api-lab.localhost:"), "{url}");
+    assert!(url.starts_with(&format!("http://{}:", service_host("color-api", "lab"))), "{url}");
 
     // Task 2: green, without traffic, with a tag and its own URL.
     lab.wharf(&[
@@ -125,20 +127,23 @@ async fn blue_green_lab_with_tags_canary_cutover_rollback_and_restart() {
         "--tag=green",
     ]);
     let green_url = lab.wharf(&["run", "services", "describe", "color-api", "--format=value(status.traffic[1].url)"]);
-    assert!(green_url.trim().starts_with("http://green---color-api-lab.localhost:"), "{green_url}");
+    assert!(
+        green_url.trim().starts_with(&format!("http://green---{}:", service_host("color-api", "lab"))),
+        "{green_url}"
+    );
     let revisions = lab.wharf(&["run", "revisions", "list", "--service=color-api", "--format=value(metadata.name)"]);
     let names: Vec<&str> = revisions.lines().collect();
     let (green, blue) = (names[0].to_owned(), names[names.len() - 1].to_owned());
     assert_eq!(names.len(), 2, "{revisions}");
     let client = Lab::client();
-    assert_eq!(lab.who(&client, "green---color-api-lab.localhost").await, green);
-    assert_eq!(lab.count(HOST, 20, &blue).await, 20, "--no-traffic must leave all traffic on blue");
+    assert_eq!(lab.who(&client, &format!("green---{}", service_host("color-api", "lab"))).await, green);
+    assert_eq!(lab.count(&host(), 20, &blue).await, 20, "--no-traffic must leave all traffic on blue");
 
     // Task 3: canary, 10% to green, checked over 1,000 requests (within 3 points).
     lab.wharf(&["run", "services", "update-traffic", "color-api", &format!("--to-revisions={blue}=90,{green}=10")]);
     let yaml = lab.wharf(&["run", "services", "describe", "color-api", "--format=yaml(status.traffic)"]);
     assert!(yaml.contains("percent: 90") && yaml.contains("percent: 10") && yaml.contains("tag: green"), "{yaml}");
-    let green_hits = lab.count(HOST, 1000, &green).await;
+    let green_hits = lab.count(&host(), 1000, &green).await;
     assert!((70..=130).contains(&green_hits), "{green_hits} of 1000 went to green, expected 100 +- 30");
 
     // A restart keeps the split and the tag: the same revisions, percents and tags, and tag
@@ -152,7 +157,7 @@ async fn blue_green_lab_with_tags_canary_cutover_rollback_and_restart() {
             green.clone(),
             0,
             "green".to_owned(),
-            format!("http://green---color-api-lab.localhost:{}", lab.ingress_port()),
+            format!("http://green---{}:{}", service_host("color-api", "lab"), lab.ingress_port()),
         ),
     ];
     let mut before_sorted = before.clone();
@@ -173,15 +178,15 @@ async fn blue_green_lab_with_tags_canary_cutover_rollback_and_restart() {
         })
         .collect();
     assert_eq!(after, expected_after, "the traffic split changed across the restart");
-    assert_eq!(lab.who(&client, "green---color-api-lab.localhost").await, green);
+    assert_eq!(lab.who(&client, &format!("green---{}", service_host("color-api", "lab"))).await, green);
 
     // Task 4: full cutover to the latest (green).
     lab.wharf(&["run", "services", "update-traffic", "color-api", "--to-latest"]);
-    assert_eq!(lab.count(HOST, 20, &green).await, 20);
+    assert_eq!(lab.count(&host(), 20, &green).await, 20);
 
     // Task 5: instant rollback to blue.
     lab.wharf(&["run", "services", "update-traffic", "color-api", &format!("--to-revisions={blue}=100")]);
-    assert_eq!(lab.count(HOST, 20, &blue).await, 20);
+    assert_eq!(lab.count(&host(), 20, &blue).await, 20);
 
     // Validation: nothing changes on bad traffic.
     let err = lab.wharf_err(&["run", "services", "update-traffic", "color-api", "--to-revisions=nope=100"]);
@@ -203,7 +208,7 @@ async fn blue_green_lab_with_tags_canary_cutover_rollback_and_restart() {
     assert!(err.contains("carries tag"), "{err}");
     lab.wharf(&["run", "services", "update-traffic", "color-api", "--remove-tags=green"]);
     lab.wharf(&["run", "revisions", "delete", &green, "--quiet"]);
-    assert_eq!(lab.count(HOST, 5, &blue).await, 5);
+    assert_eq!(lab.count(&host(), 5, &blue).await, 5);
 }
 
 #[tokio::test]
@@ -229,7 +234,7 @@ async fn no_request_fails_under_load_across_a_rollout() {
                 let (client, url, ok, failed) =
                     (client.clone(), format!("http://{}/", lab.server.addrs.ingress_addr), ok.clone(), failed.clone());
                 inflight.spawn(async move {
-                    match client.get(url).header("Host", HOST).send().await {
+                    match client.get(url).header("Host", &host()).send().await {
                         Ok(r) if r.status().is_success() => {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
@@ -287,7 +292,7 @@ async fn no_request_fails_under_load_across_a_rollout() {
 async fn session_affinity_keeps_a_client_on_its_instance() {
     let lab = Lab::start();
     lab.wharf(&["run", "deploy", "sticky", "--image", &lab.image, "--session-affinity", "--min-instances", "2"]);
-    let host = "sticky-lab.localhost";
+    let host: &'static str = service_host("sticky", "lab").leak();
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read_dir(lab.server.data_dir().join("instances")).map(|d| d.count()).unwrap_or(0) < 2 {
         assert!(Instant::now() < deadline, "min-instances never came up");

@@ -20,6 +20,9 @@ pub struct InstanceTemplate {
     pub command: Option<Vec<String>>,
     /// Replaces the image's Cmd.
     pub args: Option<Vec<String>>,
+    /// Replaces the image's WorkingDir (an absolute path).
+    #[serde(default)]
+    pub working_dir: Option<String>,
     pub env: Vec<(String, String)>,
     /// The port the container listens on (`PORT`).
     pub port: u16,
@@ -134,6 +137,7 @@ mod tests {
         let t = InstanceTemplate {
             command: Some(vec!["/app".into()]),
             args: None,
+            working_dir: Some("/srv".into()),
             env: vec![("A".into(), "1".into())],
             port: 8080,
             resources: Resources::default(),

@@ -20,13 +20,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use wharf_api::jobs::{
-    EXECUTION_TYPE, Execution, ExecutionTemplate, JOB_TYPE, Job, ListExecutionsResponse, ListJobsResponse,
-    ListTasksResponse, RunJobRequest,
+    CancelExecutionRequest, EXECUTION_TYPE, Execution, ExecutionTemplate, JOB_TYPE, Job, ListExecutionsResponse,
+    ListJobsResponse, ListTasksResponse, RunJobRequest, Task,
 };
 use wharf_api::names::Parent;
 use wharf_api::{Code, Operation, Status};
 
 use crate::operations::OperationBuilder;
+use crate::paging::{PageRequest, check_etag};
 use crate::validate::{self, Workload, container, duration_in};
 use crate::{ControlError, ControlPlane};
 use runner::ExecutionRunner;
@@ -127,8 +128,23 @@ fn default_parallelism(tasks: u32) -> u32 {
 }
 
 /// Applies a run request's overrides to a copy of the job's template.
-fn apply_overrides(mut template: ExecutionTemplate, request: &RunJobRequest) -> ExecutionTemplate {
-    let Some(o) = &request.overrides else { return template };
+fn apply_overrides(
+    mut template: ExecutionTemplate,
+    request: &RunJobRequest,
+) -> Result<ExecutionTemplate, ControlError> {
+    let Some(o) = &request.overrides else { return Ok(template) };
+    if o.container_overrides.len() > 1 {
+        return Err(invalid("overrides.containerOverrides: Wharf's jobs run one container; give at most one override"));
+    }
+    if let (Some(c), Some(container)) = (o.container_overrides.first(), template.template.containers.first())
+        && !c.name.is_empty()
+        && c.name != container.name
+    {
+        return Err(invalid(format!(
+            "overrides.containerOverrides[0].name {:?} is not a container of this job (its container is {:?})",
+            c.name, container.name
+        )));
+    }
     if let Some(n) = o.task_count {
         template.task_count = n;
     }
@@ -147,7 +163,7 @@ fn apply_overrides(mut template: ExecutionTemplate, request: &RunJobRequest) -> 
             container.env.push(var.clone());
         }
     }
-    template
+    Ok(template)
 }
 
 impl ControlPlane {
@@ -163,7 +179,14 @@ impl ControlPlane {
             .map_err(|e| invalid(format!("Image '{image}' could not be resolved: {e}")))
     }
 
-    pub async fn create_job(&self, parent: &Parent, job_id: &str, body: Job) -> Result<Operation, ControlError> {
+    /// Creates a job; a dry run (`validate_only`) checks everything and stores nothing.
+    pub async fn create_job(
+        &self,
+        parent: &Parent,
+        job_id: &str,
+        body: Job,
+        validate_only: bool,
+    ) -> Result<Operation, ControlError> {
         wharf_api::validate_service_name("job", job_id).map_err(|e| invalid(e.to_string()))?;
         validate::labels("labels", &body.labels)?;
         let checked = check_template(&body.template)?;
@@ -183,6 +206,9 @@ impl ControlPlane {
             update_time: now,
             execution_count: 0,
         };
+        if validate_only {
+            return Ok(OperationBuilder::new(parent, JOB_TYPE, &render::job(&row, None)).dry_run());
+        }
         store::upsert_job(&self.inner.db, &row)?;
         let job = self.get_job(parent, job_id)?;
         self.inner.operations.record(OperationBuilder::new(parent, JOB_TYPE, &job).done())
@@ -194,30 +220,61 @@ impl ControlPlane {
         Ok(render::job(&row, latest))
     }
 
-    pub fn list_jobs(&self, parent: &Parent) -> Result<ListJobsResponse, ControlError> {
+    pub fn list_jobs(&self, parent: &Parent, page: &PageRequest) -> Result<ListJobsResponse, ControlError> {
+        let (rows, next_page_token) = page.page(store::list_jobs(&self.inner.db, parent)?, |r| &r.name)?;
         let mut jobs = Vec::new();
-        for row in store::list_jobs(&self.inner.db, parent)? {
+        for row in rows {
             let latest = store::latest_execution(&self.inner.db, parent, &row.name)?;
             jobs.push(render::job(&row, latest));
         }
-        Ok(ListJobsResponse { jobs })
+        Ok(ListJobsResponse { jobs, next_page_token })
     }
 
-    pub async fn update_job(&self, parent: &Parent, name: &str, body: Job) -> Result<Operation, ControlError> {
-        let mut row = self.job_row(parent, name)?;
+    /// Replaces a job's template and labels. `allow_missing` creates a job that does not
+    /// exist; the body's `etag`, when given, must be the job's current one; a dry run
+    /// (`validate_only`) stores nothing.
+    pub async fn update_job(
+        &self,
+        parent: &Parent,
+        name: &str,
+        body: Job,
+        allow_missing: bool,
+        validate_only: bool,
+    ) -> Result<Operation, ControlError> {
+        let Some(mut row) = store::get_job(&self.inner.db, parent, name)? else {
+            if allow_missing {
+                return self.create_job(parent, name, body, validate_only).await;
+            }
+            return Err(job_not_found(parent, name));
+        };
+        check_etag(&body.etag, &render::job(&row, None).etag, &format!("Job '{name}'"))?;
         validate::labels("labels", &body.labels)?;
         let checked = check_template(&body.template)?;
         row.image = self.resolve_job_image(&checked.image).await?;
         row.spec = Job { labels: body.labels.clone(), template: body.template.clone(), ..Job::default() };
         row.generation += 1;
         row.update_time = crate::time::now();
+        if validate_only {
+            return Ok(OperationBuilder::new(parent, JOB_TYPE, &render::job(&row, None)).dry_run());
+        }
         store::upsert_job(&self.inner.db, &row)?;
         let job = self.get_job(parent, name)?;
         self.inner.operations.record(OperationBuilder::new(parent, JOB_TYPE, &job).done())
     }
 
-    pub async fn delete_job(&self, parent: &Parent, name: &str) -> Result<Operation, ControlError> {
+    /// Deletes a job, cancelling its running executions (a dry run only checks).
+    pub async fn delete_job(
+        &self,
+        parent: &Parent,
+        name: &str,
+        etag: &str,
+        validate_only: bool,
+    ) -> Result<Operation, ControlError> {
         let job = self.get_job(parent, name)?;
+        check_etag(etag, &job.etag, &format!("Job '{name}'"))?;
+        if validate_only {
+            return Ok(OperationBuilder::new(parent, JOB_TYPE, &job).dry_run());
+        }
         for e in store::list_executions(&self.inner.db, parent, name)? {
             self.cancel_running(parent, &e.name);
         }
@@ -234,7 +291,15 @@ impl ControlPlane {
         request: RunJobRequest,
     ) -> Result<Operation, ControlError> {
         let row = self.job_row(parent, name)?;
-        let template = apply_overrides(row.spec.template.clone(), &request);
+        if !request.name.is_empty() && request.name != job_path(parent, name) {
+            return Err(invalid(format!(
+                "name {:?} in the body is not the job the URL names ({})",
+                request.name,
+                job_path(parent, name)
+            )));
+        }
+        check_etag(&request.etag, &render::job(&row, None).etag, &format!("Job '{name}'"))?;
+        let template = apply_overrides(row.spec.template.clone(), &request)?;
         let checked = check_template(&template)?;
         let now = crate::time::now();
         let execution = ExecutionRow {
@@ -261,6 +326,9 @@ impl ControlPlane {
             name: format!("{}/executions/{}", job_path(parent, name), execution.name),
             ..Execution::default()
         };
+        if request.validate_only {
+            return Ok(OperationBuilder::new(parent, EXECUTION_TYPE, &render::execution(&execution, &[])).dry_run());
+        }
         let op = OperationBuilder::new(parent, EXECUTION_TYPE, &reference).running();
         self.inner.db.write(|tx| {
             store::insert_execution(tx, &execution)?;
@@ -330,28 +398,68 @@ impl ControlPlane {
         token.map(|t| t.cancel()).is_some()
     }
 
-    pub fn cancel_execution(&self, parent: &Parent, job: &str, execution: &str) -> Result<Operation, ControlError> {
+    /// Cancels a running execution: its running tasks get SIGTERM, then SIGKILL.
+    pub fn cancel_execution(
+        &self,
+        parent: &Parent,
+        job: &str,
+        execution: &str,
+        request: &CancelExecutionRequest,
+    ) -> Result<Operation, ControlError> {
         let e = self.get_execution(parent, job, execution)?;
+        if !request.name.is_empty() && request.name != e.name {
+            return Err(invalid(format!(
+                "name {:?} in the body is not the execution the URL names ({})",
+                request.name, e.name
+            )));
+        }
+        check_etag(&request.etag, &e.etag, &format!("Execution '{execution}'"))?;
+        let key = format!("{}/{execution}", parent.path());
+        if !self.inner.jobs.cancels().contains_key(&key) {
+            return Err(ControlError::FailedPrecondition(format!("Execution '{execution}' is not running")));
+        }
+        if request.validate_only {
+            return Ok(OperationBuilder::new(parent, EXECUTION_TYPE, &e).dry_run());
+        }
         if !self.cancel_running(parent, execution) {
             return Err(ControlError::FailedPrecondition(format!("Execution '{execution}' is not running")));
         }
         self.inner.operations.record(OperationBuilder::new(parent, EXECUTION_TYPE, &e).done())
     }
 
-    pub fn delete_execution(&self, parent: &Parent, job: &str, execution: &str) -> Result<Operation, ControlError> {
+    /// Deletes an execution (cancelling it if it runs); a dry run only checks.
+    pub fn delete_execution(
+        &self,
+        parent: &Parent,
+        job: &str,
+        execution: &str,
+        etag: &str,
+        validate_only: bool,
+    ) -> Result<Operation, ControlError> {
         let e = self.get_execution(parent, job, execution)?;
+        check_etag(etag, &e.etag, &format!("Execution '{execution}'"))?;
+        if validate_only {
+            return Ok(OperationBuilder::new(parent, EXECUTION_TYPE, &e).dry_run());
+        }
         self.cancel_running(parent, execution);
         store::delete_execution(&self.inner.db, parent, execution)?;
         self.inner.operations.record(OperationBuilder::new(parent, EXECUTION_TYPE, &e).done())
     }
 
-    pub fn list_executions(&self, parent: &Parent, job: &str) -> Result<ListExecutionsResponse, ControlError> {
+    pub fn list_executions(
+        &self,
+        parent: &Parent,
+        job: &str,
+        page: &PageRequest,
+    ) -> Result<ListExecutionsResponse, ControlError> {
+        let rows = store::list_executions(&self.inner.db, parent, job)?;
+        let (rows, next_page_token) = page.page(rows, |r| &r.name)?;
         let mut executions = Vec::new();
-        for row in store::list_executions(&self.inner.db, parent, job)? {
+        for row in rows {
             let tasks = store::tasks(&self.inner.db, parent, &row.name)?;
             executions.push(render::execution(&row, &tasks));
         }
-        Ok(ListExecutionsResponse { executions })
+        Ok(ListExecutionsResponse { executions, next_page_token })
     }
 
     pub fn get_execution(&self, parent: &Parent, job: &str, name: &str) -> Result<Execution, ControlError> {
@@ -362,10 +470,27 @@ impl ControlPlane {
         Ok(render::execution(&row, &tasks))
     }
 
-    pub fn list_tasks(&self, parent: &Parent, job: &str, execution: &str) -> Result<ListTasksResponse, ControlError> {
+    pub fn list_tasks(
+        &self,
+        parent: &Parent,
+        job: &str,
+        execution: &str,
+        page: &PageRequest,
+    ) -> Result<ListTasksResponse, ControlError> {
         let e = self.get_execution(parent, job, execution)?;
-        let tasks = store::tasks(&self.inner.db, parent, execution)?;
-        Ok(ListTasksResponse { tasks: tasks.iter().map(|t| render::task(&e, execution, t)).collect() })
+        let tasks: Vec<_> =
+            store::tasks(&self.inner.db, parent, execution)?.iter().map(|t| render::task(&e, execution, t)).collect();
+        let (tasks, next_page_token) = page.page(tasks, |t| &t.name)?;
+        Ok(ListTasksResponse { tasks, next_page_token })
+    }
+
+    pub fn get_task(&self, parent: &Parent, job: &str, execution: &str, task: &str) -> Result<Task, ControlError> {
+        let e = self.get_execution(parent, job, execution)?;
+        store::tasks(&self.inner.db, parent, execution)?
+            .iter()
+            .map(|t| render::task(&e, execution, t))
+            .find(|t| t.name.ends_with(&format!("/tasks/{task}")))
+            .ok_or_else(|| ControlError::NotFound(format!("Task '{task}' was not found")))
     }
 
     /// After a restart: executions that were running continue (see the module doc).

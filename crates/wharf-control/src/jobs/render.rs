@@ -7,6 +7,10 @@ use wharf_api::{CONDITION_FAILED, CONDITION_RECONCILING, CONDITION_SUCCEEDED, Co
 use super::job_path;
 use super::store::{ExecutionRow, ExecutionState, JobRow, TaskRow, TaskState};
 
+/// `google.cloud.run.v2.Condition.ExecutionReason` values.
+const NON_ZERO_EXIT_CODE: &str = "NON_ZERO_EXIT_CODE";
+const EXECUTION_CANCELLED: &str = "CANCELLED";
+
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -38,11 +42,15 @@ pub(super) fn execution(row: &ExecutionRow, tasks: &[TaskRow]) -> Execution {
     };
     let time = row.completion_time.clone().unwrap_or_else(|| row.create_time.clone());
     let mut completed = Condition::new("Completed", condition_state, row.message.clone(), &time);
-    if row.state == ExecutionState::Cancelled {
-        completed.reason = Some(row.state.as_str().to_owned());
-    }
+    completed.execution_reason = match row.state {
+        ExecutionState::Cancelled => Some(EXECUTION_CANCELLED.to_owned()),
+        ExecutionState::Failed if tasks.iter().any(|t| t.exit_code.is_some_and(|c| c != 0)) => {
+            Some(NON_ZERO_EXIT_CODE.to_owned())
+        }
+        _ => None,
+    };
     let job = job_path(&row.parent, &row.job);
-    Execution {
+    let mut execution = Execution {
         name: format!("{job}/executions/{}", row.name),
         uid: row.uid.clone(),
         job,
@@ -60,7 +68,17 @@ pub(super) fn execution(row: &ExecutionRow, tasks: &[TaskRow]) -> Execution {
         cancelled_count: in_state(TaskState::Cancelled),
         retried_count: i32::try_from(retried).unwrap_or(i32::MAX),
         etag: String::new(),
-    }
+    };
+    execution.etag = fingerprint(&execution);
+    execution
+}
+
+/// An etag for a resource whose every change shows in its rendering: a hash of it.
+fn fingerprint(resource: &impl serde::Serialize) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    serde_json::to_string(resource).unwrap_or_default().hash(&mut hasher);
+    format!("\"{:016x}\"", hasher.finish())
 }
 
 pub(super) fn task(execution: &Execution, execution_id: &str, t: &TaskRow) -> Task {
@@ -71,7 +89,11 @@ pub(super) fn task(execution: &Execution, execution_id: &str, t: &TaskRow) -> Ta
     };
     let time = t.completion_time.clone().or(t.start_time.clone()).unwrap_or_default();
     let mut condition = Condition::new("Completed", condition_state, t.message.clone(), &time);
-    condition.reason = Some(t.state.as_str().to_owned());
+    condition.execution_reason = match t.state {
+        TaskState::Cancelled => Some(EXECUTION_CANCELLED.to_owned()),
+        TaskState::Failed if t.exit_code.is_some_and(|c| c != 0) => Some(NON_ZERO_EXIT_CODE.to_owned()),
+        _ => None,
+    };
     Task {
         name: format!("{}/tasks/{execution_id}-{}", execution.name, t.index),
         job: execution.job.clone(),

@@ -107,6 +107,41 @@ impl Operations {
         store::get(&self.db, name)?.ok_or_else(|| ControlError::NotFound(format!("Operation {name} was not found.")))
     }
 
+    /// A page of the operations in `parent`, oldest first; `filter` is empty, `done=true` or
+    /// `done=false`.
+    pub(crate) fn list(
+        &self,
+        parent: &Parent,
+        filter: &str,
+        page: &crate::paging::PageRequest,
+    ) -> Result<wharf_api::ListOperationsResponse, ControlError> {
+        let done = match filter.replace(' ', "").as_str() {
+            "" => None,
+            "done=true" => Some(true),
+            "done=false" => Some(false),
+            other => {
+                return Err(ControlError::InvalidArgument(format!(
+                    "filter {other:?} is not supported: use done=true or done=false, or no filter"
+                )));
+            }
+        };
+        let (names, next_page_token) = page.page(store::names(&self.db, parent, done)?, |n| n)?;
+        let mut operations = Vec::with_capacity(names.len());
+        for name in names {
+            operations.extend(store::get(&self.db, &name)?);
+        }
+        Ok(wharf_api::ListOperationsResponse { operations, next_page_token })
+    }
+
+    /// Forgets an operation (what it was about goes on): `DeleteOperation`.
+    pub(crate) fn delete(&self, name: &str) -> Result<(), ControlError> {
+        if store::delete(&self.db, name)? {
+            Ok(())
+        } else {
+            Err(ControlError::NotFound(format!("Operation {name} was not found.")))
+        }
+    }
+
     /// Operations not finished when the server last stopped.
     pub(crate) fn unfinished(&self) -> Result<Vec<Operation>, ControlError> {
         store::unfinished(&self.db)

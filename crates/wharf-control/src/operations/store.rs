@@ -1,6 +1,7 @@
 //! The `operations` table.
 
 use wharf_api::Operation;
+use wharf_api::names::Parent;
 use wharf_store::Store;
 use wharf_store::rusqlite::{OptionalExtension, Transaction, params};
 
@@ -68,4 +69,26 @@ pub(super) fn unfinished(db: &Store) -> Result<Vec<Operation>, ControlError> {
         ops.extend(get(db, &name)?);
     }
     Ok(ops)
+}
+
+/// Names of the operations in `parent` (`location` may be `-`), oldest first; `done` filters.
+pub(super) fn names(db: &Store, parent: &Parent, done: Option<bool>) -> Result<Vec<String>, ControlError> {
+    let prefix = format!("projects/{}/locations/", parent.project);
+    Ok(db.read(|c| {
+        let mut stmt = c.prepare(
+            "SELECT name FROM operations WHERE substr(name, 1, length(?1)) = ?1 AND (?2 IS NULL OR done = ?2)
+             ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map(params![prefix, done], |r| r.get::<_, String>(0))?;
+        rows.filter(|name| {
+            // `projects/p/locations/l/operations/o`: the location must match unless it is `-`.
+            name.as_ref()
+                .map_or(true, |n| parent.location == "-" || n.split('/').nth(3) == Some(parent.location.as_str()))
+        })
+        .collect()
+    })?)
+}
+
+pub(super) fn delete(db: &Store, name: &str) -> Result<bool, ControlError> {
+    db.write(|tx| Ok(tx.execute("DELETE FROM operations WHERE name = ?1", [name])? > 0))
 }

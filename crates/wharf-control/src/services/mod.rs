@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 use wharf_api::names::{Parent, validate_parent_id, validate_revision_name};
 use wharf_api::{
     ListRevisionsResponse, ListServicesResponse, Operation, REVISION_TYPE, Revision, SERVICE_TYPE, Service,
-    validate_service_name,
+    TrafficTarget, validate_service_name,
 };
 use wharf_router::{RevisionPool, RoutingTable};
 
 use crate::operations::OperationBuilder;
+use crate::paging::{PageRequest, check_etag};
 use crate::validate::validate;
 use crate::{ControlError, ControlPlane};
 use store::{RevisionRow, RevisionState, ServiceRow};
@@ -52,8 +53,6 @@ impl Serving {
     }
 }
 
-const DEFAULT_PAGE: usize = 100;
-
 /// How many times an update is planned again when the service changes while it is planned.
 const UPDATE_ATTEMPTS: usize = 5;
 
@@ -69,8 +68,10 @@ fn user_fields(body: &Service) -> Service {
         annotations: body.annotations.clone(),
         client: body.client.clone(),
         client_version: body.client_version.clone(),
-        ingress: body.ingress.clone(),
-        launch_stage: body.launch_stage.clone(),
+        // The defaults, which every read shows, are stored as absent: a service read and
+        // written back unchanged is unchanged.
+        ingress: body.ingress.clone().filter(|i| i != "INGRESS_TRAFFIC_ALL" && i != "INGRESS_TRAFFIC_UNSPECIFIED"),
+        launch_stage: body.launch_stage.clone().filter(|l| l != "GA" && l != "LAUNCH_STAGE_UNSPECIFIED"),
         template: body.template.clone(),
         traffic: body.traffic.clone(),
         invoker_iam_disabled: body.invoker_iam_disabled,
@@ -78,10 +79,63 @@ fn user_fields(body: &Service) -> Service {
     }
 }
 
-/// Two templates describe the same revision when they match ignoring the requested name.
+/// Two templates describe the same revision when they match ignoring the requested name, or
+/// when they validate to the same configuration with the same metadata: a template that spells
+/// out Cloud Run's defaults (as an exported Knative YAML does) is the one that left them out.
 fn same_template(a: &wharf_api::RevisionTemplate, b: &wharf_api::RevisionTemplate) -> bool {
-    let strip = |t: &wharf_api::RevisionTemplate| wharf_api::RevisionTemplate { revision: String::new(), ..t.clone() };
+    let strip = |t: &wharf_api::RevisionTemplate| wharf_api::RevisionTemplate {
+        revision: String::new(),
+        containers: Vec::new(),
+        scaling: None,
+        timeout: None,
+        max_instance_request_concurrency: 0,
+        ..t.clone()
+    };
+    let whole = |t: &wharf_api::RevisionTemplate| wharf_api::RevisionTemplate { revision: String::new(), ..t.clone() };
+    if whole(a) == whole(b) {
+        return true;
+    }
+    let resources = |t: &wharf_api::RevisionTemplate| {
+        t.containers.first().and_then(|c| c.resources.as_ref()).map(|r| (r.cpu_idle, r.startup_cpu_boost))
+    };
     strip(a) == strip(b)
+        && resources(a).unwrap_or_default() == resources(b).unwrap_or_default()
+        && matches!((validate(a), validate(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Two traffic specs route the same way: no spec is all traffic to the latest revision, and
+/// a target without a type is typed by whether it names a revision.
+fn same_traffic(a: &[TrafficTarget], b: &[TrafficTarget]) -> bool {
+    let normal = |targets: &[TrafficTarget]| -> Vec<TrafficTarget> {
+        if targets.is_empty() {
+            return vec![TrafficTarget {
+                kind: Some(wharf_api::TRAFFIC_LATEST.to_owned()),
+                percent: 100,
+                ..TrafficTarget::default()
+            }];
+        }
+        targets
+            .iter()
+            .map(|t| TrafficTarget {
+                kind: Some(t.kind.clone().unwrap_or_else(|| {
+                    if t.revision.is_empty() { wharf_api::TRAFFIC_LATEST } else { wharf_api::TRAFFIC_REVISION }
+                        .to_owned()
+                })),
+                ..t.clone()
+            })
+            .collect()
+    };
+    normal(a) == normal(b)
+}
+
+/// Service-level fields Wharf stores but cannot honour yet are refused, not kept inert.
+fn check_service_fields(body: &Service) -> Result<(), ControlError> {
+    match body.ingress.as_deref() {
+        None | Some("INGRESS_TRAFFIC_ALL" | "INGRESS_TRAFFIC_UNSPECIFIED") => Ok(()),
+        Some(other) => Err(ControlError::InvalidArgument(format!(
+            "ingress {other} is not supported yet: Wharf serves every service on its ingress (INGRESS_TRAFFIC_ALL)"
+        ))),
+    }
 }
 
 impl ControlPlane {
@@ -145,6 +199,7 @@ impl ControlPlane {
     ) -> Result<Operation, ControlError> {
         validate_service_name("service", service_id).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
         crate::validate::service_fields(&body)?;
+        check_service_fields(&body)?;
         self.check_traffic(&body, &[])?;
         let already_exists = || {
             ControlError::AlreadyExists(format!("Resource '{}/services/{service_id}' already exists", parent.path()))
@@ -163,7 +218,9 @@ impl ControlPlane {
             update_time: now,
             observed_generation: 0,
             next_revision: 1,
+            legacy_host: false,
         };
+        self.check_host_is_free(&row)?;
         // Validating and resolving the image (a pull, maybe) happen before the lock.
         let revision = self.new_revision(&row, &body.template).await?;
         if validate_only {
@@ -198,14 +255,9 @@ impl ControlPlane {
         self.render(&row)
     }
 
-    pub fn list_services(
-        &self,
-        parent: &Parent,
-        page_size: Option<usize>,
-        page_token: &str,
-    ) -> Result<ListServicesResponse, ControlError> {
-        let size = page_size.filter(|n| *n > 0).unwrap_or(DEFAULT_PAGE).min(1000);
-        let rows = store::list_services(&self.inner.db, parent, page_token, size + 1)?;
+    pub fn list_services(&self, parent: &Parent, page: &PageRequest) -> Result<ListServicesResponse, ControlError> {
+        let size = page.limit();
+        let rows = store::list_services(&self.inner.db, parent, &page.token, size + 1)?;
         let more = rows.len() > size;
         let services: Vec<Service> = rows.iter().take(size).map(|r| self.render(r)).collect::<Result<_, _>>()?;
         let next_page_token = if more { rows[size - 1].name.clone() } else { String::new() };
@@ -292,12 +344,8 @@ impl ControlPlane {
     ) -> Result<Option<(ServiceRow, Option<RevisionRow>)>, ControlError> {
         let (parent, name) = (&current.parent, current.name.as_str());
         let rendered = self.render(current)?;
-        if !body.etag.is_empty() && body.etag != rendered.etag {
-            return Err(ControlError::Aborted(format!(
-                "The service was changed since it was read (etag {} is not the current {}); read it again and retry",
-                body.etag, rendered.etag
-            )));
-        }
+        check_etag(&body.etag, &rendered.etag, &format!("Service '{name}'"))?;
+        check_service_fields(body)?;
         let mut spec = current.spec.clone();
         let incoming = user_fields(body);
         match update_mask {
@@ -330,6 +378,13 @@ impl ControlPlane {
         let latest_template = revisions.first().map(|r| &r.template);
         let template_changed = latest_template.is_none_or(|t| !same_template(t, &spec.template))
             || (!spec.template.revision.is_empty() && !names.contains(&spec.template.revision));
+        if !template_changed {
+            // The same revision, however it was spelled: keep it as stored.
+            spec.template = current.spec.template.clone();
+        }
+        if same_traffic(&spec.traffic, &current.spec.traffic) {
+            spec.traffic = current.spec.traffic.clone();
+        }
         let mut row = current.clone();
         row.spec = spec;
         crate::validate::service_fields(&row.spec)?;
@@ -341,6 +396,22 @@ impl ControlPlane {
         self.check_traffic(&row.spec, &known)?;
         let changed = revision.is_some() || row.spec != current.spec;
         Ok(changed.then_some((row, revision)))
+    }
+
+    /// A new service's host must not be any other service's: the project hash makes that a
+    /// one-in-2^50 chance, and this makes it never.
+    fn check_host_is_free(&self, row: &ServiceRow) -> Result<(), ControlError> {
+        let host = render::host(&row.name, &row.parent, &self.inner.settings);
+        for other in store::all_services(&self.inner.db)? {
+            if render::hosts(&other, &self.inner.settings).contains(&host) {
+                return Err(ControlError::AlreadyExists(format!(
+                    "the host {host} is already service '{}/services/{}'s; choose another service name",
+                    other.parent.path(),
+                    other.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Traffic must name known revisions (or LATEST), send traffic only to ready ones, give
@@ -397,13 +468,22 @@ impl ControlPlane {
         Ok(())
     }
 
-    pub async fn delete_service(&self, parent: &Parent, name: &str, etag: &str) -> Result<Operation, ControlError> {
+    /// Deletes a service and its revisions; a dry run (`validate_only`) checks the etag and
+    /// answers with the service as it is, deleting nothing.
+    pub async fn delete_service(
+        &self,
+        parent: &Parent,
+        name: &str,
+        etag: &str,
+        validate_only: bool,
+    ) -> Result<Operation, ControlError> {
         let lock = self.service_lock(parent, name);
         let guard = lock.lock().await;
         let row = store::get_service(&self.inner.db, parent, name)?.ok_or_else(|| not_found(parent, name))?;
         let service = self.render(&row)?;
-        if !etag.is_empty() && etag != service.etag {
-            return Err(ControlError::Aborted(format!("etag {etag} is not the current {}", service.etag)));
+        check_etag(etag, &service.etag, &format!("Service '{name}'"))?;
+        if validate_only {
+            return Ok(OperationBuilder::new(parent, SERVICE_TYPE, &service).dry_run());
         }
         let revisions = store::list_revisions(&self.inner.db, parent, name)?;
         let op = OperationBuilder::new(parent, SERVICE_TYPE, &service).running();
@@ -413,7 +493,9 @@ impl ControlPlane {
             self.inner.operations.insert(tx, &op)?;
             store::delete_service(tx, parent, name)
         })?;
-        self.inner.serving.table.remove(&render::host(name, &parent.project, &self.inner.settings));
+        for host in render::hosts(&row, &self.inner.settings) {
+            self.inner.serving.table.remove(&host);
+        }
         self.route_tags(&parent.path(), name, Vec::new());
         drop(guard);
         let control = self.clone();
@@ -434,27 +516,15 @@ impl ControlPlane {
         &self,
         parent: &Parent,
         service: &str,
-        page_size: Option<usize>,
-        page_token: &str,
+        page: &PageRequest,
     ) -> Result<ListRevisionsResponse, ControlError> {
         if service != "-" && store::get_service(&self.inner.db, parent, service)?.is_none() {
             return Err(not_found(parent, service));
         }
         let rows = store::list_revisions(&self.inner.db, parent, service)?;
-        let size = page_size.filter(|n| *n > 0).unwrap_or(DEFAULT_PAGE).min(1000);
-        let start = if page_token.is_empty() {
-            0
-        } else {
-            rows.iter().position(|r| r.name == page_token).map_or(rows.len(), |i| i + 1)
-        };
-        let page: Vec<&RevisionRow> = rows.iter().skip(start).take(size).collect();
-        let next_page_token = if start + size < rows.len() {
-            page.last().map(|r| r.name.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (rows, next_page_token) = page.page(rows, |r| &r.name)?;
         Ok(ListRevisionsResponse {
-            revisions: page.into_iter().map(|r| render::revision(r, &self.inner.settings)).collect(),
+            revisions: rows.iter().map(|r| render::revision(r, &self.inner.settings)).collect(),
             next_page_token,
         })
     }
@@ -466,8 +536,15 @@ impl ControlPlane {
             .ok_or_else(|| ControlError::NotFound(format!("Revision '{name}' was not found")))
     }
 
-    /// Deletes a revision that serves no traffic and carries no tag.
-    pub async fn delete_revision(&self, parent: &Parent, service: &str, name: &str) -> Result<Operation, ControlError> {
+    /// Deletes a revision that serves no traffic and carries no tag (a dry run only checks).
+    pub async fn delete_revision(
+        &self,
+        parent: &Parent,
+        service: &str,
+        name: &str,
+        etag: &str,
+        validate_only: bool,
+    ) -> Result<Operation, ControlError> {
         let lock = self.service_lock(parent, service);
         let guard = lock.lock().await;
         let row = store::get_service(&self.inner.db, parent, service)?.ok_or_else(|| not_found(parent, service))?;
@@ -490,6 +567,10 @@ impl ControlPlane {
             }
         }
         let rendered = render::revision(revision, &self.inner.settings);
+        check_etag(etag, &rendered.etag, &format!("Revision '{name}'"))?;
+        if validate_only {
+            return Ok(OperationBuilder::new(parent, REVISION_TYPE, &rendered).dry_run());
+        }
         store::delete_revision(&self.inner.db, parent, name)?;
         drop(guard);
         self.close_pool(parent, name).await;

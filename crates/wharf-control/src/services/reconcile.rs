@@ -216,7 +216,7 @@ impl ControlPlane {
     /// Points the service's host at the revisions its traffic names.
     pub(crate) fn route(&self, row: &ServiceRow, revisions: &[RevisionRow]) {
         tracing::debug!(service = %row.name, "routing");
-        let host = render::host(&row.name, &row.parent.project, &self.inner.settings);
+        let hosts = render::hosts(row, &self.inner.settings);
         let mut targets = Vec::new();
         let mut tagged = Vec::new();
         for (revision, percent, tag, _latest) in render::resolve_traffic(&row.spec, revisions) {
@@ -226,7 +226,7 @@ impl ControlPlane {
             }
             let pool = self.ensure_pool(rev);
             if !tag.is_empty() {
-                tagged.push((format!("{tag}---{host}"), pool.clone()));
+                tagged.extend(hosts.iter().map(|host| (format!("{tag}---{host}"), pool.clone())));
             }
             if percent > 0 {
                 targets.push((pool, percent.unsigned_abs()));
@@ -239,10 +239,15 @@ impl ControlPlane {
             let serving = targets.iter().any(|(p, _)| Arc::ptr_eq(p, &pool));
             pool.set_config(self.pool_config(&rev.config, serving));
         }
-        if targets.is_empty() {
-            self.inner.serving.table.remove(&host);
-        } else {
-            self.inner.serving.table.set(&host, ServiceRoute { service: row.name.clone(), targets });
+        for host in &hosts {
+            if targets.is_empty() {
+                self.inner.serving.table.remove(host);
+            } else {
+                self.inner
+                    .serving
+                    .table
+                    .set(host, ServiceRoute { service: row.name.clone(), targets: targets.clone() });
+            }
         }
     }
 

@@ -6,6 +6,8 @@ use wharf_api::{
     TRAFFIC_REVISION, TrafficTarget, TrafficTargetStatus,
 };
 
+use wharf_api::names::Parent;
+
 use super::store::{RevisionRow, RevisionState, ServiceRow};
 use crate::Settings;
 
@@ -18,8 +20,18 @@ pub fn revision_name(row: &RevisionRow) -> String {
 }
 
 /// The host a service answers to: `{service}-{project}.{domain}`.
-pub fn host(service: &str, project: &str, settings: &Settings) -> String {
-    format!("{service}-{project}.{}", settings.domain)
+/// The service's host on the ingress (see [`wharf_api::names::service_host`]).
+pub fn host(service: &str, parent: &Parent, settings: &Settings) -> String {
+    wharf_api::names::service_host(service, parent, &settings.domain)
+}
+
+/// Every host the service answers on: its own, and the pre-hash one it had before the upgrade.
+pub fn hosts(row: &ServiceRow, settings: &Settings) -> Vec<String> {
+    let mut hosts = vec![host(&row.name, &row.parent, settings)];
+    if row.legacy_host {
+        hosts.push(format!("{}-{}.{}", row.name, row.parent.project, settings.domain));
+    }
+    hosts
 }
 
 pub fn url(host: &str, settings: &Settings) -> String {
@@ -54,7 +66,7 @@ pub fn resolve_traffic(spec: &Service, revisions: &[RevisionRow]) -> Vec<(Option
 
 pub fn service(row: &ServiceRow, revisions: &[RevisionRow], settings: &Settings) -> Service {
     let mut s = row.spec.clone();
-    let host = host(&row.name, &row.parent.project, settings);
+    let host = host(&row.name, &row.parent, settings);
     s.name = service_name(row);
     s.uid = row.uid.clone();
     s.generation = row.generation;
@@ -62,7 +74,7 @@ pub fn service(row: &ServiceRow, revisions: &[RevisionRow], settings: &Settings)
     s.create_time = Some(row.create_time.clone());
     s.update_time = Some(row.update_time.clone());
     s.uri = url(&host, settings);
-    s.urls = vec![s.uri.clone()];
+    s.urls = hosts(row, settings).iter().map(|h| url(h, settings)).collect();
     s.etag = format!("\"{}-{}\"", row.generation, &row.uid[..8.min(row.uid.len())]);
     s.ingress = s.ingress.or_else(|| Some("INGRESS_TRAFFIC_ALL".to_owned()));
     s.launch_stage = s.launch_stage.or_else(|| Some("GA".to_owned()));

@@ -21,6 +21,8 @@ pub struct ServiceRow {
     pub update_time: String,
     pub observed_generation: i64,
     pub next_revision: i64,
+    /// Created before hosts carried a project hash: also answers on `{service}-{project}.{domain}`.
+    pub legacy_host: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +78,12 @@ fn service_row(r: &Row<'_>) -> rusqlite::Result<ServiceRow> {
         update_time: r.get(7)?,
         observed_generation: r.get(8)?,
         next_revision: r.get(9)?,
+        legacy_host: r.get(10)?,
     })
 }
 
-const SERVICE_COLUMNS: &str =
-    "project, location, name, uid, generation, spec, create_time, update_time, observed_generation, next_revision";
+const SERVICE_COLUMNS: &str = "project, location, name, uid, generation, spec, create_time, update_time, observed_generation, next_revision, \
+     legacy_host";
 const REVISION_COLUMNS: &str =
     "project, location, service, name, uid, seq, spec, image, state, message, create_time, config";
 
@@ -152,7 +155,7 @@ pub fn all_services(db: &Store) -> Result<Vec<ServiceRow>, ControlError> {
 
 pub fn insert_service(tx: &rusqlite::Transaction<'_>, row: &ServiceRow) -> Result<(), ControlError> {
     tx.execute(
-        &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+        &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
         params![
             row.parent.project,
             row.parent.location,
@@ -163,7 +166,8 @@ pub fn insert_service(tx: &rusqlite::Transaction<'_>, row: &ServiceRow) -> Resul
             row.create_time,
             row.update_time,
             row.observed_generation,
-            row.next_revision
+            row.next_revision,
+            row.legacy_host
         ],
     )
     .map_err(ControlError::from)?;

@@ -61,6 +61,8 @@ pub struct InstanceSpec {
     pub command: Option<Vec<String>>,
     /// Replaces the image's Cmd.
     pub args: Option<Vec<String>>,
+    /// Replaces the image's WorkingDir.
+    pub working_dir: Option<String>,
     pub env: Vec<(String, String)>,
     /// The port the container listens on (`PORT`); services only.
     pub port: u16,

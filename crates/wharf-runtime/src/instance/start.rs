@@ -287,7 +287,7 @@ impl Runtime {
         let config = runtime_spec(&SpecInput {
             args,
             env,
-            cwd: image.working_dir().as_deref().unwrap_or("/"),
+            cwd: spec.working_dir.as_deref().or(image.working_dir().as_deref()).unwrap_or("/"),
             user,
             rootfs: &rootfs.merged,
             hostname: id,

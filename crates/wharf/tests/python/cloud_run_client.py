@@ -33,7 +33,7 @@ operation = client.create_service(parent=parent, service=service, service_id="py
 created = operation.result(timeout=120)
 assert created.name == name, created.name
 assert created.terminal_condition.state == run_v2.Condition.State.CONDITION_SUCCEEDED, created.terminal_condition
-assert created.uri.startswith("http://py-hello-pyproj."), created.uri
+assert created.uri.startswith("http://py-hello-") and ".us-central1." in created.uri, created.uri
 print("created", created.latest_ready_revision)
 
 got = client.get_service(name=name)

@@ -180,7 +180,7 @@ async fn execute(ctx: &Ctx, jobs: &str, args: ExecuteArgs) -> anyhow::Result<()>
         task_count: args.tasks,
         timeout: args.task_timeout.as_deref().map(|t| api_duration("--task-timeout", t)).transpose()?,
     };
-    let request = RunJobRequest { overrides: Some(overrides) };
+    let request = RunJobRequest { overrides: Some(overrides), ..RunJobRequest::default() };
     let r = ctx
         .client
         .api_request(reqwest::Method::POST, &format!("{jobs}/{}:run", args.job))

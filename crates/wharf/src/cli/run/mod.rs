@@ -49,8 +49,13 @@ pub async fn run(connection: &ConnectionArgs, place: &Place, command: RunCommand
     if let Some(platform) = &place.platform {
         eprintln!("Note: --platform={platform} is accepted for gcloud compatibility; Wharf has one platform.");
     }
-    if let Some(format) = &place.format {
-        wharf_format::check(format)?;
+    match place.format.as_deref() {
+        // A document to keep and `replace` later: only a service's describe makes one.
+        Some("export") if !matches!(command, RunCommand::Services(services::ServicesCommand::Describe { .. })) => {
+            anyhow::bail!("--format export is for `wharf run services describe`; use yaml or json here")
+        }
+        Some("export") | None => {}
+        Some(format) => wharf_format::check(format)?,
     }
     let client = Client::connect(connection)?;
     let ctx = Ctx { client, project: place.project(), region: place.region(), format: place.format.clone() };

@@ -1,4 +1,4 @@
-//! `wharf run services list|describe|update|update-traffic|delete`.
+//! `wharf run services list|describe|replace|update|update-traffic|delete`.
 
 use anyhow::{Context as _, bail};
 
@@ -12,8 +12,16 @@ use crate::cli::traffic::{self, Traffic, resolve_revision};
 pub enum ServicesCommand {
     /// List services.
     List,
-    /// Show a service.
+    /// Show a service: a summary, or the Knative YAML with --format yaml, or a document to
+    /// keep and `replace` later with --format export.
     Describe { service: String },
+    /// Create or update a service from a Knative serving.knative.dev/v1 Service YAML file.
+    Replace {
+        file: std::path::PathBuf,
+        /// Return without waiting for the new revision to be ready.
+        #[arg(long = "async")]
+        no_wait: bool,
+    },
     /// Change a service's settings (creates a new revision when the template changes).
     Update(Box<DeployArgs>),
     /// Split traffic between revisions, move tags, roll back.
@@ -59,8 +67,19 @@ pub async fn run(ctx: &Ctx, quiet: bool, command: ServicesCommand) -> anyhow::Re
         ServicesCommand::UpdateTraffic(args) => update_traffic(ctx, args).await,
         ServicesCommand::Describe { service } => {
             let s = ctx.get_service(&service).await?.with_context(|| ctx.missing(&service))?;
-            ctx.print(&wharf_api::knative::service(&s), "yaml")
+            match ctx.format.as_deref() {
+                None => {
+                    print!("{}", summary(&s));
+                    Ok(())
+                }
+                Some("export") => {
+                    print!("{}", serde_norway::to_string(&wharf_api::knative::export(&s))?);
+                    Ok(())
+                }
+                Some(_) => ctx.print(&wharf_api::knative::service(&s), "yaml"),
+            }
         }
+        ServicesCommand::Replace { file, no_wait } => replace(ctx, &file, no_wait).await,
         ServicesCommand::Delete { service, no_wait } => {
             if !quiet {
                 eprintln!("Service [{service}] will be deleted.");
@@ -174,4 +193,117 @@ async fn list_services(ctx: &Ctx) -> anyhow::Result<()> {
         "table(metadata.name:label=SERVICE, metadata.labels.'cloud.googleapis.com/location':label=REGION, \
          status.url:label=URL, status.latestReadyRevisionName:label=LATEST_REVISION)",
     )
+}
+
+/// `services replace FILE`: the document's service created, or updated in full.
+async fn replace(ctx: &Ctx, file: &std::path::Path, no_wait: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let doc =
+        wharf_api::knative::input::service(&text).with_context(|| format!("{} is not a service", file.display()))?;
+    if let Some(namespace) = doc.namespace.as_deref().filter(|n| *n != ctx.project) {
+        bail!(
+            "{}: metadata.namespace {namespace:?} is not the project {:?}; use --project {namespace} or change it",
+            file.display(),
+            ctx.project
+        );
+    }
+    if let Some(location) = doc.location.as_deref().filter(|l| *l != ctx.region) {
+        bail!(
+            "{}: label cloud.googleapis.com/location {location:?} is not the region {:?}; use --region {location} or change it",
+            file.display(),
+            ctx.region
+        );
+    }
+    let name = &doc.name;
+    let request = match ctx.get_service(name).await? {
+        Some(_) => ctx.client.api_request(reqwest::Method::PATCH, &ctx.service_path(name)),
+        None => ctx
+            .client
+            .api_request(reqwest::Method::POST, &format!("{}/services", ctx.parent()))
+            .query(&[("serviceId", name.as_str())]),
+    };
+    let op: wharf_api::Operation = check(request.json(&doc.service).send().await?).await?.json().await?;
+    if !no_wait {
+        ctx.wait(&op).await?;
+    }
+    let service = ctx.get_service(name).await?.with_context(|| ctx.missing(name))?;
+    eprintln!("Service [{name}] revision [{}] is serving.", last_segment(&service.latest_ready_revision));
+    if ctx.format.is_some() {
+        ctx.print(&wharf_api::knative::service(&service), "yaml")?;
+    }
+    Ok(())
+}
+
+fn last_segment(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+/// What `describe` prints without `--format`, after gcloud: where the service is, where its
+/// traffic goes, and how its latest revision runs.
+fn summary(s: &wharf_api::Service) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let ready = s.terminal_condition.as_ref().is_some_and(|c| c.state == wharf_api::CONDITION_SUCCEEDED);
+    let region = s.name.split('/').nth(3).unwrap_or_default();
+    let _ = writeln!(out, "{} Service {} in region {region}\n", if ready { "✔" } else { "✘" }, last_segment(&s.name));
+    let _ = writeln!(out, "URL:     {}", s.uri);
+    let ingress = match s.ingress.as_deref() {
+        Some("INGRESS_TRAFFIC_INTERNAL_ONLY") => "internal",
+        Some("INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER") => "internal-and-cloud-load-balancing",
+        _ => "all",
+    };
+    let _ = writeln!(out, "Ingress: {ingress}\nTraffic:");
+    for t in &s.traffic_statuses {
+        let latest = t.kind.as_deref() == Some(wharf_api::TRAFFIC_LATEST);
+        let target = if latest { format!("LATEST (currently {})", t.revision) } else { t.revision.clone() };
+        let _ = writeln!(out, "  {:>3}% {target}", t.percent);
+        if !t.tag.is_empty() {
+            let _ = writeln!(out, "        {}: {}", t.tag, t.uri);
+        }
+    }
+    if let Some(message) = s.terminal_condition.as_ref().filter(|_| !ready).map(|c| &c.message) {
+        let _ = writeln!(out, "\nNot ready: {message}");
+    }
+    let t = &s.template;
+    let _ = writeln!(
+        out,
+        "\nLast updated on {}:\n  Revision {}",
+        s.update_time.as_deref().unwrap_or("-"),
+        last_segment(&s.latest_created_revision)
+    );
+    let row = |out: &mut String, key: &str, value: &str| {
+        let _ = writeln!(out, "  {:<16} {value}", format!("{key}:"));
+    };
+    if let Some(c) = t.containers.first() {
+        row(&mut out, "Image", &c.image);
+        row(&mut out, "Port", &c.ports.first().map_or(8080, |p| p.container_port).to_string());
+        let limits = c.resources.as_ref().map(|r| r.limits.clone()).unwrap_or_default();
+        row(&mut out, "Memory", limits.get("memory").map_or("512Mi", String::as_str));
+        row(&mut out, "CPU", limits.get("cpu").map_or("1000m", String::as_str));
+        if !c.command.is_empty() {
+            row(&mut out, "Command", &c.command.join(" "));
+        }
+        if !c.args.is_empty() {
+            row(&mut out, "Args", &c.args.join(" "));
+        }
+        if !c.env.is_empty() {
+            let _ = writeln!(out, "  Env vars:");
+            for e in &c.env {
+                let _ = writeln!(out, "    {:<14} {}", e.name, e.value.as_deref().unwrap_or_default());
+            }
+        }
+    }
+    let concurrency = match t.max_instance_request_concurrency {
+        0 => "80".to_owned(),
+        n => n.to_string(),
+    };
+    row(&mut out, "Concurrency", &concurrency);
+    let scaling = t.scaling.clone().unwrap_or_default();
+    if scaling.min_instance_count > 0 {
+        row(&mut out, "Min Instances", &scaling.min_instance_count.to_string());
+    }
+    let max = if scaling.max_instance_count > 0 { scaling.max_instance_count.to_string() } else { "100".to_owned() };
+    row(&mut out, "Max Instances", &max);
+    row(&mut out, "Timeout", t.timeout.as_deref().unwrap_or("300s"));
+    out
 }

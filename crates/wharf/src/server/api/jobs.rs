@@ -1,15 +1,13 @@
 //! `/v2/projects/{project}/locations/{location}/jobs[/{job}[:run]]`, executions (with
 //! `:cancel`) and tasks.
 
-use std::collections::HashMap;
-
 use axum::Router;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
-use wharf_api::jobs::{Job, RunJobRequest};
+use wharf_api::jobs::{CancelExecutionRequest, Job, RunJobRequest};
 
-use super::{ApiError, ApiJson, respond};
+use super::{ApiError, ApiJson, Params, respond};
 use crate::server::Platform;
 
 pub fn routes() -> Router<Platform> {
@@ -29,7 +27,7 @@ pub fn routes() -> Router<Platform> {
 async fn create(
     State(p): State<Platform>,
     Path((project, location)): Path<(String, String)>,
-    Query(params): Query<HashMap<String, String>>,
+    params: Params,
     RawQuery(raw): RawQuery,
     ApiJson(body): ApiJson<Job>,
 ) -> Result<Response, ApiError> {
@@ -38,16 +36,17 @@ async fn create(
         .get("jobId")
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::InvalidArgument("jobId is required: POST .../jobs?jobId=NAME".into()))?;
-    Ok(respond(raw.as_deref(), &p.control.create_job(&parent, id, body).await?))
+    Ok(respond(raw.as_deref(), &p.control.create_job(&parent, id, body, params.flag("validateOnly")?).await?))
 }
 
 async fn list(
     State(p): State<Platform>,
     Path((project, location)): Path<(String, String)>,
+    params: Params,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
-    Ok(respond(raw.as_deref(), &p.control.list_jobs(&parent)?))
+    Ok(respond(raw.as_deref(), &p.control.list_jobs(&parent, &params.page()?)?))
 }
 
 async fn get_one(
@@ -62,20 +61,27 @@ async fn get_one(
 async fn update(
     State(p): State<Platform>,
     Path((project, location, job)): Path<(String, String, String)>,
+    params: Params,
     RawQuery(raw): RawQuery,
     ApiJson(body): ApiJson<Job>,
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
-    Ok(respond(raw.as_deref(), &p.control.update_job(&parent, &job, body).await?))
+    if !body.name.is_empty() && !body.name.ends_with(&format!("/jobs/{job}")) {
+        return Err(ApiError::InvalidArgument(format!("the body names job {:?} but the URL names {job:?}", body.name)));
+    }
+    let (allow_missing, validate_only) = (params.flag("allowMissing")?, params.flag("validateOnly")?);
+    Ok(respond(raw.as_deref(), &p.control.update_job(&parent, &job, body, allow_missing, validate_only).await?))
 }
 
 async fn delete(
     State(p): State<Platform>,
     Path((project, location, job)): Path<(String, String, String)>,
+    params: Params,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
-    Ok(respond(raw.as_deref(), &p.control.delete_job(&parent, &job).await?))
+    let etag = params.get("etag").unwrap_or_default();
+    Ok(respond(raw.as_deref(), &p.control.delete_job(&parent, &job, etag, params.flag("validateOnly")?).await?))
 }
 
 /// `POST .../jobs/{job}:run`.
@@ -95,13 +101,14 @@ async fn run(
 async fn list_executions(
     State(p): State<Platform>,
     Path((project, location, job)): Path<(String, String, String)>,
+    params: Params,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
     if job != "-" {
         p.control.get_job(&parent, &job)?;
     }
-    Ok(respond(raw.as_deref(), &p.control.list_executions(&parent, &job)?))
+    Ok(respond(raw.as_deref(), &p.control.list_executions(&parent, &job, &params.page()?)?))
 }
 
 async fn get_execution(
@@ -116,10 +123,13 @@ async fn get_execution(
 async fn delete_execution(
     State(p): State<Platform>,
     Path((project, location, job, execution)): Path<(String, String, String, String)>,
+    params: Params,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
-    Ok(respond(raw.as_deref(), &p.control.delete_execution(&parent, &job, &execution)?))
+    let etag = params.get("etag").unwrap_or_default();
+    let op = p.control.delete_execution(&parent, &job, &execution, etag, params.flag("validateOnly")?)?;
+    Ok(respond(raw.as_deref(), &op))
 }
 
 /// `POST .../executions/{execution}:cancel`.
@@ -127,6 +137,7 @@ async fn cancel(
     State(p): State<Platform>,
     Path((project, location, job, execution)): Path<(String, String, String, String)>,
     RawQuery(raw): RawQuery,
+    ApiJson(body): ApiJson<CancelExecutionRequest>,
 ) -> Result<Response, ApiError> {
     let Some(execution) = execution.strip_suffix(":cancel") else {
         return Err(ApiError::NotFound(format!(
@@ -134,16 +145,17 @@ async fn cancel(
         )));
     };
     let parent = p.control.parent(&project, &location)?;
-    Ok(respond(raw.as_deref(), &p.control.cancel_execution(&parent, &job, execution)?))
+    Ok(respond(raw.as_deref(), &p.control.cancel_execution(&parent, &job, execution, &body)?))
 }
 
 async fn list_tasks(
     State(p): State<Platform>,
     Path((project, location, job, execution)): Path<(String, String, String, String)>,
+    params: Params,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
-    Ok(respond(raw.as_deref(), &p.control.list_tasks(&parent, &job, &execution)?))
+    Ok(respond(raw.as_deref(), &p.control.list_tasks(&parent, &job, &execution, &params.page()?)?))
 }
 
 async fn get_task(
@@ -152,8 +164,5 @@ async fn get_task(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
-    let tasks = p.control.list_tasks(&parent, &job, &execution)?;
-    let found = tasks.tasks.into_iter().find(|t| t.name.ends_with(&format!("/tasks/{task}")));
-    let task = found.ok_or_else(|| ApiError::NotFound(format!("Task '{task}' was not found")))?;
-    Ok(respond(raw.as_deref(), &task))
+    Ok(respond(raw.as_deref(), &p.control.get_task(&parent, &job, &execution, &task)?))
 }

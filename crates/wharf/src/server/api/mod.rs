@@ -2,7 +2,9 @@
 //! ([`services`], [`operations`]) and Wharf's own image endpoints under `/wharf/v1/images`.
 //! Every request is authenticated first, in one middleware; handlers only parse the request
 //! into a control-plane call; errors are rendered once, in [`ApiError`], as Google APIs render
-//! them (`{"error": {"code", "message", "status"}}`).
+//! them (`{"error": {"code", "message", "status", "details"}}`, with a `google.rpc.BadRequest`
+//! naming the field for invalid arguments). Request bodies are read strictly
+//! ([`wharf_api::fields`]): unknown fields and Cloud Run fields Wharf lacks are refused by name.
 
 mod jobs;
 mod operations;
@@ -33,8 +35,13 @@ pub enum ApiError {
     Control(#[from] wharf_control::ControlError),
     #[error("{0}")]
     InvalidArgument(String),
+    /// A request body field that is unknown, unsupported or of the wrong form.
+    #[error(transparent)]
+    Field(#[from] wharf_api::fields::FieldError),
     #[error("{0}")]
     NotFound(String),
+    #[error("{method} is not a method of {path}; the Allow header lists the methods it takes")]
+    MethodNotAllowed { method: String, path: String },
     #[error("{0}")]
     Internal(String),
     #[error(
@@ -52,8 +59,9 @@ impl ApiError {
         match self {
             ApiError::Auth(AuthError::Store(_)) => Code::Internal,
             ApiError::Auth(_) => Code::Unauthenticated,
-            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::InvalidArgument(_) | ApiError::Field(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
             ApiError::BodyTooLarge { .. } => Code::InvalidArgument,
             ApiError::BodyTimeout { .. } => Code::DeadlineExceeded,
@@ -83,6 +91,8 @@ impl IntoResponse for ApiError {
             // INVALID_ARGUMENT, but HTTP says precisely what was wrong.
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            // HTTP's own answer to a wrong method, with Google's body.
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             _ => StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         };
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -91,8 +101,19 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let body = serde_json::json!({"error": {"code": status.as_u16(), "message": message, "status": code.name()}});
-        (status, Json(body)).into_response()
+        let mut error = serde_json::json!({"code": status.as_u16(), "message": message, "status": code.name()});
+        if code == Code::InvalidArgument {
+            // google.rpc.BadRequest: which field was wrong, when the error knows it.
+            let field = match &self {
+                ApiError::Field(e) => e.field.clone(),
+                _ => String::new(),
+            };
+            error["details"] = serde_json::json!([{
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"field": field, "description": message}],
+            }]);
+        }
+        (status, Json(serde_json::json!({ "error": error }))).into_response()
     }
 }
 
@@ -108,10 +129,17 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
         .fallback(|request: Request| async move {
             ApiError::NotFound(format!("{} {} is not an API method", request.method(), request.uri().path()))
         })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(platform.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(BodyLimit(max_body_bytes)))
         .with_state(platform)
+}
+
+/// A known path with a method it does not take: `405` with a `google.rpc.Status` body (axum
+/// adds the `Allow` header).
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed { method: request.method().to_string(), path: request.uri().path().to_owned() }
 }
 
 /// The one place every API request is authenticated.
@@ -228,6 +256,53 @@ pub fn split_local_reference(input: &str) -> Result<(String, String), ApiError> 
     Ok((name.to_owned(), reference))
 }
 
+/// A request's query parameters, read the way every RPC reads them.
+#[derive(Debug, Default)]
+pub struct Params(std::collections::HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(map) = Query::<std::collections::HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::InvalidArgument(format!("the query string is not valid: {e}")))?;
+        Ok(Params(map))
+    }
+}
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// A boolean parameter (`validateOnly`, `allowMissing`, `force`): `true`/`false`, absent
+    /// is false.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None | Some("false" | "0" | "") => Ok(false),
+            Some("true" | "1") => Ok(true),
+            Some(other) => {
+                Err(ApiError::InvalidArgument(format!("{name}={other:?} is not a boolean: use true or false")))
+            }
+        }
+    }
+
+    /// `pageSize` and `pageToken`.
+    pub fn page(&self) -> Result<wharf_control::paging::PageRequest, ApiError> {
+        let size = self
+            .get("pageSize")
+            .map(|n| {
+                n.parse::<usize>().map_err(|_| {
+                    ApiError::InvalidArgument(format!("pageSize {n:?} is not a number of items (0 means the default)"))
+                })
+            })
+            .transpose()?;
+        Ok(wharf_control::paging::PageRequest::new(size, self.get("pageToken").unwrap_or_default()))
+    }
+}
+
+
 /// How long the API waits for a whole JSON body once its headers are in: a client trickling
 /// a body would otherwise hold its connection (and a handler task) for as long as it likes.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -258,9 +333,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
                 .map_err(|e| ApiError::InvalidArgument(format!("the request body is not valid JSON: {e}")))?
         };
         wharf_api::enums::decode_ints(&mut value);
-        serde_json::from_value(value)
-            .map(ApiJson)
-            .map_err(|e| ApiError::InvalidArgument(format!("the request body is not a valid resource: {e}")))
+        Ok(ApiJson(wharf_api::fields::parse(value)?))
     }
 }
 

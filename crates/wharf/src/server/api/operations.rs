@@ -1,18 +1,35 @@
-//! `/v2/projects/{project}/locations/{location}/operations/{operation}` (GET) and its
-//! `:wait` method (POST).
+//! `/v2/projects/{project}/locations/{location}/operations[/{operation}]`: list (GET on the
+//! collection), get and delete, and the `:wait` method (POST).
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 
-use super::{ApiError, ApiJson, respond};
+use super::{ApiError, ApiJson, Params, respond};
 use crate::server::Platform;
 
 pub fn routes() -> Router<Platform> {
-    Router::new().route("/v2/projects/{project}/locations/{location}/operations/{operation}", get(get_one).post(wait))
+    let base = "/v2/projects/{project}/locations/{location}/operations";
+    Router::new().route(base, get(list)).route(&format!("{base}/{{operation}}"), get(get_one).delete(delete).post(wait))
+}
+
+fn full_name(project: &str, location: &str, operation: &str) -> String {
+    format!("projects/{project}/locations/{location}/operations/{operation}")
+}
+
+async fn list(
+    State(platform): State<Platform>,
+    Path((project, location)): Path<(String, String)>,
+    params: Params,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let parent = platform.control.parent(&project, &location)?;
+    let filter = params.get("filter").unwrap_or_default();
+    Ok(respond(raw.as_deref(), &platform.control.list_operations(&parent, filter, &params.page()?)?))
 }
 
 async fn get_one(
@@ -20,13 +37,24 @@ async fn get_one(
     Path((project, location, operation)): Path<(String, String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let name = format!("projects/{project}/locations/{location}/operations/{operation}");
-    Ok(respond(raw.as_deref(), &platform.control.get_operation(&name)?))
+    platform.control.parent(&project, &location)?;
+    Ok(respond(raw.as_deref(), &platform.control.get_operation(&full_name(&project, &location, &operation))?))
+}
+
+/// `DeleteOperation`: answers `{}` (google.protobuf.Empty).
+async fn delete(
+    State(platform): State<Platform>,
+    Path((project, location, operation)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    platform.control.parent(&project, &location)?;
+    platform.control.delete_operation(&full_name(&project, &location, &operation))?;
+    Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response())
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct WaitRequest {
+    name: Option<String>,
     timeout: Option<String>,
 }
 
@@ -41,11 +69,16 @@ async fn wait(
             "POST {operation} is not an API method; did you mean {operation}:wait?"
         )));
     };
+    let name = full_name(&project, &location, operation);
+    if let Some(given) = request.name.as_deref().filter(|n| !n.is_empty() && *n != name) {
+        return Err(ApiError::InvalidArgument(format!(
+            "name {given:?} in the body is not the operation the URL names"
+        )));
+    }
     let timeout = match &request.timeout {
         Some(t) => wharf_control::validate::parse_duration("timeout", t)?,
         None => Duration::from_secs(60),
     }
     .min(Duration::from_secs(600));
-    let name = format!("projects/{project}/locations/{location}/operations/{operation}");
     Ok(respond(raw.as_deref(), &platform.control.wait_operation(&name, timeout).await?))
 }

@@ -1,6 +1,10 @@
 //! The Knative `serving.knative.dev/v1` view of a service and a revision: what gcloud prints
 //! (its `run` commands speak Cloud Run's v1 API), so `--format 'value(status.url)'` and
-//! `--format 'yaml(status.traffic)'` from existing scripts keep working.
+//! `--format 'yaml(status.traffic)'` from existing scripts keep working. [`export`] is that
+//! view without status and server-set metadata, and [`input`] reads it back (`services
+//! replace`), so an exported service replaced unchanged is the same service.
+
+pub mod input;
 
 use serde_json::{Map, Value, json};
 
@@ -46,8 +50,16 @@ fn container(c: &Container) -> Value {
             c.env.iter().map(|e| json!({"name": e.name, "value": e.value.clone().unwrap_or_default()})).collect(),
         );
     }
-    let port = c.ports.first().map_or(8080, |p| p.container_port);
-    v["ports"] = json!([{"name": "http1", "containerPort": port}]);
+    let (port, protocol) = c.ports.first().map_or((8080, ""), |p| (p.container_port, p.name.as_str()));
+    v["ports"] = json!([{"name": if protocol.is_empty() { "http1" } else { protocol }, "containerPort": port}]);
+    if !c.working_dir.is_empty() {
+        v["workingDir"] = json!(c.working_dir);
+    }
+    for (key, p) in [("startupProbe", &c.startup_probe), ("livenessProbe", &c.liveness_probe)] {
+        if let Some(p) = p {
+            v[key] = probe(p);
+        }
+    }
     let mut limits = Map::new();
     limits.insert("cpu".into(), json!("1000m"));
     limits.insert("memory".into(), json!("512Mi"));
@@ -57,6 +69,30 @@ fn container(c: &Container) -> Value {
         }
     }
     v["resources"] = json!({"limits": limits});
+    v
+}
+
+fn probe(p: &crate::types::Probe) -> Value {
+    let mut v = json!({});
+    for (key, n) in [
+        ("initialDelaySeconds", p.initial_delay_seconds),
+        ("timeoutSeconds", p.timeout_seconds),
+        ("periodSeconds", p.period_seconds),
+        ("failureThreshold", p.failure_threshold),
+    ] {
+        if n != 0 {
+            v[key] = json!(n);
+        }
+    }
+    if let Some(h) = &p.http_get {
+        v["httpGet"] = json!({"path": if h.path.is_empty() { "/" } else { &h.path }});
+        if h.port != 0 {
+            v["httpGet"]["port"] = json!(h.port);
+        }
+    }
+    if let Some(t) = &p.tcp_socket {
+        v["tcpSocket"] = if t.port != 0 { json!({"port": t.port}) } else { json!({}) };
+    }
     v
 }
 
@@ -82,6 +118,37 @@ pub fn service(s: &Service) -> Value {
             template_annotations
                 .insert("autoscaling.knative.dev/maxScale".into(), scaling.max_instance_count.to_string());
         }
+    }
+    let resources = s.template.containers.first().and_then(|c| c.resources.clone()).unwrap_or_default();
+    for (key, on) in [
+        ("run.googleapis.com/cpu-throttling", resources.cpu_idle),
+        ("run.googleapis.com/startup-cpu-boost", resources.startup_cpu_boost),
+        ("run.googleapis.com/sessionAffinity", s.template.session_affinity),
+    ] {
+        if on {
+            template_annotations.insert(key.into(), "true".into());
+        }
+    }
+    let environment = match s.template.execution_environment.as_deref() {
+        Some("EXECUTION_ENVIRONMENT_GEN1") => Some("gen1"),
+        Some("EXECUTION_ENVIRONMENT_GEN2") => Some("gen2"),
+        _ => None,
+    };
+    if let Some(e) = environment {
+        template_annotations.insert("run.googleapis.com/execution-environment".into(), e.into());
+    }
+    let mut annotations = s.annotations.clone();
+    let ingress = match s.ingress.as_deref() {
+        Some("INGRESS_TRAFFIC_ALL") => Some("all"),
+        Some("INGRESS_TRAFFIC_INTERNAL_ONLY") => Some("internal"),
+        Some("INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER") => Some("internal-and-cloud-load-balancing"),
+        _ => None,
+    };
+    if let Some(i) = ingress {
+        annotations.insert("run.googleapis.com/ingress".into(), i.into());
+    }
+    if let Some(stage) = &s.launch_stage {
+        annotations.insert("run.googleapis.com/launch-stage".into(), stage.clone());
     }
     let mut labels = s.labels.clone();
     labels.insert("cloud.googleapis.com/location".into(), location.clone());
@@ -142,7 +209,7 @@ pub fn service(s: &Service) -> Value {
             "generation": s.generation,
             "creationTimestamp": s.create_time,
             "labels": labels,
-            "annotations": s.annotations,
+            "annotations": annotations,
         },
         "spec": {
             "template": {"metadata": template_metadata, "spec": template_spec},
@@ -158,6 +225,21 @@ pub fn service(s: &Service) -> Value {
             "traffic": traffic(true),
         },
     })
+}
+
+/// `describe --format export`: the service as a document to keep and `replace` later, without
+/// status or what the server sets (uid, generation, timestamps).
+pub fn export(s: &Service) -> Value {
+    let mut v = service(s);
+    if let Value::Object(map) = &mut v {
+        map.remove("status");
+    }
+    if let Value::Object(metadata) = &mut v["metadata"] {
+        for key in ["uid", "generation", "creationTimestamp"] {
+            metadata.remove(key);
+        }
+    }
+    v
 }
 
 pub fn revision(r: &Revision) -> Value {
@@ -193,6 +275,26 @@ pub fn revision(r: &Revision) -> Value {
 mod tests {
     use super::*;
     use crate::types::TrafficTargetStatus;
+
+    #[test]
+    fn an_export_reads_back_as_the_same_service() {
+        let yaml_in = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  annotations:\n    run.googleapis.com/ingress: all\nspec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/maxScale: '3'\n        run.googleapis.com/cpu-throttling: 'true'\n    spec:\n      containers:\n      - image: r/hello:v1\n        workingDir: /srv\n        livenessProbe:\n          httpGet:\n            path: /healthz\n";
+        let mut first = input::service(yaml_in).unwrap().service;
+        first.name = "projects/p/locations/l/services/hello".into();
+        first.uid = "u".into();
+        let exported = export(&first);
+        assert!(exported.get("status").is_none() && exported["metadata"].get("uid").is_none());
+        let text = serde_norway::to_string(&exported).unwrap();
+        let second = input::service(&text).unwrap();
+        assert_eq!(second.location.as_deref(), Some("l"));
+        let (a, b) = (&first.template, &second.service.template);
+        assert_eq!(a.scaling, b.scaling);
+        assert_eq!(a.containers[0].working_dir, b.containers[0].working_dir);
+        assert_eq!(a.containers[0].liveness_probe, b.containers[0].liveness_probe);
+        assert_eq!(a.containers[0].resources.as_ref().map(|r| r.cpu_idle), Some(true));
+        assert_eq!(b.containers[0].resources.as_ref().map(|r| r.cpu_idle), Some(true));
+        assert_eq!(first.ingress, second.service.ingress);
+    }
 
     #[test]
     fn service_view_has_gcloud_paths() {

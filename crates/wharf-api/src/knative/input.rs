@@ -1,0 +1,464 @@
+//! Knative `serving.knative.dev/v1` Service YAML read back into a Cloud Run v2 [`Service`]:
+//! what `wharf run services replace FILE` deploys. Fields are read strictly (an unknown field
+//! is an error naming it and its line), output-only parts (`status`, `uid`, timestamps,
+//! `generation`) are ignored, and the annotations Cloud Run gives meaning to become fields;
+//! a `run.googleapis.com/` or `autoscaling.knative.dev/` annotation Wharf does not implement
+//! is refused by name rather than kept as an inert string.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::types::{
+    Container, ContainerPort, EnvVar, HttpGetAction, Probe, ResourceRequirements, RevisionScaling, RevisionTemplate,
+    Service, TRAFFIC_LATEST, TRAFFIC_REVISION, TcpSocketAction, TrafficTarget,
+};
+
+/// Why a Knative YAML document could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KnativeError {
+    /// Not YAML, or a field unknown or of the wrong type; serde's message names the field's
+    /// path, the line and the column.
+    #[error(transparent)]
+    Yaml(#[from] serde_norway::Error),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> KnativeError {
+    KnativeError::Invalid { field: field.into(), message: message.into() }
+}
+
+type Map = BTreeMap<String, String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Document {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: ServiceSpec,
+    /// Output only: what `describe` printed; ignored.
+    #[serde(default, rename = "status")]
+    _status: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Metadata {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: Map,
+    #[serde(default)]
+    annotations: Map,
+    // Output only, ignored.
+    #[serde(default, rename = "uid")]
+    _uid: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "generation")]
+    _generation: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "creationTimestamp")]
+    _creation_timestamp: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "resourceVersion")]
+    _resource_version: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "selfLink")]
+    _self_link: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ServiceSpec {
+    template: Template,
+    #[serde(default)]
+    traffic: Vec<Traffic>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Template {
+    #[serde(default)]
+    metadata: Metadata,
+    spec: RevisionSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RevisionSpec {
+    #[serde(default)]
+    container_concurrency: Option<i32>,
+    #[serde(default)]
+    timeout_seconds: Option<u32>,
+    #[serde(default)]
+    service_account_name: Option<String>,
+    containers: Vec<KContainer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KContainer {
+    #[serde(default)]
+    name: String,
+    image: String,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<KEnv>,
+    #[serde(default)]
+    ports: Vec<KPort>,
+    #[serde(default)]
+    resources: Option<KResources>,
+    #[serde(default)]
+    working_dir: String,
+    #[serde(default)]
+    startup_probe: Option<KProbe>,
+    #[serde(default)]
+    liveness_probe: Option<KProbe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KEnv {
+    name: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KPort {
+    #[serde(default)]
+    name: String,
+    container_port: i32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KResources {
+    #[serde(default)]
+    limits: Map,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KProbe {
+    #[serde(default)]
+    initial_delay_seconds: i32,
+    #[serde(default)]
+    timeout_seconds: i32,
+    #[serde(default)]
+    period_seconds: i32,
+    #[serde(default)]
+    failure_threshold: i32,
+    #[serde(default)]
+    http_get: Option<KHttpGet>,
+    #[serde(default)]
+    tcp_socket: Option<KTcp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KHttpGet {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    port: i32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KTcp {
+    #[serde(default)]
+    port: i32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Traffic {
+    #[serde(default)]
+    percent: i32,
+    #[serde(default)]
+    latest_revision: bool,
+    #[serde(default)]
+    revision_name: String,
+    #[serde(default)]
+    tag: String,
+    /// Output only (a tag's URL); ignored.
+    #[serde(default, rename = "url")]
+    _url: Option<serde::de::IgnoredAny>,
+}
+
+/// A Knative service document, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnativeService {
+    pub name: String,
+    /// `metadata.namespace`: the project, when the document says.
+    pub namespace: Option<String>,
+    /// The `cloud.googleapis.com/location` label: the region, when the document says.
+    pub location: Option<String>,
+    pub service: Service,
+}
+
+/// Annotations gcloud and Cloud Run write for information only; read and dropped.
+const INFORMATIONAL: &[&str] = &[
+    "run.googleapis.com/client-name",
+    "run.googleapis.com/client-version",
+    "run.googleapis.com/operation-id",
+    "run.googleapis.com/ingress-status",
+    "run.googleapis.com/urls",
+    "serving.knative.dev/creator",
+    "serving.knative.dev/lastModifier",
+    "client.knative.dev/user-image",
+];
+
+/// The annotation prefixes whose keys carry configuration: unknown keys there are refused.
+const MEANINGFUL_PREFIXES: &[&str] = &["run.googleapis.com/", "autoscaling.knative.dev/", "serving.knative.dev/"];
+
+fn take_bool(annotations: &mut Map, key: &str, field: &str) -> Result<Option<bool>, KnativeError> {
+    match annotations.remove(key).as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => {
+            Err(invalid(format!("{field}.annotations.{key}"), format!("{other:?} is not \"true\" or \"false\"")))
+        }
+    }
+}
+
+fn take_count(annotations: &mut Map, key: &str, field: &str) -> Result<i32, KnativeError> {
+    match annotations.remove(key) {
+        None => Ok(0),
+        Some(text) => text.parse::<i32>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            invalid(format!("{field}.annotations.{key}"), format!("{text:?} is not a count of instances"))
+        }),
+    }
+}
+
+/// Drops informational annotations and refuses configuration Wharf does not implement.
+fn check_remaining(annotations: &mut Map, field: &str) -> Result<(), KnativeError> {
+    annotations.retain(|k, _| !INFORMATIONAL.contains(&k.as_str()));
+    if let Some(key) = annotations.keys().find(|k| MEANINGFUL_PREFIXES.iter().any(|p| k.starts_with(p))) {
+        return Err(invalid(
+            format!("{field}.annotations.{key}"),
+            "this Cloud Run setting is not supported by Wharf yet; remove the annotation",
+        ));
+    }
+    Ok(())
+}
+
+fn probe(p: KProbe) -> Probe {
+    Probe {
+        initial_delay_seconds: p.initial_delay_seconds,
+        timeout_seconds: p.timeout_seconds,
+        period_seconds: p.period_seconds,
+        failure_threshold: p.failure_threshold,
+        http_get: p.http_get.map(|h| HttpGetAction { path: h.path, port: h.port }),
+        tcp_socket: p.tcp_socket.map(|t| TcpSocketAction { port: t.port }),
+    }
+}
+
+fn container(c: KContainer, cpu_idle: bool, startup_cpu_boost: bool) -> Container {
+    let resources = c.resources.map(|r| r.limits).unwrap_or_default();
+    Container {
+        name: c.name,
+        image: c.image,
+        command: c.command,
+        args: c.args,
+        env: c.env.into_iter().map(|e| EnvVar { name: e.name, value: Some(e.value), value_source: None }).collect(),
+        resources: (!resources.is_empty() || cpu_idle || startup_cpu_boost).then_some(ResourceRequirements {
+            limits: resources,
+            cpu_idle,
+            startup_cpu_boost,
+        }),
+        ports: c.ports.into_iter().map(|p| ContainerPort { name: p.name, container_port: p.container_port }).collect(),
+        working_dir: c.working_dir,
+        liveness_probe: c.liveness_probe.map(probe),
+        startup_probe: c.startup_probe.map(probe),
+    }
+}
+
+/// Reads a Knative `serving.knative.dev/v1` Service document.
+pub fn service(text: &str) -> Result<KnativeService, KnativeError> {
+    let doc: Document = serde_norway::from_str(text)?;
+    if doc.api_version != "serving.knative.dev/v1" || doc.kind != "Service" {
+        return Err(invalid(
+            "apiVersion/kind",
+            format!(
+                "{}/{} is not a Knative service: services replace takes apiVersion serving.knative.dev/v1, kind Service",
+                doc.api_version, doc.kind
+            ),
+        ));
+    }
+    let Document { metadata, spec, .. } = doc;
+    if metadata.name.is_empty() {
+        return Err(invalid("metadata.name", "the service's name is required"));
+    }
+    let mut labels = metadata.labels;
+    let location = labels.remove("cloud.googleapis.com/location");
+    let mut annotations = metadata.annotations;
+    let ingress = match annotations.remove("run.googleapis.com/ingress").as_deref() {
+        None => None,
+        Some("all") => Some("INGRESS_TRAFFIC_ALL".to_owned()),
+        Some("internal") => Some("INGRESS_TRAFFIC_INTERNAL_ONLY".to_owned()),
+        Some("internal-and-cloud-load-balancing") => Some("INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER".to_owned()),
+        Some(other) => {
+            return Err(invalid(
+                "metadata.annotations.run.googleapis.com/ingress",
+                format!("{other:?} is not all, internal or internal-and-cloud-load-balancing"),
+            ));
+        }
+    };
+    let launch_stage = annotations.remove("run.googleapis.com/launch-stage");
+    check_remaining(&mut annotations, "metadata")?;
+
+    let Template { metadata: template_metadata, spec: revision } = spec.template;
+    let mut template_annotations = template_metadata.annotations;
+    let field = "spec.template.metadata";
+    let min = take_count(&mut template_annotations, "autoscaling.knative.dev/minScale", field)?;
+    let max = take_count(&mut template_annotations, "autoscaling.knative.dev/maxScale", field)?;
+    let execution_environment = match template_annotations.remove("run.googleapis.com/execution-environment").as_deref()
+    {
+        None => None,
+        Some("gen1") => Some("EXECUTION_ENVIRONMENT_GEN1".to_owned()),
+        Some("gen2") => Some("EXECUTION_ENVIRONMENT_GEN2".to_owned()),
+        Some(other) => {
+            return Err(invalid(
+                format!("{field}.annotations.run.googleapis.com/execution-environment"),
+                format!("{other:?} is not gen1 or gen2"),
+            ));
+        }
+    };
+    let cpu_idle = take_bool(&mut template_annotations, "run.googleapis.com/cpu-throttling", field)?.unwrap_or(false);
+    let boost = take_bool(&mut template_annotations, "run.googleapis.com/startup-cpu-boost", field)?.unwrap_or(false);
+    let session_affinity =
+        take_bool(&mut template_annotations, "run.googleapis.com/sessionAffinity", field)?.unwrap_or(false);
+    check_remaining(&mut template_annotations, field)?;
+
+    let timeout = match revision.timeout_seconds {
+        None => None,
+        Some(0) => return Err(invalid("spec.template.spec.timeoutSeconds", "0 is not a timeout: give 1 to 3600")),
+        Some(n) => Some(format!("{n}s")),
+    };
+    let template = RevisionTemplate {
+        revision: template_metadata.name,
+        labels: template_metadata.labels,
+        annotations: template_annotations,
+        scaling: (min > 0 || max > 0).then_some(RevisionScaling { min_instance_count: min, max_instance_count: max }),
+        timeout,
+        service_account: revision.service_account_name.unwrap_or_default(),
+        containers: revision.containers.into_iter().map(|c| container(c, cpu_idle, boost)).collect(),
+        execution_environment,
+        max_instance_request_concurrency: revision.container_concurrency.unwrap_or(0),
+        session_affinity,
+    };
+    let traffic = spec
+        .traffic
+        .into_iter()
+        .map(|t| TrafficTarget {
+            kind: Some(if t.latest_revision { TRAFFIC_LATEST } else { TRAFFIC_REVISION }.to_owned()),
+            revision: t.revision_name,
+            percent: t.percent,
+            tag: t.tag,
+        })
+        .collect();
+    let service = Service { labels, annotations, ingress, launch_stage, template, traffic, ..Service::default() };
+    Ok(KnativeService { name: metadata.name, namespace: metadata.namespace, location, service })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = "\
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+  namespace: demo
+  labels:
+    cloud.googleapis.com/location: us-central1
+    team: web
+  annotations:
+    run.googleapis.com/ingress: all
+spec:
+  template:
+    metadata:
+      annotations:
+        autoscaling.knative.dev/minScale: '1'
+        autoscaling.knative.dev/maxScale: '5'
+        run.googleapis.com/execution-environment: gen2
+        run.googleapis.com/cpu-throttling: 'true'
+        run.googleapis.com/startup-cpu-boost: 'true'
+    spec:
+      containerConcurrency: 10
+      timeoutSeconds: 60
+      containers:
+      - image: registry.local/hello:v1
+        env:
+        - name: GREETING
+          value: hi
+        ports:
+        - name: http1
+          containerPort: 9000
+        resources:
+          limits:
+            memory: 256Mi
+        startupProbe:
+          tcpSocket:
+            port: 9000
+  traffic:
+  - percent: 100
+    latestRevision: true
+  - percent: 0
+    revisionName: hello-00001-abc
+    tag: old
+status:
+  url: http://ignored
+";
+
+    #[test]
+    fn reads_knative_yaml_into_a_cloud_run_service() {
+        let k = service(YAML).unwrap();
+        assert_eq!(
+            (k.name.as_str(), k.namespace.as_deref(), k.location.as_deref()),
+            ("hello", Some("demo"), Some("us-central1"))
+        );
+        let s = k.service;
+        assert_eq!(s.labels.get("team").map(String::as_str), Some("web"));
+        assert!(!s.labels.contains_key("cloud.googleapis.com/location"));
+        assert_eq!(s.ingress.as_deref(), Some("INGRESS_TRAFFIC_ALL"));
+        let t = &s.template;
+        assert_eq!(t.scaling, Some(RevisionScaling { min_instance_count: 1, max_instance_count: 5 }));
+        assert_eq!((t.max_instance_request_concurrency, t.timeout.as_deref()), (10, Some("60s")));
+        assert_eq!(t.execution_environment.as_deref(), Some("EXECUTION_ENVIRONMENT_GEN2"));
+        assert!(t.annotations.is_empty(), "{:?}", t.annotations);
+        let c = &t.containers[0];
+        assert_eq!(c.ports[0].container_port, 9000);
+        let r = c.resources.as_ref().unwrap();
+        assert!(r.cpu_idle && r.startup_cpu_boost);
+        assert_eq!(r.limits.get("memory").map(String::as_str), Some("256Mi"));
+        assert_eq!(c.startup_probe.as_ref().unwrap().tcp_socket, Some(TcpSocketAction { port: 9000 }));
+        assert_eq!(s.traffic.len(), 2);
+        assert_eq!(s.traffic[1].tag, "old");
+    }
+
+    #[test]
+    fn errors_name_the_field_and_line() {
+        let bad = YAML.replace("        env:\n", "        envv:\n");
+        let message = service(&bad).unwrap_err().to_string();
+        assert!(message.contains("envv") && message.contains("line 25"), "{message}");
+        let bad = YAML.replace("run.googleapis.com/ingress: all", "run.googleapis.com/vpc-access-connector: c");
+        let message = service(&bad).unwrap_err().to_string();
+        assert!(
+            message.contains("run.googleapis.com/vpc-access-connector") && message.contains("not supported"),
+            "{message}"
+        );
+        let bad = YAML.replace("'5'", "'many'");
+        assert!(service(&bad).unwrap_err().to_string().contains("maxScale"));
+        let bad = YAML.replace("kind: Service", "kind: Job");
+        assert!(service(&bad).unwrap_err().to_string().contains("not a Knative service"));
+    }
+}
