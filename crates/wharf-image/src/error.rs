@@ -38,6 +38,8 @@ pub enum ImageError {
     Pull { reference: String, reason: String },
     #[error("unsafe layer entry {entry:?} in {layer}: {reason}")]
     UnsafeLayer { layer: Digest, entry: String, reason: &'static str },
+    #[error("layer {layer} is refused at entry {entry:?}: it goes past {limit}")]
+    LayerLimit { layer: Digest, entry: String, limit: crate::snapshot::LimitExceeded },
     #[error("unpacking layer {layer} failed at {entry:?}")]
     Unpack {
         layer: Digest,

@@ -8,14 +8,20 @@
 //! parent path passes through a symlink is refused (that is how a tar escapes its directory),
 //! hard links may only name entries inside the snapshot, device nodes are skipped (an
 //! instance's `/dev` comes from the runtime), and `trusted.*` xattrs, which would steer
-//! overlayfs, are dropped. A snapshot is unpacked into a staging directory and renamed into
-//! place only when complete, so a failed unpack leaves nothing behind.
+//! overlayfs, are dropped. Whiteouts must name a plain entry (`.wh..` and `.wh...` would
+//! remove the directory itself or its parent). Sparse entries (GNU and pax) are refused, and
+//! the [`UnpackLimits`] (size, entries, path length and depth, tar metadata) are checked
+//! against what each header declares before anything is written, so a decompression bomb is
+//! refused without filling the disk ([`limits`]). A snapshot is unpacked into a staging
+//! directory and renamed into place only when complete, so a failed unpack leaves nothing
+//! behind.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use nix::fcntl::AtFlags;
@@ -27,6 +33,11 @@ use crate::blobs::BlobStore;
 use crate::digest::Digest;
 use crate::error::ImageError;
 
+pub mod limits;
+
+pub use limits::{LimitExceeded, UnpackLimits};
+use limits::{Meter, MeteredReader};
+
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
@@ -34,6 +45,7 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 pub struct SnapshotStore {
     root: PathBuf,
     blobs: BlobStore,
+    limits: UnpackLimits,
     /// One lock per layer being unpacked, so concurrent starts unpack a layer once.
     in_progress: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
 }
@@ -49,7 +61,27 @@ impl SnapshotStore {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
-        Ok(SnapshotStore { root: root.to_owned(), blobs, in_progress: Mutex::default() })
+        Ok(SnapshotStore {
+            root: root.to_owned(),
+            blobs,
+            limits: UnpackLimits::default(),
+            in_progress: Mutex::default(),
+        })
+    }
+
+    /// Unpacks layers within `limits` from now on (the default is [`UnpackLimits::default`]).
+    pub fn with_limits(mut self, limits: UnpackLimits) -> SnapshotStore {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &UnpackLimits {
+        &self.limits
+    }
+
+    /// The directory holding one snapshot per layer digest (for garbage collection).
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("sha256")
     }
 
     pub fn path(&self, layer: &Digest) -> PathBuf {
@@ -75,7 +107,7 @@ impl SnapshotStore {
         fs::create_dir(&staging).map_err(ImageError::io("create directory", &staging))?;
         let result = self
             .open_layer(layer)
-            .and_then(|reader| unpack_layer(reader, &staging, layer))
+            .and_then(|reader| unpack_layer(reader, &staging, layer, &self.limits))
             .and_then(|()| fs::rename(&staging, &target).map_err(ImageError::io("rename snapshot", &target)));
         if result.is_err() {
             let _ = fs::remove_dir_all(&staging);
@@ -112,24 +144,67 @@ pub fn decompress<R: io::BufRead + 'static>(mut reader: R) -> io::Result<Box<dyn
     })
 }
 
-/// Unpacks the tar stream `reader` into the empty directory `root`.
-pub fn unpack_layer(reader: impl Read, root: &Path, layer: &Digest) -> Result<(), ImageError> {
-    let mut archive = tar::Archive::new(reader);
+/// Unpacks the tar stream `reader` into the empty directory `root`, within `limits`.
+/// On an error, what was written so far stays in `root` for the caller to remove.
+pub fn unpack_layer(reader: impl Read, root: &Path, layer: &Digest, limits: &UnpackLimits) -> Result<(), ImageError> {
+    let meter = Rc::new(Meter::default());
+    let mut archive = tar::Archive::new(MeteredReader { inner: reader, meter: meter.clone() });
     let is_root = Uid::effective().is_root();
     // Directory times are set last: creating entries inside a directory changes its mtime.
     let mut dir_times = Vec::new();
-    let entries = archive.entries().map_err(|source| ImageError::Unpack {
-        layer: layer.clone(),
-        entry: String::new(),
-        source,
-    })?;
-    for entry in entries {
-        let mut entry =
-            entry.map_err(|source| ImageError::Unpack { layer: layer.clone(), entry: String::new(), source })?;
+    let (mut entry_count, mut declared_bytes) = (0u64, 0u64);
+    let too_much = |entry: &str, limit| ImageError::LayerLimit { layer: layer.clone(), entry: entry.to_owned(), limit };
+    let read_failed = |source| {
+        if meter.tripped() {
+            too_much("", LimitExceeded::Metadata { limit: UnpackLimits::MAX_METADATA_BYTES })
+        } else {
+            ImageError::Unpack { layer: layer.clone(), entry: String::new(), source }
+        }
+    };
+    let mut entries = archive.entries().map_err(read_failed)?;
+    loop {
+        // What is left unread of the previous entry (the tar reader skips it), plus the next
+        // header and its long names or pax records.
+        meter.grant(UnpackLimits::MAX_METADATA_BYTES);
+        let Some(entry) = entries.next() else { break };
+        let mut entry = entry.map_err(read_failed)?;
         let raw = entry.path().map(|p| p.into_owned()).unwrap_or_default();
         let name = raw.to_string_lossy().into_owned();
+        entry_count += 1;
+        if entry_count > limits.max_entries {
+            return Err(too_much(&name, LimitExceeded::Entries { limit: limits.max_entries }));
+        }
+        declared_bytes = declared_bytes.saturating_add(entry.size());
+        if declared_bytes > limits.max_bytes {
+            return Err(too_much(&name, LimitExceeded::Bytes { limit: limits.max_bytes }));
+        }
+        // The entry's data and the padding up to the next 512-byte block.
+        meter.set(entry.size().div_ceil(512).saturating_mul(512));
         let unsafe_entry = |reason| ImageError::UnsafeLayer { layer: layer.clone(), entry: name.clone(), reason };
         let io_err = |source| ImageError::Unpack { layer: layer.clone(), entry: name.clone(), source };
+
+        if raw.as_os_str().len() > limits.max_path_bytes {
+            return Err(too_much(&name, LimitExceeded::PathLength { limit: limits.max_path_bytes }));
+        }
+        if raw.components().count() > limits.max_depth {
+            return Err(too_much(&name, LimitExceeded::PathDepth { limit: limits.max_depth }));
+        }
+        if let Ok(Some(link)) = entry.link_name()
+            && link.as_os_str().len() > limits.max_path_bytes
+        {
+            return Err(too_much(&name, LimitExceeded::PathLength { limit: limits.max_path_bytes }));
+        }
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::GNUSparse {
+            return Err(unsafe_entry("GNU sparse files are not supported; rebuild the layer without --sparse"));
+        }
+        if let Some(extensions) = entry.pax_extensions().map_err(io_err)? {
+            for ext in extensions {
+                if ext.map_err(io_err)?.key_bytes().starts_with(b"GNU.sparse.") {
+                    return Err(unsafe_entry("pax sparse files are not supported; rebuild the layer without --sparse"));
+                }
+            }
+        }
 
         let rel = relative_entry_path(&raw).map_err(unsafe_entry)?;
         let Some(file_name) = rel.file_name().map(|f| f.to_string_lossy().into_owned()) else {
@@ -145,6 +220,9 @@ pub fn unpack_layer(reader: impl Read, root: &Path, layer: &Digest) -> Result<()
             continue;
         }
         if let Some(hidden) = file_name.strip_prefix(WHITEOUT_PREFIX) {
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(unsafe_entry("whiteout does not name an entry (.wh., .wh.. and .wh... are refused)"));
+            }
             let target = parent.join(hidden);
             remove_existing(&target).map_err(io_err)?;
             mknod(&target, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| io_err(e.into()))?;
@@ -153,7 +231,6 @@ pub fn unpack_layer(reader: impl Read, root: &Path, layer: &Digest) -> Result<()
 
         let target = root.join(&rel);
         let header = entry.header().clone();
-        let kind = header.entry_type();
         let mode = header.mode().map_err(io_err)? & 0o7777;
         match kind {
             tar::EntryType::Directory => match fs::symlink_metadata(&target) {
@@ -164,7 +241,7 @@ pub fn unpack_layer(reader: impl Read, root: &Path, layer: &Digest) -> Result<()
                 }
                 Err(_) => fs::create_dir(&target).map_err(io_err)?,
             },
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
                 remove_existing(&target).map_err(io_err)?;
                 let mut file = OpenOptions::new()
                     .write(true)
@@ -173,6 +250,7 @@ pub fn unpack_layer(reader: impl Read, root: &Path, layer: &Digest) -> Result<()
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&target)
                     .map_err(io_err)?;
+                // Exactly the declared size, already counted against the limit.
                 io::copy(&mut entry, &mut file).map_err(io_err)?;
             }
             tar::EntryType::Symlink => {

@@ -37,9 +37,13 @@ impl RegistryError {
                 I::TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
                 I::UploadUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
                 I::UploadOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
-                I::Pull { .. } | I::UnsafeLayer { .. } | I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
-                }
+                I::Pull { .. }
+                | I::UnsafeLayer { .. }
+                | I::LayerLimit { .. }
+                | I::Unpack { .. }
+                | I::Io { .. }
+                | I::Task(_)
+                | I::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             },
             RegistryError::Auth(AuthError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             RegistryError::Auth(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),

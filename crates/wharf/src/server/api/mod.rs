@@ -59,7 +59,8 @@ impl ApiError {
                 | I::NameInvalid(_)
                 | I::TagInvalid(_)
                 | I::ReferenceInvalid(_)
-                | I::UnsafeLayer { .. } => Code::InvalidArgument,
+                | I::UnsafeLayer { .. }
+                | I::LayerLimit { .. } => Code::InvalidArgument,
                 I::Pull { .. } => Code::Unavailable,
                 I::UploadUnknown(_) | I::UploadOutOfOrder { .. } => Code::FailedPrecondition,
                 I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => Code::Internal,
