@@ -76,6 +76,12 @@ impl BlobStore {
         fs::read(&path).map_err(ImageError::io("read blob", path))
     }
 
+    /// Reads a blob the server will parse (a manifest, an image config): refused when it is
+    /// larger than `limit` or not a regular file ([`crate::hostfile::read_stored`]).
+    pub fn read_limited(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, ImageError> {
+        Ok(crate::hostfile::read_stored(&self.path(digest), limit)?)
+    }
+
     /// A fresh path in the store's staging directory (same filesystem as the blobs).
     pub fn staging_path(&self) -> PathBuf {
         self.root.join("tmp").join(uuid::Uuid::new_v4().to_string())

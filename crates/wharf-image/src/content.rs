@@ -355,7 +355,7 @@ impl ImageStore {
 
     pub fn get_manifest(&self, repo: &str, reference: &str) -> Result<StoredManifest, ImageError> {
         let (digest, media_type, _) = self.manifest_info(repo, reference)?;
-        let bytes = self.blobs.read(&digest)?;
+        let bytes = self.blobs.read_limited(&digest, crate::manifest::MAX_MANIFEST_BYTES)?;
         Ok(StoredManifest { digest, media_type, bytes })
     }
 

@@ -47,6 +47,8 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    ImageFile(#[from] crate::hostfile::HostFileError),
     #[error("{op} {path} failed")]
     Io {
         op: &'static str,

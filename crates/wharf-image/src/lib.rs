@@ -8,6 +8,8 @@
 //! - [`remote`] and [`resolve`]: turning a user's image reference into a pinned, locally stored
 //!   image, pulling from a remote registry when the reference is not Wharf's own.
 //! - [`archive`]: reading images from OCI layout directories and docker-archive tarballs.
+//! - [`hostfile`]: reading files that come from images (an image's `/etc/passwd`, config
+//!   blobs) on the host without following them out of the image or blocking on them.
 //!
 //! This crate does no HTTP serving and knows nothing of services or instances.
 
@@ -16,6 +18,7 @@ pub mod blobs;
 pub mod content;
 pub mod digest;
 mod error;
+pub mod hostfile;
 pub mod manifest;
 pub mod reference;
 pub mod remote;

@@ -82,7 +82,7 @@ impl Resolver {
         let Manifest::Image { config, layers, .. } = manifest else {
             return Err(ManifestError::NestedIndex { index: format!("{repository}:{reference}"), child: digest }.into());
         };
-        let config_bytes = self.images.blobs().read(&config.digest)?;
+        let config_bytes = self.images.blobs().read_limited(&config.digest, crate::manifest::MAX_CONFIG_BYTES)?;
         let config = ImageConfig::parse(&config.digest, &config_bytes)?;
         Ok(ResolvedImage {
             repository: repository.to_owned(),

@@ -19,6 +19,7 @@ use wharf_api::Code;
 use wharf_iam::AuthError;
 use wharf_image::ImageError;
 use wharf_image::content::ImageSummary;
+use wharf_image::hostfile::HostFileError;
 
 use super::Platform;
 
@@ -60,10 +61,13 @@ impl ApiError {
                 | I::TagInvalid(_)
                 | I::ReferenceInvalid(_)
                 | I::UnsafeLayer { .. }
-                | I::LayerLimit { .. } => Code::InvalidArgument,
+                | I::LayerLimit { .. }
+                | I::ImageFile(HostFileError::NotRegular { .. } | HostFileError::TooLarge { .. }) => {
+                    Code::InvalidArgument
+                }
                 I::Pull { .. } => Code::Unavailable,
                 I::UploadUnknown(_) | I::UploadOutOfOrder { .. } => Code::FailedPrecondition,
-                I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => Code::Internal,
+                I::ImageFile(_) | I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => Code::Internal,
             },
         }
     }
