@@ -21,6 +21,7 @@ pub mod backend;
 mod error;
 pub mod jobs;
 pub(crate) mod operations;
+mod pinned;
 pub mod services;
 pub mod time;
 pub mod validate;

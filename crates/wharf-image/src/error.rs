@@ -32,6 +32,16 @@ pub enum ImageError {
         "chunk starts at byte {got}, but the upload has {expected} bytes; send the chunk that starts at {expected}"
     )]
     UploadOutOfOrder { expected: u64, got: u64 },
+    #[error(
+        "the upload would exceed the registry's blob size limit of {limit} bytes (it has {size} bytes and the \
+         request sends more); push smaller layers or raise the server's --max-blob-size"
+    )]
+    BlobTooLarge { size: u64, limit: u64 },
+    #[error(
+        "the registry has {limit} upload sessions open, its limit; finish or cancel uploads, or wait for \
+         abandoned ones to expire"
+    )]
+    TooManyUploads { limit: u64 },
     #[error("{0}")]
     ReferenceInvalid(ReferenceError),
     #[error("pulling {reference} failed: {reason}")]

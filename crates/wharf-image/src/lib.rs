@@ -4,6 +4,7 @@
 //! - [`blobs`]: the content-addressed blob directory.
 //! - [`content`]: repositories, manifests, tags and uploads on top of the blobs and the state
 //!   database; the embedded registry (crate `wharf-registry`) is an HTTP face on it.
+//! - [`gc`]: removing blobs and snapshots no stored or pinned image needs.
 //! - [`snapshot`]: layers unpacked once, safely, into shared snapshot directories.
 //! - [`remote`] and [`resolve`]: turning a user's image reference into a pinned, locally stored
 //!   image, pulling from a remote registry when the reference is not Wharf's own.
@@ -18,6 +19,7 @@ pub mod blobs;
 pub mod content;
 pub mod digest;
 mod error;
+pub mod gc;
 pub mod hostfile;
 pub mod manifest;
 pub mod reference;

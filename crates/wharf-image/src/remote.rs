@@ -93,6 +93,13 @@ impl RemoteRegistry {
             return Err(fail("an index may not name another index for linux/amd64".to_owned()));
         };
         for blob in std::iter::once(config).chain(layers) {
+            let limit = store.limits().max_blob_bytes;
+            if blob.size > limit {
+                return Err(fail(format!(
+                    "blob {} is {} bytes, more than the blob size limit of {limit} bytes (server setting --max-blob-size)",
+                    blob.digest, blob.size
+                )));
+            }
             if store.blobs().size(&blob.digest).is_none() {
                 self.fetch_blob(&client, store, reference, &blob.digest).await?;
             }

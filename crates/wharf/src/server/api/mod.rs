@@ -67,6 +67,8 @@ impl ApiError {
                 }
                 I::Pull { .. } => Code::Unavailable,
                 I::UploadUnknown(_) | I::UploadOutOfOrder { .. } => Code::FailedPrecondition,
+                I::BlobTooLarge { .. } => Code::InvalidArgument,
+                I::TooManyUploads { .. } => Code::ResourceExhausted,
                 I::ImageFile(_) | I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => Code::Internal,
             },
         }
