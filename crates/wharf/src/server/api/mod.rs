@@ -97,6 +97,7 @@ pub fn router(platform: Platform) -> Router {
         .merge(jobs::routes())
         .route("/wharf/v1/images", get(list_images).delete(delete_image))
         .route("/wharf/v1/images:pull", post(pull_image))
+        .route("/wharf/v1/images:gc", post(collect_image_garbage))
         .route("/wharf/v1/logs", get(read_logs))
         .fallback(|request: Request| async move {
             ApiError::NotFound(format!("{} {} is not an API method", request.method(), request.uri().path()))
@@ -121,6 +122,21 @@ struct ImageList {
 
 async fn list_images(State(platform): State<Platform>) -> Result<Json<ImageList>, ApiError> {
     Ok(Json(ImageList { images: platform.images.list_images()? }))
+}
+
+/// Expires abandoned uploads and removes blobs and snapshots no manifest, revision, job or
+/// execution needs (older than the server's grace period).
+async fn collect_image_garbage(
+    State(platform): State<Platform>,
+) -> Result<Json<super::housekeeping::HousekeepingReport>, ApiError> {
+    match platform.housekeeping.collect().await {
+        Ok(report) => Ok(Json(report)),
+        Err(super::housekeeping::HousekeepingError::Image(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::Internal(format!(
+            "{e}: {}",
+            std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
+        ))),
+    }
 }
 
 #[derive(Deserialize)]
