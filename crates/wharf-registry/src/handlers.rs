@@ -18,7 +18,8 @@ use crate::error::RegistryError;
 use crate::route::Route;
 
 /// The largest manifest accepted, as in the spec's recommendation.
-const MAX_MANIFEST_BYTES: usize = wharf_image::manifest::MAX_MANIFEST_BYTES as usize;
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+const _: () = assert!(MAX_MANIFEST_BYTES as u64 == wharf_image::manifest::MAX_MANIFEST_BYTES);
 /// The page size when a client asks for none.
 const DEFAULT_PAGE: usize = 10_000;
 

@@ -358,7 +358,7 @@ fn a_zero_filled_gzip_bomb_is_refused_before_its_data_is_written() {
 #[test]
 fn many_files_stop_at_the_size_limit() {
     let mut b = LayerBuilder::new();
-    let chunk = vec![7u8; MIB as usize];
+    let chunk = vec![7u8; 1 << 20];
     for i in 0..12 {
         b.file(&format!("f{i}"), &chunk);
     }
