@@ -97,7 +97,7 @@ impl Resolver {
     pub async fn snapshots(&self, image: &ResolvedImage) -> Result<Vec<PathBuf>, ImageError> {
         let snapshots = self.snapshots.clone();
         let layers = image.layers.clone();
-        tokio::task::spawn_blocking(move || layers.iter().map(|l| snapshots.ensure(l)).collect())
+        tokio::task::spawn_blocking(move || snapshots.ensure_image(&layers))
             .await
             .map_err(|e| ImageError::Task(e.to_string()))?
     }

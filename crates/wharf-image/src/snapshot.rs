@@ -39,6 +39,8 @@ pub use limits::{LimitExceeded, UnpackLimits};
 use limits::{Meter, MeteredReader};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
+/// Where a snapshot directory records its unpacked size (trusted.*: instances cannot read it).
+const SIZE_XATTR: &str = "trusted.wharf.unpacked_bytes";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 #[derive(Debug)]
@@ -91,9 +93,50 @@ impl SnapshotStore {
     /// Returns the snapshot directory of `layer`, unpacking the blob first if needed.
     /// Blocking: call from a blocking thread.
     pub fn ensure(&self, layer: &Digest) -> Result<PathBuf, ImageError> {
+        self.ensure_within(layer, self.limits.max_bytes).map(|(path, _)| path)
+    }
+
+    /// Returns the snapshot directories of an image's `layers` (bottom first), unpacking
+    /// those not unpacked yet, within [`UnpackLimits::max_bytes`] for all of them together:
+    /// each layer is unpacked within what the layers before it left, so nothing past the
+    /// limit is written. Blocking: call from a blocking thread.
+    pub fn ensure_image(&self, layers: &[Digest]) -> Result<Vec<PathBuf>, ImageError> {
+        let limit = self.limits.max_bytes;
+        let mut used = 0u64;
+        let mut paths = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let (path, size) = self.ensure_within(layer, limit.saturating_sub(used)).map_err(|e| match e {
+                // Report the image's limit, not what was left of it.
+                ImageError::LayerLimit { layer, entry, limit: LimitExceeded::Bytes { .. } } => {
+                    ImageError::LayerLimit { layer, entry, limit: LimitExceeded::Bytes { limit } }
+                }
+                other => other,
+            })?;
+            used = used.saturating_add(size);
+            if used > limit {
+                // A layer unpacked earlier, for another image, that does not fit beside these.
+                return Err(ImageError::LayerLimit {
+                    layer: layer.clone(),
+                    entry: String::new(),
+                    limit: LimitExceeded::Bytes { limit },
+                });
+            }
+            paths.push(path);
+        }
+        Ok(paths)
+    }
+
+    /// The bytes the snapshot of `layer` holds (as its entries declared), recorded when it
+    /// was unpacked; 0 when not recorded (unpacked by an older version, or not as root).
+    pub fn unpacked_size(&self, layer: &Digest) -> u64 {
+        recorded_size(&self.path(layer))
+    }
+
+    /// Ensures `layer` within `budget` bytes; returns its directory and unpacked size.
+    fn ensure_within(&self, layer: &Digest, budget: u64) -> Result<(PathBuf, u64), ImageError> {
         let target = self.path(layer);
         if target.is_dir() {
-            return Ok(target);
+            return Ok((target.clone(), recorded_size(&target)));
         }
         let lock = {
             let mut map = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
@@ -101,19 +144,25 @@ impl SnapshotStore {
         };
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         if target.is_dir() {
-            return Ok(target);
+            return Ok((target.clone(), recorded_size(&target)));
         }
+        let limits = UnpackLimits { max_bytes: budget.min(self.limits.max_bytes), ..self.limits };
         let staging = self.root.join("tmp").join(uuid::Uuid::new_v4().to_string());
         fs::create_dir(&staging).map_err(ImageError::io("create directory", &staging))?;
         let result = self
             .open_layer(layer)
-            .and_then(|reader| unpack_layer(reader, &staging, layer, &self.limits))
-            .and_then(|()| fs::rename(&staging, &target).map_err(ImageError::io("rename snapshot", &target)));
+            .and_then(|reader| unpack_counted(reader, &staging, layer, &limits))
+            .and_then(|size| {
+                // trusted.* needs root (the server is); without it the size is not recorded.
+                let _ = xattr::set(&staging, SIZE_XATTR, size.to_string().as_bytes());
+                fs::rename(&staging, &target).map_err(ImageError::io("rename snapshot", &target))?;
+                Ok(size)
+            });
         if result.is_err() {
             let _ = fs::remove_dir_all(&staging);
         }
         self.in_progress.lock().unwrap_or_else(|p| p.into_inner()).remove(layer);
-        result.map(|()| target)
+        result.map(|size| (target, size))
     }
 
     fn open_layer(&self, layer: &Digest) -> Result<Box<dyn Read>, ImageError> {
@@ -144,9 +193,18 @@ pub fn decompress<R: io::BufRead + 'static>(mut reader: R) -> io::Result<Box<dyn
     })
 }
 
+fn recorded_size(snapshot: &Path) -> u64 {
+    xattr::get(snapshot, SIZE_XATTR).ok().flatten().and_then(|v| String::from_utf8(v).ok()?.parse().ok()).unwrap_or(0)
+}
+
 /// Unpacks the tar stream `reader` into the empty directory `root`, within `limits`.
 /// On an error, what was written so far stays in `root` for the caller to remove.
 pub fn unpack_layer(reader: impl Read, root: &Path, layer: &Digest, limits: &UnpackLimits) -> Result<(), ImageError> {
+    unpack_counted(reader, root, layer, limits).map(|_| ())
+}
+
+/// [`unpack_layer`], returning the bytes the entries declared (what the layer occupies).
+fn unpack_counted(reader: impl Read, root: &Path, layer: &Digest, limits: &UnpackLimits) -> Result<u64, ImageError> {
     let meter = Rc::new(Meter::default());
     let mut archive = tar::Archive::new(MeteredReader { inner: reader, meter: meter.clone() });
     let is_root = Uid::effective().is_root();
@@ -324,7 +382,7 @@ pub fn unpack_layer(reader: impl Read, root: &Path, layer: &Digest, limits: &Unp
     for (dir, mtime) in dir_times.iter().rev() {
         let _ = set_mtime(dir, *mtime);
     }
-    Ok(())
+    Ok(declared_bytes)
 }
 
 /// The entry's path relative to the snapshot root. `..` is refused; a leading `/` or `./`

@@ -1,4 +1,4 @@
-//! What unpacking one layer may cost, and the meter that enforces it while the tar stream is
+//! What unpacking an image's layers may cost, and the meter that enforces it while the tar stream is
 //! read. A layer is a few bytes of gzip or zstd that may expand to anything, so every bound
 //! is checked against what the tar headers *declare* before the bytes are written: nothing
 //! past a limit reaches the disk, and the tar reader is never asked to hold more than
@@ -15,9 +15,9 @@ pub const GIB: u64 = 1 << 30;
 /// Bounds on one layer's unpacking (server settings; see `docs/security.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnpackLimits {
-    /// The sum of the sizes the layer's entries declare (files, and the data of entries that
-    /// are skipped, so the decompressed stream is bounded too). Sparse files are refused, so
-    /// a file's declared size is what it occupies.
+    /// The sum of the sizes the entries of an image's layers declare, all layers together
+    /// (files, and the data of entries that are skipped, so the decompressed stream is
+    /// bounded too). Sparse files are refused, so a file's declared size is what it occupies.
     pub max_bytes: u64,
     /// Entries (files, directories, links, ...) in one layer.
     pub max_entries: u64,
@@ -50,7 +50,7 @@ impl UnpackLimits {
         }
     }
 
-    /// The default for a server whose snapshots live under `dir`: a layer may unpack to at
+    /// The default for a server whose snapshots live under `dir`: an image may unpack to at
     /// most half the space free there when the server starts, and never more than 64 GiB.
     pub fn sized_for(dir: &Path) -> io::Result<UnpackLimits> {
         let stat = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
@@ -68,7 +68,9 @@ impl Default for UnpackLimits {
 /// Which limit a layer went past; the message names it and the setting that raises it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitExceeded {
-    #[error("the unpacked size limit of {limit} bytes per layer (server setting --max-layer-size)")]
+    #[error(
+        "the unpacked size limit of {limit} bytes per image, all layers together (server setting --max-image-size)"
+    )]
     Bytes { limit: u64 },
     #[error("the limit of {limit} entries per layer")]
     Entries { limit: u64 },

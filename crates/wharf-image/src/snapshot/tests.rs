@@ -374,7 +374,7 @@ fn many_files_stop_at_the_size_limit() {
             assert_eq!(
                 result.as_ref().unwrap_err().to_string(),
                 format!(
-                    "layer {} is refused at entry \"f8\": it goes past the unpacked size limit of 8388608 bytes per layer (server setting --max-layer-size)",
+                    "layer {} is refused at entry \"f8\": it goes past the unpacked size limit of 8388608 bytes per image, all layers together (server setting --max-image-size)",
                     Digest::of(&layer)
                 )
             );
@@ -467,4 +467,37 @@ fn the_default_size_limit_follows_the_free_space() {
     assert!(limits.max_bytes <= UnpackLimits::DEFAULT_MAX_BYTES_CAP);
     assert!(limits.max_bytes <= (free / 2).max(MIB));
     assert_eq!(limits.max_entries, UnpackLimits::DEFAULT_MAX_ENTRIES);
+}
+
+#[test]
+fn an_image_is_limited_across_its_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+    let snapshots =
+        SnapshotStore::open(&dir.path().join("snapshots"), blobs.clone()).unwrap().with_limits(small_limits(8 * MIB));
+    let chunk = vec![5u8; 5 << 20];
+    let mut layers = Vec::new();
+    for name in ["lower", "upper"] {
+        let layer = gzip(&LayerBuilder::new().file(name, &chunk).finish());
+        let digest = Digest::of(&layer);
+        blobs.put(&layer, &digest).unwrap();
+        layers.push(digest);
+    }
+    // Each layer fits alone; together they do not, and the second is not written at all.
+    match snapshots.ensure_image(&layers) {
+        Err(ImageError::LayerLimit { layer, limit, .. }) => {
+            assert_eq!(layer, layers[1]);
+            assert_eq!(limit, LimitExceeded::Bytes { limit: 8 * MIB });
+        }
+        other => panic!("expected the image limit, got {other:?}"),
+    }
+    assert!(!snapshots.path(&layers[1]).exists());
+    let used = disk_usage(&dir.path().join("snapshots"));
+    assert!(used <= 6 * MIB, "{used} bytes of snapshots with an 8 MiB limit");
+    assert_eq!(snapshots.ensure_image(&layers[1..]).unwrap().len(), 1, "alone, the upper layer fits");
+    if Uid::effective().is_root() {
+        // Both unpacked now (for two images): stacked, their recorded sizes still add up.
+        assert_eq!(snapshots.unpacked_size(&layers[0]), 5 << 20);
+        assert!(matches!(snapshots.ensure_image(&layers), Err(ImageError::LayerLimit { .. })));
+    }
 }

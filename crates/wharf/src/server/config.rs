@@ -15,7 +15,7 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/wharf/config.toml";
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Config file (TOML with keys data_dir, api_addr, ingress_addr, registry_addr, domain,
-    /// idle_timeout, max_layer_size, max_blob_size, upload_expiry, image_gc_grace).
+    /// idle_timeout, max_image_size, max_blob_size, upload_expiry, image_gc_grace).
     #[arg(long, env = "WHARF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where Wharf keeps its state database, images and credentials [default: /var/lib/wharf]
@@ -37,10 +37,10 @@ pub struct ServerArgs {
     /// How long an idle instance is kept before it is stopped, e.g. 60s, 15m [default: 60s]
     #[arg(long, env = "WHARF_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
-    /// Most bytes one image layer may unpack to, e.g. 20GiB [default: half the free space of
-    /// the data directory at start, at most 64GiB]
-    #[arg(long, env = "WHARF_MAX_LAYER_SIZE")]
-    pub max_layer_size: Option<String>,
+    /// Most bytes an image's layers may unpack to, all together, e.g. 20GiB [default: half
+    /// the free space of the data directory at start, at most 64GiB]
+    #[arg(long, env = "WHARF_MAX_IMAGE_SIZE")]
+    pub max_image_size: Option<String>,
     /// Largest blob the registry accepts in one upload, e.g. 2GiB [default: 10GiB]
     #[arg(long, env = "WHARF_MAX_BLOB_SIZE")]
     pub max_blob_size: Option<String>,
@@ -62,7 +62,7 @@ struct ConfigFile {
     registry_addr: Option<SocketAddr>,
     domain: Option<String>,
     idle_timeout: Option<String>,
-    max_layer_size: Option<String>,
+    max_image_size: Option<String>,
     max_blob_size: Option<String>,
     upload_expiry: Option<String>,
     image_gc_grace: Option<String>,
@@ -78,7 +78,7 @@ pub struct ServerConfig {
     pub domain: String,
     pub idle_timeout: Duration,
     /// `None`: sized to the data directory's free space at start.
-    pub max_layer_size: Option<u64>,
+    pub max_image_size: Option<u64>,
     pub max_blob_size: u64,
     pub upload_expiry: Duration,
     pub image_gc_grace: Duration,
@@ -128,13 +128,13 @@ impl ServerConfig {
                 args.idle_timeout.as_deref().or(file.idle_timeout.as_deref()).unwrap_or("60s"),
             )
             .context("--idle-timeout")?,
-            max_layer_size: args
-                .max_layer_size
+            max_image_size: args
+                .max_image_size
                 .as_deref()
-                .or(file.max_layer_size.as_deref())
+                .or(file.max_image_size.as_deref())
                 .map(parse_size)
                 .transpose()
-                .context("--max-layer-size")?,
+                .context("--max-image-size")?,
             max_blob_size: parse_size(
                 args.max_blob_size.as_deref().or(file.max_blob_size.as_deref()).unwrap_or("10GiB"),
             )
@@ -169,7 +169,7 @@ mod tests {
             registry_addr: None,
             domain: None,
             idle_timeout: None,
-            max_layer_size: None,
+            max_image_size: None,
             max_blob_size: None,
             upload_expiry: None,
             image_gc_grace: None,
@@ -189,7 +189,7 @@ mod tests {
         }
         assert!(format!("{:#}", parse_size("99999999999T").unwrap_err()).contains("too large"));
         let c = ServerConfig::resolve(&args()).unwrap();
-        assert_eq!((c.max_layer_size, c.max_blob_size), (None, 10 << 30));
+        assert_eq!((c.max_image_size, c.max_blob_size), (None, 10 << 30));
         assert_eq!((c.upload_expiry, c.image_gc_grace), (Duration::from_secs(3600), Duration::from_secs(3600)));
     }
 

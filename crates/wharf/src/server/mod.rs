@@ -62,12 +62,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         upload_expiry: config.upload_expiry,
         ..StoreLimits::default()
     });
-    let unpack_limits = match config.max_layer_size {
+    let unpack_limits = match config.max_image_size {
         Some(bytes) => UnpackLimits::with_max_bytes(bytes),
         None => UnpackLimits::sized_for(data_dir)
             .with_context(|| format!("cannot measure the free space of {}", data_dir.display()))?,
     };
-    tracing::info!(max_layer_bytes = unpack_limits.max_bytes, "layer unpacking limits");
+    tracing::info!(max_image_bytes = unpack_limits.max_bytes, "layer unpacking limits");
     let snapshots =
         Arc::new(SnapshotStore::open(&data_dir.join("snapshots"), images.blobs().clone())?.with_limits(unpack_limits));
 
