@@ -260,3 +260,70 @@ async fn gc_frees_deleted_images_and_keeps_pushes_in_flight_and_deployed_images(
     assert!(text.starts_with("Removed 0 blobs"), "{text}");
     assert!(server.stop_and_check().unwrap().is_empty());
 }
+
+/// The attack measured in issue 13, end to end: an image whose layer is a GNU sparse file of
+/// 8 GiB apparent size. Resolving it (as a deploy does) is refused with an error naming the
+/// limit, and nothing is left in the snapshot store.
+#[tokio::test]
+async fn a_sparse_bomb_image_is_refused_naming_the_limit() {
+    let server = WharfServer::start_with_env(wharf(), &[("WHARF_MAX_IMAGE_SIZE", "64MiB")]).unwrap();
+    let http = reqwest::Client::new();
+    let push = |bytes: Vec<u8>| {
+        let digest = Digest::of(&bytes);
+        let request = http
+            .post(server.registry_url(&format!("/v2/bomb/blobs/uploads/?digest={digest}")))
+            .bearer_auth(&server.token)
+            .body(bytes);
+        async move {
+            assert_eq!(request.send().await.unwrap().status(), StatusCode::CREATED);
+            digest
+        }
+    };
+    let apparent: u64 = 8 << 30;
+    let mut header = tar::Header::new_gnu();
+    header.set_path("bomb").unwrap();
+    header.set_entry_type(tar::EntryType::GNUSparse);
+    header.set_mode(0o644);
+    header.set_size(512);
+    {
+        let gnu = header.as_gnu_mut().unwrap();
+        let offset = format!("{:011o}", apparent - 512);
+        gnu.sparse[0].offset[..11].copy_from_slice(offset.as_bytes());
+        gnu.sparse[0].numbytes[..11].copy_from_slice(b"00000001000");
+        gnu.realsize = [0; 12];
+        gnu.realsize[0] = 0x80;
+        gnu.realsize[4..].copy_from_slice(&apparent.to_be_bytes());
+    }
+    header.set_cksum();
+    let mut layer = header.as_bytes().to_vec();
+    layer.extend(std::iter::repeat_n(0u8, 512 + 1024));
+    let layer_size = layer.len();
+    let layer = push(layer).await;
+    let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux", "config": {}})).unwrap();
+    let config_size = config.len();
+    let config = push(config).await;
+    let manifest = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config, "size": config_size},
+        "layers": [{"mediaType": OCI_LAYER_TAR, "digest": layer, "size": layer_size}]});
+    let r = http
+        .put(server.registry_url("/v2/bomb/manifests/v1"))
+        .bearer_auth(&server.token)
+        .header("Content-Type", OCI_MANIFEST)
+        .body(serde_json::to_vec(&manifest).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let out = server.cli(&["images", "pull", &format!("{}/bomb:v1", server.addrs.registry_addr)]).unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("goes past the unpacked size limit of 67108864 bytes per image")
+            && stderr.contains("--max-image-size"),
+        "{stderr}"
+    );
+    for dir in ["snapshots/sha256", "snapshots/tmp"] {
+        assert_eq!(std::fs::read_dir(server.data_dir().join(dir)).unwrap().count(), 0, "{dir}");
+    }
+}
