@@ -17,6 +17,45 @@ use crate::error::ImageError;
 use crate::manifest::{MANIFEST_MEDIA_TYPES, Manifest};
 use crate::reference::ImageReference;
 
+/// Passes at most `remaining` bytes to `inner` and fails a write past that, so a remote
+/// registry that sends more than a blob's descriptor declares cannot fill the disk.
+struct CappedWriter<W> {
+    inner: W,
+    remaining: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CappedWriter<W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.len() as u64 > this.remaining {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the registry sent more bytes than the blob's descriptor declares",
+            )));
+        }
+        let written = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.remaining -= written as u64;
+        std::task::Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// A client for remote registries.
 pub struct RemoteRegistry {
     client: oci_client::Client,
@@ -101,7 +140,7 @@ impl RemoteRegistry {
                 )));
             }
             if store.blobs().size(&blob.digest).is_none() {
-                self.fetch_blob(&client, store, reference, &blob.digest).await?;
+                self.fetch_blob(&client, store, reference, &blob.digest, blob.size).await?;
             }
             store.link_blob(&repo, &blob.digest)?;
         }
@@ -122,10 +161,12 @@ impl RemoteRegistry {
         store: &ImageStore,
         reference: &ImageReference,
         digest: &Digest,
+        declared_size: u64,
     ) -> Result<(), ImageError> {
         let staged = store.blobs().staging_path();
         let file = tokio::fs::File::create(&staged).await.map_err(ImageError::io("create", &staged))?;
-        let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut writer =
+            CappedWriter { inner: tokio::io::BufWriter::with_capacity(1 << 20, file), remaining: declared_size };
         let image_ref = oci_reference(reference, digest.as_str());
         let result = client.pull_blob(&image_ref, digest.as_str(), &mut writer).await;
         let flushed = writer.shutdown().await;
@@ -230,6 +271,16 @@ pub fn read_docker_credentials(path: &Path, registry: &str) -> Result<Option<(St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn capped_writer_refuses_bytes_past_the_declared_size() {
+        let mut out = CappedWriter { inner: Vec::new(), remaining: 5 };
+        out.write_all(b"abc").await.unwrap();
+        out.write_all(b"de").await.unwrap();
+        let err = out.write_all(b"f").await.unwrap_err();
+        assert!(err.to_string().contains("more bytes than the blob's descriptor declares"), "{err}");
+        assert_eq!(out.inner, b"abcde");
+    }
 
     #[test]
     fn reads_docker_config_auths() {
