@@ -170,6 +170,48 @@ mod tests {
         assert!(matches!(read_stored(&link, 1 << 20), Err(HostFileError::Open { .. })));
     }
 
+    /// Unmounts on drop, so a failing assertion leaves no mount behind.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+
+    /// The runtime reads account files from the instance's merged overlay: resolution there
+    /// (one mount, RESOLVE_NO_XDEV) must work as on a plain directory.
+    #[test]
+    fn reads_through_an_overlay_mount() {
+        if !nix::unistd::Uid::effective().is_root() {
+            return; // mounting needs root
+        }
+        let outer = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = ["lower", "upper", "work", "merged"].iter().map(|d| outer.path().join(d)).collect();
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::create_dir(dirs[0].join("etc")).unwrap();
+        std::fs::write(dirs[0].join("etc/passwd"), "app:x:1:1::/:/bin/sh\n").unwrap();
+        symlink("/etc/passwd", dirs[0].join("etc/link")).unwrap();
+        let options =
+            format!("lowerdir={},upperdir={},workdir={}", dirs[0].display(), dirs[1].display(), dirs[2].display());
+        let status = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(&dirs[3])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _mounted = Mounted(dirs[3].clone());
+        for path in ["/etc/passwd", "/etc/link"] {
+            assert_eq!(
+                read_in_root(&dirs[3], Path::new(path), 1 << 20).unwrap().as_deref(),
+                Some(&b"app:x:1:1::/:/bin/sh\n"[..]),
+                "{path}"
+            );
+        }
+    }
+
     #[test]
     fn large_files_are_refused() {
         let (_outer, rootfs, _host) = hostile_rootfs();
