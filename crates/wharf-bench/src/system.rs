@@ -410,7 +410,7 @@ fn runc_baseline(dir: &Path, image: &wharf_testsupport::TestImage, trials: usize
     for layer in &image.layers {
         let blob = image.layout.join("blobs/sha256").join(layer.hex());
         let reader = wharf_image::snapshot::decompress(std::io::BufReader::new(std::fs::File::open(blob)?))?;
-        wharf_image::snapshot::unpack_layer(reader, &rootfs, layer)?;
+        wharf_image::snapshot::unpack_layer(reader, &rootfs, layer, &wharf_image::snapshot::UnpackLimits::default())?;
     }
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();

@@ -23,6 +23,7 @@ mod error;
 pub mod jobs;
 pub(crate) mod operations;
 pub mod paging;
+mod pinned;
 pub mod services;
 pub mod time;
 pub mod validate;

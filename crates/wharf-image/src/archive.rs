@@ -38,7 +38,9 @@ impl ImageArchive {
         let reader =
             crate::snapshot::decompress(std::io::BufReader::new(file)).map_err(ImageError::io("read", path))?;
         // The tarball is unpacked with the same safe extraction as image layers.
-        crate::snapshot::unpack_layer(reader, dir.path(), &Digest::of(path.to_string_lossy().as_bytes()))?;
+        let limits = crate::snapshot::UnpackLimits::sized_for(dir.path())
+            .map_err(ImageError::io("measure free space of", dir.path()))?;
+        crate::snapshot::unpack_layer(reader, dir.path(), &Digest::of(path.to_string_lossy().as_bytes()), &limits)?;
         let mut archive = if dir.path().join("index.json").exists() && !dir.path().join("manifest.json").exists() {
             read_oci_layout(dir.path(), tag)?
         } else {

@@ -53,6 +53,7 @@ impl BlobStore {
         let target = self.path(expected);
         if target.exists() {
             let _ = fs::remove_file(staged);
+            self.touch(expected);
         } else {
             fs::rename(staged, &target).map_err(ImageError::io("rename into blob store", &target))?;
         }
@@ -74,6 +75,25 @@ impl BlobStore {
     pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, ImageError> {
         let path = self.path(digest);
         fs::read(&path).map_err(ImageError::io("read blob", path))
+    }
+
+    /// Reads a blob the server will parse (a manifest, an image config): refused when it is
+    /// larger than `limit` or not a regular file ([`crate::hostfile::read_stored`]).
+    pub fn read_limited(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, ImageError> {
+        Ok(crate::hostfile::read_stored(&self.path(digest), limit)?)
+    }
+
+    /// Marks `digest` as just used, so garbage collection's grace period starts again (a
+    /// client that found a blob present will reference it soon). Best effort.
+    pub fn touch(&self, digest: &Digest) {
+        if let Ok(file) = File::options().append(true).open(self.path(digest)) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// The directory holding one file per blob, named by its digest's hex.
+    pub fn digests_dir(&self) -> PathBuf {
+        self.root.join("sha256")
     }
 
     /// A fresh path in the store's staging directory (same filesystem as the blobs).

@@ -5,6 +5,8 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use wharf_store::Store;
 use wharf_store::rusqlite::{OptionalExtension, params};
@@ -57,11 +59,37 @@ impl ManifestRef {
     }
 }
 
+/// What the store accepts from pushers (server settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// The largest blob an upload may grow to.
+    pub max_blob_bytes: u64,
+    /// Upload sessions open at once; more are refused until some finish or expire.
+    pub max_uploads: u64,
+    /// An upload session that received nothing for this long is deleted
+    /// ([`ImageStore::expire_uploads`]).
+    pub upload_expiry: Duration,
+}
+
+impl Default for StoreLimits {
+    /// 10 GiB blobs (Docker Hub's layer limit), 1,000 open uploads, expiry after an idle hour.
+    fn default() -> StoreLimits {
+        StoreLimits { max_blob_bytes: 10 << 30, max_uploads: 1000, upload_expiry: Duration::from_secs(3600) }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     db: Store,
     blobs: BlobStore,
     uploads: PathBuf,
+    limits: StoreLimits,
+    /// Held shared while a manifest's children are checked and the manifest recorded, and
+    /// exclusively by garbage collection, so a collection never removes a blob between the
+    /// check and the write of a manifest that names it.
+    pub(crate) gc_lock: Arc<RwLock<()>>,
+    /// Notified when a manifest, tag or blob link is deleted, so a collector can run.
+    deletions: Arc<tokio::sync::Notify>,
 }
 
 impl ImageStore {
@@ -70,7 +98,29 @@ impl ImageStore {
         let blobs = BlobStore::open(&data_dir.join("blobs"))?;
         let uploads = data_dir.join("uploads");
         fs::create_dir_all(&uploads).map_err(ImageError::io("create directory", &uploads))?;
-        Ok(ImageStore { db, blobs, uploads })
+        Ok(ImageStore {
+            db,
+            blobs,
+            uploads,
+            limits: StoreLimits::default(),
+            gc_lock: Arc::default(),
+            deletions: Arc::default(),
+        })
+    }
+
+    /// Enforces `limits` from now on (the default is [`StoreLimits::default`]).
+    pub fn with_limits(mut self, limits: StoreLimits) -> ImageStore {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &StoreLimits {
+        &self.limits
+    }
+
+    /// Notified after every deletion of a manifest, tag or blob link.
+    pub fn deletions(&self) -> Arc<tokio::sync::Notify> {
+        self.deletions.clone()
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -164,6 +214,7 @@ impl ImageStore {
         if removed == 0 {
             return Err(ImageError::BlobUnknown { repo: repo.to_owned(), digest: digest.clone() });
         }
+        self.deletions.notify_one();
         Ok(())
     }
 
@@ -172,6 +223,10 @@ impl ImageStore {
     /// Starts an upload session into `repo` and returns its id.
     pub fn start_upload(&self, repo: &str) -> Result<String, ImageError> {
         validate_repository(repo).map_err(ImageError::NameInvalid)?;
+        let open: i64 = self.db.read(|c| c.query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get(0)))?;
+        if u64::try_from(open).unwrap_or(0) >= self.limits.max_uploads {
+            return Err(ImageError::TooManyUploads { limit: self.limits.max_uploads });
+        }
         let id = uuid::Uuid::new_v4().to_string();
         let path = self.upload_path(&id);
         File::create(&path).map_err(ImageError::io("create upload", &path))?;
@@ -222,6 +277,36 @@ impl ImageStore {
     pub fn cancel_upload(&self, repo: &str, id: &str) -> Result<(), ImageError> {
         self.check_upload(repo, id)?;
         self.forget_upload(id)
+    }
+
+    /// Deletes upload sessions that received nothing for [`StoreLimits::upload_expiry`] (by
+    /// their file's mtime, which every chunk moves), and upload files no session owns (left
+    /// by a crash). Returns how many sessions it ended.
+    pub fn expire_uploads(&self) -> Result<u64, ImageError> {
+        let cutoff = SystemTime::now().checked_sub(self.limits.upload_expiry).unwrap_or(SystemTime::UNIX_EPOCH);
+        let rows: Vec<(String, i64)> = self.db.read(|c| {
+            let mut stmt = c.prepare("SELECT id, started_at FROM uploads")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        let mut expired = 0;
+        for (id, started_at) in &rows {
+            let started = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(*started_at).unwrap_or(0));
+            let touched = fs::metadata(self.upload_path(id)).and_then(|m| m.modified()).unwrap_or(started);
+            if started.max(touched) < cutoff {
+                tracing::info!(upload = %id, "expiring abandoned upload session");
+                self.forget_upload(id)?;
+                expired += 1;
+            }
+        }
+        let known: std::collections::HashSet<PathBuf> = rows.iter().map(|(id, _)| self.upload_path(id)).collect();
+        for entry in fs::read_dir(&self.uploads).map_err(ImageError::io("list", &self.uploads))?.flatten() {
+            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+            if old && !known.contains(&entry.path()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(expired)
     }
 
     fn forget_upload(&self, id: &str) -> Result<(), ImageError> {
@@ -290,6 +375,7 @@ impl ImageStore {
             Manifest::Index { manifests, .. } => manifests.iter().map(|d| &d.digest).collect(),
         };
         let check_children = require_all_children || matches!(manifest, Manifest::Image { .. });
+        let _no_collection = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         for child in children.iter().filter(|_| check_children) {
             if self.blob_in_repo(repo, child)?.is_none() {
                 return Err(ImageError::ManifestBlobUnknown { repo: repo.to_owned(), digest: (*child).clone() });
@@ -355,7 +441,7 @@ impl ImageStore {
 
     pub fn get_manifest(&self, repo: &str, reference: &str) -> Result<StoredManifest, ImageError> {
         let (digest, media_type, _) = self.manifest_info(repo, reference)?;
-        let bytes = self.blobs.read(&digest)?;
+        let bytes = self.blobs.read_limited(&digest, crate::manifest::MAX_MANIFEST_BYTES)?;
         Ok(StoredManifest { digest, media_type, bytes })
     }
 
@@ -377,6 +463,7 @@ impl ImageStore {
         if removed == 0 {
             return Err(unknown());
         }
+        self.deletions.notify_one();
         Ok(())
     }
 

@@ -32,12 +32,24 @@ pub enum ImageError {
         "chunk starts at byte {got}, but the upload has {expected} bytes; send the chunk that starts at {expected}"
     )]
     UploadOutOfOrder { expected: u64, got: u64 },
+    #[error(
+        "the upload would exceed the registry's blob size limit of {limit} bytes (it has {size} bytes and the \
+         request sends more); push smaller layers or raise the server's --max-blob-size"
+    )]
+    BlobTooLarge { size: u64, limit: u64 },
+    #[error(
+        "the registry has {limit} upload sessions open, its limit; finish or cancel uploads, or wait for \
+         abandoned ones to expire"
+    )]
+    TooManyUploads { limit: u64 },
     #[error("{0}")]
     ReferenceInvalid(ReferenceError),
     #[error("pulling {reference} failed: {reason}")]
     Pull { reference: String, reason: String },
     #[error("unsafe layer entry {entry:?} in {layer}: {reason}")]
     UnsafeLayer { layer: Digest, entry: String, reason: &'static str },
+    #[error("layer {layer} is refused at entry {entry:?}: it goes past {limit}")]
+    LayerLimit { layer: Digest, entry: String, limit: crate::snapshot::LimitExceeded },
     #[error("unpacking layer {layer} failed at {entry:?}")]
     Unpack {
         layer: Digest,
@@ -45,6 +57,8 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    ImageFile(#[from] crate::hostfile::HostFileError),
     #[error("{op} {path} failed")]
     Io {
         op: &'static str,

@@ -24,6 +24,11 @@ pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
+/// The largest manifest stored or read, as the distribution spec recommends.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// The largest image config read (configs carry history and labels; real ones are KiBs).
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+
 /// Every manifest media type the registry accepts.
 pub const MANIFEST_MEDIA_TYPES: &[&str] = &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
 

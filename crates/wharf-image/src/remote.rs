@@ -18,6 +18,45 @@ use crate::error::ImageError;
 use crate::manifest::{MANIFEST_MEDIA_TYPES, Manifest};
 use crate::reference::ImageReference;
 
+/// Passes at most `remaining` bytes to `inner` and fails a write past that, so a remote
+/// registry that sends more than a blob's descriptor declares cannot fill the disk.
+struct CappedWriter<W> {
+    inner: W,
+    remaining: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CappedWriter<W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.len() as u64 > this.remaining {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the registry sent more bytes than the blob's descriptor declares",
+            )));
+        }
+        let written = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.remaining -= written as u64;
+        std::task::Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// A client for remote registries.
 pub struct RemoteRegistry {
     client: oci_client::Client,
@@ -128,8 +167,15 @@ impl RemoteRegistry {
             return Err(fail("an index may not name another index for linux/amd64".to_owned()));
         };
         for blob in std::iter::once(config).chain(layers) {
+            let limit = store.limits().max_blob_bytes;
+            if blob.size > limit {
+                return Err(fail(format!(
+                    "blob {} is {} bytes, more than the blob size limit of {limit} bytes (server setting --max-blob-size)",
+                    blob.digest, blob.size
+                )));
+            }
             if store.blobs().size(&blob.digest).is_none() {
-                self.fetch_blob(&client, store, reference, &blob.digest).await?;
+                self.fetch_blob(&client, store, reference, &blob.digest, blob.size).await?;
             }
             store.link_blob(&repo, &blob.digest)?;
         }
@@ -150,10 +196,12 @@ impl RemoteRegistry {
         store: &ImageStore,
         reference: &ImageReference,
         digest: &Digest,
+        declared_size: u64,
     ) -> Result<(), ImageError> {
         let staged = store.blobs().staging_path();
         let file = tokio::fs::File::create(&staged).await.map_err(ImageError::io("create", &staged))?;
-        let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut writer =
+            CappedWriter { inner: tokio::io::BufWriter::with_capacity(1 << 20, file), remaining: declared_size };
         let image_ref = oci_reference(reference, digest.as_str());
         let result = client.pull_blob(&image_ref, digest.as_str(), &mut writer).await;
         let flushed = writer.shutdown().await;
@@ -276,6 +324,16 @@ pub fn read_docker_credentials(path: &Path, registry: &str) -> Result<Option<(St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn capped_writer_refuses_bytes_past_the_declared_size() {
+        let mut out = CappedWriter { inner: Vec::new(), remaining: 5 };
+        out.write_all(b"abc").await.unwrap();
+        out.write_all(b"de").await.unwrap();
+        let err = out.write_all(b"f").await.unwrap_err();
+        assert!(err.to_string().contains("more bytes than the blob's descriptor declares"), "{err}");
+        assert_eq!(out.inner, b"abcde");
+    }
 
     #[test]
     fn reads_docker_config_auths() {

@@ -82,7 +82,7 @@ impl Resolver {
         let Manifest::Image { config, layers, .. } = manifest else {
             return Err(ManifestError::NestedIndex { index: format!("{repository}:{reference}"), child: digest }.into());
         };
-        let config_bytes = self.images.blobs().read(&config.digest)?;
+        let config_bytes = self.images.blobs().read_limited(&config.digest, crate::manifest::MAX_CONFIG_BYTES)?;
         let config = ImageConfig::parse(&config.digest, &config_bytes)?;
         Ok(ResolvedImage {
             repository: repository.to_owned(),
@@ -97,7 +97,7 @@ impl Resolver {
     pub async fn snapshots(&self, image: &ResolvedImage) -> Result<Vec<PathBuf>, ImageError> {
         let snapshots = self.snapshots.clone();
         let layers = image.layers.clone();
-        tokio::task::spawn_blocking(move || layers.iter().map(|l| snapshots.ensure(l)).collect())
+        tokio::task::spawn_blocking(move || snapshots.ensure_image(&layers))
             .await
             .map_err(|e| ImageError::Task(e.to_string()))?
     }

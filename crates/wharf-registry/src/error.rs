@@ -37,9 +37,16 @@ impl RegistryError {
                 I::TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
                 I::UploadUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
                 I::UploadOutOfOrder { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
-                I::Pull { .. } | I::UnsafeLayer { .. } | I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
-                }
+                I::BlobTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
+                I::TooManyUploads { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+                I::ImageFile(_)
+                | I::Pull { .. }
+                | I::UnsafeLayer { .. }
+                | I::LayerLimit { .. }
+                | I::Unpack { .. }
+                | I::Io { .. }
+                | I::Task(_)
+                | I::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             },
             RegistryError::Auth(AuthError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             RegistryError::Auth(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),

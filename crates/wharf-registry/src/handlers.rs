@@ -19,6 +19,7 @@ use crate::route::Route;
 
 /// The largest manifest accepted, as in the spec's recommendation.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
+const _: () = assert!(MAX_MANIFEST_BYTES as u64 == wharf_image::manifest::MAX_MANIFEST_BYTES);
 /// The page size when a client asks for none.
 const DEFAULT_PAGE: usize = 10_000;
 
@@ -54,14 +55,16 @@ async fn handle(state: &RegistryState, request: Request) -> Result<Response> {
             images.unlink_blob(&name, &parse_digest(&digest)?)?;
             StatusCode::ACCEPTED.into_response()
         }
-        (Route::Upload { name, id: None }, &Method::POST) => start_upload(images, &name, &query, body).await?,
+        (Route::Upload { name, id: None }, &Method::POST) => {
+            start_upload(images, &name, &query, &parts.headers, body).await?
+        }
         (Route::Upload { name, id: Some(id) }, &Method::GET) => {
             let offset = images.upload_offset(&name, &id)?;
             upload_status(StatusCode::NO_CONTENT, &name, &id, offset)
         }
         (Route::Upload { name, id: Some(id) }, &Method::PATCH) => {
             let range = content_range(&parts.headers)?;
-            let offset = append_chunk(images, &name, &id, range, body).await?;
+            let offset = append_chunk(images, &name, &id, range, &parts.headers, body).await?;
             upload_status(StatusCode::ACCEPTED, &name, &id, offset)
         }
         (Route::Upload { name, id: Some(id) }, &Method::PUT) => {
@@ -70,7 +73,7 @@ async fn handle(state: &RegistryState, request: Request) -> Result<Response> {
             })?;
             let digest = parse_digest(digest)?;
             let range = content_range(&parts.headers)?;
-            append_chunk(images, &name, &id, range, body).await?;
+            append_chunk(images, &name, &id, range, &parts.headers, body).await?;
             finish_upload(images, &name, &id, &digest).await?
         }
         (Route::Upload { name, id: Some(id) }, &Method::DELETE) => {
@@ -178,6 +181,9 @@ async fn get_blob(images: &ImageStore, name: &str, digest: &str, headers: &Heade
     let size = images
         .blob_in_repo(name, &digest)?
         .ok_or_else(|| ImageError::BlobUnknown { repo: name.to_owned(), digest: digest.clone() })?;
+    // A client that finds a blob present will name it in a manifest soon: restart its
+    // garbage-collection grace period.
+    images.blobs().touch(&digest);
     let range = byte_range(headers, size)?;
     let (status, start, len) = match range {
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
@@ -241,6 +247,7 @@ async fn start_upload(
     images: &ImageStore,
     name: &str,
     query: &HashMap<String, String>,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response> {
     if let Some(mount) = query.get("mount") {
@@ -262,7 +269,10 @@ async fn start_upload(
                 return Err(e);
             }
         };
-        append_chunk(images, name, &id, None, body).await?;
+        if let Err(e) = append_chunk(images, name, &id, None, headers, body).await {
+            let _ = images.cancel_upload(name, &id);
+            return Err(e);
+        }
         return finish_upload(images, name, &id, &digest).await;
     }
     Ok(upload_status(StatusCode::ACCEPTED, name, &id, 0))
@@ -285,8 +295,29 @@ fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>> {
 
 /// Streams `body` onto the end of upload `id`. If the body fails midway or does not match its
 /// `Content-Range`, the upload is cut back to where it was, so a bad chunk leaves no trace.
-async fn append_chunk(images: &ImageStore, name: &str, id: &str, range: Option<(u64, u64)>, body: Body) -> Result<u64> {
+///
+/// An upload may not grow past the store's blob size limit: a `Content-Length` (or
+/// `Content-Range`) announcing more is refused before the body is read, and a body that
+/// goes on past it is cut off there, with 413 either way.
+async fn append_chunk(
+    images: &ImageStore,
+    name: &str,
+    id: &str,
+    range: Option<(u64, u64)>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<u64> {
+    let limit = images.limits().max_blob_bytes;
     let (file, offset) = images.open_upload_for_append(name, id, range.map(|r| r.0))?;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .or(range.map(|(start, end)| end - start + 1));
+    if let Some(announced) = announced
+        && offset.saturating_add(announced) > limit
+    {
+        return Err(ImageError::BlobTooLarge { size: offset, limit }.into());
+    }
     let mut file = tokio::fs::File::from_std(file);
     let mut written: u64 = 0;
     let mut stream = body.into_data_stream();
@@ -294,6 +325,10 @@ async fn append_chunk(images: &ImageStore, name: &str, id: &str, range: Option<(
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(bytes) => {
+                if offset + written + bytes.len() as u64 > limit {
+                    failure = Some(RegistryError::Image(ImageError::BlobTooLarge { size: offset + written, limit }));
+                    break;
+                }
                 if let Err(e) = file.write_all(&bytes).await {
                     failure = Some(RegistryError::Image(ImageError::Task(format!("writing upload {id}: {e}"))));
                     break;

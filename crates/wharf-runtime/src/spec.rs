@@ -29,6 +29,12 @@ pub enum SpecError {
     UnknownGroup { group: String },
     #[error("bad {field} {value:?} for {user} in the image's /etc/passwd")]
     BadPasswdEntry { user: String, field: &'static str, value: String },
+    #[error("cannot resolve the image's user {user:?}")]
+    AccountFile {
+        user: String,
+        #[source]
+        source: wharf_image::hostfile::HostFileError,
+    },
     #[error("building the OCI runtime spec failed")]
     Build(#[from] OciSpecError),
     #[error("writing the OCI runtime spec to {path} failed")]
@@ -131,9 +137,15 @@ pub fn command_line(
     Ok(line)
 }
 
+/// The most of an image's `/etc/passwd` or `/etc/group` the server reads.
+pub const MAX_ACCOUNT_FILE_BYTES: u64 = 4 << 20;
+
 /// Resolves the image's `User` (`uid`, `uid:gid`, `name`, `name:group`) against the rootfs's
 /// `/etc/passwd` and `/etc/group`.
 /// Missing files count as empty (an image without `/etc/passwd` can still name a numeric uid).
+/// The files are the image's, read on the host: symlinks resolve inside `rootfs`, and
+/// anything but a regular file of at most [`MAX_ACCOUNT_FILE_BYTES`] is refused
+/// ([`wharf_image::hostfile::read_in_root`]).
 pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), SpecError> {
     let user = user.map(str::trim).unwrap_or("");
     if user.is_empty() {
@@ -143,7 +155,12 @@ pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), Spe
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let read = |file: &str| {
+        wharf_image::hostfile::read_in_root(rootfs, Path::new(file), MAX_ACCOUNT_FILE_BYTES)
+            .map(|bytes| String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
+            .map_err(|source| SpecError::AccountFile { user: user.to_owned(), source })
+    };
+    let passwd = read("/etc/passwd")?;
     let (uid, primary_gid) = match user_part.parse::<u32>() {
         Ok(uid) => {
             let gid = passwd_entry(&passwd, |f| f[2] == user_part).and_then(|f| f[3].parse().ok());
@@ -167,7 +184,7 @@ pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), Spe
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => {
-                let groups = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+                let groups = read("/etc/group")?;
                 passwd_entry(&groups, |f| f[0] == g)
                     .and_then(|f| f[2].parse().ok())
                     .ok_or_else(|| SpecError::UnknownGroup { group: g.to_owned() })?
@@ -362,6 +379,31 @@ mod tests {
             }
             other => panic!("expected BadPasswdEntry, got {other:?}"),
         }
+    }
+
+    /// Hostile account files: symlinks out of the image and a FIFO. None may reach the host's
+    /// files or block; a FIFO is refused with an error naming it.
+    #[test]
+    fn hostile_account_files_are_not_followed_out_of_the_image() {
+        let outer = tempfile::tempdir().unwrap();
+        let rootfs = outer.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::write(outer.path().join("passwd"), "app:x:7:7::/:/bin/sh\n").unwrap();
+        for target in ["/dev/zero", "../../passwd", outer.path().join("passwd").to_str().unwrap()] {
+            let _ = std::fs::remove_file(rootfs.join("etc/passwd"));
+            std::os::unix::fs::symlink(target, rootfs.join("etc/passwd")).unwrap();
+            match resolve_user(Some("app"), &rootfs) {
+                Err(SpecError::UnknownUser { user }) => assert_eq!(user, "app", "{target}"),
+                other => panic!("/etc/passwd -> {target}: expected UnknownUser, got {other:?}"),
+            }
+            assert_eq!(resolve_user(Some("42"), &rootfs).unwrap(), (42, 42));
+        }
+        std::fs::remove_file(rootfs.join("etc/passwd")).unwrap();
+        nix::unistd::mkfifo(&rootfs.join("etc/passwd"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let err = resolve_user(Some("app"), &rootfs).unwrap_err();
+        assert!(matches!(err, SpecError::AccountFile { .. }), "{err:?}");
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("/etc/passwd in the image is a FIFO"), "{chain}");
     }
 
     fn input<'a>(rootfs: &'a Path, netns: &'a Path, resolv: &'a Path, hosts: &'a Path) -> SpecInput<'a> {

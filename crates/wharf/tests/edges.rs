@@ -226,8 +226,7 @@ async fn a_hundred_abandoned_queued_requests_leave_nothing_behind() {
     }
     let client = reqwest::Client::builder().no_proxy().timeout(PATIENCE).build().unwrap();
     for _ in 0..3 {
-        let response =
-            client.get(format!("http://{ingress}/")).header("Host", &queue_host).send().await.unwrap();
+        let response = client.get(format!("http://{ingress}/")).header("Host", &queue_host).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200);
         assert!(response.text().await.unwrap().starts_with("Hello from queue-00001-"));
     }

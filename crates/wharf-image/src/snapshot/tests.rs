@@ -76,7 +76,7 @@ impl LayerBuilder {
 }
 
 fn unpack(bytes: &[u8], root: &Path) -> Result<(), ImageError> {
-    unpack_layer(bytes, root, &Digest::of(bytes))
+    unpack_layer(bytes, root, &Digest::of(bytes), &UnpackLimits::default())
 }
 
 fn assert_unsafe(result: Result<(), ImageError>, expected_reason: &str) {
@@ -210,7 +210,7 @@ fn decompresses_gzip_zstd_and_plain() {
     for bytes in [tar.clone(), gz, zst] {
         let dir = tempfile::tempdir().unwrap();
         let reader = decompress(io::Cursor::new(bytes.clone())).unwrap();
-        unpack_layer(reader, dir.path(), &Digest::of(&bytes)).unwrap();
+        unpack_layer(reader, dir.path(), &Digest::of(&bytes), &UnpackLimits::default()).unwrap();
         assert_eq!(fs::read(dir.path().join("hello.txt")).unwrap(), b"hi");
     }
 }
@@ -233,4 +233,271 @@ fn failed_unpack_leaves_no_snapshot() {
     let path = snapshots.ensure(&good_digest).unwrap();
     assert_eq!(fs::read(path.join("a")).unwrap(), b"1");
     assert_eq!(snapshots.ensure(&good_digest).unwrap(), path);
+}
+
+// ---- hostile layers: bombs and limits ----------------------------------------------------
+
+const MIB: u64 = 1 << 20;
+
+/// Bytes `dir` really occupies on disk (st_blocks), so a hole or an unwritten file is not
+/// mistaken for data and data is not hidden by an apparent size.
+fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let meta = fs::symlink_metadata(entry.path()).unwrap();
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    total
+}
+
+fn small_limits(max_bytes: u64) -> UnpackLimits {
+    UnpackLimits { max_bytes, max_entries: 100, max_path_bytes: 200, max_depth: 8 }
+}
+
+fn assert_limit(result: Result<(), ImageError>, expected: LimitExceeded) {
+    match result {
+        Err(ImageError::LayerLimit { limit, .. }) => assert_eq!(limit, expected),
+        other => panic!("expected LayerLimit({expected}), got {other:?}"),
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// The attack measured in issue 13: a tiny gzip layer holding one GNU sparse file whose
+/// apparent size is 8 GiB (one 512-byte chunk at its end), which the old unpacker expanded
+/// to real zeros on disk.
+fn sparse_bomb() -> Vec<u8> {
+    let apparent: u64 = 8 << 30;
+    let mut header = tar::Header::new_gnu();
+    header.set_path("bomb").unwrap();
+    header.set_entry_type(tar::EntryType::GNUSparse);
+    header.set_mode(0o644);
+    header.set_size(512);
+    {
+        let gnu = header.as_gnu_mut().unwrap();
+        let octal = |field: &mut [u8], value: u64| {
+            let text = format!("{value:0width$o}", width = field.len() - 1);
+            field[..text.len()].copy_from_slice(text.as_bytes());
+        };
+        octal(&mut gnu.sparse[0].offset, apparent - 512);
+        octal(&mut gnu.sparse[0].numbytes, 512);
+        // 8 GiB needs 12 octal digits: use the base-256 form.
+        gnu.realsize = [0; 12];
+        gnu.realsize[0] = 0x80;
+        gnu.realsize[4..].copy_from_slice(&apparent.to_be_bytes());
+    }
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend(std::iter::repeat_n(0u8, 512 + 1024));
+    gzip(&tar)
+}
+
+#[test]
+fn a_sparse_bomb_is_refused_without_writing() {
+    let bomb = sparse_bomb();
+    eprintln!("sparse bomb: {} bytes of gzip, 8 GiB apparent size", bomb.len());
+    assert!(bomb.len() < 200, "the bomb is {} bytes", bomb.len());
+    let dir = tempfile::tempdir().unwrap();
+    let reader = decompress(io::Cursor::new(bomb.clone())).unwrap();
+    let result = unpack_layer(reader, dir.path(), &Digest::of(&bomb), &small_limits(64 * MIB));
+    assert_limit(result, LimitExceeded::Bytes { limit: 64 * MIB });
+    assert!(disk_usage(dir.path()) < MIB, "{} bytes on disk", disk_usage(dir.path()));
+
+    // Within the size limit, a sparse entry is still refused rather than filled with zeros.
+    let dir = tempfile::tempdir().unwrap();
+    let reader = decompress(io::Cursor::new(bomb.clone())).unwrap();
+    let result = unpack_layer(reader, dir.path(), &Digest::of(&bomb), &small_limits(16 << 30));
+    assert_unsafe(result, "GNU sparse files are not supported; rebuild the layer without --sparse");
+    assert!(disk_usage(dir.path()) < MIB);
+}
+
+#[test]
+fn pax_sparse_entries_are_refused() {
+    let mut b = LayerBuilder::new();
+    let record = " GNU.sparse.major=1\n";
+    let record = format!("{}{record}", record.len() + 2);
+    b.entry("PaxHeaders/x", tar::EntryType::XHeader, "", record.as_bytes(), 0o644, (0, 0));
+    b.file("GNUSparseFile.0/data", b"1\n0\n4\nabcd");
+    let dir = tempfile::tempdir().unwrap();
+    assert_unsafe(
+        unpack(&b.finish(), dir.path()),
+        "pax sparse files are not supported; rebuild the layer without --sparse",
+    );
+}
+
+/// A 2 GiB file of zeros, gzipped, generated as it is read (the test never holds it).
+#[test]
+fn a_zero_filled_gzip_bomb_is_refused_before_its_data_is_written() {
+    let size: u64 = 2 << 30;
+    let mut header = tar::Header::new_ustar();
+    header.set_path("zeros").unwrap();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_size(size);
+    header.set_cksum();
+    let tar = io::Cursor::new(header.as_bytes().to_vec()).chain(io::repeat(0).take(size + 1024));
+    let gz = flate2::read::GzEncoder::new(tar, flate2::Compression::fast());
+    let reader = decompress(io::BufReader::new(gz)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let result = unpack_layer(reader, dir.path(), &Digest::of(b"zeros"), &small_limits(64 * MIB));
+    assert_limit(result, LimitExceeded::Bytes { limit: 64 * MIB });
+    assert!(!dir.path().join("zeros").exists());
+    assert!(disk_usage(dir.path()) < MIB);
+}
+
+#[test]
+fn many_files_stop_at_the_size_limit() {
+    let mut b = LayerBuilder::new();
+    let chunk = vec![7u8; 1 << 20];
+    for i in 0..12 {
+        b.file(&format!("f{i}"), &chunk);
+    }
+    let layer = gzip(&b.finish());
+    let dir = tempfile::tempdir().unwrap();
+    let reader = decompress(io::Cursor::new(layer.clone())).unwrap();
+    let result = unpack_layer(reader, dir.path(), &Digest::of(&layer), &small_limits(8 * MIB));
+    match &result {
+        Err(ImageError::LayerLimit { entry, limit, .. }) => {
+            assert_eq!(entry, "f8");
+            assert_eq!(limit, &LimitExceeded::Bytes { limit: 8 * MIB });
+            assert_eq!(
+                result.as_ref().unwrap_err().to_string(),
+                format!(
+                    "layer {} is refused at entry \"f8\": it goes past the unpacked size limit of 8388608 bytes per image, all layers together (server setting --max-image-size)",
+                    Digest::of(&layer)
+                )
+            );
+        }
+        other => panic!("expected the size limit, got {other:?}"),
+    }
+    let used = disk_usage(dir.path());
+    assert!(used <= 8 * MIB + 64 * 1024, "{used} bytes on disk with an 8 MiB limit");
+    assert!(!dir.path().join("f8").exists());
+}
+
+#[test]
+fn entry_count_path_length_and_depth_are_limited() {
+    let mut b = LayerBuilder::new();
+    for i in 0..101 {
+        b.file(&format!("e{i}"), b"");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let layer = b.finish();
+    assert_limit(
+        unpack_layer(&layer[..], dir.path(), &Digest::of(&layer), &small_limits(MIB)),
+        LimitExceeded::Entries { limit: 100 },
+    );
+
+    let deep = "a/".repeat(9) + "f";
+    let layer = LayerBuilder::new().file(&deep, b"x").finish();
+    let dir = tempfile::tempdir().unwrap();
+    assert_limit(
+        unpack_layer(&layer[..], dir.path(), &Digest::of(&layer), &small_limits(MIB)),
+        LimitExceeded::PathDepth { limit: 8 },
+    );
+    assert!(!dir.path().join("a").exists());
+
+    // A GNU long name (an 'L' entry) longer than the path limit.
+    let mut long = tar::Header::new_gnu();
+    long.set_path("././@LongLink").unwrap();
+    long.set_entry_type(tar::EntryType::GNULongName);
+    let name = "n".repeat(300);
+    long.set_size(name.len() as u64 + 1);
+    long.set_cksum();
+    let mut layer = long.as_bytes().to_vec();
+    layer.extend_from_slice(name.as_bytes());
+    layer.extend(std::iter::repeat_n(0u8, 512 - name.len() - 1 + 1));
+    layer.extend(LayerBuilder::new().file("short", b"x").finish());
+    let dir = tempfile::tempdir().unwrap();
+    assert_limit(
+        unpack_layer(&layer[..], dir.path(), &Digest::of(&layer), &small_limits(MIB)),
+        LimitExceeded::PathLength { limit: 200 },
+    );
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// A long-name entry declaring 1 TiB: the tar reader would read it all into memory; the
+/// meter stops it at the metadata limit. The stream is endless zeros after the header.
+#[test]
+fn a_huge_long_name_is_refused_without_reading_it() {
+    let mut long = tar::Header::new_gnu();
+    long.set_path("././@LongLink").unwrap();
+    long.set_entry_type(tar::EntryType::GNULongName);
+    long.set_size(1 << 40);
+    long.set_cksum();
+    let stream = io::Cursor::new(long.as_bytes().to_vec()).chain(io::repeat(b'n'));
+    let dir = tempfile::tempdir().unwrap();
+    assert_limit(
+        unpack_layer(stream, dir.path(), &Digest::of(b"long"), &UnpackLimits::default()),
+        LimitExceeded::Metadata { limit: UnpackLimits::MAX_METADATA_BYTES },
+    );
+}
+
+#[test]
+fn whiteouts_of_dot_and_dot_dot_are_refused() {
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("snap");
+    fs::create_dir(&root).unwrap();
+    fs::write(outer.path().join("sibling"), b"keep").unwrap();
+    for name in ["etc/.wh..", "etc/.wh...", ".wh...", "etc/.wh."] {
+        let layer = LayerBuilder::new().file("etc/keep", b"1").file(name, b"").finish();
+        assert_unsafe(unpack(&layer, &root), "whiteout does not name an entry (.wh., .wh.. and .wh... are refused)");
+        assert_eq!(fs::read(root.join("etc/keep")).unwrap(), b"1", "{name} removed its directory");
+        assert_eq!(fs::read(outer.path().join("sibling")).unwrap(), b"keep", "{name} escaped the snapshot");
+    }
+}
+
+#[test]
+fn the_default_size_limit_follows_the_free_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = UnpackLimits::sized_for(dir.path()).unwrap();
+    let stat = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+    let free = stat.blocks_available() * stat.fragment_size();
+    assert!(limits.max_bytes <= UnpackLimits::DEFAULT_MAX_BYTES_CAP);
+    assert!(limits.max_bytes <= (free / 2).max(MIB));
+    assert_eq!(limits.max_entries, UnpackLimits::DEFAULT_MAX_ENTRIES);
+}
+
+#[test]
+fn an_image_is_limited_across_its_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+    let snapshots =
+        SnapshotStore::open(&dir.path().join("snapshots"), blobs.clone()).unwrap().with_limits(small_limits(8 * MIB));
+    let chunk = vec![5u8; 5 << 20];
+    let mut layers = Vec::new();
+    for name in ["lower", "upper"] {
+        let layer = gzip(&LayerBuilder::new().file(name, &chunk).finish());
+        let digest = Digest::of(&layer);
+        blobs.put(&layer, &digest).unwrap();
+        layers.push(digest);
+    }
+    // Each layer fits alone; together they do not, and the second is not written at all.
+    match snapshots.ensure_image(&layers) {
+        Err(ImageError::LayerLimit { layer, limit, .. }) => {
+            assert_eq!(layer, layers[1]);
+            assert_eq!(limit, LimitExceeded::Bytes { limit: 8 * MIB });
+        }
+        other => panic!("expected the image limit, got {other:?}"),
+    }
+    assert!(!snapshots.path(&layers[1]).exists());
+    let used = disk_usage(&dir.path().join("snapshots"));
+    assert!(used <= 6 * MIB, "{used} bytes of snapshots with an 8 MiB limit");
+    assert_eq!(snapshots.ensure_image(&layers[1..]).unwrap().len(), 1, "alone, the upper layer fits");
+    if Uid::effective().is_root() {
+        // Both unpacked now (for two images): stacked, their recorded sizes still add up.
+        assert_eq!(snapshots.unpacked_size(&layers[0]), 5 << 20);
+        assert!(matches!(snapshots.ensure_image(&layers), Err(ImageError::LayerLimit { .. })));
+    }
 }

@@ -1,4 +1,4 @@
-//! `wharf images list|import|pull|delete`.
+//! `wharf images list|import|pull|delete|gc`.
 //!
 //! `import` reads an OCI layout directory or a docker-archive tarball and pushes it to the
 //! server's registry over the distribution API, the same way skopeo or docker would, so it
@@ -34,7 +34,15 @@ pub enum ImagesCommand {
         image: String,
     },
     /// Delete an image: NAME:TAG removes the tag, NAME@DIGEST the manifest and its tags.
+    /// The server then collects what no image needs any more.
     Delete { reference: String },
+    /// Remove blobs and layer snapshots no image, revision or job needs, and expire abandoned
+    /// uploads. Blobs younger than the server's --image-gc-grace are kept.
+    Gc {
+        /// Output format: text (default) or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
 }
 
 pub async fn run(args: &ConnectionArgs, command: ImagesCommand) -> anyhow::Result<()> {
@@ -60,6 +68,26 @@ pub async fn run(args: &ConnectionArgs, command: ImagesCommand) -> anyhow::Resul
                 .await?;
             check(response).await?;
             println!("Deleted {reference}");
+            Ok(())
+        }
+        ImagesCommand::Gc { format } => {
+            if format != "text" && format != "json" {
+                bail!("unknown --format {format:?}; use text or json");
+            }
+            let response = client.api_request(reqwest::Method::POST, "/wharf/v1/images:gc").send().await?;
+            let body: serde_json::Value = check(response).await?.json().await?;
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                let n = |key: &str| body[key].as_u64().unwrap_or(0);
+                println!(
+                    "Removed {} blobs ({}) and {} snapshots; expired {} uploads",
+                    n("blobsRemoved"),
+                    human_size(n("bytesFreed")),
+                    n("snapshotsRemoved"),
+                    n("uploadsExpired")
+                );
+            }
             Ok(())
         }
     }

@@ -15,9 +15,9 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/wharf/config.toml";
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Config file (TOML with keys data_dir, api_addr, ingress_addr, registry_addr, domain,
-    /// idle_timeout, and the edge limits: header_read_timeout, connection_idle_timeout,
-    /// max_connections, max_header_bytes, max_api_body_bytes, pull_connect_timeout,
-    /// pull_read_timeout).
+    /// idle_timeout, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
+    /// edge limits: header_read_timeout, connection_idle_timeout, max_connections,
+    /// max_header_bytes, max_api_body_bytes, pull_connect_timeout, pull_read_timeout).
     #[arg(long, env = "WHARF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where Wharf keeps its state database, images and credentials [default: /var/lib/wharf]
@@ -32,13 +32,27 @@ pub struct ServerArgs {
     /// Address of the embedded OCI registry [default: 127.0.0.1:5000]
     #[arg(long, env = "WHARF_REGISTRY_ADDR")]
     pub registry_addr: Option<SocketAddr>,
-    /// Service URLs are http://{service}-{project}.{domain}; names under localhost reach
+    /// Service URLs are http://{service}-{project hash}.{region}.{domain}; names under localhost reach
     /// loopback without /etc/hosts edits [default: localhost]
     #[arg(long, env = "WHARF_DOMAIN")]
     pub domain: Option<String>,
     /// How long an idle instance is kept before it is stopped, e.g. 60s, 15m [default: 60s]
     #[arg(long, env = "WHARF_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
+    /// Most bytes an image's layers may unpack to, all together, e.g. 20GiB [default: half
+    /// the free space of the data directory at start, at most 64GiB]
+    #[arg(long, env = "WHARF_MAX_IMAGE_SIZE")]
+    pub max_image_size: Option<String>,
+    /// Largest blob the registry accepts in one upload, e.g. 2GiB [default: 10GiB]
+    #[arg(long, env = "WHARF_MAX_BLOB_SIZE")]
+    pub max_blob_size: Option<String>,
+    /// Registry upload sessions idle this long are deleted [default: 1h]
+    #[arg(long, env = "WHARF_UPLOAD_EXPIRY")]
+    pub upload_expiry: Option<String>,
+    /// Image garbage collection keeps blobs and snapshots younger than this, so pushes in
+    /// progress survive it [default: 1h]
+    #[arg(long, env = "WHARF_IMAGE_GC_GRACE")]
+    pub image_gc_grace: Option<String>,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }
@@ -105,6 +119,10 @@ struct ConfigFile {
     max_api_body_bytes: Option<usize>,
     pull_connect_timeout: Option<String>,
     pull_read_timeout: Option<String>,
+    max_image_size: Option<String>,
+    max_blob_size: Option<String>,
+    upload_expiry: Option<String>,
+    image_gc_grace: Option<String>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -117,11 +135,37 @@ pub struct ServerConfig {
     pub domain: String,
     pub idle_timeout: Duration,
     pub edge: EdgeLimits,
+    /// `None`: sized to the data directory's free space at start.
+    pub max_image_size: Option<u64>,
+    pub max_blob_size: u64,
+    pub upload_expiry: Duration,
+    pub image_gc_grace: Duration,
 }
 
 /// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     Ok(wharf_api::duration::parse(text)?)
+}
+
+/// Parses a byte size: a number of bytes, or one with a binary unit (`KiB`, `MiB`, `GiB`,
+/// `TiB`; `K`, `M`, `G`, `T` mean the same).
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => anyhow::bail!("size {text:?} has unknown unit {other:?}; use bytes or KiB, MiB, GiB, TiB"),
+    };
+    let number: u64 =
+        number.parse().map_err(|_| anyhow::anyhow!("size {text:?} must be a whole number with an optional unit"))?;
+    let bytes = number.checked_mul(1u64 << shift).ok_or_else(|| anyhow::anyhow!("size {text:?} is too large"))?;
+    anyhow::ensure!(bytes > 0, "size {text:?} must be more than 0");
+    Ok(bytes)
 }
 
 impl ServerConfig {
@@ -144,6 +188,25 @@ impl ServerConfig {
             )
             .context("--idle-timeout")?,
             edge,
+            max_image_size: args
+                .max_image_size
+                .as_deref()
+                .or(file.max_image_size.as_deref())
+                .map(parse_size)
+                .transpose()
+                .context("--max-image-size")?,
+            max_blob_size: parse_size(
+                args.max_blob_size.as_deref().or(file.max_blob_size.as_deref()).unwrap_or("10GiB"),
+            )
+            .context("--max-blob-size")?,
+            upload_expiry: parse_duration(
+                args.upload_expiry.as_deref().or(file.upload_expiry.as_deref()).unwrap_or("1h"),
+            )
+            .context("--upload-expiry")?,
+            image_gc_grace: parse_duration(
+                args.image_gc_grace.as_deref().or(file.image_gc_grace.as_deref()).unwrap_or("1h"),
+            )
+            .context("--image-gc-grace")?,
         })
     }
 }
@@ -214,6 +277,10 @@ mod tests {
             domain: None,
             idle_timeout: None,
             edge: EdgeArgs::default(),
+            max_image_size: None,
+            max_blob_size: None,
+            upload_expiry: None,
+            image_gc_grace: None,
         }
     }
 
@@ -237,6 +304,23 @@ mod tests {
         a.edge.max_header_bytes = Some(10);
         let err = format!("{:#}", ServerConfig::resolve(&a).unwrap_err());
         assert!(err.contains("--max-header-bytes is 10"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units_and_bad_ones_say_why() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("64GiB").unwrap(), 64 << 30);
+        assert_eq!(parse_size("3 M").unwrap(), 3 << 20);
+        for (bad, why) in
+            [("1.5G", "unknown unit"), ("10XB", "unknown unit"), ("0", "more than 0"), ("", "whole number")]
+        {
+            let err = format!("{:#}", parse_size(bad).unwrap_err());
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        assert!(format!("{:#}", parse_size("99999999999T").unwrap_err()).contains("too large"));
+        let c = ServerConfig::resolve(&args()).unwrap();
+        assert_eq!((c.max_image_size, c.max_blob_size), (None, 10 << 30));
+        assert_eq!((c.upload_expiry, c.image_gc_grace), (Duration::from_secs(3600), Duration::from_secs(3600)));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 mod api;
 mod config;
+mod housekeeping;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wharf_iam::Iam;
+use wharf_image::content::StoreLimits;
 use wharf_image::remote::{RemoteRegistry, default_docker_config};
+use wharf_image::snapshot::UnpackLimits;
 use wharf_image::{ImageStore, Resolver, SnapshotStore};
 use wharf_router::Listener;
 use wharf_store::Store;
@@ -47,6 +50,7 @@ pub struct Platform {
     pub resolver: Resolver,
     pub control: wharf_control::ControlPlane,
     pub logs: wharf_runtime::logs::LogStore,
+    pub housekeeping: housekeeping::ImageHousekeeping,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -58,8 +62,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let db = Store::open(&data_dir.join("state.db"))?;
     let iam = Iam::open(db.clone(), data_dir)?;
-    let images = ImageStore::open(data_dir, db.clone())?;
-    let snapshots = Arc::new(SnapshotStore::open(&data_dir.join("snapshots"), images.blobs().clone())?);
+    let images = ImageStore::open(data_dir, db.clone())?.with_limits(StoreLimits {
+        max_blob_bytes: config.max_blob_size,
+        upload_expiry: config.upload_expiry,
+        ..StoreLimits::default()
+    });
+    let unpack_limits = match config.max_image_size {
+        Some(bytes) => UnpackLimits::with_max_bytes(bytes),
+        None => UnpackLimits::sized_for(data_dir)
+            .with_context(|| format!("cannot measure the free space of {}", data_dir.display()))?,
+    };
+    tracing::info!(max_image_bytes = unpack_limits.max_bytes, "layer unpacking limits");
+    let snapshots =
+        Arc::new(SnapshotStore::open(&data_dir.join("snapshots"), images.blobs().clone())?.with_limits(unpack_limits));
 
     let api_listener = bind(config.api_addr, "API").await?;
     let ingress_listener = bind(config.ingress_addr, "ingress").await?;
@@ -80,7 +95,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .context("cannot start the container runtime (wharf server must run as root, with iproute2 and nftables)")?;
 
     let remote = Arc::new(RemoteRegistry::with_timeouts(default_docker_config(), config.edge.pull));
-    let resolver = Resolver::new(images.clone(), snapshots, remote, local_registry_names(info.registry_addr));
+    let resolver = Resolver::new(images.clone(), snapshots.clone(), remote, local_registry_names(info.registry_addr));
     let table = Arc::new(wharf_router::RoutingTable::default());
     let settings = wharf_control::Settings {
         domain: config.domain.clone(),
@@ -92,15 +107,23 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let control = wharf_control::ControlPlane::open(db.clone(), resolver.clone(), backend, table.clone(), settings)
         .await
         .context("cannot open the control plane")?;
+    let housekeeping = housekeeping::ImageHousekeeping {
+        images: images.clone(),
+        snapshots,
+        control: control.clone(),
+        grace: config.image_gc_grace,
+    };
     let platform = Platform {
         iam: iam.clone(),
         images: images.clone(),
         resolver,
         control: control.clone(),
         logs: runtime.logs().clone(),
+        housekeeping: housekeeping.clone(),
     };
 
     let shutdown = CancellationToken::new();
+    let housekeeper = housekeeping.spawn(shutdown.clone());
     let registry = wharf_registry::router(wharf_registry::RegistryState { images, iam });
     let limits = &config.edge.listener;
     let servers = [
@@ -130,6 +153,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     for server in servers {
         let _ = server.await;
     }
+    let _ = housekeeper.await;
     control.shutdown().await;
     runtime.shutdown().await;
     let _ = std::fs::remove_file(data_dir.join(SERVER_INFO_FILE));

@@ -21,6 +21,7 @@ use wharf_api::Code;
 use wharf_iam::AuthError;
 use wharf_image::ImageError;
 use wharf_image::content::ImageSummary;
+use wharf_image::hostfile::HostFileError;
 
 use super::Platform;
 
@@ -75,10 +76,16 @@ impl ApiError {
                 | I::NameInvalid(_)
                 | I::TagInvalid(_)
                 | I::ReferenceInvalid(_)
-                | I::UnsafeLayer { .. } => Code::InvalidArgument,
+                | I::UnsafeLayer { .. }
+                | I::LayerLimit { .. }
+                | I::ImageFile(HostFileError::NotRegular { .. } | HostFileError::TooLarge { .. }) => {
+                    Code::InvalidArgument
+                }
                 I::Pull { .. } => Code::Unavailable,
                 I::UploadUnknown(_) | I::UploadOutOfOrder { .. } => Code::FailedPrecondition,
-                I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => Code::Internal,
+                I::BlobTooLarge { .. } => Code::InvalidArgument,
+                I::TooManyUploads { .. } => Code::ResourceExhausted,
+                I::ImageFile(_) | I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => Code::Internal,
             },
         }
     }
@@ -125,6 +132,7 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
         .merge(jobs::routes())
         .route("/wharf/v1/images", get(list_images).delete(delete_image))
         .route("/wharf/v1/images:pull", post(pull_image))
+        .route("/wharf/v1/images:gc", post(collect_image_garbage))
         .route("/wharf/v1/logs", get(read_logs))
         .fallback(|request: Request| async move {
             ApiError::NotFound(format!("{} {} is not an API method", request.method(), request.uri().path()))
@@ -158,6 +166,21 @@ struct ImageList {
 
 async fn list_images(State(platform): State<Platform>) -> Result<Json<ImageList>, ApiError> {
     Ok(Json(ImageList { images: platform.images.list_images()? }))
+}
+
+/// Expires abandoned uploads and removes blobs and snapshots no manifest, revision, job or
+/// execution needs (older than the server's grace period).
+async fn collect_image_garbage(
+    State(platform): State<Platform>,
+) -> Result<Json<super::housekeeping::HousekeepingReport>, ApiError> {
+    match platform.housekeeping.collect().await {
+        Ok(report) => Ok(Json(report)),
+        Err(super::housekeeping::HousekeepingError::Image(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::Internal(format!(
+            "{e}: {}",
+            std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
+        ))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -301,7 +324,6 @@ impl Params {
         Ok(wharf_control::paging::PageRequest::new(size, self.get("pageToken").unwrap_or_default()))
     }
 }
-
 
 /// How long the API waits for a whole JSON body once its headers are in: a client trickling
 /// a body would otherwise hold its connection (and a handler task) for as long as it likes.
