@@ -154,6 +154,12 @@ impl WharfServer {
         match started.and_then(|r| r) {
             Ok(addrs) => server.addrs = addrs,
             Err(e) => {
+                // Stop it here: dropping a server that never started must not sweep (which
+                // would start another one, and so on).
+                if let Some(mut child) = server.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
                 let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();
                 bail!("{e:#}\n--- server.log ---\n{log}");
             }
@@ -199,15 +205,18 @@ impl WharfServer {
     }
 
     /// Stops the server with SIGTERM (SIGKILL after 60 s) and returns whether it exited cleanly.
-    /// A server that had to be killed is started once more on its data directory and stopped
-    /// again: its start-up sweep removes what the killed one left (mounts, namespaces).
+    /// A server that had to be killed, or failed, is started once more on its data directory
+    /// and stopped again: its start-up sweep removes what the other left (mounts, namespaces).
+    /// A sweeper that cannot start is not retried.
     pub fn stop(&mut self) -> anyhow::Result<bool> {
         let Some(child) = self.child.take() else { return Ok(true) };
-        if terminate(child) {
-            return Ok(true);
-        }
+        let how = match terminate(child) {
+            Exit::Clean => return Ok(true),
+            Exit::Failed(status) => format!("exited with {status} when stopped"),
+            Exit::Killed => "did not stop within 60 s".to_owned(),
+        };
         let log = self.log();
-        eprintln!("wharf server did not stop within 60 s; sweeping its data directory. Log:\n{log}");
+        eprintln!("wharf server {how}; sweeping its data directory. Log:\n{log}");
         if let Ok(mut sweeper) =
             WharfServer::launch(&self.binary, &self.data_dir, &self.root, self.env.clone(), self.guard.clone())
             && let Some(child) = sweeper.child.take()
@@ -286,16 +295,26 @@ impl WharfServer {
     }
 }
 
-/// SIGTERM, then up to 60 s for a clean exit, then SIGKILL. Returns whether it exited cleanly.
-fn terminate(mut child: Child) -> bool {
+/// How a stopped server ended.
+enum Exit {
+    Clean,
+    /// It exited by itself, but not with success.
+    Failed(std::process::ExitStatus),
+    /// It did not exit within 60 s of SIGTERM and was killed.
+    Killed,
+}
+
+/// SIGTERM, then up to 60 s for a clean exit, then SIGKILL.
+fn terminate(mut child: Child) -> Exit {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     match wait_until("wharf server to stop", Duration::from_secs(60), || child.try_wait().ok().flatten()) {
-        Ok(status) => status.success(),
+        Ok(status) if status.success() => Exit::Clean,
+        Ok(status) => Exit::Failed(status),
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            false
+            Exit::Killed
         }
     }
 }
