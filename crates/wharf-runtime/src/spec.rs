@@ -29,6 +29,11 @@ pub enum SpecError {
     UnknownGroup { group: String },
     #[error("bad {field} {value:?} for {user} in the image's /etc/passwd")]
     BadPasswdEntry { user: String, field: &'static str, value: String },
+    #[error(
+        "the instance asks for {cpu_millis}m CPU but all instances together may use {total_millis}m \
+         (the server's --instance-cpu-limit); lower --cpu"
+    )]
+    CpuAboveServerLimit { cpu_millis: u64, total_millis: u64 },
     #[error("building the OCI runtime spec failed")]
     Build(#[from] OciSpecError),
     #[error("writing the OCI runtime spec to {path} failed")]
