@@ -157,11 +157,23 @@ fn bpf<T>(command: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> 
     if ret < 0 { Err(std::io::Error::last_os_error()) } else { Ok(ret) }
 }
 
-/// Loads the device program; the returned descriptor keeps it alive until attached.
+/// Loads the device program; the returned descriptor keeps it alive until attached. Only
+/// when the kernel refuses it is it loaded again with the verifier's log, to explain why.
 fn load() -> std::io::Result<OwnedFd> {
+    match load_with_log(None) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            let mut log = vec![0u8; 1 << 20];
+            let _ = load_with_log(Some(&mut log));
+            let verifier = String::from_utf8_lossy(&log).trim_end_matches('\0').trim().to_owned();
+            Err(std::io::Error::new(e.kind(), format!("loading the device filter failed ({e}): {verifier}")))
+        }
+    }
+}
+
+fn load_with_log(log: Option<&mut [u8]>) -> std::io::Result<OwnedFd> {
     let insns = program();
     let license = c"GPL";
-    let mut log = vec![0u8; 4096];
     let mut name = [0u8; 16];
     name[..12].copy_from_slice(b"wharf_device");
     let mut attr = ProgLoadAttr {
@@ -169,24 +181,19 @@ fn load() -> std::io::Result<OwnedFd> {
         insn_cnt: u32::try_from(insns.len()).expect("the program is short"),
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: u32::try_from(log.len()).expect("4 KiB"),
-        log_buf: log.as_mut_ptr() as u64,
         prog_name: name,
         expected_attach_type: BPF_CGROUP_DEVICE,
         ..ProgLoadAttr::default()
     };
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => {
-            let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("bpf returned a bad descriptor"))?;
-            // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        }
-        Err(e) => {
-            let verifier = String::from_utf8_lossy(&log).trim_end_matches('\0').trim().to_owned();
-            Err(std::io::Error::new(e.kind(), format!("loading the device filter failed ({e}): {verifier}")))
-        }
+    if let Some(log) = log {
+        attr.log_level = 1;
+        attr.log_size = u32::try_from(log.len()).unwrap_or(u32::MAX);
+        attr.log_buf = log.as_mut_ptr() as u64;
     }
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("bpf returned a bad descriptor"))?;
+    // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Attaches the device filter to the v2 cgroup directory `cgroup`: from then on no process in

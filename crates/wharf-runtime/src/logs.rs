@@ -559,7 +559,7 @@ async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_li
                 while stored > store_bytes {
                     let (last, bytes): (Option<i64>, i64) = tx.query_row(
                         "SELECT max(id), ifnull(sum(length(message) + ifnull(length(payload), 0) + ?1), 0)
-                         FROM (SELECT id, message, payload FROM logs ORDER BY id LIMIT 1000)",
+                         FROM (SELECT id, message, payload FROM logs ORDER BY id LIMIT 100)",
                         [i64::try_from(ROW_OVERHEAD).unwrap_or(64)],
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )?;
@@ -652,5 +652,77 @@ mod tests {
         let none =
             logs.query(&LogFilter { revision: Some("other".into()), limit: 10, ..LogFilter::default() }).await.unwrap();
         assert_eq!(none, []);
+    }
+
+    fn messages(entries: &[LogEntry]) -> Vec<&str> {
+        entries.iter().map(|e| e.message.as_str()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_noisy_instance_is_rate_limited_with_a_counted_marker_and_a_quiet_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Store::open(&dir.path().join("state.db")).unwrap();
+        let limits = LogLimits { lines_per_second: 100, ..LogLimits::default() };
+        let logs = LogStore::open(db, 1_000_000, limits);
+        let (noisy, quiet) = (logs.instance(&owner(), "noisy"), logs.instance(&owner(), "quiet"));
+        for i in 0..5000 {
+            noisy.line(Stream::Stdout, &format!("noise {i}")).await;
+        }
+        quiet.line(Stream::Stdout, "hello").await;
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        noisy.line(Stream::Stdout, "after a second").await;
+        noisy.line(Stream::Stdout, "x").await;
+        noisy.finish().await;
+
+        let filter = |i: &str| LogFilter { instance: Some(i.into()), limit: 10_000, ..LogFilter::default() };
+        let stored = logs.query(&filter("noisy")).await.unwrap();
+        let marker = "wharf: dropped 4900 lines (rate limit 100 lines/s, 1048576 bytes/s)";
+        assert_eq!(stored.len(), 100 + 3, "{:?}", &messages(&stored)[95..]);
+        assert_eq!(messages(&stored)[99..], ["noise 99", marker, "after a second", "x"]);
+        assert_eq!((stored[100].stream, stored[100].severity.as_str()), (Stream::Platform, "WARNING"));
+        assert_eq!(messages(&logs.query(&filter("quiet")).await.unwrap()), ["hello"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lines_past_the_byte_rate_are_dropped_and_reported_when_output_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Store::open(&dir.path().join("state.db")).unwrap();
+        let limits = LogLimits { bytes_per_second: 1000, ..LogLimits::default() };
+        let logs = LogStore::open(db, 1_000_000, limits);
+        let log = logs.instance(&owner(), "big");
+        let line = "y".repeat(300);
+        for _ in 0..10 {
+            log.line(Stream::Stdout, &line).await;
+        }
+        log.finish().await;
+        let stored = logs.query(&LogFilter { limit: 100, ..LogFilter::default() }).await.unwrap();
+        assert_eq!(stored.len(), 4);
+        assert_eq!(stored[3].message, "wharf: dropped 7 lines (rate limit 1000 lines/s, 1000 bytes/s)");
+    }
+
+    #[tokio::test]
+    async fn the_store_keeps_under_its_size_cap_dropping_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Store::open(&dir.path().join("state.db")).unwrap();
+        let cap = 64 * 1024;
+        let logs = LogStore::open(db.clone(), 1_000_000, LogLimits { store_bytes: cap, ..LogLimits::default() });
+        let pad = "z".repeat(100);
+        // About 820 KB of lines, 12 times the cap.
+        for i in 0..5000 {
+            logs.append(&owner(), "inst", Stream::Stdout, &format!("{i:05} {pad}")).await;
+        }
+        logs.flush().await;
+        let (bytes, rows): (i64, i64) = db
+            .read(|c| {
+                c.query_row("SELECT sum(length(message) + ifnull(length(payload), 0)), count(*) FROM logs", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+            })
+            .unwrap();
+        let stored = bytes.unsigned_abs() + rows.unsigned_abs() * ROW_OVERHEAD;
+        assert!(stored <= cap, "{stored} bytes stored, cap {cap}");
+        assert!(stored >= cap / 2, "pruned far too much: {stored} bytes left");
+        let last = logs.query(&LogFilter { limit: 1, ..LogFilter::default() }).await.unwrap();
+        assert!(last[0].message.starts_with("04999 "), "the newest line is kept: {}", last[0].message);
     }
 }
