@@ -31,6 +31,20 @@ pub struct RuntimeConfig {
     pub log_limits: crate::logs::LogLimits,
 }
 
+impl RuntimeConfig {
+    /// The settings a server has by default, for `data_dir` and the `helper` binary.
+    pub fn new(data_dir: PathBuf, helper: PathBuf) -> RuntimeConfig {
+        RuntimeConfig {
+            data_dir,
+            helper,
+            log_retention_lines: 1_000_000,
+            cgroup_parent: "wharf".to_owned(),
+            instance_limits: crate::cgroup::ParentLimits::host_default(),
+            log_limits: crate::logs::LogLimits::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub(crate) inner: Arc<Inner>,
