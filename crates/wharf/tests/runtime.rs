@@ -503,3 +503,37 @@ async fn instances_live_under_the_parent_cgroup_and_admission_holds_the_total() 
         assert!(!dir.exists(), "the parent cgroup {} was left behind", dir.display());
     }
 }
+
+/// A noisy instance is held to its log rate: what it wrote past the limit is dropped and
+/// counted in marker lines (stored plus dropped is everything it wrote), and a quiet
+/// instance's line still arrives.
+#[tokio::test]
+async fn a_noisy_instance_gets_dropped_markers_and_a_quiet_one_still_logs() {
+    let limits = wharf_runtime::logs::LogLimits { lines_per_second: 200, ..Default::default() };
+    let h = harness_with(|config| RuntimeConfig { log_limits: limits, ..config }).await;
+    let noisy = h.start(h.spec("hello-00040-noisy")).await.unwrap();
+    let quiet = h.start(h.spec("hello-00040-quiet")).await.unwrap();
+    let written = get(&noisy, "/log?message=noise&count=20000").await;
+    let quiet_logged = get(&quiet, "/log?message=quiet%20line").await;
+    h.runtime.stop(&noisy).await;
+    h.runtime.stop(&quiet).await;
+    let query = |revision: &str| LogFilter { revision: Some(revision.into()), limit: 100_000, ..LogFilter::default() };
+    let noisy_lines = h.runtime.logs().query(&query("hello-00040-noisy")).await.unwrap();
+    let quiet_lines = h.runtime.logs().query(&query("hello-00040-quiet")).await.unwrap();
+    h.finish().await;
+
+    assert_eq!(written, (200, "logged 20000\n".to_owned()));
+    assert_eq!(quiet_logged.0, 200);
+    let stored_noise = noisy_lines.iter().filter(|l| l.message.starts_with("noise ")).count() as u64;
+    let suffix = " lines (rate limit 200 lines/s, 1048576 bytes/s)";
+    let dropped: u64 = noisy_lines
+        .iter()
+        .filter_map(|l| l.message.strip_prefix("wharf: dropped ")?.strip_suffix(suffix)?.parse::<u64>().ok())
+        .sum();
+    assert!(dropped > 0, "no marker line: {:?}", noisy_lines.iter().rev().take(5).collect::<Vec<_>>());
+    assert!(stored_noise < 20_000, "{stored_noise} noise lines stored: no rate limit");
+    // Every line is accounted for (the instance's own few lines besides the noise may be
+    // among the dropped ones).
+    assert!((20_000..20_005).contains(&(stored_noise + dropped)), "{stored_noise} stored + {dropped} dropped");
+    assert!(quiet_lines.iter().any(|l| l.message == "quiet line"), "{quiet_lines:?}");
+}
