@@ -194,6 +194,38 @@ async fn a_revision_that_cannot_start_fails_its_operation_with_the_reason() {
     assert_eq!(h.routed("broken"), vec![]);
 }
 
+/// When the backend has no room for another instance, a request that needs one gets a 429
+/// with the backend's reason (not the 503 of a revision that cannot start), and the revision
+/// stays ready.
+#[tokio::test(start_paused = true)]
+async fn a_request_needing_an_instance_the_backend_has_no_room_for_gets_429_with_the_reason() {
+    const REASON: &str = "wharf: no capacity: instances use 256 MiB of 256 MiB (--instance-memory-limit); \
+                          this instance needs 128 MiB";
+    let starts = std::sync::atomic::AtomicUsize::new(0);
+    let backend = FakeBackend::new(move |_| {
+        if starts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Behaviour::Serve { start_delay: Duration::ZERO }
+        } else {
+            Behaviour::NoCapacity { message: REASON.into() }
+        }
+    });
+    let h = Harness::new(backend).await;
+    let mut svc = service(&[]);
+    svc.template.max_instance_request_concurrency = 1;
+    let op = h.deploy("full", svc).await;
+    assert_eq!(op.error, None);
+    let revision = h.routed("full")[0].0.clone();
+    let pool = h.control.pool("p", "l", &revision).unwrap();
+    let busy = pool.acquire().await.expect("the deploy's instance serves");
+    let refused = pool.acquire().await.expect_err("a second instance does not fit");
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(refused.to_string(), format!("no capacity for another instance: {REASON}"));
+    assert_eq!(h.backend.view().launches.len(), 2);
+    let ready = h.control.get_service(&parent(), "full").unwrap().latest_ready_revision;
+    assert!(ready.ends_with(&format!("/{revision}")), "{ready}");
+    drop(busy);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_dry_run_stores_nothing_and_starts_nothing() {
     let h = Harness::new(serving_behaviour()).await;
