@@ -83,10 +83,8 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
     let resolver = Resolver::new(images, snapshots, Arc::new(RemoteRegistry::new(None)), vec![]);
     let image = resolver.load("testapp", "bench")?;
     let layers = resolver.snapshots(&image).await?;
-    let config = RuntimeConfig {
-        log_retention_lines: 10_000,
-        ..RuntimeConfig::new(dir.path().to_owned(), wharf_binary()?)
-    };
+    let config =
+        RuntimeConfig { log_retention_lines: 10_000, ..RuntimeConfig::new(dir.path().to_owned(), wharf_binary()?) };
     let runtime = Runtime::open(config, db).await?;
 
     let mut phases: Vec<StartPhases> = Vec::new();

@@ -96,6 +96,7 @@ mod tests {
         let third = admission.reserve(128 * mib).unwrap();
         drop((second, third));
         assert_eq!(admission.used(), 0);
-        assert!(admission.reserve(u64::MAX).is_err());
+        let overflow = admission.reserve(u64::MAX).unwrap_err();
+        assert_eq!(overflow.needed, u64::MAX);
     }
 }

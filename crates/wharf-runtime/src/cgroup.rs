@@ -107,7 +107,10 @@ impl CgroupParent {
         let path = path.trim_matches('/');
         let valid = !path.is_empty()
             && path.split('/').all(|c| {
-                !c.is_empty() && c != "." && c != ".." && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
             });
         if !valid {
             return Err(CgroupError::BadParent(path.to_owned()));
@@ -353,10 +356,7 @@ mod tests {
         assert_eq!(CgroupParent::new("/wharf/", limits).unwrap().instance_path("ab12"), "/wharf/wharf-ab12");
         assert_eq!(CgroupParent::new("wharf/t-1", limits).unwrap().path, "wharf/t-1");
         for bad in ["", "/", "wharf/../x", "wharf//x", "a b"] {
-            assert!(
-                matches!(CgroupParent::new(bad, limits), Err(CgroupError::BadParent(_))),
-                "{bad:?} was accepted"
-            );
+            assert!(matches!(CgroupParent::new(bad, limits), Err(CgroupError::BadParent(_))), "{bad:?} was accepted");
         }
     }
 }

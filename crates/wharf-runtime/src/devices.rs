@@ -235,13 +235,9 @@ mod tests {
     /// root; skipped (with a message) where there is no writable v2 hierarchy.
     #[test]
     fn the_filter_denies_block_devices_and_allows_null() {
-        let v2 = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| {
-                nix::sys::statfs::statfs(*p)
-                    .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-            });
+        let v2 = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"].into_iter().map(Path::new).find(|p| {
+            nix::sys::statfs::statfs(*p).is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        });
         let Some(v2) = v2 else {
             eprintln!("no cgroup v2 hierarchy on this machine; skipping");
             return;
@@ -271,8 +267,13 @@ mod tests {
         let (major, minor) = block.split_once(':').unwrap();
         let node = tmp.path().join("disk");
         let dev = nix::sys::stat::makedev(major.parse().unwrap(), minor.parse().unwrap());
-        nix::sys::stat::mknod(&node, nix::sys::stat::SFlag::S_IFBLK, nix::sys::stat::Mode::from_bits_truncate(0o600), dev)
-            .unwrap();
+        nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            dev,
+        )
+        .unwrap();
         // The shell joins the cgroup itself, then runs the probes.
         let script = format!(
             "echo $$ > {procs} && head -c1 /dev/null && echo null-ok; \

@@ -432,7 +432,7 @@ fn take_lines(
     cx: &mut std::task::Context<'_>,
     queues: &mut Vec<mpsc::Receiver<Box<LogEntry>>>,
     first: &mut usize,
-    batch: &mut Vec<Box<LogEntry>>,
+    batch: &mut Vec<LogEntry>,
 ) {
     let n = queues.len();
     let mut closed = Vec::new();
@@ -440,7 +440,7 @@ fn take_lines(
         let i = (*first + k) % n;
         for _ in 0..TURN {
             match queues[i].poll_recv(cx) {
-                std::task::Poll::Ready(Some(entry)) => batch.push(entry),
+                std::task::Poll::Ready(Some(entry)) => batch.push(*entry),
                 std::task::Poll::Ready(None) => {
                     closed.push(i);
                     break;
@@ -472,7 +472,7 @@ async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_li
     let mut since_prune = 0usize;
     let mut control_open = true;
     loop {
-        let mut batch: Vec<Box<LogEntry>> = Vec::new();
+        let mut batch: Vec<LogEntry> = Vec::new();
         let mut flushes = Vec::new();
         let next = std::future::poll_fn(|cx| {
             if control_open {
@@ -499,12 +499,12 @@ async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_li
                 queues.push(rx);
                 continue;
             }
-            Next::Control(Control::Line(entry)) => batch.push(entry),
+            Next::Control(Control::Line(entry)) => batch.push(*entry),
             Next::Control(Control::Flush(done)) => {
                 // Everything appended before the flush is in some queue by now: take it all.
                 for queue in &mut queues {
                     while let Ok(entry) = queue.try_recv() {
-                        batch.push(entry);
+                        batch.push(*entry);
                     }
                 }
                 flushes.push(done);
@@ -513,12 +513,12 @@ async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_li
         // More control lines waiting (platform lines, flushes) join this batch.
         while batch.len() < 4096 {
             match control.try_recv() {
-                Ok(Control::Line(entry)) => batch.push(entry),
+                Ok(Control::Line(entry)) => batch.push(*entry),
                 Ok(Control::Queue(rx)) => queues.push(rx),
                 Ok(Control::Flush(done)) => {
                     for queue in &mut queues {
                         while let Ok(entry) = queue.try_recv() {
-                            batch.push(entry);
+                            batch.push(*entry);
                         }
                     }
                     flushes.push(done);
@@ -528,7 +528,7 @@ async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_li
         }
         if !batch.is_empty() {
             since_prune += batch.len();
-            stored += batch.iter().map(|e| entry_bytes(e)).sum::<u64>();
+            stored += batch.iter().map(entry_bytes).sum::<u64>();
             let prune_lines = since_prune >= 1000;
             let result = db.write(|tx| {
                 let mut stmt = tx.prepare_cached(

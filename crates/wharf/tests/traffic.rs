@@ -330,10 +330,11 @@ async fn session_affinity_keeps_a_client_on_its_instance() {
 async fn a_request_needing_an_instance_past_the_server_memory_limit_gets_429_with_the_reason() {
     let parent = format!("wharf/e2e-{}", std::process::id());
     let lab = Lab::start_with_env(&[("WHARF_INSTANCE_MEMORY_LIMIT", "256Mi"), ("WHARF_CGROUP_PARENT", &parent)]);
-    let limit = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
-        .iter()
-        .find_map(|h| std::fs::read_to_string(Path::new(h).join(&parent).join("memory.limit_in_bytes")).ok()
-            .or_else(|| std::fs::read_to_string(Path::new(h).join(&parent).join("memory.max")).ok()));
+    let limit = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"].iter().find_map(|h| {
+        std::fs::read_to_string(Path::new(h).join(&parent).join("memory.limit_in_bytes"))
+            .ok()
+            .or_else(|| std::fs::read_to_string(Path::new(h).join(&parent).join("memory.max")).ok())
+    });
     assert_eq!(limit.map(|l| l.trim().to_owned()), Some((256u64 << 20).to_string()));
     lab.wharf(&["run", "deploy", "full", "--image", &lab.image, "--concurrency", "1", "--memory", "128Mi"]);
     let client = Lab::client();

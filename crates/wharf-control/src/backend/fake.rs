@@ -217,9 +217,7 @@ impl InstanceBackend for FakeBackend {
             let (delay, outcome) = match behaviour {
                 Behaviour::Serve { start_delay } => (start_delay, Ok(None)),
                 Behaviour::Exit { run_for, code } => (Duration::ZERO, Ok(Some((run_for, code)))),
-                Behaviour::FailStart { start_delay, message } => {
-                    (start_delay, Err(BackendError::NotReady { message }))
-                }
+                Behaviour::FailStart { start_delay, message } => (start_delay, Err(BackendError::NotReady { message })),
                 Behaviour::NoCapacity { message } => (Duration::ZERO, Err(BackendError::NoCapacity { message })),
             };
             tokio::time::sleep(delay).await;
