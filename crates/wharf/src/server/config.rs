@@ -15,7 +15,8 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/wharf/config.toml";
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Config file (TOML with keys data_dir, api_addr, ingress_addr, registry_addr, domain,
-    /// idle_timeout).
+    /// idle_timeout, instance_memory_limit, instance_cpu_limit, cgroup_parent, log_rate_limit,
+    /// log_store_limit).
     #[arg(long, env = "WHARF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where Wharf keeps its state database, images and credentials [default: /var/lib/wharf]
