@@ -447,6 +447,29 @@ async fn a_failing_task_is_retried_with_the_next_attempt_number() {
     assert_eq!(tasks.tasks[0].retried, 2);
 }
 
+/// A task the machine has no room for fails that attempt with the reason and is retried; with
+/// no retries left the execution fails saying why.
+#[tokio::test(start_paused = true)]
+async fn a_task_with_no_capacity_fails_its_attempt_with_the_reason_and_is_retried() {
+    const REASON: &str = "wharf: no capacity: instances use 1 GiB of 1 GiB (--instance-memory-limit); \
+                          this instance needs 512 MiB";
+    let backend = FakeBackend::new(|spec| match task_of(spec).1 {
+        0 => Behaviour::NoCapacity { message: REASON.into() },
+        _ => Behaviour::Exit { run_for: Duration::from_secs(1), code: 0 },
+    });
+    let h = Harness::new(backend).await;
+    let (op, execution) = h.run("later", job(1, 1, 1, "60s")).await;
+    assert_eq!(op.error, None);
+    assert_eq!((execution.succeeded_count, execution.retried_count), (1, 1));
+
+    let always_full = FakeBackend::new(|_| Behaviour::NoCapacity { message: REASON.into() });
+    let h = Harness::new(always_full).await;
+    let (op, execution) = h.run("never", job(1, 1, 1, "60s")).await;
+    let error = op.error.expect("the execution fails");
+    assert!(error.message.contains(REASON), "{}", error.message);
+    assert_eq!((execution.failed_count, execution.retried_count), (1, 1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_task_over_its_timeout_is_stopped_and_counts_as_failed() {
     let backend = FakeBackend::new(|_| Behaviour::Exit { run_for: Duration::from_secs(3600), code: 0 });

@@ -218,6 +218,7 @@ mod tests {
     #[test]
     fn every_rule_jumps_past_its_own_block() {
         let p = program();
+        assert_eq!(p.len(), 99, "docs/security.md gives the program's size");
         assert_eq!(p.last().map(|i| i.code), Some(EXIT));
         for (i, ins) in p.iter().enumerate() {
             if ins.code == JNE_K {
