@@ -104,7 +104,7 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
     let image = resolver.load("testapp", "bench")?;
     let layers = resolver.snapshots(&image).await?;
     let config =
-        RuntimeConfig { data_dir: dir.path().to_owned(), helper: wharf_binary()?, log_retention_lines: 10_000 };
+        RuntimeConfig { log_retention_lines: 10_000, ..RuntimeConfig::new(dir.path().to_owned(), wharf_binary()?) };
     let runtime = Runtime::open(config, db).await?;
 
     let mut phases: Vec<StartPhases> = Vec::new();

@@ -194,6 +194,38 @@ async fn a_revision_that_cannot_start_fails_its_operation_with_the_reason() {
     assert_eq!(h.routed("broken"), vec![]);
 }
 
+/// When the backend has no room for another instance, a request that needs one gets a 429
+/// with the backend's reason (not the 503 of a revision that cannot start), and the revision
+/// stays ready.
+#[tokio::test(start_paused = true)]
+async fn a_request_needing_an_instance_the_backend_has_no_room_for_gets_429_with_the_reason() {
+    const REASON: &str = "wharf: no capacity: instances use 256 MiB of 256 MiB (--instance-memory-limit); \
+                          this instance needs 128 MiB";
+    let starts = std::sync::atomic::AtomicUsize::new(0);
+    let backend = FakeBackend::new(move |_| {
+        if starts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Behaviour::Serve { start_delay: Duration::ZERO }
+        } else {
+            Behaviour::NoCapacity { message: REASON.into() }
+        }
+    });
+    let h = Harness::new(backend).await;
+    let mut svc = service(&[]);
+    svc.template.max_instance_request_concurrency = 1;
+    let op = h.deploy("full", svc).await;
+    assert_eq!(op.error, None);
+    let revision = h.routed("full")[0].0.clone();
+    let pool = h.control.pool("p", "l", &revision).unwrap();
+    let busy = pool.acquire().await.expect("the deploy's instance serves");
+    let refused = pool.acquire().await.expect_err("a second instance does not fit");
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(refused.to_string(), format!("no capacity for another instance: {REASON}"));
+    assert_eq!(h.backend.view().launches.len(), 2);
+    let ready = h.control.get_service(&parent(), "full").unwrap().latest_ready_revision;
+    assert!(ready.ends_with(&format!("/{revision}")), "{ready}");
+    drop(busy);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_dry_run_stores_nothing_and_starts_nothing() {
     let h = Harness::new(serving_behaviour()).await;
@@ -468,6 +500,29 @@ async fn a_failing_task_is_retried_with_the_next_attempt_number() {
         .list_tasks(&parent(), "flaky", execution.name.rsplit('/').next().unwrap(), &PageRequest::default())
         .unwrap();
     assert_eq!(tasks.tasks[0].retried, 2);
+}
+
+/// A task the machine has no room for fails that attempt with the reason and is retried; with
+/// no retries left the execution fails saying why.
+#[tokio::test(start_paused = true)]
+async fn a_task_with_no_capacity_fails_its_attempt_with_the_reason_and_is_retried() {
+    const REASON: &str = "wharf: no capacity: instances use 1 GiB of 1 GiB (--instance-memory-limit); \
+                          this instance needs 512 MiB";
+    let backend = FakeBackend::new(|spec| match task_of(spec).1 {
+        0 => Behaviour::NoCapacity { message: REASON.into() },
+        _ => Behaviour::Exit { run_for: Duration::from_secs(1), code: 0 },
+    });
+    let h = Harness::new(backend).await;
+    let (op, execution) = h.run("later", job(1, 1, 1, "60s")).await;
+    assert_eq!(op.error, None);
+    assert_eq!((execution.succeeded_count, execution.retried_count), (1, 1));
+
+    let always_full = FakeBackend::new(|_| Behaviour::NoCapacity { message: REASON.into() });
+    let h = Harness::new(always_full).await;
+    let (op, execution) = h.run("never", job(1, 1, 1, "60s")).await;
+    let error = op.error.expect("the execution fails");
+    assert!(error.message.contains(REASON), "{}", error.message);
+    assert_eq!((execution.failed_count, execution.retried_count), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]

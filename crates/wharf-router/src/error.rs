@@ -1,5 +1,6 @@
 //! Proxy failures and how each is answered, decided once here: an unknown host is a 404, a
-//! full queue a 429, no instance in time a 503, an instance that cannot start a 503, an
+//! full queue a 429, no capacity on the machine for a needed instance a 429 with the reason,
+//! no instance in time a 503, an instance that cannot start a 503, an
 //! upstream that fails a 502, a request past its timeout a 504 (the instance is kept).
 
 use bytes::Bytes;
@@ -21,6 +22,9 @@ pub enum ProxyError {
     NoInstance,
     #[error("an instance could not be started: {0}")]
     StartFailed(LaunchError),
+    /// The request needs a new instance and the platform has no room for one now.
+    #[error("no capacity for another instance: {0}")]
+    NoCapacity(LaunchError),
     #[error("the upstream request failed: {0}")]
     Upstream(String),
     #[error("the request exceeded its timeout of {0:?}")]
@@ -31,7 +35,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::UnknownHost { .. } => StatusCode::NOT_FOUND,
-            ProxyError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::QueueFull | ProxyError::NoCapacity(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoRevision | ProxyError::NoInstance | ProxyError::StartFailed(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -43,7 +47,7 @@ impl ProxyError {
     /// Whether the request can be retried on another instance: only failures where the
     /// request never reached an instance.
     pub fn retryable(&self) -> bool {
-        matches!(self, ProxyError::QueueFull | ProxyError::NoInstance)
+        matches!(self, ProxyError::QueueFull | ProxyError::NoInstance | ProxyError::NoCapacity(_))
     }
 
     fn body(&self) -> String {
@@ -56,6 +60,9 @@ impl ProxyError {
             }
             ProxyError::NoRevision => "The service has no ready revision to serve this request.".to_owned(),
             ProxyError::StartFailed(reason) => format!("The service could not start an instance: {reason}"),
+            ProxyError::NoCapacity(reason) => {
+                format!("The request was aborted because there was no available instance: {reason}")
+            }
             ProxyError::Upstream(_) => "The upstream instance failed to answer the request.".to_owned(),
             ProxyError::Timeout(t) => format!("upstream request timeout: the request exceeded {}s", t.as_secs()),
         }

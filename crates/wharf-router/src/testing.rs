@@ -93,7 +93,7 @@ struct Inner {
     gated: bool,
     gate: Semaphore,
     /// The next starts fail with these reasons, in order.
-    failures: Mutex<VecDeque<String>>,
+    failures: Mutex<VecDeque<LaunchError>>,
     launches: watch::Sender<u32>,
     stopped: watch::Sender<Vec<String>>,
 }
@@ -130,7 +130,13 @@ impl FakeLauncher {
     }
 
     pub(crate) fn fail_next(&self, reason: &str) {
-        self.0.failures.lock().unwrap().push_back(reason.to_owned());
+        self.0.failures.lock().unwrap().push_back(LaunchError::message(reason));
+    }
+
+    /// The next start is refused for lack of capacity on the machine.
+    pub(crate) fn fail_next_no_capacity(&self, reason: &str) {
+        let error = LaunchError::message(reason);
+        self.0.failures.lock().unwrap().push_back(LaunchError::no_capacity(error));
     }
 
     /// How many starts were asked for.
@@ -169,7 +175,7 @@ impl Launcher for FakeLauncher {
                 inner.gate.acquire().await.unwrap().forget();
             }
             match failure {
-                Some(reason) => Err(LaunchError::message(reason)),
+                Some(error) => Err(error),
                 None => Ok(FakeUpstream::new(&format!("i{n}"), inner.addr) as Arc<dyn Upstream>),
             }
         })

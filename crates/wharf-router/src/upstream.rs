@@ -42,13 +42,41 @@ pub trait Launcher: Send + Sync + fmt::Debug + 'static {
 
 /// Why an instance could not start. It keeps its source, shared, so that the pool can hand
 /// the last failure to every request it turns away while no instance runs.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(transparent)]
-pub struct LaunchError(Arc<dyn Error + Send + Sync>);
+///
+/// A start refused because the machine has no room for another instance now
+/// ([`LaunchError::no_capacity`]) is not the revision's fault: requests that need a new
+/// instance get a 429 with the reason, rather than the 503 of an instance that cannot start.
+#[derive(Debug, Clone)]
+pub struct LaunchError {
+    error: Arc<dyn Error + Send + Sync>,
+    no_capacity: bool,
+}
+
+/// Transparent: displays as the launcher's error and has its source.
+impl fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl Error for LaunchError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.error.source()
+    }
+}
 
 impl LaunchError {
     pub fn new(source: impl Error + Send + Sync + 'static) -> LaunchError {
-        LaunchError(Arc::new(source))
+        LaunchError { error: Arc::new(source), no_capacity: false }
+    }
+
+    /// The platform has no capacity for another instance now (it may later).
+    pub fn no_capacity(source: impl Error + Send + Sync + 'static) -> LaunchError {
+        LaunchError { error: Arc::new(source), no_capacity: true }
+    }
+
+    pub fn is_no_capacity(&self) -> bool {
+        self.no_capacity
     }
 
     /// A failure explained by a message alone (the launcher has no error value to keep).
@@ -58,7 +86,7 @@ impl LaunchError {
 
     /// The launcher's error, to downcast to its concrete type.
     pub fn get_ref(&self) -> &(dyn Error + Send + Sync + 'static) {
-        &*self.0
+        &*self.error
     }
 }
 

@@ -56,6 +56,7 @@ impl RuntimeBackend {
                 Err(BackendError::InvalidSpec(e.to_string()))
             }
             Err(RuntimeError::StartupFailed { reason }) => Err(BackendError::NotReady { message: reason }),
+            Err(RuntimeError::NoCapacity(e)) => Err(BackendError::NoCapacity { message: e.to_string() }),
             Err(e) => {
                 Err(BackendError::Platform { what: "the instance could not start".to_owned(), source: Box::new(e) })
             }
@@ -97,7 +98,7 @@ impl InstanceBackend for RuntimeBackend {
     }
 
     fn stats(&self, instance: &dyn InstanceHandle) -> Option<InstanceStats> {
-        let cpu = crate::cgroup::cpu_stats(instance.id())?;
+        let cpu = self.runtime.instance(instance.id())?.cpu_stats()?;
         Some(InstanceStats {
             cpu_periods: cpu.periods,
             cpu_throttled_periods: cpu.throttled_periods,

@@ -1,12 +1,254 @@
-//! Where an instance's cgroups are and what they say. Instances get a flat cgroup path,
-//! `/wharf-<id>`, so deleting the container leaves no parent directory behind. On this
-//! machine's hybrid layout libcontainer uses the v1 controllers; readers try v1 then v2.
+//! Where instances' cgroups are and what they say. Every instance's cgroup is
+//! `<parent>/wharf-<id>`, under one parent cgroup (`wharf` by default) that carries the
+//! server-wide limits in the kernel: total memory (`memory.limit_in_bytes` on v1,
+//! `memory.max` on v2) and total CPU (CFS quota on v1, `cpu.max` on v2). libcontainer creates
+//! and deletes the instances' cgroups; [`CgroupParent`] owns the parent: it creates it with
+//! its limits at start, re-creates it if another server removed it, and removes it when the
+//! last server leaves (an `rmdir` that the kernel refuses while any instance cgroup is in it).
+//!
+//! Layouts: pure v1, the v1 + v2 hybrid (this machine: libcontainer uses the v1 controllers,
+//! the `unified` v2 mount carries none) and pure v2. Readers try v1 then v2.
+//!
+//! Device access on pure v2 is the [`crate::devices`] BPF filter's job, attached to the parent.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::spec::CPU_PERIOD_US;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// The v1 controllers an instance's cgroup is created in (those present on the machine).
+const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids"];
+
+/// The v2 controllers enabled for the parent's children.
+const V2_CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
 
 /// The cgroup name of container `id`.
 pub fn name(id: &str) -> String {
     format!("wharf-{id}")
+}
+
+/// How the machine mounts cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// v1 controllers under `/sys/fs/cgroup/<controller>`, perhaps with an empty v2 mount at
+    /// `/sys/fs/cgroup/unified` (the hybrid layout): libcontainer uses the v1 controllers.
+    V1,
+    /// The unified v2 hierarchy at `/sys/fs/cgroup`.
+    V2,
+}
+
+impl Layout {
+    pub fn detect() -> Layout {
+        match nix::sys::statfs::statfs(ROOT) {
+            Ok(fs) if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => Layout::V2,
+            _ => Layout::V1,
+        }
+    }
+}
+
+/// Server-wide limits of all instances together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParentLimits {
+    pub memory_bytes: u64,
+    /// CPU in thousandths of a core.
+    pub cpu_millis: u64,
+}
+
+impl ParentLimits {
+    /// What leaves the host headroom: memory 75% of MemTotal minus 1 GiB (at least 256 MiB),
+    /// CPU every core.
+    pub fn host_default() -> ParentLimits {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let total_kib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(4 << 20);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        ParentLimits { memory_bytes: default_memory(total_kib * 1024), cpu_millis: cores * 1000 }
+    }
+}
+
+fn default_memory(total: u64) -> u64 {
+    (total / 4 * 3).saturating_sub(1 << 30).max(256 << 20)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot create the parent cgroup {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set {file} of the parent cgroup to {value:?}")]
+    Write {
+        file: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the cgroup parent {0:?} is not a relative cgroup path like `wharf` or `wharf/test`")]
+    BadParent(String),
+}
+
+/// The parent cgroup of every instance of this server, with the server-wide limits.
+#[derive(Debug, Clone)]
+pub struct CgroupParent {
+    /// Relative to the hierarchy root, e.g. `wharf`.
+    pub path: String,
+    pub limits: ParentLimits,
+    pub layout: Layout,
+}
+
+impl CgroupParent {
+    pub fn new(path: &str, limits: ParentLimits) -> Result<CgroupParent, CgroupError> {
+        let path = path.trim_matches('/');
+        let valid = !path.is_empty()
+            && path.split('/').all(|c| {
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            });
+        if !valid {
+            return Err(CgroupError::BadParent(path.to_owned()));
+        }
+        Ok(CgroupParent { path: path.to_owned(), limits, layout: Layout::detect() })
+    }
+
+    /// The cgroup path libcontainer is given for instance `id` (absolute in the hierarchy).
+    pub fn instance_path(&self, id: &str) -> String {
+        format!("/{}/{}", self.path, name(id))
+    }
+
+    /// Where the parent's memory limit lives.
+    fn memory_dir(&self) -> PathBuf {
+        match self.layout {
+            Layout::V1 => Path::new(ROOT).join("memory").join(&self.path),
+            Layout::V2 => Path::new(ROOT).join(&self.path),
+        }
+    }
+
+    /// Creates the parent (in every v1 controller, or in v2 with its controllers enabled) and
+    /// writes its limits.
+    pub fn setup(&self) -> Result<(), CgroupError> {
+        match self.layout {
+            Layout::V1 => self.setup_v1(),
+            Layout::V2 => self.setup_v2(),
+        }
+    }
+
+    /// Re-creates the parent if it is gone (another server on this machine removed it when it
+    /// left while this one had no instance). Called before each instance starts.
+    pub fn ensure(&self) -> Result<(), CgroupError> {
+        if self.memory_dir().is_dir() { Ok(()) } else { self.setup() }
+    }
+
+    fn setup_v1(&self) -> Result<(), CgroupError> {
+        for controller in V1_CONTROLLERS {
+            let hierarchy = Path::new(ROOT).join(controller);
+            if !hierarchy.is_dir() {
+                continue;
+            }
+            let mut dir = hierarchy.clone();
+            for component in self.path.split('/') {
+                let parent = dir.clone();
+                dir.push(component);
+                create(&dir)?;
+                if *controller == "cpuset" {
+                    // A new cpuset is empty: no task may join it until it has cpus and mems.
+                    for file in ["cpuset.cpus", "cpuset.mems"] {
+                        let current = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+                        if current.trim().is_empty() {
+                            let inherited = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
+                            write(&dir.join(file), inherited.trim())?;
+                        }
+                    }
+                }
+            }
+        }
+        let memory = Path::new(ROOT).join("memory").join(&self.path);
+        if memory.is_dir() {
+            let _ = std::fs::write(memory.join("memory.use_hierarchy"), "1");
+            write(&memory.join("memory.limit_in_bytes"), &self.limits.memory_bytes.to_string())?;
+        }
+        let cpu = Path::new(ROOT).join("cpu").join(&self.path);
+        if cpu.is_dir() {
+            write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            write(&cpu.join("cpu.cfs_quota_us"), &self.cpu_quota().to_string())?;
+        }
+        Ok(())
+    }
+
+    fn setup_v2(&self) -> Result<(), CgroupError> {
+        let mut dir = PathBuf::from(ROOT);
+        let enable = V2_CONTROLLERS.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
+        for component in self.path.split('/') {
+            // Children get the controllers only if every ancestor hands them down.
+            write(&dir.join("cgroup.subtree_control"), &enable)?;
+            dir.push(component);
+            create(&dir)?;
+        }
+        write(&dir.join("cgroup.subtree_control"), &enable)?;
+        write(&dir.join("memory.max"), &self.limits.memory_bytes.to_string())?;
+        write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD_US}", self.cpu_quota()))?;
+        crate::devices::attach(&dir).map_err(|source| CgroupError::Write {
+            file: dir.clone(),
+            value: "the device filter (BPF_CGROUP_DEVICE)".to_owned(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    fn cpu_quota(&self) -> u64 {
+        self.limits.cpu_millis * CPU_PERIOD_US / 1000
+    }
+
+    /// The memory limit the kernel holds for the parent, as read back.
+    pub fn kernel_memory_limit(&self) -> Option<u64> {
+        let file = match self.layout {
+            Layout::V1 => "memory.limit_in_bytes",
+            Layout::V2 => "memory.max",
+        };
+        std::fs::read_to_string(self.memory_dir().join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// Removes the parent if no instance cgroup is in it any more (the kernel refuses to
+    /// remove a cgroup with children, so the last server to leave is the one that removes it).
+    pub fn remove_if_unused(&self) {
+        let components: Vec<&str> = self.path.split('/').collect();
+        let mut hierarchies = vec![PathBuf::from(ROOT)];
+        if self.layout == Layout::V1 {
+            hierarchies = V1_CONTROLLERS.iter().map(|c| Path::new(ROOT).join(c)).filter(|p| p.is_dir()).collect();
+        }
+        for hierarchy in hierarchies {
+            for depth in (1..=components.len()).rev() {
+                let dir = hierarchy.join(components[..depth].join("/"));
+                if std::fs::remove_dir(&dir).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn create(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(CgroupError::Create { path: dir.to_owned(), source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn write(file: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(file, value).map_err(|source| CgroupError::Write {
+        file: file.to_owned(),
+        value: value.to_owned(),
+        source,
+    })
 }
 
 /// CPU throttling counters of a running instance.
@@ -21,16 +263,17 @@ fn field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-pub fn cpu_stats(id: &str) -> Option<CpuStats> {
-    let cg = name(id);
-    if let Ok(text) = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/{cg}/cpu.stat")) {
+/// CPU counters of the cgroup at `path` (as given to libcontainer, e.g. `/wharf/wharf-<id>`).
+pub fn cpu_stats(path: &str) -> Option<CpuStats> {
+    let path = path.trim_start_matches('/');
+    if let Ok(text) = std::fs::read_to_string(format!("{ROOT}/cpu/{path}/cpu.stat")) {
         return Some(CpuStats {
             periods: field(&text, "nr_periods")?,
             throttled_periods: field(&text, "nr_throttled")?,
             throttled_us: field(&text, "throttled_time")? / 1000,
         });
     }
-    let text = std::fs::read_to_string(format!("/sys/fs/cgroup/{cg}/cpu.stat")).ok()?;
+    let text = std::fs::read_to_string(format!("{ROOT}/{path}/cpu.stat")).ok()?;
     Some(CpuStats {
         periods: field(&text, "nr_periods")?,
         throttled_periods: field(&text, "nr_throttled")?,
@@ -38,27 +281,44 @@ pub fn cpu_stats(id: &str) -> Option<CpuStats> {
     })
 }
 
-/// Every directory the instance's cgroup may have, across v1 controllers and v2.
-pub fn directories(id: &str) -> Vec<PathBuf> {
-    let cg = name(id);
-    let mut dirs = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+/// The hierarchy roots: v2's root and each v1 controller (or the hybrid `unified` mount).
+fn hierarchies() -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from(ROOT)];
+    if let Ok(entries) = std::fs::read_dir(ROOT) {
         for entry in entries.flatten() {
-            let dir = entry.path().join(&cg);
-            if dir.is_dir() {
-                dirs.push(dir);
+            let path = entry.path();
+            let name = entry.file_name();
+            if path.is_dir() && !name.to_string_lossy().starts_with("wharf") {
+                roots.push(path);
             }
         }
     }
-    let v2 = PathBuf::from("/sys/fs/cgroup").join(&cg);
-    if v2.is_dir() && !dirs.contains(&v2) {
-        dirs.push(v2);
+    roots
+}
+
+/// Every directory instance `id`'s cgroup may have, across v1 controllers and v2: at the root
+/// of a hierarchy (before the parent cgroup existed), under `wharf/` or one level deeper
+/// (a parent such as `wharf/test-1`). Found by looking, so the shim and a start-up sweep need
+/// not know which parent the server that started the instance used.
+pub fn directories(id: &str) -> Vec<PathBuf> {
+    let cg = name(id);
+    let mut dirs = Vec::new();
+    for root in hierarchies() {
+        let mut candidates = vec![root.join(&cg), root.join("wharf").join(&cg)];
+        if let Ok(entries) = std::fs::read_dir(root.join("wharf")) {
+            candidates.extend(entries.flatten().map(|e| e.path().join(&cg)));
+        }
+        for dir in candidates {
+            if dir.is_dir() && !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
     }
     dirs
 }
 
 /// Kills every process in the instance's cgroups and removes them. For the start-up sweep,
-/// after an unclean exit left an instance behind.
+/// after an unclean exit left an instance behind, and for the shim after its container exits.
 pub fn kill_and_remove(id: &str) {
     let dirs = directories(id);
     for dir in &dirs {
@@ -74,6 +334,29 @@ pub fn kill_and_remove(id: &str) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_memory_leaves_the_host_headroom() {
+        let gib = 1u64 << 30;
+        assert_eq!(default_memory(24 * gib), 17 * gib);
+        assert_eq!(default_memory(4 * gib), 2 * gib);
+        assert_eq!(default_memory(gib), 256 << 20);
+    }
+
+    #[test]
+    fn parent_paths_are_checked() {
+        let limits = ParentLimits { memory_bytes: 1 << 30, cpu_millis: 1000 };
+        assert_eq!(CgroupParent::new("/wharf/", limits).unwrap().instance_path("ab12"), "/wharf/wharf-ab12");
+        assert_eq!(CgroupParent::new("wharf/t-1", limits).unwrap().path, "wharf/t-1");
+        for bad in ["", "/", "wharf/../x", "wharf//x", "a b"] {
+            assert!(matches!(CgroupParent::new(bad, limits), Err(CgroupError::BadParent(_))), "{bad:?} was accepted");
         }
     }
 }

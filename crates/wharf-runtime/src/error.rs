@@ -30,6 +30,12 @@ pub enum RuntimeError {
     /// The container did not become ready; `reason` is what a user needs to see.
     #[error("{reason}")]
     StartupFailed { reason: String },
+    /// The instance does not fit in the server-wide memory limit.
+    #[error(transparent)]
+    NoCapacity(#[from] crate::admission::NoCapacity),
+    /// The parent cgroup could not be set up.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("no free instance address left in {0}")]
     AddressesExhausted(String),
     #[error(transparent)]

@@ -5,9 +5,11 @@
 //! - [`instance`]: an instance's lifecycle, one file per operation (start, probe, stop, reap).
 //! - [`shim`]: the helper process that drives youki's libcontainer, one per instance, so the
 //!   multi-threaded server never forks a container itself.
-//! - [`rootfs`], [`network`], [`cgroup`], [`spec`]: the sandbox: overlay on a memory-charged
+//! - [`rootfs`], [`network`], [`spec`]: the sandbox: overlay on a memory-charged
 //!   tmpfs, a network namespace with NAT egress and no instance-to-instance traffic, cgroup
 //!   limits, and the OCI runtime spec.
+//! - [`cgroup`]: the parent cgroup with the server-wide limits, and admission against them
+//!   ([`Admission`]); [`devices`]: the BPF device filter cgroup v2 needs.
 //! - [`seccomp`]: the syscall filter installed in every instance right before its command runs.
 //! - [`backend`]: the runtime as the control plane's instance backend.
 //! - [`contract`]: Cloud Run's environment contract; [`resources`]: limit syntax.
@@ -15,9 +17,11 @@
 //!
 //! It knows nothing of services, revisions or HTTP: callers hand it an [`InstanceSpec`].
 
+pub mod admission;
 pub mod backend;
 pub mod cgroup;
 pub mod contract;
+pub mod devices;
 mod error;
 pub mod instance;
 pub mod logs;

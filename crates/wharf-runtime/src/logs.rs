@@ -4,6 +4,16 @@
 //! `message` is a structured entry, as Cloud Logging reads it; other stdout lines are INFO and
 //! stderr lines ERROR. The platform's own lines about an instance (why it failed, say) are
 //! stored alongside with stream `platform`.
+//!
+//! Limits, so that one instance can neither fill the disk nor slow others' logs:
+//! - each instance writes through its own queue ([`InstanceLog`]); the one writer task takes
+//!   lines from every queue in turn, so a noisy instance waits on its own queue only;
+//! - each instance may log [`LogLimits::lines_per_second`] lines and
+//!   [`LogLimits::bytes_per_second`] bytes a second; the excess is dropped and counted, and a
+//!   platform line says how many (`wharf: dropped N lines (rate limit 1000 lines/s)`);
+//! - a line is at most [`LogLimits::line_bytes`] long (the reader replaces longer ones);
+//! - the store keeps at most [`LogLimits::store_bytes`] (and a number of lines), the oldest
+//!   lines going first.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -100,36 +110,88 @@ pub struct LogFilter {
     pub limit: usize,
 }
 
-enum Message {
+/// Bounds on what instances may log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    /// The longest line kept, in bytes.
+    pub line_bytes: usize,
+    /// Lines each instance may log per second.
+    pub lines_per_second: u32,
+    /// Bytes each instance may log per second.
+    pub bytes_per_second: u64,
+    /// Total size of the stored lines (messages, payloads and labels).
+    pub store_bytes: u64,
+}
+
+impl Default for LogLimits {
+    fn default() -> LogLimits {
+        LogLimits { line_bytes: 16 * 1024, lines_per_second: 1000, bytes_per_second: 1 << 20, store_bytes: 1 << 30 }
+    }
+}
+
+/// What a stored line is counted as against [`LogLimits::store_bytes`]: its text plus a
+/// fixed amount for its labels and row.
+const ROW_OVERHEAD: u64 = 64;
+
+/// How many lines one instance's queue holds before its reader waits (and, with it, the
+/// instance's writes to its pipe).
+const INSTANCE_QUEUE: usize = 1024;
+
+/// How many lines the writer takes from one queue before it turns to the next.
+const TURN: usize = 64;
+
+enum Control {
     Line(Box<LogEntry>),
+    Queue(mpsc::Receiver<Box<LogEntry>>),
     Flush(oneshot::Sender<()>),
 }
 
-/// The log store: appends go through a channel to one batching writer task.
+/// The log store: appends go to one batching writer task, an instance's lines through its
+/// own queue ([`LogStore::instance`]), the platform's through a shared control channel.
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Store,
-    tx: mpsc::Sender<Message>,
+    control: mpsc::UnboundedSender<Control>,
+    limits: LogLimits,
 }
 
-impl std::fmt::Debug for Message {
+impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LogMessage")
+        f.write_str("LogControl")
     }
 }
 
 impl LogStore {
-    /// Starts the writer; keeps at most `max_lines` lines (oldest dropped first).
-    pub fn open(db: Store, max_lines: i64) -> LogStore {
-        let (tx, rx) = mpsc::channel(8192);
-        tokio::spawn(writer(db.clone(), rx, max_lines));
-        LogStore { db, tx }
+    /// Starts the writer; keeps at most `max_lines` lines and `limits.store_bytes` bytes
+    /// (oldest dropped first).
+    pub fn open(db: Store, max_lines: i64, limits: LogLimits) -> LogStore {
+        let (control, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(db.clone(), rx, max_lines, limits.store_bytes));
+        LogStore { db, control, limits }
     }
 
-    /// Records a line `owner`'s instance wrote on `stream`.
+    pub fn limits(&self) -> LogLimits {
+        self.limits
+    }
+
+    /// The log of one instance: its own queue, its own rate budget.
+    pub fn instance(&self, owner: &Owner, instance: &str) -> InstanceLog {
+        let (tx, rx) = mpsc::channel(INSTANCE_QUEUE);
+        let _ = self.control.send(Control::Queue(rx));
+        InstanceLog {
+            store: self.clone(),
+            owner: owner.clone(),
+            instance: instance.to_owned(),
+            tx,
+            budget: std::sync::Mutex::new(Budget::new(tokio::time::Instant::now())),
+        }
+    }
+
+    /// Records a line `owner`'s instance wrote on `stream`, outside any rate budget (tools
+    /// and tests; instances write through [`InstanceLog`]).
     pub async fn append(&self, owner: &Owner, instance: &str, stream: Stream, line: &str) {
         let entry = parse_line(owner, instance, stream, line);
-        let _ = self.tx.send(Message::Line(Box::new(entry))).await;
+        let _ = self.control.send(Control::Line(Box::new(entry)));
     }
 
     /// Records a platform line about an instance.
@@ -137,13 +199,13 @@ impl LogStore {
         let mut entry = parse_line(owner, instance, Stream::Platform, "");
         entry.severity = severity.to_owned();
         entry.message = message.to_owned();
-        let _ = self.tx.send(Message::Line(Box::new(entry))).await;
+        let _ = self.control.send(Control::Line(Box::new(entry)));
     }
 
-    /// Waits until every line appended so far is stored.
+    /// Waits until every line appended so far (by any instance) is stored.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Message::Flush(tx)).await.is_ok() {
+        if self.control.send(Control::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -218,6 +280,90 @@ impl LogStore {
     }
 }
 
+/// One instance's rate budget: lines and bytes in the current one-second window, and lines
+/// dropped since the last marker.
+#[derive(Debug)]
+struct Budget {
+    window: tokio::time::Instant,
+    lines: u32,
+    bytes: u64,
+    dropped: u64,
+}
+
+impl Budget {
+    fn new(now: tokio::time::Instant) -> Budget {
+        Budget { window: now, lines: 0, bytes: 0, dropped: 0 }
+    }
+
+    /// Whether a line of `len` bytes fits at `now`; also returns how many lines were dropped
+    /// before it when a new window begins (for the marker).
+    fn admit(&mut self, now: tokio::time::Instant, len: u64, limits: &LogLimits) -> (bool, u64) {
+        let mut report = 0;
+        if now.duration_since(self.window) >= std::time::Duration::from_secs(1) {
+            report = std::mem::take(&mut self.dropped);
+            *self = Budget::new(now);
+        }
+        if self.lines < limits.lines_per_second && self.bytes + len <= limits.bytes_per_second {
+            self.lines += 1;
+            self.bytes += len;
+            (true, report)
+        } else {
+            self.dropped += 1;
+            (false, report)
+        }
+    }
+}
+
+/// Where one instance's output lines go: rate-limited, through the instance's own queue.
+#[derive(Debug)]
+pub struct InstanceLog {
+    store: LogStore,
+    owner: Owner,
+    instance: String,
+    tx: mpsc::Sender<Box<LogEntry>>,
+    budget: std::sync::Mutex<Budget>,
+}
+
+impl InstanceLog {
+    /// Records a line the instance wrote, unless it is over its rate budget (then it is
+    /// counted, and reported by a marker line once the next window starts or the output
+    /// ends). Waits only while this instance's own queue is full.
+    pub async fn line(&self, stream: Stream, line: &str) {
+        let limits = self.store.limits;
+        let (admitted, dropped) = {
+            let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+            budget.admit(tokio::time::Instant::now(), line.len() as u64, &limits)
+        };
+        if dropped > 0 {
+            self.marker(dropped).await;
+        }
+        if admitted {
+            let entry = parse_line(&self.owner, &self.instance, stream, line);
+            let _ = self.tx.send(Box::new(entry)).await;
+        }
+    }
+
+    /// Reports lines dropped and not reported yet; for when the instance's output ends.
+    pub async fn finish(&self) {
+        let dropped = std::mem::take(&mut self.budget.lock().unwrap_or_else(|p| p.into_inner()).dropped);
+        if dropped > 0 {
+            self.marker(dropped).await;
+        }
+    }
+
+    async fn marker(&self, dropped: u64) {
+        let limits = self.store.limits;
+        let message = format!(
+            "wharf: dropped {dropped} lines (rate limit {} lines/s, {} bytes/s)",
+            limits.lines_per_second, limits.bytes_per_second
+        );
+        let mut entry = parse_line(&self.owner, &self.instance, Stream::Platform, "");
+        entry.severity = "WARNING".to_owned();
+        entry.message = message;
+        let _ = self.tx.send(Box::new(entry)).await;
+    }
+}
+
 fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
@@ -272,27 +418,125 @@ pub fn parse_line(owner: &Owner, instance: &str, stream: Stream, line: &str) -> 
     entry
 }
 
-async fn writer(db: Store, mut rx: mpsc::Receiver<Message>, max_lines: i64) {
-    let mut batch = Vec::with_capacity(512);
-    let mut since_prune = 0usize;
-    while rx.recv_many(&mut batch, 512).await > 0 {
-        let mut lines = Vec::new();
-        let mut flushes = Vec::new();
-        for message in batch.drain(..) {
-            match message {
-                Message::Line(entry) => lines.push(entry),
-                Message::Flush(done) => flushes.push(done),
+/// What the writer waits for next.
+enum Next {
+    Control(Control),
+    /// Lines taken from the instances' queues (into the batch).
+    Lines,
+    Closed,
+}
+
+/// Takes up to [`TURN`] lines from each queue in turn, starting after the one served first
+/// last time, so that every instance gets its share; drops queues whose instance is gone.
+fn take_lines(
+    cx: &mut std::task::Context<'_>,
+    queues: &mut Vec<mpsc::Receiver<Box<LogEntry>>>,
+    first: &mut usize,
+    batch: &mut Vec<LogEntry>,
+) {
+    let n = queues.len();
+    let mut closed = Vec::new();
+    for k in 0..n {
+        let i = (*first + k) % n;
+        for _ in 0..TURN {
+            match queues[i].poll_recv(cx) {
+                std::task::Poll::Ready(Some(entry)) => batch.push(*entry),
+                std::task::Poll::Ready(None) => {
+                    closed.push(i);
+                    break;
+                }
+                std::task::Poll::Pending => break,
             }
         }
-        if !lines.is_empty() {
-            since_prune += lines.len();
+    }
+    *first = if n == 0 { 0 } else { (*first + 1) % n };
+    closed.sort_unstable();
+    for i in closed.into_iter().rev() {
+        queues.swap_remove(i);
+    }
+}
+
+async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_lines: i64, store_bytes: u64) {
+    let mut stored = db
+        .read(|c| {
+            c.query_row(
+                "SELECT ifnull(sum(length(message) + ifnull(length(payload), 0)), 0), count(*) FROM logs",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+        })
+        .map(|(bytes, rows)| bytes.unsigned_abs() + rows.unsigned_abs() * ROW_OVERHEAD)
+        .unwrap_or(0);
+    let mut queues: Vec<mpsc::Receiver<Box<LogEntry>>> = Vec::new();
+    let mut first = 0;
+    let mut since_prune = 0usize;
+    let mut control_open = true;
+    loop {
+        let mut batch: Vec<LogEntry> = Vec::new();
+        let mut flushes = Vec::new();
+        let next = std::future::poll_fn(|cx| {
+            if control_open {
+                match control.poll_recv(cx) {
+                    std::task::Poll::Ready(Some(c)) => return std::task::Poll::Ready(Next::Control(c)),
+                    std::task::Poll::Ready(None) => control_open = false,
+                    std::task::Poll::Pending => {}
+                }
+            }
+            take_lines(cx, &mut queues, &mut first, &mut batch);
+            if !batch.is_empty() {
+                std::task::Poll::Ready(Next::Lines)
+            } else if !control_open && queues.is_empty() {
+                std::task::Poll::Ready(Next::Closed)
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        match next {
+            Next::Closed => return,
+            Next::Lines => {}
+            Next::Control(Control::Queue(rx)) => {
+                queues.push(rx);
+                continue;
+            }
+            Next::Control(Control::Line(entry)) => batch.push(*entry),
+            Next::Control(Control::Flush(done)) => {
+                // Everything appended before the flush is in some queue by now: take it all.
+                for queue in &mut queues {
+                    while let Ok(entry) = queue.try_recv() {
+                        batch.push(*entry);
+                    }
+                }
+                flushes.push(done);
+            }
+        }
+        // More control lines waiting (platform lines, flushes) join this batch.
+        while batch.len() < 4096 {
+            match control.try_recv() {
+                Ok(Control::Line(entry)) => batch.push(*entry),
+                Ok(Control::Queue(rx)) => queues.push(rx),
+                Ok(Control::Flush(done)) => {
+                    for queue in &mut queues {
+                        while let Ok(entry) = queue.try_recv() {
+                            batch.push(*entry);
+                        }
+                    }
+                    flushes.push(done);
+                }
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            since_prune += batch.len();
+            stored += batch.iter().map(entry_bytes).sum::<u64>();
+            let prune_lines = since_prune >= 1000;
             let result = db.write(|tx| {
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO logs (ts_us, stream, severity, message, payload, service, revision, job,
                                        execution, task_index, task_attempt, instance)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )?;
-                for e in &lines {
+                for e in &batch {
                     stmt.execute(params![
                         e.timestamp_us,
                         e.stream.as_str(),
@@ -308,22 +552,45 @@ async fn writer(db: Store, mut rx: mpsc::Receiver<Message>, max_lines: i64) {
                         e.instance,
                     ])?;
                 }
-                if since_prune >= 1000 {
+                if prune_lines {
                     tx.execute("DELETE FROM logs WHERE id <= (SELECT max(id) FROM logs) - ?1", [max_lines])?;
+                }
+                // Over the size cap: drop the oldest lines, in chunks, to 90% of it.
+                while stored > store_bytes {
+                    let (last, bytes): (Option<i64>, i64) = tx.query_row(
+                        "SELECT max(id), ifnull(sum(length(message) + ifnull(length(payload), 0) + ?1), 0)
+                         FROM (SELECT id, message, payload FROM logs ORDER BY id LIMIT 100)",
+                        [i64::try_from(ROW_OVERHEAD).unwrap_or(64)],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    let Some(last) = last else {
+                        stored = 0;
+                        break;
+                    };
+                    tx.execute("DELETE FROM logs WHERE id <= ?1", [last])?;
+                    stored = stored.saturating_sub(bytes.unsigned_abs());
+                    if stored <= store_bytes / 10 * 9 {
+                        break;
+                    }
                 }
                 Ok::<_, wharf_store::StoreError>(())
             });
-            if since_prune >= 1000 {
+            if prune_lines {
                 since_prune = 0;
             }
             if let Err(e) = result {
-                tracing::error!(error = %e, lost = lines.len(), "storing log lines failed");
+                tracing::error!(error = %e, lost = batch.len(), "storing log lines failed");
             }
         }
         for done in flushes {
             let _ = done.send(());
         }
     }
+}
+
+fn entry_bytes(e: &LogEntry) -> u64 {
+    let payload = e.payload.as_ref().map_or(0, |p| p.to_string().len());
+    (e.message.len() + payload) as u64 + ROW_OVERHEAD
 }
 
 #[cfg(test)]
@@ -350,7 +617,7 @@ mod tests {
     async fn stores_filters_and_bounds_retention() {
         let dir = tempfile::tempdir().unwrap();
         let db = Store::open(&dir.path().join("state.db")).unwrap();
-        let logs = LogStore::open(db.clone(), 1500);
+        let logs = LogStore::open(db.clone(), 1500, LogLimits::default());
         // Far more lines than kept, so a store without retention holds 5,001.
         for i in 0..5000 {
             logs.append(&owner(), "inst", Stream::Stdout, &format!("line {i}")).await;
@@ -385,5 +652,77 @@ mod tests {
         let none =
             logs.query(&LogFilter { revision: Some("other".into()), limit: 10, ..LogFilter::default() }).await.unwrap();
         assert_eq!(none, []);
+    }
+
+    fn messages(entries: &[LogEntry]) -> Vec<&str> {
+        entries.iter().map(|e| e.message.as_str()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_noisy_instance_is_rate_limited_with_a_counted_marker_and_a_quiet_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Store::open(&dir.path().join("state.db")).unwrap();
+        let limits = LogLimits { lines_per_second: 100, ..LogLimits::default() };
+        let logs = LogStore::open(db, 1_000_000, limits);
+        let (noisy, quiet) = (logs.instance(&owner(), "noisy"), logs.instance(&owner(), "quiet"));
+        for i in 0..5000 {
+            noisy.line(Stream::Stdout, &format!("noise {i}")).await;
+        }
+        quiet.line(Stream::Stdout, "hello").await;
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        noisy.line(Stream::Stdout, "after a second").await;
+        noisy.line(Stream::Stdout, "x").await;
+        noisy.finish().await;
+
+        let filter = |i: &str| LogFilter { instance: Some(i.into()), limit: 10_000, ..LogFilter::default() };
+        let stored = logs.query(&filter("noisy")).await.unwrap();
+        let marker = "wharf: dropped 4900 lines (rate limit 100 lines/s, 1048576 bytes/s)";
+        assert_eq!(stored.len(), 100 + 3, "{:?}", &messages(&stored)[95..]);
+        assert_eq!(messages(&stored)[99..], ["noise 99", marker, "after a second", "x"]);
+        assert_eq!((stored[100].stream, stored[100].severity.as_str()), (Stream::Platform, "WARNING"));
+        assert_eq!(messages(&logs.query(&filter("quiet")).await.unwrap()), ["hello"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lines_past_the_byte_rate_are_dropped_and_reported_when_output_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Store::open(&dir.path().join("state.db")).unwrap();
+        let limits = LogLimits { bytes_per_second: 1000, ..LogLimits::default() };
+        let logs = LogStore::open(db, 1_000_000, limits);
+        let log = logs.instance(&owner(), "big");
+        let line = "y".repeat(300);
+        for _ in 0..10 {
+            log.line(Stream::Stdout, &line).await;
+        }
+        log.finish().await;
+        let stored = logs.query(&LogFilter { limit: 100, ..LogFilter::default() }).await.unwrap();
+        assert_eq!(stored.len(), 4);
+        assert_eq!(stored[3].message, "wharf: dropped 7 lines (rate limit 1000 lines/s, 1000 bytes/s)");
+    }
+
+    #[tokio::test]
+    async fn the_store_keeps_under_its_size_cap_dropping_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Store::open(&dir.path().join("state.db")).unwrap();
+        let cap = 64 * 1024;
+        let logs = LogStore::open(db.clone(), 1_000_000, LogLimits { store_bytes: cap, ..LogLimits::default() });
+        let pad = "z".repeat(100);
+        // About 820 KB of lines, 12 times the cap.
+        for i in 0..5000 {
+            logs.append(&owner(), "inst", Stream::Stdout, &format!("{i:05} {pad}")).await;
+        }
+        logs.flush().await;
+        let (bytes, rows): (i64, i64) = db
+            .read(|c| {
+                c.query_row("SELECT sum(length(message) + ifnull(length(payload), 0)), count(*) FROM logs", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+            })
+            .unwrap();
+        let stored = bytes.unsigned_abs() + rows.unsigned_abs() * ROW_OVERHEAD;
+        assert!(stored <= cap, "{stored} bytes stored, cap {cap}");
+        assert!(stored >= cap / 2, "pruned far too much: {stored} bytes left");
+        let last = logs.query(&LogFilter { limit: 1, ..LogFilter::default() }).await.unwrap();
+        assert!(last[0].message.starts_with("04999 "), "the newest line is kept: {}", last[0].message);
     }
 }

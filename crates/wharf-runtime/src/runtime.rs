@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use wharf_store::Store;
 
+use crate::admission::Admission;
+use crate::cgroup::CgroupParent;
 use crate::error::RuntimeError;
 use crate::instance::Instance;
 use crate::logs::LogStore;
@@ -21,6 +23,26 @@ pub struct RuntimeConfig {
     pub helper: PathBuf,
     /// How many log lines to keep.
     pub log_retention_lines: i64,
+    /// The parent cgroup of every instance, relative to the hierarchy root (`wharf`).
+    pub cgroup_parent: String,
+    /// Total memory and CPU of all instances together, in the kernel and for admission.
+    pub instance_limits: crate::cgroup::ParentLimits,
+    /// Per-instance log rates, line length and the log store's size.
+    pub log_limits: crate::logs::LogLimits,
+}
+
+impl RuntimeConfig {
+    /// The settings a server has by default, for `data_dir` and the `helper` binary.
+    pub fn new(data_dir: PathBuf, helper: PathBuf) -> RuntimeConfig {
+        RuntimeConfig {
+            data_dir,
+            helper,
+            log_retention_lines: 1_000_000,
+            cgroup_parent: "wharf".to_owned(),
+            instance_limits: crate::cgroup::ParentLimits::host_default(),
+            log_limits: crate::logs::LogLimits::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +57,8 @@ pub(crate) struct Inner {
     pub(crate) helper: PathBuf,
     pub(crate) network: Network,
     pub(crate) logs: LogStore,
+    pub(crate) cgroups: CgroupParent,
+    pub(crate) admission: Admission,
     pub(crate) instances: Mutex<HashMap<String, Arc<Instance>>>,
 }
 
@@ -63,6 +87,12 @@ impl Runtime {
         for dir in [&instances_dir, &state_root] {
             std::fs::create_dir_all(dir).map_err(RuntimeError::io("create directory", dir))?;
         }
+        let cgroups = CgroupParent::new(&config.cgroup_parent, config.instance_limits)?;
+        cgroups.setup()?;
+        tracing::info!(
+            parent = %cgroups.path, memory = config.instance_limits.memory_bytes,
+            cpu_millis = config.instance_limits.cpu_millis, "instance cgroup parent ready"
+        );
         let network = Network::default();
         network.setup_host().await?;
         let inner = Inner {
@@ -70,7 +100,9 @@ impl Runtime {
             state_root,
             helper: config.helper,
             network,
-            logs: LogStore::open(db, config.log_retention_lines),
+            logs: LogStore::open(db, config.log_retention_lines, config.log_limits),
+            admission: Admission::new(config.instance_limits.memory_bytes),
+            cgroups,
             instances: Mutex::default(),
         };
         let runtime = Runtime { inner: Arc::new(inner) };
@@ -85,6 +117,16 @@ impl Runtime {
     /// Instances not yet torn down.
     pub fn instances(&self) -> Vec<Arc<Instance>> {
         self.inner.instances.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// The parent cgroup every instance of this server lives under.
+    pub fn cgroup_parent(&self) -> &CgroupParent {
+        &self.inner.cgroups
+    }
+
+    /// The memory admission of instances against the server-wide limit.
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
     }
 
     pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {
@@ -102,6 +144,7 @@ impl Runtime {
             let _ = stop.await;
         }
         self.inner.network.teardown_host().await;
+        self.inner.cgroups.remove_if_unused();
         self.inner.logs.flush().await;
     }
 

@@ -236,10 +236,10 @@ fn spawn_control_thread(pid: Pid, exited: Arc<AtomicBool>) {
 
 /// Whether the kernel OOM-killed a process of the container's memory cgroup.
 fn oom_killed(id: &str) -> bool {
-    let cgroup = crate::cgroup::name(id);
-    let v1 = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/{cgroup}/memory.oom_control"));
-    let v2 = std::fs::read_to_string(format!("/sys/fs/cgroup/{cgroup}/memory.events"));
-    [v1, v2].into_iter().flatten().any(|text| {
+    let files = crate::cgroup::directories(id)
+        .into_iter()
+        .flat_map(|dir| [dir.join("memory.oom_control"), dir.join("memory.events")]);
+    files.filter_map(|f| std::fs::read_to_string(f).ok()).any(|text| {
         text.lines().any(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0) > 0)
     })
 }

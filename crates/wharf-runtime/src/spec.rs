@@ -35,6 +35,11 @@ pub enum SpecError {
         #[source]
         source: wharf_image::hostfile::HostFileError,
     },
+    #[error(
+        "the instance asks for {cpu_millis}m CPU but all instances together may use {total_millis}m \
+         (the server's --instance-cpu-limit); lower --cpu"
+    )]
+    CpuAboveServerLimit { cpu_millis: u64, total_millis: u64 },
     #[error("building the OCI runtime spec failed")]
     Build(#[from] OciSpecError),
     #[error("writing the OCI runtime spec to {path} failed")]

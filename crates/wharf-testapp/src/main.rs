@@ -18,6 +18,7 @@
 //! | `/echo` (POST) | streams the request body back |
 //! | `/ws` | WebSocket echo |
 //! | `/log?message=M&severity=S&stream=stdout\|stderr&json=1` | writes a log line |
+//! | `/log?message=M&count=N` | writes N stdout lines `M <i>` as fast as it can (a noisy instance) |
 //! | `/file?path=P` | GET reads P, PUT writes the body to P |
 //! | `/hostname` | the UTS hostname (Wharf names it after the instance) |
 //! | `/ip` | the instance's own IPv4 address (the source address of its default route) |
@@ -264,6 +265,21 @@ async fn ws(upgrade: WebSocketUpgrade) -> Response {
 
 async fn log(Query(q): Params) -> String {
     let message = q.get("message").cloned().unwrap_or_else(|| "hello log".into());
+    if let Some(count) = q.get("count").and_then(|c| c.parse::<u64>().ok()) {
+        let written = tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for i in 0..count {
+                writeln!(out, "{message} {i}")?;
+            }
+            out.flush()
+        })
+        .await;
+        return match written {
+            Ok(Ok(())) => format!("logged {count}\n"),
+            other => format!("writing failed: {other:?}\n"),
+        };
+    }
     let line = if q.get("json").is_some_and(|v| v == "1") {
         let severity = q.get("severity").cloned().unwrap_or_else(|| "INFO".into());
         serde_json::json!({"severity": severity, "message": message}).to_string()

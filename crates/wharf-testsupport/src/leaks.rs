@@ -48,18 +48,28 @@ impl fmt::Display for Leftover {
 /// Where the runtime registers each server that uses the shared host network rules.
 pub const HOST_NETWORK_HOLDERS: &str = "/run/wharf/host-network";
 
-/// The cgroup directories that may hold `wharf-<id>`: v2's root, and each v1 controller (or
-/// the hybrid layout's `unified` v2 mount).
+/// The cgroup directories that may hold `wharf-<id>`: in v2's root and each v1 controller (or
+/// the hybrid layout's `unified` v2 mount), the hierarchy's root, the instances' parent
+/// `wharf`, and the parents one level below it (`wharf/<name>`, as tests use).
 fn cgroup_parents() -> Vec<PathBuf> {
     let root = PathBuf::from("/sys/fs/cgroup");
-    let mut parents = vec![root.clone()];
+    let mut hierarchies = vec![root.clone()];
     if let Ok(entries) = std::fs::read_dir(&root) {
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() && !entry.file_name().to_string_lossy().starts_with("wharf-") {
-                parents.push(path);
+            if path.is_dir() && !entry.file_name().to_string_lossy().starts_with("wharf") {
+                hierarchies.push(path);
             }
         }
+    }
+    let mut parents = Vec::new();
+    for hierarchy in hierarchies {
+        let wharf = hierarchy.join("wharf");
+        if let Ok(entries) = std::fs::read_dir(&wharf) {
+            parents.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+        parents.push(wharf);
+        parents.push(hierarchy);
     }
     parents
 }

@@ -32,6 +32,11 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(|config| config).await
+}
+
+/// A harness whose runtime settings `adjust` changes.
+async fn harness_with(adjust: impl FnOnce(RuntimeConfig) -> RuntimeConfig) -> Harness {
     let dir = tempfile::Builder::new().prefix("wharf-rt-").tempdir().unwrap();
     let db = Store::open(&dir.path().join("state.db")).unwrap();
     let images = ImageStore::open(dir.path(), db.clone()).unwrap();
@@ -42,11 +47,10 @@ async fn harness() -> Harness {
     let resolver = Resolver::new(images, snapshots, Arc::new(RemoteRegistry::new(None)), vec![]);
     let image = resolver.load("testapp", "v1").unwrap();
     let layers = resolver.snapshots(&image).await.unwrap();
-    let config = RuntimeConfig {
-        data_dir: dir.path().to_owned(),
-        helper: PathBuf::from(env!("CARGO_BIN_EXE_wharf")),
+    let config = adjust(RuntimeConfig {
         log_retention_lines: 100_000,
-    };
+        ..RuntimeConfig::new(dir.path().to_owned(), PathBuf::from(env!("CARGO_BIN_EXE_wharf")))
+    });
     let guard = LeakGuard::new(dir.path());
     let runtime = Runtime::open(config, db.clone()).await.unwrap();
     Harness { runtime, image, layers, guard, dir }
@@ -411,9 +415,8 @@ fn an_unclean_exit_is_swept_up_on_the_next_start() {
     rt.block_on(async {
         let db = Store::open(&dir.path().join("state.db")).unwrap();
         let config = RuntimeConfig {
-            data_dir: dir.path().to_owned(),
-            helper: PathBuf::from(env!("CARGO_BIN_EXE_wharf")),
             log_retention_lines: 1000,
+            ..RuntimeConfig::new(dir.path().to_owned(), PathBuf::from(env!("CARGO_BIN_EXE_wharf")))
         };
         let runtime = Runtime::open(config, db).await.unwrap();
         // The orphaned shim notices its server is gone and kills its container; the sweep
@@ -450,4 +453,88 @@ async fn failed_starts_release_what_they_created() {
         other => panic!("expected UnknownUser, got {other:?}"),
     }
     h.finish().await;
+}
+
+/// All instances live under the parent cgroup with the server-wide memory limit in the kernel,
+/// and admission holds the total: with 256 MiB for instances, two of 128 MiB start, the third
+/// is refused with the reason, and starts once one of the others is gone. The parent is
+/// removed when the runtime shuts down with no instance left in it.
+#[tokio::test]
+async fn instances_live_under_the_parent_cgroup_and_admission_holds_the_total() {
+    let parent = format!("wharf/cap-{}", std::process::id());
+    let h = harness_with(|config| RuntimeConfig {
+        cgroup_parent: parent.clone(),
+        instance_limits: wharf_runtime::cgroup::ParentLimits { memory_bytes: 256 << 20, cpu_millis: 2000 },
+        ..config
+    })
+    .await;
+    let mut spec = h.spec("hello-00030-cap");
+    spec.resources.memory_bytes = 128 << 20;
+    let a = h.start(spec.clone()).await.unwrap();
+    let b = h.start(spec.clone()).await.unwrap();
+    let third = h.start(spec.clone()).await;
+    let a_dirs = wharf_runtime::cgroup::directories(&a.id);
+    let kernel_limit = h.runtime.cgroup_parent().kernel_memory_limit();
+    h.runtime.stop(&a).await;
+    let after_stop = h.start(spec.clone()).await;
+    let used_with_b_and_new = h.runtime.admission().used();
+    if let Ok(c) = &after_stop {
+        h.runtime.stop(c).await;
+    }
+    h.runtime.stop(&b).await;
+    h.finish().await;
+
+    match third {
+        Err(RuntimeError::NoCapacity(e)) => assert_eq!(
+            e.to_string(),
+            "wharf: no capacity: instances use 256 MiB of 256 MiB (--instance-memory-limit); this instance needs 128 MiB"
+        ),
+        other => panic!("expected no capacity, got {other:?}"),
+    }
+    assert!(!a_dirs.is_empty());
+    for dir in &a_dirs {
+        let dir = dir.to_string_lossy();
+        assert!(dir.contains(&format!("/{parent}/wharf-")), "instance cgroup {dir} is not under {parent}");
+    }
+    assert_eq!(kernel_limit, Some(256 << 20), "the parent's memory limit in the kernel");
+    assert!(after_stop.is_ok(), "a freed reservation admits the next instance: {after_stop:?}");
+    assert_eq!(used_with_b_and_new, 256 << 20);
+    for hierarchy in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"] {
+        let dir = std::path::Path::new(hierarchy).join(&parent);
+        assert!(!dir.exists(), "the parent cgroup {} was left behind", dir.display());
+    }
+}
+
+/// A noisy instance is held to its log rate: what it wrote past the limit is dropped and
+/// counted in marker lines (stored plus dropped is everything it wrote), and a quiet
+/// instance's line still arrives.
+#[tokio::test]
+async fn a_noisy_instance_gets_dropped_markers_and_a_quiet_one_still_logs() {
+    let limits = wharf_runtime::logs::LogLimits { lines_per_second: 200, ..Default::default() };
+    let h = harness_with(|config| RuntimeConfig { log_limits: limits, ..config }).await;
+    let noisy = h.start(h.spec("hello-00040-noisy")).await.unwrap();
+    let quiet = h.start(h.spec("hello-00040-quiet")).await.unwrap();
+    let written = get(&noisy, "/log?message=noise&count=20000").await;
+    let quiet_logged = get(&quiet, "/log?message=quiet%20line").await;
+    h.runtime.stop(&noisy).await;
+    h.runtime.stop(&quiet).await;
+    let query = |revision: &str| LogFilter { revision: Some(revision.into()), limit: 100_000, ..LogFilter::default() };
+    let noisy_lines = h.runtime.logs().query(&query("hello-00040-noisy")).await.unwrap();
+    let quiet_lines = h.runtime.logs().query(&query("hello-00040-quiet")).await.unwrap();
+    h.finish().await;
+
+    assert_eq!(written, (200, "logged 20000\n".to_owned()));
+    assert_eq!(quiet_logged.0, 200);
+    let stored_noise = noisy_lines.iter().filter(|l| l.message.starts_with("noise ")).count() as u64;
+    let suffix = " lines (rate limit 200 lines/s, 1048576 bytes/s)";
+    let dropped: u64 = noisy_lines
+        .iter()
+        .filter_map(|l| l.message.strip_prefix("wharf: dropped ")?.strip_suffix(suffix)?.parse::<u64>().ok())
+        .sum();
+    assert!(dropped > 0, "no marker line: {:?}", noisy_lines.iter().rev().take(5).collect::<Vec<_>>());
+    assert!(stored_noise < 20_000, "{stored_noise} noise lines stored: no rate limit");
+    // Every line is accounted for (the instance's own few lines besides the noise may be
+    // among the dropped ones).
+    assert!((20_000..20_005).contains(&(stored_noise + dropped)), "{stored_noise} stored + {dropped} dropped");
+    assert!(quiet_lines.iter().any(|l| l.message == "quiet line"), "{quiet_lines:?}");
 }

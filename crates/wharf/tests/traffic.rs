@@ -20,9 +20,14 @@ const REGION: &str = "us-central1";
 
 impl Lab {
     fn start() -> Lab {
+        Lab::start_with_env(&[])
+    }
+
+    /// A lab whose server gets extra environment (settings such as `WHARF_INSTANCE_MEMORY_LIMIT`).
+    fn start_with_env(env: &[(&str, &str)]) -> Lab {
         let work = tempfile::tempdir().unwrap();
         let built = testapp_image(work.path(), "v1").unwrap();
-        let server = WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap();
+        let server = WharfServer::start_with_env(Path::new(env!("CARGO_BIN_EXE_wharf")), env).unwrap();
         let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "color-api:v1"]).unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let image = format!("{}/color-api:v1", server.addrs.registry_addr);
@@ -322,4 +327,52 @@ async fn session_affinity_keeps_a_client_on_its_instance() {
         assert!(r.headers().get("set-cookie").is_none(), "the affinity moved");
         assert_eq!(r.text().await.unwrap(), b);
     }
+}
+
+/// A server whose instances may use 256 MiB in total runs two 128 MiB instances; a request
+/// that needs a third gets a 429 that says why, and the parent cgroup holds the limit.
+#[tokio::test]
+async fn a_request_needing_an_instance_past_the_server_memory_limit_gets_429_with_the_reason() {
+    let parent = format!("wharf/e2e-{}", std::process::id());
+    let lab = Lab::start_with_env(&[("WHARF_INSTANCE_MEMORY_LIMIT", "256Mi"), ("WHARF_CGROUP_PARENT", &parent)]);
+    let limit = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"].iter().find_map(|h| {
+        std::fs::read_to_string(Path::new(h).join(&parent).join("memory.limit_in_bytes"))
+            .ok()
+            .or_else(|| std::fs::read_to_string(Path::new(h).join(&parent).join("memory.max")).ok())
+    });
+    assert_eq!(limit.map(|l| l.trim().to_owned()), Some((256u64 << 20).to_string()));
+    lab.wharf(&["run", "deploy", "full", "--image", &lab.image, "--concurrency", "1", "--memory", "128Mi"]);
+    let client = Lab::client();
+    let (base, host) = (format!("http://{}", lab.server.addrs.ingress_addr), "full-lab.localhost");
+    // Two requests keep two instances busy for a while (the second starts the second
+    // instance); every further request needs a third instance.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (client.clone(), format!("{base}/sleep?ms=15000"));
+            tokio::spawn(async move { client.get(url).header("Host", host).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(14);
+    let (status, body) = loop {
+        let r = client.get(format!("{base}/")).header("Host", host).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        if status != 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+    };
+    // Which request gets the second instance is a race: a busy request may be the one that
+    // needed the third instance and got the 429; at least one of them is served.
+    let mut busy_statuses = Vec::new();
+    for b in busy {
+        busy_statuses.push(b.await.unwrap());
+    }
+    assert!(busy_statuses.contains(&200) && busy_statuses.iter().all(|s| [200, 429].contains(s)), "{busy_statuses:?}");
+    let instances = std::fs::read_dir(lab.server.data_dir().join("instances")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body.contains("wharf: no capacity: instances use 256 MiB of 256 MiB (--instance-memory-limit); this instance needs 128 MiB"),
+        "{body}"
+    );
+    assert_eq!(instances, 2, "no third instance was started");
 }

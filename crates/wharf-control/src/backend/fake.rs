@@ -25,6 +25,8 @@ pub enum Behaviour {
     FailStart { start_delay: Duration, message: String },
     /// Runs (a job task) for `run_for`, then exits with `code`.
     Exit { run_for: Duration, code: i32 },
+    /// The start is refused at once: no capacity on the machine (`message` says why).
+    NoCapacity { message: String },
 }
 
 type Decide = dyn Fn(&LaunchSpec) -> Behaviour + Send + Sync;
@@ -215,10 +217,11 @@ impl InstanceBackend for FakeBackend {
             let (delay, outcome) = match behaviour {
                 Behaviour::Serve { start_delay } => (start_delay, Ok(None)),
                 Behaviour::Exit { run_for, code } => (Duration::ZERO, Ok(Some((run_for, code)))),
-                Behaviour::FailStart { start_delay, message } => (start_delay, Err(message)),
+                Behaviour::FailStart { start_delay, message } => (start_delay, Err(BackendError::NotReady { message })),
+                Behaviour::NoCapacity { message } => (Duration::ZERO, Err(BackendError::NoCapacity { message })),
             };
             tokio::time::sleep(delay).await;
-            let exit_after = outcome.map_err(|message| BackendError::NotReady { message })?;
+            let exit_after = outcome?;
             let ready = InstanceStatus { state: InstanceState::Ready, reason: None, exit: None };
             let instance = Arc::new(FakeInstance {
                 id: id.clone(),

@@ -178,6 +178,11 @@ pub enum BackendError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The machine has no room for the instance now (the server-wide memory limit of
+    /// instances is used up); it may fit later, when others stop. The message says how much
+    /// is used, of what, and what the instance needs.
+    #[error("{message}")]
+    NoCapacity { message: String },
     /// The instance is gone.
     #[error("instance {0} is not running")]
     Gone(String),

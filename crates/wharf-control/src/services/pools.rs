@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tracing::Instrument as _;
 use wharf_router::{BoxFuture, LaunchError, Launcher, Upstream};
 
-use crate::backend::{InstanceBackend, InstanceHandle, InstanceState, LaunchSpec};
+use crate::backend::{BackendError, InstanceBackend, InstanceHandle, InstanceState, LaunchSpec};
 
 /// Starts and stops one revision's instances through the backend.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ impl Upstream for ServingInstance {
 
 impl RevisionLauncher {
     /// Starts one instance and waits until it is ready.
-    pub(crate) async fn start(&self) -> Result<Arc<ServingInstance>, crate::backend::BackendError> {
+    pub(crate) async fn start(&self) -> Result<Arc<ServingInstance>, BackendError> {
         let handle = self.backend.start(self.spec.clone()).await?;
         Ok(Arc::new(ServingInstance { handle }))
     }
@@ -52,7 +52,11 @@ impl Launcher for RevisionLauncher {
         let span = tracing::info_span!("instance.start", revision = %revision_of(&self.spec));
         Box::pin(
             async move {
-                let instance = launcher.start().await.map_err(LaunchError::new)?;
+                let instance = launcher.start().await.map_err(|e| match e {
+                    // No room on the machine now: the router answers 429, not "failed".
+                    e @ BackendError::NoCapacity { .. } => LaunchError::no_capacity(e),
+                    e => LaunchError::new(e),
+                })?;
                 tracing::debug!(instance = %instance.handle.id(), "instance ready");
                 Ok(instance as Arc<dyn Upstream>)
             }

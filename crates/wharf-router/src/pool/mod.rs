@@ -349,11 +349,18 @@ impl RevisionPool {
                         st.autoscaler.record(Instant::now(), sample);
                     }
                 }
-                if st.slots.is_empty()
-                    && st.starting == 0
+                if st.starting == 0
                     && let Some(error) = &st.last_error
                 {
-                    return Err(ProxyError::StartFailed(error.clone()));
+                    // The machine had no room for the instance this request needs: say so at
+                    // once (429) while the pool backs off, even if busy instances run; after
+                    // the back-off the request waits for a new attempt instead.
+                    if error.is_no_capacity() && st.retry_after.is_some_and(|t| Instant::now() < t) {
+                        return Err(ProxyError::NoCapacity(error.clone()));
+                    }
+                    if st.slots.is_empty() && !error.is_no_capacity() {
+                        return Err(ProxyError::StartFailed(error.clone()));
+                    }
                 }
             }
             self.wake.notify_one();

@@ -343,3 +343,26 @@ async fn abandoned_queued_requests_give_everything_back_and_the_instance_scales_
     let later = pool.acquire().await.expect("a later request is served");
     assert_eq!(later.upstream().id(), "i2");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_needing_an_instance_the_machine_has_no_room_for_gets_429_with_the_reason() {
+    let launcher = FakeLauncher::instant(unroutable());
+    let pool = RevisionPool::start("hello-00001", config(1, 0, 5), launcher.arc());
+    pool.adopt(FakeUpstream::new("busy", unroutable()));
+    let busy = pool.try_acquire(None).expect("the adopted instance has room");
+    let reason = "wharf: no capacity: instances use 256 MiB of 256 MiB (--instance-memory-limit); \
+                  this instance needs 128 MiB";
+    launcher.fail_next_no_capacity(reason);
+
+    let answer = failure(within(pool.acquire()).await);
+    assert_eq!(answer, (StatusCode::TOO_MANY_REQUESTS, format!("no capacity for another instance: {reason}")));
+    assert_eq!(launcher.launches(), 1);
+    let error = pool.acquire().await.expect_err("still backing off");
+    assert!(error.retryable(), "a 429 for capacity tells the client to retry");
+
+    // Past the back-off (room came back), a request waits for a new start and gets it.
+    tokio::time::sleep(super::scaling::RETRY_BACKOFF).await;
+    let lease = within(pool.acquire()).await.expect("a new instance serves it");
+    assert_eq!(lease.upstream().id(), "i2");
+    drop((busy, lease));
+}

@@ -86,11 +86,17 @@ pub struct Instance {
     pub(crate) rootfs: Rootfs,
     pub(crate) network: InstanceNetwork,
     pub(crate) memory_bytes: u64,
+    /// The cgroup path libcontainer was given (`/wharf/wharf-<id>`).
+    pub(crate) cgroup: String,
+    /// This instance's share of the server-wide memory limit, returned once it is released.
+    pub(crate) reservation: Mutex<Option<crate::admission::Reservation>>,
     pub(crate) grace_period: Duration,
     pub(crate) status: watch::Sender<InstanceStatus>,
     pub(crate) phases: Mutex<StartPhases>,
     pub(crate) control: tokio::sync::Mutex<Option<tokio::process::ChildStdin>>,
     pub(crate) recent: Mutex<VecDeque<String>>,
+    /// Where its output goes (its own queue and rate budget).
+    pub(crate) log: crate::logs::InstanceLog,
     /// Set before the platform kills an instance for a reason of its own (liveness failure,
     /// startup timeout), so the reaper reports that reason rather than the kill.
     pub(crate) failure: Mutex<Option<String>>,
@@ -122,7 +128,7 @@ impl Instance {
 
     /// CPU throttling counters, while the instance runs.
     pub fn cpu_stats(&self) -> Option<CpuStats> {
-        crate::cgroup::cpu_stats(&self.id)
+        crate::cgroup::cpu_stats(&self.cgroup)
     }
 
     /// The last lines the container wrote.

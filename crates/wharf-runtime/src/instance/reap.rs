@@ -25,9 +25,6 @@ use crate::shim::ShimEvent;
 /// A started shim: the process, its event lines, and the read ends of the container's output.
 pub(crate) type ShimParts = (Child, Lines<BufReader<ChildStdout>>, std::io::PipeReader, std::io::PipeReader);
 
-/// The longest output line kept whole; longer ones are cut.
-const MAX_LINE: usize = 64 * 1024;
-
 pub(crate) async fn read_output(runtime: Runtime, instance: Arc<Instance>, pipe: std::io::PipeReader, stream: Stream) {
     let receiver = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe.into()) {
         Ok(r) => r,
@@ -36,15 +33,16 @@ pub(crate) async fn read_output(runtime: Runtime, instance: Arc<Instance>, pipe:
             return;
         }
     };
-    let mut lines = FramedRead::new(receiver, LinesCodec::new_with_max_length(MAX_LINE));
+    let max_line = runtime.logs().limits().line_bytes;
+    let mut lines = FramedRead::new(receiver, LinesCodec::new_with_max_length(max_line));
     while let Some(line) = lines.next().await {
         let line = match line {
             Ok(line) => line,
-            Err(LinesCodecError::MaxLineLengthExceeded) => format!("[a line longer than {MAX_LINE} bytes was dropped]"),
+            Err(LinesCodecError::MaxLineLengthExceeded) => format!("[a line longer than {max_line} bytes was dropped]"),
             Err(LinesCodecError::Io(_)) => break,
         };
         instance.remember_line(&line);
-        runtime.logs().append(&instance.owner, &instance.id, stream, &line).await;
+        instance.log.line(stream, &line).await;
     }
 }
 
@@ -81,8 +79,10 @@ pub(crate) async fn reap(
     for reader in readers {
         let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
     }
+    instance.log.finish().await;
     release(&runtime.inner, &instance.id, &instance.rootfs, Some(&instance.network), &instance.dir).await;
     tracing::debug!("released mounts, network and directory");
+    drop(instance.reservation.lock().unwrap_or_else(|p| p.into_inner()).take());
 
     let stopping = instance.state() == InstanceState::Stopping;
     let platform_reason = instance.failure.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -132,10 +132,21 @@ impl Runtime {
         validate_user_env(spec.env.iter().map(|(k, _)| k.as_str()))?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let span = tracing::info_span!("instance", id = %id);
-        self.start_instance(id, spec).instrument(span).await
+        let total_millis = self.inner.cgroups.limits.cpu_millis;
+        if spec.resources.cpu_millis > total_millis {
+            return Err(SpecError::CpuAboveServerLimit { cpu_millis: spec.resources.cpu_millis, total_millis }.into());
+        }
+        let reservation = self.inner.admission.reserve(spec.resources.memory_bytes)?;
+        self.inner.cgroups.ensure()?;
+        self.start_instance(id, spec, reservation).instrument(span).await
     }
 
-    async fn start_instance(&self, id: String, spec: InstanceSpec) -> Result<Arc<Instance>, RuntimeError> {
+    async fn start_instance(
+        &self,
+        id: String,
+        spec: InstanceSpec,
+        reservation: crate::admission::Reservation,
+    ) -> Result<Arc<Instance>, RuntimeError> {
         let began = Instant::now();
         tracing::debug!(owner = ?spec.owner, image = %spec.image.digest, "starting");
         let dir = self.inner.instances_dir.join(&id);
@@ -163,11 +174,14 @@ impl Runtime {
             rootfs,
             network,
             memory_bytes: spec.resources.memory_bytes,
+            cgroup: self.inner.cgroups.instance_path(&id),
+            reservation: Mutex::new(Some(reservation)),
             grace_period: spec.grace_period,
             status,
             phases: Mutex::new(launched.phases),
             control: tokio::sync::Mutex::new(control),
             recent: Mutex::default(),
+            log: self.logs().instance(&spec.owner, &id),
             failure: Mutex::new(None),
             exited: std::sync::atomic::AtomicBool::new(false),
         });
@@ -282,7 +296,7 @@ impl Runtime {
         let hosts = dir.join("hosts");
         let hosts_text = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{}\t{id}\n", network.ip);
         std::fs::write(&hosts, hosts_text).map_err(RuntimeError::io("write", &hosts))?;
-        let cgroup = format!("/{}", crate::cgroup::name(id));
+        let cgroup = self.inner.cgroups.instance_path(id);
         let netns = network.netns_path();
         let config = runtime_spec(&SpecInput {
             args,

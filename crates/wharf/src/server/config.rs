@@ -15,7 +15,8 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/wharf/config.toml";
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Config file (TOML with keys data_dir, api_addr, ingress_addr, registry_addr, domain,
-    /// idle_timeout, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
+    /// idle_timeout, instance_memory_limit, instance_cpu_limit, cgroup_parent, log_rate_limit,
+    /// log_store_limit, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
     /// edge limits: header_read_timeout, connection_idle_timeout, max_connections,
     /// max_header_bytes, max_api_body_bytes, pull_connect_timeout, pull_read_timeout).
     #[arg(long, env = "WHARF_CONFIG")]
@@ -53,6 +54,22 @@ pub struct ServerArgs {
     /// progress survive it [default: 1h]
     #[arg(long, env = "WHARF_IMAGE_GC_GRACE")]
     pub image_gc_grace: Option<String>,
+    /// Memory all instances together may use, e.g. 16Gi; an instance that does not fit is not
+    /// started (429) [default: 75% of the machine's memory minus 1 GiB]
+    #[arg(long, env = "WHARF_INSTANCE_MEMORY_LIMIT")]
+    pub instance_memory_limit: Option<String>,
+    /// CPU all instances together may use, e.g. 2 or 1500m [default: every core]
+    #[arg(long, env = "WHARF_INSTANCE_CPU_LIMIT")]
+    pub instance_cpu_limit: Option<String>,
+    /// The cgroup every instance's cgroup is created under [default: wharf]
+    #[arg(long, env = "WHARF_CGROUP_PARENT")]
+    pub cgroup_parent: Option<String>,
+    /// Lines per second each instance may log; the excess is dropped and counted [default: 1000]
+    #[arg(long, env = "WHARF_LOG_RATE_LIMIT")]
+    pub log_rate_limit: Option<u32>,
+    /// Total size of the stored logs, e.g. 1Gi; the oldest lines go first [default: 1Gi]
+    #[arg(long, env = "WHARF_LOG_STORE_LIMIT")]
+    pub log_store_limit: Option<String>,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }
@@ -123,6 +140,11 @@ struct ConfigFile {
     max_blob_size: Option<String>,
     upload_expiry: Option<String>,
     image_gc_grace: Option<String>,
+    instance_memory_limit: Option<String>,
+    instance_cpu_limit: Option<String>,
+    cgroup_parent: Option<String>,
+    log_rate_limit: Option<u32>,
+    log_store_limit: Option<String>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -140,6 +162,10 @@ pub struct ServerConfig {
     pub max_blob_size: u64,
     pub upload_expiry: Duration,
     pub image_gc_grace: Duration,
+    /// Total memory and CPU of all instances.
+    pub instance_limits: wharf_runtime::cgroup::ParentLimits,
+    pub cgroup_parent: String,
+    pub log_limits: wharf_runtime::logs::LogLimits,
 }
 
 /// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
@@ -175,6 +201,27 @@ impl ServerConfig {
             None if Path::new(DEFAULT_CONFIG_FILE).exists() => read_config(Path::new(DEFAULT_CONFIG_FILE))?,
             None => ConfigFile::default(),
         };
+        let defaults = wharf_runtime::cgroup::ParentLimits::host_default();
+        let memory = args.instance_memory_limit.clone().or(file.instance_memory_limit.clone());
+        let cpu = args.instance_cpu_limit.clone().or(file.instance_cpu_limit.clone());
+        let instance_limits = wharf_runtime::cgroup::ParentLimits {
+            memory_bytes: match memory {
+                Some(m) => wharf_runtime::resources::parse_memory(&m).context("--instance-memory-limit")?,
+                None => defaults.memory_bytes,
+            },
+            cpu_millis: match cpu {
+                Some(c) => wharf_runtime::resources::parse_cpu(&c).context("--instance-cpu-limit")?,
+                None => defaults.cpu_millis,
+            },
+        };
+        let mut log_limits = wharf_runtime::logs::LogLimits::default();
+        if let Some(rate) = args.log_rate_limit.or(file.log_rate_limit) {
+            anyhow::ensure!(rate > 0, "--log-rate-limit must be at least 1 line per second");
+            log_limits.lines_per_second = rate;
+        }
+        if let Some(size) = args.log_store_limit.clone().or(file.log_store_limit.clone()) {
+            log_limits.store_bytes = wharf_runtime::resources::parse_memory(&size).context("--log-store-limit")?;
+        }
         let addr = |s: &str| s.parse::<SocketAddr>().expect("embedded default address is valid");
         let edge = resolve_edge(&args.edge, &file)?;
         Ok(ServerConfig {
@@ -207,6 +254,9 @@ impl ServerConfig {
                 args.image_gc_grace.as_deref().or(file.image_gc_grace.as_deref()).unwrap_or("1h"),
             )
             .context("--image-gc-grace")?,
+            instance_limits,
+            cgroup_parent: args.cgroup_parent.clone().or(file.cgroup_parent).unwrap_or_else(|| "wharf".to_owned()),
+            log_limits,
         })
     }
 }
@@ -281,6 +331,11 @@ mod tests {
             max_blob_size: None,
             upload_expiry: None,
             image_gc_grace: None,
+            instance_memory_limit: None,
+            instance_cpu_limit: None,
+            cgroup_parent: None,
+            log_rate_limit: None,
+            log_store_limit: None,
         }
     }
 
@@ -335,6 +390,22 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/srv/wharf"));
         assert_eq!(c.api_addr.port(), 1234);
         assert_eq!(c.registry_addr.port(), 5000);
+        assert_eq!(c.cgroup_parent, "wharf");
+        assert_eq!(c.instance_limits, wharf_runtime::cgroup::ParentLimits::host_default());
+    }
+
+    #[test]
+    fn instance_limits_are_parsed_and_bad_ones_name_their_flag() {
+        let mut a = args();
+        a.instance_memory_limit = Some("256Mi".into());
+        a.instance_cpu_limit = Some("1500m".into());
+        a.log_store_limit = Some("64Mi".into());
+        let c = ServerConfig::resolve(&a).unwrap();
+        assert_eq!((c.instance_limits.memory_bytes, c.instance_limits.cpu_millis), (256 << 20, 1500));
+        assert_eq!(c.log_limits.store_bytes, 64 << 20);
+        a.instance_memory_limit = Some("lots".into());
+        let err = format!("{:#}", ServerConfig::resolve(&a).unwrap_err());
+        assert!(err.starts_with("--instance-memory-limit: invalid memory \"lots\""), "{err}");
     }
 
     #[test]

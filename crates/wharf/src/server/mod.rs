@@ -88,7 +88,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let helper = std::env::current_exe().context("cannot find the wharf binary for the container helper")?;
     let runtime = wharf_runtime::Runtime::open(
-        wharf_runtime::RuntimeConfig { data_dir: data_dir.clone(), helper, log_retention_lines: 1_000_000 },
+        wharf_runtime::RuntimeConfig {
+            data_dir: data_dir.clone(),
+            helper,
+            log_retention_lines: 1_000_000,
+            cgroup_parent: config.cgroup_parent.clone(),
+            instance_limits: config.instance_limits,
+            log_limits: config.log_limits,
+        },
         db.clone(),
     )
     .await
