@@ -343,7 +343,8 @@ async fn a_request_needing_an_instance_past_the_server_memory_limit_gets_429_wit
     assert_eq!(limit.map(|l| l.trim().to_owned()), Some((256u64 << 20).to_string()));
     lab.wharf(&["run", "deploy", "full", "--image", &lab.image, "--concurrency", "1", "--memory", "128Mi"]);
     let client = Lab::client();
-    let (base, host) = (format!("http://{}", lab.server.addrs.ingress_addr), "full-lab.localhost");
+    let (base, host): (String, &'static str) =
+        (format!("http://{}", lab.server.addrs.ingress_addr), service_host("full", "lab").leak());
     // Two requests keep two instances busy for a while (the second starts the second
     // instance); every further request needs a third instance.
     let busy: Vec<_> = (0..2)
