@@ -17,7 +17,7 @@ struct Wharf {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the Wharf platform: API, ingress, registry, runtime and state store.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Internal: the per-instance container helper the server starts (not for users).
     #[command(hide = true)]
     Shim {
@@ -84,7 +84,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match args.command {
-            Command::Server(server_args) => server::run(server_args).await,
+            Command::Server(server_args) => server::run(*server_args).await,
             Command::Images { connection, command } => cli::images::run(&connection, command).await,
             Command::Run { connection, place, command } => cli::run::run(&connection, &place, *command).await,
             Command::Logs { connection, command } => cli::logs::run(&connection, command).await,

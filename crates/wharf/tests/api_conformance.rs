@@ -348,5 +348,30 @@ async fn knative_yaml_replaces_and_an_unchanged_export_is_a_no_op() {
     assert!(!ok && stderr.contains("vpc-access-connector") && stderr.contains("not supported"), "{stderr}");
     let (ok, _, stderr) = api.cli(&["run", "jobs", "list", "--format", "export"]);
     assert!(!ok && stderr.contains("--format export"), "{stderr}");
+
+    // Jobs: run.googleapis.com/v1 Job YAML, created by replace, exported, replaced unchanged
+    // (nothing changes), then changed.
+    let job_yaml = format!(
+        "apiVersion: run.googleapis.com/v1\nkind: Job\nmetadata:\n  name: crunch\nspec:\n  template:\n    spec:\n\
+         \x20     taskCount: 2\n      template:\n        spec:\n          maxRetries: 0\n          timeoutSeconds: '60'\n\
+         \x20         containers:\n          - image: {}\n            args: [job]\n",
+        api.image
+    );
+    std::fs::write(&file, &job_yaml).unwrap();
+    api.cli_ok(&["run", "jobs", "replace", &path]);
+    let generation = || {
+        let job: Value =
+            serde_json::from_str(&api.cli_ok(&["run", "jobs", "describe", "crunch", "--format", "json"])).unwrap();
+        (job["generation"].clone(), job["template"]["taskCount"].clone())
+    };
+    assert_eq!(generation(), (json!("1"), json!(2)));
+    let export = api.cli_ok(&["run", "jobs", "describe", "crunch", "--format", "export"]);
+    assert!(export.contains("run.googleapis.com/v1") && !export.contains("etag"), "{export}");
+    std::fs::write(&file, &export).unwrap();
+    api.cli_ok(&["run", "jobs", "replace", &path]);
+    assert_eq!(generation(), (json!("1"), json!(2)), "an unchanged job replace changed the job");
+    std::fs::write(&file, export.replace("taskCount: 2", "taskCount: 3")).unwrap();
+    api.cli_ok(&["run", "jobs", "replace", &path]);
+    assert_eq!(generation(), (json!("2"), json!(3)));
     assert!(api.server.stop_and_check().unwrap().is_empty());
 }

@@ -1,5 +1,6 @@
-//! Knative `serving.knative.dev/v1` Service YAML read back into a Cloud Run v2 [`Service`]:
-//! what `wharf run services replace FILE` deploys. Fields are read strictly (an unknown field
+//! Knative `serving.knative.dev/v1` Service YAML read back into a Cloud Run v2 [`Service`]
+//! (what `wharf run services replace FILE` deploys), and `run.googleapis.com/v1` Job YAML into
+//! a v2 [`Job`] (`wharf run jobs replace FILE`). Fields are read strictly (an unknown field
 //! is an error naming it and its line), output-only parts (`status`, `uid`, timestamps,
 //! `generation`) are ignored, and the annotations Cloud Run gives meaning to become fields;
 //! a `run.googleapis.com/` or `autoscaling.knative.dev/` annotation Wharf does not implement
@@ -9,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::jobs::{ExecutionTemplate, Job, TaskTemplate};
 use crate::types::{
     Container, ContainerPort, EnvVar, HttpGetAction, Probe, ResourceRequirements, RevisionScaling, RevisionTemplate,
     Service, TRAFFIC_LATEST, TRAFFIC_REVISION, TcpSocketAction, TrafficTarget,
@@ -368,6 +370,139 @@ pub fn service(text: &str) -> Result<KnativeService, KnativeError> {
     Ok(KnativeService { name: metadata.name, namespace: metadata.namespace, location, service })
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JobDocument {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: JobSpec,
+    #[serde(default, rename = "status")]
+    _status: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JobSpec {
+    template: ExecutionTemplateDoc,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ExecutionTemplateDoc {
+    #[serde(default)]
+    metadata: Metadata,
+    spec: ExecutionSpecDoc,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ExecutionSpecDoc {
+    #[serde(default)]
+    parallelism: i32,
+    #[serde(default)]
+    task_count: i32,
+    template: TaskTemplateDoc,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TaskTemplateDoc {
+    spec: TaskSpecDoc,
+}
+
+/// A count written as a number or, as gcloud writes int64 fields, a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Count {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TaskSpecDoc {
+    containers: Vec<KContainer>,
+    #[serde(default)]
+    max_retries: Option<i32>,
+    #[serde(default)]
+    timeout_seconds: Option<Count>,
+    #[serde(default)]
+    service_account_name: Option<String>,
+}
+
+/// A `run.googleapis.com/v1` Job document, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnativeJob {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub location: Option<String>,
+    pub job: Job,
+}
+
+/// Reads a `run.googleapis.com/v1` Job document.
+pub fn job(text: &str) -> Result<KnativeJob, KnativeError> {
+    let doc: JobDocument = serde_norway::from_str(text)?;
+    if doc.api_version != "run.googleapis.com/v1" || doc.kind != "Job" {
+        return Err(invalid(
+            "apiVersion/kind",
+            format!(
+                "{}/{} is not a Cloud Run job: jobs replace takes apiVersion run.googleapis.com/v1, kind Job",
+                doc.api_version, doc.kind
+            ),
+        ));
+    }
+    let JobDocument { metadata, spec, .. } = doc;
+    if metadata.name.is_empty() {
+        return Err(invalid("metadata.name", "the job's name is required"));
+    }
+    let mut labels = metadata.labels;
+    let location = labels.remove("cloud.googleapis.com/location");
+    let mut annotations = metadata.annotations;
+    annotations.remove("run.googleapis.com/launch-stage");
+    check_remaining(&mut annotations, "metadata")?;
+    if !annotations.is_empty() {
+        return Err(invalid("metadata.annotations", "annotations on jobs are not supported by Wharf yet; remove them"));
+    }
+    let ExecutionTemplateDoc { metadata: execution_metadata, spec: execution } = spec.template;
+    let mut execution_annotations = execution_metadata.annotations;
+    check_remaining(&mut execution_annotations, "spec.template.metadata")?;
+    if !execution_annotations.is_empty() {
+        return Err(invalid(
+            "spec.template.metadata.annotations",
+            "annotations on executions are not supported by Wharf yet; remove them",
+        ));
+    }
+    let task = execution.template.spec;
+    let timeout = match task.timeout_seconds {
+        None => None,
+        Some(Count::Number(n)) if n > 0 => Some(format!("{n}s")),
+        Some(Count::Text(t)) if t.parse::<u64>().is_ok_and(|n| n > 0) => Some(format!("{t}s")),
+        Some(other) => {
+            return Err(invalid(
+                "spec.template.spec.template.spec.timeoutSeconds",
+                format!("{other:?} is not a number of seconds above 0"),
+            ));
+        }
+    };
+    let job = Job {
+        labels,
+        template: ExecutionTemplate {
+            labels: execution_metadata.labels,
+            parallelism: execution.parallelism,
+            task_count: execution.task_count,
+            template: TaskTemplate {
+                containers: task.containers.into_iter().map(|c| container(c, false, false)).collect(),
+                timeout,
+                max_retries: task.max_retries,
+                service_account: task.service_account_name.unwrap_or_default(),
+            },
+        },
+        ..Job::default()
+    };
+    Ok(KnativeJob { name: metadata.name, namespace: metadata.namespace, location, job })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +578,27 @@ status:
         assert_eq!(c.startup_probe.as_ref().unwrap().tcp_socket, Some(TcpSocketAction { port: 9000 }));
         assert_eq!(s.traffic.len(), 2);
         assert_eq!(s.traffic[1].tag, "old");
+    }
+
+    #[test]
+    fn a_job_export_reads_back_as_the_same_job() {
+        let yaml = "apiVersion: run.googleapis.com/v1\nkind: Job\nmetadata:\n  name: crunch\n  labels:\n    cloud.googleapis.com/location: us-central1\nspec:\n  template:\n    spec:\n      parallelism: 2\n      taskCount: 5\n      template:\n        spec:\n          maxRetries: 1\n          timeoutSeconds: '120'\n          containers:\n          - image: r/worker:v1\n            args: [job]\n";
+        let first = job(yaml).unwrap();
+        assert_eq!((first.name.as_str(), first.location.as_deref()), ("crunch", Some("us-central1")));
+        let t = &first.job.template;
+        assert_eq!((t.parallelism, t.task_count, t.template.max_retries), (2, 5, Some(1)));
+        assert_eq!(t.template.timeout.as_deref(), Some("120s"));
+        let mut named = first.job.clone();
+        named.name = "projects/p/locations/us-central1/jobs/crunch".into();
+        let text = serde_norway::to_string(&super::super::job_export(&named)).unwrap();
+        let second = job(&text).unwrap();
+        assert_eq!(second.job.template, first.job.template);
+        let bad = yaml.replace("taskCount", "taskCont");
+        let message = job(&bad).unwrap_err().to_string();
+        assert!(message.contains("taskCont") && message.contains("line"), "{message}");
+        assert!(
+            job(&yaml.replace("kind: Job", "kind: Service")).unwrap_err().to_string().contains("not a Cloud Run job")
+        );
     }
 
     #[test]

@@ -37,7 +37,10 @@ fn condition(c: &Condition) -> Value {
     v
 }
 
-fn container(c: &Container) -> Value {
+/// A container in the v1 view. A serving container shows Cloud Run's defaults (port 8080,
+/// 1 CPU, 512Mi) as gcloud does; a job's shows what was written, so its export reads back the
+/// same.
+fn container(c: &Container, serving: bool) -> Value {
     let mut v = json!({"image": c.image});
     if !c.command.is_empty() {
         v["command"] = json!(c.command);
@@ -50,8 +53,10 @@ fn container(c: &Container) -> Value {
             c.env.iter().map(|e| json!({"name": e.name, "value": e.value.clone().unwrap_or_default()})).collect(),
         );
     }
-    let (port, protocol) = c.ports.first().map_or((8080, ""), |p| (p.container_port, p.name.as_str()));
-    v["ports"] = json!([{"name": if protocol.is_empty() { "http1" } else { protocol }, "containerPort": port}]);
+    if serving || !c.ports.is_empty() {
+        let (port, protocol) = c.ports.first().map_or((8080, ""), |p| (p.container_port, p.name.as_str()));
+        v["ports"] = json!([{"name": if protocol.is_empty() { "http1" } else { protocol }, "containerPort": port}]);
+    }
     if !c.working_dir.is_empty() {
         v["workingDir"] = json!(c.working_dir);
     }
@@ -61,14 +66,18 @@ fn container(c: &Container) -> Value {
         }
     }
     let mut limits = Map::new();
-    limits.insert("cpu".into(), json!("1000m"));
-    limits.insert("memory".into(), json!("512Mi"));
+    if serving {
+        limits.insert("cpu".into(), json!("1000m"));
+        limits.insert("memory".into(), json!("512Mi"));
+    }
     if let Some(r) = &c.resources {
         for (k, val) in &r.limits {
             limits.insert(k.clone(), json!(val));
         }
     }
-    v["resources"] = json!({"limits": limits});
+    if !limits.is_empty() {
+        v["resources"] = json!({"limits": limits});
+    }
     v
 }
 
@@ -188,7 +197,7 @@ pub fn service(s: &Service) -> Value {
     let mut template_spec = json!({
         "containerConcurrency": if s.template.max_instance_request_concurrency > 0 { s.template.max_instance_request_concurrency } else { 80 },
         "timeoutSeconds": seconds(s.template.timeout.as_deref()),
-        "containers": s.template.containers.iter().map(container).collect::<Vec<_>>(),
+        "containers": s.template.containers.iter().map(|c| container(c, true)).collect::<Vec<_>>(),
     });
     if !s.template.service_account.is_empty() {
         template_spec["serviceAccountName"] = json!(s.template.service_account);
@@ -242,6 +251,44 @@ pub fn export(s: &Service) -> Value {
     v
 }
 
+/// A job as `run.googleapis.com/v1` Job YAML (what `gcloud run jobs describe --format export`
+/// prints): a document to keep and `jobs replace` later, without status or server-set metadata.
+pub fn job_export(j: &crate::jobs::Job) -> Value {
+    let (project, location) = project_location(&j.name);
+    let mut labels = j.labels.clone();
+    labels.insert("cloud.googleapis.com/location".into(), location);
+    let task = &j.template.template;
+    let mut task_spec = json!({
+        "containers": task.containers.iter().map(|c| container(c, false)).collect::<Vec<_>>(),
+    });
+    if let Some(n) = task.max_retries {
+        task_spec["maxRetries"] = json!(n);
+    }
+    if let Some(t) = &task.timeout {
+        task_spec["timeoutSeconds"] = json!(seconds(Some(t)).to_string());
+    }
+    if !task.service_account.is_empty() {
+        task_spec["serviceAccountName"] = json!(task.service_account);
+    }
+    let mut execution_spec = json!({"template": {"spec": task_spec}});
+    if j.template.task_count > 0 {
+        execution_spec["taskCount"] = json!(j.template.task_count);
+    }
+    if j.template.parallelism > 0 {
+        execution_spec["parallelism"] = json!(j.template.parallelism);
+    }
+    let mut execution_metadata = json!({});
+    if !j.template.labels.is_empty() {
+        execution_metadata["labels"] = json!(j.template.labels);
+    }
+    json!({
+        "apiVersion": "run.googleapis.com/v1",
+        "kind": "Job",
+        "metadata": {"name": last_segment(&j.name), "namespace": project, "labels": labels},
+        "spec": {"template": {"metadata": execution_metadata, "spec": execution_spec}},
+    })
+}
+
 pub fn revision(r: &Revision) -> Value {
     let (project, location) = project_location(&r.name);
     let mut labels = r.labels.clone();
@@ -261,7 +308,7 @@ pub fn revision(r: &Revision) -> Value {
         "spec": {
             "containerConcurrency": r.max_instance_request_concurrency,
             "timeoutSeconds": seconds(r.timeout.as_deref()),
-            "containers": r.containers.iter().map(container).collect::<Vec<_>>(),
+            "containers": r.containers.iter().map(|c| container(c, true)).collect::<Vec<_>>(),
         },
         "status": {
             "observedGeneration": r.observed_generation,

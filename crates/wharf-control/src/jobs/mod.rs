@@ -250,8 +250,13 @@ impl ControlPlane {
         check_etag(&body.etag, &render::job(&row, None).etag, &format!("Job '{name}'"))?;
         validate::labels("labels", &body.labels)?;
         let checked = check_template(&body.template)?;
+        let spec = Job { labels: body.labels.clone(), template: body.template.clone(), ..Job::default() };
+        if spec == row.spec {
+            // Nothing changes (a `jobs replace` of an unchanged export): nothing is written.
+            return Ok(OperationBuilder::new(parent, JOB_TYPE, &self.get_job(parent, name)?).dry_run());
+        }
         row.image = self.resolve_job_image(&checked.image).await?;
-        row.spec = Job { labels: body.labels.clone(), template: body.template.clone(), ..Job::default() };
+        row.spec = spec;
         row.generation += 1;
         row.update_time = crate::time::now();
         if validate_only {

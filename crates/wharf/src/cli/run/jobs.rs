@@ -15,8 +15,10 @@ pub enum JobsCommand {
     Create(JobArgs),
     /// Change a job.
     Update(JobArgs),
-    /// Show a job.
+    /// Show a job (--format export: run.googleapis.com/v1 Job YAML to keep and `replace` later).
     Describe { job: String },
+    /// Create or update a job from a run.googleapis.com/v1 Job YAML file.
+    Replace { file: std::path::PathBuf },
     /// List jobs.
     List,
     /// Delete a job and its executions.
@@ -146,8 +148,14 @@ pub async fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<()> {
         JobsCommand::Describe { job } => {
             let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{job}")).send().await?;
             let job: serde_json::Value = check(r).await?.json().await?;
+            if ctx.format.as_deref() == Some("export") {
+                let job: Job = serde_json::from_value(job).context("the server's job")?;
+                print!("{}", serde_norway::to_string(&wharf_api::knative::job_export(&job))?);
+                return Ok(());
+            }
             ctx.print(&job, "yaml")
         }
+        JobsCommand::Replace { file } => replace(ctx, &jobs, &file).await,
         JobsCommand::List => {
             let r = ctx.client.api_request(reqwest::Method::GET, &jobs).send().await?;
             let list: serde_json::Value = check(r).await?.json().await?;
@@ -253,6 +261,37 @@ async fn executions(ctx: &Ctx, jobs: &str, command: ExecutionsCommand) -> anyhow
             Ok(())
         }
     }
+}
+
+/// `jobs replace FILE`: the document's job created, or updated in full (an unchanged one is
+/// left as it is).
+async fn replace(ctx: &Ctx, jobs: &str, file: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let doc = wharf_api::knative::input::job(&text).with_context(|| format!("{} is not a job", file.display()))?;
+    if let Some(namespace) = doc.namespace.as_deref().filter(|n| *n != ctx.project) {
+        bail!(
+            "{}: metadata.namespace {namespace:?} is not the project {:?}; use --project {namespace}",
+            file.display(),
+            ctx.project
+        );
+    }
+    if let Some(location) = doc.location.as_deref().filter(|l| *l != ctx.region) {
+        bail!(
+            "{}: label cloud.googleapis.com/location {location:?} is not the region {:?}; use --region {location}",
+            file.display(),
+            ctx.region
+        );
+    }
+    let name = &doc.name;
+    let request = ctx
+        .client
+        .api_request(reqwest::Method::PATCH, &format!("{jobs}/{name}"))
+        .query(&[("allowMissing", "true")])
+        .json(&doc.job);
+    let op: wharf_api::Operation = check(request.send().await?).await?.json().await?;
+    ctx.wait(&op).await?;
+    eprintln!("Job [{name}] is up to date.");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -51,8 +51,14 @@ pub async fn run(connection: &ConnectionArgs, place: &Place, command: RunCommand
     }
     match place.format.as_deref() {
         // A document to keep and `replace` later: only a service's describe makes one.
-        Some("export") if !matches!(command, RunCommand::Services(services::ServicesCommand::Describe { .. })) => {
-            anyhow::bail!("--format export is for `wharf run services describe`; use yaml or json here")
+        Some("export")
+            if !matches!(
+                command,
+                RunCommand::Services(services::ServicesCommand::Describe { .. })
+                    | RunCommand::Jobs(jobs::JobsCommand::Describe { .. })
+            ) =>
+        {
+            anyhow::bail!("--format export is for `services describe` and `jobs describe`; use yaml or json here")
         }
         Some("export") | None => {}
         Some(format) => wharf_format::check(format)?,
