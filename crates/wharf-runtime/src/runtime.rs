@@ -21,6 +21,9 @@ pub struct RuntimeConfig {
     pub helper: PathBuf,
     /// How many log lines to keep.
     pub log_retention_lines: i64,
+    /// The server's listeners that instances reach at 169.254.169.254 (DNS, metadata) and at
+    /// the ingress address; `None` gives instances no DNS and no way to the ingress.
+    pub instance_services: Option<crate::network::InstanceServices>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,7 +66,7 @@ impl Runtime {
         for dir in [&instances_dir, &state_root] {
             std::fs::create_dir_all(dir).map_err(RuntimeError::io("create directory", dir))?;
         }
-        let network = Network::default();
+        let network = Network::new(config.instance_services);
         network.setup_host().await?;
         let inner = Inner {
             instances_dir,

@@ -46,6 +46,7 @@ async fn harness() -> Harness {
         data_dir: dir.path().to_owned(),
         helper: PathBuf::from(env!("CARGO_BIN_EXE_wharf")),
         log_retention_lines: 100_000,
+        instance_services: None,
     };
     let guard = LeakGuard::new(dir.path());
     let runtime = Runtime::open(config, db.clone()).await.unwrap();
@@ -413,6 +414,7 @@ fn an_unclean_exit_is_swept_up_on_the_next_start() {
             data_dir: dir.path().to_owned(),
             helper: PathBuf::from(env!("CARGO_BIN_EXE_wharf")),
             log_retention_lines: 1000,
+            instance_services: None,
         };
         let runtime = Runtime::open(config, db).await.unwrap();
         // The orphaned shim notices its server is gone and kills its container; the sweep
