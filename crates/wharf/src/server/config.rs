@@ -15,7 +15,7 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/wharf/config.toml";
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Config file (TOML with keys data_dir, api_addr, ingress_addr, registry_addr, domain,
-    /// idle_timeout).
+    /// idle_timeout, upstream_resolv_conf).
     #[arg(long, env = "WHARF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where Wharf keeps its state database, images and credentials [default: /var/lib/wharf]
@@ -37,6 +37,10 @@ pub struct ServerArgs {
     /// How long an idle instance is kept before it is stopped, e.g. 60s, 15m [default: 60s]
     #[arg(long, env = "WHARF_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
+    /// The resolv.conf whose nameservers get the DNS queries of instances that Wharf does not
+    /// answer itself (they may be on loopback or a private address) [default: /etc/resolv.conf]
+    #[arg(long, env = "WHARF_UPSTREAM_RESOLV_CONF")]
+    pub upstream_resolv_conf: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +52,7 @@ struct ConfigFile {
     registry_addr: Option<SocketAddr>,
     domain: Option<String>,
     idle_timeout: Option<String>,
+    upstream_resolv_conf: Option<PathBuf>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -59,6 +64,7 @@ pub struct ServerConfig {
     pub registry_addr: SocketAddr,
     pub domain: String,
     pub idle_timeout: Duration,
+    pub upstream_resolv_conf: PathBuf,
 }
 
 /// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
@@ -84,6 +90,11 @@ impl ServerConfig {
                 args.idle_timeout.as_deref().or(file.idle_timeout.as_deref()).unwrap_or("60s"),
             )
             .context("--idle-timeout")?,
+            upstream_resolv_conf: args
+                .upstream_resolv_conf
+                .clone()
+                .or(file.upstream_resolv_conf)
+                .unwrap_or_else(|| "/etc/resolv.conf".into()),
         })
     }
 }
@@ -106,6 +117,7 @@ mod tests {
             registry_addr: None,
             domain: None,
             idle_timeout: None,
+            upstream_resolv_conf: None,
         }
     }
 

@@ -66,9 +66,23 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         registry_addr: registry_listener.local_addr()?,
     };
 
+    let table = Arc::new(wharf_router::RoutingTable::default());
+    let shutdown = CancellationToken::new();
+    let (dns, metadata_addr) = start_instance_services(&config, &table, shutdown.clone()).await?;
+    let instance_services = wharf_runtime::network::InstanceServices {
+        dns: dns.addr(),
+        metadata: metadata_addr,
+        ingress: instance_ingress_target(info.ingress_addr),
+    };
+
     let helper = std::env::current_exe().context("cannot find the wharf binary for the container helper")?;
     let runtime = wharf_runtime::Runtime::open(
-        wharf_runtime::RuntimeConfig { data_dir: data_dir.clone(), helper, log_retention_lines: 1_000_000 },
+        wharf_runtime::RuntimeConfig {
+            data_dir: data_dir.clone(),
+            helper,
+            log_retention_lines: 1_000_000,
+            instance_services: Some(instance_services),
+        },
         db.clone(),
     )
     .await
@@ -76,7 +90,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let remote = Arc::new(RemoteRegistry::new(default_docker_config()));
     let resolver = Resolver::new(images.clone(), snapshots, remote, local_registry_names(info.registry_addr));
-    let table = Arc::new(wharf_router::RoutingTable::default());
     let settings = wharf_control::Settings {
         domain: config.domain.clone(),
         ingress_port: info.ingress_addr.port(),
@@ -95,7 +108,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         logs: runtime.logs().clone(),
     };
 
-    let shutdown = CancellationToken::new();
     let registry = wharf_registry::router(wharf_registry::RegistryState { images, iam });
     let servers = [
         serve(api_listener, api::router(platform), shutdown.clone()),
@@ -116,9 +128,55 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     control.shutdown().await;
     runtime.shutdown().await;
+    dns.shutdown();
     let _ = std::fs::remove_file(data_dir.join(SERVER_INFO_FILE));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts what instances reach at 169.254.169.254 (see `wharf_runtime::network`): the DNS
+/// resolver, which answers the hosts of this server's service URLs with the address instances
+/// reach the ingress at, and the metadata HTTP server. Both on loopback.
+async fn start_instance_services(
+    config: &ServerConfig,
+    table: &Arc<wharf_router::RoutingTable>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(wharf_metadata::DnsServer, std::net::SocketAddrV4)> {
+    let routes = table.clone();
+    let local_names: wharf_metadata::LocalNames =
+        Arc::new(move |name: &str| routes.lookup(name).map(|_| wharf_runtime::network::INGRESS_ADDR));
+    let dns = wharf_metadata::DnsServer::start(wharf_metadata::dns::DnsConfig {
+        bind: std::net::Ipv4Addr::LOCALHOST,
+        upstream_resolv_conf: config.upstream_resolv_conf.clone(),
+        local_names,
+    })
+    .await
+    .context("cannot start the DNS resolver for instances")?;
+    let metadata_listener =
+        TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.context("cannot listen for the metadata server")?;
+    let metadata_addr = match metadata_listener.local_addr()? {
+        SocketAddr::V4(addr) => addr,
+        other => anyhow::bail!("the metadata server bound {other}, not an IPv4 address"),
+    };
+    // Runs until shutdown like the other servers; its handle is not awaited.
+    drop(serve(metadata_listener, wharf_metadata::http::router(), shutdown));
+    Ok((dns, metadata_addr))
+}
+
+/// Where instances' connections to the ingress address go: the ingress listener itself, or
+/// loopback when it listens on every address. `None` (with a warning) for an IPv6-only
+/// ingress, which instances then cannot reach by service URL.
+fn instance_ingress_target(ingress: SocketAddr) -> Option<std::net::SocketAddrV4> {
+    match ingress {
+        SocketAddr::V4(addr) if addr.ip().is_unspecified() => {
+            Some(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        SocketAddr::V4(addr) => Some(addr),
+        SocketAddr::V6(addr) => {
+            tracing::warn!(ingress = %addr, "the ingress listens on IPv6 only; instances cannot reach service URLs");
+            None
+        }
+    }
 }
 
 fn init_logging() {
