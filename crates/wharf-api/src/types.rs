@@ -124,6 +124,11 @@ pub struct RevisionTemplate {
     pub max_instance_request_concurrency: i32,
     #[serde(skip_serializing_if = "is_false")]
     pub session_affinity: bool,
+    /// Cloud Run's VPC access (`--network`/`--subnet`, `--vpc-connector`, `--vpc-egress`).
+    /// Kept only so that it is refused by name rather than dropped: Wharf has no VPC opt-in
+    /// yet, and instances never reach private ranges.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc_access: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

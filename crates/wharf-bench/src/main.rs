@@ -83,8 +83,12 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
     let resolver = Resolver::new(images, snapshots, Arc::new(RemoteRegistry::new(None)), vec![]);
     let image = resolver.load("testapp", "bench")?;
     let layers = resolver.snapshots(&image).await?;
-    let config =
-        RuntimeConfig { data_dir: dir.path().to_owned(), helper: wharf_binary()?, log_retention_lines: 10_000, instance_services: None };
+    let config = RuntimeConfig {
+        data_dir: dir.path().to_owned(),
+        helper: wharf_binary()?,
+        log_retention_lines: 10_000,
+        instance_services: None,
+    };
     let runtime = Runtime::open(config, db).await?;
 
     let mut phases: Vec<StartPhases> = Vec::new();

@@ -115,8 +115,21 @@ pub fn container(containers: &[Container], workload: Workload) -> Result<(String
     Ok((container.image.trim().to_owned(), template))
 }
 
+/// Refuses Cloud Run's VPC access, which Wharf does not offer yet: instances reach the public
+/// internet only, never private ranges.
+pub fn no_vpc_access(vpc_access: Option<&serde_json::Value>) -> Result<(), ControlError> {
+    match vpc_access {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(_) => Err(invalid(
+            "vpcAccess (--network, --subnet, --vpc-connector, --vpc-egress) is not supported yet: Wharf instances \
+             reach the public internet only, never private ranges; remove vpcAccess",
+        )),
+    }
+}
+
 /// Checks a revision template.
 pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlError> {
+    no_vpc_access(template.vpc_access.as_ref())?;
     let (image, instance) = container(&template.containers, Workload::Service)?;
     let concurrency = match template.max_instance_request_concurrency {
         0 => DEFAULT_CONCURRENCY,
@@ -227,6 +240,17 @@ mod tests {
             Err(ControlError::InvalidArgument(m)) => m,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn vpc_access_is_refused_by_name_not_dropped() {
+        let mut t = template(image());
+        t.vpc_access =
+            Some(serde_json::json!({"networkInterfaces": [{"network": "default"}], "egress": "ALL_TRAFFIC"}));
+        assert!(err(&t).starts_with("vpcAccess (--network"), "{}", err(&t));
+        let parsed: RevisionTemplate =
+            serde_json::from_str(r#"{"containers":[{"image":"x"}],"vpcAccess":{"connector":"c"}}"#).unwrap();
+        assert!(err(&parsed).contains("vpcAccess"), "{}", err(&parsed));
     }
 
     #[test]

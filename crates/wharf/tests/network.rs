@@ -51,8 +51,7 @@ impl Env {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let image = format!("{}/testapp:v1", server.addrs.registry_addr);
         for service in services {
-            let args =
-                ["run", "deploy", service, "--image", &image, "--project", "demo", "--region", "us-central1"];
+            let args = ["run", "deploy", service, "--image", &image, "--project", "demo", "--region", "us-central1"];
             let out = server.cli(&[&args[..], &["--allow-unauthenticated"]].concat()).unwrap();
             assert!(out.status.success(), "deploy {service}: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -66,13 +65,23 @@ impl Env {
     /// GET `path` of service `service` (in project demo) through the ingress.
     async fn get(&self, service: &str, path: &str) -> (u16, String) {
         let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
-        let r = client
+        let sent = client
             .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
             .header("Host", format!("{service}-demo.localhost"))
             .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+            .await;
+        let response = match sent {
+            Ok(r) => (r.status().as_u16(), r.text().await),
+            Err(e) => (0, Err(e)),
+        };
+        match response {
+            (status, Ok(body)) => (status, body),
+            (_, Err(e)) => {
+                let log = self.server.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("GET {path} on {service}: {e}\n--- server.log (end) ---\n{}", tail.join("\n"))
+            }
+        }
     }
 }
 
@@ -294,7 +303,8 @@ async fn instances_resolve_wharfs_names_and_forward_the_rest_to_the_hosts_resolv
     let work = tempfile::tempdir().unwrap();
     let n = u8::try_from(unique()).unwrap();
     // On loopback, as systemd-resolved would be: reachable only by forwarding on the host.
-    let upstream = UpstreamResolver::start(Ipv4Addr::new(127, 77, 0, n), "upstream-only.wharf-test", [203, 0, 113, 9].into());
+    let upstream =
+        UpstreamResolver::start(Ipv4Addr::new(127, 77, 0, n), "upstream-only.wharf-test", [203, 0, 113, 9].into());
     let resolv_conf = work.path().join("resolv.conf");
     std::fs::write(&resolv_conf, format!("nameserver {}\n", upstream.addr)).unwrap();
     let env = Env::start(&[("WHARF_UPSTREAM_RESOLV_CONF", resolv_conf.to_str().unwrap())], &["target", "caller"]);

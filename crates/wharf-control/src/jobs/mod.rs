@@ -110,6 +110,7 @@ fn check_template(t: &ExecutionTemplate) -> Result<CheckedTemplate, ControlError
     if timeout < Duration::from_secs(1) || timeout > MAX_TIMEOUT {
         return Err(invalid(format!("task timeout {}s is out of range: 1s to 24h", timeout.as_secs())));
     }
+    crate::validate::no_vpc_access(t.template.vpc_access.as_ref())?;
     let (image, instance) = container(&t.template.containers, Workload::Task)?;
     Ok(CheckedTemplate { task_count, parallelism, max_retries, timeout, image, instance })
 }

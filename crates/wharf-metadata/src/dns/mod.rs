@@ -166,7 +166,8 @@ impl Resolver {
         let Some(question) = message::question(query) else {
             return message::id(query).map(|id| message::error_header(id, Rcode::FormErr));
         };
-        let local = if question.name == METADATA_NAME { Some(METADATA_ADDR) } else { (self.local_names)(&question.name) };
+        let local =
+            if question.name == METADATA_NAME { Some(METADATA_ADDR) } else { (self.local_names)(&question.name) };
         if let Some(addr) = local {
             let answer = (question.qtype == TYPE_A && message::is_internet(&question)).then_some((addr, LOCAL_TTL));
             tracing::debug!(name = %question.name, qtype = question.qtype, %addr, "answered locally");
@@ -309,13 +310,9 @@ mod tests {
         std::fs::write(&conf, "nameserver 127.0.0.1\n").unwrap();
         let local_names: LocalNames =
             Arc::new(|name: &str| (name == "hello-p.example.test").then_some(Ipv4Addr::new(169, 254, 1, 2)));
-        let server = DnsServer::start(DnsConfig {
-            bind: Ipv4Addr::LOCALHOST,
-            upstream_resolv_conf: conf,
-            local_names,
-        })
-        .await
-        .unwrap();
+        let server = DnsServer::start(DnsConfig { bind: Ipv4Addr::LOCALHOST, upstream_resolv_conf: conf, local_names })
+            .await
+            .unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         client.connect(server.addr()).await.unwrap();
         let ask = |name: &'static str, qtype: u16| {

@@ -235,9 +235,12 @@ impl Network {
         net.service_keys = mappings.iter().map(|(addr, port, _)| (*addr, *port)).collect();
         let elements: Vec<String> = mappings
             .iter()
-            .map(|(addr, port, to)| format!("\"{}\" . {addr} . {port} : {} . {}", net.host_interface, to.ip(), to.port()))
+            .map(|(addr, port, to)| {
+                format!("\"{}\" . {addr} . {port} : {} . {}", net.host_interface, to.ip(), to.port())
+            })
             .collect();
-        let command = format!("add element inet {} {} {{ {} }}\n", host::TABLE, host::SERVICES_MAP, elements.join(", "));
+        let command =
+            format!("add element inet {} {} {{ {} }}\n", host::TABLE, host::SERVICES_MAP, elements.join(", "));
         run("nft", &["-f", "-"], Some(&command)).await
     }
 
