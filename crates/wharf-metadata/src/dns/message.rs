@@ -86,7 +86,7 @@ pub fn respond(query: &[u8], question: &Question, answer: Option<(Ipv4Addr, u32)
     out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(&query[HEADER_LEN..question.end]);
     if let Some((addr, ttl)) = answer {
-        out.extend_from_slice(&[0xc0, HEADER_LEN as u8]); // the question's name
+        out.extend_from_slice(&[0xc0, 12]); // a pointer to the question's name, right after the header
         out.extend_from_slice(&TYPE_A.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
         out.extend_from_slice(&ttl.to_be_bytes());
