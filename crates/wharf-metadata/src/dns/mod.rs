@@ -301,12 +301,12 @@ mod tests {
     /// loopback: what it answers itself, and what it forwards byte for byte.
     #[tokio::test]
     async fn answers_its_own_names_and_forwards_the_rest() {
-        let dir = tempfile_dir();
+        let dir = tempfile::tempdir().unwrap();
         let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let upstream_addr = upstream.local_addr().unwrap();
         // resolv.conf names no ports (always 53): the end-to-end tests forward through a
         // resolver on port 53; here forwarding is checked at the function level.
-        let conf = dir.join("resolv.conf");
+        let conf = dir.path().join("resolv.conf");
         std::fs::write(&conf, "nameserver 127.0.0.1\n").unwrap();
         let local_names: LocalNames =
             Arc::new(|name: &str| (name == "hello-p.example.test").then_some(Ipv4Addr::new(169, 254, 1, 2)));
@@ -341,12 +341,39 @@ mod tests {
         reply[2] |= 0x80;
         upstream.send_to(&reply, from).await.unwrap();
         assert_eq!(forwarded.await.unwrap().unwrap(), reply);
-        let _ = std::fs::remove_dir_all(dir);
     }
 
-    fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("wharf-dns-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// Over TCP, length-prefixed, two queries on one connection.
+    #[tokio::test]
+    async fn answers_over_tcp_on_the_same_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("resolv.conf");
+        std::fs::write(&conf, "nameserver 127.0.0.1\n").unwrap();
+        let local_names: LocalNames = Arc::new(|_: &str| None);
+        let server = DnsServer::start(DnsConfig { bind: Ipv4Addr::LOCALHOST, upstream_resolv_conf: conf, local_names })
+            .await
+            .unwrap();
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        for id in [1u16, 2] {
+            let query = message::query(id, "metadata.google.internal", TYPE_A);
+            stream.write_all(&u16::try_from(query.len()).unwrap().to_be_bytes()).await.unwrap();
+            stream.write_all(&query).await.unwrap();
+            let len = stream.read_u16().await.unwrap();
+            let mut response = vec![0u8; usize::from(len)];
+            stream.read_exact(&mut response).await.unwrap();
+            assert_eq!(message::id(&response), Some(id));
+            assert_eq!(&response[response.len() - 4..], &[169, 254, 169, 254]);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_upstream_file_is_refused_at_start_naming_it() {
+        let local_names: LocalNames = Arc::new(|_: &str| None);
+        let missing = PathBuf::from("/nonexistent/wharf/resolv.conf");
+        let err = DnsServer::start(DnsConfig { bind: Ipv4Addr::LOCALHOST, upstream_resolv_conf: missing, local_names })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/wharf/resolv.conf"), "{err}");
+        assert!(err.to_string().contains("--upstream-resolv-conf"), "{err}");
     }
 }
