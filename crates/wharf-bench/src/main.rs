@@ -87,7 +87,13 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
         data_dir: dir.path().to_owned(),
         helper: wharf_binary()?,
         log_retention_lines: 10_000,
-        instance_services: None,
+        // As the server does: each start maps the instance's DNS, metadata and ingress
+        // addresses (to loopback ports nothing listens on; the bench sends no DNS).
+        instance_services: Some(wharf_runtime::network::InstanceServices {
+            dns: "127.0.0.1:9".parse()?,
+            metadata: "127.0.0.1:9".parse()?,
+            ingress: Some("127.0.0.1:9".parse()?),
+        }),
     };
     let runtime = Runtime::open(config, db).await?;
 
@@ -134,7 +140,7 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
     type Phase<'a> = &'a dyn Fn(&StartPhases) -> u64;
     let rows: [(&str, Phase<'_>); 6] = [
         ("rootfs (tmpfs + overlay)", &|p| p.rootfs_us),
-        ("network (netns + veth)", &|p| p.network_us),
+        ("network (netns, veth, DNAT)", &|p| p.network_us),
         ("container create", &|p| p.create_us),
         ("exec", &|p| p.exec_us),
         ("first listen", &|p| p.first_listen_us),
