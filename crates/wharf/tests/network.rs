@@ -79,7 +79,7 @@ impl Env {
             (_, Err(e)) => {
                 let log = self.server.log();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-                panic!("GET {path} on {service}: {e}\n--- server.log (end) ---\n{}", tail.join("\n"))
+                panic!("GET {path} on {service}: {e:?}\n--- server.log (end) ---\n{}", tail.join("\n"))
             }
         }
     }
@@ -94,7 +94,7 @@ fn host_primary_address() -> Ipv4Addr {
     words.next().unwrap().parse().unwrap()
 }
 
-/// Addresses added to `lo` for the test, removed on drop.
+/// Addresses added to `lo` for the test (scope host), removed on drop.
 struct LoopbackAddresses(Vec<String>);
 
 impl LoopbackAddresses {
@@ -102,7 +102,9 @@ impl LoopbackAddresses {
         let mut added = LoopbackAddresses(Vec::new());
         for addr in addrs {
             let cidr = format!("{addr}/32");
-            ip(&["addr", "add", &cidr, "dev", "lo"]);
+            // Scope host: the kernel never picks it as the source of the host's own connections
+            // (the proxy's to instances of servers running in parallel would break when it goes).
+            ip(&["addr", "add", &cidr, "dev", "lo", "scope", "host"]);
             added.0.push(cidr);
         }
         added
@@ -307,7 +309,10 @@ async fn instances_resolve_wharfs_names_and_forward_the_rest_to_the_hosts_resolv
         UpstreamResolver::start(Ipv4Addr::new(127, 77, 0, n), "upstream-only.wharf-test", [203, 0, 113, 9].into());
     let resolv_conf = work.path().join("resolv.conf");
     std::fs::write(&resolv_conf, format!("nameserver {}\n", upstream.addr)).unwrap();
-    let env = Env::start(&[("WHARF_UPSTREAM_RESOLV_CONF", resolv_conf.to_str().unwrap())], &["target", "caller"]);
+    let env = Env::start(
+        &[("WHARF_UPSTREAM_RESOLV_CONF", resolv_conf.to_str().unwrap()), ("WHARF_LOG", "info,wharf_metadata=debug")],
+        &["target", "caller"],
+    );
 
     let resolve = async |name: &str| env.get("caller", &format!("/resolve?name={name}")).await;
     assert_eq!(resolve("metadata.google.internal").await, (200, "169.254.169.254\n".to_owned()));

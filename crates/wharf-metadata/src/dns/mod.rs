@@ -174,7 +174,10 @@ impl Resolver {
             return Some(message::respond(query, &question, answer, Rcode::NoError));
         }
         match self.forward(query, transport).await {
-            Ok(response) => Some(response),
+            Ok(response) => {
+                tracing::debug!(name = %question.name, qtype = question.qtype, ?transport, "forwarded");
+                Some(response)
+            }
             Err(e) => {
                 tracing::warn!(name = %question.name, error = %e, "forwarding a query failed; answering SERVFAIL");
                 Some(message::respond(query, &question, None, Rcode::ServFail))
