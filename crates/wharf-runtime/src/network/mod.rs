@@ -212,8 +212,13 @@ impl Network {
         // DNAT to the server's loopback listeners needs loopback destinations accepted from
         // this interface; the egress policy rejects every other packet to them.
         set_interface_sysctl(&format!("ipv4/conf/{host_if}/route_localnet"), "1", "allow DNAT to loopback in")?;
-        // Instances get no IPv6: no link-local address on the host end either.
-        set_interface_sysctl(&format!("ipv6/conf/{host_if}/disable_ipv6"), "1", "disable IPv6 in")?;
+        // Instances get no IPv6: no link-local address on the host end either. A kernel booted
+        // without IPv6 has no such file, and nothing to disable.
+        let no_ipv6 = format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6");
+        match std::fs::write(&no_ipv6, "1") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other.map_err(RuntimeError::io("disable IPv6 in", &no_ipv6))?,
+        }
         if let Some(services) = &self.services {
             self.map_services(net, services).await?;
         }
