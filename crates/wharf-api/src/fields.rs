@@ -52,6 +52,17 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
     "httpHeaders",
 ];
 
+/// What a user of an unsupported field should know, where there is more to say.
+const WHY_UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "vpcAccess",
+        "--network, --subnet, --vpc-connector, --vpc-egress: Wharf instances reach the public internet only, \
+         never private ranges",
+    ),
+    ("volumes", "instances have an in-memory writable root filesystem; secrets and volumes come later"),
+    ("grpc", "gRPC probes come with end-to-end HTTP/2; use httpGet or tcpSocket"),
+];
+
 /// Output-only fields of Cloud Run resources that Wharf does not produce. A client that reads
 /// a resource and writes it back may carry them; they are ignored, as Google ignores them.
 const OUTPUT_ONLY: &[&str] = &["satisfiesPzs", "expireTime", "logUri", "urls"];
@@ -88,11 +99,13 @@ impl fmt::Display for FieldError {
                     self.field
                 )
             }
-            FieldErrorKind::Unsupported => write!(
-                f,
-                "{} is a Cloud Run field that Wharf does not support yet; remove it from the request",
-                self.field
-            ),
+            FieldErrorKind::Unsupported => {
+                write!(f, "{} is a Cloud Run field that Wharf does not support yet", self.field)?;
+                if let Some((_, why)) = WHY_UNSUPPORTED.iter().find(|(field, _)| *field == name) {
+                    write!(f, " ({why})")?;
+                }
+                write!(f, "; remove it from the request")
+            }
             FieldErrorKind::Invalid(why) => write!(f, "Invalid value at '{}': {why}", self.field),
         }
     }

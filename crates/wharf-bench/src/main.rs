@@ -103,8 +103,17 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
     let resolver = Resolver::new(images, snapshots, Arc::new(RemoteRegistry::new(None)), vec![]);
     let image = resolver.load("testapp", "bench")?;
     let layers = resolver.snapshots(&image).await?;
-    let config =
-        RuntimeConfig { log_retention_lines: 10_000, ..RuntimeConfig::new(dir.path().to_owned(), wharf_binary()?) };
+    let config = RuntimeConfig {
+        log_retention_lines: 10_000,
+        // As the server does: each start maps the instance's DNS, metadata and ingress
+        // addresses (to loopback ports nothing listens on; the bench sends no DNS).
+        instance_services: Some(wharf_runtime::network::InstanceServices {
+            dns: "127.0.0.1:9".parse()?,
+            metadata: "127.0.0.1:9".parse()?,
+            ingress: Some("127.0.0.1:9".parse()?),
+        }),
+        ..RuntimeConfig::new(dir.path().to_owned(), wharf_binary()?)
+    };
     let runtime = Runtime::open(config, db).await?;
 
     let mut phases: Vec<StartPhases> = Vec::new();
@@ -151,7 +160,7 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
     type Phase<'a> = &'a dyn Fn(&StartPhases) -> u64;
     let rows: [(&str, Phase<'_>); 6] = [
         ("rootfs (tmpfs + overlay)", &|p| p.rootfs_us),
-        ("network (netns + veth)", &|p| p.network_us),
+        ("network (netns, veth, DNAT)", &|p| p.network_us),
         ("container create", &|p| p.create_us),
         ("exec", &|p| p.exec_us),
         ("first listen", &|p| p.first_listen_us),

@@ -29,6 +29,9 @@ pub struct RuntimeConfig {
     pub instance_limits: crate::cgroup::ParentLimits,
     /// Per-instance log rates, line length and the log store's size.
     pub log_limits: crate::logs::LogLimits,
+    /// The server's listeners that instances reach at 169.254.169.254 (DNS, metadata) and at
+    /// the ingress address; `None` gives instances no DNS and no way to the ingress.
+    pub instance_services: Option<crate::network::InstanceServices>,
 }
 
 impl RuntimeConfig {
@@ -41,6 +44,7 @@ impl RuntimeConfig {
             cgroup_parent: "wharf".to_owned(),
             instance_limits: crate::cgroup::ParentLimits::host_default(),
             log_limits: crate::logs::LogLimits::default(),
+            instance_services: None,
         }
     }
 }
@@ -93,7 +97,7 @@ impl Runtime {
             parent = %cgroups.path, memory = config.instance_limits.memory_bytes,
             cpu_millis = config.instance_limits.cpu_millis, "instance cgroup parent ready"
         );
-        let network = Network::default();
+        let network = Network::new(config.instance_services);
         network.setup_host().await?;
         let inner = Inner {
             instances_dir,

@@ -23,6 +23,8 @@
 //! | `/hostname` | the UTS hostname (Wharf names it after the instance) |
 //! | `/ip` | the instance's own IPv4 address (the source address of its default route) |
 //! | `/connect?addr=IP:PORT` | opens a TCP connection (1 s timeout), reports `connected` or the error |
+//! | `/resolve?name=N` | the IPv4 addresses N resolves to (the libc resolver: `/etc/resolv.conf`), one a line, or the error |
+//! | `/fetch?addr=HOST:PORT&path=P` | an HTTP/1.1 GET of P (default `/`) at HOST:PORT (resolved as above) with `Host: HOST:PORT`; the raw response (5 s timeout) |
 //! | `/sandbox?fork_max=N` | tries what the sandbox must refuse, reports operation -> `ok`/errno as JSON (`sandbox.rs`) |
 //!
 //! As a job task (`testapp job`), it logs `task <index> attempt <attempt>` and, after
@@ -112,6 +114,8 @@ async fn serve() {
         .route("/log", get(log))
         .route("/file", get(read_file).put(write_file))
         .route("/connect", get(connect))
+        .route("/resolve", get(resolve))
+        .route("/fetch", get(fetch))
         .route("/hostname", get(hostname))
         .route("/ip", get(own_ip))
         .route("/sandbox", get(probe_sandbox));
@@ -316,6 +320,36 @@ async fn connect(Query(q): Params) -> Response {
     let attempt = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr.as_str())).await;
     match attempt {
         Ok(Ok(_)) => "connected\n".into_response(),
+        Ok(Err(e)) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+        Err(_) => (StatusCode::GATEWAY_TIMEOUT, "timed out\n").into_response(),
+    }
+}
+
+async fn resolve(Query(q): Params) -> Response {
+    let Some(name) = q.get("name") else { return (StatusCode::BAD_REQUEST, "name= required\n").into_response() };
+    match tokio::net::lookup_host((name.as_str(), 0)).await {
+        Ok(addrs) => {
+            let v4: Vec<String> = addrs.filter(|a| a.is_ipv4()).map(|a| format!("{}\n", a.ip())).collect();
+            v4.concat().into_response()
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn fetch(Query(q): Params) -> Response {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(addr) = q.get("addr") else { return (StatusCode::BAD_REQUEST, "addr= required\n").into_response() };
+    let path = q.get("path").map_or("/", String::as_str);
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Ok(response)) => response.into_response(),
         Ok(Err(e)) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
         Err(_) => (StatusCode::GATEWAY_TIMEOUT, "timed out\n").into_response(),
     }

@@ -1,7 +1,7 @@
-//! Two wharf servers on one machine share the host network rules (NAT for egress, the
-//! instance-to-instance drop): stopping one must not take them from the other. The "outside"
-//! is a network namespace this test makes, reached only through the host's forwarding and
-//! NAT; no traffic leaves the machine.
+//! Two wharf servers on one machine share the host network rules (the egress policy, NAT,
+//! the DNAT of each server's instances to its own DNS resolver): stopping one must not take
+//! them from the other. The "outside" is a network namespace this test makes, reached only
+//! through the host's forwarding and NAT; no traffic leaves the machine.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -128,8 +128,11 @@ impl Node {
     }
 
     /// Checks from inside `from`'s instance: egress through NAT to the outside namespace
-    /// works, and `to`'s instance cannot be reached.
+    /// works, its server's DNS resolver answers (its DNAT mapping is in place), and `to`'s
+    /// instance cannot be reached.
     async fn check_network(&self, from: &str, to: &str, outside: &Outside, when: &str) {
+        let (status, body) = self.get(from, "/resolve?name=metadata.google.internal").await;
+        assert_eq!((status, body.as_str()), (200, "169.254.169.254\n"), "{when}: no DNS in {from}'s instance");
         let (status, body) = self.get(from, &format!("/connect?addr={}", outside.addr)).await;
         assert_eq!((status, body.as_str()), (200, "connected\n"), "{when}: no egress (NAT) from {from}'s instance");
         let target = self.instance_addr(to).await;
@@ -167,5 +170,5 @@ async fn stopping_one_server_keeps_the_other_servers_host_network() {
     second.check_network("beta", "gamma", &outside, "after the other server stopped").await;
     let tables = Command::new("nft").args(["list", "tables"]).output().unwrap();
     let tables = String::from_utf8_lossy(&tables.stdout);
-    assert!(tables.contains("table inet wharf") && tables.contains("table ip wharf_nat"), "{tables}");
+    assert!(tables.contains("table inet wharf_instances"), "{tables}");
 }

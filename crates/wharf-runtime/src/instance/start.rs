@@ -240,6 +240,7 @@ impl Runtime {
             netns: format!("wharf-{id}"),
             host_interface: format!("wh{id}"),
             ip: std::net::Ipv4Addr::UNSPECIFIED,
+            service_keys: Vec::new(),
         };
         InstanceRecord { id: id.to_owned(), network: planned }.write(dir)?;
 
@@ -291,8 +292,8 @@ impl Runtime {
         let user = resolve_user(image.user().as_deref(), &rootfs.merged)?;
         let env = instance_env(image.env().as_deref().unwrap_or_default(), &spec.env, &spec.owner, spec.port);
         let resolv_conf = dir.join("resolv.conf");
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        std::fs::write(&resolv_conf, host_resolv).map_err(RuntimeError::io("write", &resolv_conf))?;
+        std::fs::write(&resolv_conf, crate::network::INSTANCE_RESOLV_CONF)
+            .map_err(RuntimeError::io("write", &resolv_conf))?;
         let hosts = dir.join("hosts");
         let hosts_text = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{}\t{id}\n", network.ip);
         std::fs::write(&hosts, hosts_text).map_err(RuntimeError::io("write", &hosts))?;

@@ -18,7 +18,7 @@ pub struct ServerArgs {
     /// idle_timeout, instance_memory_limit, instance_cpu_limit, cgroup_parent, log_rate_limit,
     /// log_store_limit, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
     /// edge limits: header_read_timeout, connection_idle_timeout, max_connections,
-    /// max_header_bytes, max_api_body_bytes, pull_connect_timeout, pull_read_timeout).
+    /// max_header_bytes, max_api_body_bytes, pull_connect_timeout, pull_read_timeout, upstream_resolv_conf).
     #[arg(long, env = "WHARF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where Wharf keeps its state database, images and credentials [default: /var/lib/wharf]
@@ -70,6 +70,10 @@ pub struct ServerArgs {
     /// Total size of the stored logs, e.g. 1Gi; the oldest lines go first [default: 1Gi]
     #[arg(long, env = "WHARF_LOG_STORE_LIMIT")]
     pub log_store_limit: Option<String>,
+    /// The resolv.conf whose nameservers get the DNS queries of instances that Wharf does not
+    /// answer itself (they may be on loopback or a private address) [default: /etc/resolv.conf]
+    #[arg(long, env = "WHARF_UPSTREAM_RESOLV_CONF")]
+    pub upstream_resolv_conf: Option<PathBuf>,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }
@@ -145,6 +149,7 @@ struct ConfigFile {
     cgroup_parent: Option<String>,
     log_rate_limit: Option<u32>,
     log_store_limit: Option<String>,
+    upstream_resolv_conf: Option<PathBuf>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -166,6 +171,7 @@ pub struct ServerConfig {
     pub instance_limits: wharf_runtime::cgroup::ParentLimits,
     pub cgroup_parent: String,
     pub log_limits: wharf_runtime::logs::LogLimits,
+    pub upstream_resolv_conf: PathBuf,
 }
 
 /// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
@@ -257,6 +263,11 @@ impl ServerConfig {
             instance_limits,
             cgroup_parent: args.cgroup_parent.clone().or(file.cgroup_parent).unwrap_or_else(|| "wharf".to_owned()),
             log_limits,
+            upstream_resolv_conf: args
+                .upstream_resolv_conf
+                .clone()
+                .or(file.upstream_resolv_conf.clone())
+                .unwrap_or_else(|| "/etc/resolv.conf".into()),
         })
     }
 }
@@ -336,6 +347,7 @@ mod tests {
             cgroup_parent: None,
             log_rate_limit: None,
             log_store_limit: None,
+            upstream_resolv_conf: None,
         }
     }
 

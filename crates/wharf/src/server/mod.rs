@@ -86,6 +86,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         registry_addr: registry_listener.local_addr()?,
     };
 
+    let table = Arc::new(wharf_router::RoutingTable::default());
+    let shutdown = CancellationToken::new();
+    let (dns, metadata_addr) = start_instance_services(&config, &table, shutdown.clone()).await?;
+    let instance_services = wharf_runtime::network::InstanceServices {
+        dns: dns.addr(),
+        metadata: metadata_addr,
+        ingress: instance_ingress_target(info.ingress_addr),
+    };
+
     let helper = std::env::current_exe().context("cannot find the wharf binary for the container helper")?;
     let runtime = wharf_runtime::Runtime::open(
         wharf_runtime::RuntimeConfig {
@@ -95,6 +104,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             cgroup_parent: config.cgroup_parent.clone(),
             instance_limits: config.instance_limits,
             log_limits: config.log_limits,
+            instance_services: Some(instance_services),
         },
         db.clone(),
     )
@@ -103,7 +113,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let remote = Arc::new(RemoteRegistry::with_timeouts(default_docker_config(), config.edge.pull));
     let resolver = Resolver::new(images.clone(), snapshots.clone(), remote, local_registry_names(info.registry_addr));
-    let table = Arc::new(wharf_router::RoutingTable::default());
     let settings = wharf_control::Settings {
         domain: config.domain.clone(),
         ingress_port: info.ingress_addr.port(),
@@ -129,7 +138,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         housekeeping: housekeeping.clone(),
     };
 
-    let shutdown = CancellationToken::new();
     let housekeeper = housekeeping.spawn(shutdown.clone());
     let registry = wharf_registry::router(wharf_registry::RegistryState { images, iam });
     let limits = &config.edge.listener;
@@ -163,9 +171,56 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let _ = housekeeper.await;
     control.shutdown().await;
     runtime.shutdown().await;
+    dns.shutdown();
     let _ = std::fs::remove_file(data_dir.join(SERVER_INFO_FILE));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts what instances reach at 169.254.169.254 (see `wharf_runtime::network`): the DNS
+/// resolver, which answers the hosts of this server's service URLs with the address instances
+/// reach the ingress at, and the metadata HTTP server. Both on loopback.
+async fn start_instance_services(
+    config: &ServerConfig,
+    table: &Arc<wharf_router::RoutingTable>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(wharf_metadata::DnsServer, std::net::SocketAddrV4)> {
+    let routes = table.clone();
+    let local_names: wharf_metadata::LocalNames =
+        Arc::new(move |name: &str| routes.lookup(name).map(|_| wharf_runtime::network::INGRESS_ADDR));
+    let dns = wharf_metadata::DnsServer::start(wharf_metadata::dns::DnsConfig {
+        bind: std::net::Ipv4Addr::LOCALHOST,
+        upstream_resolv_conf: config.upstream_resolv_conf.clone(),
+        local_names,
+    })
+    .await
+    .context("cannot start the DNS resolver for instances")?;
+    let metadata_listener =
+        TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.context("cannot listen for the metadata server")?;
+    let metadata_addr = match metadata_listener.local_addr()? {
+        SocketAddr::V4(addr) => addr,
+        other => anyhow::bail!("the metadata server bound {other}, not an IPv4 address"),
+    };
+    // Runs until shutdown like the other servers; its handle is not awaited.
+    let limits = Listener::new("metadata", config.edge.listener.clone());
+    drop(serve(metadata_listener, limits, wharf_metadata::http::router(), shutdown));
+    Ok((dns, metadata_addr))
+}
+
+/// Where instances' connections to the ingress address go: the ingress listener itself, or
+/// loopback when it listens on every address. `None` (with a warning) for an IPv6-only
+/// ingress, which instances then cannot reach by service URL.
+fn instance_ingress_target(ingress: SocketAddr) -> Option<std::net::SocketAddrV4> {
+    match ingress {
+        SocketAddr::V4(addr) if addr.ip().is_unspecified() => {
+            Some(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        SocketAddr::V4(addr) => Some(addr),
+        SocketAddr::V6(addr) => {
+            tracing::warn!(ingress = %addr, "the ingress listens on IPv6 only; instances cannot reach service URLs");
+            None
+        }
+    }
 }
 
 fn init_logging() {

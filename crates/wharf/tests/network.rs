@@ -1,0 +1,335 @@
+//! The network sandbox end to end, attacked from inside real instances of a real server:
+//!
+//! - egress: an instance cannot open a connection to the host's primary address, to its
+//!   loopback, or to a link-local or private address of this machine (added to `lo` by the
+//!   test), nor to 169.254.169.254 beyond Wharf's own services there; it does reach a
+//!   "public" host (198.51.100.7, TEST-NET-2, in a network namespace the test creates and
+//!   routes to) and Wharf's metadata server.
+//! - DNS: instances resolve `metadata.google.internal` and the hosts of the server's service
+//!   URLs (and fetch one service's URL from inside another), and other names through the
+//!   upstream resolver of `--upstream-resolv-conf`, here a resolver the test runs on loopback.
+//!
+//! Every listener is the test's own; every address is on this machine or in a namespace the
+//! test made; guards remove addresses, namespaces, links and routes also when a test fails.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wharf_testsupport::{WharfServer, service_host, testapp_image};
+
+fn wharf() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_wharf"))
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A number in 1..=250 that differs between test processes running at once, for addresses
+/// and names this test adds to the machine.
+fn unique() -> u32 {
+    std::process::id() % 250 + 1
+}
+
+/// A server with the testapp image imported and one service per name deployed in project
+/// `demo`.
+struct Env {
+    server: WharfServer,
+    _work: tempfile::TempDir,
+}
+
+impl Env {
+    fn start(server_env: &[(&str, &str)], services: &[&str]) -> Env {
+        let work = tempfile::tempdir().unwrap();
+        let built = testapp_image(work.path(), "v1").unwrap();
+        let server = WharfServer::start_with_env(wharf(), server_env).unwrap();
+        let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let image = format!("{}/testapp:v1", server.addrs.registry_addr);
+        for service in services {
+            let args = ["run", "deploy", service, "--image", &image, "--project", "demo", "--region", "us-central1"];
+            let out = server.cli(&[&args[..], &["--allow-unauthenticated"]].concat()).unwrap();
+            assert!(out.status.success(), "deploy {service}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Env { server, _work: work }
+    }
+
+    fn ingress_port(&self) -> &str {
+        self.server.addrs.ingress_addr.rsplit(':').next().unwrap()
+    }
+
+    /// GET `path` of service `service` (in project demo) through the ingress.
+    async fn get(&self, service: &str, path: &str) -> (u16, String) {
+        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+        let sent = client
+            .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
+            .header("Host", service_host(service, "demo"))
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => (r.status().as_u16(), r.text().await),
+            Err(e) => (0, Err(e)),
+        };
+        match response {
+            (status, Ok(body)) => (status, body),
+            (_, Err(e)) => {
+                let log = self.server.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("GET {path} on {service}: {e:?}\n--- server.log (end) ---\n{}", tail.join("\n"))
+            }
+        }
+    }
+}
+
+/// The host's source address towards the outside (asks the routing table; sends nothing).
+fn host_primary_address() -> Ipv4Addr {
+    let out = Command::new("ip").args(["-o", "-4", "route", "get", "192.0.2.1"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "src").expect("a source address");
+    words.next().unwrap().parse().unwrap()
+}
+
+/// Addresses added to `lo` for the test (scope host), removed on drop.
+struct LoopbackAddresses(Vec<String>);
+
+impl LoopbackAddresses {
+    fn add(addrs: &[Ipv4Addr]) -> LoopbackAddresses {
+        let mut added = LoopbackAddresses(Vec::new());
+        for addr in addrs {
+            let cidr = format!("{addr}/32");
+            // Scope host: the kernel never picks it as the source of the host's own connections
+            // (the proxy's to instances of servers running in parallel would break when it goes).
+            ip(&["addr", "add", &cidr, "dev", "lo", "scope", "host"]);
+            added.0.push(cidr);
+        }
+        added
+    }
+}
+
+impl Drop for LoopbackAddresses {
+    fn drop(&mut self) {
+        for cidr in &self.0 {
+            let _ = Command::new("ip").args(["addr", "del", cidr, "dev", "lo"]).output();
+        }
+    }
+}
+
+/// "A public host": a network namespace holding 198.51.100.7/32 behind a veth, with a host
+/// route to it, so an instance reaches it only through the host's forwarding and NAT. No
+/// traffic leaves the machine. Removed on drop.
+struct PublicHost {
+    netns: String,
+    host_link: String,
+    addr: Ipv4Addr,
+}
+
+impl PublicHost {
+    fn create() -> PublicHost {
+        let n = unique();
+        // Names that match neither wharf's (`wharf-*`, `wh*`) nor its rules.
+        let host = PublicHost {
+            netns: format!("wharf-test-pub-{n}"),
+            host_link: format!("tpub{n}h"),
+            addr: Ipv4Addr::new(198, 51, 100, 7),
+        };
+        ip(&["netns", "add", &host.netns]);
+        ip(&["link", "add", &host.host_link, "type", "veth", "peer", "name", "eth0", "netns", &host.netns]);
+        ip(&["link", "set", &host.host_link, "up"]);
+        ip(&["-n", &host.netns, "addr", "add", &format!("{}/32", host.addr), "dev", "eth0"]);
+        ip(&["-n", &host.netns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &host.netns, "link", "set", "lo", "up"]);
+        ip(&["-n", &host.netns, "route", "add", "default", "dev", "eth0"]);
+        ip(&["route", "add", &format!("{}/32", host.addr), "dev", &host.host_link]);
+        host
+    }
+
+    /// A listener inside the namespace: bound from a thread that entered it, the socket
+    /// stays in that namespace.
+    fn listen(&self, port: u16) -> std::net::TcpListener {
+        let path = Path::new("/run/netns").join(&self.netns);
+        let addr = SocketAddr::from((self.addr, port));
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(path).unwrap();
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::net::TcpListener::bind(addr).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for PublicHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["route", "del", &format!("{}/32", self.addr)]).output();
+        let _ = Command::new("ip").args(["netns", "delete", &self.netns]).output();
+        let _ = Command::new("ip").args(["link", "delete", &self.host_link]).output();
+    }
+}
+
+/// Whether a connection is waiting on `listener` (non-blocking: an instance's connect that
+/// reported success has put it there already; a refused one never does).
+fn has_pending_connection(listener: &std::net::TcpListener) -> bool {
+    listener.set_nonblocking(true).unwrap();
+    match listener.accept() {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) => panic!("accept: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn instances_reach_the_internet_and_wharfs_services_but_nothing_else_of_the_host() {
+    let env = Env::start(&[], &["probe"]);
+    let n = u8::try_from(unique()).unwrap();
+    let (link_local, private) = (Ipv4Addr::new(169, 254, 77, n), Ipv4Addr::new(10, 77, 0, n));
+    let _lo = LoopbackAddresses::add(&[link_local, private]);
+    let public = PublicHost::create();
+
+    let targets = [
+        ("the host's primary address", host_primary_address()),
+        ("the host's loopback", Ipv4Addr::LOCALHOST),
+        ("a link-local address of the host", link_local),
+        ("a private address of the host", private),
+    ];
+    let mut listeners = Vec::new();
+    for (what, addr) in targets {
+        let listener = std::net::TcpListener::bind((addr, 0)).unwrap();
+        // Control: the listener works, from the host itself.
+        std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(has_pending_connection(&listener), "{what}: the host cannot reach its own listener");
+        listeners.push((what, listener));
+    }
+
+    let mut reached = Vec::new();
+    for (what, listener) in &listeners {
+        let target = listener.local_addr().unwrap();
+        let (status, body) = env.get("probe", &format!("/connect?addr={target}")).await;
+        if status == 200 || has_pending_connection(listener) {
+            reached.push(format!("{what} ({target}): {status} {body}"));
+        }
+    }
+    // Cloud metadata must never be fetched from outside the machine: only Wharf's ports
+    // there answer, everything else at 169.254.169.254 is refused.
+    let (status, body) = env.get("probe", "/connect?addr=169.254.169.254:8080").await;
+    if status == 200 {
+        reached.push(format!("169.254.169.254:8080: {body}"));
+    }
+    assert_eq!(reached, Vec::<String>::new(), "instances reached what the egress policy forbids");
+
+    let (status, body) = env.get("probe", "/fetch?addr=169.254.169.254:80&path=/computeMetadata/v1/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("HTTP/1.1 404"), "{body}");
+    assert!(body.to_ascii_lowercase().contains("metadata-flavor: google"), "{body}");
+    assert!(body.contains("Wharf's metadata server does not serve this yet"), "{body}");
+
+    let listener = tokio::net::TcpListener::from_std({
+        let l = public.listen(8099);
+        l.set_nonblocking(true).unwrap();
+        l
+    })
+    .unwrap();
+    let (status, body) = env.get("probe", &format!("/connect?addr={}:8099", public.addr)).await;
+    assert_eq!((status, body.as_str()), (200, "connected\n"), "no egress to a public address");
+    let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await;
+    let (_, peer) = accepted.expect("the public host saw no connection").unwrap();
+    // Masqueraded: the public host sees the machine, not the instance's private address.
+    assert!(!peer.ip().to_string().starts_with("10.213."), "not masqueraded: {peer}");
+}
+
+/// A DNS server standing for the host's resolver: answers A queries for `known` with
+/// `answer`, everything else with an empty NOERROR, and records the names it was asked.
+struct UpstreamResolver {
+    addr: Ipv4Addr,
+    asked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UpstreamResolver {
+    fn start(addr: Ipv4Addr, known: &'static str, answer: Ipv4Addr) -> UpstreamResolver {
+        let socket = UdpSocket::bind((addr, 53)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (recorded, stopped) = (asked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((len, peer)) = socket.recv_from(&mut buf) else { continue };
+                let Some((name, qtype, end)) = read_question(&buf[..len]) else { continue };
+                recorded.lock().unwrap().push(name.clone());
+                let found = name == known && qtype == 1;
+                let mut reply = buf[..end].to_vec();
+                reply[2..4].copy_from_slice(&0x8180u16.to_be_bytes());
+                reply[6..12].copy_from_slice(&[0, u8::from(found), 0, 0, 0, 0]);
+                if found {
+                    reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                    reply.extend_from_slice(&answer.octets());
+                }
+                let _ = socket.send_to(&reply, peer);
+            }
+        });
+        UpstreamResolver { addr, asked, stop }
+    }
+}
+
+impl Drop for UpstreamResolver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `(name, qtype, end of question)` of a query.
+fn read_question(query: &[u8]) -> Option<(String, u16, usize)> {
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*query.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(at..at + len)?).to_ascii_lowercase());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
+    Some((labels.join("."), qtype, at + 4))
+}
+
+#[tokio::test]
+async fn instances_resolve_wharfs_names_and_forward_the_rest_to_the_hosts_resolver() {
+    let work = tempfile::tempdir().unwrap();
+    let n = u8::try_from(unique()).unwrap();
+    // On loopback, as systemd-resolved would be: reachable only by forwarding on the host.
+    let upstream =
+        UpstreamResolver::start(Ipv4Addr::new(127, 77, 0, n), "upstream-only.wharf-test", [203, 0, 113, 9].into());
+    let resolv_conf = work.path().join("resolv.conf");
+    std::fs::write(&resolv_conf, format!("nameserver {}\n", upstream.addr)).unwrap();
+    let env = Env::start(
+        &[("WHARF_UPSTREAM_RESOLV_CONF", resolv_conf.to_str().unwrap()), ("WHARF_LOG", "info,wharf_metadata=debug")],
+        &["target", "caller"],
+    );
+
+    let resolve = async |name: &str| env.get("caller", &format!("/resolve?name={name}")).await;
+    assert_eq!(resolve("metadata.google.internal").await, (200, "169.254.169.254\n".to_owned()));
+    assert_eq!(resolve("metadata").await, (200, "169.254.169.254\n".to_owned()), "search google.internal");
+    assert_eq!(resolve(&service_host("target", "demo")).await, (200, "169.254.1.2\n".to_owned()));
+    assert_eq!(resolve("upstream-only.wharf-test").await, (200, "203.0.113.9\n".to_owned()));
+    assert!(upstream.asked.lock().unwrap().iter().any(|name| name == "upstream-only.wharf-test"));
+    let (status, body) = resolve("unknown.wharf-test").await;
+    assert_ne!(status, 200, "{body}");
+    // Wharf answers its own names itself: the upstream never saw them.
+    let asked = upstream.asked.lock().unwrap().clone();
+    assert!(!asked.iter().any(|name| name.starts_with("metadata") || name.ends_with(".localhost")), "{asked:?}");
+
+    // A service's URL works from inside another service's instance.
+    let url_host = format!("{}:{}", service_host("target", "demo"), env.ingress_port());
+    let (status, body) = env.get("caller", &format!("/fetch?addr={url_host}&path=/")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("Hello from target-00001-"), "{body}");
+}
