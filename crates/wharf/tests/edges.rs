@@ -151,6 +151,9 @@ async fn oversized_headers_get_431_and_oversized_api_bodies_413_with_a_status_bo
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 413);
+    // The unread body makes the connection unusable: the server says it closes it, so the
+    // next request below goes on a new one (before, it raced the close on the reused one).
+    assert_eq!(response.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
     let status: Value = response.json().await.unwrap();
     assert_eq!(status["error"]["code"], 413, "{status}");
     assert_eq!(status["error"]["status"], "INVALID_ARGUMENT", "{status}");

@@ -120,7 +120,15 @@ impl IntoResponse for ApiError {
                 "fieldViolations": [{"field": field, "description": message}],
             }]);
         }
-        (status, Json(serde_json::json!({ "error": error }))).into_response()
+        let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
+        if matches!(self, ApiError::BodyTooLarge { .. } | ApiError::BodyTimeout { .. }) {
+            // The body was not read to its end, so this connection cannot carry another
+            // request: say so, or a client reusing it sees it closed under its next request.
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
