@@ -225,6 +225,14 @@ pub fn service_fields(service: &wharf_api::Service) -> Result<(), ControlError> 
     {
         return Err(invalid(format!("ingress {ingress:?} is not one of {}", INGRESS_VALUES.join(", "))));
     }
+    // Stored but not honoured yet: refused rather than kept inert.
+    if let Some(ingress) =
+        service.ingress.as_deref().filter(|i| !matches!(*i, "" | "INGRESS_TRAFFIC_ALL" | "INGRESS_TRAFFIC_UNSPECIFIED"))
+    {
+        return Err(invalid(format!(
+            "ingress {ingress} is not supported yet: Wharf serves every service on its ingress (INGRESS_TRAFFIC_ALL)"
+        )));
+    }
     Ok(())
 }
 

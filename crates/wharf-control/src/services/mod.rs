@@ -128,16 +128,6 @@ fn same_traffic(a: &[TrafficTarget], b: &[TrafficTarget]) -> bool {
     normal(a) == normal(b)
 }
 
-/// Service-level fields Wharf stores but cannot honour yet are refused, not kept inert.
-fn check_service_fields(body: &Service) -> Result<(), ControlError> {
-    match body.ingress.as_deref() {
-        None | Some("INGRESS_TRAFFIC_ALL" | "INGRESS_TRAFFIC_UNSPECIFIED") => Ok(()),
-        Some(other) => Err(ControlError::InvalidArgument(format!(
-            "ingress {other} is not supported yet: Wharf serves every service on its ingress (INGRESS_TRAFFIC_ALL)"
-        ))),
-    }
-}
-
 impl ControlPlane {
     pub fn parent(&self, project: &str, location: &str) -> Result<Parent, ControlError> {
         validate_parent_id("project", project).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
@@ -199,7 +189,6 @@ impl ControlPlane {
     ) -> Result<Operation, ControlError> {
         validate_service_name("service", service_id).map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
         crate::validate::service_fields(&body)?;
-        check_service_fields(&body)?;
         self.check_traffic(&body, &[])?;
         let already_exists = || {
             ControlError::AlreadyExists(format!("Resource '{}/services/{service_id}' already exists", parent.path()))
@@ -345,7 +334,7 @@ impl ControlPlane {
         let (parent, name) = (&current.parent, current.name.as_str());
         let rendered = self.render(current)?;
         check_etag(&body.etag, &rendered.etag, &format!("Service '{name}'"))?;
-        check_service_fields(body)?;
+        crate::validate::service_fields(body)?;
         let mut spec = current.spec.clone();
         let incoming = user_fields(body);
         match update_mask {
