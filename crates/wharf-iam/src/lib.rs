@@ -1,9 +1,16 @@
-//! Identity and access: who is calling Wharf, and (as IAM grows) what they may do.
+//! Identity and access: who is calling Wharf ([`Iam::authenticate`]) and what they may do
+//! ([`Iam::authorize`]).
 //!
 //! Every API and registry request passes through [`Iam::authenticate`], the single place
-//! where credentials are checked. Today there is one principal, the owner, whose token
-//! `wharf server` creates on first start in `<data-dir>/owner.token` (mode 0600, root only);
-//! the database keeps only its SHA-256. Policies and service identities plug in here later.
+//! where credentials are checked: the owner's token, which `wharf server` creates on first
+//! start in `<data-dir>/owner.token` (mode 0600, root only), or an access token Wharf minted
+//! ([`Iam::mint_access_token`]). The database keeps only SHA-256 hashes of both.
+//! Authorization is IAM's model: predefined roles ([`roles`]) bound to members ([`member`]) in
+//! per-resource policies inherited from the project ([`policy`]).
+
+pub mod member;
+pub mod policy;
+pub mod roles;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -18,11 +25,14 @@ use wharf_store::rusqlite::{OptionalExtension, params};
 /// The file, inside the data directory, holding the owner's token.
 pub const OWNER_TOKEN_FILE: &str = "owner.token";
 
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub name: String,
-    pub role: String,
+pub use member::{Member, Principal};
+pub use policy::{AuthorizeError, Denied, Policies, Policy, Resource};
+
+/// An access token minted for a principal, and when it stops being accepted.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub token: String,
+    pub expires_at: i64,
 }
 
 /// Why a request was not authenticated. Both variants are 401s; the message says what to do.
@@ -34,8 +44,12 @@ pub enum AuthError {
     Missing,
     #[error("request credentials are not valid: {0}")]
     Invalid(&'static str),
+    #[error("request credentials have expired: get a new token")]
+    Expired,
     #[error("credential check failed")]
     Store(#[from] wharf_store::StoreError),
+    #[error("the system random source failed")]
+    Random,
 }
 
 /// Failure to set up credentials at start-up.
@@ -55,6 +69,7 @@ pub enum IamError {
 #[derive(Debug, Clone)]
 pub struct Iam {
     db: Store,
+    pub policies: Policies,
 }
 
 impl Iam {
@@ -79,7 +94,7 @@ impl Iam {
             )
             .map_err(wharf_store::StoreError::Query)
         })?;
-        Ok(Iam { db })
+        Ok(Iam { policies: Policies::new(db.clone()), db })
     }
 
     /// Checks an `Authorization` header value: `Bearer <token>`, or `Basic` with the token as
@@ -103,12 +118,57 @@ impl Iam {
         };
         let hash = token_hash(&token);
         let found = self.db.read(|c| {
-            c.query_row("SELECT name, role FROM principals WHERE token_sha256 = ?1", [hash], |r| {
-                Ok(Principal { name: r.get(0)?, role: r.get(1)? })
-            })
-            .optional()
+            let principal: Option<(String, Option<i64>)> = c
+                .query_row("SELECT name, NULL FROM principals WHERE token_sha256 = ?1", [&hash], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            match principal {
+                Some(found) => Ok(Some(found)),
+                None => c
+                    .query_row(
+                        "SELECT principal, expires_at FROM access_tokens WHERE token_sha256 = ?1",
+                        [&hash],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional(),
+            }
         })?;
-        found.ok_or(AuthError::Invalid("unknown token"))
+        let (name, expires_at) = found.ok_or(AuthError::Invalid("unknown token"))?;
+        if expires_at.is_some_and(|at| at <= wharf_store::unix_now()) {
+            return Err(AuthError::Expired);
+        }
+        Principal::from_name(&name).ok_or(AuthError::Invalid("token names an unknown principal"))
+    }
+
+    /// Whether `caller` (None: no credentials) holds `permission` on `resource`.
+    pub fn authorize(
+        &self,
+        caller: Option<&Principal>,
+        permission: &'static str,
+        resource: &Resource,
+    ) -> Result<(), AuthorizeError> {
+        self.policies.authorize(caller, permission, resource)
+    }
+
+    /// Mints an opaque bearer token that authenticates as `principal` for `lifetime_secs`
+    /// (what the token endpoint and the metadata server hand out). Only its hash is stored;
+    /// expired tokens are swept as new ones are minted.
+    pub fn mint_access_token(&self, principal: &Principal, lifetime_secs: i64) -> Result<AccessToken, AuthError> {
+        let token = format!("ya29.wharf_{}", hex::encode(random_bytes::<32>().map_err(|_| AuthError::Random)?));
+        let now = wharf_store::unix_now();
+        let expires_at = now + lifetime_secs;
+        self.db.write(|tx| {
+            tx.execute("DELETE FROM access_tokens WHERE expires_at <= ?1", [now])
+                .and_then(|_| {
+                    tx.execute(
+                        "INSERT INTO access_tokens (token_sha256, principal, expires_at) VALUES (?1, ?2, ?3)",
+                        params![token_hash(&token), principal.name(), expires_at],
+                    )
+                })
+                .map_err(wharf_store::StoreError::Query)
+        })?;
+        Ok(AccessToken { token, expires_at })
     }
 }
 
@@ -116,11 +176,16 @@ fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut random = [0u8; N];
+    fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    Ok(random)
+}
+
 /// Mints a random token and writes it to `path` (mode 0600, written under a temporary name
 /// and renamed so no reader sees a partial token).
 fn write_new_token(path: &Path) -> std::io::Result<String> {
-    let mut random = [0u8; 24];
-    fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    let random = random_bytes::<24>()?;
     let token = format!("wharf_{}", hex::encode(random));
     let staged = path.with_extension("tmp");
     let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&staged)?;
@@ -151,15 +216,25 @@ mod tests {
         let db = Store::open(&dir.path().join("state.db")).unwrap();
         let iam = Iam::open(db, dir.path()).unwrap();
         assert_eq!(fs::read_to_string(dir.path().join(OWNER_TOKEN_FILE)).unwrap().trim(), token);
-        assert_eq!(iam.authenticate(Some(&format!("Bearer {token}"))).unwrap().name, "owner");
+        assert_eq!(iam.authenticate(Some(&format!("Bearer {token}"))).unwrap(), Principal::Owner);
     }
 
     #[test]
     fn accepts_bearer_and_basic() {
         let (_dir, iam, token) = setup();
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("anyone:{token}"));
-        assert_eq!(iam.authenticate(Some(&format!("Basic {basic}"))).unwrap().role, "owner");
-        assert_eq!(iam.authenticate(Some(&format!("bearer {token}"))).unwrap().role, "owner");
+        assert_eq!(iam.authenticate(Some(&format!("Basic {basic}"))).unwrap(), Principal::Owner);
+        assert_eq!(iam.authenticate(Some(&format!("bearer {token}"))).unwrap(), Principal::Owner);
+    }
+
+    #[test]
+    fn minted_access_tokens_authenticate_until_they_expire() {
+        let (_dir, iam, _) = setup();
+        let sa = Principal::ServiceAccount("api@p.iam.gserviceaccount.com".into());
+        let live = iam.mint_access_token(&sa, 3600).unwrap();
+        assert_eq!(iam.authenticate(Some(&format!("Bearer {}", live.token))).unwrap(), sa);
+        let dead = iam.mint_access_token(&sa, 0).unwrap();
+        assert!(matches!(iam.authenticate(Some(&format!("Bearer {}", dead.token))), Err(AuthError::Expired)));
     }
 
     #[test]

@@ -48,7 +48,9 @@ impl RegistryError {
                 | I::Task(_)
                 | I::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             },
-            RegistryError::Auth(AuthError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            RegistryError::Auth(AuthError::Store(_) | AuthError::Random) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
+            }
             RegistryError::Auth(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             RegistryError::BadRequest(code, _) => (StatusCode::BAD_REQUEST, code),
             RegistryError::RangeInvalid(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),

@@ -158,6 +158,20 @@ const MIGRATIONS: &[&str] = &[
     // before keep answering on their old `{service}-{project}.{domain}` host as well.
     "ALTER TABLE services ADD COLUMN legacy_host INTEGER NOT NULL DEFAULT 0;
      UPDATE services SET legacy_host = 1;",
+    // 8: IAM. Policies per resource (validated bindings as JSON, with their etag), and the
+    // access tokens Wharf minted (hashes only; expired rows are swept as new ones are minted).
+    "CREATE TABLE iam_policies (
+         resource TEXT PRIMARY KEY,
+         bindings TEXT NOT NULL,
+         etag TEXT NOT NULL,
+         updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE access_tokens (
+         token_sha256 TEXT PRIMARY KEY,
+         principal TEXT NOT NULL,
+         expires_at INTEGER NOT NULL
+     );
+     CREATE INDEX access_tokens_expiry ON access_tokens (expires_at);",
 ];
 
 pub(crate) fn latest_version() -> i64 {

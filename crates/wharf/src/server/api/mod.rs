@@ -58,7 +58,7 @@ impl ApiError {
     fn code(&self) -> Code {
         use ImageError as I;
         match self {
-            ApiError::Auth(AuthError::Store(_)) => Code::Internal,
+            ApiError::Auth(AuthError::Store(_) | AuthError::Random) => Code::Internal,
             ApiError::Auth(_) => Code::Unauthenticated,
             ApiError::InvalidArgument(_) | ApiError::Field(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
@@ -158,11 +158,15 @@ async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::MethodNotAllowed { method: request.method().to_string(), path: request.uri().path().to_owned() }
 }
 
-/// The one place every API request is authenticated.
-async fn authenticate(State(platform): State<Platform>, request: Request, next: Next) -> Response {
+/// The one place every API request is authenticated. The caller's [`wharf_iam::Principal`]
+/// rides in the request's extensions for the handler's authorization check.
+async fn authenticate(State(platform): State<Platform>, mut request: Request, next: Next) -> Response {
     let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match platform.iam.authenticate(header) {
-        Ok(_principal) => next.run(request).await,
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
         Err(e) => ApiError::from(e).into_response(),
     }
 }
