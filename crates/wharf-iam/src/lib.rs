@@ -172,6 +172,22 @@ impl Iam {
     }
 }
 
+/// A project's numeric id (`project/numeric-project-id` on the metadata server, the number in
+/// the default service account's email): twelve digits derived from the project id, stable
+/// across restarts and machines.
+pub fn project_number(project: &str) -> u64 {
+    let digest = Sha256::digest(project.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    100_000_000_000 + u64::from_be_bytes(first) % 900_000_000_000
+}
+
+/// The service account a revision or job runs as when it names none, as on Cloud Run (the
+/// project's default compute account).
+pub fn default_service_account(project: &str) -> String {
+    format!("{}-compute@developer.gserviceaccount.com", project_number(project))
+}
+
 fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -225,6 +241,16 @@ mod tests {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("anyone:{token}"));
         assert_eq!(iam.authenticate(Some(&format!("Basic {basic}"))).unwrap(), Principal::Owner);
         assert_eq!(iam.authenticate(Some(&format!("bearer {token}"))).unwrap(), Principal::Owner);
+    }
+
+    #[test]
+    fn the_default_service_account_is_stable_and_shaped_like_googles() {
+        let email = default_service_account("my-project");
+        assert_eq!(email, default_service_account("my-project"));
+        assert_ne!(email, default_service_account("other"));
+        let (number, domain) = email.split_once("-compute@").unwrap();
+        assert_eq!((number.len(), domain), (12, "developer.gserviceaccount.com"));
+        Member::parse(&format!("serviceAccount:{email}")).unwrap();
     }
 
     #[test]
