@@ -104,10 +104,31 @@ pub struct LogFilter {
     pub instance: Option<String>,
     /// Lines at or above this severity.
     pub min_severity: Option<i64>,
+    /// Lines at or below this severity.
+    pub max_severity: Option<i64>,
+    /// Only service lines, or only job lines.
+    pub kind: Option<OwnerKind>,
+    /// Lines at or after this instant (microseconds since the epoch).
+    pub since_us: Option<i64>,
+    /// Lines at or before this instant.
+    pub until_us: Option<i64>,
+    /// Lines whose message contains this text (ASCII case-insensitive).
+    pub message_contains: Option<String>,
     /// Lines with an id above this (for tailing).
     pub after_id: Option<i64>,
-    /// At most this many: the newest ones, returned oldest first.
+    /// Lines with an id below this (for paging backwards).
+    pub before_id: Option<i64>,
+    /// At most this many: the newest ones, returned oldest first; with `oldest_first`, the
+    /// oldest ones.
     pub limit: usize,
+    pub oldest_first: bool,
+}
+
+/// Whose lines: a service's instances or a job's tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerKind {
+    Service,
+    Job,
 }
 
 /// Bounds on what instances may log.
@@ -243,10 +264,35 @@ impl LogStore {
         if let Some(v) = filter.min_severity {
             add("severity >=", Box::new(v));
         }
-        if let Some(v) = filter.after_id {
-            add("id >", Box::new(v));
+        if let Some(v) = filter.max_severity {
+            add("severity <=", Box::new(v));
         }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", filter.limit.max(1)));
+        if let Some(v) = filter.since_us {
+            add("ts_us >=", Box::new(v));
+        }
+        if let Some(v) = filter.until_us {
+            add("ts_us <=", Box::new(v));
+        }
+        if let Some(v) = &filter.message_contains {
+            let escaped = v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            sql.push_str(&format!(" AND message LIKE ?{} ESCAPE '\\'", args.len() + 1));
+            args.push(Box::new(format!("%{escaped}%")));
+        }
+        match filter.kind {
+            Some(OwnerKind::Service) => sql.push_str(" AND job IS NULL"),
+            Some(OwnerKind::Job) => sql.push_str(" AND job IS NOT NULL"),
+            None => {}
+        }
+        if let Some(v) = filter.after_id {
+            sql.push_str(&format!(" AND id > ?{}", args.len() + 1));
+            args.push(Box::new(v));
+        }
+        if let Some(v) = filter.before_id {
+            sql.push_str(&format!(" AND id < ?{}", args.len() + 1));
+            args.push(Box::new(v));
+        }
+        let order = if filter.oldest_first { "ASC" } else { "DESC" };
+        sql.push_str(&format!(" ORDER BY id {order} LIMIT {}", filter.limit.max(1)));
         let mut rows = self.db.read(|c| {
             let mut stmt = c.prepare(&sql)?;
             let refs: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
@@ -275,7 +321,9 @@ impl LogStore {
             })?;
             rows.collect::<Result<Vec<_>, _>>()
         })?;
-        rows.reverse();
+        if !filter.oldest_first {
+            rows.reverse();
+        }
         Ok(rows)
     }
 }

@@ -44,6 +44,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::logs::LogsCommand,
     },
+    /// Query logs with Cloud Logging's filter language (as `gcloud logging`).
+    Logging {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(subcommand)]
+        command: cli::logging::LoggingCommand,
+    },
     /// Manage images in Wharf's registry.
     Images {
         #[command(flatten)]
@@ -88,6 +95,7 @@ fn main() -> std::process::ExitCode {
             Command::Images { connection, command } => cli::images::run(&connection, command).await,
             Command::Run { connection, place, command } => cli::run::run(&connection, &place, *command).await,
             Command::Logs { connection, command } => cli::logs::run(&connection, command).await,
+            Command::Logging { connection, command } => cli::logging::run(&connection, command).await,
             Command::Shim { .. } => unreachable!("handled before the async runtime starts"),
         }
     });

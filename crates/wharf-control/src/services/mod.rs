@@ -244,6 +244,23 @@ impl ControlPlane {
         self.render(&row)
     }
 
+    /// Where the project's services and jobs live: `("service" | "job", name) -> location`.
+    /// Log lines name their service or job only; this places them (`resource.labels.location`).
+    pub fn locations(&self, project: &str) -> Result<HashMap<(&'static str, String), String>, ControlError> {
+        Ok(self.inner.db.read(|c| {
+            let mut found = HashMap::new();
+            for (kind, table) in [("service", "services"), ("job", "jobs")] {
+                let mut stmt = c.prepare(&format!("SELECT name, location FROM {table} WHERE project = ?1"))?;
+                let rows = stmt.query_map([project], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                for row in rows {
+                    let (name, location) = row?;
+                    found.insert((kind, name), location);
+                }
+            }
+            Ok(found)
+        })?)
+    }
+
     pub fn list_services(&self, parent: &Parent, page: &PageRequest) -> Result<ListServicesResponse, ControlError> {
         let size = page.limit();
         let rows = store::list_services(&self.inner.db, parent, &page.token, size + 1)?;

@@ -7,6 +7,7 @@
 pub mod ctx;
 pub mod flags;
 pub mod images;
+pub mod logging;
 pub mod logs;
 pub mod run;
 pub mod traffic;

@@ -7,6 +7,7 @@
 //! ([`wharf_api::fields`]): unknown fields and Cloud Run fields Wharf lacks are refused by name.
 
 mod jobs;
+mod logging;
 mod operations;
 mod services;
 
@@ -138,6 +139,7 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
         .merge(services::routes())
         .merge(operations::routes())
         .merge(jobs::routes())
+        .merge(logging::routes())
         .route("/wharf/v1/images", get(list_images).delete(delete_image))
         .route("/wharf/v1/images:pull", post(pull_image))
         .route("/wharf/v1/images:gc", post(collect_image_garbage))
@@ -250,6 +252,7 @@ async fn read_logs(
         min_severity,
         after_id: q.after_id,
         limit: q.limit.unwrap_or(100).clamp(1, 10_000),
+        ..wharf_runtime::logs::LogFilter::default()
     };
     let entries = platform.logs.query(&filter).await.map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(serde_json::json!({ "entries": entries })))
