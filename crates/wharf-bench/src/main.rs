@@ -16,6 +16,7 @@
 //! with `--max-instances 5`; fails unless every answer is 200, 429 or 503 (see `flood.rs`).
 
 mod flood;
+mod logquery;
 mod system;
 
 use std::path::PathBuf;
@@ -63,9 +64,22 @@ fn main() -> anyhow::Result<()> {
             let (clients, rounds, waves) = (number("--clients", 1000)?, number("--rounds", 3)?, number("--waves", 3)?);
             tokio::runtime::Runtime::new()?.block_on(flood::run(clients, rounds, waves))
         }
+        Some("logs") => {
+            let entries = args
+                .iter()
+                .position(|a| a == "--entries")
+                .and_then(|i| args.get(i + 1))
+                .map(|n| n.parse::<usize>())
+                .transpose()
+                .context("--entries takes a number")?
+                .unwrap_or(1_000_000);
+            let rows = tokio::runtime::Runtime::new()?.block_on(logquery::rows(entries))?;
+            system::print_table(&rows);
+            Ok(())
+        }
         _ => bail!(
             "usage: wharf-bench start [--runs N] | wharf-bench all [--smoke] [--out FILE] | \
-             wharf-bench flood [--clients N] [--rounds N] [--waves N]"
+             wharf-bench flood [--clients N] [--rounds N] [--waves N] | wharf-bench logs [--entries N]"
         ),
     }
 }

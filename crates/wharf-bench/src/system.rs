@@ -302,6 +302,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     });
 
     rows.push(memory_row);
+    rows.extend(crate::logquery::rows(if options.smoke { 20_000 } else { 1_000_000 }).await?);
     print_table(&rows);
     write_json(&options.out, &rows, options.smoke)?;
     drop(server);
@@ -492,7 +493,7 @@ fn wharf_rss_kib(server: &WharfServer, with_shims: bool) -> f64 {
     total
 }
 
-fn print_table(rows: &[Row]) {
+pub fn print_table(rows: &[Row]) {
     println!("{:<78} {:>12} {:>12} {:>8}  baseline", "metric", "wharf", "baseline", "ratio");
     for r in rows {
         let baseline = r.baseline.map_or("-".to_owned(), |b| format!("{b:.2}"));
