@@ -15,6 +15,8 @@ pub enum JobsCommand {
     Create(JobArgs),
     /// Change a job.
     Update(JobArgs),
+    /// Create or update a job; with --source, build its image from source first.
+    Deploy(JobDeployArgs),
     /// Show a job (--format export: run.googleapis.com/v1 Job YAML to keep and `replace` later).
     Describe { job: String },
     /// Create or update a job from a run.googleapis.com/v1 Job YAML file.
@@ -47,6 +49,14 @@ pub struct JobArgs {
     /// Per-attempt timeout: seconds or a duration like 10m (default 10m, max 24h).
     #[arg(long)]
     pub task_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobDeployArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
+    pub source: crate::cli::run::deploy::SourceFlags,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -114,7 +124,22 @@ fn apply(args: &JobArgs, job: &mut Job) -> anyhow::Result<()> {
 
 pub async fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<()> {
     let jobs = format!("{}/jobs", ctx.parent());
+    let command = match command {
+        JobsCommand::Deploy(mut deploy) => {
+            let name = deploy.job.job.clone();
+            deploy.source.build_into(ctx, &name, &mut deploy.job.container.image).await?;
+            let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{name}")).send().await?;
+            if r.status() == reqwest::StatusCode::NOT_FOUND {
+                JobsCommand::Create(deploy.job)
+            } else {
+                check(r).await?;
+                JobsCommand::Update(deploy.job)
+            }
+        }
+        other => other,
+    };
     match command {
+        JobsCommand::Deploy(_) => unreachable!("a deploy became a create or an update above"),
         JobsCommand::Create(args) => {
             let mut job = Job::default();
             apply(&args, &mut job)?;
