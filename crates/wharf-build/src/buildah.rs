@@ -76,6 +76,7 @@ impl Buildah {
             let path = path.to_owned();
             move |source| BuildahError::Config { path, source }
         };
+        std::fs::create_dir_all(&self.dir).map_err(config_err(&self.dir))?;
         let mut conf = format!(
             "# Written by wharf server: base images come from Wharf's own registry.\n\
              unqualified-search-registries = [\"{registry}\"]\nshort-name-mode = \"permissive\"\n"

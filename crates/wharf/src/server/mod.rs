@@ -87,6 +87,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ingress_addr: ingress_listener.local_addr()?,
         registry_addr: registry_listener.local_addr()?,
     };
+    // Before the runtime: a failure here leaves nothing on the machine to undo.
+    let builds = open_builder(&config, info.registry_addr)?;
 
     let table = Arc::new(wharf_router::RoutingTable::default());
     let shutdown = CancellationToken::new();
@@ -131,7 +133,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         control: control.clone(),
         grace: config.image_gc_grace,
     };
-    let builds = open_builder(&config, info.registry_addr)?;
     let platform = Platform {
         iam: iam.clone(),
         images: images.clone(),

@@ -1,0 +1,203 @@
+//! Source builds end to end, with a real `wharf server`, real buildah and real containers:
+//! `wharf run deploy --source` with a Dockerfile whose base image is only in Wharf's registry
+//! (by short name), the service answering with content from the source, ignore rules
+//! honoured, a second build of the same service taken from the layer cache (read from
+//! buildah's own log lines), `wharf builds list|describe|log`; a failing build failing the
+//! deploy with its last lines and creating no revision; a source with no Dockerfile detected
+//! as Python and built on the server's default base image (from Wharf's registry);
+//! `wharf builds submit --config cloudbuild.yaml`; a source nothing is detected in.
+//!
+//! Needs `buildah` (scripts/test installs it). Build durations are printed, not asserted.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use wharf_testsupport::{WharfServer, service_host, testapp_image};
+
+fn wharf() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_wharf"))
+}
+
+struct Env {
+    server: WharfServer,
+    work: tempfile::TempDir,
+}
+
+/// A server with the testapp image in its registry under each of `tags`.
+fn setup(tags: &[&str]) -> Env {
+    let work = tempfile::tempdir().unwrap();
+    let built = testapp_image(work.path(), "v1").unwrap();
+    let server = WharfServer::start(wharf()).unwrap();
+    for tag in tags {
+        let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", tag]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Env { server, work }
+}
+
+impl Env {
+    fn wharf(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.server.cli(args).unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let (ok, stdout, stderr) = self.wharf(args);
+        assert!(ok, "wharf {args:?} failed:\n{stderr}\n--- server log ---\n{}", self.server.log());
+        (stdout, stderr)
+    }
+
+    /// A source directory `name` with `files`.
+    fn source(&self, name: &str, files: &[(&str, &str)]) -> String {
+        let dir = self.work.path().join(name);
+        for (file, text) in files {
+            let path = dir.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir.to_string_lossy().into_owned()
+    }
+
+    fn builds(&self) -> Vec<Value> {
+        let (out, _) = self.ok(&["builds", "list", "--format", "json"]);
+        serde_json::from_str::<Value>(&out).unwrap().as_array().cloned().unwrap_or_default()
+    }
+
+    async fn get(&self, host: &str, path: &str) -> (u16, String) {
+        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+        let r = client
+            .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
+            .header("Host", host)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn deploy_from_source_serves_the_source_and_rebuilds_from_the_cache() {
+    let env = setup(&["testapp:v1"]);
+    let dir = env.source(
+        "color-api",
+        &[
+            // `testapp` is a short name: it resolves in Wharf's registry, not on the internet.
+            ("Dockerfile", "FROM testapp:v1\nCOPY . /srv/\nENV COLOR=blue\n"),
+            ("index.html", "blue from the source directory\n"),
+            ("secret.txt", "must not be uploaded\n"),
+            (".gcloudignore", "secret.txt\n.gcloudignore\n"),
+        ],
+    );
+    let (stdout, stderr) = env.ok(&["run", "deploy", "color-api", "--source", &dir, "--allow-unauthenticated"]);
+    assert!(stderr.contains("Logs are available at [http://"), "{stderr}");
+    assert!(stderr.contains("STEP 2/3: COPY . /srv/"), "the build's progress is printed: {stderr}");
+    assert!(stdout.contains("Service URL: http://"), "{stdout}");
+
+    let host = service_host("color-api", "default");
+    assert_eq!(env.get(&host, "/file?path=/srv/index.html").await, (200, "blue from the source directory\n".into()));
+    let (status, _) = env.get(&host, "/file?path=/srv/secret.txt").await;
+    assert_ne!(status, 200, "a file .gcloudignore leaves out reached the image");
+    let (_, body) = env.get(&host, "/env").await;
+    assert!(body.contains("COLOR=blue") || body.contains("\"COLOR\":\"blue\""), "{body}");
+
+    let builds = env.builds();
+    assert_eq!(builds.len(), 1);
+    let first = &builds[0];
+    assert_eq!(first["status"], "SUCCESS");
+    assert_eq!(first["imageUri"], "default/cloud-run-source-deploy/color-api");
+    let digest = first["imageDigest"].as_str().unwrap();
+    assert!(digest.starts_with("sha256:"), "{first}");
+    let (service, _) = env.ok(&["run", "services", "describe", "color-api", "--format", "json"]);
+    assert!(service.contains(&format!("cloud-run-source-deploy/color-api@{digest}")), "the revision pins the build's digest: {service}");
+
+    // The same source again: buildah takes the steps from its layer cache.
+    let (_, stderr) = env.ok(&["run", "deploy", "color-api", "--source", &dir]);
+    assert!(stderr.contains("steps from the layer cache"), "{stderr}");
+    let builds = env.builds();
+    assert_eq!(builds.len(), 2);
+    let second = &builds[0];
+    assert_eq!(second["status"], "SUCCESS");
+    let id = second["id"].as_str().unwrap();
+    let (log, _) = env.ok(&["builds", "log", id]);
+    assert!(log.contains("--> Using cache"), "buildah's log shows no cached step:\n{log}");
+    assert!(second["cachedSteps"].as_u64().unwrap() >= 2, "{second}");
+    let (describe, _) = env.ok(&["builds", "describe", id, "--format", "json"]);
+    let describe: Value = serde_json::from_str(&describe).unwrap();
+    assert_eq!(describe["logUrl"], format!("/v2/projects/default/locations/us-central1/builds/{id}/log"));
+    eprintln!(
+        "build times: cold {} (first build of this server's storage), cached {}",
+        builds[1]["duration"], second["duration"]
+    );
+    assert!(env.server.data_dir().join("build/builds").join(format!("{id}.log")).is_file());
+}
+
+#[tokio::test]
+async fn a_failing_build_fails_the_deploy_and_creates_no_revision() {
+    let env = setup(&["testapp:v1"]);
+    let dir = env.source("broken", &[("Dockerfile", "FROM testapp:v1\nCOPY missing-file.txt /srv/\n")]);
+    let (ok, _, stderr) = env.wharf(&["run", "deploy", "broken", "--source", &dir]);
+    assert!(!ok, "the deploy of a failing build succeeded:\n{stderr}");
+    assert!(stderr.contains("Build ["), "{stderr}");
+    assert!(stderr.contains("missing-file.txt"), "the build's last lines name what failed: {stderr}");
+    let (ok, _, stderr) = env.wharf(&["run", "services", "describe", "broken"]);
+    assert!(!ok, "a service exists after a failed build");
+    assert!(stderr.contains("Cannot find service [broken]"), "{stderr}");
+    let builds = env.builds();
+    assert_eq!(builds[0]["status"], "FAILURE");
+
+    // Nothing to build: the error names what was looked for.
+    let dir = env.source("docs-only", &[("README.md", "hello")]);
+    let (ok, _, stderr) = env.wharf(&["builds", "submit", &dir, "--tag", "docs:v1"]);
+    assert!(!ok);
+    assert!(stderr.contains("no language Wharf can build was detected"), "{stderr}");
+    assert!(stderr.contains("requirements.txt") && stderr.contains("go.mod"), "{stderr}");
+
+    // A registry other than Wharf's own is refused before anything is built.
+    let (ok, _, stderr) = env.wharf(&["builds", "submit", &dir, "--tag", "gcr.io/p/app:v1"]);
+    assert!(!ok);
+    assert!(stderr.contains("Wharf builds push only to its own registry"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_python_source_without_dockerfile_builds_on_the_default_base_image_from_wharfs_registry() {
+    // The server's default Python base image, `python:3.12-slim`, is only in Wharf's
+    // registry (the testapp image under that name: the build has no step that runs Python).
+    let env = setup(&["python:3.12-slim", "testapp:v1"]);
+    let dir = env.source("flask-app", &[("main.py", "print('hello')\n")]);
+    let (stdout, stderr) = env.ok(&["builds", "submit", &dir, "--tag", "team/flask-app:v1"]);
+    assert!(stderr.contains("no Dockerfile; detected Python"), "{stderr}");
+    assert!(stderr.contains("exec python main.py"), "{stderr}");
+    let registry = env.server.addrs.registry_addr.to_string();
+    assert!(stdout.trim().starts_with(&format!("{registry}/team/flask-app@sha256:")), "{stdout}");
+    let build = &env.builds()[0];
+    assert_eq!(build["detectedLanguage"], "Python");
+
+    // The image is in the registry under its tag.
+    let (images, _) = env.ok(&["images", "list", "--format", "json"]);
+    assert!(images.contains("team/flask-app"), "{images}");
+
+    // cloudbuild.yaml's docker step.
+    let dir = env.source(
+        "with-config",
+        &[
+            ("docker/Dockerfile", "FROM testapp:v1\nCOPY hello.txt /srv/\n"),
+            ("hello.txt", "hi\n"),
+            (
+                "cloudbuild.yaml",
+                "steps:\n- name: gcr.io/cloud-builders/docker\n  args: ['build', '-t', 'team/$PROJECT_ID-app:v2', '-f', 'docker/Dockerfile', '.']\nimages: ['team/$PROJECT_ID-app:v2']\n",
+            ),
+        ],
+    );
+    let config = format!("{dir}/cloudbuild.yaml");
+    let (stdout, _) = env.ok(&["builds", "submit", &dir, "--config", &config]);
+    assert!(stdout.trim().starts_with(&format!("{registry}/team/default-app@sha256:")), "{stdout}");
+    let bad = env.source("bad-config", &[("cloudbuild.yaml", "steps: []\noptions: {logging: NONE}\n")]);
+    let (ok, _, stderr) = env.wharf(&["builds", "submit", &bad, "--config", &format!("{bad}/cloudbuild.yaml")]);
+    assert!(!ok);
+    assert!(stderr.contains("field `options` is not supported"), "{stderr}");
+}
