@@ -99,6 +99,26 @@ impl Buildah {
         Ok(())
     }
 
+    /// Removes every working container (and unmounts it): `buildah rm --all`. Only when no
+    /// build runs.
+    pub async fn remove_containers(&self, log: &Path) -> Result<(), BuildahError> {
+        let far = Instant::now() + std::time::Duration::from_secs(120);
+        let args: [&std::ffi::OsStr; 2] = ["rm".as_ref(), "--all".as_ref()];
+        self.run("rm", &args, log, None, far, &CancellationToken::new()).await
+    }
+
+    /// [`Buildah::remove_containers`] from synchronous code (server start-up).
+    pub fn remove_containers_now(&self, log: &Path) -> Result<(), BuildahError> {
+        let log_err = |source| BuildahError::Log { path: log.to_owned(), source };
+        let out = std::fs::OpenOptions::new().append(true).create(true).open(log).map_err(log_err)?;
+        let err = out.try_clone().map_err(log_err)?;
+        let mut command = self.command(None).into_std();
+        command.args(["rm", "--all"]).stdin(Stdio::null()).stdout(out).stderr(err);
+        let status =
+            command.status().map_err(|source| BuildahError::Spawn { program: self.program.clone(), source })?;
+        if status.success() { Ok(()) } else { Err(BuildahError::Failed { step: "rm", status }) }
+    }
+
     /// `buildah --root .. --runroot .. --storage-driver ..` and its environment.
     fn command(&self, cgroup: Option<&BuildCgroup>) -> tokio::process::Command {
         // The wrapper shell enters the cgroup, then becomes buildah.

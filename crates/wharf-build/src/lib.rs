@@ -165,6 +165,10 @@ impl Builder {
             }
             std::fs::create_dir_all(&path).map_err(|source| BuildError::Source { path, source })?;
         }
+        // Working containers a killed server's buildah left (mounted), before anything builds.
+        if let Err(e) = buildah.remove_containers_now(&config.dir.join("cleanup.log")) {
+            tracing::warn!(error = %error_chain(&e), "cannot remove buildah's working containers");
+        }
         let slots = tokio::sync::Semaphore::new(config.limits.concurrent.max(1));
         Ok(Builder {
             inner: Arc::new(Inner {
@@ -320,6 +324,11 @@ impl Builder {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        // A killed buildah leaves its working container mounted; nothing is building now.
+        let log = self.inner.config.dir.join("cleanup.log");
+        if let Err(e) = self.inner.buildah.remove_containers(&log).await {
+            tracing::warn!(error = %error_chain(&e), "cannot remove buildah's working containers");
+        }
     }
 
     /// A base image name as buildah should pull it: a name without a registry host is
@@ -489,6 +498,8 @@ impl Job {
             let bud: Vec<&std::ffi::OsStr> = vec![
                 "bud".as_ref(),
                 "--layers".as_ref(),
+                // A failed step's working container (and its overlay mount) goes too.
+                "--force-rm".as_ref(),
                 "--isolation".as_ref(),
                 "chroot".as_ref(),
                 "-f".as_ref(),
