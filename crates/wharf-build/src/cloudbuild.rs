@@ -131,7 +131,11 @@ mod tests {
         let text = "steps:\n- name: 'gcr.io/cloud-builders/docker'\n  args: ['build', '-t', 'reg/$PROJECT_ID/app:v1', '-f', 'docker/Dockerfile', '.']\nimages: ['reg/$PROJECT_ID/app:v1']\n";
         assert_eq!(
             parse(text, "p1").unwrap(),
-            DockerBuildStep { tag: "reg/p1/app:v1".into(), dockerfile: Some("docker/Dockerfile".into()), context: ".".into() }
+            DockerBuildStep {
+                tag: "reg/p1/app:v1".into(),
+                dockerfile: Some("docker/Dockerfile".into()),
+                context: ".".into()
+            }
         );
     }
 
@@ -139,8 +143,14 @@ mod tests {
     fn refuses_what_it_cannot_run_by_name() {
         let cases = [
             ("steps: []\noptions: {machineType: E2_HIGHCPU_8}\n", "field `options` is not supported"),
-            ("steps:\n- name: gcr.io/cloud-builders/gcloud\n  args: [run, deploy]\n", "builder \"gcr.io/cloud-builders/gcloud\""),
-            ("steps:\n- name: docker\n  args: [build, --build-arg, X=1, -t, a, .]\n", "flag --build-arg is not supported"),
+            (
+                "steps:\n- name: gcr.io/cloud-builders/gcloud\n  args: [run, deploy]\n",
+                "builder \"gcr.io/cloud-builders/gcloud\"",
+            ),
+            (
+                "steps:\n- name: docker\n  args: [build, --build-arg, X=1, -t, a, .]\n",
+                "flag --build-arg is not supported",
+            ),
             ("steps:\n- name: docker\n  args: [build, -t, a, .]\n  secretEnv: [X]\n", "step field `secretEnv`"),
             ("steps:\n- name: docker\n  args: [build, -t, a, .]\n- name: docker\n  args: [push, a]\n", "has 2 steps"),
         ];

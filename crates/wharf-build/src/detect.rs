@@ -106,7 +106,8 @@ pub fn detect(dir: &Path, base_image: Option<&str>, defaults: &BaseImages) -> Re
     }
 
     if has("package.json") {
-        let package: serde_json::Value = serde_json::from_str(&read("package.json")?).map_err(DetectError::PackageJson)?;
+        let package: serde_json::Value =
+            serde_json::from_str(&read("package.json")?).map_err(DetectError::PackageJson)?;
         let start = package.pointer("/scripts/start").and_then(|s| s.as_str()).is_some();
         let main = package.get("main").and_then(|m| m.as_str()).map(str::to_owned);
         let command = if start {
@@ -160,7 +161,8 @@ pub fn detect(dir: &Path, base_image: Option<&str>, defaults: &BaseImages) -> Re
                 return Err(DetectError::NoEntrypoint {
                     language: Language::Python.name(),
                     found: python_evidence(has("requirements.txt"), false, any_py),
-                    why: "there is no Procfile with a `web:` line, no main.py and no app.py to run: add one of them".into(),
+                    why: "there is no Procfile with a `web:` line, no main.py and no app.py to run: add one of them"
+                        .into(),
                 });
             }
         };
@@ -256,8 +258,9 @@ mod tests {
 
     #[test]
     fn node_uses_npm_start_or_main() {
-        let d = detected(&[("package.json", r#"{"scripts": {"start": "node s.js"}}"#), ("package-lock.json", "{}")], None)
-            .unwrap();
+        let d =
+            detected(&[("package.json", r#"{"scripts": {"start": "node s.js"}}"#), ("package-lock.json", "{}")], None)
+                .unwrap();
         assert_eq!(d.language, Language::Nodejs);
         assert!(d.dockerfile.starts_with("FROM node:22-slim\n"));
         assert!(d.dockerfile.contains("RUN npm ci --omit=dev\n"));
@@ -266,7 +269,10 @@ mod tests {
         assert!(d.dockerfile.contains("RUN npm install --omit=dev\n"));
         assert!(d.dockerfile.ends_with("\"exec node srv.js\"]\n"));
         let e = detected(&[("package.json", "{}")], None).unwrap_err();
-        assert!(e.to_string().starts_with("Node.js app detected (package.json), but it has no \"start\" script"), "{e}");
+        assert!(
+            e.to_string().starts_with("Node.js app detected (package.json), but it has no \"start\" script"),
+            "{e}"
+        );
         let e = detected(&[("package.json", "{")], None).unwrap_err();
         assert!(e.to_string().starts_with("package.json is not valid JSON"), "{e}");
     }
@@ -283,7 +289,8 @@ mod tests {
     fn nothing_detected_names_what_was_looked_for() {
         let e = detected(&[("README.md", "hi")], None).unwrap_err();
         let text = e.to_string();
-        for looked_for in ["Dockerfile", "requirements.txt", "main.py", "app.py", "Procfile", "package.json", "go.mod"] {
+        for looked_for in ["Dockerfile", "requirements.txt", "main.py", "app.py", "Procfile", "package.json", "go.mod"]
+        {
             assert!(text.contains(looked_for), "{looked_for} is not named in: {text}");
         }
     }

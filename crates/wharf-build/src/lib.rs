@@ -412,7 +412,9 @@ impl Job {
         }
         self.build.finish_time = Some(now());
         self.build.duration = Some(format!("{:.3}s", started.elapsed().as_secs_f64()));
-        let _ = span.in_scope(|| tracing::info!(status = ?self.build.status, duration = ?self.build.duration, "build finished"));
+        span.in_scope(
+            || tracing::info!(status = ?self.build.status, duration = ?self.build.duration, "build finished"),
+        );
         if let Err(e) = inner.records.save(&self.build) {
             tracing::error!(error = %e, "cannot record the build's end");
         }
@@ -420,7 +422,11 @@ impl Job {
         let storage = inner.buildah.storage_dir();
         let used = tokio::task::spawn_blocking(move || buildah::disk_usage(&storage)).await.unwrap_or(0);
         if used > inner.config.limits.max_storage_bytes {
-            tracing::info!(used, limit = inner.config.limits.max_storage_bytes, "build storage over its limit: clearing the layer cache");
+            tracing::info!(
+                used,
+                limit = inner.config.limits.max_storage_bytes,
+                "build storage over its limit: clearing the layer cache"
+            );
             let _ = inner.buildah.clear_cache(&inner.config.dir.join("cache-clear.log")).await;
         }
     }

@@ -93,7 +93,9 @@ async fn deploy_from_source_serves_the_source_and_rebuilds_from_the_cache() {
             (".gcloudignore", "secret.txt\n.gcloudignore\n"),
         ],
     );
+    let cold = std::time::Instant::now();
     let (stdout, stderr) = env.ok(&["run", "deploy", "color-api", "--source", &dir, "--allow-unauthenticated"]);
+    let cold = cold.elapsed();
     assert!(stderr.contains("Logs are available at [http://"), "{stderr}");
     assert!(stderr.contains("STEP 2/3: COPY . /srv/"), "the build's progress is printed: {stderr}");
     assert!(stdout.contains("Service URL: http://"), "{stdout}");
@@ -113,10 +115,15 @@ async fn deploy_from_source_serves_the_source_and_rebuilds_from_the_cache() {
     let digest = first["imageDigest"].as_str().unwrap();
     assert!(digest.starts_with("sha256:"), "{first}");
     let (service, _) = env.ok(&["run", "services", "describe", "color-api", "--format", "json"]);
-    assert!(service.contains(&format!("cloud-run-source-deploy/color-api@{digest}")), "the revision pins the build's digest: {service}");
+    assert!(
+        service.contains(&format!("cloud-run-source-deploy/color-api@{digest}")),
+        "the revision pins the build's digest: {service}"
+    );
 
     // The same source again: buildah takes the steps from its layer cache.
+    let cached = std::time::Instant::now();
     let (_, stderr) = env.ok(&["run", "deploy", "color-api", "--source", &dir]);
+    let cached = cached.elapsed();
     assert!(stderr.contains("steps from the layer cache"), "{stderr}");
     let builds = env.builds();
     assert_eq!(builds.len(), 2);
@@ -125,13 +132,19 @@ async fn deploy_from_source_serves_the_source_and_rebuilds_from_the_cache() {
     let id = second["id"].as_str().unwrap();
     let (log, _) = env.ok(&["builds", "log", id]);
     assert!(log.contains("--> Using cache"), "buildah's log shows no cached step:\n{log}");
+    let token = std::fs::read_to_string(env.server.data_dir().join("owner.token")).unwrap();
+    assert!(!log.contains(token.trim()), "the registry credential is in the build log");
     assert!(second["cachedSteps"].as_u64().unwrap() >= 2, "{second}");
     let (describe, _) = env.ok(&["builds", "describe", id, "--format", "json"]);
     let describe: Value = serde_json::from_str(&describe).unwrap();
     assert_eq!(describe["logUrl"], format!("/v2/projects/default/locations/us-central1/builds/{id}/log"));
+    // Figures for docs/benchmarks.md (printed, never asserted).
     eprintln!(
-        "build times: cold {} (first build of this server's storage), cached {}",
-        builds[1]["duration"], second["duration"]
+        "run deploy --source: cold {:.2}s (build {}), cached {:.2}s (build {})",
+        cold.as_secs_f64(),
+        builds[1]["duration"],
+        cached.as_secs_f64(),
+        second["duration"]
     );
     assert!(env.server.data_dir().join("build/builds").join(format!("{id}.log")).is_file());
 }
@@ -200,4 +213,56 @@ async fn a_python_source_without_dockerfile_builds_on_the_default_base_image_fro
     let (ok, _, stderr) = env.wharf(&["builds", "submit", &bad, "--config", &format!("{bad}/cloudbuild.yaml")]);
     assert!(!ok);
     assert!(stderr.contains("field `options` is not supported"), "{stderr}");
+}
+
+/// The build's cgroup directory (memory controller on v1) and its memory limit file.
+fn build_cgroup(id: &str) -> (std::path::PathBuf, &'static str) {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        (root.join("wharf").join(format!("build-{id}")), "memory.max")
+    } else {
+        (root.join("memory/wharf").join(format!("build-{id}")), "memory.limit_in_bytes")
+    }
+}
+
+#[tokio::test]
+async fn a_build_runs_in_its_own_bounded_cgroup_and_stops_at_its_timeout() {
+    let work = tempfile::tempdir().unwrap();
+    let built = testapp_image(work.path(), "v1").unwrap();
+    let server = WharfServer::start_with_env(
+        wharf(),
+        &[("WHARF_BUILD_TIMEOUT", "15s"), ("WHARF_BUILD_MEMORY_LIMIT", "256Mi"), ("WHARF_BUILD_CPU_LIMIT", "500m")],
+    )
+    .unwrap();
+    let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let env = Env { server, work };
+    // A RUN step that never ends: the testapp told not to listen waits forever.
+    let dir =
+        env.source("hangs", &[("Dockerfile", "FROM testapp:v1\nENV TESTAPP_NO_LISTEN=1\nRUN [\"/app/testapp\"]\n")]);
+    let (_, stderr) = env.ok(&["builds", "submit", &dir, "--tag", "hangs:v1", "--async"]);
+    assert!(stderr.contains("submitted"), "{stderr}");
+    let id = env.builds()[0]["id"].as_str().unwrap().to_owned();
+
+    // While the step runs, its processes are in the build's cgroup, under the limits.
+    let (cgroup, memory_file) = build_cgroup(&id);
+    let in_cgroup =
+        |pid: &str| std::fs::read_link(format!("/proc/{}/exe", pid.trim())).is_ok_and(|exe| exe.ends_with("testapp"));
+    wharf_testsupport::wait_until("the RUN step's process in the build's cgroup", Duration::from_secs(60), || {
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).ok()?;
+        procs.lines().any(in_cgroup).then_some(())
+    })
+    .unwrap();
+    let memory = std::fs::read_to_string(cgroup.join(memory_file)).unwrap();
+    assert_eq!(memory.trim(), (256u64 << 20).to_string());
+
+    // The deadline ends it: status TIMEOUT, processes and cgroup gone.
+    let build = wharf_testsupport::wait_until("the build to end", Duration::from_secs(120), || {
+        let build = env.builds().into_iter().find(|b| b["id"] == id.as_str())?;
+        (build["status"] != "WORKING" && build["status"] != "QUEUED").then_some(build)
+    })
+    .unwrap();
+    assert_eq!(build["status"], "TIMEOUT", "{build}");
+    assert!(build["failureDetail"].as_str().unwrap().contains("longer than its timeout (15s)"), "{build}");
+    assert!(!cgroup.exists(), "the build's cgroup {} is left", cgroup.display());
 }

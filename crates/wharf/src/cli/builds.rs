@@ -146,7 +146,12 @@ async fn start_build(ctx: &Ctx, request: &SourceBuild<'_>) -> anyhow::Result<Bui
         .with_context(|| format!("cannot pack {}", request.dir.display()))?;
     let size = staged.as_file().metadata()?.len();
     let rules = summary.rules_from.map(|f| format!(", {} ignored by {f}", summary.ignored)).unwrap_or_default();
-    eprintln!("Uploading sources from [{}]: {} files, {} bytes compressed{rules}.", request.dir.display(), summary.files, size);
+    eprintln!(
+        "Uploading sources from [{}]: {} files, {} bytes compressed{rules}.",
+        request.dir.display(),
+        summary.files,
+        size
+    );
     let body = tokio::fs::File::open(staged.path()).await?;
     let upload = ctx
         .client
@@ -163,7 +168,9 @@ async fn start_build(ctx: &Ctx, request: &SourceBuild<'_>) -> anyhow::Result<Bui
         "imageUri": request.image_uri,
     });
     if request.base_image.is_some() && request.dockerfile.is_some() {
-        bail!("--base-image is for sources without a Dockerfile; with --dockerfile, the Dockerfile's FROM names the base");
+        bail!(
+            "--base-image is for sources without a Dockerfile; with --dockerfile, the Dockerfile's FROM names the base"
+        );
     }
     match (request.dockerfile, request.base_image) {
         (Some(dockerfile), _) => submit["dockerBuild"] = serde_json::json!({ "dockerfile": dockerfile }),
@@ -189,9 +196,7 @@ pub async fn build_source(ctx: &Ctx, request: &SourceBuild<'_>) -> anyhow::Resul
     eprintln!("Building [{}] as build [{}].", request.image_uri, build.id);
     eprintln!(
         "Logs are available at [{}{}] (and with `wharf builds log {}`).",
-        ctx.client.api,
-        build.log_url,
-        build.id
+        ctx.client.api, build.log_url, build.id
     );
     let build = follow(ctx, &build.id).await?;
     if build.status != BuildStatus::Success {
@@ -207,7 +212,11 @@ pub async fn build_source(ctx: &Ctx, request: &SourceBuild<'_>) -> anyhow::Resul
         build.id,
         build.duration.as_deref().unwrap_or("?"),
         build.image.as_deref().unwrap_or_default(),
-        if build.cached_steps > 0 { format!(" ({} steps from the layer cache)", build.cached_steps) } else { String::new() }
+        if build.cached_steps > 0 {
+            format!(" ({} steps from the layer cache)", build.cached_steps)
+        } else {
+            String::new()
+        }
     );
     Ok(build)
 }

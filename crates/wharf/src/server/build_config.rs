@@ -101,3 +101,26 @@ impl BuildSettings {
         Ok(BuildSettings { limits, storage_driver, base_images })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_config_files_build_table_over_defaults() {
+        let file: BuildFile =
+            toml::from_str("timeout = \"5m\"\nmemory_limit = \"1Gi\"\npython_image = \"team/python:3\"\n").unwrap();
+        let args = BuildArgs { build_timeout: Some("90s".into()), ..BuildArgs::default() };
+        let settings = BuildSettings::resolve(&args, Some(&file)).unwrap();
+        assert_eq!(settings.limits.timeout, Duration::from_secs(90));
+        assert_eq!(settings.limits.memory_bytes, 1 << 30);
+        assert_eq!(settings.base_images.python, "team/python:3");
+        assert_eq!(settings.base_images.nodejs, "node:22-slim");
+        assert_eq!(settings.storage_driver, "overlay");
+        let bad = BuildArgs { build_storage_driver: Some("btrfs".into()), ..BuildArgs::default() };
+        let e = BuildSettings::resolve(&bad, None).unwrap_err();
+        assert_eq!(e.to_string(), "--build-storage-driver \"btrfs\" is not overlay or vfs");
+        let e = toml::from_str::<BuildFile>("timeuot = \"5m\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `timeuot`"), "{e}");
+    }
+}

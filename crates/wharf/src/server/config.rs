@@ -343,6 +343,7 @@ mod tests {
             registry_addr: None,
             domain: None,
             idle_timeout: None,
+            build: Default::default(),
             edge: EdgeArgs::default(),
             max_image_size: None,
             max_blob_size: None,

@@ -160,7 +160,11 @@ pub async fn deploy(ctx: &Ctx, mut args: DeployArgs, create_if_missing: bool) ->
         bail!("{}", ctx.missing(&args.service));
     }
     if args.source.source.is_some() {
-        eprintln!("Building using {} and deploying container to Cloud Run service [{}]", args.source.describe(), args.service);
+        eprintln!(
+            "Building using {} and deploying container to Cloud Run service [{}]",
+            args.source.describe(),
+            args.service
+        );
         let service = args.service.clone();
         args.source.build_into(ctx, &service, &mut args.container.image).await?;
     }
@@ -281,6 +285,15 @@ mod tests {
             s.template.containers[0].env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
         assert_eq!(env, [("B".to_owned(), "3".to_owned()), ("C".to_owned(), "4".to_owned())]);
         assert_eq!(s.template.containers[0].image, "x", "an update keeps the image");
+    }
+
+    #[test]
+    fn source_flags_parse_and_dockerfile_needs_source() {
+        let cli = Cli::try_parse_from(["deploy", "s", "--source", "app", "--dockerfile", "docker/Dockerfile"]).unwrap();
+        assert_eq!(cli.deploy.source.source.as_deref(), Some(std::path::Path::new("app")));
+        assert_eq!(cli.deploy.source.dockerfile.as_deref(), Some("docker/Dockerfile"));
+        let e = Cli::try_parse_from(["deploy", "s", "--dockerfile", "Dockerfile"]).unwrap_err();
+        assert!(e.to_string().contains("--source"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub enum JobsCommand {
     /// Change a job.
     Update(JobArgs),
     /// Create or update a job; with --source, build its image from source first.
-    Deploy(JobDeployArgs),
+    Deploy(Box<JobDeployArgs>),
     /// Show a job (--format export: run.googleapis.com/v1 Job YAML to keep and `replace` later).
     Describe { job: String },
     /// Create or update a job from a run.googleapis.com/v1 Job YAML file.
@@ -125,7 +125,8 @@ fn apply(args: &JobArgs, job: &mut Job) -> anyhow::Result<()> {
 pub async fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<()> {
     let jobs = format!("{}/jobs", ctx.parent());
     let command = match command {
-        JobsCommand::Deploy(mut deploy) => {
+        JobsCommand::Deploy(deploy) => {
+            let mut deploy = *deploy;
             let name = deploy.job.job.clone();
             deploy.source.build_into(ctx, &name, &mut deploy.job.container.image).await?;
             let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{name}")).send().await?;
