@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod cloudbuild;
 pub mod context;
 pub mod detect;
+pub mod dockerfile;
 pub mod ignore;
 pub mod record;
 
@@ -334,9 +335,10 @@ impl Builder {
     /// A base image name as buildah should pull it: a name without a registry host is
     /// looked up in Wharf's registry.
     fn qualify(&self, image: &str) -> String {
-        match image.split_once('/') {
-            Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => image.to_owned(),
-            _ => format!("{}/{image}", self.inner.config.registry),
+        if dockerfile::has_registry_host(image) {
+            image.to_owned()
+        } else {
+            format!("{}/{image}", self.inner.config.registry)
         }
     }
 }
@@ -451,7 +453,7 @@ impl Job {
             .map_err(|e| Failure::failed(error_chain(&e)))?;
         append(log, &format!("wharf: source unpacked ({unpacked} bytes)\n"));
 
-        let dockerfile = match &self.request.dockerfile {
+        let given = match &self.request.dockerfile {
             Some(path) => {
                 let full = source.join(path);
                 if !full.is_file() {
@@ -459,9 +461,14 @@ impl Job {
                         "the Dockerfile {path:?} is not in the source (--dockerfile is relative to the source directory)"
                     )));
                 }
-                full
+                Some(full)
             }
-            None if source.join("Dockerfile").is_file() => source.join("Dockerfile"),
+            None if source.join("Dockerfile").is_file() => Some(source.join("Dockerfile")),
+            None => None,
+        };
+        let text = match given {
+            Some(path) => std::fs::read_to_string(&path)
+                .map_err(|e| Failure::failed(format!("cannot read the Dockerfile {}: {e}", path.display())))?,
             None => {
                 let base = self.request.base_image.as_deref().map(|b| self.builder.qualify(b));
                 let defaults = BaseImages {
@@ -482,12 +489,18 @@ impl Job {
                 );
                 self.build.detected_language = Some(detected.language.name().to_owned());
                 self.build.dockerfile = format!("(generated for {})", detected.language.name());
-                let path = work.join("Dockerfile.generated");
-                std::fs::write(&path, &detected.dockerfile)
-                    .map_err(|e| Failure { status: BuildStatus::InternalError, message: e.to_string() })?;
-                path
+                detected.dockerfile
             }
         };
+        // Base images come from Wharf's registry (see `dockerfile`).
+        let (text, rewrites) = dockerfile::qualify_base_images(&text, &config.registry);
+        for rewrite in &rewrites {
+            append(log, &format!("wharf: FROM {} is read as FROM {}\n", rewrite.from, rewrite.to));
+        }
+        // Written outside the source, so the build context stays what the user sent.
+        let dockerfile = work.join("Dockerfile.wharf");
+        std::fs::write(&dockerfile, text)
+            .map_err(|e| Failure { status: BuildStatus::InternalError, message: e.to_string() })?;
         let _ = inner.records.save(&self.build);
 
         let cgroup_name = format!("build-{}", self.build.id);

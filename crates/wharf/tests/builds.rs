@@ -194,6 +194,12 @@ async fn a_python_source_without_dockerfile_builds_on_the_default_base_image_fro
     let (images, _) = env.ok(&["images", "list", "--format", "json"]);
     assert!(images.contains("team/flask-app"), "{images}");
 
+    // A Dockerfile's `FROM python:...` is Wharf's image too, though Debian's short-name
+    // aliases send `python` to docker.io (which this machine cannot reach).
+    let dir = env.source("aliased", &[("Dockerfile", "FROM python:3.12-slim\nCOPY . /srv/\n"), ("a.txt", "a")]);
+    let (_, stderr) = env.ok(&["builds", "submit", &dir, "--tag", "team/aliased:v1"]);
+    assert!(stderr.contains(&format!("FROM python:3.12-slim is read as FROM {registry}/python:3.12-slim")), "{stderr}");
+
     // cloudbuild.yaml's docker step.
     let dir = env.source(
         "with-config",
