@@ -67,6 +67,17 @@ impl BuildCgroup {
         Ok(cgroup)
     }
 
+    /// The directories `<parent>/<name>` has now (after a crash, to kill and remove them).
+    pub fn existing(parent: &str, name: &str) -> BuildCgroup {
+        let candidates = [
+            Path::new(ROOT).join(parent).join(name),
+            Path::new(ROOT).join("memory").join(parent).join(name),
+            Path::new(ROOT).join("cpu").join(parent).join(name),
+            Path::new(ROOT).join("pids").join(parent).join(name),
+        ];
+        BuildCgroup { dirs: candidates.into_iter().filter(|d| d.is_dir()).collect() }
+    }
+
     fn make(&mut self, dir: &Path) -> Result<(), CgroupError> {
         std::fs::create_dir_all(dir).map_err(|source| CgroupError::Create { path: dir.to_owned(), source })?;
         self.dirs.push(dir.to_owned());

@@ -142,7 +142,8 @@ const SOURCE_BUCKET: &str = "wharf-build-sources";
 
 impl Builder {
     /// Prepares `<data-dir>/build`: registry configuration, storage, records. Builds a
-    /// previous server left unfinished are marked failed (their process died with it).
+    /// previous server left unfinished are marked failed, and what is left of them (processes
+    /// in their cgroups, working containers and their mounts) is removed.
     pub fn open(config: BuilderConfig) -> Result<Builder, BuildError> {
         let buildah = buildah::Buildah {
             program: config.buildah.clone(),
@@ -153,6 +154,8 @@ impl Builder {
         let records = record::Records::open(&config.dir.join("builds"))?;
         for mut build in records.list()? {
             if !build.status.is_done() {
+                // Its buildah outlived the server that ran it: kill it with its cgroup.
+                cgroup::BuildCgroup::existing(&config.cgroup_parent, &format!("build-{}", build.id)).kill_and_remove();
                 build.status = BuildStatus::InternalError;
                 build.failure_detail = Some("The server restarted before this build completed.".into());
                 build.finish_time = Some(now());

@@ -272,3 +272,35 @@ async fn a_build_runs_in_its_own_bounded_cgroup_and_stops_at_its_timeout() {
     assert!(build["failureDetail"].as_str().unwrap().contains("longer than its timeout (15s)"), "{build}");
     assert!(!cgroup.exists(), "the build's cgroup {} is left", cgroup.display());
 }
+
+#[tokio::test]
+async fn a_build_the_server_died_during_is_failed_and_killed_at_the_next_start() {
+    let mut env = setup(&["testapp:v1"]);
+    let dir =
+        env.source("hangs", &[("Dockerfile", "FROM testapp:v1\nENV TESTAPP_NO_LISTEN=1\nRUN [\"/app/testapp\"]\n")]);
+    env.ok(&["builds", "submit", &dir, "--tag", "hangs:v1", "--async"]);
+    let id = env.builds()[0]["id"].as_str().unwrap().to_owned();
+    let (cgroup, _) = build_cgroup(&id);
+    let is_testapp =
+        |pid: &str| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("testapp"));
+    let pid =
+        wharf_testsupport::wait_until("the RUN step running in the build's cgroup", Duration::from_secs(60), || {
+            let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).ok()?;
+            procs.lines().map(str::trim).find(|p| is_testapp(p)).map(str::to_owned)
+        })
+        .unwrap();
+
+    // SIGKILL: the server cannot stop its build; buildah and the step outlive it.
+    env.server.crash_and_restart().unwrap();
+    let build = env.builds().into_iter().find(|b| b["id"] == id.as_str()).unwrap();
+    assert_eq!(build["status"], "INTERNAL_ERROR", "{build}");
+    assert_eq!(build["failureDetail"], "The server restarted before this build completed.");
+    wharf_testsupport::wait_until("the orphaned step to be gone", Duration::from_secs(30), || {
+        (!is_testapp(&pid)).then_some(())
+    })
+    .unwrap();
+    assert!(!cgroup.exists(), "the build's cgroup {} is left", cgroup.display());
+    // Builds work after it.
+    let ok = env.source("ok", &[("Dockerfile", "FROM testapp:v1\nCOPY . /srv/\n")]);
+    env.ok(&["builds", "submit", &ok, "--tag", "ok:v1"]);
+}
