@@ -304,3 +304,24 @@ async fn a_build_the_server_died_during_is_failed_and_killed_at_the_next_start()
     let ok = env.source("ok", &[("Dockerfile", "FROM testapp:v1\nCOPY . /srv/\n")]);
     env.ok(&["builds", "submit", &ok, "--tag", "ok:v1"]);
 }
+
+#[tokio::test]
+async fn jobs_deploy_from_source_creates_then_updates_the_job() {
+    let env = setup(&["testapp:v1"]);
+    let dockerfile = |echo: &str| format!("FROM testapp:v1\nENV TESTAPP_ECHO={echo}\nCMD [\"job\"]\n");
+    let dir = env.source("nightly", &[("Dockerfile", &dockerfile("first-build"))]);
+    let (_, stderr) = env.ok(&["run", "jobs", "deploy", "nightly", "--source", &dir]);
+    assert!(stderr.contains("Job [nightly] has successfully been created."), "{stderr}");
+    env.ok(&["run", "jobs", "execute", "nightly", "--wait"]);
+    let (logs, _) = env.ok(&["logs", "read", "--job", "nightly"]);
+    assert!(logs.contains("echo first-build"), "{logs}");
+
+    std::fs::write(Path::new(&dir).join("Dockerfile"), dockerfile("second-build")).unwrap();
+    let (_, stderr) = env.ok(&["run", "jobs", "deploy", "nightly", "--source", &dir]);
+    assert!(stderr.contains("Job [nightly] has been updated."), "{stderr}");
+    env.ok(&["run", "jobs", "execute", "nightly", "--wait"]);
+    let (logs, _) = env.ok(&["logs", "read", "--job", "nightly"]);
+    assert!(logs.contains("echo second-build"), "{logs}");
+    let (job, _) = env.ok(&["run", "jobs", "describe", "nightly", "--format", "json"]);
+    assert!(job.contains("cloud-run-source-deploy/nightly@sha256:"), "{job}");
+}
