@@ -325,3 +325,64 @@ async fn jobs_deploy_from_source_creates_then_updates_the_job() {
     let (job, _) = env.ok(&["run", "jobs", "describe", "nightly", "--format", "json"]);
     assert!(job.contains("cloud-run-source-deploy/nightly@sha256:"), "{job}");
 }
+
+#[tokio::test]
+async fn the_build_api_refuses_what_it_does_not_support_by_name() {
+    let server = WharfServer::start_with_env(wharf(), &[("WHARF_BUILD_MAX_SOURCE_SIZE", "1KiB")]).unwrap();
+    let token = std::fs::read_to_string(server.data_dir().join("owner.token")).unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = "/v2/projects/default/locations/us-central1";
+    let post = |path: String| client.post(server.api_url(&path)).bearer_auth(token.trim());
+
+    // An upload over the server's limit: 413, naming the setting.
+    let r = post(format!("/wharf/v1{}/sources", base.trim_start_matches("/v2")))
+        .body(vec![7u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("max_source_size"), "{body}");
+
+    // A small upload, then submits with fields Wharf does not have.
+    let r =
+        post(format!("/wharf/v1{}/sources", base.trim_start_matches("/v2"))).body(vec![1u8; 10]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let source: Value = r.json().await.unwrap();
+    let storage = serde_json::json!({"bucket": source["bucket"], "object": source["object"]});
+    let cases = [
+        (
+            serde_json::json!({"storageSource": storage, "imageUri": "a:v1", "buildpackBuild": {"runtime": "python312"}}),
+            "buildpackBuild.runtime is not supported",
+        ),
+        (
+            serde_json::json!({"storageSource": storage, "imageUri": "a:v1", "workerPool": "p"}),
+            "workerPool is not supported",
+        ),
+        (serde_json::json!({"storageSource": storage, "imageUri": "a:v1", "machineType": "big"}), "machineType"),
+        (
+            serde_json::json!({"storageSource": storage, "imageUri": "a:v1", "dockerBuild": {"dockerfile": "../Dockerfile"}}),
+            "must be a path inside the source directory",
+        ),
+        (
+            serde_json::json!({"storageSource": {"bucket": "wharf-build-sources", "object": "nope.tar.gz"}, "imageUri": "a:v1"}),
+            "is not an uploaded source",
+        ),
+        (serde_json::json!({"storageSource": storage, "imageUri": "Bad Name"}), "imageUri \"Bad Name\""),
+    ];
+    for (request, expected) in cases {
+        let r = post(format!("{base}/builds:submit")).json(&request).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 400, "{request}: {body}");
+        assert_eq!(body["error"]["status"], "INVALID_ARGUMENT");
+        assert!(body["error"]["message"].as_str().unwrap().contains(expected), "{request}: {body}");
+    }
+    let r = client
+        .get(server.api_url(&format!("{base}/builds/no-such-build")))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
