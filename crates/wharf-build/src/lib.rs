@@ -139,6 +139,8 @@ struct Inner {
 }
 
 const SOURCE_BUCKET: &str = "wharf-build-sources";
+/// How long an upload waits for the submit that builds it.
+const SOURCE_EXPIRY: Duration = Duration::from_secs(3600);
 
 impl Builder {
     /// Prepares `<data-dir>/build`: registry configuration, storage, records. Builds a
@@ -162,11 +164,10 @@ impl Builder {
                 records.save(&build)?;
             }
         }
+        // Unpacked sources of builds that are over, and uploads no build will use now.
         for dir in ["work", "sources"] {
             let path = config.dir.join(dir);
-            if dir == "work" {
-                let _ = std::fs::remove_dir_all(&path);
-            }
+            let _ = std::fs::remove_dir_all(&path);
             std::fs::create_dir_all(&path).map_err(|source| BuildError::Source { path, source })?;
         }
         // Working containers a killed server's buildah left (mounted), before anything builds.
@@ -193,6 +194,7 @@ impl Builder {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         use futures::StreamExt as _;
+        self.expire_sources();
         let object = format!("{}.tar.gz", uuid::Uuid::new_v4().simple());
         let path = self.inner.config.dir.join("sources").join(&object);
         let file_err = |source| BuildError::Source { path: path.clone(), source };
@@ -216,6 +218,18 @@ impl Builder {
             return Err(e);
         }
         Ok((SOURCE_BUCKET.to_owned(), object))
+    }
+
+    /// Removes uploads older than [`SOURCE_EXPIRY`] that no build took.
+    fn expire_sources(&self) {
+        let dir = self.inner.config.dir.join("sources");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        for entry in entries.flatten() {
+            let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if old.is_some_and(|age| age > SOURCE_EXPIRY) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Records a build and starts it in the background; answers the `QUEUED` build.

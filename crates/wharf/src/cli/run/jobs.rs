@@ -122,55 +122,47 @@ fn apply(args: &JobArgs, job: &mut Job) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the job `args` describe.
+async fn create(ctx: &Ctx, jobs: &str, args: &JobArgs) -> anyhow::Result<()> {
+    let mut job = Job::default();
+    apply(args, &mut job)?;
+    let r =
+        ctx.client.api_request(reqwest::Method::POST, jobs).query(&[("jobId", &args.job)]).json(&job).send().await?;
+    let op: wharf_api::Operation = check(r).await?.json().await?;
+    ctx.wait(&op).await?;
+    eprintln!("Job [{}] has successfully been created.", args.job);
+    Ok(())
+}
+
+/// Applies `args` to the existing job.
+async fn update(ctx: &Ctx, jobs: &str, args: &JobArgs) -> anyhow::Result<()> {
+    let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{}", args.job)).send().await?;
+    let mut job: Job = check(r).await?.json().await?;
+    apply(args, &mut job)?;
+    let r = ctx.client.api_request(reqwest::Method::PATCH, &format!("{jobs}/{}", args.job)).json(&job).send().await?;
+    let op: wharf_api::Operation = check(r).await?.json().await?;
+    ctx.wait(&op).await?;
+    eprintln!("Job [{}] has been updated.", args.job);
+    Ok(())
+}
+
 pub async fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<()> {
     let jobs = format!("{}/jobs", ctx.parent());
-    let command = match command {
+    match command {
         JobsCommand::Deploy(deploy) => {
             let mut deploy = *deploy;
             let name = deploy.job.job.clone();
             deploy.source.build_into(ctx, &name, &mut deploy.job.container.image).await?;
             let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{name}")).send().await?;
             if r.status() == reqwest::StatusCode::NOT_FOUND {
-                JobsCommand::Create(deploy.job)
+                create(ctx, &jobs, &deploy.job).await
             } else {
                 check(r).await?;
-                JobsCommand::Update(deploy.job)
+                update(ctx, &jobs, &deploy.job).await
             }
         }
-        other => other,
-    };
-    match command {
-        JobsCommand::Deploy(_) => unreachable!("a deploy became a create or an update above"),
-        JobsCommand::Create(args) => {
-            let mut job = Job::default();
-            apply(&args, &mut job)?;
-            let r = ctx
-                .client
-                .api_request(reqwest::Method::POST, &jobs)
-                .query(&[("jobId", &args.job)])
-                .json(&job)
-                .send()
-                .await?;
-            let op: wharf_api::Operation = check(r).await?.json().await?;
-            ctx.wait(&op).await?;
-            eprintln!("Job [{}] has successfully been created.", args.job);
-            Ok(())
-        }
-        JobsCommand::Update(args) => {
-            let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{}", args.job)).send().await?;
-            let mut job: Job = check(r).await?.json().await?;
-            apply(&args, &mut job)?;
-            let r = ctx
-                .client
-                .api_request(reqwest::Method::PATCH, &format!("{jobs}/{}", args.job))
-                .json(&job)
-                .send()
-                .await?;
-            let op: wharf_api::Operation = check(r).await?.json().await?;
-            ctx.wait(&op).await?;
-            eprintln!("Job [{}] has been updated.", args.job);
-            Ok(())
-        }
+        JobsCommand::Create(args) => create(ctx, &jobs, &args).await,
+        JobsCommand::Update(args) => update(ctx, &jobs, &args).await,
         JobsCommand::Describe { job } => {
             let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{job}")).send().await?;
             let job: serde_json::Value = check(r).await?.json().await?;
