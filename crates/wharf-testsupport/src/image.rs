@@ -131,6 +131,12 @@ fn build_blobs() -> anyhow::Result<Built> {
             "ExposedPorts": {"8080/tcp": {}}
         },
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        // One entry per layer, as image builders write it (buildah needs it to build on top).
+        "history": [
+            {"created_by": "wharf-testsupport: shared libraries"},
+            {"created_by": "wharf-testsupport: /app/testapp"},
+            {"created_by": "wharf-testsupport: /etc files and /tmp"},
+        ],
     });
     let config_bytes = serde_json::to_vec(&config)?;
     let config_digest = add_blob(&mut blobs, config_bytes.clone());
@@ -154,13 +160,27 @@ struct Layer {
     size: usize,
 }
 
+/// A layer's tar being written: each path goes in once (containers/storage, under buildah and
+/// podman, refuses a layer with duplicate paths).
+struct LayerTar {
+    builder: tar::Builder<Vec<u8>>,
+    written: std::collections::BTreeSet<PathBuf>,
+}
+
+impl LayerTar {
+    /// Whether `path` is new to this layer (and marks it written).
+    fn first(&mut self, path: &Path) -> bool {
+        self.written.insert(path.to_owned())
+    }
+}
+
 fn layer(
     blobs: &mut Vec<(Digest, Vec<u8>)>,
-    fill: impl FnOnce(&mut tar::Builder<Vec<u8>>) -> anyhow::Result<()>,
+    fill: impl FnOnce(&mut LayerTar) -> anyhow::Result<()>,
 ) -> anyhow::Result<Layer> {
-    let mut builder = tar::Builder::new(Vec::new());
-    fill(&mut builder)?;
-    let tar_bytes = builder.into_inner()?;
+    let mut tar = LayerTar { builder: tar::Builder::new(Vec::new()), written: Default::default() };
+    fill(&mut tar)?;
+    let tar_bytes = tar.builder.into_inner()?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &tar_bytes)?;
     let gz = gz.finish()?;
@@ -175,7 +195,7 @@ fn add_blob(blobs: &mut Vec<(Digest, Vec<u8>)>, bytes: Vec<u8>) -> Digest {
     digest
 }
 
-fn append_dirs_above(b: &mut tar::Builder<Vec<u8>>, path: &Path) -> anyhow::Result<()> {
+fn append_dirs_above(b: &mut LayerTar, path: &Path) -> anyhow::Result<()> {
     let mut ancestors: Vec<&Path> = path.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()).collect();
     ancestors.reverse();
     for dir in ancestors {
@@ -184,24 +204,30 @@ fn append_dirs_above(b: &mut tar::Builder<Vec<u8>>, path: &Path) -> anyhow::Resu
     Ok(())
 }
 
-fn append_dir(b: &mut tar::Builder<Vec<u8>>, path: &Path, mode: u32) -> anyhow::Result<()> {
+fn append_dir(b: &mut LayerTar, path: &Path, mode: u32) -> anyhow::Result<()> {
+    if !b.first(path) {
+        return Ok(());
+    }
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Directory);
     header.set_mode(mode);
     header.set_size(0);
     header.set_mtime(0);
-    b.append_data(&mut header, path, std::io::empty())?;
+    b.builder.append_data(&mut header, path, std::io::empty())?;
     Ok(())
 }
 
-fn append_file(b: &mut tar::Builder<Vec<u8>>, path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+fn append_file(b: &mut LayerTar, path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     append_dirs_above(b, path)?;
+    if !b.first(path) {
+        return Ok(());
+    }
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Regular);
     header.set_mode(mode);
     header.set_size(data.len() as u64);
     header.set_mtime(0);
-    b.append_data(&mut header, path, data)?;
+    b.builder.append_data(&mut header, path, data)?;
     Ok(())
 }
 

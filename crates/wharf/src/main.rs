@@ -37,6 +37,15 @@ enum Command {
         #[command(subcommand)]
         command: Box<cli::run::RunCommand>,
     },
+    /// Build images from source on the server (as `gcloud builds`).
+    Builds {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(flatten)]
+        place: cli::run::Place,
+        #[command(subcommand)]
+        command: cli::builds::BuildsCommand,
+    },
     /// Read instance logs.
     Logs {
         #[command(flatten)]
@@ -94,6 +103,7 @@ fn main() -> std::process::ExitCode {
             Command::Server(server_args) => server::run(*server_args).await,
             Command::Images { connection, command } => cli::images::run(&connection, command).await,
             Command::Run { connection, place, command } => cli::run::run(&connection, &place, *command).await,
+            Command::Builds { connection, place, command } => cli::builds::run(&connection, &place, command).await,
             Command::Logs { connection, command } => cli::logs::run(&connection, command).await,
             Command::Logging { connection, command } => cli::logging::run(&connection, command).await,
             Command::Shim { .. } => unreachable!("handled before the async runtime starts"),

@@ -76,6 +76,8 @@ pub struct ServerArgs {
     pub upstream_resolv_conf: Option<PathBuf>,
     #[command(flatten)]
     pub edge: EdgeArgs,
+    #[command(flatten)]
+    pub build: super::build_config::BuildArgs,
 }
 
 /// Flags for the protections of every listener against hostile clients (see [`EdgeLimits`]).
@@ -150,6 +152,7 @@ struct ConfigFile {
     log_rate_limit: Option<u32>,
     log_store_limit: Option<String>,
     upstream_resolv_conf: Option<PathBuf>,
+    build: Option<super::build_config::BuildFile>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -172,6 +175,7 @@ pub struct ServerConfig {
     pub cgroup_parent: String,
     pub log_limits: wharf_runtime::logs::LogLimits,
     pub upstream_resolv_conf: PathBuf,
+    pub build: super::build_config::BuildSettings,
 }
 
 /// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
@@ -230,6 +234,7 @@ impl ServerConfig {
         }
         let addr = |s: &str| s.parse::<SocketAddr>().expect("embedded default address is valid");
         let edge = resolve_edge(&args.edge, &file)?;
+        let build = super::build_config::BuildSettings::resolve(&args.build, file.build.as_ref())?;
         Ok(ServerConfig {
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             api_addr: args.api_addr.or(file.api_addr).unwrap_or_else(|| addr("127.0.0.1:8090")),
@@ -268,6 +273,7 @@ impl ServerConfig {
                 .clone()
                 .or(file.upstream_resolv_conf.clone())
                 .unwrap_or_else(|| "/etc/resolv.conf".into()),
+            build,
         })
     }
 }
@@ -337,6 +343,7 @@ mod tests {
             registry_addr: None,
             domain: None,
             idle_timeout: None,
+            build: Default::default(),
             edge: EdgeArgs::default(),
             max_image_size: None,
             max_blob_size: None,

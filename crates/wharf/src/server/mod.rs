@@ -9,6 +9,7 @@
 //! RLIMIT_NOFILE to its hard limit.
 
 mod api;
+mod build_config;
 mod config;
 mod housekeeping;
 
@@ -51,6 +52,7 @@ pub struct Platform {
     pub control: wharf_control::ControlPlane,
     pub logs: wharf_runtime::logs::LogStore,
     pub housekeeping: housekeeping::ImageHousekeeping,
+    pub builds: wharf_build::Builder,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -85,6 +87,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ingress_addr: ingress_listener.local_addr()?,
         registry_addr: registry_listener.local_addr()?,
     };
+    // Before the runtime: a failure here leaves nothing on the machine to undo.
+    let builds = open_builder(&config, info.registry_addr)?;
 
     let table = Arc::new(wharf_router::RoutingTable::default());
     let shutdown = CancellationToken::new();
@@ -136,6 +140,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         control: control.clone(),
         logs: runtime.logs().clone(),
         housekeeping: housekeeping.clone(),
+        builds: builds.clone(),
     };
 
     let housekeeper = housekeeping.spawn(shutdown.clone());
@@ -169,12 +174,45 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let _ = server.await;
     }
     let _ = housekeeper.await;
+    builds.shutdown().await;
     control.shutdown().await;
     runtime.shutdown().await;
     dns.shutdown();
     let _ = std::fs::remove_file(data_dir.join(SERVER_INFO_FILE));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The source builder: buildah with its storage under `<data-dir>/build`, pushing to and
+/// pulling base images from this server's registry on loopback with the owner credential.
+fn open_builder(config: &ServerConfig, registry_addr: SocketAddr) -> anyhow::Result<wharf_build::Builder> {
+    let registry = match registry_addr {
+        SocketAddr::V4(addr) if addr.ip().is_unspecified() => format!("127.0.0.1:{}", addr.port()),
+        SocketAddr::V6(addr) if addr.ip().is_unspecified() => format!("[::1]:{}", addr.port()),
+        other => other.to_string(),
+    };
+    let mut registry_names = local_registry_names(registry_addr);
+    if !registry_names.contains(&registry) {
+        registry_names.push(registry.clone());
+    }
+    let token_file = config.data_dir.join(wharf_iam::OWNER_TOKEN_FILE);
+    let registry_token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("cannot read {} for builds to reach the registry", token_file.display()))?
+        .trim()
+        .to_owned();
+    let builder = wharf_build::Builder::open(wharf_build::BuilderConfig {
+        dir: config.data_dir.join("build"),
+        registry,
+        registry_names,
+        registry_token,
+        cgroup_parent: config.cgroup_parent.clone(),
+        limits: config.build.limits.clone(),
+        base_images: config.build.base_images.clone(),
+        buildah: "buildah".into(),
+        storage_driver: config.build.storage_driver.clone(),
+    })
+    .context("cannot prepare source builds")?;
+    Ok(builder)
 }
 
 /// Starts what instances reach at 169.254.169.254 (see `wharf_runtime::network`): the DNS

@@ -53,6 +53,49 @@ pub struct DeployArgs {
     pub session_affinity: bool,
     #[arg(long)]
     pub no_session_affinity: bool,
+    #[command(flatten)]
+    pub source: SourceFlags,
+}
+
+/// `--source DIR` and what shapes its build (deploy and `jobs deploy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct SourceFlags {
+    /// Build the image on the server from this source directory, then deploy it (pushed to
+    /// {project}/cloud-run-source-deploy/{name} in Wharf's registry, or to --image when given).
+    #[arg(long)]
+    pub source: Option<std::path::PathBuf>,
+    /// With --source: the Dockerfile, relative to the source directory.
+    #[arg(long, requires = "source")]
+    pub dockerfile: Option<String>,
+    /// With --source and no Dockerfile: the base image of the generated Dockerfile.
+    #[arg(long, requires = "source")]
+    pub base_image: Option<String>,
+}
+
+impl SourceFlags {
+    fn describe(&self) -> String {
+        match (&self.dockerfile, &self.base_image) {
+            (Some(d), _) => format!("Dockerfile {d}"),
+            (None, Some(b)) => format!("the source's Dockerfile, else one generated on base image {b}"),
+            (None, None) => "the source's Dockerfile, else one generated for its language".into(),
+        }
+    }
+
+    /// With `--source`: builds it and sets `image` to the built image's digest. `image` as
+    /// given names where to push (gcloud's meaning of --image with --source).
+    pub async fn build_into(&self, ctx: &Ctx, name: &str, image: &mut Option<String>) -> anyhow::Result<()> {
+        let Some(dir) = &self.source else { return Ok(()) };
+        let target = image.clone().unwrap_or_else(|| crate::cli::builds::source_deploy_image(&ctx.project, name));
+        let request = crate::cli::builds::SourceBuild {
+            dir,
+            image_uri: &target,
+            dockerfile: self.dockerfile.as_deref(),
+            base_image: self.base_image.as_deref(),
+        };
+        let build = crate::cli::builds::build_source(ctx, &request).await?;
+        *image = Some(build.image.context("the build succeeded but reported no image")?);
+        Ok(())
+    }
 }
 
 fn count(flag: &str, text: &str) -> anyhow::Result<i32> {
@@ -111,10 +154,19 @@ fn apply(args: &DeployArgs, service: &mut Service) -> anyhow::Result<()> {
 }
 
 /// Deploys `args` to its service; creates the service when it is missing only if `create_if_missing`.
-pub async fn deploy(ctx: &Ctx, args: DeployArgs, create_if_missing: bool) -> anyhow::Result<()> {
+pub async fn deploy(ctx: &Ctx, mut args: DeployArgs, create_if_missing: bool) -> anyhow::Result<()> {
     let existing = ctx.get_service(&args.service).await?;
     if existing.is_none() && !create_if_missing {
         bail!("{}", ctx.missing(&args.service));
+    }
+    if args.source.source.is_some() {
+        eprintln!(
+            "Building using {} and deploying container to Cloud Run service [{}]",
+            args.source.describe(),
+            args.service
+        );
+        let service = args.service.clone();
+        args.source.build_into(ctx, &service, &mut args.container.image).await?;
     }
     let name = args.service.clone();
     eprintln!("Deploying container to Cloud Run service [{name}] in project [{}] region [{}]", ctx.project, ctx.region);
@@ -233,6 +285,15 @@ mod tests {
             s.template.containers[0].env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
         assert_eq!(env, [("B".to_owned(), "3".to_owned()), ("C".to_owned(), "4".to_owned())]);
         assert_eq!(s.template.containers[0].image, "x", "an update keeps the image");
+    }
+
+    #[test]
+    fn source_flags_parse_and_dockerfile_needs_source() {
+        let cli = Cli::try_parse_from(["deploy", "s", "--source", "app", "--dockerfile", "docker/Dockerfile"]).unwrap();
+        assert_eq!(cli.deploy.source.source.as_deref(), Some(std::path::Path::new("app")));
+        assert_eq!(cli.deploy.source.dockerfile.as_deref(), Some("docker/Dockerfile"));
+        let e = Cli::try_parse_from(["deploy", "s", "--dockerfile", "Dockerfile"]).unwrap_err();
+        assert!(e.to_string().contains("--source"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub enum JobsCommand {
     Create(JobArgs),
     /// Change a job.
     Update(JobArgs),
+    /// Create or update a job; with --source, build its image from source first.
+    Deploy(Box<JobDeployArgs>),
     /// Show a job (--format export: run.googleapis.com/v1 Job YAML to keep and `replace` later).
     Describe { job: String },
     /// Create or update a job from a run.googleapis.com/v1 Job YAML file.
@@ -47,6 +49,14 @@ pub struct JobArgs {
     /// Per-attempt timeout: seconds or a duration like 10m (default 10m, max 24h).
     #[arg(long)]
     pub task_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobDeployArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
+    pub source: crate::cli::run::deploy::SourceFlags,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -112,39 +122,47 @@ fn apply(args: &JobArgs, job: &mut Job) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the job `args` describe.
+async fn create(ctx: &Ctx, jobs: &str, args: &JobArgs) -> anyhow::Result<()> {
+    let mut job = Job::default();
+    apply(args, &mut job)?;
+    let r =
+        ctx.client.api_request(reqwest::Method::POST, jobs).query(&[("jobId", &args.job)]).json(&job).send().await?;
+    let op: wharf_api::Operation = check(r).await?.json().await?;
+    ctx.wait(&op).await?;
+    eprintln!("Job [{}] has successfully been created.", args.job);
+    Ok(())
+}
+
+/// Applies `args` to the existing job.
+async fn update(ctx: &Ctx, jobs: &str, args: &JobArgs) -> anyhow::Result<()> {
+    let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{}", args.job)).send().await?;
+    let mut job: Job = check(r).await?.json().await?;
+    apply(args, &mut job)?;
+    let r = ctx.client.api_request(reqwest::Method::PATCH, &format!("{jobs}/{}", args.job)).json(&job).send().await?;
+    let op: wharf_api::Operation = check(r).await?.json().await?;
+    ctx.wait(&op).await?;
+    eprintln!("Job [{}] has been updated.", args.job);
+    Ok(())
+}
+
 pub async fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<()> {
     let jobs = format!("{}/jobs", ctx.parent());
     match command {
-        JobsCommand::Create(args) => {
-            let mut job = Job::default();
-            apply(&args, &mut job)?;
-            let r = ctx
-                .client
-                .api_request(reqwest::Method::POST, &jobs)
-                .query(&[("jobId", &args.job)])
-                .json(&job)
-                .send()
-                .await?;
-            let op: wharf_api::Operation = check(r).await?.json().await?;
-            ctx.wait(&op).await?;
-            eprintln!("Job [{}] has successfully been created.", args.job);
-            Ok(())
+        JobsCommand::Deploy(deploy) => {
+            let mut deploy = *deploy;
+            let name = deploy.job.job.clone();
+            deploy.source.build_into(ctx, &name, &mut deploy.job.container.image).await?;
+            let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{name}")).send().await?;
+            if r.status() == reqwest::StatusCode::NOT_FOUND {
+                create(ctx, &jobs, &deploy.job).await
+            } else {
+                check(r).await?;
+                update(ctx, &jobs, &deploy.job).await
+            }
         }
-        JobsCommand::Update(args) => {
-            let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{}", args.job)).send().await?;
-            let mut job: Job = check(r).await?.json().await?;
-            apply(&args, &mut job)?;
-            let r = ctx
-                .client
-                .api_request(reqwest::Method::PATCH, &format!("{jobs}/{}", args.job))
-                .json(&job)
-                .send()
-                .await?;
-            let op: wharf_api::Operation = check(r).await?.json().await?;
-            ctx.wait(&op).await?;
-            eprintln!("Job [{}] has been updated.", args.job);
-            Ok(())
-        }
+        JobsCommand::Create(args) => create(ctx, &jobs, &args).await,
+        JobsCommand::Update(args) => update(ctx, &jobs, &args).await,
         JobsCommand::Describe { job } => {
             let r = ctx.client.api_request(reqwest::Method::GET, &format!("{jobs}/{job}")).send().await?;
             let job: serde_json::Value = check(r).await?.json().await?;

@@ -74,11 +74,11 @@ pub async fn run(connection: &ConnectionArgs, place: &Place, command: RunCommand
 }
 
 impl Place {
-    fn project(&self) -> String {
+    pub(crate) fn project(&self) -> String {
         self.project.clone().or_else(|| crate::cli::cli_setting("project")).unwrap_or_else(|| "default".to_owned())
     }
 
-    fn region(&self) -> String {
+    pub(crate) fn region(&self) -> String {
         self.region.clone().or_else(|| crate::cli::cli_setting("region")).unwrap_or_else(|| "us-central1".to_owned())
     }
 }

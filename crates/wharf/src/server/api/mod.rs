@@ -6,6 +6,7 @@
 //! naming the field for invalid arguments). Request bodies are read strictly
 //! ([`wharf_api::fields`]): unknown fields and Cloud Run fields Wharf lacks are refused by name.
 
+mod builds;
 mod jobs;
 mod logging;
 mod operations;
@@ -33,6 +34,8 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Build(#[from] wharf_build::BuildError),
     #[error(transparent)]
     Control(#[from] wharf_control::ControlError),
     #[error("{0}")]
@@ -68,6 +71,15 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => Code::InvalidArgument,
             ApiError::BodyTimeout { .. } => Code::DeadlineExceeded,
             ApiError::Control(e) => e.code(),
+            ApiError::Build(e) => match e {
+                wharf_build::BuildError::Invalid(_)
+                | wharf_build::BuildError::SourceTooLarge { .. }
+                | wharf_build::BuildError::Upload(_) => Code::InvalidArgument,
+                wharf_build::BuildError::NotFound(_) => Code::NotFound,
+                wharf_build::BuildError::Source { .. }
+                | wharf_build::BuildError::Record(_)
+                | wharf_build::BuildError::Buildah(_) => Code::Internal,
+            },
             ApiError::Image(e) => match e {
                 I::BlobUnknown { .. } | I::ManifestUnknown { .. } | I::NameUnknown(_) => Code::NotFound,
                 I::DigestMismatch { .. }
@@ -97,7 +109,9 @@ impl IntoResponse for ApiError {
         let code = self.code();
         let status = match self {
             // INVALID_ARGUMENT, but HTTP says precisely what was wrong.
-            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTooLarge { .. } | ApiError::Build(wharf_build::BuildError::SourceTooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             // HTTP's own answer to a wrong method, with Google's body.
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -122,7 +136,12 @@ impl IntoResponse for ApiError {
             }]);
         }
         let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
-        if matches!(self, ApiError::BodyTooLarge { .. } | ApiError::BodyTimeout { .. }) {
+        if matches!(
+            self,
+            ApiError::BodyTooLarge { .. }
+                | ApiError::BodyTimeout { .. }
+                | ApiError::Build(wharf_build::BuildError::SourceTooLarge { .. })
+        ) {
             // The body was not read to its end, so this connection cannot carry another
             // request: say so, or a client reusing it sees it closed under its next request.
             response
@@ -140,6 +159,7 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
         .merge(operations::routes())
         .merge(jobs::routes())
         .merge(logging::routes())
+        .merge(builds::routes())
         .route("/wharf/v1/images", get(list_images).delete(delete_image))
         .route("/wharf/v1/images:pull", post(pull_image))
         .route("/wharf/v1/images:gc", post(collect_image_garbage))

@@ -38,6 +38,12 @@ async fn get_one(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     platform.control.parent(&project, &location)?;
+    // A build's operation is its build record's view (`builds.rs`).
+    if let Some(build) = operation.strip_prefix("build-") {
+        let parent = format!("projects/{project}/locations/{location}");
+        let build = platform.builds.get(&parent, build)?;
+        return Ok(axum::Json(super::builds::build_operation(&parent, &build)).into_response());
+    }
     Ok(respond(raw.as_deref(), &platform.control.get_operation(&full_name(&project, &location, &operation))?))
 }
 

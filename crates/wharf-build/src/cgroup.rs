@@ -1,0 +1,132 @@
+//! A build's own cgroup, `<parent>/build-<id>` next to the instances' cgroups under the
+//! server's parent (`wharf` by default), so builds count against the server-wide limits too
+//! and each build is capped in memory, CPU and processes. Created before buildah starts (the
+//! wrapper shell moves itself in and then `exec`s buildah, so every process of the build is
+//! inside from its first instruction), killed and removed when the build ends.
+//!
+//! Layouts: cgroup v2 (`/sys/fs/cgroup/cgroup.controllers` exists) or v1 / hybrid (the
+//! `memory`, `cpu` and `pids` hierarchies under `/sys/fs/cgroup/<controller>`).
+
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+const CPU_PERIOD_US: u64 = 100_000;
+/// Processes a build may run at once (a fork bomb in a RUN step stops here).
+const MAX_PIDS: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot create the build cgroup {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set {file} of the build cgroup to {value:?}")]
+    Write {
+        file: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The cgroup directories of one build (one per v1 hierarchy, or the one v2 directory).
+#[derive(Debug)]
+pub struct BuildCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl BuildCgroup {
+    /// Creates `<parent>/<name>` with the limits. `parent` is the server's validated cgroup
+    /// parent (e.g. `wharf`).
+    pub fn create(parent: &str, name: &str, memory_bytes: u64, cpu_millis: u64) -> Result<BuildCgroup, CgroupError> {
+        let mut cgroup = BuildCgroup { dirs: Vec::new() };
+        let quota = cpu_millis.saturating_mul(CPU_PERIOD_US) / 1000;
+        if Path::new(ROOT).join("cgroup.controllers").exists() {
+            let dir = Path::new(ROOT).join(parent).join(name);
+            cgroup.make(&dir)?;
+            write(&dir, "memory.max", &memory_bytes.to_string())?;
+            write(&dir, "memory.swap.max", "0").ok();
+            write(&dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
+            write(&dir, "pids.max", &MAX_PIDS.to_string())?;
+        } else {
+            let memory = Path::new(ROOT).join("memory").join(parent).join(name);
+            cgroup.make(&memory)?;
+            write(&memory, "memory.limit_in_bytes", &memory_bytes.to_string())?;
+            let cpu = Path::new(ROOT).join("cpu").join(parent).join(name);
+            cgroup.make(&cpu)?;
+            write(&cpu, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+            write(&cpu, "cpu.cfs_quota_us", &quota.to_string())?;
+            let pids = Path::new(ROOT).join("pids").join(parent).join(name);
+            if pids.parent().is_some_and(Path::exists) {
+                cgroup.make(&pids)?;
+                write(&pids, "pids.max", &MAX_PIDS.to_string())?;
+            }
+        }
+        Ok(cgroup)
+    }
+
+    /// The directories `<parent>/<name>` has now (after a crash, to kill and remove them).
+    pub fn existing(parent: &str, name: &str) -> BuildCgroup {
+        let candidates = [
+            Path::new(ROOT).join(parent).join(name),
+            Path::new(ROOT).join("memory").join(parent).join(name),
+            Path::new(ROOT).join("cpu").join(parent).join(name),
+            Path::new(ROOT).join("pids").join(parent).join(name),
+        ];
+        BuildCgroup { dirs: candidates.into_iter().filter(|d| d.is_dir()).collect() }
+    }
+
+    fn make(&mut self, dir: &Path) -> Result<(), CgroupError> {
+        std::fs::create_dir_all(dir).map_err(|source| CgroupError::Create { path: dir.to_owned(), source })?;
+        self.dirs.push(dir.to_owned());
+        Ok(())
+    }
+
+    /// The `cgroup.procs` files a process writes its pid to, to enter the build's cgroup.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Whether the kernel killed a process of the build for memory.
+    pub fn oom_killed(&self) -> bool {
+        self.dirs.iter().any(|d| {
+            let v2 = std::fs::read_to_string(d.join("memory.events")).ok().and_then(|t| {
+                t.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()))
+            });
+            let v1 = std::fs::read_to_string(d.join("memory.oom_control")).ok().and_then(|t| {
+                t.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()))
+            });
+            v2.or(v1).is_some_and(|n| n > 0)
+        })
+    }
+
+    /// Kills what is left in the cgroup and removes it; waits (briefly, for the kernel to reap
+    /// the killed processes) until the directories can be removed.
+    pub fn kill_and_remove(&self) {
+        for dir in &self.dirs {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        for dir in &self.dirs {
+            for _ in 0..200 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            if dir.exists() {
+                tracing::warn!(cgroup = %dir.display(), "cannot remove the build cgroup");
+            }
+        }
+    }
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
+    let path = dir.join(file);
+    std::fs::write(&path, value).map_err(|source| CgroupError::Write { file: path, value: value.to_owned(), source })
+}

@@ -1,0 +1,388 @@
+//! Source builds end to end, with a real `wharf server`, real buildah and real containers:
+//! `wharf run deploy --source` with a Dockerfile whose base image is only in Wharf's registry
+//! (by short name), the service answering with content from the source, ignore rules
+//! honoured, a second build of the same service taken from the layer cache (read from
+//! buildah's own log lines), `wharf builds list|describe|log`; a failing build failing the
+//! deploy with its last lines and creating no revision; a source with no Dockerfile detected
+//! as Python and built on the server's default base image (from Wharf's registry);
+//! `wharf builds submit --config cloudbuild.yaml`; a source nothing is detected in.
+//!
+//! Needs `buildah` (scripts/test installs it). Build durations are printed, not asserted.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use wharf_testsupport::{WharfServer, service_host, testapp_image};
+
+fn wharf() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_wharf"))
+}
+
+struct Env {
+    server: WharfServer,
+    work: tempfile::TempDir,
+}
+
+/// A server with the testapp image in its registry under each of `tags`.
+fn setup(tags: &[&str]) -> Env {
+    let work = tempfile::tempdir().unwrap();
+    let built = testapp_image(work.path(), "v1").unwrap();
+    let server = WharfServer::start(wharf()).unwrap();
+    for tag in tags {
+        let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", tag]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Env { server, work }
+}
+
+impl Env {
+    fn wharf(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.server.cli(args).unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let (ok, stdout, stderr) = self.wharf(args);
+        assert!(ok, "wharf {args:?} failed:\n{stderr}\n--- server log ---\n{}", self.server.log());
+        (stdout, stderr)
+    }
+
+    /// A source directory `name` with `files`.
+    fn source(&self, name: &str, files: &[(&str, &str)]) -> String {
+        let dir = self.work.path().join(name);
+        for (file, text) in files {
+            let path = dir.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir.to_string_lossy().into_owned()
+    }
+
+    fn builds(&self) -> Vec<Value> {
+        let (out, _) = self.ok(&["builds", "list", "--format", "json"]);
+        serde_json::from_str::<Value>(&out).unwrap().as_array().cloned().unwrap_or_default()
+    }
+
+    async fn get(&self, host: &str, path: &str) -> (u16, String) {
+        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+        let r = client
+            .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
+            .header("Host", host)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn deploy_from_source_serves_the_source_and_rebuilds_from_the_cache() {
+    let env = setup(&["testapp:v1"]);
+    let dir = env.source(
+        "color-api",
+        &[
+            // `testapp` is a short name: it resolves in Wharf's registry, not on the internet.
+            ("Dockerfile", "FROM testapp:v1\nCOPY . /srv/\nENV COLOR=blue\n"),
+            ("index.html", "blue from the source directory\n"),
+            ("secret.txt", "must not be uploaded\n"),
+            (".gcloudignore", "secret.txt\n.gcloudignore\n"),
+        ],
+    );
+    let cold = std::time::Instant::now();
+    let (stdout, stderr) = env.ok(&["run", "deploy", "color-api", "--source", &dir, "--allow-unauthenticated"]);
+    let cold = cold.elapsed();
+    assert!(stderr.contains("Logs are available at [http://"), "{stderr}");
+    assert!(stderr.contains("STEP 2/3: COPY . /srv/"), "the build's progress is printed: {stderr}");
+    assert!(stdout.contains("Service URL: http://"), "{stdout}");
+
+    let host = service_host("color-api", "default");
+    assert_eq!(env.get(&host, "/file?path=/srv/index.html").await, (200, "blue from the source directory\n".into()));
+    let (status, _) = env.get(&host, "/file?path=/srv/secret.txt").await;
+    assert_ne!(status, 200, "a file .gcloudignore leaves out reached the image");
+    let (_, body) = env.get(&host, "/env").await;
+    assert!(body.contains("COLOR=blue") || body.contains("\"COLOR\":\"blue\""), "{body}");
+
+    let builds = env.builds();
+    assert_eq!(builds.len(), 1);
+    let first = &builds[0];
+    assert_eq!(first["status"], "SUCCESS");
+    assert_eq!(first["imageUri"], "default/cloud-run-source-deploy/color-api");
+    let digest = first["imageDigest"].as_str().unwrap();
+    assert!(digest.starts_with("sha256:"), "{first}");
+    let (service, _) = env.ok(&["run", "services", "describe", "color-api", "--format", "json"]);
+    assert!(
+        service.contains(&format!("cloud-run-source-deploy/color-api@{digest}")),
+        "the revision pins the build's digest: {service}"
+    );
+
+    // The same source again: buildah takes the steps from its layer cache.
+    let cached = std::time::Instant::now();
+    let (_, stderr) = env.ok(&["run", "deploy", "color-api", "--source", &dir]);
+    let cached = cached.elapsed();
+    assert!(stderr.contains("steps from the layer cache"), "{stderr}");
+    let builds = env.builds();
+    assert_eq!(builds.len(), 2);
+    let second = &builds[0];
+    assert_eq!(second["status"], "SUCCESS");
+    let id = second["id"].as_str().unwrap();
+    let (log, _) = env.ok(&["builds", "log", id]);
+    assert!(log.contains("--> Using cache"), "buildah's log shows no cached step:\n{log}");
+    let token = std::fs::read_to_string(env.server.data_dir().join("owner.token")).unwrap();
+    assert!(!log.contains(token.trim()), "the registry credential is in the build log");
+    assert!(second["cachedSteps"].as_u64().unwrap() >= 2, "{second}");
+    let (describe, _) = env.ok(&["builds", "describe", id, "--format", "json"]);
+    let describe: Value = serde_json::from_str(&describe).unwrap();
+    assert_eq!(describe["logUrl"], format!("/v2/projects/default/locations/us-central1/builds/{id}/log"));
+    // Figures for docs/benchmarks.md (printed, never asserted).
+    eprintln!(
+        "run deploy --source: cold {:.2}s (build {}), cached {:.2}s (build {})",
+        cold.as_secs_f64(),
+        builds[1]["duration"],
+        cached.as_secs_f64(),
+        second["duration"]
+    );
+    assert!(env.server.data_dir().join("build/builds").join(format!("{id}.log")).is_file());
+}
+
+#[tokio::test]
+async fn a_failing_build_fails_the_deploy_and_creates_no_revision() {
+    let env = setup(&["testapp:v1"]);
+    let dir = env.source("broken", &[("Dockerfile", "FROM testapp:v1\nCOPY missing-file.txt /srv/\n")]);
+    let (ok, _, stderr) = env.wharf(&["run", "deploy", "broken", "--source", &dir]);
+    assert!(!ok, "the deploy of a failing build succeeded:\n{stderr}");
+    assert!(stderr.contains("Build ["), "{stderr}");
+    assert!(stderr.contains("missing-file.txt"), "the build's last lines name what failed: {stderr}");
+    let (ok, _, stderr) = env.wharf(&["run", "services", "describe", "broken"]);
+    assert!(!ok, "a service exists after a failed build");
+    assert!(stderr.contains("Cannot find service [broken]"), "{stderr}");
+    let builds = env.builds();
+    assert_eq!(builds[0]["status"], "FAILURE");
+
+    // Nothing to build: the error names what was looked for.
+    let dir = env.source("docs-only", &[("README.md", "hello")]);
+    let (ok, _, stderr) = env.wharf(&["builds", "submit", &dir, "--tag", "docs:v1"]);
+    assert!(!ok);
+    assert!(stderr.contains("no language Wharf can build was detected"), "{stderr}");
+    assert!(stderr.contains("requirements.txt") && stderr.contains("go.mod"), "{stderr}");
+
+    // A registry other than Wharf's own is refused before anything is built.
+    let (ok, _, stderr) = env.wharf(&["builds", "submit", &dir, "--tag", "gcr.io/p/app:v1"]);
+    assert!(!ok);
+    assert!(stderr.contains("Wharf builds push only to its own registry"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_python_source_without_dockerfile_builds_on_the_default_base_image_from_wharfs_registry() {
+    // The server's default Python base image, `python:3.12-slim`, is only in Wharf's
+    // registry (the testapp image under that name: the build has no step that runs Python).
+    let env = setup(&["python:3.12-slim", "testapp:v1"]);
+    let dir = env.source("flask-app", &[("main.py", "print('hello')\n")]);
+    let (stdout, stderr) = env.ok(&["builds", "submit", &dir, "--tag", "team/flask-app:v1"]);
+    assert!(stderr.contains("no Dockerfile; detected Python"), "{stderr}");
+    assert!(stderr.contains("exec python main.py"), "{stderr}");
+    let registry = env.server.addrs.registry_addr.to_string();
+    assert!(stdout.trim().starts_with(&format!("{registry}/team/flask-app@sha256:")), "{stdout}");
+    let build = &env.builds()[0];
+    assert_eq!(build["detectedLanguage"], "Python");
+
+    // The image is in the registry under its tag.
+    let (images, _) = env.ok(&["images", "list", "--format", "json"]);
+    assert!(images.contains("team/flask-app"), "{images}");
+
+    // A Dockerfile's `FROM python:...` is Wharf's image too, though Debian's short-name
+    // aliases send `python` to docker.io (which this machine cannot reach).
+    let dir = env.source("aliased", &[("Dockerfile", "FROM python:3.12-slim\nCOPY . /srv/\n"), ("a.txt", "a")]);
+    let (_, stderr) = env.ok(&["builds", "submit", &dir, "--tag", "team/aliased:v1"]);
+    assert!(stderr.contains(&format!("FROM python:3.12-slim is read as FROM {registry}/python:3.12-slim")), "{stderr}");
+
+    // cloudbuild.yaml's docker step.
+    let dir = env.source(
+        "with-config",
+        &[
+            ("docker/Dockerfile", "FROM testapp:v1\nCOPY hello.txt /srv/\n"),
+            ("hello.txt", "hi\n"),
+            (
+                "cloudbuild.yaml",
+                "steps:\n- name: gcr.io/cloud-builders/docker\n  args: ['build', '-t', 'team/$PROJECT_ID-app:v2', '-f', 'docker/Dockerfile', '.']\nimages: ['team/$PROJECT_ID-app:v2']\n",
+            ),
+        ],
+    );
+    let config = format!("{dir}/cloudbuild.yaml");
+    let (stdout, _) = env.ok(&["builds", "submit", &dir, "--config", &config]);
+    assert!(stdout.trim().starts_with(&format!("{registry}/team/default-app@sha256:")), "{stdout}");
+    let bad = env.source("bad-config", &[("cloudbuild.yaml", "steps: []\noptions: {logging: NONE}\n")]);
+    let (ok, _, stderr) = env.wharf(&["builds", "submit", &bad, "--config", &format!("{bad}/cloudbuild.yaml")]);
+    assert!(!ok);
+    assert!(stderr.contains("field `options` is not supported"), "{stderr}");
+}
+
+/// The build's cgroup directory (memory controller on v1) and its memory limit file.
+fn build_cgroup(id: &str) -> (std::path::PathBuf, &'static str) {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        (root.join("wharf").join(format!("build-{id}")), "memory.max")
+    } else {
+        (root.join("memory/wharf").join(format!("build-{id}")), "memory.limit_in_bytes")
+    }
+}
+
+#[tokio::test]
+async fn a_build_runs_in_its_own_bounded_cgroup_and_stops_at_its_timeout() {
+    let work = tempfile::tempdir().unwrap();
+    let built = testapp_image(work.path(), "v1").unwrap();
+    let server = WharfServer::start_with_env(
+        wharf(),
+        &[("WHARF_BUILD_TIMEOUT", "15s"), ("WHARF_BUILD_MEMORY_LIMIT", "256Mi"), ("WHARF_BUILD_CPU_LIMIT", "500m")],
+    )
+    .unwrap();
+    let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let env = Env { server, work };
+    // A RUN step that never ends: the testapp told not to listen waits forever.
+    let dir =
+        env.source("hangs", &[("Dockerfile", "FROM testapp:v1\nENV TESTAPP_NO_LISTEN=1\nRUN [\"/app/testapp\"]\n")]);
+    let (_, stderr) = env.ok(&["builds", "submit", &dir, "--tag", "hangs:v1", "--async"]);
+    assert!(stderr.contains("submitted"), "{stderr}");
+    let id = env.builds()[0]["id"].as_str().unwrap().to_owned();
+
+    // While the step runs, its processes are in the build's cgroup, under the limits.
+    let (cgroup, memory_file) = build_cgroup(&id);
+    let in_cgroup =
+        |pid: &str| std::fs::read_link(format!("/proc/{}/exe", pid.trim())).is_ok_and(|exe| exe.ends_with("testapp"));
+    wharf_testsupport::wait_until("the RUN step's process in the build's cgroup", Duration::from_secs(60), || {
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).ok()?;
+        procs.lines().any(in_cgroup).then_some(())
+    })
+    .unwrap();
+    let memory = std::fs::read_to_string(cgroup.join(memory_file)).unwrap();
+    assert_eq!(memory.trim(), (256u64 << 20).to_string());
+
+    // The deadline ends it: status TIMEOUT, processes and cgroup gone.
+    let build = wharf_testsupport::wait_until("the build to end", Duration::from_secs(120), || {
+        let build = env.builds().into_iter().find(|b| b["id"] == id.as_str())?;
+        (build["status"] != "WORKING" && build["status"] != "QUEUED").then_some(build)
+    })
+    .unwrap();
+    assert_eq!(build["status"], "TIMEOUT", "{build}");
+    assert!(build["failureDetail"].as_str().unwrap().contains("longer than its timeout (15s)"), "{build}");
+    assert!(!cgroup.exists(), "the build's cgroup {} is left", cgroup.display());
+}
+
+#[tokio::test]
+async fn a_build_the_server_died_during_is_failed_and_killed_at_the_next_start() {
+    let mut env = setup(&["testapp:v1"]);
+    let dir =
+        env.source("hangs", &[("Dockerfile", "FROM testapp:v1\nENV TESTAPP_NO_LISTEN=1\nRUN [\"/app/testapp\"]\n")]);
+    env.ok(&["builds", "submit", &dir, "--tag", "hangs:v1", "--async"]);
+    let id = env.builds()[0]["id"].as_str().unwrap().to_owned();
+    let (cgroup, _) = build_cgroup(&id);
+    let is_testapp =
+        |pid: &str| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("testapp"));
+    let pid =
+        wharf_testsupport::wait_until("the RUN step running in the build's cgroup", Duration::from_secs(60), || {
+            let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).ok()?;
+            procs.lines().map(str::trim).find(|p| is_testapp(p)).map(str::to_owned)
+        })
+        .unwrap();
+
+    // SIGKILL: the server cannot stop its build; buildah and the step outlive it.
+    env.server.crash_and_restart().unwrap();
+    let build = env.builds().into_iter().find(|b| b["id"] == id.as_str()).unwrap();
+    assert_eq!(build["status"], "INTERNAL_ERROR", "{build}");
+    assert_eq!(build["failureDetail"], "The server restarted before this build completed.");
+    wharf_testsupport::wait_until("the orphaned step to be gone", Duration::from_secs(30), || {
+        (!is_testapp(&pid)).then_some(())
+    })
+    .unwrap();
+    assert!(!cgroup.exists(), "the build's cgroup {} is left", cgroup.display());
+    // Builds work after it.
+    let ok = env.source("ok", &[("Dockerfile", "FROM testapp:v1\nCOPY . /srv/\n")]);
+    env.ok(&["builds", "submit", &ok, "--tag", "ok:v1"]);
+}
+
+#[tokio::test]
+async fn jobs_deploy_from_source_creates_then_updates_the_job() {
+    let env = setup(&["testapp:v1"]);
+    let dockerfile = |echo: &str| format!("FROM testapp:v1\nENV TESTAPP_ECHO={echo}\nCMD [\"job\"]\n");
+    let dir = env.source("nightly", &[("Dockerfile", &dockerfile("first-build"))]);
+    let (_, stderr) = env.ok(&["run", "jobs", "deploy", "nightly", "--source", &dir]);
+    assert!(stderr.contains("Job [nightly] has successfully been created."), "{stderr}");
+    env.ok(&["run", "jobs", "execute", "nightly", "--wait"]);
+    let (logs, _) = env.ok(&["logs", "read", "--job", "nightly"]);
+    assert!(logs.contains("echo first-build"), "{logs}");
+
+    std::fs::write(Path::new(&dir).join("Dockerfile"), dockerfile("second-build")).unwrap();
+    let (_, stderr) = env.ok(&["run", "jobs", "deploy", "nightly", "--source", &dir]);
+    assert!(stderr.contains("Job [nightly] has been updated."), "{stderr}");
+    env.ok(&["run", "jobs", "execute", "nightly", "--wait"]);
+    let (logs, _) = env.ok(&["logs", "read", "--job", "nightly"]);
+    assert!(logs.contains("echo second-build"), "{logs}");
+    let (job, _) = env.ok(&["run", "jobs", "describe", "nightly", "--format", "json"]);
+    assert!(job.contains("cloud-run-source-deploy/nightly@sha256:"), "{job}");
+}
+
+#[tokio::test]
+async fn the_build_api_refuses_what_it_does_not_support_by_name() {
+    let server = WharfServer::start_with_env(wharf(), &[("WHARF_BUILD_MAX_SOURCE_SIZE", "1KiB")]).unwrap();
+    let token = std::fs::read_to_string(server.data_dir().join("owner.token")).unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = "/v2/projects/default/locations/us-central1";
+    let post = |path: String| client.post(server.api_url(&path)).bearer_auth(token.trim());
+
+    // An upload over the server's limit: 413, naming the setting.
+    let r = post(format!("/wharf/v1{}/sources", base.trim_start_matches("/v2")))
+        .body(vec![7u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("max_source_size"), "{body}");
+
+    // A small upload, then submits with fields Wharf does not have.
+    let r =
+        post(format!("/wharf/v1{}/sources", base.trim_start_matches("/v2"))).body(vec![1u8; 10]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let source: Value = r.json().await.unwrap();
+    let storage = serde_json::json!({"bucket": source["bucket"], "object": source["object"]});
+    let cases = [
+        (
+            serde_json::json!({"storageSource": storage, "imageUri": "a:v1", "buildpackBuild": {"runtime": "python312"}}),
+            "buildpackBuild.runtime is not supported",
+        ),
+        (
+            serde_json::json!({"storageSource": storage, "imageUri": "a:v1", "workerPool": "p"}),
+            "workerPool is not supported",
+        ),
+        (serde_json::json!({"storageSource": storage, "imageUri": "a:v1", "machineType": "big"}), "machineType"),
+        (
+            serde_json::json!({"storageSource": storage, "imageUri": "a:v1", "dockerBuild": {"dockerfile": "../Dockerfile"}}),
+            "must be a path inside the source directory",
+        ),
+        (
+            serde_json::json!({"storageSource": {"bucket": "wharf-build-sources", "object": "nope.tar.gz"}, "imageUri": "a:v1"}),
+            "is not an uploaded source",
+        ),
+        (serde_json::json!({"storageSource": storage, "imageUri": "Bad Name"}), "imageUri \"Bad Name\""),
+    ];
+    for (request, expected) in cases {
+        let r = post(format!("{base}/builds:submit")).json(&request).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 400, "{request}: {body}");
+        assert_eq!(body["error"]["status"], "INVALID_ARGUMENT");
+        assert!(body["error"]["message"].as_str().unwrap().contains(expected), "{request}: {body}");
+    }
+    let r = client
+        .get(server.api_url(&format!("{base}/builds/no-such-build")))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
