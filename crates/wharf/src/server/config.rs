@@ -18,7 +18,8 @@ pub struct ServerArgs {
     /// idle_timeout, instance_memory_limit, instance_cpu_limit, cgroup_parent, log_rate_limit,
     /// log_store_limit, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
     /// edge limits: header_read_timeout, connection_idle_timeout, max_connections,
-    /// max_header_bytes, max_api_body_bytes, pull_connect_timeout, pull_read_timeout, upstream_resolv_conf).
+    /// max_header_bytes, max_api_body_bytes, pull_connect_timeout, pull_read_timeout, upstream_resolv_conf,
+    /// and vpc_networks, a list of NAME=CIDR[,CIDR...]).
     #[arg(long, env = "WHARF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where Wharf keeps its state database, images and credentials [default: /var/lib/wharf]
@@ -74,6 +75,11 @@ pub struct ServerArgs {
     /// answer itself (they may be on loopback or a private address) [default: /etc/resolv.conf]
     #[arg(long, env = "WHARF_UPSTREAM_RESOLV_CONF")]
     pub upstream_resolv_conf: Option<PathBuf>,
+    /// A private network revisions and jobs may opt into with vpcAccess (`--network`,
+    /// `--subnet` or `--vpc-connector NAME`): NAME=CIDR[,CIDR...]; repeat for more (in the
+    /// environment: separated by `;`) [default: none]
+    #[arg(long = "vpc-network", env = "WHARF_VPC_NETWORKS", value_delimiter = ';')]
+    pub vpc_networks: Vec<String>,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }
@@ -150,6 +156,7 @@ struct ConfigFile {
     log_rate_limit: Option<u32>,
     log_store_limit: Option<String>,
     upstream_resolv_conf: Option<PathBuf>,
+    vpc_networks: Option<Vec<String>>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -172,6 +179,8 @@ pub struct ServerConfig {
     pub cgroup_parent: String,
     pub log_limits: wharf_runtime::logs::LogLimits,
     pub upstream_resolv_conf: PathBuf,
+    /// The private networks revisions and jobs may opt into.
+    pub vpc_networks: Vec<wharf_runtime::network::VpcNetwork>,
 }
 
 /// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
@@ -228,6 +237,22 @@ impl ServerConfig {
         if let Some(size) = args.log_store_limit.clone().or(file.log_store_limit.clone()) {
             log_limits.store_bytes = wharf_runtime::resources::parse_memory(&size).context("--log-store-limit")?;
         }
+        let vpc_texts = if args.vpc_networks.is_empty() {
+            file.vpc_networks.clone().unwrap_or_default()
+        } else {
+            args.vpc_networks.clone()
+        };
+        let mut vpc_networks: Vec<wharf_runtime::network::VpcNetwork> = Vec::new();
+        for text in vpc_texts.iter().filter(|t| !t.trim().is_empty()) {
+            let network: wharf_runtime::network::VpcNetwork =
+                text.parse().map_err(|e: String| anyhow::anyhow!("--vpc-network: {e}"))?;
+            anyhow::ensure!(
+                vpc_networks.iter().all(|n| n.name != network.name),
+                "--vpc-network: the network {} is given twice; give each name once, with all its CIDRs",
+                network.name
+            );
+            vpc_networks.push(network);
+        }
         let addr = |s: &str| s.parse::<SocketAddr>().expect("embedded default address is valid");
         let edge = resolve_edge(&args.edge, &file)?;
         Ok(ServerConfig {
@@ -268,6 +293,7 @@ impl ServerConfig {
                 .clone()
                 .or(file.upstream_resolv_conf.clone())
                 .unwrap_or_else(|| "/etc/resolv.conf".into()),
+            vpc_networks,
         })
     }
 }
