@@ -53,9 +53,11 @@ impl RuntimeBackend {
         };
         match self.runtime.start(instance_spec).await {
             Ok(instance) => Ok(instance),
-            Err(e @ (RuntimeError::InvalidSpec(_) | RuntimeError::InvalidEnv(_) | RuntimeError::UnknownVpcNetwork { .. })) => {
-                Err(BackendError::InvalidSpec(e.to_string()))
-            }
+            Err(
+                e @ (RuntimeError::InvalidSpec(_)
+                | RuntimeError::InvalidEnv(_)
+                | RuntimeError::UnknownVpcNetwork { .. }),
+            ) => Err(BackendError::InvalidSpec(e.to_string())),
             Err(RuntimeError::StartupFailed { reason }) => Err(BackendError::NotReady { message: reason }),
             Err(RuntimeError::NoCapacity(e)) => Err(BackendError::NoCapacity { message: e.to_string() }),
             Err(e) => {

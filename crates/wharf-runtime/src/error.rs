@@ -38,7 +38,7 @@ pub enum RuntimeError {
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
     /// The revision opted into a private network the server does not have (any more).
-    #[error("the VPC network {name:?} is not one of this server's (--vpc-network): it has {known:?}")]
+    #[error("the VPC network {name:?} is not one of this server's --vpc-network names ({known})")]
     UnknownVpcNetwork { name: String, known: String },
     #[error("no free instance address left in {0}")]
     AddressesExhausted(String),

@@ -136,19 +136,23 @@ pub(crate) fn ruleset(subnet: (Ipv4Addr, u8)) -> Batch {
     for addr in ours {
         for proto in [nft::IPPROTO_TCP, nft::IPPROTO_UDP] {
             let key = nft::REG32_00;
-            rule(&mut b, "prerouting", vec![
-                from_instance(),
-                Expr::ipv4_in(IP_DADDR, addr, 32),
+            rule(
+                &mut b,
+                "prerouting",
                 vec![
-                    Expr::Meta { key: MetaKey::L4Proto, dreg: nft::REG_1 },
-                    Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: vec![proto] },
-                    Expr::Meta { key: MetaKey::IifName, dreg: key },
-                    Expr::Payload { base: PayloadBase::Network, offset: IP_DADDR, len: 4, dreg: key + 4 },
-                    Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: key + 5 },
-                    Expr::Lookup { set: SERVICES_MAP.to_owned(), sreg: key, dreg: Some(key) },
-                    Expr::DnatIpv4 { addr: key, port: key + 1 },
+                    from_instance(),
+                    Expr::ipv4_in(IP_DADDR, addr, 32),
+                    vec![
+                        Expr::Meta { key: MetaKey::L4Proto, dreg: nft::REG_1 },
+                        Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: vec![proto] },
+                        Expr::Meta { key: MetaKey::IifName, dreg: key },
+                        Expr::Payload { base: PayloadBase::Network, offset: IP_DADDR, len: 4, dreg: key + 4 },
+                        Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: key + 5 },
+                        Expr::Lookup { set: SERVICES_MAP.to_owned(), sreg: key, dreg: Some(key) },
+                        Expr::DnatIpv4 { addr: key, port: key + 1 },
+                    ],
                 ],
-            ]);
+            );
         }
     }
     // input: iifname "wh*" jump instance_to_host
@@ -158,15 +162,22 @@ pub(crate) fn ruleset(subnet: (Ipv4Addr, u8)) -> Batch {
     rule(&mut b, "instance_to_host", vec![established(), accept()]);
     rule(&mut b, "instance_to_host", vec![vpc_access()]);
     for addr in ours {
-        rule(&mut b, "instance_to_host", vec![
-            Expr::any_bit(Expr::Ct { key: CtKey::Status, dreg: nft::REG_1, original_direction: false }, nft::CT_STATUS_DNAT)
-                .to_vec(),
+        rule(
+            &mut b,
+            "instance_to_host",
             vec![
-                Expr::Ct { key: CtKey::DstIp, dreg: nft::REG_1, original_direction: true },
-                Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: addr.octets().to_vec() },
+                Expr::any_bit(
+                    Expr::Ct { key: CtKey::Status, dreg: nft::REG_1, original_direction: false },
+                    nft::CT_STATUS_DNAT,
+                )
+                .to_vec(),
+                vec![
+                    Expr::Ct { key: CtKey::DstIp, dreg: nft::REG_1, original_direction: true },
+                    Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: addr.octets().to_vec() },
+                ],
+                accept(),
             ],
-            accept(),
-        ]);
+        );
     }
     rule(&mut b, "instance_to_host", vec![reject()]);
     // forward: iifname "wh*" jump instance_egress; oifname "wh*" ct state established,related
@@ -178,13 +189,17 @@ pub(crate) fn ruleset(subnet: (Ipv4Addr, u8)) -> Batch {
     //   oifname "wh*" counter reject; ip daddr { BLOCKED_IPV4 } counter reject;
     //   fib daddr type { local, broadcast, anycast, multicast } counter reject
     rule(&mut b, "instance_egress", vec![established(), accept()]);
-    rule(&mut b, "instance_egress", vec![
+    rule(
+        &mut b,
+        "instance_egress",
         vec![
-            Expr::Meta { key: MetaKey::NfProto, dreg: nft::REG_1 },
-            Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: vec![nft::NFPROTO_IPV6] },
+            vec![
+                Expr::Meta { key: MetaKey::NfProto, dreg: nft::REG_1 },
+                Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: vec![nft::NFPROTO_IPV6] },
+            ],
+            reject(),
         ],
-        reject(),
-    ]);
+    );
     rule(&mut b, "instance_egress", vec![to_instance(), reject()]);
     rule(&mut b, "instance_egress", vec![vpc_access()]);
     for cidr in BLOCKED_IPV4 {
@@ -193,20 +208,28 @@ pub(crate) fn ruleset(subnet: (Ipv4Addr, u8)) -> Batch {
     }
     // RTN_LOCAL, RTN_BROADCAST, RTN_ANYCAST, RTN_MULTICAST
     for route_type in [2u32, 3, 4, 5] {
-        rule(&mut b, "instance_egress", vec![
+        rule(
+            &mut b,
+            "instance_egress",
             vec![
-                Expr::FibDaddrType { dreg: nft::REG_1 },
-                Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: route_type.to_ne_bytes().to_vec() },
+                vec![
+                    Expr::FibDaddrType { dreg: nft::REG_1 },
+                    Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: route_type.to_ne_bytes().to_vec() },
+                ],
+                reject(),
             ],
-            reject(),
-        ]);
+        );
     }
     // postrouting: ip saddr <subnet> oifname != "wh*" masquerade
-    rule(&mut b, "postrouting", vec![
-        Expr::ipv4_in(IP_SADDR, subnet.0, subnet.1),
-        Expr::interface(MetaKey::OifName, CmpOp::Neq, INSTANCE_INTERFACES).to_vec(),
-        vec![Expr::Masquerade],
-    ]);
+    rule(
+        &mut b,
+        "postrouting",
+        vec![
+            Expr::ipv4_in(IP_SADDR, subnet.0, subnet.1),
+            Expr::interface(MetaKey::OifName, CmpOp::Neq, INSTANCE_INTERFACES).to_vec(),
+            vec![Expr::Masquerade],
+        ],
+    );
     b
 }
 
@@ -357,8 +380,7 @@ mod tests {
             remove_rules();
             listed
         });
-        let normal: Vec<String> =
-            listed.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+        let normal: Vec<String> = listed.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
         let has = |rule: &str| assert!(normal.iter().any(|l| l == rule), "no `{rule}` in:\n{listed}");
         has("type ifname . ipv4_addr . inet_service : ipv4_addr . inet_service");
         has("iifname \"wh*\" ip daddr 169.254.169.254 dnat ip to iifname . ip daddr . udp dport map @services");

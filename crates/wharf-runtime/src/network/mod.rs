@@ -122,9 +122,10 @@ impl std::str::FromStr for VpcNetwork {
         }
         let mut parsed = Vec::new();
         for cidr in cidrs.split(',').map(str::trim) {
-            let (addr, prefix) =
-                host::parse_cidr(cidr).ok_or_else(|| format!("{cidr:?} in network {name} is not an IPv4 CIDR: {form}"))?;
-            if let Some(never) = NEVER_VPC.iter().find(|n| host::parse_cidr(n).is_some_and(|n| overlaps(n, (addr, prefix))))
+            let (addr, prefix) = host::parse_cidr(cidr)
+                .ok_or_else(|| format!("{cidr:?} in network {name} is not an IPv4 CIDR: {form}"))?;
+            if let Some(never) =
+                NEVER_VPC.iter().find(|n| host::parse_cidr(n).is_some_and(|n| overlaps(n, (addr, prefix))))
             {
                 return Err(format!(
                     "{cidr} in network {name} overlaps {never}, which instances may never reach (loopback, \
@@ -260,7 +261,8 @@ impl Network {
             Some(name) if self.vpc_networks.iter().any(|n| n.name == name) => Some(self.vpc_chain(name)),
             Some(name) => {
                 let known: Vec<&str> = self.vpc_networks.iter().map(|n| n.name.as_str()).collect();
-                return Err(RuntimeError::UnknownVpcNetwork { name: name.to_owned(), known: known.join(", ") });
+                let known = if known.is_empty() { "it has none".to_owned() } else { known.join(", ") };
+                return Err(RuntimeError::UnknownVpcNetwork { name: name.to_owned(), known });
             }
         };
         let this = self.clone();
@@ -319,10 +321,8 @@ impl Network {
         if let Some(chain) = vpc_chain {
             // Recorded first, so that a failure half-way is still cleaned up.
             net.vpc_mapped = true;
-            let element = (
-                nft::ifname_bytes(&host_if).to_vec(),
-                nft::ElementData::Verdict(nft::Verdict::Jump(chain.to_owned())),
-            );
+            let element =
+                (nft::ifname_bytes(&host_if).to_vec(), nft::ElementData::Verdict(nft::Verdict::Jump(chain.to_owned())));
             let mut batch = nft::Batch::new();
             batch.add_elements(nft::Family::Inet, host::TABLE, host::VPC_MAP, &[element]);
             batch.commit()?;
@@ -383,7 +383,11 @@ impl Network {
     pub async fn destroy(&self, net: &InstanceNetwork) {
         let this = self.clone();
         let net = net.clone();
-        if let Err(e) = blocking(move || Ok(this.destroy_blocking(&net))).await {
+        let removed = blocking(move || {
+            this.destroy_blocking(&net);
+            Ok(())
+        });
+        if let Err(e) = removed.await {
             tracing::warn!(error = %e, "removing an instance network failed");
         }
     }
@@ -392,10 +396,10 @@ impl Network {
         rtnl::delete_netns(&net.netns);
         // The veth normally dies with the namespace (asynchronously, in the kernel); make
         // sure, for a half-built network.
-        if std::path::Path::new("/sys/class/net").join(&net.host_interface).exists() {
-            if let Err(e) = Rtnl::open().and_then(|mut host| host.delete_link(&net.host_interface)) {
-                tracing::debug!(interface = %net.host_interface, error = %e, "deleting the host interface failed");
-            }
+        if std::path::Path::new("/sys/class/net").join(&net.host_interface).exists()
+            && let Err(e) = Rtnl::open().and_then(|mut host| host.delete_link(&net.host_interface))
+        {
+            tracing::debug!(interface = %net.host_interface, error = %e, "deleting the host interface failed");
         }
         if !net.service_keys.is_empty() {
             // Added in one transaction, so either all of them exist or none does.

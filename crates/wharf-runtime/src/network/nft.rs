@@ -111,21 +111,51 @@ pub enum Verdict {
 /// The expressions of Wharf's rules, each one kernel expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
-    Meta { key: MetaKey, dreg: Register },
-    Payload { base: PayloadBase, offset: u32, len: u32, dreg: Register },
-    Cmp { sreg: Register, op: CmpOp, data: Vec<u8> },
+    Meta {
+        key: MetaKey,
+        dreg: Register,
+    },
+    Payload {
+        base: PayloadBase,
+        offset: u32,
+        len: u32,
+        dreg: Register,
+    },
+    Cmp {
+        sreg: Register,
+        op: CmpOp,
+        data: Vec<u8>,
+    },
     /// `dreg = (sreg & mask) ^ xor`, over `mask.len()` bytes.
-    Bitwise { sreg: Register, dreg: Register, mask: Vec<u8>, xor: Vec<u8> },
-    Ct { key: CtKey, dreg: Register, original_direction: bool },
+    Bitwise {
+        sreg: Register,
+        dreg: Register,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    Ct {
+        key: CtKey,
+        dreg: Register,
+        original_direction: bool,
+    },
     /// Looks `sreg` up in a named set or map; a map's value goes to `dreg`.
-    Lookup { set: String, sreg: Register, dreg: Option<Register> },
+    Lookup {
+        set: String,
+        sreg: Register,
+        dreg: Option<Register>,
+    },
     /// `fib daddr type`: the route type (`RTN_*`, host byte order) of the destination.
-    FibDaddrType { dreg: Register },
+    FibDaddrType {
+        dreg: Register,
+    },
     Counter,
     /// `reject with icmpx admin-prohibited`.
     RejectAdminProhibited,
     /// Destination NAT to the IPv4 address in `addr` and the port in `port`.
-    DnatIpv4 { addr: Register, port: Register },
+    DnatIpv4 {
+        addr: Register,
+        port: Register,
+    },
     Masquerade,
     Immediate(Verdict),
 }
@@ -162,12 +192,7 @@ impl Expr {
             Expr::Payload { base: PayloadBase::Network, offset, len: 4, dreg: REG_1 },
         ];
         if mask != u32::MAX {
-            exprs.push(Expr::Bitwise {
-                sreg: REG_1,
-                dreg: REG_1,
-                mask: mask.to_be_bytes().to_vec(),
-                xor: vec![0; 4],
-            });
+            exprs.push(Expr::Bitwise { sreg: REG_1, dreg: REG_1, mask: mask.to_be_bytes().to_vec(), xor: vec![0; 4] });
         }
         exprs.push(Expr::Cmp { sreg: REG_1, op: CmpOp::Eq, data: network.to_be_bytes().to_vec() });
         exprs
@@ -285,72 +310,108 @@ impl Attrs {
     }
 }
 
+/// Writes one expression's attributes.
+type FillAttrs<'a> = dyn Fn(&mut Attrs) + 'a;
+
 fn encode_expr(list: &mut Attrs, expr: &Expr) {
-    let (name, fill): (&str, Box<dyn Fn(&mut Attrs)>) = match expr {
-        Expr::Meta { key, dreg } => ("meta", Box::new(|a: &mut Attrs| {
-            a.put_u32(1, *dreg);
-            a.put_u32(2, *key as u32);
-        })),
-        Expr::Payload { base, offset, len, dreg } => ("payload", Box::new(|a: &mut Attrs| {
-            a.put_u32(1, *dreg);
-            a.put_u32(2, *base as u32);
-            a.put_u32(3, *offset);
-            a.put_u32(4, *len);
-        })),
-        Expr::Cmp { sreg, op, data } => ("cmp", Box::new(|a: &mut Attrs| {
-            a.put_u32(1, *sreg);
-            a.put_u32(2, *op as u32);
-            a.put_data(3, data);
-        })),
-        Expr::Bitwise { sreg, dreg, mask, xor } => ("bitwise", Box::new(|a: &mut Attrs| {
-            a.put_u32(1, *sreg);
-            a.put_u32(2, *dreg);
-            a.put_u32(3, u32::try_from(mask.len()).unwrap_or(u32::MAX));
-            a.put_data(4, mask);
-            a.put_data(5, xor);
-        })),
-        Expr::Ct { key, dreg, original_direction } => ("ct", Box::new(|a: &mut Attrs| {
-            a.put_u32(1, *dreg);
-            a.put_u32(2, *key as u32);
-            if *original_direction {
-                a.put(3, &[0]);
-            }
-        })),
-        Expr::Lookup { set, sreg, dreg } => ("lookup", Box::new(|a: &mut Attrs| {
-            a.put_str(1, set);
-            a.put_u32(2, *sreg);
-            if let Some(dreg) = *dreg {
-                a.put_u32(3, dreg);
-            }
-        })),
-        Expr::FibDaddrType { dreg } => ("fib", Box::new(|a: &mut Attrs| {
-            a.put_u32(1, *dreg);
-            // NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR
-            a.put_u32(2, 3);
-            a.put_u32(3, 2);
-        })),
-        Expr::Counter => ("counter", Box::new(|a: &mut Attrs| {
-            a.put(1, &0u64.to_be_bytes());
-            a.put(2, &0u64.to_be_bytes());
-        })),
-        Expr::RejectAdminProhibited => ("reject", Box::new(|a: &mut Attrs| {
-            // NFT_REJECT_ICMPX_UNREACH, NFT_REJECT_ICMPX_ADMIN_PROHIBITED
-            a.put_u32(1, 2);
-            a.put(2, &[3]);
-        })),
-        Expr::DnatIpv4 { addr, port } => ("nat", Box::new(|a: &mut Attrs| {
-            // NFT_NAT_DNAT, NFPROTO_IPV4; NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED
-            a.put_u32(1, 1);
-            a.put_u32(2, u32::from(NFPROTO_IPV4));
-            a.put_u32(3, *addr);
-            a.put_u32(5, *port);
-            a.put_u32(7, 0x1 | 0x2);
-        })),
+    let (name, fill): (&str, Box<FillAttrs<'_>>) = match expr {
+        Expr::Meta { key, dreg } => (
+            "meta",
+            Box::new(|a: &mut Attrs| {
+                a.put_u32(1, *dreg);
+                a.put_u32(2, *key as u32);
+            }),
+        ),
+        Expr::Payload { base, offset, len, dreg } => (
+            "payload",
+            Box::new(|a: &mut Attrs| {
+                a.put_u32(1, *dreg);
+                a.put_u32(2, *base as u32);
+                a.put_u32(3, *offset);
+                a.put_u32(4, *len);
+            }),
+        ),
+        Expr::Cmp { sreg, op, data } => (
+            "cmp",
+            Box::new(|a: &mut Attrs| {
+                a.put_u32(1, *sreg);
+                a.put_u32(2, *op as u32);
+                a.put_data(3, data);
+            }),
+        ),
+        Expr::Bitwise { sreg, dreg, mask, xor } => (
+            "bitwise",
+            Box::new(|a: &mut Attrs| {
+                a.put_u32(1, *sreg);
+                a.put_u32(2, *dreg);
+                a.put_u32(3, u32::try_from(mask.len()).unwrap_or(u32::MAX));
+                a.put_data(4, mask);
+                a.put_data(5, xor);
+            }),
+        ),
+        Expr::Ct { key, dreg, original_direction } => (
+            "ct",
+            Box::new(|a: &mut Attrs| {
+                a.put_u32(1, *dreg);
+                a.put_u32(2, *key as u32);
+                if *original_direction {
+                    a.put(3, &[0]);
+                }
+            }),
+        ),
+        Expr::Lookup { set, sreg, dreg } => (
+            "lookup",
+            Box::new(|a: &mut Attrs| {
+                a.put_str(1, set);
+                a.put_u32(2, *sreg);
+                if let Some(dreg) = *dreg {
+                    a.put_u32(3, dreg);
+                }
+            }),
+        ),
+        Expr::FibDaddrType { dreg } => (
+            "fib",
+            Box::new(|a: &mut Attrs| {
+                a.put_u32(1, *dreg);
+                // NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR
+                a.put_u32(2, 3);
+                a.put_u32(3, 2);
+            }),
+        ),
+        Expr::Counter => (
+            "counter",
+            Box::new(|a: &mut Attrs| {
+                a.put(1, &0u64.to_be_bytes());
+                a.put(2, &0u64.to_be_bytes());
+            }),
+        ),
+        Expr::RejectAdminProhibited => (
+            "reject",
+            Box::new(|a: &mut Attrs| {
+                // NFT_REJECT_ICMPX_UNREACH, NFT_REJECT_ICMPX_ADMIN_PROHIBITED
+                a.put_u32(1, 2);
+                a.put(2, &[3]);
+            }),
+        ),
+        Expr::DnatIpv4 { addr, port } => (
+            "nat",
+            Box::new(|a: &mut Attrs| {
+                // NFT_NAT_DNAT, NFPROTO_IPV4; NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED
+                a.put_u32(1, 1);
+                a.put_u32(2, u32::from(NFPROTO_IPV4));
+                a.put_u32(3, *addr);
+                a.put_u32(5, *port);
+                a.put_u32(7, 0x1 | 0x2);
+            }),
+        ),
         Expr::Masquerade => ("masq", Box::new(|_: &mut Attrs| {})),
-        Expr::Immediate(verdict) => ("immediate", Box::new(|a: &mut Attrs| {
-            a.put_u32(1, REG_VERDICT);
-            a.put_verdict(2, verdict);
-        })),
+        Expr::Immediate(verdict) => (
+            "immediate",
+            Box::new(|a: &mut Attrs| {
+                a.put_u32(1, REG_VERDICT);
+                a.put_verdict(2, verdict);
+            }),
+        ),
     };
     list.nest(1, |elem| {
         elem.put_str(1, name);
@@ -557,7 +618,9 @@ mod tests {
     }
 
     /// `(type, flags, seq, family, attributes)` of each message.
-    fn messages(mut buf: &[u8]) -> Vec<(u16, u16, u32, u8, Vec<u8>)> {
+    type Message = (u16, u16, u32, u8, Vec<u8>);
+
+    fn messages(mut buf: &[u8]) -> Vec<Message> {
         let mut out = Vec::new();
         while !buf.is_empty() {
             let len = u32::from_ne_bytes(buf[..4].try_into().unwrap()) as usize;
@@ -570,7 +633,7 @@ mod tests {
         out
     }
 
-    fn encoded(batch: &Batch) -> (Vec<(u16, u16, u32, u8, Vec<u8>)>, Vec<(u32, String)>) {
+    fn encoded(batch: &Batch) -> (Vec<Message>, Vec<(u32, String)>) {
         let mut n = 100;
         let (buf, acks) = batch.encode(|| {
             n += 1;

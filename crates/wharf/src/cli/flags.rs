@@ -299,8 +299,12 @@ impl VpcFlags {
         }
         if let Some(egress) = &self.vpc_egress {
             access.egress = Some(
-                if egress == "all-traffic" { wharf_api::VPC_EGRESS_ALL_TRAFFIC } else { wharf_api::VPC_EGRESS_PRIVATE_RANGES_ONLY }
-                    .to_owned(),
+                if egress == "all-traffic" {
+                    wharf_api::VPC_EGRESS_ALL_TRAFFIC
+                } else {
+                    wharf_api::VPC_EGRESS_PRIVATE_RANGES_ONLY
+                }
+                .to_owned(),
             );
         }
         let none_left = access.connector.is_empty() && access.network_interfaces.is_empty();

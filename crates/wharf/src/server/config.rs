@@ -374,7 +374,40 @@ mod tests {
             log_rate_limit: None,
             log_store_limit: None,
             upstream_resolv_conf: None,
+            vpc_networks: Vec::new(),
         }
+    }
+
+    #[test]
+    fn vpc_networks_come_from_flags_or_the_file_and_unsafe_ranges_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "vpc_networks = [\"lab=192.168.7.0/24\"]\n").unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        let c = ServerConfig::resolve(&a).unwrap();
+        assert_eq!(c.vpc_networks.len(), 1);
+        assert_eq!(c.vpc_networks[0].name, "lab");
+        a.vpc_networks = vec!["office=10.20.0.0/16, 172.16.5.0/24".to_owned()];
+        let c = ServerConfig::resolve(&a).unwrap();
+        let office = &c.vpc_networks[0];
+        assert_eq!(office.name, "office");
+        assert_eq!(office.cidrs, vec![("10.20.0.0".parse().unwrap(), 16), ("172.16.5.0".parse().unwrap(), 24)]);
+        for (bad, why) in [
+            ("office", "no '='"),
+            ("office=10.0.0.0/33", "not an IPv4 CIDR"),
+            ("Office=10.20.0.0/16", "lowercase"),
+            ("meta=169.254.0.0/16", "overlaps 169.254.0.0/16"),
+            ("all=0.0.0.0/0", "overlaps"),
+            ("inst=10.0.0.0/8", "overlaps 10.213.0.0/16"),
+        ] {
+            a.vpc_networks = vec![bad.to_owned()];
+            let err = format!("{:#}", ServerConfig::resolve(&a).unwrap_err());
+            assert!(err.contains("--vpc-network") && err.contains(why), "{bad}: {err}");
+        }
+        a.vpc_networks = vec!["a=10.20.0.0/16".to_owned(), "a=10.21.0.0/16".to_owned()];
+        let err = format!("{:#}", ServerConfig::resolve(&a).unwrap_err());
+        assert!(err.contains("given twice"), "{err}");
     }
 
     #[test]
