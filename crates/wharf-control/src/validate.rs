@@ -641,6 +641,33 @@ mod tests {
     }
 
     #[test]
+    fn vpc_access_names_one_network_and_an_egress() {
+        let vpc = |json: serde_json::Value| serde_json::from_value::<VpcAccess>(json).unwrap();
+        let field = "template.vpcAccess";
+        let ok = |json| vpc_access(field, Some(&vpc(json))).unwrap();
+        assert_eq!(vpc_access(field, None).unwrap(), None);
+        assert_eq!(ok(serde_json::json!({})), None);
+        let office = |all_traffic| Some(VpcEgress { network: "office".into(), all_traffic });
+        assert_eq!(ok(serde_json::json!({"connector": "projects/p/locations/l/connectors/office"})), office(false));
+        assert_eq!(
+            ok(serde_json::json!({"networkInterfaces": [{"network": "office"}], "egress": "ALL_TRAFFIC"})),
+            office(true)
+        );
+        assert_eq!(ok(serde_json::json!({"networkInterfaces": [{"subnetwork": "office"}]})), office(false));
+        for (json, why) in [
+            (serde_json::json!({"connector": "a", "networkInterfaces": [{"network": "b"}]}), "not both"),
+            (serde_json::json!({"egress": "ALL_TRAFFIC"}), "needs a connector"),
+            (serde_json::json!({"connector": "a", "egress": "SOME"}), "ALL_TRAFFIC or PRIVATE_RANGES_ONLY"),
+            (serde_json::json!({"networkInterfaces": [{"network": "a"}, {"network": "b"}]}), "one network interface"),
+            (serde_json::json!({"connector": "Bad Name"}), "does not name a network"),
+            (serde_json::json!({"networkInterfaces": [{}]}), "does not name a network"),
+        ] {
+            let e = vpc_access(field, Some(&vpc(json.clone()))).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(field), "{json}: {e}");
+        }
+    }
+
+    #[test]
     fn defaults_are_cloud_runs() {
         let c = validate(&template(image())).unwrap();
         assert_eq!((c.instance.port, c.concurrency, c.min_instances, c.max_instances), (8080, 80, 0, 100));

@@ -374,6 +374,38 @@ mod tests {
     }
 
     #[test]
+    fn vpc_access_round_trips_through_the_annotations_of_services_and_jobs() {
+        let vpc = crate::VpcAccess {
+            connector: String::new(),
+            egress: Some(crate::VPC_EGRESS_ALL_TRAFFIC.into()),
+            network_interfaces: vec![crate::NetworkInterface {
+                network: "office".into(),
+                subnetwork: "office-a".into(),
+                tags: vec!["web".into()],
+            }],
+        };
+        let mut service = Service { name: "projects/p/locations/l/services/hello".into(), ..Service::default() };
+        service.template.containers.push(Container { image: "r/hello:v1".into(), ..Container::default() });
+        service.template.vpc_access = Some(vpc.clone());
+        let text = serde_norway::to_string(&export(&service)).unwrap();
+        assert!(text.contains("run.googleapis.com/vpc-access-egress: all-traffic"), "{text}");
+        assert_eq!(input::service(&text).unwrap().service.template.vpc_access, Some(vpc));
+
+        let connector =
+            crate::VpcAccess { connector: "projects/p/locations/l/connectors/c".into(), ..Default::default() };
+        let mut job = crate::jobs::Job { name: "projects/p/locations/l/jobs/j".into(), ..Default::default() };
+        job.template.template.containers.push(Container { image: "r/hello:v1".into(), ..Container::default() });
+        job.template.template.vpc_access = Some(connector.clone());
+        let text = serde_norway::to_string(&job_export(&job)).unwrap();
+        assert!(text.contains("run.googleapis.com/vpc-access-connector"), "{text}");
+        assert_eq!(input::job(&text).unwrap().job.template.template.vpc_access, Some(connector));
+
+        let bad = text.replace("vpc-access-connector: projects/p/locations/l/connectors/c", "vpc-access-egress: some");
+        let message = input::job(&bad).unwrap_err().to_string();
+        assert!(message.contains("vpc-access-egress") && message.contains("all-traffic"), "{message}");
+    }
+
+    #[test]
     fn service_view_has_gcloud_paths() {
         let s = Service {
             name: "projects/p/locations/us-central1/services/hello".into(),
