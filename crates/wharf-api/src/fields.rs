@@ -28,7 +28,6 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
     "clientVersion",
     "launchStage",
     // RevisionTemplate and TaskTemplate
-    "vpcAccess",
     "volumes",
     "encryptionKey",
     "serviceMesh",
@@ -54,11 +53,6 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
 
 /// What a user of an unsupported field should know, where there is more to say.
 const WHY_UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "vpcAccess",
-        "--network, --subnet, --vpc-connector, --vpc-egress: Wharf instances reach the public internet only, \
-         never private ranges",
-    ),
     ("volumes", "instances have an in-memory writable root filesystem; secrets and volumes come later"),
     ("grpc", "gRPC probes come with end-to-end HTTP/2; use httpGet or tcpSocket"),
 ];
@@ -173,7 +167,6 @@ mod tests {
     fn cloud_run_fields_wharf_lacks_are_refused_as_unsupported() {
         for (body, field) in [
             (serde_json::json!({"template": {"volumes": []}}), "template.volumes"),
-            (serde_json::json!({"template": {"vpcAccess": {}}}), "template.vpcAccess"),
             (serde_json::json!({"scaling": {"minInstanceCount": 1}}), "scaling"),
             (serde_json::json!({"template": {"encryptionKey": "k"}}), "template.encryptionKey"),
             (serde_json::json!({"template": {"nodeSelector": {"accelerator": "x"}}}), "template.nodeSelector"),
@@ -198,8 +191,21 @@ mod tests {
             assert_eq!((e.field.as_str(), &e.kind), (field, &FieldErrorKind::Unsupported));
             assert!(e.to_string().contains("does not support yet"), "{e}");
         }
-        let e = refuse::<Job>(serde_json::json!({"template": {"template": {"vpcAccess": {}}}}));
-        assert_eq!((e.field.as_str(), &e.kind), ("template.template.vpcAccess", &FieldErrorKind::Unsupported));
+        let e = refuse::<Job>(serde_json::json!({"template": {"template": {"volumes": []}}}));
+        assert_eq!((e.field.as_str(), &e.kind), ("template.template.volumes", &FieldErrorKind::Unsupported));
+    }
+
+    #[test]
+    fn vpc_access_is_read_and_its_unknown_fields_are_refused() {
+        let body = serde_json::json!({"template": {"vpcAccess": {
+            "egress": "ALL_TRAFFIC",
+            "networkInterfaces": [{"network": "n", "subnetwork": "s", "tags": ["t"]}],
+        }}});
+        let service: Service = parse(body).unwrap();
+        let vpc = service.template.vpc_access.unwrap();
+        assert_eq!((vpc.egress.as_deref(), vpc.network_interfaces[0].network.as_str()), (Some("ALL_TRAFFIC"), "n"));
+        let e = refuse::<Job>(serde_json::json!({"template": {"template": {"vpcAccess": {"bogus": 1}}}}));
+        assert_eq!((e.field.as_str(), &e.kind), ("template.template.vpcAccess.bogus", &FieldErrorKind::Unknown));
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct TaskTemplate {
     pub max_retries: Option<i32>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub service_account: String,
+    /// Private networks the tasks may reach (Cloud Run's VPC egress).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc_access: Option<crate::VpcAccess>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -125,7 +125,41 @@ pub struct RevisionTemplate {
     pub max_instance_request_concurrency: i32,
     #[serde(skip_serializing_if = "is_false")]
     pub session_affinity: bool,
+    /// Private networks the revision's instances may reach (Cloud Run's VPC egress).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc_access: Option<VpcAccess>,
 }
+
+/// `VpcAccess`: a Serverless VPC Access connector, or Direct VPC egress through network
+/// interfaces (one of the two), and which traffic goes there. In Wharf both name a network
+/// of the server's configuration (`--vpc-network`); see docs/security.md.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct VpcAccess {
+    /// `projects/{project}/locations/{location}/connectors/{connector}`, or the bare name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub connector: String,
+    /// `ALL_TRAFFIC` or `PRIVATE_RANGES_ONLY` (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub network_interfaces: Vec<NetworkInterface>,
+}
+
+/// One Direct VPC egress interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct NetworkInterface {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub network: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subnetwork: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+pub const VPC_EGRESS_ALL_TRAFFIC: &str = "ALL_TRAFFIC";
+pub const VPC_EGRESS_PRIVATE_RANGES_ONLY: &str = "PRIVATE_RANGES_ONLY";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]

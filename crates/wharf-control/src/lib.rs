@@ -52,6 +52,9 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// How long a request may wait for an instance before a 503.
     pub queue_timeout: Duration,
+    /// The names of the private networks revisions and jobs may opt into (`vpcAccess`), from
+    /// the server's `--vpc-network`; the runtime holds their address ranges.
+    pub vpc_networks: Vec<String>,
 }
 
 /// The control plane: cheap to clone, shared by the API handlers.
@@ -150,6 +153,34 @@ impl ControlPlane {
             self.inner.operations.complete(&settled)?;
         }
         Ok(())
+    }
+
+    /// Refuses an instance template whose `vpcAccess` names a network this server does not
+    /// have, naming the ones it has.
+    pub(crate) fn check_vpc_network(
+        &self,
+        field: &str,
+        template: &backend::InstanceTemplate,
+    ) -> Result<(), ControlError> {
+        let Some(vpc) = &template.vpc else { return Ok(()) };
+        let known = &self.inner.settings.vpc_networks;
+        if known.contains(&vpc.network) {
+            return Ok(());
+        }
+        Err(ControlError::InvalidArgument(if known.is_empty() {
+            format!(
+                "{field} names the network {:?}, but this server allows no VPC networks: start wharf server with \
+                 --vpc-network NAME=CIDR[,CIDR...] to allow one",
+                vpc.network
+            )
+        } else {
+            format!(
+                "{field} names the network {:?}, which this server does not have; its networks are: {} (wharf server \
+                 --vpc-network)",
+                vpc.network,
+                known.join(", ")
+            )
+        }))
     }
 
     pub fn settings(&self) -> &Settings {

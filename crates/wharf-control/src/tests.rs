@@ -43,6 +43,7 @@ fn settings() -> Settings {
         ingress_port: 8080,
         idle_timeout: IDLE,
         queue_timeout: Duration::from_secs(10),
+        vpc_networks: vec!["office".into()],
     }
 }
 

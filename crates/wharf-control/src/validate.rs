@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use wharf_api::{Container, RevisionTemplate};
+use wharf_api::{Container, RevisionTemplate, VpcAccess};
 
 use crate::ControlError;
 use crate::backend::template::{GRACE_PERIOD, validate_user_env};
-use crate::backend::{InstanceTemplate, Probe, ProbeAction, Resources};
+use crate::backend::{InstanceTemplate, Probe, ProbeAction, Resources, VpcEgress};
 
 /// Cloud Run's default and maximum request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -380,13 +380,15 @@ pub fn container(containers: &[Container], workload: Workload) -> Result<(String
         startup_probe,
         liveness_probe,
         grace_period: GRACE_PERIOD,
+        vpc: None,
     };
     Ok((container.image.trim().to_owned(), template))
 }
 
 /// Checks a revision template.
 pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlError> {
-    let (image, instance) = container(&template.containers, Workload::Service)?;
+    let (image, mut instance) = container(&template.containers, Workload::Service)?;
+    instance.vpc = vpc_access("template.vpcAccess", template.vpc_access.as_ref())?;
     let concurrency = match template.max_instance_request_concurrency {
         0 => DEFAULT_CONCURRENCY,
         n @ 1..=1000 => n.unsigned_abs(),
@@ -444,6 +446,62 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
         timeout,
         session_affinity: template.session_affinity,
     })
+}
+
+/// `vpcAccess`: a connector or one network interface (not both), and the egress setting.
+/// The network's name is the last segment of the connector, network or subnetwork (a full
+/// resource name or a bare one); whether the server knows it is checked by the control plane.
+pub fn vpc_access(field: &str, vpc: Option<&VpcAccess>) -> Result<Option<VpcEgress>, ControlError> {
+    let Some(vpc) = vpc else { return Ok(None) };
+    let all_traffic = match vpc.egress.as_deref() {
+        None | Some("" | "VPC_EGRESS_UNSPECIFIED") | Some(wharf_api::VPC_EGRESS_PRIVATE_RANGES_ONLY) => false,
+        Some(wharf_api::VPC_EGRESS_ALL_TRAFFIC) => true,
+        Some(other) => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(invalid(format!(
+                "{field}.egress {shown:?} is not ALL_TRAFFIC or PRIVATE_RANGES_ONLY (--vpc-egress all-traffic or \
+                 private-ranges-only)"
+            )));
+        }
+    };
+    let (what, path) = match (vpc.connector.as_str(), vpc.network_interfaces.as_slice()) {
+        ("", []) if vpc.egress.is_some() => {
+            return Err(invalid(format!(
+                "{field}.egress needs a connector or a network interface to send traffic to (--vpc-connector or \
+                 --network)"
+            )));
+        }
+        ("", []) => return Ok(None),
+        (_, [_, ..]) if !vpc.connector.is_empty() => {
+            return Err(invalid(format!(
+                "{field}: give a connector or networkInterfaces, not both (--vpc-connector or --network/--subnet)"
+            )));
+        }
+        (connector, []) => (format!("{field}.connector"), connector),
+        ("", [interface]) => {
+            for (i, tag) in interface.tags.iter().enumerate() {
+                max_len(&format!("{field}.networkInterfaces[0].tags[{i}]"), tag, limits::SHORT_TEXT_BYTES)?;
+            }
+            if interface.network.is_empty() {
+                (format!("{field}.networkInterfaces[0].subnetwork"), interface.subnetwork.as_str())
+            } else {
+                (format!("{field}.networkInterfaces[0].network"), interface.network.as_str())
+            }
+        }
+        (_, _) => return Err(invalid(format!("{field}.networkInterfaces: Cloud Run takes one network interface"))),
+    };
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid {
+        let shown: String = path.chars().take(128).collect();
+        return Err(invalid(format!(
+            "{what} {shown:?} does not name a network: use a name of at most 63 lowercase letters, digits, - or _ \
+             (or a full resource name ending in one)"
+        )));
+    }
+    Ok(Some(VpcEgress { network: name.to_owned(), all_traffic }))
 }
 
 /// `workingDir`: empty (the image's), or an absolute path.
@@ -579,6 +637,33 @@ mod tests {
         match validate(t) {
             Err(ControlError::InvalidArgument(m)) => m,
             other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vpc_access_names_one_network_and_an_egress() {
+        let vpc = |json: serde_json::Value| serde_json::from_value::<VpcAccess>(json).unwrap();
+        let field = "template.vpcAccess";
+        let ok = |json| vpc_access(field, Some(&vpc(json))).unwrap();
+        assert_eq!(vpc_access(field, None).unwrap(), None);
+        assert_eq!(ok(serde_json::json!({})), None);
+        let office = |all_traffic| Some(VpcEgress { network: "office".into(), all_traffic });
+        assert_eq!(ok(serde_json::json!({"connector": "projects/p/locations/l/connectors/office"})), office(false));
+        assert_eq!(
+            ok(serde_json::json!({"networkInterfaces": [{"network": "office"}], "egress": "ALL_TRAFFIC"})),
+            office(true)
+        );
+        assert_eq!(ok(serde_json::json!({"networkInterfaces": [{"subnetwork": "office"}]})), office(false));
+        for (json, why) in [
+            (serde_json::json!({"connector": "a", "networkInterfaces": [{"network": "b"}]}), "not both"),
+            (serde_json::json!({"egress": "ALL_TRAFFIC"}), "needs a connector"),
+            (serde_json::json!({"connector": "a", "egress": "SOME"}), "ALL_TRAFFIC or PRIVATE_RANGES_ONLY"),
+            (serde_json::json!({"networkInterfaces": [{"network": "a"}, {"network": "b"}]}), "one network interface"),
+            (serde_json::json!({"connector": "Bad Name"}), "does not name a network"),
+            (serde_json::json!({"networkInterfaces": [{}]}), "does not name a network"),
+        ] {
+            let e = vpc_access(field, Some(&vpc(json.clone()))).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(field), "{json}: {e}");
         }
     }
 

@@ -49,12 +49,15 @@ impl RuntimeBackend {
             startup_probe: t.startup_probe,
             liveness_probe: t.liveness_probe,
             grace_period: t.grace_period,
+            vpc_network: t.vpc.map(|v| v.network),
         };
         match self.runtime.start(instance_spec).await {
             Ok(instance) => Ok(instance),
-            Err(e @ (RuntimeError::InvalidSpec(_) | RuntimeError::InvalidEnv(_))) => {
-                Err(BackendError::InvalidSpec(e.to_string()))
-            }
+            Err(
+                e @ (RuntimeError::InvalidSpec(_)
+                | RuntimeError::InvalidEnv(_)
+                | RuntimeError::UnknownVpcNetwork { .. }),
+            ) => Err(BackendError::InvalidSpec(e.to_string())),
             Err(RuntimeError::StartupFailed { reason }) => Err(BackendError::NotReady { message: reason }),
             Err(RuntimeError::NoCapacity(e)) => Err(BackendError::NoCapacity { message: e.to_string() }),
             Err(e) => {

@@ -17,8 +17,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{command}` failed ({status}): {stderr}")]
-    CommandFailed { command: String, status: String, stderr: String },
+    /// A netlink request setting up instance networking failed.
+    #[error(transparent)]
+    Netlink(#[from] crate::network::NetlinkError),
     /// The revision's env sets a name it may not.
     #[error(transparent)]
     InvalidEnv(#[from] crate::contract::EnvError),
@@ -36,6 +37,9 @@ pub enum RuntimeError {
     /// The parent cgroup could not be set up.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    /// The revision opted into a private network the server does not have (any more).
+    #[error("the VPC network {name:?} is not one of this server's --vpc-network names ({known})")]
+    UnknownVpcNetwork { name: String, known: String },
     #[error("no free instance address left in {0}")]
     AddressesExhausted(String),
     #[error(transparent)]

@@ -32,6 +32,8 @@ pub struct RuntimeConfig {
     /// The server's listeners that instances reach at 169.254.169.254 (DNS, metadata) and at
     /// the ingress address; `None` gives instances no DNS and no way to the ingress.
     pub instance_services: Option<crate::network::InstanceServices>,
+    /// The private networks revisions and jobs may opt into (`--vpc-network`).
+    pub vpc_networks: Vec<crate::network::VpcNetwork>,
 }
 
 impl RuntimeConfig {
@@ -45,6 +47,7 @@ impl RuntimeConfig {
             instance_limits: crate::cgroup::ParentLimits::host_default(),
             log_limits: crate::logs::LogLimits::default(),
             instance_services: None,
+            vpc_networks: Vec::new(),
         }
     }
 }
@@ -97,7 +100,7 @@ impl Runtime {
             parent = %cgroups.path, memory = config.instance_limits.memory_bytes,
             cpu_millis = config.instance_limits.cpu_millis, "instance cgroup parent ready"
         );
-        let network = Network::new(config.instance_services);
+        let network = Network::new(config.instance_services, config.vpc_networks);
         network.setup_host().await?;
         let inner = Inner {
             instances_dir,

@@ -82,7 +82,6 @@ async fn request_bodies_are_read_strictly_and_errors_are_google_rpc_statuses() {
     let refused: Vec<(Value, &str, &str)> = vec![
         (service(json!({"bogusField": 1})), "bogusField", "Unknown name \"bogusField\""),
         (service(json!({"template": {"volumes": [{"name": "v"}]}})), "template.volumes", "does not support yet"),
-        (service(json!({"template": {"vpcAccess": {"connector": "c"}}})), "template.vpcAccess", "does not support yet"),
         (service(json!({"scaling": {"minInstanceCount": 1}})), "scaling", "does not support yet"),
         (service(json!({"template": {"encryptionKey": "k"}})), "template.encryptionKey", "does not support yet"),
         (
@@ -125,6 +124,10 @@ async fn request_bodies_are_read_strictly_and_errors_are_google_rpc_statuses() {
         assert_eq!(detail["@type"], "type.googleapis.com/google.rpc.BadRequest", "{answer}");
         assert_eq!(detail["fieldViolations"][0]["field"], field, "{body} -> {answer}");
     }
+    // vpcAccess is read, but this server allows no VPC networks (network.rs tests one that does).
+    let vpc = service(json!({"template": {"vpcAccess": {"connector": "c"}}}));
+    let answer = api.expect("POST", &create, Some(vpc), 400).await;
+    assert_status(&answer, 400, "INVALID_ARGUMENT", "allows no VPC networks");
     // A duration out of any range is a 400, never a dropped connection.
     let answer = api.expect("POST", &create, Some(service(json!({"template": {"timeout": "1e20s"}}))), 400).await;
     assert_status(&answer, 400, "INVALID_ARGUMENT", "timeout");
@@ -343,9 +346,13 @@ async fn knative_yaml_replaces_and_an_unchanged_export_is_a_no_op() {
     std::fs::write(&file, yaml.replace("        env:\n", "        envv:\n")).unwrap();
     let (ok, _, stderr) = api.cli(&["run", "services", "replace", &path]);
     assert!(!ok && stderr.contains("envv") && stderr.contains("line 17"), "{stderr}");
+    std::fs::write(&file, yaml.replace("gen2", "gen2\n        run.googleapis.com/cloudsql-instances: c")).unwrap();
+    let (ok, _, stderr) = api.cli(&["run", "services", "replace", &path]);
+    assert!(!ok && stderr.contains("cloudsql-instances") && stderr.contains("not supported"), "{stderr}");
+    // The VPC annotations are read (as vpcAccess); this server has no VPC network to give.
     std::fs::write(&file, yaml.replace("gen2", "gen2\n        run.googleapis.com/vpc-access-connector: c")).unwrap();
     let (ok, _, stderr) = api.cli(&["run", "services", "replace", &path]);
-    assert!(!ok && stderr.contains("vpc-access-connector") && stderr.contains("not supported"), "{stderr}");
+    assert!(!ok && stderr.contains("vpcAccess") && stderr.contains("allows no VPC networks"), "{stderr}");
     let (ok, _, stderr) = api.cli(&["run", "jobs", "list", "--format", "export"]);
     assert!(!ok && stderr.contains("--format export"), "{stderr}");
 

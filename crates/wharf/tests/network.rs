@@ -9,6 +9,9 @@
 //!   URLs (and fetch one service's URL from inside another), and other names through the
 //!   upstream resolver of `--upstream-resolv-conf`, here a resolver the test runs on loopback.
 //!
+//! - VPC egress: only a service deployed with `--network` (a network of the server's
+//!   `--vpc-network`) reaches a private address of this machine in that network's range.
+//!
 //! Every listener is the test's own; every address is on this machine or in a namespace the
 //! test made; guards remove addresses, namespaces, links and routes also when a test fails.
 
@@ -239,6 +242,83 @@ async fn instances_reach_the_internet_and_wharfs_services_but_nothing_else_of_th
     let (_, peer) = accepted.expect("the public host saw no connection").unwrap();
     // Masqueraded: the public host sees the machine, not the instance's private address.
     assert!(!peer.ip().to_string().starts_with("10.213."), "not masqueraded: {peer}");
+}
+
+/// VPC egress, Cloud Run's opt-in to private ranges: the server allows network `office` (a
+/// /24 of its own in 10.79.0.0/16); a service deployed with `--network office` reaches a
+/// listener on a private address of this machine in that range, a service without it does
+/// not, and a revision or job naming a network the server lacks is refused naming `office`.
+#[tokio::test]
+async fn only_instances_that_opt_into_a_vpc_network_reach_its_private_ranges() {
+    let n = u8::try_from(unique()).unwrap();
+    let cidr = format!("office=10.79.{n}.0/24");
+    let env = Env::start(&[("WHARF_VPC_NETWORKS", &cidr)], &["plain"]);
+    let private = Ipv4Addr::new(10, 79, n, 1);
+    let _lo = LoopbackAddresses::add(&[private]);
+    let listener = std::net::TcpListener::bind((private, 0)).unwrap();
+    let target = listener.local_addr().unwrap();
+
+    let image = format!("{}/testapp:v1", env.server.addrs.registry_addr);
+    let deploy = |service: &str, extra: &[&str]| {
+        let args = ["run", "deploy", service, "--image", &image, "--project", "demo", "--region", "us-central1"];
+        env.server.cli(&[&args[..], extra].concat()).unwrap()
+    };
+    let out = deploy("vpc", &["--network", "office", "--subnet", "office", "--vpc-egress", "private-ranges-only"]);
+    assert!(out.status.success(), "deploy with --network: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Without the opt-in: refused, as every private address is.
+    let (status, body) = env.get("plain", &format!("/connect?addr={target}")).await;
+    assert!(status != 200 && !body.starts_with("connected"), "a service without vpcAccess reached {target}: {body}");
+    assert!(!has_pending_connection(&listener), "a service without vpcAccess reached {target}");
+    // With it: reached.
+    let (status, body) = env.get("vpc", &format!("/connect?addr={target}")).await;
+    assert_eq!((status, body.as_str()), (200, "connected\n"), "the opted-in service did not reach {target}");
+    assert!(has_pending_connection(&listener), "no connection from the opted-in service");
+    // The rest of the private ranges stay closed to it.
+    let (status, body) = env.get("vpc", &format!("/connect?addr={}:9", host_primary_address())).await;
+    assert!(status != 200 && !body.starts_with("connected"), "vpcAccess opened the host's primary address: {body}");
+
+    // The opt-in round-trips through the API and the Knative export.
+    let out = env
+        .server
+        .cli(&[
+            "run",
+            "services",
+            "describe",
+            "vpc",
+            "--project",
+            "demo",
+            "--region",
+            "us-central1",
+            "--format",
+            "export",
+        ])
+        .unwrap();
+    let export = String::from_utf8_lossy(&out.stdout);
+    assert!(export.contains("run.googleapis.com/network-interfaces"), "{export}");
+    assert!(export.contains("run.googleapis.com/vpc-access-egress: private-ranges-only"), "{export}");
+
+    // Unknown networks are refused at deploy, naming the known ones.
+    let out = deploy("other", &["--vpc-connector", "projects/demo/locations/us-central1/connectors/lab"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("\"lab\"") && stderr.contains("office"), "{stderr}");
+    let job = [
+        "run",
+        "jobs",
+        "create",
+        "j",
+        "--image",
+        &image,
+        "--project",
+        "demo",
+        "--region",
+        "us-central1",
+        "--network",
+        "lab",
+    ];
+    let out = env.server.cli(&job).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("\"lab\"") && stderr.contains("office"), "{stderr}");
 }
 
 /// A DNS server standing for the host's resolver: answers A queries for `known` with

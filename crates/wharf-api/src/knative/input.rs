@@ -230,6 +230,36 @@ fn take_bool(annotations: &mut Map, key: &str, field: &str) -> Result<Option<boo
     }
 }
 
+/// Cloud Run's VPC annotations as `vpcAccess`.
+fn take_vpc(annotations: &mut Map, field: &str) -> Result<Option<crate::VpcAccess>, KnativeError> {
+    use super::{VPC_CONNECTOR, VPC_EGRESS, VPC_NETWORK_INTERFACES};
+    let connector = annotations.remove(VPC_CONNECTOR).unwrap_or_default();
+    let network_interfaces = match annotations.remove(VPC_NETWORK_INTERFACES) {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str(&text).map_err(|e| {
+            invalid(
+                format!("{field}.annotations.{VPC_NETWORK_INTERFACES}"),
+                format!("is not a JSON list of {{\"network\": ..., \"subnetwork\": ..., \"tags\": [...]}}: {e}"),
+            )
+        })?,
+    };
+    let egress = match annotations.remove(VPC_EGRESS).as_deref() {
+        None => None,
+        Some("all-traffic") => Some(crate::VPC_EGRESS_ALL_TRAFFIC.to_owned()),
+        Some("private-ranges-only") => Some(crate::VPC_EGRESS_PRIVATE_RANGES_ONLY.to_owned()),
+        Some(other) => {
+            return Err(invalid(
+                format!("{field}.annotations.{VPC_EGRESS}"),
+                format!("{other:?} is not all-traffic or private-ranges-only"),
+            ));
+        }
+    };
+    if connector.is_empty() && network_interfaces.is_empty() && egress.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(crate::VpcAccess { connector, egress, network_interfaces }))
+}
+
 fn take_count(annotations: &mut Map, key: &str, field: &str) -> Result<i32, KnativeError> {
     match annotations.remove(key) {
         None => Ok(0),
@@ -337,6 +367,7 @@ pub fn service(text: &str) -> Result<KnativeService, KnativeError> {
     let boost = take_bool(&mut template_annotations, "run.googleapis.com/startup-cpu-boost", field)?.unwrap_or(false);
     let session_affinity =
         take_bool(&mut template_annotations, "run.googleapis.com/sessionAffinity", field)?.unwrap_or(false);
+    let vpc_access = take_vpc(&mut template_annotations, field)?;
     check_remaining(&mut template_annotations, field)?;
 
     let timeout = match revision.timeout_seconds {
@@ -355,6 +386,7 @@ pub fn service(text: &str) -> Result<KnativeService, KnativeError> {
         execution_environment,
         max_instance_request_concurrency: revision.container_concurrency.unwrap_or(0),
         session_affinity,
+        vpc_access,
     };
     let traffic = spec
         .traffic
@@ -466,6 +498,7 @@ pub fn job(text: &str) -> Result<KnativeJob, KnativeError> {
     }
     let ExecutionTemplateDoc { metadata: execution_metadata, spec: execution } = spec.template;
     let mut execution_annotations = execution_metadata.annotations;
+    let vpc_access = take_vpc(&mut execution_annotations, "spec.template.metadata")?;
     check_remaining(&mut execution_annotations, "spec.template.metadata")?;
     if !execution_annotations.is_empty() {
         return Err(invalid(
@@ -496,6 +529,7 @@ pub fn job(text: &str) -> Result<KnativeJob, KnativeError> {
                 timeout,
                 max_retries: task.max_retries,
                 service_account: task.service_account_name.unwrap_or_default(),
+                vpc_access,
             },
         },
         ..Job::default()

@@ -146,6 +146,7 @@ pub fn service(s: &Service) -> Value {
     if let Some(e) = environment {
         template_annotations.insert("run.googleapis.com/execution-environment".into(), e.into());
     }
+    template_annotations.extend(vpc_annotations(s.template.vpc_access.as_ref()));
     let mut annotations = s.annotations.clone();
     let ingress = match s.ingress.as_deref() {
         Some("INGRESS_TRAFFIC_ALL") => Some("all"),
@@ -281,6 +282,10 @@ pub fn job_export(j: &crate::jobs::Job) -> Value {
     if !j.template.labels.is_empty() {
         execution_metadata["labels"] = json!(j.template.labels);
     }
+    let vpc = vpc_annotations(task.vpc_access.as_ref());
+    if !vpc.is_empty() {
+        execution_metadata["annotations"] = json!(vpc.into_iter().collect::<std::collections::BTreeMap<_, _>>());
+    }
     json!({
         "apiVersion": "run.googleapis.com/v1",
         "kind": "Job",
@@ -288,6 +293,31 @@ pub fn job_export(j: &crate::jobs::Job) -> Value {
         "spec": {"template": {"metadata": execution_metadata, "spec": execution_spec}},
     })
 }
+
+/// `vpcAccess` as Cloud Run's v1 annotations: `vpc-access-connector` or `network-interfaces`
+/// (JSON), and `vpc-access-egress` (`all-traffic`, `private-ranges-only`).
+pub(crate) fn vpc_annotations(vpc: Option<&crate::VpcAccess>) -> Vec<(String, String)> {
+    let Some(vpc) = vpc else { return Vec::new() };
+    let mut out = Vec::new();
+    if !vpc.connector.is_empty() {
+        out.push((VPC_CONNECTOR.to_owned(), vpc.connector.clone()));
+    }
+    if !vpc.network_interfaces.is_empty() {
+        out.push((VPC_NETWORK_INTERFACES.to_owned(), json!(vpc.network_interfaces).to_string()));
+    }
+    match vpc.egress.as_deref() {
+        Some(crate::VPC_EGRESS_ALL_TRAFFIC) => out.push((VPC_EGRESS.to_owned(), "all-traffic".to_owned())),
+        Some(crate::VPC_EGRESS_PRIVATE_RANGES_ONLY) => {
+            out.push((VPC_EGRESS.to_owned(), "private-ranges-only".to_owned()));
+        }
+        _ => {}
+    }
+    out
+}
+
+pub(crate) const VPC_CONNECTOR: &str = "run.googleapis.com/vpc-access-connector";
+pub(crate) const VPC_EGRESS: &str = "run.googleapis.com/vpc-access-egress";
+pub(crate) const VPC_NETWORK_INTERFACES: &str = "run.googleapis.com/network-interfaces";
 
 pub fn revision(r: &Revision) -> Value {
     let (project, location) = project_location(&r.name);
@@ -341,6 +371,38 @@ mod tests {
         assert_eq!(a.containers[0].resources.as_ref().map(|r| r.cpu_idle), Some(true));
         assert_eq!(b.containers[0].resources.as_ref().map(|r| r.cpu_idle), Some(true));
         assert_eq!(first.ingress, second.service.ingress);
+    }
+
+    #[test]
+    fn vpc_access_round_trips_through_the_annotations_of_services_and_jobs() {
+        let vpc = crate::VpcAccess {
+            connector: String::new(),
+            egress: Some(crate::VPC_EGRESS_ALL_TRAFFIC.into()),
+            network_interfaces: vec![crate::NetworkInterface {
+                network: "office".into(),
+                subnetwork: "office-a".into(),
+                tags: vec!["web".into()],
+            }],
+        };
+        let mut service = Service { name: "projects/p/locations/l/services/hello".into(), ..Service::default() };
+        service.template.containers.push(Container { image: "r/hello:v1".into(), ..Container::default() });
+        service.template.vpc_access = Some(vpc.clone());
+        let text = serde_norway::to_string(&export(&service)).unwrap();
+        assert!(text.contains("run.googleapis.com/vpc-access-egress: all-traffic"), "{text}");
+        assert_eq!(input::service(&text).unwrap().service.template.vpc_access, Some(vpc));
+
+        let connector =
+            crate::VpcAccess { connector: "projects/p/locations/l/connectors/c".into(), ..Default::default() };
+        let mut job = crate::jobs::Job { name: "projects/p/locations/l/jobs/j".into(), ..Default::default() };
+        job.template.template.containers.push(Container { image: "r/hello:v1".into(), ..Container::default() });
+        job.template.template.vpc_access = Some(connector.clone());
+        let text = serde_norway::to_string(&job_export(&job)).unwrap();
+        assert!(text.contains("run.googleapis.com/vpc-access-connector"), "{text}");
+        assert_eq!(input::job(&text).unwrap().job.template.template.vpc_access, Some(connector));
+
+        let bad = text.replace("vpc-access-connector: projects/p/locations/l/connectors/c", "vpc-access-egress: some");
+        let message = input::job(&bad).unwrap_err().to_string();
+        assert!(message.contains("vpc-access-egress") && message.contains("all-traffic"), "{message}");
     }
 
     #[test]

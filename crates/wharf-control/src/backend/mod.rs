@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use resources::Resources;
-pub use template::{InstanceTemplate, Owner, Probe, ProbeAction};
+pub use template::{InstanceTemplate, Owner, Probe, ProbeAction, VpcEgress};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

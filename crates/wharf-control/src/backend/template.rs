@@ -32,6 +32,20 @@ pub struct InstanceTemplate {
     pub liveness_probe: Option<Probe>,
     /// SIGTERM to SIGKILL.
     pub grace_period: Duration,
+    /// The private network (of the server's configuration) the instance may reach, from
+    /// the template's `vpcAccess`; `None`: public egress only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<VpcEgress>,
+}
+
+/// A template's VPC egress: the network it names and which traffic goes there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VpcEgress {
+    pub network: String,
+    /// `ALL_TRAFFIC` rather than `PRIVATE_RANGES_ONLY`. Enforced alike on Wharf (public
+    /// egress is open either way): kept to round-trip and for a later real VPC.
+    pub all_traffic: bool,
 }
 
 /// Who an instance runs for.
@@ -144,6 +158,7 @@ mod tests {
             startup_probe: Some(Probe::default_startup(8080)),
             liveness_probe: None,
             grace_period: GRACE_PERIOD,
+            vpc: Some(VpcEgress { network: "office".into(), all_traffic: false }),
         };
         let text = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<InstanceTemplate>(&text).unwrap(), t);

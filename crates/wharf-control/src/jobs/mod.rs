@@ -117,7 +117,8 @@ fn check_template(t: &ExecutionTemplate) -> Result<CheckedTemplate, ControlError
     if t.template.service_account.len() > validate::limits::PATH_BYTES {
         return Err(invalid("template.template.serviceAccount is too long: at most 1024 bytes"));
     }
-    let (image, instance) = container(&t.template.containers, Workload::Task)?;
+    let (image, mut instance) = container(&t.template.containers, Workload::Task)?;
+    instance.vpc = validate::vpc_access("template.template.vpcAccess", t.template.vpc_access.as_ref())?;
     Ok(CheckedTemplate { task_count, parallelism, max_retries, timeout, image, instance })
 }
 
@@ -190,6 +191,7 @@ impl ControlPlane {
         wharf_api::validate_service_name("job", job_id).map_err(|e| invalid(e.to_string()))?;
         validate::labels("labels", &body.labels)?;
         let checked = check_template(&body.template)?;
+        self.check_vpc_network("template.template.vpcAccess", &checked.instance)?;
         if store::get_job(&self.inner.db, parent, job_id)?.is_some() {
             return Err(ControlError::AlreadyExists(format!("Resource '{}' already exists", job_path(parent, job_id))));
         }
@@ -250,6 +252,7 @@ impl ControlPlane {
         check_etag(&body.etag, &render::job(&row, None).etag, &format!("Job '{name}'"))?;
         validate::labels("labels", &body.labels)?;
         let checked = check_template(&body.template)?;
+        self.check_vpc_network("template.template.vpcAccess", &checked.instance)?;
         let spec = Job { labels: body.labels.clone(), template: body.template.clone(), ..Job::default() };
         if spec == row.spec {
             // Nothing changes (a `jobs replace` of an unchanged export): nothing is written.

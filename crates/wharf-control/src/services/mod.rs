@@ -149,6 +149,7 @@ impl ControlPlane {
         template: &wharf_api::RevisionTemplate,
     ) -> Result<RevisionRow, ControlError> {
         let config = validate(template)?;
+        self.check_vpc_network("template.vpcAccess", &config.instance)?;
         let name = if template.revision.is_empty() {
             format!("{}-{:05}-{}", row.name, row.next_revision, crate::random_suffix(3))
         } else {

@@ -72,6 +72,8 @@ pub struct InstanceSpec {
     pub liveness_probe: Option<Probe>,
     /// SIGTERM to SIGKILL.
     pub grace_period: Duration,
+    /// The private network (of the server's `--vpc-network`s) the instance may reach.
+    pub vpc_network: Option<String>,
 }
 
 /// A running (or finished) container instance.

@@ -241,6 +241,7 @@ impl Runtime {
             host_interface: format!("wh{id}"),
             ip: std::net::Ipv4Addr::UNSPECIFIED,
             service_keys: Vec::new(),
+            vpc_mapped: spec.vpc_network.is_some(),
         };
         InstanceRecord { id: id.to_owned(), network: planned }.write(dir)?;
 
@@ -254,7 +255,7 @@ impl Runtime {
         tracing::debug!(us = rootfs_us, "rootfs mounted");
 
         let t = Instant::now();
-        let network = self.inner.network.create(id).await?;
+        let network = self.inner.network.create(id, spec.vpc_network.as_deref()).await?;
         let network = created.network.insert(network).clone();
         let network_us = micros(t.elapsed());
         tracing::debug!(us = network_us, ip = %network.ip, netns = %network.netns, "network ready");

@@ -17,15 +17,24 @@
 
 use std::path::Path;
 
-use super::{INGRESS_ADDR, METADATA_ADDR, run};
+use std::net::Ipv4Addr;
+
+use super::nft::{self, Batch, Family};
+use super::{INGRESS_ADDR, METADATA_ADDR};
 use crate::error::RuntimeError;
+
+/// The host ends of instance veths are all named `wh<id>`: rules match them by prefix.
+const INSTANCE_INTERFACES: &str = "wh*";
 
 /// The table holding every rule Wharf adds; `inet`, so IPv6 from instances is covered too.
 pub(crate) const TABLE: &str = "wharf_instances";
 /// The map from (instance interface, Wharf address, port) to the host-side listener.
 pub(crate) const SERVICES_MAP: &str = "services";
+/// The verdict map from an instance interface to the chain of the private network its
+/// revision opted into (`vpcAccess`): `jump vpc-<server>-<network>`.
+pub(crate) const VPC_MAP: &str = "vpc_access";
 /// Tables of Wharf versions before the egress policy; removed by the last server to leave.
-const LEGACY_TABLES: [(&str, &str); 2] = [("inet", "wharf"), ("ip", "wharf_nat")];
+const LEGACY_TABLES: [(Family, &str); 2] = [(Family::Inet, "wharf"), (Family::Ipv4, "wharf_nat")];
 
 /// Where servers using the shared host rules register, and the lock that orders them.
 const HOLDERS_DIR: &str = "/run/wharf/host-network";
@@ -51,59 +60,199 @@ pub const BLOCKED_IPV4: [&str; 10] = [
     "224.0.0.0/3",
 ];
 
-/// The whole rule set, in one `nft -f` transaction. Chains are created if missing and
+/// The whole rule set, in one nftables transaction. Chains are created if missing and
 /// flushed, the map is created if missing and never flushed: reinstalling (a second server
-/// starting) is atomic and keeps the per-instance elements other servers added.
+/// starting) is atomic and keeps the per-instance elements other servers added. In `nft`
+/// syntax (what `nft list table inet wharf_instances` shows):
 ///
 /// - `prerouting`: an instance's packets to 169.254.169.254 or the ingress address are
-///   DNAT'd to the listener its own server registered for that interface and port; any
-///   other port there has no element and stays undelivered (dropped in `forward`).
+///   DNAT'd to the listener its own server registered for that interface and port
+///   (`dnat ip to iifname . ip daddr . th dport map @services`); any other port there has no
+///   element and stays undelivered (dropped in `forward`).
 /// - `input` -> `instance_to_host`: packets from instances to any address of the host
 ///   (every interface, loopback included, since `route_localnet` is on for instance
 ///   interfaces) are rejected, except replies on connections the host opened (the proxy and
 ///   probes) and the DNAT'd services.
 /// - `forward` -> `instance_egress`: no IPv6, no instance-to-instance, none of
-///   [`BLOCKED_IPV4`], no local/broadcast/multicast destination; the rest (the public
-///   internet) is accepted. Nobody but the host opens connections *to* an instance.
+///   [`BLOCKED_IPV4`], no local/broadcast/anycast/multicast destination (`fib daddr type`);
+///   the rest (the public internet) is accepted. Nobody but the host opens connections *to*
+///   an instance.
 /// - `postrouting`: instance traffic leaving the machine is masqueraded.
-pub(crate) fn ruleset(subnet: &str) -> String {
-    let t = format!("inet {TABLE}");
-    let ours = format!("{{ {METADATA_ADDR}, {INGRESS_ADDR} }}");
-    let blocked = BLOCKED_IPV4.join(", ");
-    let reject = "reject with icmpx admin-prohibited";
-    let chains = ["prerouting", "input", "forward", "postrouting", "instance_to_host", "instance_egress"];
-    let mut text = format!(
-        "table {t} {{}}
-add map {t} {SERVICES_MAP} {{ type ifname . ipv4_addr . inet_service : ipv4_addr . inet_service; }}
-add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
-add chain {t} input {{ type filter hook input priority filter; policy accept; }}
-add chain {t} forward {{ type filter hook forward priority filter; policy accept; }}
-add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
-add chain {t} instance_to_host
-add chain {t} instance_egress
-"
+pub(crate) fn ruleset(subnet: (Ipv4Addr, u8)) -> Batch {
+    use nft::{BaseChain, CmpOp, CtKey, DataType, Expr, Hook, MapData, MetaKey, PayloadBase, Verdict};
+    const F: Family = Family::Inet;
+    const IP_DADDR: u32 = 16;
+    const IP_SADDR: u32 = 12;
+    let ours = [METADATA_ADDR, INGRESS_ADDR];
+    let mut b = Batch::new();
+    b.add_table(F, TABLE);
+    b.add_map(
+        F,
+        TABLE,
+        SERVICES_MAP,
+        &[DataType::IfName, DataType::Ipv4Addr, DataType::InetService],
+        MapData::Data(&[DataType::Ipv4Addr, DataType::InetService]),
     );
-    for chain in chains {
-        text.push_str(&format!("flush chain {t} {chain}\n"));
+    b.add_map(F, TABLE, VPC_MAP, &[DataType::IfName], MapData::Verdict);
+    let base = |kind, hook, priority| Some(BaseChain { kind, hook, priority });
+    let chains = [
+        ("prerouting", base("nat", Hook::Prerouting, -100)),
+        ("input", base("filter", Hook::Input, 0)),
+        ("forward", base("filter", Hook::Forward, 0)),
+        ("postrouting", base("nat", Hook::Postrouting, 100)),
+        ("instance_to_host", None),
+        ("instance_egress", None),
+    ];
+    for (chain, hook) in chains {
+        b.add_chain(F, TABLE, chain, hook);
     }
-    text.push_str(&format!(
-        "add rule {t} prerouting iifname \"wh*\" ip daddr {ours} meta l4proto {{ tcp, udp }} dnat ip to iifname . ip daddr . th dport map @{SERVICES_MAP}
-add rule {t} input iifname \"wh*\" jump instance_to_host
-add rule {t} instance_to_host ct state established,related accept
-add rule {t} instance_to_host ct status dnat ct original ip daddr {ours} accept
-add rule {t} instance_to_host counter {reject}
-add rule {t} forward iifname \"wh*\" jump instance_egress
-add rule {t} forward oifname \"wh*\" ct state established,related accept
-add rule {t} forward oifname \"wh*\" counter {reject}
-add rule {t} instance_egress ct state established,related accept
-add rule {t} instance_egress meta nfproto ipv6 counter {reject}
-add rule {t} instance_egress oifname \"wh*\" counter {reject}
-add rule {t} instance_egress ip daddr {{ {blocked} }} counter {reject}
-add rule {t} instance_egress fib daddr type {{ local, broadcast, anycast, multicast }} counter {reject}
-add rule {t} postrouting ip saddr {subnet} oifname != \"wh*\" masquerade
-"
-    ));
-    text
+    for (chain, _) in chains {
+        b.flush_chain(F, TABLE, chain);
+    }
+    let from_instance = || Expr::interface(MetaKey::IifName, CmpOp::Eq, INSTANCE_INTERFACES).to_vec();
+    let to_instance = || Expr::interface(MetaKey::OifName, CmpOp::Eq, INSTANCE_INTERFACES).to_vec();
+    let established = || {
+        Expr::any_bit(
+            Expr::Ct { key: CtKey::State, dreg: nft::REG_1, original_direction: false },
+            nft::CT_STATE_ESTABLISHED | nft::CT_STATE_RELATED,
+        )
+        .to_vec()
+    };
+    let reject = || vec![Expr::Counter, Expr::RejectAdminProhibited];
+    let accept = || vec![Expr::Immediate(Verdict::Accept)];
+    let jump = |chain: &str| vec![Expr::Immediate(Verdict::Jump(chain.to_owned()))];
+    let rule = |b: &mut Batch, chain: &str, parts: Vec<Vec<Expr>>| b.add_rule(F, TABLE, chain, &parts.concat());
+    // iifname vmap @vpc_access: an instance whose revision opted into a private network
+    // jumps to that network's chain, which accepts its ranges.
+    let vpc_access = || {
+        vec![
+            Expr::Meta { key: MetaKey::IifName, dreg: nft::REG_1 },
+            Expr::Lookup { set: VPC_MAP.to_owned(), sreg: nft::REG_1, dreg: Some(nft::REG_VERDICT) },
+        ]
+    };
+
+    // prerouting: iifname "wh*" ip daddr { ours } meta l4proto { tcp, udp }
+    //             dnat ip to iifname . ip daddr . th dport map @services
+    for addr in ours {
+        for proto in [nft::IPPROTO_TCP, nft::IPPROTO_UDP] {
+            let key = nft::REG32_00;
+            rule(
+                &mut b,
+                "prerouting",
+                vec![
+                    from_instance(),
+                    Expr::ipv4_in(IP_DADDR, addr, 32),
+                    vec![
+                        Expr::Meta { key: MetaKey::L4Proto, dreg: nft::REG_1 },
+                        Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: vec![proto] },
+                        Expr::Meta { key: MetaKey::IifName, dreg: key },
+                        Expr::Payload { base: PayloadBase::Network, offset: IP_DADDR, len: 4, dreg: key + 4 },
+                        Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: key + 5 },
+                        Expr::Lookup { set: SERVICES_MAP.to_owned(), sreg: key, dreg: Some(key) },
+                        Expr::DnatIpv4 { addr: key, port: key + 1 },
+                    ],
+                ],
+            );
+        }
+    }
+    // input: iifname "wh*" jump instance_to_host
+    rule(&mut b, "input", vec![from_instance(), jump("instance_to_host")]);
+    // instance_to_host: ct state established,related accept;
+    //                   ct status dnat ct original ip daddr { ours } accept; counter reject
+    rule(&mut b, "instance_to_host", vec![established(), accept()]);
+    rule(&mut b, "instance_to_host", vec![vpc_access()]);
+    for addr in ours {
+        rule(
+            &mut b,
+            "instance_to_host",
+            vec![
+                Expr::any_bit(
+                    Expr::Ct { key: CtKey::Status, dreg: nft::REG_1, original_direction: false },
+                    nft::CT_STATUS_DNAT,
+                )
+                .to_vec(),
+                vec![
+                    Expr::Ct { key: CtKey::DstIp, dreg: nft::REG_1, original_direction: true },
+                    Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: addr.octets().to_vec() },
+                ],
+                accept(),
+            ],
+        );
+    }
+    rule(&mut b, "instance_to_host", vec![reject()]);
+    // forward: iifname "wh*" jump instance_egress; oifname "wh*" ct state established,related
+    //          accept; oifname "wh*" counter reject
+    rule(&mut b, "forward", vec![from_instance(), jump("instance_egress")]);
+    rule(&mut b, "forward", vec![to_instance(), established(), accept()]);
+    rule(&mut b, "forward", vec![to_instance(), reject()]);
+    // instance_egress: ct state established,related accept; meta nfproto ipv6 counter reject;
+    //   oifname "wh*" counter reject; ip daddr { BLOCKED_IPV4 } counter reject;
+    //   fib daddr type { local, broadcast, anycast, multicast } counter reject
+    rule(&mut b, "instance_egress", vec![established(), accept()]);
+    rule(
+        &mut b,
+        "instance_egress",
+        vec![
+            vec![
+                Expr::Meta { key: MetaKey::NfProto, dreg: nft::REG_1 },
+                Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: vec![nft::NFPROTO_IPV6] },
+            ],
+            reject(),
+        ],
+    );
+    rule(&mut b, "instance_egress", vec![to_instance(), reject()]);
+    rule(&mut b, "instance_egress", vec![vpc_access()]);
+    for cidr in BLOCKED_IPV4 {
+        let (net, prefix) = parse_cidr(cidr).unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+        rule(&mut b, "instance_egress", vec![Expr::ipv4_in(IP_DADDR, net, prefix), reject()]);
+    }
+    // RTN_LOCAL, RTN_BROADCAST, RTN_ANYCAST, RTN_MULTICAST
+    for route_type in [2u32, 3, 4, 5] {
+        rule(
+            &mut b,
+            "instance_egress",
+            vec![
+                vec![
+                    Expr::FibDaddrType { dreg: nft::REG_1 },
+                    Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: route_type.to_ne_bytes().to_vec() },
+                ],
+                reject(),
+            ],
+        );
+    }
+    // postrouting: ip saddr <subnet> oifname != "wh*" masquerade
+    rule(
+        &mut b,
+        "postrouting",
+        vec![
+            Expr::ipv4_in(IP_SADDR, subnet.0, subnet.1),
+            Expr::interface(MetaKey::OifName, CmpOp::Neq, INSTANCE_INTERFACES).to_vec(),
+            vec![Expr::Masquerade],
+        ],
+    );
+    b
+}
+
+/// Adds (or refills) the chain of one private network: `ip daddr <cidr> accept` for each of
+/// its ranges. Instances of revisions that opted into it jump here from `instance_to_host`
+/// (addresses of this machine in the ranges) and `instance_egress` (forwarded traffic),
+/// before the blocked ranges are rejected.
+pub(crate) fn vpc_chain(b: &mut Batch, chain: &str, cidrs: &[(Ipv4Addr, u8)]) {
+    use nft::{Expr, Verdict};
+    b.add_chain(Family::Inet, TABLE, chain, None);
+    b.flush_chain(Family::Inet, TABLE, chain);
+    for (net, prefix) in cidrs {
+        let mut exprs = Expr::ipv4_in(16, *net, *prefix);
+        exprs.push(Expr::Immediate(Verdict::Accept));
+        b.add_rule(Family::Inet, TABLE, chain, &exprs);
+    }
+}
+
+/// `a.b.c.d/n` as an address and a prefix length.
+pub(crate) fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = cidr.split_once('/')?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    Some((addr.parse().ok()?, prefix))
 }
 
 /// Takes the host-network lock (blocking, off the async threads); released when dropped.
@@ -177,9 +326,74 @@ pub(crate) fn restore_sysctls() {
 }
 
 /// Removes the table (and those of older Wharf versions). Call as the last server leaving.
-pub(crate) async fn remove_rules() {
-    let _ = run("nft", &["delete", "table", "inet", TABLE], None).await;
-    for (family, name) in LEGACY_TABLES {
-        let _ = run("nft", &["delete", "table", family, name], None).await;
+pub(crate) fn remove_rules() {
+    let tables = std::iter::once((Family::Inet, TABLE)).chain(LEGACY_TABLES);
+    for (family, name) in tables {
+        // One transaction each: a table that is not there fails only its own.
+        let mut batch = Batch::new();
+        batch.delete_table(family, name);
+        if let Err(e) = batch.commit() {
+            tracing::debug!(table = name, error = %e, "not removing nftables table");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rule set installed for real, in a network namespace of the test's own (so no
+    //! other server's table is touched), and read back with `nft list` (nftables' own
+    //! decoder of what the kernel holds).
+
+    use super::*;
+
+    /// Runs `f` on a thread inside a fresh network namespace, with the path of that
+    /// namespace for other processes to enter; the namespace ends with the thread.
+    fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce(&str) -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare a network namespace (root)");
+            let path = format!("/proc/{}/task/{}/ns/net", std::process::id(), nix::unistd::gettid());
+            f(&path)
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn nft_list(netns: &str) -> String {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .args(["nft", "list", "table", "inet", TABLE])
+            .output()
+            .expect("nsenter and nft (scripts/test installs nftables)");
+        assert!(out.status.success(), "nft list: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn the_ruleset_installs_twice_and_reads_back_as_the_policy() {
+        let listed = in_fresh_netns(|netns| {
+            let mut first = ruleset((Ipv4Addr::new(10, 213, 0, 0), 16));
+            vpc_chain(&mut first, "vpc-test-office", &[(Ipv4Addr::new(10, 78, 0, 0), 16)]);
+            first.commit().unwrap();
+            // Reinstalling (a second server starting) is accepted and leaves one copy.
+            ruleset((Ipv4Addr::new(10, 213, 0, 0), 16)).commit().unwrap();
+            let listed = nft_list(netns);
+            remove_rules();
+            listed
+        });
+        let normal: Vec<String> = listed.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+        let has = |rule: &str| assert!(normal.iter().any(|l| l == rule), "no `{rule}` in:\n{listed}");
+        has("type ifname . ipv4_addr . inet_service : ipv4_addr . inet_service");
+        has("iifname \"wh*\" ip daddr 169.254.169.254 dnat ip to iifname . ip daddr . udp dport map @services");
+        has("iifname vmap @vpc_access");
+        has("type ifname : verdict");
+        has("ip daddr 10.78.0.0/16 accept");
+        has("iifname \"wh*\" jump instance_to_host");
+        has("ct status dnat ct original ip daddr 169.254.1.2 accept");
+        has("ip daddr 10.0.0.0/8 counter packets 0 bytes 0 reject with icmpx admin-prohibited");
+        has("ip daddr 127.0.0.0/8 counter packets 0 bytes 0 reject with icmpx admin-prohibited");
+        has("fib daddr type local counter packets 0 bytes 0 reject with icmpx admin-prohibited");
+        has("meta nfproto ipv6 counter packets 0 bytes 0 reject with icmpx admin-prohibited");
+        has("ip saddr 10.213.0.0/16 oifname != \"wh*\" masquerade");
+        assert_eq!(normal.iter().filter(|l| l.as_str() == "iifname \"wh*\" jump instance_egress").count(), 1);
     }
 }

@@ -19,23 +19,25 @@
 //! ranges, other instances and IPv6 are refused. Packets to 169.254.169.254 are either
 //! DNAT'd to a local listener or dropped: none leaves the machine.
 //!
-//! Setup shells out to `ip` and `nft` (iproute2, nftables), batching commands to keep a
-//! start to a handful of process spawns.
+//! Everything is done over netlink ([`rtnl`] for namespaces, links, addresses and routes;
+//! [`nft`] for the nftables rules and maps): no `ip` or `nft` binary is needed, and an
+//! instance start spawns no process for its network.
 
 mod host;
+mod netlink;
+mod nft;
+mod rtnl;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::process::Stdio;
-
-use tokio::io::AsyncWriteExt as _;
-use tokio::process::Command;
 
 use crate::error::RuntimeError;
 pub use host::BLOCKED_IPV4;
+pub use netlink::NetlinkError;
+use rtnl::Rtnl;
 
 /// The gateway address instances route through; the host answers ARP for it.
-const GATEWAY: &str = "169.254.1.1";
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// Where instances find the metadata server and the DNS resolver, as on Google's VMs.
 pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// Where instances reach the ingress: the DNS resolver answers service URL hosts with it.
@@ -80,6 +82,60 @@ pub struct InstanceNetwork {
     /// The `(address, port)` keys of this interface's elements in the services map.
     #[serde(default)]
     pub service_keys: Vec<(Ipv4Addr, u16)>,
+    /// Whether this interface has (or may have) an element in the VPC access map.
+    #[serde(default)]
+    pub vpc_mapped: bool,
+}
+
+/// A private network instances may opt into (`vpcAccess` of their revision or job): a name
+/// and the address ranges it stands for, from the server's `--vpc-network NAME=CIDR,...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpcNetwork {
+    pub name: String,
+    pub cidrs: Vec<(Ipv4Addr, u8)>,
+}
+
+/// Ranges no VPC network may include: what the egress policy must hold whatever the
+/// configuration says (loopback, link-local with the metadata address, "this" network,
+/// multicast and reserved) and the instance subnet (instances never reach each other).
+const NEVER_VPC: [&str; 5] = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "10.213.0.0/16"];
+
+fn overlaps((a, a_len): (Ipv4Addr, u8), (b, b_len): (Ipv4Addr, u8)) -> bool {
+    let len = a_len.min(b_len);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
+impl std::str::FromStr for VpcNetwork {
+    type Err = String;
+
+    /// `NAME=CIDR[,CIDR...]`, e.g. `office=10.20.0.0/16,192.168.7.0/24`.
+    fn from_str(text: &str) -> Result<VpcNetwork, String> {
+        let form = "give NAME=CIDR[,CIDR...], e.g. office=10.20.0.0/16";
+        let (name, cidrs) = text.split_once('=').ok_or_else(|| format!("{text:?} has no '=': {form}"))?;
+        let name = name.trim();
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(format!("network name {name:?} must be 1-63 lowercase letters, digits, - or _"));
+        }
+        let mut parsed = Vec::new();
+        for cidr in cidrs.split(',').map(str::trim) {
+            let (addr, prefix) = host::parse_cidr(cidr)
+                .ok_or_else(|| format!("{cidr:?} in network {name} is not an IPv4 CIDR: {form}"))?;
+            if let Some(never) =
+                NEVER_VPC.iter().find(|n| host::parse_cidr(n).is_some_and(|n| overlaps(n, (addr, prefix))))
+            {
+                return Err(format!(
+                    "{cidr} in network {name} overlaps {never}, which instances may never reach (loopback, \
+                     link-local and the metadata address, multicast, or the instance subnet)"
+                ));
+            }
+            parsed.push((addr, prefix));
+        }
+        Ok(VpcNetwork { name: name.to_owned(), cidrs: parsed })
+    }
 }
 
 impl InstanceNetwork {
@@ -98,12 +154,21 @@ pub struct Network {
     /// Where this server's instances find its DNS, metadata and ingress; `None` leaves them
     /// unmapped (instances then have no DNS: only tests of the runtime alone do that).
     services: Option<InstanceServices>,
+    /// The private networks instances may opt into, each with its chain in the host table.
+    vpc_networks: Vec<VpcNetwork>,
 }
 
 impl Network {
-    pub fn new(services: Option<InstanceServices>) -> Network {
+    pub fn new(services: Option<InstanceServices>, vpc_networks: Vec<VpcNetwork>) -> Network {
         let unique = uuid::Uuid::new_v4().simple().to_string();
-        Network { prefix: [10, 213], holder: format!("{}-{}", std::process::id(), &unique[..12]), services }
+        let holder = format!("{}-{}", std::process::id(), &unique[..12]);
+        Network { prefix: [10, 213], holder, services, vpc_networks }
+    }
+
+    /// The chain of this server's network `name` in the host table: named after the server
+    /// too, as every server on the machine shares the table and may define `name` its way.
+    fn vpc_chain(&self, name: &str) -> String {
+        format!("vpc-{}-{name}", self.holder)
     }
 
     pub fn services(&self) -> Option<&InstanceServices> {
@@ -111,35 +176,27 @@ impl Network {
     }
 }
 
-pub(crate) async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), RuntimeError> {
-    let mut cmd = Command::new(program);
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    let describe = || format!("{program} {}", args.join(" "));
-    let mut child = cmd.spawn().map_err(|e| RuntimeError::CommandFailed {
-        command: describe(),
-        status: "not started".to_owned(),
-        stderr: format!("{e} (is {program} installed?)"),
-    })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).await.map_err(RuntimeError::io("write to", program))?;
-    }
-    let output = child.wait_with_output().await.map_err(RuntimeError::io("wait for", program))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(RuntimeError::CommandFailed {
-            command: describe(),
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
-    }
-}
-
 /// Writes a per-interface sysctl under `/proc/sys/net/<path>`.
 fn set_interface_sysctl(path: &str, value: &str, what: &'static str) -> Result<(), RuntimeError> {
     let path = format!("/proc/sys/net/{path}");
     std::fs::write(&path, value).map_err(RuntimeError::io(what, &path))
+}
+
+/// Runs blocking netlink work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RuntimeError::io("run", "network setup")(std::io::Error::other(e)))?
+}
+
+/// `true` if an instance's host interface (`wh*`) exists on this machine.
+fn instance_interfaces_exist() -> bool {
+    match std::fs::read_dir("/sys/class/net") {
+        Ok(entries) => entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("wh")),
+        Err(_) => true,
+    }
 }
 
 impl Network {
@@ -153,7 +210,11 @@ impl Network {
     pub async fn setup_host(&self) -> Result<(), RuntimeError> {
         let _lock = host::lock_holders().await?;
         host::register(&self.holder)?;
-        let installed = run("nft", &["-f", "-"], Some(&host::ruleset(&self.subnet()))).await;
+        let mut ruleset = host::ruleset((Ipv4Addr::new(self.prefix[0], self.prefix[1], 0, 0), 16));
+        for network in &self.vpc_networks {
+            host::vpc_chain(&mut ruleset, &self.vpc_chain(&network.name), &network.cidrs);
+        }
+        let installed = blocking(move || ruleset.commit().map_err(RuntimeError::from)).await;
         if installed.is_err() {
             host::unregister(&self.holder);
         }
@@ -175,36 +236,70 @@ impl Network {
         let others = host::live_holders();
         if !others.is_empty() {
             tracing::debug!(?others, "other servers use the host rules; keeping them");
+            for network in &self.vpc_networks {
+                // One transaction each: a chain still jumped to fails only its own removal.
+                let mut batch = nft::Batch::new();
+                batch.delete_chain(nft::Family::Inet, host::TABLE, &self.vpc_chain(&network.name));
+                if let Err(e) = batch.commit() {
+                    tracing::debug!(network = %network.name, error = %e, "keeping a VPC chain");
+                }
+            }
             return;
         }
-        let links = Command::new("ip").args(["-o", "link", "show"]).output().await;
-        let in_use = links.map(|o| String::from_utf8_lossy(&o.stdout).contains(": wh")).unwrap_or(true);
-        if !in_use {
-            host::remove_rules().await;
+        if !instance_interfaces_exist() {
+            host::remove_rules();
             host::restore_sysctls();
         }
     }
 
-    /// Creates the namespace and veth of instance `id`. On failure nothing is left behind.
-    pub async fn create(&self, id: &str) -> Result<InstanceNetwork, RuntimeError> {
+    /// Creates the namespace and veth of instance `id`, with access to the private network
+    /// `vpc` if given. On failure nothing is left behind.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn create(&self, id: &str, vpc: Option<&str>) -> Result<InstanceNetwork, RuntimeError> {
+        let vpc_chain = match vpc {
+            None => None,
+            Some(name) if self.vpc_networks.iter().any(|n| n.name == name) => Some(self.vpc_chain(name)),
+            Some(name) => {
+                let known: Vec<&str> = self.vpc_networks.iter().map(|n| n.name.as_str()).collect();
+                let known = if known.is_empty() { "it has none".to_owned() } else { known.join(", ") };
+                return Err(RuntimeError::UnknownVpcNetwork { name: name.to_owned(), known });
+            }
+        };
+        let this = self.clone();
+        let id = id.to_owned();
+        blocking(move || this.create_blocking(&id, vpc_chain.as_deref())).await
+    }
+
+    fn create_blocking(&self, id: &str, vpc_chain: Option<&str>) -> Result<InstanceNetwork, RuntimeError> {
         let netns = format!("wharf-{id}");
         let host_interface = format!("wh{}", &id[..id.len().min(12)]);
-        run("ip", &["netns", "add", &netns], None).await?;
-        let mut net = InstanceNetwork { netns, host_interface, ip: Ipv4Addr::UNSPECIFIED, service_keys: Vec::new() };
-        match self.configure(&mut net).await {
+        let (netns_file, inside) = rtnl::create_netns(&netns)?;
+        let mut net = InstanceNetwork {
+            netns,
+            host_interface,
+            ip: Ipv4Addr::UNSPECIFIED,
+            service_keys: Vec::new(),
+            vpc_mapped: false,
+        };
+        match self.configure(&mut net, &netns_file, inside, vpc_chain) {
             Ok(()) => Ok(net),
             Err(e) => {
-                self.destroy(&net).await;
+                self.destroy_blocking(&net);
                 Err(e)
             }
         }
     }
 
-    async fn configure(&self, net: &mut InstanceNetwork) -> Result<(), RuntimeError> {
+    fn configure(
+        &self,
+        net: &mut InstanceNetwork,
+        netns: &std::fs::File,
+        mut inside: Rtnl,
+        vpc_chain: Option<&str>,
+    ) -> Result<(), RuntimeError> {
         let host_if = net.host_interface.clone();
-        let host_batch =
-            format!("link add {host_if} type veth peer name eth0 netns {}\nlink set {host_if} up\n", net.netns);
-        run("ip", &["-batch", "-"], Some(&host_batch)).await?;
+        let mut host = Rtnl::open()?;
+        host.add_veth(&host_if, "eth0", rtnl::fd(netns))?;
         set_interface_sysctl(&format!("ipv4/conf/{host_if}/proxy_arp"), "1", "enable proxy ARP in")?;
         // Proxy ARP answers after a random delay of up to 0.8 s by default; the instance's
         // first reply waits on that answer, so without this a start takes hundreds of ms.
@@ -212,44 +307,60 @@ impl Network {
         // DNAT to the server's loopback listeners needs loopback destinations accepted from
         // this interface; the egress policy rejects every other packet to them.
         set_interface_sysctl(&format!("ipv4/conf/{host_if}/route_localnet"), "1", "allow DNAT to loopback in")?;
-        // Instances get no IPv6: no link-local address on the host end either. A kernel booted
-        // without IPv6 has no such file, and nothing to disable.
+        // Instances get no IPv6: no link-local address on the host end either (set before the
+        // link is up). A kernel booted without IPv6 has no such file, and nothing to disable.
         let no_ipv6 = format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6");
         match std::fs::write(&no_ipv6, "1") {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             other => other.map_err(RuntimeError::io("disable IPv6 in", &no_ipv6))?,
         }
+        host.set_up(&host_if)?;
         if let Some(services) = &self.services {
-            self.map_services(net, services).await?;
+            self.map_services(net, services)?;
+        }
+        if let Some(chain) = vpc_chain {
+            // Recorded first, so that a failure half-way is still cleaned up.
+            net.vpc_mapped = true;
+            let element =
+                (nft::ifname_bytes(&host_if).to_vec(), nft::ElementData::Verdict(nft::Verdict::Jump(chain.to_owned())));
+            let mut batch = nft::Batch::new();
+            batch.add_elements(nft::Family::Inet, host::TABLE, host::VPC_MAP, &[element]);
+            batch.commit()?;
         }
         // Claim an address by adding its host route: the kernel refuses a duplicate, which
         // keeps concurrent wharf servers (and instances) from sharing one.
-        net.ip = self.claim_address(&host_if).await?;
-        let ns_batch = format!(
-            "link set lo up\naddr add {ip}/32 dev eth0\nlink set eth0 up\n\
-             route add {GATEWAY} dev eth0 scope link\nroute add default via {GATEWAY} dev eth0\n",
-            ip = net.ip
-        );
-        run("ip", &["-n", &net.netns, "-batch", "-"], Some(&ns_batch)).await
+        let host_index = host.index(&host_if)?;
+        net.ip = self.claim_address(&mut host, host_index)?;
+        inside.set_up("lo")?;
+        let eth0 = inside.index("eth0")?;
+        inside.add_address(eth0, net.ip, 32)?;
+        inside.set_up("eth0")?;
+        let gateway = GATEWAY;
+        inside.add_route(gateway, 32, eth0, None)?;
+        inside.add_route(Ipv4Addr::UNSPECIFIED, 0, eth0, Some(gateway))?;
+        Ok(())
     }
 
     /// Adds this interface's DNAT elements to the services map, recording their keys in `net`
     /// first so that a failure half-way is still cleaned up.
-    async fn map_services(&self, net: &mut InstanceNetwork, services: &InstanceServices) -> Result<(), RuntimeError> {
+    fn map_services(&self, net: &mut InstanceNetwork, services: &InstanceServices) -> Result<(), RuntimeError> {
         let mappings = services.mappings();
         net.service_keys = mappings.iter().map(|(addr, port, _)| (*addr, *port)).collect();
-        let elements: Vec<String> = mappings
+        let elements: Vec<(Vec<u8>, nft::ElementData)> = mappings
             .iter()
             .map(|(addr, port, to)| {
-                format!("\"{}\" . {addr} . {port} : {} . {}", net.host_interface, to.ip(), to.port())
+                let mut value = to.ip().octets().to_vec();
+                value.extend_from_slice(&to.port().to_be_bytes());
+                value.extend_from_slice(&[0, 0]);
+                (service_key(&net.host_interface, *addr, *port), nft::ElementData::Data(value))
             })
             .collect();
-        let command =
-            format!("add element inet {} {} {{ {} }}\n", host::TABLE, host::SERVICES_MAP, elements.join(", "));
-        run("nft", &["-f", "-"], Some(&command)).await
+        let mut batch = nft::Batch::new();
+        batch.add_elements(nft::Family::Inet, host::TABLE, host::SERVICES_MAP, &elements);
+        Ok(batch.commit()?)
     }
 
-    async fn claim_address(&self, host_if: &str) -> Result<Ipv4Addr, RuntimeError> {
+    fn claim_address(&self, host: &mut Rtnl, host_index: u32) -> Result<Ipv4Addr, RuntimeError> {
         let mut seed = u16::from_le_bytes(*uuid::Uuid::new_v4().as_bytes().first_chunk().unwrap_or(&[1, 0]));
         for _ in 0..64 {
             seed = seed.wrapping_mul(25173).wrapping_add(13849);
@@ -258,10 +369,10 @@ impl Network {
                 continue;
             }
             let ip = Ipv4Addr::new(self.prefix[0], self.prefix[1], hi, lo);
-            match run("ip", &["route", "add", &format!("{ip}/32"), "dev", host_if, "scope", "link"], None).await {
+            match host.add_route(ip, 32, host_index, None) {
                 Ok(()) => return Ok(ip),
-                Err(RuntimeError::CommandFailed { stderr, .. }) if stderr.contains("File exists") => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.errno() == Some(libc::EEXIST) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         Err(RuntimeError::AddressesExhausted(self.subnet()))
@@ -270,25 +381,52 @@ impl Network {
     /// Deletes the namespace, which takes the veth pair and the host route with it, and the
     /// interface's DNAT elements.
     pub async fn destroy(&self, net: &InstanceNetwork) {
-        if let Err(e) = run("ip", &["netns", "delete", &net.netns], None).await {
-            tracing::warn!(netns = %net.netns, error = %e, "deleting network namespace failed");
+        let this = self.clone();
+        let net = net.clone();
+        let removed = blocking(move || {
+            this.destroy_blocking(&net);
+            Ok(())
+        });
+        if let Err(e) = removed.await {
+            tracing::warn!(error = %e, "removing an instance network failed");
         }
-        // The veth normally dies with the namespace; make sure, for a half-built network.
-        if std::path::Path::new("/sys/class/net").join(&net.host_interface).exists() {
-            let _ = run("ip", &["link", "delete", &net.host_interface], None).await;
+    }
+
+    fn destroy_blocking(&self, net: &InstanceNetwork) {
+        rtnl::delete_netns(&net.netns);
+        // The veth normally dies with the namespace (asynchronously, in the kernel); make
+        // sure, for a half-built network.
+        if std::path::Path::new("/sys/class/net").join(&net.host_interface).exists()
+            && let Err(e) = Rtnl::open().and_then(|mut host| host.delete_link(&net.host_interface))
+        {
+            tracing::debug!(interface = %net.host_interface, error = %e, "deleting the host interface failed");
         }
         if !net.service_keys.is_empty() {
             // Added in one transaction, so either all of them exist or none does.
-            let keys: Vec<String> = net
-                .service_keys
-                .iter()
-                .map(|(addr, port)| format!("\"{}\" . {addr} . {port}", net.host_interface))
-                .collect();
-            let command =
-                format!("delete element inet {} {} {{ {} }}\n", host::TABLE, host::SERVICES_MAP, keys.join(", "));
-            if let Err(e) = run("nft", &["-f", "-"], Some(&command)).await {
+            let keys: Vec<Vec<u8>> =
+                net.service_keys.iter().map(|(addr, port)| service_key(&net.host_interface, *addr, *port)).collect();
+            let mut batch = nft::Batch::new();
+            batch.delete_elements(nft::Family::Inet, host::TABLE, host::SERVICES_MAP, &keys);
+            if let Err(e) = batch.commit() {
                 tracing::debug!(interface = %net.host_interface, error = %e, "removing DNAT elements failed");
             }
         }
+        if net.vpc_mapped {
+            let mut batch = nft::Batch::new();
+            let key = nft::ifname_bytes(&net.host_interface).to_vec();
+            batch.delete_elements(nft::Family::Inet, host::TABLE, host::VPC_MAP, &[key]);
+            if let Err(e) = batch.commit() {
+                tracing::debug!(interface = %net.host_interface, error = %e, "removing the VPC element failed");
+            }
+        }
     }
+}
+
+/// A services map key: `ifname . ipv4_addr . inet_service`, each field 4-byte aligned.
+fn service_key(interface: &str, addr: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut key = nft::ifname_bytes(interface).to_vec();
+    key.extend_from_slice(&addr.octets());
+    key.extend_from_slice(&port.to_be_bytes());
+    key.extend_from_slice(&[0, 0]);
+    key
 }

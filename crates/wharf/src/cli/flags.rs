@@ -229,3 +229,92 @@ mod tests {
         assert!(format!("{err:#}").starts_with("--timeout: \"soon\" is not a duration"), "{err:#}");
     }
 }
+
+/// Cloud Run's VPC egress flags, mapped to `vpcAccess`: Direct VPC egress (`--network`,
+/// `--subnet`, `--network-tags`) or a connector (`--vpc-connector`), and `--vpc-egress`.
+/// Names are networks of the server's `--vpc-network`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct VpcFlags {
+    /// Direct VPC egress: the network instances may reach (a name of the server's --vpc-network).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Direct VPC egress: the subnet (also names a network of the server's --vpc-network when
+    /// --network is not given).
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Network tags of the Direct VPC egress interface: TAG,... (kept; Wharf has no firewall
+    /// rules by tag).
+    #[arg(long)]
+    pub network_tags: Option<String>,
+    /// Drop Direct VPC egress.
+    #[arg(long)]
+    pub clear_network: bool,
+    /// A Serverless VPC Access connector (a name of the server's --vpc-network).
+    #[arg(long)]
+    pub vpc_connector: Option<String>,
+    /// Drop the VPC connector.
+    #[arg(long)]
+    pub clear_vpc_connector: bool,
+    /// Which traffic goes to the VPC: private-ranges-only (default) or all-traffic.
+    #[arg(long, value_parser = ["private-ranges-only", "all-traffic"])]
+    pub vpc_egress: Option<String>,
+}
+
+impl VpcFlags {
+    /// Applies the flags to a template's `vpcAccess` (the current one when updating).
+    pub fn apply(&self, vpc: &mut Option<wharf_api::VpcAccess>) -> anyhow::Result<()> {
+        let direct = self.network.is_some() || self.subnet.is_some() || self.network_tags.is_some();
+        if direct && self.vpc_connector.is_some() {
+            anyhow::bail!("give --network/--subnet or --vpc-connector, not both");
+        }
+        if (direct && self.clear_network) || (self.vpc_connector.is_some() && self.clear_vpc_connector) {
+            anyhow::bail!("a VPC flag and its --clear-... flag contradict each other: give one");
+        }
+        let mut access = vpc.take().unwrap_or_default();
+        if self.clear_network {
+            access.network_interfaces.clear();
+        }
+        if self.clear_vpc_connector {
+            access.connector.clear();
+        }
+        if let Some(connector) = &self.vpc_connector {
+            access.connector.clone_from(connector);
+            access.network_interfaces.clear();
+        }
+        if direct {
+            access.connector.clear();
+            if access.network_interfaces.is_empty() {
+                access.network_interfaces.push(wharf_api::NetworkInterface::default());
+            }
+            let interface = &mut access.network_interfaces[0];
+            if let Some(network) = &self.network {
+                interface.network.clone_from(network);
+            }
+            if let Some(subnet) = &self.subnet {
+                interface.subnetwork.clone_from(subnet);
+            }
+            if let Some(tags) = &self.network_tags {
+                interface.tags = tags.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+            }
+        }
+        if let Some(egress) = &self.vpc_egress {
+            access.egress = Some(
+                if egress == "all-traffic" {
+                    wharf_api::VPC_EGRESS_ALL_TRAFFIC
+                } else {
+                    wharf_api::VPC_EGRESS_PRIVATE_RANGES_ONLY
+                }
+                .to_owned(),
+            );
+        }
+        let none_left = access.connector.is_empty() && access.network_interfaces.is_empty();
+        if none_left && (self.clear_network || self.clear_vpc_connector) {
+            // Nothing to send traffic to: the egress setting goes too.
+            access.egress = None;
+        }
+        if !(none_left && access.egress.is_none()) {
+            *vpc = Some(access);
+        }
+        Ok(())
+    }
+}

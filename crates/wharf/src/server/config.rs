@@ -18,7 +18,8 @@ pub struct ServerArgs {
     /// idle_timeout, instance_memory_limit, instance_cpu_limit, cgroup_parent, log_rate_limit,
     /// log_store_limit, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
     /// edge limits: header_read_timeout, connection_idle_timeout, max_connections,
-    /// max_header_bytes, max_api_body_bytes, pull_connect_timeout, pull_read_timeout, upstream_resolv_conf).
+    /// max_header_bytes, max_api_body_bytes, pull_connect_timeout, pull_read_timeout, upstream_resolv_conf,
+    /// and vpc_networks, a list of NAME=CIDR[,CIDR...]).
     #[arg(long, env = "WHARF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where Wharf keeps its state database, images and credentials [default: /var/lib/wharf]
@@ -74,6 +75,11 @@ pub struct ServerArgs {
     /// answer itself (they may be on loopback or a private address) [default: /etc/resolv.conf]
     #[arg(long, env = "WHARF_UPSTREAM_RESOLV_CONF")]
     pub upstream_resolv_conf: Option<PathBuf>,
+    /// A private network revisions and jobs may opt into with vpcAccess (`--network`,
+    /// `--subnet` or `--vpc-connector NAME`): NAME=CIDR[,CIDR...]; repeat for more (in the
+    /// environment: separated by `;`) [default: none]
+    #[arg(long = "vpc-network", env = "WHARF_VPC_NETWORKS", value_delimiter = ';')]
+    pub vpc_networks: Vec<String>,
     #[command(flatten)]
     pub edge: EdgeArgs,
     #[command(flatten)]
@@ -153,6 +159,7 @@ struct ConfigFile {
     log_store_limit: Option<String>,
     upstream_resolv_conf: Option<PathBuf>,
     build: Option<super::build_config::BuildFile>,
+    vpc_networks: Option<Vec<String>>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -176,6 +183,8 @@ pub struct ServerConfig {
     pub log_limits: wharf_runtime::logs::LogLimits,
     pub upstream_resolv_conf: PathBuf,
     pub build: super::build_config::BuildSettings,
+    /// The private networks revisions and jobs may opt into.
+    pub vpc_networks: Vec<wharf_runtime::network::VpcNetwork>,
 }
 
 /// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
@@ -232,6 +241,22 @@ impl ServerConfig {
         if let Some(size) = args.log_store_limit.clone().or(file.log_store_limit.clone()) {
             log_limits.store_bytes = wharf_runtime::resources::parse_memory(&size).context("--log-store-limit")?;
         }
+        let vpc_texts = if args.vpc_networks.is_empty() {
+            file.vpc_networks.clone().unwrap_or_default()
+        } else {
+            args.vpc_networks.clone()
+        };
+        let mut vpc_networks: Vec<wharf_runtime::network::VpcNetwork> = Vec::new();
+        for text in vpc_texts.iter().filter(|t| !t.trim().is_empty()) {
+            let network: wharf_runtime::network::VpcNetwork =
+                text.parse().map_err(|e: String| anyhow::anyhow!("--vpc-network: {e}"))?;
+            anyhow::ensure!(
+                vpc_networks.iter().all(|n| n.name != network.name),
+                "--vpc-network: the network {} is given twice; give each name once, with all its CIDRs",
+                network.name
+            );
+            vpc_networks.push(network);
+        }
         let addr = |s: &str| s.parse::<SocketAddr>().expect("embedded default address is valid");
         let edge = resolve_edge(&args.edge, &file)?;
         let build = super::build_config::BuildSettings::resolve(&args.build, file.build.as_ref())?;
@@ -274,6 +299,7 @@ impl ServerConfig {
                 .or(file.upstream_resolv_conf.clone())
                 .unwrap_or_else(|| "/etc/resolv.conf".into()),
             build,
+            vpc_networks,
         })
     }
 }
@@ -355,7 +381,40 @@ mod tests {
             log_rate_limit: None,
             log_store_limit: None,
             upstream_resolv_conf: None,
+            vpc_networks: Vec::new(),
         }
+    }
+
+    #[test]
+    fn vpc_networks_come_from_flags_or_the_file_and_unsafe_ranges_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "vpc_networks = [\"lab=192.168.7.0/24\"]\n").unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        let c = ServerConfig::resolve(&a).unwrap();
+        assert_eq!(c.vpc_networks.len(), 1);
+        assert_eq!(c.vpc_networks[0].name, "lab");
+        a.vpc_networks = vec!["office=10.20.0.0/16, 172.16.5.0/24".to_owned()];
+        let c = ServerConfig::resolve(&a).unwrap();
+        let office = &c.vpc_networks[0];
+        assert_eq!(office.name, "office");
+        assert_eq!(office.cidrs, vec![("10.20.0.0".parse().unwrap(), 16), ("172.16.5.0".parse().unwrap(), 24)]);
+        for (bad, why) in [
+            ("office", "no '='"),
+            ("office=10.0.0.0/33", "not an IPv4 CIDR"),
+            ("Office=10.20.0.0/16", "lowercase"),
+            ("meta=169.254.0.0/16", "overlaps 169.254.0.0/16"),
+            ("all=0.0.0.0/0", "overlaps"),
+            ("inst=10.0.0.0/8", "overlaps 10.213.0.0/16"),
+        ] {
+            a.vpc_networks = vec![bad.to_owned()];
+            let err = format!("{:#}", ServerConfig::resolve(&a).unwrap_err());
+            assert!(err.contains("--vpc-network") && err.contains(why), "{bad}: {err}");
+        }
+        a.vpc_networks = vec!["a=10.20.0.0/16".to_owned(), "a=10.21.0.0/16".to_owned()];
+        let err = format!("{:#}", ServerConfig::resolve(&a).unwrap_err());
+        assert!(err.contains("given twice"), "{err}");
     }
 
     #[test]

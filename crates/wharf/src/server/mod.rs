@@ -109,11 +109,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             instance_limits: config.instance_limits,
             log_limits: config.log_limits,
             instance_services: Some(instance_services),
+            vpc_networks: config.vpc_networks.clone(),
         },
         db.clone(),
     )
     .await
-    .context("cannot start the container runtime (wharf server must run as root, with iproute2 and nftables)")?;
+    .context("cannot start the container runtime (wharf server must run as root)")?;
 
     let remote = Arc::new(RemoteRegistry::with_timeouts(default_docker_config(), config.edge.pull));
     let resolver = Resolver::new(images.clone(), snapshots.clone(), remote, local_registry_names(info.registry_addr));
@@ -122,6 +123,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ingress_port: info.ingress_addr.port(),
         idle_timeout: config.idle_timeout,
         queue_timeout: std::time::Duration::from_secs(10),
+        vpc_networks: config.vpc_networks.iter().map(|n| n.name.clone()).collect(),
     };
     let backend = Arc::new(wharf_runtime::RuntimeBackend::new(runtime.clone(), resolver.clone()));
     let control = wharf_control::ControlPlane::open(db.clone(), resolver.clone(), backend, table.clone(), settings)

@@ -6,7 +6,7 @@ use wharf_api::{Container, RevisionScaling, Service};
 
 use crate::cli::check;
 use crate::cli::ctx::Ctx;
-use crate::cli::flags::{ContainerFlags, api_duration, split_pairs};
+use crate::cli::flags::{ContainerFlags, VpcFlags, api_duration, split_pairs};
 use crate::cli::traffic::{Target, Traffic};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -55,6 +55,8 @@ pub struct DeployArgs {
     pub no_session_affinity: bool,
     #[command(flatten)]
     pub source: SourceFlags,
+    #[command(flatten)]
+    pub vpc: VpcFlags,
 }
 
 /// `--source DIR` and what shapes its build (deploy and `jobs deploy`).
@@ -146,6 +148,7 @@ fn apply(args: &DeployArgs, service: &mut Service) -> anyhow::Result<()> {
     if args.no_session_affinity {
         template.session_affinity = false;
     }
+    args.vpc.apply(&mut template.vpc_access)?;
     template.revision = args.revision_suffix.as_ref().map(|s| format!("{}-{s}", args.service)).unwrap_or_default();
     if let Some(labels) = &args.labels {
         service.labels = split_pairs("--labels", labels)?.into_iter().collect();

@@ -7,14 +7,14 @@ use wharf_api::{Container, EnvVar};
 
 use crate::cli::check;
 use crate::cli::ctx::Ctx;
-use crate::cli::flags::{ContainerFlags, api_duration, split_list, split_pairs};
+use crate::cli::flags::{ContainerFlags, VpcFlags, api_duration, split_list, split_pairs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum JobsCommand {
     /// Create a job.
-    Create(JobArgs),
+    Create(Box<JobArgs>),
     /// Change a job.
-    Update(JobArgs),
+    Update(Box<JobArgs>),
     /// Create or update a job; with --source, build its image from source first.
     Deploy(Box<JobDeployArgs>),
     /// Show a job (--format export: run.googleapis.com/v1 Job YAML to keep and `replace` later).
@@ -49,6 +49,8 @@ pub struct JobArgs {
     /// Per-attempt timeout: seconds or a duration like 10m (default 10m, max 24h).
     #[arg(long)]
     pub task_timeout: Option<String>,
+    #[command(flatten)]
+    pub vpc: VpcFlags,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -119,6 +121,7 @@ fn apply(args: &JobArgs, job: &mut Job) -> anyhow::Result<()> {
     if let Some(timeout) = &args.task_timeout {
         t.template.timeout = Some(api_duration("--task-timeout", timeout)?);
     }
+    args.vpc.apply(&mut t.template.vpc_access)?;
     Ok(())
 }
 
