@@ -26,7 +26,7 @@ mod testing;
 pub mod upstream;
 
 pub use listener::{Listener, ListenerLimits};
-pub use pool::{Lease, PoolConfig, PoolStats, RevisionPool};
+pub use pool::{Lease, PoolConfig, PoolStats, RevisionPool, UpstreamProtocol};
 pub use proxy::serve;
 pub use table::{RoutingTable, ServiceRoute};
 pub use upstream::{BoxFuture, LaunchError, Launcher, Upstream};

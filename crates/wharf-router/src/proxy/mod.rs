@@ -1,6 +1,9 @@
 //! The ingress server: accepts HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one port,
 //! routes each request by Host to a revision (weighted), takes a slot on one of its instances,
-//! and forwards the request with streamed bodies, `X-Forwarded-*` and trace headers. WebSocket
+//! and forwards the request with streamed bodies (and trailers), `X-Forwarded-*` and trace
+//! headers, over HTTP/1.1 or, to revisions whose port is `h2c`, over HTTP/2 (so gRPC,
+//! bidirectional streams included, works end to end; a client's reset stream or dropped
+//! connection cancels the upstream stream). WebSocket
 //! (and other) upgrades are spliced through, until both sides close or neither sends a byte for
 //! the revision's timeout. The revision's timeout bounds each request: past
 //! it the client gets a 504 and the instance keeps serving. Each request runs in a debug span
@@ -32,7 +35,7 @@ use tracing::{Instrument as _, Span};
 
 use crate::error::ProxyError;
 use crate::listener::{ConnectionPlace, Listener};
-use crate::pool::Lease;
+use crate::pool::{Lease, UpstreamProtocol};
 use crate::table::RoutingTable;
 
 #[cfg(test)]
@@ -110,11 +113,17 @@ async fn accept_loop(
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+    let http1: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
+        .build(connector.clone());
+    // One multiplexed HTTP/2 connection per instance; the pool's leases bound its streams.
+    let h2c: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .http2_adaptive_window(true)
+        .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
-    let proxy = Arc::new(Proxy { table, client });
+    let proxy = Arc::new(Proxy { table, http1, h2c });
     listener
         .serve(socket, shutdown, move |remote| {
             let proxy = proxy.clone();
@@ -128,7 +137,10 @@ async fn accept_loop(
 
 struct Proxy {
     table: Arc<RoutingTable>,
-    client: Client<HttpConnector, Incoming>,
+    /// To instances of revisions whose port is `http1`, and for upgrades (WebSocket) to any.
+    http1: Client<HttpConnector, Incoming>,
+    /// To instances of revisions whose port is `h2c`: HTTP/2 with prior knowledge.
+    h2c: Client<HttpConnector, Incoming>,
 }
 
 /// Headers that belong to one connection, never forwarded.
@@ -199,6 +211,11 @@ impl Proxy {
         span.record("instance", lease.upstream().id());
 
         let upgrade = is_upgrade(req.headers());
+        // An upgrade (WebSocket) is an HTTP/1.1 mechanism: it goes to the instance over
+        // HTTP/1.1 even when the revision serves h2c (a server that only speaks HTTP/2 answers
+        // it with an error, which the client gets as a 502).
+        let http2 = pool.protocol == UpstreamProtocol::H2c && !upgrade;
+        let client_version = req.version();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let place = req.extensions_mut().remove::<ConnectionPlace>();
         let (mut parts, body) = req.into_parts();
@@ -207,12 +224,13 @@ impl Proxy {
         uri.authority = Some(lease.authority().clone());
         uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| "/".parse().expect("valid")));
         parts.uri = hyper::Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))?;
-        parts.version = hyper::Version::HTTP_11;
+        parts.version = if http2 { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
         prepare_headers(&mut parts.headers, remote, &host, upgrade);
         let upstream = Request::from_parts(parts, body);
+        let client = if http2 { &self.h2c } else { &self.http1 };
 
         let mut response = tokio::select! {
-            response = self.client.request(upstream) => response.map_err(|e| ProxyError::Upstream(e.to_string()))?,
+            response = client.request(upstream) => response.map_err(|e| ProxyError::Upstream(e.to_string()))?,
             _ = deadline.as_mut() => return Err(ProxyError::Timeout(timeout)),
         };
 
@@ -237,6 +255,9 @@ impl Proxy {
         }
 
         let (mut parts, body) = response.into_parts();
+        // The client's connection decides the version it is answered in (an HTTP/1.1 client
+        // of an h2c revision gets HTTP/1.1).
+        parts.version = client_version;
         for name in HOP_BY_HOP {
             parts.headers.remove(*name);
         }
@@ -285,12 +306,21 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-/// Strips hop-by-hop headers (keeping an upgrade's), and adds `X-Forwarded-For`,
-/// `X-Forwarded-Proto`, `X-Forwarded-Host` and trace context.
+/// Strips hop-by-hop headers (keeping an upgrade's, and `TE: trailers`, which says the client
+/// takes trailers: gRPC servers want it, and the proxy forwards trailers), and adds
+/// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and trace context.
 fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, upgrade: bool) {
     let upgrade_header = headers.get(header::UPGRADE).cloned();
+    let takes_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))));
     for name in HOP_BY_HOP {
         headers.remove(*name);
+    }
+    if takes_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if upgrade && let Some(value) = upgrade_header {
         headers.insert(header::UPGRADE, value);
