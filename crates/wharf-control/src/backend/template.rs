@@ -47,6 +47,9 @@ pub enum Owner {
 pub enum ProbeAction {
     Tcp { port: u16 },
     HttpGet { port: u16, path: String },
+    /// The standard gRPC health check (`grpc.health.v1.Health/Check`) over HTTP/2 cleartext;
+    /// `service` empty asks about the server as a whole.
+    Grpc { port: u16, service: String },
 }
 
 /// A probe with Cloud Run's timing fields.
@@ -81,6 +84,8 @@ impl Probe {
         match &self.action {
             ProbeAction::Tcp { port } => format!("TCP probe on port {port}"),
             ProbeAction::HttpGet { port, path } => format!("HTTP probe GET {path} on port {port}"),
+            ProbeAction::Grpc { port, service } if service.is_empty() => format!("gRPC health probe on port {port}"),
+            ProbeAction::Grpc { port, service } => format!("gRPC health probe of {service:?} on port {port}"),
         }
     }
 }

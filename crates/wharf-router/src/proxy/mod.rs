@@ -175,9 +175,11 @@ impl Proxy {
             revision = tracing::field::Empty,
             instance = tracing::field::Empty,
         );
+        let grpc = is_grpc(req.headers());
         let forward = async {
-            match self.forward(req, remote, host, &span).await {
+            match self.forward(req, remote, host, &span, grpc).await {
                 Ok(response) => response,
+                Err(e) if grpc => e.into_grpc_response(),
                 Err(e) => e.into_response(),
             }
         };
@@ -190,6 +192,7 @@ impl Proxy {
         remote: SocketAddr,
         host: String,
         span: &Span,
+        grpc: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = self.table.lookup(&host).ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
         let roll = if route.targets.len() > 1 { fast_random() % 100 } else { 0 };
@@ -271,7 +274,7 @@ impl Proxy {
                 parts.headers.append(header::SET_COOKIE, v);
             }
         }
-        let body = LeasedBody { inner: body, _lease: lease, deadline };
+        let body = LeasedBody { inner: body, _lease: lease, deadline, timeout, grpc, ended: false };
         Ok(Response::from_parts(parts, body.boxed()))
     }
 }
@@ -295,6 +298,11 @@ fn affinity_cookie(headers: &HeaderMap, revision: &str) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().strip_prefix(AFFINITY_COOKIE)?.strip_prefix('='))
         .find_map(|value| value.strip_prefix(revision)?.strip_prefix('.').map(str::to_owned))
+}
+
+/// A gRPC call (any `application/grpc` content type: `+proto`, `+json`, ...).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -468,11 +476,16 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ActivityIo<T> {
 }
 
 /// A response body that holds its instance slot until the body ends, and is cut off at the
-/// request's deadline.
+/// request's deadline: a gRPC call's then ends with trailers saying DEADLINE_EXCEEDED (its
+/// client sees why), any other body just ends.
 struct LeasedBody {
     inner: Incoming,
     _lease: Lease,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    grpc: bool,
+    /// The deadline passed and the body was ended.
+    ended: bool,
 }
 
 impl Body for LeasedBody {
@@ -480,15 +493,28 @@ impl Body for LeasedBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
         if self.deadline.as_mut().poll(cx).is_ready() {
             // Past the timeout mid-body: end the stream (the status line is already sent).
+            self.ended = true;
+            if self.grpc {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from(u16::from(crate::error::GRPC_DEADLINE_EXCEEDED)));
+                let message = ProxyError::Timeout(self.timeout).to_string();
+                if let Ok(v) = HeaderValue::from_str(&crate::error::grpc_message(&message)) {
+                    trailers.insert("grpc-message", v);
+                }
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
             return Poll::Ready(None);
         }
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
