@@ -659,6 +659,29 @@ mod tests {
         });
         assert!(err(&template(c)).contains("livenessProbe.failureThreshold -1"));
         let mut c = image();
+        c.startup_probe = Some(wharf_api::Probe {
+            grpc: Some(wharf_api::GrpcAction { port: 0, service: "a b".into() }),
+            ..Default::default()
+        });
+        assert!(err(&template(c)).contains("startupProbe.grpc.service \"a b\" is not a gRPC service name"));
+        let mut c = image();
+        c.startup_probe = Some(wharf_api::Probe {
+            grpc: Some(wharf_api::GrpcAction::default()),
+            tcp_socket: Some(wharf_api::TcpSocketAction::default()),
+            ..Default::default()
+        });
+        assert!(err(&template(c)).contains("only one of httpGet, tcpSocket and grpc"));
+        let mut c = image();
+        c.ports = vec![wharf_api::ContainerPort { name: "h2c".into(), container_port: 9000 }];
+        c.startup_probe =
+            Some(wharf_api::Probe { grpc: Some(wharf_api::GrpcAction::default()), ..Default::default() });
+        let config = validate(&template(c)).unwrap();
+        assert!(config.use_http2);
+        assert_eq!(
+            config.instance.startup_probe.map(|p| p.action),
+            Some(ProbeAction::Grpc { port: 9000, service: String::new() })
+        );
+        let mut c = image();
         c.resources =
             Some(ResourceRequirements { limits: [("cpu".into(), "50m".into())].into(), ..Default::default() });
         assert!(err(&template(c)).contains("between 0.08 (80m) and 8 CPUs"));
@@ -697,6 +720,7 @@ mod tests {
                         failure_threshold: threshold,
                         http_get: http.then_some(wharf_api::HttpGetAction { path, port }),
                         tcp_socket: (!http).then_some(wharf_api::TcpSocketAction { port }),
+                        grpc: None,
                     })
                 },
             )
