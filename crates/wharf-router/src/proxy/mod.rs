@@ -56,6 +56,28 @@ pub async fn serve(
     table: Arc<RoutingTable>,
     shutdown: CancellationToken,
 ) {
+    serve_on(socket, listener, table, None, shutdown).await;
+}
+
+/// Serves the ingress over TLS on `socket` (see [`crate::tls`]): the same proxy, with
+/// `X-Forwarded-Proto: https`; ALPN decides between HTTP/2 and HTTP/1.1.
+pub async fn serve_tls(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    table: Arc<RoutingTable>,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    serve_on(socket, listener, table, Some(tokio_rustls::TlsAcceptor::from(tls)), shutdown).await;
+}
+
+async fn serve_on(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    table: Arc<RoutingTable>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let socket = match socket.into_std() {
         Ok(l) => l,
         Err(e) => {
@@ -66,8 +88,8 @@ pub async fn serve(
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut workers = Vec::new();
     for i in 0..threads {
-        let (socket, listener, table, shutdown) = match socket.try_clone() {
-            Ok(l) => (l, listener.clone(), table.clone(), shutdown.clone()),
+        let (socket, listener, table, tls, shutdown) = match socket.try_clone() {
+            Ok(l) => (l, listener.clone(), table.clone(), tls.clone(), shutdown.clone()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot share the ingress listener");
                 break;
@@ -83,7 +105,7 @@ pub async fn serve(
             };
             runtime.block_on(async move {
                 match TcpListener::from_std(socket) {
-                    Ok(socket) => accept_loop(socket, listener, table, shutdown).await,
+                    Ok(socket) => accept_loop(socket, listener, table, tls, shutdown).await,
                     Err(e) => tracing::error!(error = %e, "ingress worker cannot listen"),
                 }
             });
@@ -108,6 +130,7 @@ async fn accept_loop(
     socket: TcpListener,
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let mut connector = HttpConnector::new();
@@ -123,16 +146,19 @@ async fn accept_loop(
         .http2_adaptive_window(true)
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
-    let proxy = Arc::new(Proxy { table, http1, h2c });
-    listener
-        .serve(socket, shutdown, move |remote| {
+    let forwarded_proto = if tls.is_some() { "https" } else { "http" };
+    let proxy = Arc::new(Proxy { table, http1, h2c, forwarded_proto });
+    let make_service = move |remote| {
+        let proxy = proxy.clone();
+        hyper::service::service_fn(move |req| {
             let proxy = proxy.clone();
-            hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
-            })
+            async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
         })
-        .await;
+    };
+    match tls {
+        None => listener.serve(socket, shutdown, make_service).await,
+        Some(acceptor) => listener.serve_tls(socket, acceptor, shutdown, make_service).await,
+    }
 }
 
 struct Proxy {
@@ -141,6 +167,8 @@ struct Proxy {
     http1: Client<HttpConnector, Incoming>,
     /// To instances of revisions whose port is `h2c`: HTTP/2 with prior knowledge.
     h2c: Client<HttpConnector, Incoming>,
+    /// `X-Forwarded-Proto` for the instance: how the client reached the ingress.
+    forwarded_proto: &'static str,
 }
 
 /// Headers that belong to one connection, never forwarded.
@@ -228,7 +256,7 @@ impl Proxy {
         uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| "/".parse().expect("valid")));
         parts.uri = hyper::Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))?;
         parts.version = if http2 { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
-        prepare_headers(&mut parts.headers, remote, &host, upgrade);
+        prepare_headers(&mut parts.headers, remote, &host, upgrade, self.forwarded_proto);
         let upstream = Request::from_parts(parts, body);
         let client = if http2 { &self.h2c } else { &self.http1 };
 
@@ -317,7 +345,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Strips hop-by-hop headers (keeping an upgrade's, and `TE: trailers`, which says the client
 /// takes trailers: gRPC servers want it, and the proxy forwards trailers), and adds
 /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and trace context.
-fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, upgrade: bool) {
+fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, upgrade: bool, proto: &'static str) {
     let upgrade_header = headers.get(header::UPGRADE).cloned();
     let takes_trailers = headers
         .get_all(header::TE)
@@ -341,7 +369,7 @@ fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, upgr
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.entry(HeaderName::from_static("x-forwarded-host")).or_insert(v);
     }

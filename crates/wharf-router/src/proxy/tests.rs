@@ -63,7 +63,7 @@ impl Ingress {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let limits = Listener::new("ingress", ListenerLimits::default());
-        tokio::spawn(accept_loop(listener, limits.clone(), table, shutdown.clone()));
+        tokio::spawn(accept_loop(listener, limits.clone(), table, None, shutdown.clone()));
         Ingress { addr, listener: limits, client: Client::builder(TokioExecutor::new()).build_http(), shutdown }
     }
 
@@ -402,7 +402,7 @@ fn forwarding_headers() {
     let mut h = HeaderMap::new();
     h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
     h.insert("connection", HeaderValue::from_static("keep-alive"));
-    prepare_headers(&mut h, "127.0.0.1:5555".parse().unwrap(), "hello-p.localhost:8080", false);
+    prepare_headers(&mut h, "127.0.0.1:5555".parse().unwrap(), "hello-p.localhost:8080", false, "http");
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert!(!h.contains_key("connection"));
