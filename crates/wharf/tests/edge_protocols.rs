@@ -1,9 +1,15 @@
-//! gRPC end to end: a revision deployed with `--use-http2` (its port named `h2c`) runs the test
+//! HTTP/2, gRPC and HTTPS end to end.
+//!
+//! gRPC: a revision deployed with `--use-http2` (its port named `h2c`) runs the test
 //! app's tonic server (`testapp grpc`), and a real tonic client calls it through Wharf's
 //! ingress: unary calls with metadata and trailers, a bidirectional stream whose replies
 //! interleave with its requests, a client deadline and an abandoned stream that cancel the
 //! call inside the instance, and the revision's request timeout as DEADLINE_EXCEEDED. The
 //! second test deploys with `grpc` startup and liveness probes (the standard health protocol).
+//!
+//! HTTPS: a server started with `WHARF_HTTPS_ADDR` serves service hosts over TLS with
+//! certificates of its local CA (which the test trusts): h2 by ALPN, `X-Forwarded-Proto:
+//! https`, gRPC over TLS, and no certificate for a name it does not serve.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -45,9 +51,13 @@ struct Env {
 }
 
 fn setup() -> Env {
+    setup_with(&[])
+}
+
+fn setup_with(env: &[(&str, &str)]) -> Env {
     let work = tempfile::tempdir().unwrap();
     let built = testapp_image(work.path(), "v1").unwrap();
-    let server = WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap();
+    let server = WharfServer::start_with_env(Path::new(env!("CARGO_BIN_EXE_wharf")), env).unwrap();
     let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "grpc:v1"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let image = format!("{}/grpc:v1", server.addrs.registry_addr);
@@ -264,4 +274,58 @@ async fn grpc_health_probes_decide_readiness_and_say_why_they_failed() {
     let op = env.create("plain", json!({"containers": [http1]})).await;
     let message = op["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("gRPC health probe on port 8080 failed: HTTP status 404"), "{op}");
+}
+
+#[tokio::test]
+async fn https_serves_service_hosts_with_the_local_ca_over_h2_and_grpc() {
+    let env = setup_with(&[("WHARF_HTTPS_ADDR", "127.0.0.1:0")]);
+    let https: std::net::SocketAddr = env.server.addrs.https_addr.as_deref().expect("httpsAddr in server.json").parse().unwrap();
+    let ca_path = env.server.data_dir().join("tls/local-ca.pem");
+    let ca = std::fs::read(&ca_path).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    let key_mode = std::fs::metadata(env.server.data_dir().join("tls/local-ca-key.pem")).unwrap().permissions().mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    env.ok(&["run", "deploy", "web", "--image", &env.image, "--project", "demo"]);
+    #[rustfmt::skip]
+    env.ok(&["run", "deploy", "echo", "--image", &env.image, "--project", "demo", "--use-http2", "--args=grpc"]);
+    let web = service_host("web", "demo");
+
+    // HTTP/2 over TLS (ALPN), and the app learns the client used HTTPS.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .resolve(&web, https)
+        .resolve("unknown.us-central1.localhost", https)
+        .build()
+        .unwrap();
+    let r = client.get(format!("https://{web}:{}/headers", https.port())).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_2));
+    let headers: Value = r.json().await.unwrap();
+    assert_eq!(headers["x-forwarded-proto"], "https", "{headers}");
+
+    // A name the ingress does not serve gets no certificate at all.
+    let refused = client.get(format!("https://unknown.us-central1.localhost:{}/", https.port())).send().await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // gRPC over TLS.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .domain_name(service_host("echo", "demo"));
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{https}"))
+        .unwrap()
+        .origin(format!("https://{}", service_host("echo", "demo")).parse().unwrap())
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let reply = unary(&mut grpc, "/wharf.test.Echo/Unary", tonic::Request::new(echo("secure"))).await.unwrap();
+    let reply = reply.into_inner();
+    assert_eq!((reply.message.as_str(), reply.forwarded_proto.as_str()), ("secure", "https"));
+
+    // Plain HTTP keeps working on the ingress for local use.
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = plain.get(format!("http://{}/", env.server.addrs.ingress_addr)).header("Host", &web).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 }
