@@ -673,8 +673,7 @@ mod tests {
         assert!(err(&template(c)).contains("only one of httpGet, tcpSocket and grpc"));
         let mut c = image();
         c.ports = vec![wharf_api::ContainerPort { name: "h2c".into(), container_port: 9000 }];
-        c.startup_probe =
-            Some(wharf_api::Probe { grpc: Some(wharf_api::GrpcAction::default()), ..Default::default() });
+        c.startup_probe = Some(wharf_api::Probe { grpc: Some(wharf_api::GrpcAction::default()), ..Default::default() });
         let config = validate(&template(c)).unwrap();
         assert!(config.use_http2);
         assert_eq!(

@@ -23,9 +23,9 @@ pub mod listener;
 pub mod pool;
 pub mod proxy;
 pub mod table;
-pub mod tls;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 pub mod upstream;
 
 pub use listener::{Listener, ListenerLimits};

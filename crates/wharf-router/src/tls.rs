@@ -89,7 +89,8 @@ impl LocalCa {
             let issuer = rcgen::Issuer::new(ca_params()?, key);
             return Ok(LocalCa { issuer, cert_pem, cert_path });
         }
-        let key = rcgen::KeyPair::generate().map_err(|source| TlsError::Generate { op: "generate a CA key", source })?;
+        let key =
+            rcgen::KeyPair::generate().map_err(|source| TlsError::Generate { op: "generate a CA key", source })?;
         let mut params = ca_params()?;
         let now = std::time::SystemTime::now();
         params.not_before = (now - std::time::Duration::from_secs(3600)).into();
@@ -189,12 +190,7 @@ impl fmt::Debug for Certificates {
 
 impl Certificates {
     pub fn new(local_ca: Option<LocalCa>, serves: ServesName) -> Arc<Certificates> {
-        Arc::new(Certificates {
-            by_name: RwLock::default(),
-            issued: RwLock::default(),
-            local_ca,
-            serves,
-        })
+        Arc::new(Certificates { by_name: RwLock::default(), issued: RwLock::default(), local_ca, serves })
     }
 
     pub fn local_ca(&self) -> Option<&LocalCa> {
@@ -213,10 +209,7 @@ impl Certificates {
         }
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(format!("its key: {e}")))?;
         let certified = certified_key(name, chain, key)?;
-        self.by_name
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_ascii_lowercase(), Arc::new(certified));
+        self.by_name.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_ascii_lowercase(), Arc::new(certified));
         Ok(())
     }
 

@@ -14,8 +14,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use http::uri::PathAndQuery;
+use serde_json::{Value, json};
 use wharf_testsupport::{WharfServer, service_host, testapp_image};
 
 const PARENT: &str = "/v2/projects/demo/locations/us-central1";
@@ -97,8 +97,13 @@ impl Env {
 
     /// Creates a service from `template` through the API and waits for its operation.
     async fn create(&self, id: &str, template: Value) -> Value {
-        let (status, op) =
-            self.api(reqwest::Method::POST, &format!("{PARENT}/services?serviceId={id}"), Some(json!({"template": template}))).await;
+        let (status, op) = self
+            .api(
+                reqwest::Method::POST,
+                &format!("{PARENT}/services?serviceId={id}"),
+                Some(json!({"template": template})),
+            )
+            .await;
         assert_eq!(status, 200, "{op}");
         let name = op["name"].as_str().unwrap().to_owned();
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -279,7 +284,8 @@ async fn grpc_health_probes_decide_readiness_and_say_why_they_failed() {
 #[tokio::test]
 async fn https_serves_service_hosts_with_the_local_ca_over_h2_and_grpc() {
     let env = setup_with(&[("WHARF_HTTPS_ADDR", "127.0.0.1:0")]);
-    let https: std::net::SocketAddr = env.server.addrs.https_addr.as_deref().expect("httpsAddr in server.json").parse().unwrap();
+    let https: std::net::SocketAddr =
+        env.server.addrs.https_addr.as_deref().expect("httpsAddr in server.json").parse().unwrap();
     let ca_path = env.server.data_dir().join("tls/local-ca.pem");
     let ca = std::fs::read(&ca_path).unwrap();
     use std::os::unix::fs::PermissionsExt as _;

@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use crate::jobs::{ExecutionTemplate, Job, TaskTemplate};
 use crate::types::{
-    Container, ContainerPort, EnvVar, GrpcAction, HttpGetAction, Probe, ResourceRequirements, RevisionScaling, RevisionTemplate,
-    Service, TRAFFIC_LATEST, TRAFFIC_REVISION, TcpSocketAction, TrafficTarget,
+    Container, ContainerPort, EnvVar, GrpcAction, HttpGetAction, Probe, ResourceRequirements, RevisionScaling,
+    RevisionTemplate, Service, TRAFFIC_LATEST, TRAFFIC_REVISION, TcpSocketAction, TrafficTarget,
 };
 
 /// Why a Knative YAML document could not be read.

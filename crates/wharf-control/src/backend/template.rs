@@ -45,11 +45,19 @@ pub enum Owner {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum ProbeAction {
-    Tcp { port: u16 },
-    HttpGet { port: u16, path: String },
+    Tcp {
+        port: u16,
+    },
+    HttpGet {
+        port: u16,
+        path: String,
+    },
     /// The standard gRPC health check (`grpc.health.v1.Health/Check`) over HTTP/2 cleartext;
     /// `service` empty asks about the server as a whole.
-    Grpc { port: u16, service: String },
+    Grpc {
+        port: u16,
+        service: String,
+    },
 }
 
 /// A probe with Cloud Run's timing fields.

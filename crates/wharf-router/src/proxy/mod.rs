@@ -347,11 +347,10 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and trace context.
 fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, upgrade: bool, proto: &'static str) {
     let upgrade_header = headers.get(header::UPGRADE).cloned();
-    let takes_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let takes_trailers =
+        headers.get_all(header::TE).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+            v.split(',').any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        });
     for name in HOP_BY_HOP {
         headers.remove(*name);
     }

@@ -282,7 +282,9 @@ async fn h2c_instance() -> SocketAddr {
                 let mut trailers = HeaderMap::new();
                 trailers.insert("x-response-trailer", echoed);
                 let frames = vec![
-                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(format!("{version} te={te}")))),
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(format!(
+                        "{version} te={te}"
+                    )))),
                     Ok(http_body::Frame::trailers(trailers)),
                 ];
                 let body = http_body_util::StreamBody::new(futures::stream::iter(frames));

@@ -63,8 +63,10 @@ async fn start(limits: ListenerLimits) -> Https {
     // Created, then opened again as a restarted server would: the handshakes below use
     // the reloaded CA.
     drop(LocalCa::open(dir.path()).unwrap());
-    let certificates =
-        Certificates::new(Some(LocalCa::open(dir.path()).unwrap()), Arc::new(move |name| routed.lookup(name).is_some()));
+    let certificates = Certificates::new(
+        Some(LocalCa::open(dir.path()).unwrap()),
+        Arc::new(move |name| routed.lookup(name).is_some()),
+    );
     let ca_pem = certificates.local_ca().unwrap().cert_pem.clone();
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
@@ -74,7 +76,11 @@ async fn start(limits: ListenerLimits) -> Https {
     Https { addr, ca_pem, shutdown, _dir: dir }
 }
 
-fn client_config(ca_pem: &str, versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&[u8]]) -> rustls::ClientConfig {
+fn client_config(
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
@@ -138,7 +144,8 @@ async fn a_routed_host_is_served_over_h2_and_http1_with_tls_13_and_12() {
     assert_eq!(get(stream).await, "https");
 
     // SNI picks the certificate: a name the ingress does not route gets none.
-    let refused = connect(&https, client_config(&https.ca_pem, &[&rustls::version::TLS13], both), "other.localhost").await;
+    let refused =
+        connect(&https, client_config(&https.ca_pem, &[&rustls::version::TLS13], both), "other.localhost").await;
     let error = refused.expect_err("no certificate for a name the ingress does not serve");
     assert!(error.to_string().contains("alert"), "{error}");
 }

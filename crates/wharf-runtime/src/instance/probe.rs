@@ -127,10 +127,12 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<(), ProbeError> {
 async fn grpc_health(addr: SocketAddr, service: &str) -> Result<(), ProbeError> {
     use http_body_util::BodyExt as _;
     let stream = TcpStream::connect(addr).await.map_err(|source| ProbeError::Connect { addr, source })?;
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|source| ProbeError::Http2 { op: "handshake with", addr, source })?;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|source| ProbeError::Http2 { op: "handshake with", addr, source })?;
     // Ends when `sender` is dropped, at the latest when this probe ends.
     tokio::spawn(connection);
     let request = hyper::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
@@ -145,13 +147,15 @@ async fn grpc_health(addr: SocketAddr, service: &str) -> Result<(), ProbeError> 
         return Err(ProbeError::Status { status: response.status().as_u16() });
     }
     let head = response.headers().clone();
-    let collected =
-        response.into_body().collect().await.map_err(|source| ProbeError::Http2 { op: "reading from", addr, source })?;
+    let collected = response.into_body().collect().await.map_err(|source| ProbeError::Http2 {
+        op: "reading from",
+        addr,
+        source,
+    })?;
     // A failed call may come "trailers-only": its status in the headers.
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    let field = |name: &str| {
-        trailers.get(name).or_else(|| head.get(name)).and_then(|v| v.to_str().ok()).map(str::to_owned)
-    };
+    let field =
+        |name: &str| trailers.get(name).or_else(|| head.get(name)).and_then(|v| v.to_str().ok()).map(str::to_owned);
     match field("grpc-status") {
         Some(code) if code == "0" => {}
         Some(code) => return Err(ProbeError::GrpcStatus { code, message: field("grpc-message").unwrap_or_default() }),

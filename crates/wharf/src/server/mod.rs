@@ -155,8 +155,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             let local_ca = wharf_router::tls::LocalCa::open(&data_dir.join("tls"))
                 .context("cannot set up the local CA of the HTTPS ingress")?;
             tracing::info!(ca = %local_ca.cert_path.display(), "HTTPS for service hosts uses the local CA");
-            let certificates =
-                wharf_router::tls::Certificates::new(Some(local_ca), Arc::new(move |name| routed.lookup(name).is_some()));
+            let certificates = wharf_router::tls::Certificates::new(
+                Some(local_ca),
+                Arc::new(move |name| routed.lookup(name).is_some()),
+            );
             let tls = wharf_router::tls::server_config(certificates).context("cannot set up TLS")?;
             Some(tokio::spawn(wharf_router::serve_tls(
                 socket,

@@ -250,7 +250,9 @@ mod tests {
         assert_eq!(env, [("B".to_owned(), "3".to_owned()), ("C".to_owned(), "4".to_owned())]);
         assert_eq!(s.template.containers[0].image, "x", "an update keeps the image");
 
-        let port = |s: &Service| (s.template.containers[0].ports[0].name.clone(), s.template.containers[0].ports[0].container_port);
+        let port = |s: &Service| {
+            (s.template.containers[0].ports[0].name.clone(), s.template.containers[0].ports[0].container_port)
+        };
         applied(&["--use-http2"], &mut s).unwrap();
         assert_eq!(port(&s), ("h2c".to_owned(), 9000));
         applied(&["--port=9001"], &mut s).unwrap();
