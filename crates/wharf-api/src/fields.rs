@@ -47,14 +47,12 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
     "buildInfo",
     "sourceCode",
     // Probe
-    "grpc",
     "httpHeaders",
 ];
 
 /// What a user of an unsupported field should know, where there is more to say.
 const WHY_UNSUPPORTED: &[(&str, &str)] = &[
     ("volumes", "instances have an in-memory writable root filesystem; secrets and volumes come later"),
-    ("grpc", "gRPC probes come with end-to-end HTTP/2; use httpGet or tcpSocket"),
 ];
 
 /// Output-only fields of Cloud Run resources that Wharf does not produce. A client that reads
@@ -183,8 +181,8 @@ mod tests {
                 "template.containers[0].baseImageUri",
             ),
             (
-                serde_json::json!({"template": {"containers": [{"startupProbe": {"grpc": {"port": 1}}}]}}),
-                "template.containers[0].startupProbe.grpc",
+                serde_json::json!({"template": {"containers": [{"startupProbe": {"httpGet": {"httpHeaders": []}}}]}}),
+                "template.containers[0].startupProbe.httpGet.httpHeaders",
             ),
         ] {
             let e = refuse::<Service>(body);

@@ -240,6 +240,10 @@ pub struct Probe {
     pub http_get: Option<HttpGetAction>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_socket: Option<TcpSocketAction>,
+    /// A call to the standard gRPC health service (`grpc.health.v1.Health/Check`) over HTTP/2
+    /// cleartext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcAction>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +253,17 @@ pub struct HttpGetAction {
     pub path: String,
     #[serde(skip_serializing_if = "is_zero32")]
     pub port: i32,
+}
+
+/// `probes.grpc`: the port (0: the container port) and the service name to ask the health
+/// service about (empty: the server as a whole).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct GrpcAction {
+    #[serde(skip_serializing_if = "is_zero32")]
+    pub port: i32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -72,6 +72,10 @@ pub struct RevisionConfig {
     pub max_instances: u32,
     pub timeout: Duration,
     pub session_affinity: bool,
+    /// The port is named `h2c` (`--use-http2`): the ingress speaks HTTP/2 cleartext to the
+    /// instances. Absent in revisions stored before it existed: HTTP/1.1.
+    #[serde(default)]
+    pub use_http2: bool,
 }
 
 fn invalid(message: impl Into<String>) -> ControlError {
@@ -389,6 +393,7 @@ pub fn container(containers: &[Container], workload: Workload) -> Result<(String
 pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlError> {
     let (image, mut instance) = container(&template.containers, Workload::Service)?;
     instance.vpc = vpc_access("template.vpcAccess", template.vpc_access.as_ref())?;
+    let use_http2 = template.containers.first().is_some_and(|c| c.ports.first().is_some_and(|p| p.name == "h2c"));
     let concurrency = match template.max_instance_request_concurrency {
         0 => DEFAULT_CONCURRENCY,
         n @ 1..=1000 => n.unsigned_abs(),
@@ -445,6 +450,7 @@ pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlEr
         max_instances,
         timeout,
         session_affinity: template.session_affinity,
+        use_http2,
     })
 }
 
@@ -518,13 +524,12 @@ fn working_dir(dir: &str) -> Result<Option<String>, ControlError> {
 }
 
 fn container_port(container: &Container) -> Result<u16, ControlError> {
-    if let Some(p) = container.ports.iter().find(|p| !p.name.is_empty() && p.name != "http1") {
-        return Err(invalid(match p.name.as_str() {
-            "h2c" => "template.containers[0].ports[0].name h2c (end-to-end HTTP/2) is not supported yet; \
-                      use http1 or leave the name out"
-                .to_owned(),
-            other => format!("template.containers[0].ports[0].name {other:?} is not a protocol: use http1 or h2c"),
-        }));
+    if let Some(p) = container.ports.iter().find(|p| !p.name.is_empty() && p.name != "http1" && p.name != "h2c") {
+        let shown: String = p.name.chars().take(64).collect();
+        return Err(invalid(format!(
+            "template.containers[0].ports[0].name {shown:?} is not a protocol: use http1 (HTTP/1.1, the default) \
+             or h2c (end-to-end HTTP/2, for gRPC: --use-http2)"
+        )));
     }
     match container.ports.as_slice() {
         [] => Ok(DEFAULT_PORT),
@@ -562,8 +567,8 @@ fn probe(
             .filter(|p| *p > 0)
             .ok_or_else(|| invalid(format!("{field} port {n} is out of range: it must be between 1 and 65535")))
     };
-    let action = match (&p.http_get, &p.tcp_socket) {
-        (Some(h), None) => {
+    let action = match (&p.http_get, &p.tcp_socket, &p.grpc) {
+        (Some(h), None, None) => {
             c_string(&format!("{field}.httpGet.path"), &h.path, limits::PATH_BYTES)?;
             if !h.path.is_empty() && (!h.path.starts_with('/') || h.path.chars().any(|c| c.is_control() || c == ' ')) {
                 return Err(invalid(format!(
@@ -577,9 +582,21 @@ fn probe(
                 path: if h.path.is_empty() { "/".to_owned() } else { h.path.clone() },
             }
         }
-        (None, Some(t)) => ProbeAction::Tcp { port: probe_port(t.port)? },
-        (None, None) => return Err(invalid(format!("{field} needs httpGet or tcpSocket"))),
-        (Some(_), Some(_)) => return Err(invalid(format!("{field} may have only one of httpGet and tcpSocket"))),
+        (None, Some(t), None) => ProbeAction::Tcp { port: probe_port(t.port)? },
+        (None, None, Some(g)) => {
+            // gRPC service names are dotted identifiers (`package.Service`).
+            if g.service.len() > 256 || g.service.chars().any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c))) {
+                return Err(invalid(format!(
+                    "{field}.grpc.service {:?} is not a gRPC service name: give a name such as \
+                     \"mypackage.MyService\" (letters, digits, '.', '_', '-'; at most 256), or leave it out to ask \
+                     about the whole server",
+                    g.service.chars().take(80).collect::<String>()
+                )));
+            }
+            ProbeAction::Grpc { port: probe_port(g.port)?, service: g.service.clone() }
+        }
+        (None, None, None) => return Err(invalid(format!("{field} needs one of httpGet, tcpSocket or grpc"))),
+        _ => return Err(invalid(format!("{field} may have only one of httpGet, tcpSocket and grpc"))),
     };
     let initial_delay = match p.initial_delay_seconds {
         n @ 0..=limits::PROBE_INITIAL_DELAY_SECS => Duration::from_secs(n.unsigned_abs().into()),
@@ -727,6 +744,28 @@ mod tests {
         });
         assert!(err(&template(c)).contains("livenessProbe.failureThreshold -1"));
         let mut c = image();
+        c.startup_probe = Some(wharf_api::Probe {
+            grpc: Some(wharf_api::GrpcAction { port: 0, service: "a b".into() }),
+            ..Default::default()
+        });
+        assert!(err(&template(c)).contains("startupProbe.grpc.service \"a b\" is not a gRPC service name"));
+        let mut c = image();
+        c.startup_probe = Some(wharf_api::Probe {
+            grpc: Some(wharf_api::GrpcAction::default()),
+            tcp_socket: Some(wharf_api::TcpSocketAction::default()),
+            ..Default::default()
+        });
+        assert!(err(&template(c)).contains("only one of httpGet, tcpSocket and grpc"));
+        let mut c = image();
+        c.ports = vec![wharf_api::ContainerPort { name: "h2c".into(), container_port: 9000 }];
+        c.startup_probe = Some(wharf_api::Probe { grpc: Some(wharf_api::GrpcAction::default()), ..Default::default() });
+        let config = validate(&template(c)).unwrap();
+        assert!(config.use_http2);
+        assert_eq!(
+            config.instance.startup_probe.map(|p| p.action),
+            Some(ProbeAction::Grpc { port: 9000, service: String::new() })
+        );
+        let mut c = image();
         c.resources =
             Some(ResourceRequirements { limits: [("cpu".into(), "50m".into())].into(), ..Default::default() });
         assert!(err(&template(c)).contains("between 0.08 (80m) and 8 CPUs"));
@@ -765,6 +804,7 @@ mod tests {
                         failure_threshold: threshold,
                         http_get: http.then_some(wharf_api::HttpGetAction { path, port }),
                         tcp_socket: (!http).then_some(wharf_api::TcpSocketAction { port }),
+                        grpc: None,
                     })
                 },
             )

@@ -2,6 +2,11 @@
 //! full queue a 429, no capacity on the machine for a needed instance a 429 with the reason,
 //! no instance in time a 503, an instance that cannot start a 503, an
 //! upstream that fails a 502, a request past its timeout a 504 (the instance is kept).
+//!
+//! A gRPC call (`content-type: application/grpc...`) gets the same failure as gRPC clients
+//! understand it: a trailers-only answer (HTTP 200) whose `grpc-status` is DEADLINE_EXCEEDED
+//! for a timeout, UNIMPLEMENTED for an unknown host, and UNAVAILABLE (which clients may retry)
+//! for the rest, with the same message in `grpc-message`.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -68,6 +73,30 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status code of this failure.
+    pub fn grpc_code(&self) -> u8 {
+        match self {
+            ProxyError::Timeout(_) => GRPC_DEADLINE_EXCEEDED,
+            ProxyError::UnknownHost { .. } => 12, // UNIMPLEMENTED, as gRPC maps a 404
+            _ => 14,                              // UNAVAILABLE
+        }
+    }
+
+    /// The failure as a gRPC client expects it: trailers-only, status in `grpc-status`.
+    pub fn into_grpc_response(self) -> Response<ProxyBody> {
+        if self.status().is_server_error() {
+            tracing::debug!(error = %self, "proxy error (gRPC)");
+        }
+        let mut response = Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed());
+        let headers = response.headers_mut();
+        headers.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", hyper::header::HeaderValue::from(u16::from(self.grpc_code())));
+        if let Ok(message) = hyper::header::HeaderValue::from_str(&grpc_message(&self.body())) {
+            headers.insert("grpc-message", message);
+        }
+        response
+    }
+
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
         if status.is_server_error() {
@@ -81,5 +110,39 @@ impl ProxyError {
             response.headers_mut().insert(hyper::header::RETRY_AFTER, "1".parse().expect("valid"));
         }
         response
+    }
+}
+
+/// gRPC's DEADLINE_EXCEEDED.
+pub const GRPC_DEADLINE_EXCEEDED: u8 = 4;
+
+/// Percent-encodes a `grpc-message` as the gRPC protocol asks: bytes outside printable ASCII,
+/// and `%`, are escaped.
+pub fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.trim_end().bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_calls_get_grpc_statuses() {
+        let timeout = ProxyError::Timeout(std::time::Duration::from_secs(2)).into_grpc_response();
+        assert_eq!(timeout.status(), StatusCode::OK);
+        assert_eq!(timeout.headers()["grpc-status"], "4");
+        assert_eq!(timeout.headers()["grpc-message"], "upstream request timeout: the request exceeded 2s");
+        assert_eq!(ProxyError::UnknownHost { host: "x".into() }.grpc_code(), 12);
+        assert_eq!(ProxyError::QueueFull.grpc_code(), 14);
+        assert_eq!(grpc_message("100% sure\n"), "100%25 sure");
+        assert_eq!(grpc_message("caf\u{e9}"), "caf%C3%A9");
     }
 }

@@ -12,6 +12,8 @@
 //!   forwarding and trace headers, request timeouts.
 //! - [`listener`]: what every listener of the server (ingress, API, registry) does against
 //!   hostile clients: connection cap, accept back-off, header-read and idle timeouts, header limits.
+//! - [`tls`]: the HTTPS ingress's rustls settings and its certificates, chosen by SNI (set
+//!   ones, or issued by the server's local CA for the hosts it routes).
 //! - [`error`]: how every proxy failure is answered, classified in one place.
 //!
 //! It does not know how instances are built (the launcher does) nor where routes come from.
@@ -23,10 +25,11 @@ pub mod proxy;
 pub mod table;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 pub mod upstream;
 
 pub use listener::{Listener, ListenerLimits};
-pub use pool::{Lease, PoolConfig, PoolStats, RevisionPool};
-pub use proxy::serve;
+pub use pool::{Lease, PoolConfig, PoolStats, RevisionPool, UpstreamProtocol};
+pub use proxy::{serve, serve_tls};
 pub use table::{RoutingTable, ServiceRoute};
 pub use upstream::{BoxFuture, LaunchError, Launcher, Upstream};

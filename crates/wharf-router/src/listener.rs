@@ -11,6 +11,10 @@
 //! themselves are bounded ([`MAX_REFUSALS_IN_PROGRESS`]); past that, connections are closed
 //! without an answer.
 //!
+//! A TLS listener ([`Listener::serve_tls`]) first completes the handshake, within
+//! [`ListenerLimits::tls_handshake_timeout`], while the connection already holds its place
+//! under the cap; a handshake that fails or is too slow closes the connection.
+//!
 //! Idle means "no request in flight": a connection with none is closed once
 //! [`ListenerLimits::header_read_timeout`] passes without a first request, and once
 //! [`ListenerLimits::idle_timeout`] passes after its last response ended. For HTTP/1, hyper's
@@ -77,6 +81,9 @@ pub struct ListenerLimits {
     pub max_header_bytes: usize,
     /// The most headers an HTTP/1 request may have. More gets a 431.
     pub max_headers: usize,
+    /// How long a TLS client may take to complete its handshake (at most
+    /// [`MAX_HEADER_READ_TIMEOUT`]).
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for ListenerLimits {
@@ -87,6 +94,7 @@ impl Default for ListenerLimits {
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             max_headers: 128,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -127,6 +135,16 @@ impl ListenerLimits {
         }
         if self.max_headers == 0 {
             return bad("max-headers", "must be at least 1".to_owned());
+        }
+        if self.tls_handshake_timeout.is_zero() || self.tls_handshake_timeout > MAX_HEADER_READ_TIMEOUT {
+            return bad(
+                "tls-handshake-timeout",
+                format!(
+                    "is {:?}; it must be more than 0 and at most {}s",
+                    self.tls_handshake_timeout,
+                    MAX_HEADER_READ_TIMEOUT.as_secs()
+                ),
+            );
         }
         Ok(())
     }
@@ -188,6 +206,46 @@ impl Listener {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.accept(socket, None, shutdown, make_service).await;
+    }
+
+    /// As [`Listener::serve`], over TLS: each connection completes its handshake with
+    /// `acceptor` (within the handshake timeout) before it is served.
+    pub async fn serve_tls<M, S, B>(
+        self: Arc<Self>,
+        socket: TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        shutdown: CancellationToken,
+        make_service: M,
+    ) where
+        M: Fn(SocketAddr) -> S,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.accept(socket, Some(acceptor), shutdown, make_service).await;
+    }
+
+    async fn accept<M, S, B>(
+        self: Arc<Self>,
+        socket: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: CancellationToken,
+        make_service: M,
+    ) where
+        M: Fn(SocketAddr) -> S,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let tasks = tokio_util::task::TaskTracker::new();
         loop {
             let accepted = tokio::select! {
@@ -215,7 +273,32 @@ impl Listener {
             }
             let _ = stream.set_nodelay(true);
             let service = make_service(remote);
-            tasks.spawn(self.clone().serve_connection(stream, service, permit, shutdown.clone()));
+            match &tls {
+                None => {
+                    tasks.spawn(self.clone().serve_connection(stream, service, permit, shutdown.clone()));
+                }
+                Some(acceptor) => {
+                    let (listener, acceptor, shutdown) = (self.clone(), acceptor.clone(), shutdown.clone());
+                    tasks.spawn(async move {
+                        let timeout = listener.limits.tls_handshake_timeout;
+                        let stream = tokio::select! {
+                            handshake = tokio::time::timeout(timeout, acceptor.accept(stream)) => match handshake {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(listener = listener.name, %remote, %error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(listener = listener.name, %remote, "TLS handshake timed out");
+                                    return;
+                                }
+                            },
+                            _ = shutdown.cancelled() => return,
+                        };
+                        listener.serve_connection(stream, service, permit, shutdown).await;
+                    });
+                }
+            }
         }
         tasks.close();
         let _ = tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), tasks.wait()).await;
@@ -275,13 +358,14 @@ impl Listener {
     }
 
     /// Serves one connection with the limits, holding its place under the cap until it ends.
-    async fn serve_connection<S, B>(
+    async fn serve_connection<I, S, B>(
         self: Arc<Self>,
-        stream: TcpStream,
+        stream: I,
         service: S,
         permit: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
             + Send
             + Sync

@@ -212,5 +212,6 @@ pub(crate) fn config(concurrency: u32, min_instances: u32, max_instances: u32) -
         max_queue: 100,
         queue_timeout: Duration::from_secs(30),
         session_affinity: false,
+        protocol: crate::pool::UpstreamProtocol::Http1,
     }
 }

@@ -33,6 +33,9 @@
 //! `TESTAPP_FAIL_AFTER_MS` when set (instead of `TESTAPP_SLEEP_MS`), and prints `TESTAPP_ECHO`
 //! when set.
 //!
+//! `testapp grpc` serves gRPC instead (HTTP/2 cleartext only: echo, bidirectional chat and the
+//! standard health service; `grpc.rs`).
+//!
 //! `testapp idle` (the fork-bomb probe's children) waits for its stdin to close, then exits;
 //! `testapp unshare-user` tries unshare(CLONE_NEWUSER) single-threaded and prints the errno.
 //!
@@ -57,6 +60,7 @@ use futures::StreamExt as _;
 /// Memory handed out by `/alloc`, kept so it stays charged to the container.
 static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
+mod grpc;
 mod sandbox;
 /// `/work` requests in flight now, and the most ever in flight at once.
 static INFLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -72,6 +76,7 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("idle") => sandbox::idle(),
         Some("unshare-user") => sandbox::unshare_user(),
+        Some("grpc") => grpc::serve(),
         _ => {}
     }
     serve();

@@ -25,6 +25,9 @@ pub struct Addresses {
     pub pid: u32,
     pub api_addr: String,
     pub ingress_addr: String,
+    /// The HTTPS ingress, when the server was started with `WHARF_HTTPS_ADDR`.
+    #[serde(default)]
+    pub https_addr: Option<String>,
     pub registry_addr: String,
 }
 
@@ -137,6 +140,7 @@ impl WharfServer {
                 pid,
                 api_addr: String::new(),
                 ingress_addr: String::new(),
+                https_addr: None,
                 registry_addr: String::new(),
             },
             token: String::new(),

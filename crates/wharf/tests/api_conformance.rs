@@ -106,9 +106,9 @@ async fn request_bodies_are_read_strictly_and_errors_are_google_rpc_statuses() {
         ),
         (
             service(
-                json!({"template": {"containers": [{"image": api.image, "startupProbe": {"grpc": {"port": 8080}}}]}}),
+                json!({"template": {"containers": [{"image": api.image, "startupProbe": {"httpGet": {"httpHeaders": []}}}]}}),
             ),
-            "template.containers[0].startupProbe.grpc",
+            "template.containers[0].startupProbe.httpGet.httpHeaders",
             "does not support yet",
         ),
         (
@@ -131,12 +131,17 @@ async fn request_bodies_are_read_strictly_and_errors_are_google_rpc_statuses() {
     // A duration out of any range is a 400, never a dropped connection.
     let answer = api.expect("POST", &create, Some(service(json!({"template": {"timeout": "1e20s"}}))), 400).await;
     assert_status(&answer, 400, "INVALID_ARGUMENT", "timeout");
-    // Ports name a protocol; h2c (end-to-end HTTP/2) is refused by name until it is supported.
-    let h2c = service(
-        json!({"template": {"containers": [{"image": api.image, "ports": [{"name": "h2c", "containerPort": 8080}]}]}}),
+    // Ports name a protocol: http1 or h2c; anything else is refused with both named.
+    let h3 = service(
+        json!({"template": {"containers": [{"image": api.image, "ports": [{"name": "h3", "containerPort": 8080}]}]}}),
     );
-    let answer = api.expect("POST", &create, Some(h2c), 400).await;
-    assert_status(&answer, 400, "INVALID_ARGUMENT", "h2c");
+    let answer = api.expect("POST", &create, Some(h3), 400).await;
+    assert_status(&answer, 400, "INVALID_ARGUMENT", "use http1 (HTTP/1.1, the default) or h2c");
+    // A gRPC probe names a gRPC service, or none.
+    let bad_grpc = service(json!({"template": {"containers": [{"image": api.image,
+        "startupProbe": {"grpc": {"service": "no spaces"}}}]}}));
+    let answer = api.expect("POST", &create, Some(bad_grpc), 400).await;
+    assert_status(&answer, 400, "INVALID_ARGUMENT", "startupProbe.grpc.service");
     let relative = service(json!({"template": {"containers": [{"image": api.image, "workingDir": "tmp"}]}}));
     let answer = api.expect("POST", &create, Some(relative), 400).await;
     assert_status(&answer, 400, "INVALID_ARGUMENT", "workingDir");

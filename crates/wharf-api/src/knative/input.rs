@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use crate::jobs::{ExecutionTemplate, Job, TaskTemplate};
 use crate::types::{
-    Container, ContainerPort, EnvVar, HttpGetAction, Probe, ResourceRequirements, RevisionScaling, RevisionTemplate,
-    Service, TRAFFIC_LATEST, TRAFFIC_REVISION, TcpSocketAction, TrafficTarget,
+    Container, ContainerPort, EnvVar, GrpcAction, HttpGetAction, Probe, ResourceRequirements, RevisionScaling,
+    RevisionTemplate, Service, TRAFFIC_LATEST, TRAFFIC_REVISION, TcpSocketAction, TrafficTarget,
 };
 
 /// Why a Knative YAML document could not be read.
@@ -159,6 +159,17 @@ struct KProbe {
     http_get: Option<KHttpGet>,
     #[serde(default)]
     tcp_socket: Option<KTcp>,
+    #[serde(default)]
+    grpc: Option<KGrpc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KGrpc {
+    #[serde(default)]
+    port: i32,
+    #[serde(default)]
+    service: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +300,7 @@ fn probe(p: KProbe) -> Probe {
         failure_threshold: p.failure_threshold,
         http_get: p.http_get.map(|h| HttpGetAction { path: h.path, port: h.port }),
         tcp_socket: p.tcp_socket.map(|t| TcpSocketAction { port: t.port }),
+        grpc: p.grpc.map(|g| GrpcAction { port: g.port, service: g.service }),
     }
 }
 

@@ -102,6 +102,15 @@ fn probe(p: &crate::types::Probe) -> Value {
     if let Some(t) = &p.tcp_socket {
         v["tcpSocket"] = if t.port != 0 { json!({"port": t.port}) } else { json!({}) };
     }
+    if let Some(g) = &p.grpc {
+        v["grpc"] = json!({});
+        if g.port != 0 {
+            v["grpc"]["port"] = json!(g.port);
+        }
+        if !g.service.is_empty() {
+            v["grpc"]["service"] = json!(g.service);
+        }
+    }
     v
 }
 

@@ -59,8 +59,19 @@ pub enum Owner {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum ProbeAction {
-    Tcp { port: u16 },
-    HttpGet { port: u16, path: String },
+    Tcp {
+        port: u16,
+    },
+    HttpGet {
+        port: u16,
+        path: String,
+    },
+    /// The standard gRPC health check (`grpc.health.v1.Health/Check`) over HTTP/2 cleartext;
+    /// `service` empty asks about the server as a whole.
+    Grpc {
+        port: u16,
+        service: String,
+    },
 }
 
 /// A probe with Cloud Run's timing fields.
@@ -95,6 +106,8 @@ impl Probe {
         match &self.action {
             ProbeAction::Tcp { port } => format!("TCP probe on port {port}"),
             ProbeAction::HttpGet { port, path } => format!("HTTP probe GET {path} on port {port}"),
+            ProbeAction::Grpc { port, service } if service.is_empty() => format!("gRPC health probe on port {port}"),
+            ProbeAction::Grpc { port, service } => format!("gRPC health probe of {service:?} on port {port}"),
         }
     }
 }

@@ -13,7 +13,7 @@ use tracing::Instrument as _;
 use wharf_api::names::Parent;
 use wharf_api::{Code, Status};
 use wharf_autoscaler::ScalingConfig;
-use wharf_router::{PoolConfig, RevisionPool, ServiceRoute};
+use wharf_router::{PoolConfig, RevisionPool, ServiceRoute, UpstreamProtocol};
 
 use super::pools::RevisionLauncher;
 use super::render;
@@ -197,6 +197,7 @@ impl ControlPlane {
             max_queue: usize::try_from((2 * concurrency * config.max_instances).clamp(100, 10_000)).unwrap_or(100),
             queue_timeout: self.inner.settings.queue_timeout.min(config.timeout),
             session_affinity: config.session_affinity,
+            protocol: if config.use_http2 { UpstreamProtocol::H2c } else { UpstreamProtocol::Http1 },
         }
     }
 

@@ -42,6 +42,21 @@ pub struct PoolConfig {
     /// Send a client back to the instance that served it before (cookie-based, as Cloud Run's
     /// session affinity: best effort, never past the instance's concurrency).
     pub session_affinity: bool,
+    /// How the proxy speaks to the revision's instances; fixed for the pool's life (a
+    /// revision's port is immutable), so [`RevisionPool::set_config`] does not change it.
+    pub protocol: UpstreamProtocol,
+}
+
+/// The protocol a revision's instances serve on their port (Cloud Run's port name: `http1`,
+/// or `h2c` for end-to-end HTTP/2, `--use-http2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (upgrades such as WebSocket are spliced through).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge: every request, whatever the client spoke,
+    /// reaches the instance as HTTP/2 (gRPC needs this: trailers, bidirectional streams).
+    H2c,
 }
 
 struct Slot {
@@ -124,6 +139,8 @@ impl PoolState {
 
 pub struct RevisionPool {
     pub revision: String,
+    /// How the proxy speaks to this revision's instances.
+    pub protocol: UpstreamProtocol,
     launcher: Arc<dyn Launcher>,
     state: Mutex<PoolState>,
     /// Raised whenever capacity frees or the pool changes (a lease ends, an instance joins,
@@ -221,6 +238,7 @@ impl RevisionPool {
     pub fn start(revision: &str, config: PoolConfig, launcher: Arc<dyn Launcher>) -> Arc<RevisionPool> {
         let pool = Arc::new(RevisionPool {
             revision: revision.to_owned(),
+            protocol: config.protocol,
             launcher,
             request_timeout_ms: AtomicU64::new(millis(config.request_timeout)),
             session_affinity: AtomicBool::new(config.session_affinity),

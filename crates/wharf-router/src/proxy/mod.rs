@@ -1,6 +1,9 @@
 //! The ingress server: accepts HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one port,
 //! routes each request by Host to a revision (weighted), takes a slot on one of its instances,
-//! and forwards the request with streamed bodies, `X-Forwarded-*` and trace headers. WebSocket
+//! and forwards the request with streamed bodies (and trailers), `X-Forwarded-*` and trace
+//! headers, over HTTP/1.1 or, to revisions whose port is `h2c`, over HTTP/2 (so gRPC,
+//! bidirectional streams included, works end to end; a client's reset stream or dropped
+//! connection cancels the upstream stream). WebSocket
 //! (and other) upgrades are spliced through, until both sides close or neither sends a byte for
 //! the revision's timeout. The revision's timeout bounds each request: past
 //! it the client gets a 504 and the instance keeps serving. Each request runs in a debug span
@@ -32,7 +35,7 @@ use tracing::{Instrument as _, Span};
 
 use crate::error::ProxyError;
 use crate::listener::{ConnectionPlace, Listener};
-use crate::pool::Lease;
+use crate::pool::{Lease, UpstreamProtocol};
 use crate::table::RoutingTable;
 
 #[cfg(test)]
@@ -53,6 +56,28 @@ pub async fn serve(
     table: Arc<RoutingTable>,
     shutdown: CancellationToken,
 ) {
+    serve_on(socket, listener, table, None, shutdown).await;
+}
+
+/// Serves the ingress over TLS on `socket` (see [`crate::tls`]): the same proxy, with
+/// `X-Forwarded-Proto: https`; ALPN decides between HTTP/2 and HTTP/1.1.
+pub async fn serve_tls(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    table: Arc<RoutingTable>,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    serve_on(socket, listener, table, Some(tokio_rustls::TlsAcceptor::from(tls)), shutdown).await;
+}
+
+async fn serve_on(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    table: Arc<RoutingTable>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let socket = match socket.into_std() {
         Ok(l) => l,
         Err(e) => {
@@ -63,8 +88,8 @@ pub async fn serve(
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut workers = Vec::new();
     for i in 0..threads {
-        let (socket, listener, table, shutdown) = match socket.try_clone() {
-            Ok(l) => (l, listener.clone(), table.clone(), shutdown.clone()),
+        let (socket, listener, table, tls, shutdown) = match socket.try_clone() {
+            Ok(l) => (l, listener.clone(), table.clone(), tls.clone(), shutdown.clone()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot share the ingress listener");
                 break;
@@ -80,7 +105,7 @@ pub async fn serve(
             };
             runtime.block_on(async move {
                 match TcpListener::from_std(socket) {
-                    Ok(socket) => accept_loop(socket, listener, table, shutdown).await,
+                    Ok(socket) => accept_loop(socket, listener, table, tls, shutdown).await,
                     Err(e) => tracing::error!(error = %e, "ingress worker cannot listen"),
                 }
             });
@@ -105,30 +130,45 @@ async fn accept_loop(
     socket: TcpListener,
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+    let http1: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
+        .build(connector.clone());
+    // One multiplexed HTTP/2 connection per instance; the pool's leases bound its streams.
+    let h2c: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .http2_adaptive_window(true)
+        .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
-    let proxy = Arc::new(Proxy { table, client });
-    listener
-        .serve(socket, shutdown, move |remote| {
+    let forwarded_proto = if tls.is_some() { "https" } else { "http" };
+    let proxy = Arc::new(Proxy { table, http1, h2c, forwarded_proto });
+    let make_service = move |remote| {
+        let proxy = proxy.clone();
+        hyper::service::service_fn(move |req| {
             let proxy = proxy.clone();
-            hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
-            })
+            async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
         })
-        .await;
+    };
+    match tls {
+        None => listener.serve(socket, shutdown, make_service).await,
+        Some(acceptor) => listener.serve_tls(socket, acceptor, shutdown, make_service).await,
+    }
 }
 
 struct Proxy {
     table: Arc<RoutingTable>,
-    client: Client<HttpConnector, Incoming>,
+    /// To instances of revisions whose port is `http1`, and for upgrades (WebSocket) to any.
+    http1: Client<HttpConnector, Incoming>,
+    /// To instances of revisions whose port is `h2c`: HTTP/2 with prior knowledge.
+    h2c: Client<HttpConnector, Incoming>,
+    /// `X-Forwarded-Proto` for the instance: how the client reached the ingress.
+    forwarded_proto: &'static str,
 }
 
 /// Headers that belong to one connection, never forwarded.
@@ -163,9 +203,11 @@ impl Proxy {
             revision = tracing::field::Empty,
             instance = tracing::field::Empty,
         );
+        let grpc = is_grpc(req.headers());
         let forward = async {
-            match self.forward(req, remote, host, &span).await {
+            match self.forward(req, remote, host, &span, grpc).await {
                 Ok(response) => response,
+                Err(e) if grpc => e.into_grpc_response(),
                 Err(e) => e.into_response(),
             }
         };
@@ -178,6 +220,7 @@ impl Proxy {
         remote: SocketAddr,
         host: String,
         span: &Span,
+        grpc: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = self.table.lookup(&host).ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
         let roll = if route.targets.len() > 1 { fast_random() % 100 } else { 0 };
@@ -199,6 +242,11 @@ impl Proxy {
         span.record("instance", lease.upstream().id());
 
         let upgrade = is_upgrade(req.headers());
+        // An upgrade (WebSocket) is an HTTP/1.1 mechanism: it goes to the instance over
+        // HTTP/1.1 even when the revision serves h2c (a server that only speaks HTTP/2 answers
+        // it with an error, which the client gets as a 502).
+        let http2 = pool.protocol == UpstreamProtocol::H2c && !upgrade;
+        let client_version = req.version();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let place = req.extensions_mut().remove::<ConnectionPlace>();
         let (mut parts, body) = req.into_parts();
@@ -207,12 +255,13 @@ impl Proxy {
         uri.authority = Some(lease.authority().clone());
         uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| "/".parse().expect("valid")));
         parts.uri = hyper::Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))?;
-        parts.version = hyper::Version::HTTP_11;
-        prepare_headers(&mut parts.headers, remote, &host, upgrade);
+        parts.version = if http2 { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
+        prepare_headers(&mut parts.headers, remote, &host, upgrade, self.forwarded_proto);
         let upstream = Request::from_parts(parts, body);
+        let client = if http2 { &self.h2c } else { &self.http1 };
 
         let mut response = tokio::select! {
-            response = self.client.request(upstream) => response.map_err(|e| ProxyError::Upstream(e.to_string()))?,
+            response = client.request(upstream) => response.map_err(|e| ProxyError::Upstream(e.to_string()))?,
             _ = deadline.as_mut() => return Err(ProxyError::Timeout(timeout)),
         };
 
@@ -237,6 +286,9 @@ impl Proxy {
         }
 
         let (mut parts, body) = response.into_parts();
+        // The client's connection decides the version it is answered in (an HTTP/1.1 client
+        // of an h2c revision gets HTTP/1.1).
+        parts.version = client_version;
         for name in HOP_BY_HOP {
             parts.headers.remove(*name);
         }
@@ -250,7 +302,7 @@ impl Proxy {
                 parts.headers.append(header::SET_COOKIE, v);
             }
         }
-        let body = LeasedBody { inner: body, _lease: lease, deadline };
+        let body = LeasedBody { inner: body, _lease: lease, deadline, timeout, grpc, ended: false };
         Ok(Response::from_parts(parts, body.boxed()))
     }
 }
@@ -276,6 +328,11 @@ fn affinity_cookie(headers: &HeaderMap, revision: &str) -> Option<String> {
         .find_map(|value| value.strip_prefix(revision)?.strip_prefix('.').map(str::to_owned))
 }
 
+/// A gRPC call (any `application/grpc` content type: `+proto`, `+json`, ...).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
@@ -285,12 +342,20 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-/// Strips hop-by-hop headers (keeping an upgrade's), and adds `X-Forwarded-For`,
-/// `X-Forwarded-Proto`, `X-Forwarded-Host` and trace context.
-fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, upgrade: bool) {
+/// Strips hop-by-hop headers (keeping an upgrade's, and `TE: trailers`, which says the client
+/// takes trailers: gRPC servers want it, and the proxy forwards trailers), and adds
+/// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and trace context.
+fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, upgrade: bool, proto: &'static str) {
     let upgrade_header = headers.get(header::UPGRADE).cloned();
+    let takes_trailers =
+        headers.get_all(header::TE).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+            v.split(',').any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        });
     for name in HOP_BY_HOP {
         headers.remove(*name);
+    }
+    if takes_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if upgrade && let Some(value) = upgrade_header {
         headers.insert(header::UPGRADE, value);
@@ -303,7 +368,7 @@ fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, upgr
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.entry(HeaderName::from_static("x-forwarded-host")).or_insert(v);
     }
@@ -438,11 +503,16 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ActivityIo<T> {
 }
 
 /// A response body that holds its instance slot until the body ends, and is cut off at the
-/// request's deadline.
+/// request's deadline: a gRPC call's then ends with trailers saying DEADLINE_EXCEEDED (its
+/// client sees why), any other body just ends.
 struct LeasedBody {
     inner: Incoming,
     _lease: Lease,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    grpc: bool,
+    /// The deadline passed and the body was ended.
+    ended: bool,
 }
 
 impl Body for LeasedBody {
@@ -450,15 +520,28 @@ impl Body for LeasedBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
         if self.deadline.as_mut().poll(cx).is_ready() {
             // Past the timeout mid-body: end the stream (the status line is already sent).
+            self.ended = true;
+            if self.grpc {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from(u16::from(crate::error::GRPC_DEADLINE_EXCEEDED)));
+                let message = ProxyError::Timeout(self.timeout).to_string();
+                if let Ok(v) = HeaderValue::from_str(&crate::error::grpc_message(&message)) {
+                    trailers.insert("grpc-message", v);
+                }
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
             return Poll::Ready(None);
         }
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

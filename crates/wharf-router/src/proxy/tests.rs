@@ -19,7 +19,7 @@ use tracing_subscriber::layer::Context;
 
 use super::{accept_loop, add_trace_headers, prepare_headers};
 use crate::listener::{Listener, ListenerLimits};
-use crate::pool::{PoolConfig, RevisionPool};
+use crate::pool::{PoolConfig, RevisionPool, UpstreamProtocol};
 use crate::table::{RoutingTable, ServiceRoute};
 use crate::testing::{FakeLauncher, config};
 
@@ -63,7 +63,7 @@ impl Ingress {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let limits = Listener::new("ingress", ListenerLimits::default());
-        tokio::spawn(accept_loop(listener, limits.clone(), table, shutdown.clone()));
+        tokio::spawn(accept_loop(listener, limits.clone(), table, None, shutdown.clone()));
         Ingress { addr, listener: limits, client: Client::builder(TokioExecutor::new()).build_http(), shutdown }
     }
 
@@ -263,6 +263,76 @@ async fn an_idle_upgraded_connection_ends_at_the_request_timeout_and_frees_its_s
     tokio::time::timeout(Duration::from_secs(20), closed).await.expect("the connection's place is given back");
 }
 
+/// An instance stand-in that speaks only HTTP/2 (prior knowledge): it answers with the version
+/// it was spoken to in, the request's `te` header, and a trailer echoing the request's.
+async fn h2c_instance() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let version = format!("{:?}", req.version());
+                let te = req.headers().get(header::TE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                let collected = req.into_body().collect().await.unwrap();
+                let echoed = collected
+                    .trailers()
+                    .and_then(|t| t.get("x-request-trailer"))
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static("none"));
+                let mut trailers = HeaderMap::new();
+                trailers.insert("x-response-trailer", echoed);
+                let frames = vec![
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(format!(
+                        "{version} te={te}"
+                    )))),
+                    Ok(http_body::Frame::trailers(trailers)),
+                ];
+                let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// A revision whose port is `h2c` gets HTTP/2 from the proxy whatever the client speaks, and
+/// trailers (gRPC's status) travel both ways.
+#[tokio::test]
+async fn an_h2c_revision_is_spoken_to_in_http2_and_trailers_pass_both_ways() {
+    let table = Arc::new(RoutingTable::default());
+    let h2c = PoolConfig { protocol: UpstreamProtocol::H2c, ..config(80, 0, 10) };
+    route(&table, "grpc-00001", h2c_instance().await, h2c);
+    let ingress = Ingress::start(table).await;
+
+    // An HTTP/1.1 client.
+    assert_eq!(ingress.get(HOST, "/").await, (StatusCode::OK, "HTTP/2.0 te=".to_owned()));
+
+    // An HTTP/2 client sending a trailer and `te: trailers`, as gRPC clients do.
+    let client: Client<_, http_body_util::StreamBody<_>> =
+        Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let mut request_trailers = HeaderMap::new();
+    request_trailers.insert("x-request-trailer", HeaderValue::from_static("from-the-client"));
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(b"hello"))),
+        Ok(http_body::Frame::trailers(request_trailers)),
+    ];
+    let request = Request::post(format!("http://{}/", ingress.addr))
+        .header(header::HOST, HOST)
+        .header(header::TE, "trailers")
+        .body(http_body_util::StreamBody::new(futures::stream::iter(frames)))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request)).await.unwrap().unwrap();
+    assert_eq!((response.status(), response.version()), (StatusCode::OK, hyper::Version::HTTP_2));
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(trailers.get("x-response-trailer").map(|v| v.to_str().unwrap()), Some("from-the-client"));
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"HTTP/2.0 te=trailers"));
+}
+
 /// Records the fields of `request` spans, as they are created and as they are filled in.
 #[derive(Debug, Clone, Default)]
 struct RequestSpans {
@@ -334,7 +404,7 @@ fn forwarding_headers() {
     let mut h = HeaderMap::new();
     h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
     h.insert("connection", HeaderValue::from_static("keep-alive"));
-    prepare_headers(&mut h, "127.0.0.1:5555".parse().unwrap(), "hello-p.localhost:8080", false);
+    prepare_headers(&mut h, "127.0.0.1:5555".parse().unwrap(), "hello-p.localhost:8080", false, "http");
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert!(!h.contains_key("connection"));

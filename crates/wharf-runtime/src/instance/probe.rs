@@ -1,6 +1,8 @@
 //! Probes: the startup probe decides when an instance is ready, the liveness probe when a
 //! ready one must be replaced. The default startup probe is a TCP connect to `PORT`, polled
-//! with a fast backoff (from 1 ms) so an instance is ready the moment it listens.
+//! with a fast backoff (from 1 ms) so an instance is ready the moment it listens. An HTTP probe
+//! is a GET over HTTP/1.1; a gRPC probe is a call to the standard health service
+//! (`grpc.health.v1.Health/Check`) over HTTP/2 cleartext, passing when it answers `SERVING`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,6 +32,21 @@ pub enum ProbeError {
     MalformedResponse { addr: SocketAddr, head: String },
     #[error("HTTP status {status}")]
     Status { status: u16 },
+    #[error("HTTP/2 {op} {addr} failed")]
+    Http2 {
+        op: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The health call failed as a gRPC call (12 UNIMPLEMENTED: the server has no health
+    /// service; 5 NOT_FOUND: it does not know the service asked about).
+    #[error("the gRPC health check answered grpc-status {code} ({message:?})")]
+    GrpcStatus { code: String, message: String },
+    #[error("the gRPC health check answered {status}, not SERVING")]
+    NotServing { status: &'static str },
+    #[error("malformed gRPC health response from {addr}: {problem}")]
+    MalformedGrpc { addr: SocketAddr, problem: &'static str },
     /// The startup probe's budget ran out; `last` is the last attempt's failure.
     #[error(
         "The container failed to start and listen on the port defined by the PORT={port} environment variable \
@@ -71,6 +88,7 @@ impl ProbeCheck for Probe {
                     TcpStream::connect(addr).await.map(|_| ()).map_err(|source| ProbeError::Connect { addr, source })
                 }
                 ProbeAction::HttpGet { port, path } => http_get(SocketAddr::new(ip, *port), path).await,
+                ProbeAction::Grpc { port, service } => grpc_health(SocketAddr::new(ip, *port), service).await,
             }
         };
         tokio::time::timeout(self.timeout.max(Duration::from_millis(1)), attempt)
@@ -104,6 +122,116 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<(), ProbeError> {
     if (200..400).contains(&status) { Ok(()) } else { Err(ProbeError::Status { status }) }
 }
 
+/// One call of `grpc.health.v1.Health/Check` for `service` over HTTP/2 cleartext (the request
+/// and response messages are encoded here by hand: one optional string field, one enum).
+async fn grpc_health(addr: SocketAddr, service: &str) -> Result<(), ProbeError> {
+    use http_body_util::BodyExt as _;
+    let stream = TcpStream::connect(addr).await.map_err(|source| ProbeError::Connect { addr, source })?;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|source| ProbeError::Http2 { op: "handshake with", addr, source })?;
+    // Ends when `sender` is dropped, at the latest when this probe ends.
+    tokio::spawn(connection);
+    let request = hyper::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header(hyper::header::CONTENT_TYPE, "application/grpc")
+        .header(hyper::header::TE, "trailers")
+        .header(hyper::header::USER_AGENT, "wharf-probe")
+        .body(http_body_util::Full::new(bytes::Bytes::from(health_check_request(service))))
+        .map_err(|_| ProbeError::MalformedGrpc { addr, problem: "the service name makes an invalid request" })?;
+    let response =
+        sender.send_request(request).await.map_err(|source| ProbeError::Http2 { op: "calling", addr, source })?;
+    if response.status() != hyper::StatusCode::OK {
+        return Err(ProbeError::Status { status: response.status().as_u16() });
+    }
+    let head = response.headers().clone();
+    let collected = response.into_body().collect().await.map_err(|source| ProbeError::Http2 {
+        op: "reading from",
+        addr,
+        source,
+    })?;
+    // A failed call may come "trailers-only": its status in the headers.
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let field =
+        |name: &str| trailers.get(name).or_else(|| head.get(name)).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    match field("grpc-status") {
+        Some(code) if code == "0" => {}
+        Some(code) => return Err(ProbeError::GrpcStatus { code, message: field("grpc-message").unwrap_or_default() }),
+        None => return Err(ProbeError::MalformedGrpc { addr, problem: "no grpc-status" }),
+    }
+    match health_status(&collected.to_bytes()) {
+        Some(1) => Ok(()),
+        Some(status) => Err(ProbeError::NotServing { status: serving_status_name(status) }),
+        None => Err(ProbeError::MalformedGrpc { addr, problem: "the message is not a HealthCheckResponse" }),
+    }
+}
+
+/// A length-prefixed, uncompressed gRPC message holding `HealthCheckRequest { service = 1 }`.
+fn health_check_request(service: &str) -> Vec<u8> {
+    let mut message = Vec::new();
+    if !service.is_empty() {
+        message.push(0x0a); // field 1, length-delimited
+        let mut len = service.len();
+        while len >= 0x80 {
+            message.push(u8::try_from(len & 0x7f).unwrap_or(0) | 0x80);
+            len >>= 7;
+        }
+        message.push(u8::try_from(len).unwrap_or(0));
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed
+}
+
+/// The `status` (field 1) of a length-prefixed `HealthCheckResponse`; absent means 0
+/// (UNKNOWN). None if the bytes are not such a message.
+fn health_status(framed: &[u8]) -> Option<u64> {
+    let (&compressed, rest) = framed.split_first()?;
+    let (len, mut message) = rest.split_first_chunk::<4>()?;
+    if compressed != 0 || usize::try_from(u32::from_be_bytes(*len)).ok()? != message.len() {
+        return None;
+    }
+    let mut status = 0;
+    while let Some((&tag, rest)) = message.split_first() {
+        message = rest;
+        let value = varint(&mut message)?;
+        match (tag >> 3, tag & 7) {
+            (1, 0) => status = value,
+            (_, 0) => {}
+            (_, 2) => message = message.get(usize::try_from(value).ok()?..)?,
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn serving_status_name(status: u64) -> &'static str {
+    match status {
+        0 => "UNKNOWN",
+        1 => "SERVING",
+        2 => "NOT_SERVING",
+        3 => "SERVICE_UNKNOWN",
+        _ => "an unknown status",
+    }
+}
+
 /// Polls `probe` with a fast backoff until it passes, the budget runs out, or the instance
 /// exits. The error's message is the reason to show the user: [`ProbeError::NotReady`] or
 /// [`ProbeError::ExitedWhileStarting`].
@@ -113,14 +241,23 @@ pub(crate) async fn probe_until_ready(instance: &super::Instance, probe: &Probe)
     tokio::time::sleep(probe.initial_delay).await;
     let mut status = instance.status.subscribe();
     let mut backoff = Duration::from_millis(1);
+    // The last failure that says something: an attempt the budget cut short (it had less
+    // than the probe's timeout) and that timed out is no news when an earlier one explained.
+    let mut last_failure: Option<ProbeError> = None;
     loop {
         if instance.state().is_terminal() {
             return Err(exited_while_starting(instance));
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let attempt = Probe { timeout: probe.timeout.min(remaining), ..probe.clone() };
-        let result = attempt.check(instance.addr.ip()).await;
+        let mut result = attempt.check(instance.addr.ip()).await;
         tracing::trace!(after = ?started.elapsed(), ?result, "startup probe");
+        if matches!(result, Err(ProbeError::Timeout { .. }))
+            && attempt.timeout < probe.timeout
+            && let Some(earlier) = last_failure.take()
+        {
+            result = Err(earlier);
+        }
         // The exited flag is raised before the network is torn down, so a success seen while
         // it is down really reached the container (not whatever answers for a dead address).
         if result.is_ok() && !instance.has_exited() {
@@ -131,15 +268,16 @@ pub(crate) async fn probe_until_ready(instance: &super::Instance, probe: &Probe)
             let _ = status.wait_for(|s| s.state.is_terminal()).await;
             return Err(exited_while_starting(instance));
         }
-        if tokio::time::Instant::now() >= deadline
-            && let Err(last) = result
-        {
-            return Err(ProbeError::NotReady {
-                port: instance.addr.port(),
-                budget_s: probe.budget().as_secs_f64(),
-                probe: probe.describe(),
-                last: Box::new(last),
-            });
+        if let Err(failure) = result {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProbeError::NotReady {
+                    port: instance.addr.port(),
+                    budget_s: probe.budget().as_secs_f64(),
+                    probe: probe.describe(),
+                    last: Box::new(failure),
+                });
+            }
+            last_failure = Some(failure);
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff.min(remaining)) => {}
@@ -260,5 +398,29 @@ mod tests {
             "The container failed to start and listen on the port defined by the PORT=8080 environment variable \
              within the allocated timeout of 1s (TCP probe on port 8080 failed: no answer within 500ms)."
         );
+    }
+
+    #[test]
+    fn grpc_health_messages_are_encoded_and_read_as_protobuf() {
+        assert_eq!(health_check_request(""), [0, 0, 0, 0, 0]);
+        assert_eq!(health_check_request("a.B"), [0, 0, 0, 0, 5, 0x0a, 3, b'a', b'.', b'B']);
+        let long = "s".repeat(200);
+        assert_eq!(&health_check_request(&long)[5..8], &[0x0a, 0xc8, 0x01]);
+        assert_eq!(health_status(&[0, 0, 0, 0, 2, 0x08, 0x01]), Some(1));
+        assert_eq!(health_status(&[0, 0, 0, 0, 0]), Some(0), "an absent status is UNKNOWN");
+        // An unknown length-delimited field is skipped.
+        assert_eq!(health_status(&[0, 0, 0, 0, 6, 0x12, 2, b'x', b'y', 0x08, 0x02]), Some(2));
+        assert_eq!(health_status(&[1, 0, 0, 0, 2, 0x08, 0x01]), None, "compressed");
+        assert_eq!(health_status(&[0, 0, 0, 0, 9, 0x08, 0x01]), None, "wrong length");
+    }
+
+    #[tokio::test]
+    async fn a_grpc_probe_against_a_server_without_http2_fails_with_the_reason() {
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let port = serve_once("HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        match probe(ProbeAction::Grpc { port, service: String::new() }).check(ip).await {
+            Err(e @ ProbeError::Http2 { .. }) => assert!(chain(&e).starts_with("HTTP/2 "), "{}", chain(&e)),
+            other => panic!("expected an HTTP/2 failure, got {other:?}"),
+        }
     }
 }

@@ -161,7 +161,9 @@ impl Runtime {
         let running_at = Instant::now();
 
         let port = spec.startup_probe.as_ref().map_or(spec.port, |p| match &p.action {
-            super::ProbeAction::Tcp { port } | super::ProbeAction::HttpGet { port, .. } => *port,
+            super::ProbeAction::Tcp { port }
+            | super::ProbeAction::HttpGet { port, .. }
+            | super::ProbeAction::Grpc { port, .. } => *port,
         });
         let (status, _) = watch::channel(InstanceStatus { state: InstanceState::Starting, reason: None, exit: None });
         let control = child.stdin.take();

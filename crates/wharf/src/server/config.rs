@@ -14,12 +14,12 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/wharf/config.toml";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// Config file (TOML with keys data_dir, api_addr, ingress_addr, registry_addr, domain,
+    /// Config file (TOML with keys data_dir, api_addr, ingress_addr, https_addr, registry_addr, domain,
     /// idle_timeout, instance_memory_limit, instance_cpu_limit, cgroup_parent, log_rate_limit,
     /// log_store_limit, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
     /// edge limits: header_read_timeout, connection_idle_timeout, max_connections,
-    /// max_header_bytes, max_api_body_bytes, pull_connect_timeout, pull_read_timeout, upstream_resolv_conf,
-    /// and vpc_networks, a list of NAME=CIDR[,CIDR...]).
+    /// max_header_bytes, max_api_body_bytes, tls_handshake_timeout, pull_connect_timeout,
+    /// pull_read_timeout, upstream_resolv_conf, and vpc_networks, a list of NAME=CIDR[,CIDR...]).
     #[arg(long, env = "WHARF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where Wharf keeps its state database, images and credentials [default: /var/lib/wharf]
@@ -31,6 +31,10 @@ pub struct ServerArgs {
     /// Address of the ingress router that serves service URLs [default: 127.0.0.1:8080]
     #[arg(long, env = "WHARF_INGRESS_ADDR")]
     pub ingress_addr: Option<SocketAddr>,
+    /// Address of the HTTPS ingress (TLS 1.2/1.3, HTTP/2 and HTTP/1.1); service hosts get
+    /// certificates from Wharf's local CA, <data-dir>/tls/local-ca.pem [default: none, no HTTPS]
+    #[arg(long, env = "WHARF_HTTPS_ADDR")]
+    pub https_addr: Option<SocketAddr>,
     /// Address of the embedded OCI registry [default: 127.0.0.1:5000]
     #[arg(long, env = "WHARF_REGISTRY_ADDR")]
     pub registry_addr: Option<SocketAddr>,
@@ -102,6 +106,9 @@ pub struct EdgeArgs {
     /// The most bytes of headers a request may send (431 beyond) [default: 65536]
     #[arg(long, env = "WHARF_MAX_HEADER_BYTES")]
     pub max_header_bytes: Option<usize>,
+    /// How long a TLS client may take to complete its handshake, at most 30s [default: 10s]
+    #[arg(long, env = "WHARF_TLS_HANDSHAKE_TIMEOUT")]
+    pub tls_handshake_timeout: Option<String>,
     /// The most bytes of a JSON body the admin API reads (413 beyond) [default: 4194304]
     #[arg(long, env = "WHARF_MAX_API_BODY_BYTES")]
     pub max_api_body_bytes: Option<usize>,
@@ -138,10 +145,12 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     api_addr: Option<SocketAddr>,
     ingress_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
     registry_addr: Option<SocketAddr>,
     domain: Option<String>,
     idle_timeout: Option<String>,
     header_read_timeout: Option<String>,
+    tls_handshake_timeout: Option<String>,
     connection_idle_timeout: Option<String>,
     max_connections: Option<usize>,
     max_header_bytes: Option<usize>,
@@ -168,6 +177,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub api_addr: SocketAddr,
     pub ingress_addr: SocketAddr,
+    /// The HTTPS ingress, when enabled.
+    pub https_addr: Option<SocketAddr>,
     pub registry_addr: SocketAddr,
     pub domain: String,
     pub idle_timeout: Duration,
@@ -264,6 +275,7 @@ impl ServerConfig {
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             api_addr: args.api_addr.or(file.api_addr).unwrap_or_else(|| addr("127.0.0.1:8090")),
             ingress_addr: args.ingress_addr.or(file.ingress_addr).unwrap_or_else(|| addr("127.0.0.1:8080")),
+            https_addr: args.https_addr.or(file.https_addr),
             registry_addr: args.registry_addr.or(file.registry_addr).unwrap_or_else(|| addr("127.0.0.1:5000")),
             domain: args.domain.clone().or(file.domain).unwrap_or_else(|| "localhost".to_owned()),
             idle_timeout: parse_duration(
@@ -330,6 +342,12 @@ fn resolve_edge(args: &EdgeArgs, file: &ConfigFile) -> anyhow::Result<EdgeLimits
         max_connections: args.max_connections.or(file.max_connections).unwrap_or(defaults.listener.max_connections),
         max_header_bytes: args.max_header_bytes.or(file.max_header_bytes).unwrap_or(defaults.listener.max_header_bytes),
         max_headers: defaults.listener.max_headers,
+        tls_handshake_timeout: duration(
+            &args.tls_handshake_timeout,
+            &file.tls_handshake_timeout,
+            defaults.listener.tls_handshake_timeout,
+            "tls-handshake-timeout",
+        )?,
     };
     listener.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
     let max_api_body_bytes = args.max_api_body_bytes.or(file.max_api_body_bytes).unwrap_or(defaults.max_api_body_bytes);
@@ -366,6 +384,7 @@ mod tests {
             data_dir: None,
             api_addr: None,
             ingress_addr: None,
+            https_addr: None,
             registry_addr: None,
             domain: None,
             idle_timeout: None,

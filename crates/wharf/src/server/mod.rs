@@ -40,6 +40,9 @@ pub struct ServerInfo {
     pub pid: u32,
     pub api_addr: SocketAddr,
     pub ingress_addr: SocketAddr,
+    /// The HTTPS ingress, when `--https-addr` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_addr: Option<SocketAddr>,
     pub registry_addr: SocketAddr,
 }
 
@@ -81,10 +84,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let api_listener = bind(config.api_addr, "API").await?;
     let ingress_listener = bind(config.ingress_addr, "ingress").await?;
     let registry_listener = bind(config.registry_addr, "registry").await?;
+    let https_listener = match config.https_addr {
+        Some(addr) => Some(bind(addr, "HTTPS ingress").await?),
+        None => None,
+    };
     let info = ServerInfo {
         pid: std::process::id(),
         api_addr: api_listener.local_addr()?,
         ingress_addr: ingress_listener.local_addr()?,
+        https_addr: https_listener.as_ref().map(TcpListener::local_addr).transpose()?,
         registry_addr: registry_listener.local_addr()?,
     };
     // Before the runtime: a failure here leaves nothing on the machine to undo.
@@ -148,6 +156,27 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let housekeeper = housekeeping.spawn(shutdown.clone());
     let registry = wharf_registry::router(wharf_registry::RegistryState { images, iam });
     let limits = &config.edge.listener;
+    let https = match https_listener {
+        Some(socket) => {
+            let routed = table.clone();
+            let local_ca = wharf_router::tls::LocalCa::open(&data_dir.join("tls"))
+                .context("cannot set up the local CA of the HTTPS ingress")?;
+            tracing::info!(ca = %local_ca.cert_path.display(), "HTTPS for service hosts uses the local CA");
+            let certificates = wharf_router::tls::Certificates::new(
+                Some(local_ca),
+                Arc::new(move |name| routed.lookup(name).is_some()),
+            );
+            let tls = wharf_router::tls::server_config(certificates).context("cannot set up TLS")?;
+            Some(tokio::spawn(wharf_router::serve_tls(
+                socket,
+                Listener::new("HTTPS ingress", limits.clone()),
+                table.clone(),
+                tls,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let servers = [
         serve(
             api_listener,
@@ -162,10 +191,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         )),
         serve(registry_listener, Listener::new("registry", limits.clone()), registry, shutdown.clone()),
-    ];
+    ]
+    .into_iter()
+    .chain(https);
     write_server_info(data_dir, &info)?;
     tracing::info!(
-        api = %info.api_addr, ingress = %info.ingress_addr, registry = %info.registry_addr,
+        api = %info.api_addr, ingress = %info.ingress_addr, https = ?info.https_addr, registry = %info.registry_addr,
         data_dir = %data_dir.display(), "wharf server ready"
     );
 

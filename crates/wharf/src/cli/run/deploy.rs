@@ -57,6 +57,13 @@ pub struct DeployArgs {
     pub source: SourceFlags,
     #[command(flatten)]
     pub vpc: VpcFlags,
+    /// End-to-end HTTP/2: the ingress speaks HTTP/2 cleartext (h2c) to the container (gRPC
+    /// servers need this). Names the container port `h2c`.
+    #[arg(long, overrides_with = "no_use_http2")]
+    pub use_http2: bool,
+    /// Speak HTTP/1.1 to the container again (the port is named `http1`).
+    #[arg(long)]
+    pub no_use_http2: bool,
 }
 
 /// `--source DIR` and what shapes its build (deploy and `jobs deploy`).
@@ -125,7 +132,16 @@ fn apply(args: &DeployArgs, service: &mut Service) -> anyhow::Result<()> {
         bail!("--image is required to deploy a new service");
     }
     if let Some(port) = args.port {
-        c.ports = vec![wharf_api::ContainerPort { name: "http1".into(), container_port: i32::from(port) }];
+        // A new port number keeps the protocol (--use-http2) the service has.
+        let name = c.ports.first().map(|p| p.name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| "http1".into());
+        c.ports = vec![wharf_api::ContainerPort { name, container_port: i32::from(port) }];
+    }
+    if args.use_http2 || args.no_use_http2 {
+        let name = if args.use_http2 { "h2c" } else { "http1" };
+        match c.ports.first_mut() {
+            Some(port) => port.name = name.into(),
+            None => c.ports = vec![wharf_api::ContainerPort { name: name.into(), container_port: 8080 }],
+        }
     }
     if let Some(n) = &args.concurrency {
         template.max_instance_request_concurrency = count("concurrency", n)?;
@@ -288,6 +304,19 @@ mod tests {
             s.template.containers[0].env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
         assert_eq!(env, [("B".to_owned(), "3".to_owned()), ("C".to_owned(), "4".to_owned())]);
         assert_eq!(s.template.containers[0].image, "x", "an update keeps the image");
+
+        let port = |s: &Service| {
+            (s.template.containers[0].ports[0].name.clone(), s.template.containers[0].ports[0].container_port)
+        };
+        applied(&["--use-http2"], &mut s).unwrap();
+        assert_eq!(port(&s), ("h2c".to_owned(), 9000));
+        applied(&["--port=9001"], &mut s).unwrap();
+        assert_eq!(port(&s), ("h2c".to_owned(), 9001), "a new port keeps HTTP/2");
+        applied(&["--no-use-http2"], &mut s).unwrap();
+        assert_eq!(port(&s), ("http1".to_owned(), 9001));
+        let mut fresh = Service::default();
+        applied(&["--image=x", "--use-http2"], &mut fresh).unwrap();
+        assert_eq!(port(&fresh), ("h2c".to_owned(), 8080));
     }
 
     #[test]
