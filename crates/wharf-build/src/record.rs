@@ -141,7 +141,9 @@ impl Records {
                 builds.push(build);
             }
         }
-        builds.sort_by(|a, b| b.create_time.cmp(&a.create_time).then_with(|| b.id.cmp(&a.id)));
+        // By time, not by text: RFC 3339 strings with fractions of varying length do not sort.
+        let created = |b: &Build| b.create_time.parse::<jiff::Timestamp>().ok();
+        builds.sort_by(|a, b| created(b).cmp(&created(a)).then_with(|| b.id.cmp(&a.id)));
         Ok(builds)
     }
 }
@@ -149,4 +151,45 @@ impl Records {
 /// Whether `id` has the form of a build id (so it is safe in a file name).
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(id: &str, created: &str) -> Build {
+        Build {
+            name: format!("projects/p/locations/l/builds/{id}"),
+            id: id.into(),
+            status: BuildStatus::Success,
+            image_uri: "a".into(),
+            image: None,
+            image_digest: None,
+            dockerfile: "Dockerfile".into(),
+            detected_language: None,
+            create_time: created.into(),
+            start_time: None,
+            finish_time: None,
+            duration: None,
+            cached_steps: 0,
+            log_file: String::new(),
+            log_url: String::new(),
+            failure_detail: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_list_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::open(dir.path()).unwrap();
+        // Text order would put .38Z after .383Z; time order is the other way round.
+        records.save(&build("a", "2026-11-24T01:15:47.38Z")).unwrap();
+        records.save(&build("b", "2026-11-24T01:15:47.383Z")).unwrap();
+        records.save(&build("c", "2026-11-24T01:15:46Z")).unwrap();
+        let ids: Vec<String> = records.list().unwrap().into_iter().map(|b| b.id).collect();
+        assert_eq!(ids, ["b", "a", "c"]);
+        assert_eq!(records.get("a").unwrap(), Some(build("a", "2026-11-24T01:15:47.38Z")));
+        assert_eq!(records.get("zz").unwrap(), None);
+        assert!(!valid_id("../x") && !valid_id("") && valid_id("8bedff51-1592"));
+    }
 }

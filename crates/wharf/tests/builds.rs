@@ -189,6 +189,8 @@ async fn a_python_source_without_dockerfile_builds_on_the_default_base_image_fro
     assert!(stdout.trim().starts_with(&format!("{registry}/team/flask-app@sha256:")), "{stdout}");
     let build = &env.builds()[0];
     assert_eq!(build["detectedLanguage"], "Python");
+    let (table, _) = env.ok(&["builds", "list"]);
+    assert!(table.contains(build["id"].as_str().unwrap()) && table.contains("SUCCESS"), "{table}");
 
     // The image is in the registry under its tag.
     let (images, _) = env.ok(&["images", "list", "--format", "json"]);

@@ -76,10 +76,7 @@ pub async fn run(connection: &ConnectionArgs, place: &Place, command: BuildsComm
             let r = ctx.client.api_request(reqwest::Method::GET, &format!("{}/builds", ctx.parent())).send().await?;
             let list: serde_json::Value = check(r).await?.json().await?;
             let builds = list.get("builds").cloned().unwrap_or_else(|| serde_json::json!([]));
-            ctx.print(
-                &builds,
-                "table(id,createTime.date('%Y-%m-%dT%H:%M:%S'):label=CREATE_TIME,duration,imageUri:label=IMAGES,status)",
-            )
+            ctx.print(&builds, "table(id,createTime:label=CREATE_TIME,duration,imageUri:label=IMAGES,status)")
         }
         BuildsCommand::Describe { build } => {
             let build = get_build(&ctx, &build).await?;
