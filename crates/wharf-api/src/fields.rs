@@ -51,9 +51,8 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
 ];
 
 /// What a user of an unsupported field should know, where there is more to say.
-const WHY_UNSUPPORTED: &[(&str, &str)] = &[
-    ("volumes", "instances have an in-memory writable root filesystem; secrets and volumes come later"),
-];
+const WHY_UNSUPPORTED: &[(&str, &str)] =
+    &[("volumes", "instances have an in-memory writable root filesystem; secrets and volumes come later")];
 
 /// Output-only fields of Cloud Run resources that Wharf does not produce. A client that reads
 /// a resource and writes it back may carry them; they are ignored, as Google ignores them.
