@@ -44,6 +44,15 @@ enum Command {
         #[command(subcommand)]
         command: cli::logs::LogsCommand,
     },
+    /// Manage secrets and their versions (as `gcloud secrets`).
+    Secrets {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(flatten)]
+        place: cli::secrets::SecretsPlace,
+        #[command(subcommand)]
+        command: Box<cli::secrets::SecretsCommand>,
+    },
     /// Manage images in Wharf's registry.
     Images {
         #[command(flatten)]
@@ -88,6 +97,7 @@ fn main() -> std::process::ExitCode {
             Command::Images { connection, command } => cli::images::run(&connection, command).await,
             Command::Run { connection, place, command } => cli::run::run(&connection, &place, *command).await,
             Command::Logs { connection, command } => cli::logs::run(&connection, command).await,
+            Command::Secrets { connection, place, command } => cli::secrets::run(&connection, &place, *command).await,
             Command::Shim { .. } => unreachable!("handled before the async runtime starts"),
         }
     });

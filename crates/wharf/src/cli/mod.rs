@@ -9,6 +9,7 @@ pub mod flags;
 pub mod images;
 pub mod logs;
 pub mod run;
+pub mod secrets;
 pub mod traffic;
 
 use std::path::{Path, PathBuf};

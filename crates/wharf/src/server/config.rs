@@ -16,7 +16,7 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/wharf/config.toml";
 pub struct ServerArgs {
     /// Config file (TOML with keys data_dir, api_addr, ingress_addr, registry_addr, domain,
     /// idle_timeout, instance_memory_limit, instance_cpu_limit, cgroup_parent, log_rate_limit,
-    /// log_store_limit, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
+    /// log_store_limit, secrets_key_file, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
     /// edge limits: header_read_timeout, connection_idle_timeout, max_connections,
     /// max_header_bytes, max_api_body_bytes, pull_connect_timeout, pull_read_timeout, upstream_resolv_conf).
     #[arg(long, env = "WHARF_CONFIG")]
@@ -74,6 +74,11 @@ pub struct ServerArgs {
     /// answer itself (they may be on loopback or a private address) [default: /etc/resolv.conf]
     #[arg(long, env = "WHARF_UPSTREAM_RESOLV_CONF")]
     pub upstream_resolv_conf: Option<PathBuf>,
+    /// The key-encryption key of stored secrets: a file holding 32 random bytes in base64,
+    /// mode 0600, e.g. provided by an external KMS; it must exist [default:
+    /// <data-dir>/secrets.kek, created on first start]
+    #[arg(long, env = "WHARF_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }
@@ -150,6 +155,7 @@ struct ConfigFile {
     log_rate_limit: Option<u32>,
     log_store_limit: Option<String>,
     upstream_resolv_conf: Option<PathBuf>,
+    secrets_key_file: Option<PathBuf>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -172,6 +178,8 @@ pub struct ServerConfig {
     pub cgroup_parent: String,
     pub log_limits: wharf_runtime::logs::LogLimits,
     pub upstream_resolv_conf: PathBuf,
+    /// `None`: `<data-dir>/secrets.kek`, created when missing.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
@@ -268,6 +276,7 @@ impl ServerConfig {
                 .clone()
                 .or(file.upstream_resolv_conf.clone())
                 .unwrap_or_else(|| "/etc/resolv.conf".into()),
+            secrets_key_file: args.secrets_key_file.clone().or(file.secrets_key_file.clone()),
         })
     }
 }

@@ -51,6 +51,7 @@ pub struct Platform {
     pub control: wharf_control::ControlPlane,
     pub logs: wharf_runtime::logs::LogStore,
     pub housekeeping: housekeeping::ImageHousekeeping,
+    pub secrets: wharf_secrets::SecretManager,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -62,6 +63,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let db = Store::open(&data_dir.join("state.db"))?;
     let iam = Iam::open(db.clone(), data_dir)?;
+    let secrets = open_secrets(&config, db.clone())?;
     let images = ImageStore::open(data_dir, db.clone())?.with_limits(StoreLimits {
         max_blob_bytes: config.max_blob_size,
         upload_expiry: config.upload_expiry,
@@ -136,6 +138,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         control: control.clone(),
         logs: runtime.logs().clone(),
         housekeeping: housekeeping.clone(),
+        secrets,
     };
 
     let housekeeper = housekeeping.spawn(shutdown.clone());
@@ -175,6 +178,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(data_dir.join(SERVER_INFO_FILE));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens Secret Manager with its key-encryption key: `--secrets-key-file` (which must exist),
+/// else `<data-dir>/secrets.kek` (created on first start).
+fn open_secrets(config: &ServerConfig, db: Store) -> anyhow::Result<wharf_secrets::SecretManager> {
+    let (path, create) = match &config.secrets_key_file {
+        Some(path) => (path.clone(), false),
+        None => (config.data_dir.join(wharf_secrets::DEFAULT_KEY_FILE), true),
+    };
+    wharf_secrets::SecretManager::open(db, &path, create)
+        .with_context(|| format!("cannot open the secrets store with key file {}", path.display()))
 }
 
 /// Starts what instances reach at 169.254.169.254 (see `wharf_runtime::network`): the DNS
