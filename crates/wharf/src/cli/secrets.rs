@@ -157,7 +157,12 @@ impl SecretsCtx {
         self.path(&format!("/{secret}/versions/{version}"))
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
         let mut request = self.client.api_request(method, path);
         if let Some(body) = body {
             request = request.json(&body);
@@ -182,17 +187,15 @@ impl SecretsCtx {
 }
 
 const SECRET_TABLE: &str = "table(name.basename():label=NAME,createTime:label=CREATED)";
-const VERSION_TABLE: &str = "table(name.basename():label=NAME,state:label=STATE,createTime:label=CREATED,destroyTime:label=DESTROYED)";
+const VERSION_TABLE: &str =
+    "table(name.basename():label=NAME,state:label=STATE,createTime:label=CREATED,destroyTime:label=DESTROYED)";
 
 pub async fn run(connection: &ConnectionArgs, place: &SecretsPlace, command: SecretsCommand) -> anyhow::Result<()> {
     if let Some(format) = place.format.as_deref() {
         wharf_format::check(format)?;
     }
-    let project = place
-        .project
-        .clone()
-        .or_else(|| crate::cli::cli_setting("project"))
-        .unwrap_or_else(|| "default".to_owned());
+    let project =
+        place.project.clone().or_else(|| crate::cli::cli_setting("project")).unwrap_or_else(|| "default".to_owned());
     let ctx = SecretsCtx { client: Client::connect(connection)?, project, format: place.format.clone() };
     match command {
         SecretsCommand::Create { name, data_file, labels, replication_policy } => {
@@ -201,10 +204,10 @@ pub async fn run(connection: &ConnectionArgs, place: &SecretsPlace, command: Sec
                     "--replication-policy={replication_policy} is not supported by Wharf: a secret lives on this one machine; use automatic"
                 );
             }
-            let labels = parse_pairs(labels.as_deref().unwrap_or_default(), "--labels")?;
+            let labels: std::collections::BTreeMap<String, String> =
+                parse_pairs(labels.as_deref().unwrap_or_default(), "--labels")?.into_iter().collect();
             let body = serde_json::json!({"replication": {"automatic": {}}, "labels": labels});
-            let created =
-                ctx.call(Method::POST, &format!("{}?secretId={name}", ctx.path("")), Some(body)).await?;
+            let created = ctx.call(Method::POST, &format!("{}?secretId={name}", ctx.path("")), Some(body)).await?;
             eprintln!("Created secret [{name}].");
             if let Some(file) = data_file {
                 let version = ctx.add_version(&name, &file).await?;
@@ -240,8 +243,11 @@ pub async fn run(connection: &ConnectionArgs, place: &SecretsPlace, command: Sec
         }
         SecretsCommand::Update { name, update_labels, remove_labels, clear_labels } => {
             let current = ctx.call(Method::GET, &ctx.secret_path(&name), None).await?;
-            let mut labels: serde_json::Map<String, serde_json::Value> =
-                if clear_labels { Default::default() } else { current["labels"].as_object().cloned().unwrap_or_default() };
+            let mut labels: serde_json::Map<String, serde_json::Value> = if clear_labels {
+                Default::default()
+            } else {
+                current["labels"].as_object().cloned().unwrap_or_default()
+            };
             for key in remove_labels.as_deref().unwrap_or_default().split(',').filter(|k| !k.is_empty()) {
                 labels.remove(key);
             }
@@ -274,7 +280,8 @@ pub async fn run(connection: &ConnectionArgs, place: &SecretsPlace, command: Sec
             let report = ctx.call(Method::POST, "/wharf/v1/secrets:rotateKey", Some(serde_json::json!({}))).await?;
             eprintln!(
                 "Rotated the secrets key-encryption key: {} data keys re-wrapped under key {}.",
-                report["rewrapped"], report["newKeyId"].as_str().unwrap_or_default()
+                report["rewrapped"],
+                report["newKeyId"].as_str().unwrap_or_default()
             );
             if ctx.format.is_some() {
                 ctx.print(&report, "yaml")?;
@@ -295,7 +302,8 @@ async fn versions(ctx: &SecretsCtx, command: VersionsCommand) -> anyhow::Result<
             }
         }
         VersionsCommand::Access { version, secret, out_file } => {
-            let answer = ctx.call(Method::GET, &format!("{}:access", ctx.version_path(&secret, &version)), None).await?;
+            let answer =
+                ctx.call(Method::GET, &format!("{}:access", ctx.version_path(&secret, &version)), None).await?;
             let encoded = Zeroizing::new(answer["payload"]["data"].as_str().unwrap_or_default().to_owned());
             let data = Zeroizing::new(
                 base64::engine::general_purpose::STANDARD
@@ -381,8 +389,12 @@ async fn change_binding(
     }
     bindings.retain(|b| b["members"].as_array().is_some_and(|m| !m.is_empty()));
     policy["bindings"] = bindings.into();
-    ctx.call(Method::POST, &format!("{}:setIamPolicy", ctx.secret_path(secret)), Some(serde_json::json!({"policy": policy})))
-        .await
+    ctx.call(
+        Method::POST,
+        &format!("{}:setIamPolicy", ctx.secret_path(secret)),
+        Some(serde_json::json!({"policy": policy})),
+    )
+    .await
 }
 
 /// Reads a payload from a file or, for `-`, stdin.
@@ -421,6 +433,12 @@ fn basename(resource: &serde_json::Value) -> String {
 
 fn percent(text: &str) -> String {
     text.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }

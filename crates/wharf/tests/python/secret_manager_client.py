@@ -65,7 +65,7 @@ print("accessed 1 and latest")
 try:
     client.add_secret_version(request={"parent": name, "payload": {"data": b"x", "data_crc32c": 1}})
     raise AssertionError("a wrong checksum was accepted")
-except exceptions.InvalidArgument as e:
+except exceptions.BadRequest as e:  # HTTP 400, INVALID_ARGUMENT
     assert "dataCrc32c" in str(e), e
 
 names = [s.name for s in client.list_secrets(request={"parent": parent})]
@@ -77,7 +77,7 @@ client.disable_secret_version(request={"name": v2.name})
 try:
     client.access_secret_version(request={"name": f"{name}/versions/latest"})
     raise AssertionError("a disabled version was accessed")
-except exceptions.FailedPrecondition as e:
+except exceptions.BadRequest as e:  # HTTP 400, FAILED_PRECONDITION
     assert "DISABLED" in str(e), e
 client.enable_secret_version(request={"name": v2.name})
 destroyed = client.destroy_secret_version(request={"name": v1.name})

@@ -399,15 +399,17 @@ async fn read_json_body<S: Send + Sync>(request: Request, state: &S) -> Result<s
     use axum::extract::FromRequest as _;
     let limit = request.extensions().get::<BodyLimit>().map(|l| l.0);
     let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::Bytes::from_request(request, state));
-    let bytes = read.await.map_err(|_| ApiError::BodyTimeout { after: BODY_READ_TIMEOUT })?.map_err(|e| match limit {
-        Some(limit) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit },
-        _ => ApiError::InvalidArgument(format!("cannot read the request body: {e}")),
-    })?;
+    let bytes =
+        read.await.map_err(|_| ApiError::BodyTimeout { after: BODY_READ_TIMEOUT })?.map_err(|e| match limit {
+            Some(limit) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit },
+            _ => ApiError::InvalidArgument(format!("cannot read the request body: {e}")),
+        })?;
     if bytes.is_empty() {
         return Ok(serde_json::Value::Object(Default::default()));
     }
     // serde_json's message names a position, never the body's content (which may be a secret).
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidArgument(format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::InvalidArgument(format!("the request body is not valid JSON: {e}")))
 }
 
 /// A response in the API's JSON, with integer enums when the client asked for them.

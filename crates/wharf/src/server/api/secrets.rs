@@ -156,9 +156,7 @@ async fn secret_method(
             let held = p.iam.policies.held(Some(&caller), &asked, &resource)?;
             Ok(Json(serde_json::json!({ "permissions": held })).into_response())
         }
-        Some(other) => {
-            Err(unknown_method(other, "a secret (POST)", ":addVersion, :setIamPolicy, :testIamPermissions"))
-        }
+        Some(other) => Err(unknown_method(other, "a secret (POST)", ":addVersion, :setIamPolicy, :testIamPermissions")),
         None => Err(ApiError::MethodNotAllowed {
             method: "POST".into(),
             path: format!("/v1/projects/{project}/secrets/{secret}"),
@@ -174,12 +172,8 @@ async fn list_versions(
 ) -> Result<Response, ApiError> {
     authorize(&p, &caller, perm::VERSIONS_LIST, &Resource::secret(&project, &secret))?;
     refuse_filter(&params)?;
-    let page = p.secrets.list_versions(
-        &project,
-        &secret,
-        page_size(&params)?,
-        params.get("pageToken").unwrap_or_default(),
-    )?;
+    let page =
+        p.secrets.list_versions(&project, &secret, page_size(&params)?, params.get("pageToken").unwrap_or_default())?;
     Ok(Json(list_json("versions", page)).into_response())
 }
 
@@ -276,9 +270,7 @@ fn read_payload(body: &serde_json::Value) -> Result<(Zeroizing<Vec<u8>>, Option<
                 } else {
                     &base64::engine::general_purpose::STANDARD
                 };
-                data = Zeroizing::new(
-                    engine.decode(text).map_err(|_| invalid("payload.data", "is not valid base64"))?,
-                );
+                data = Zeroizing::new(engine.decode(text).map_err(|_| invalid("payload.data", "is not valid base64"))?);
             }
             "dataCrc32c" => {
                 let number = match value {
@@ -286,9 +278,9 @@ fn read_payload(body: &serde_json::Value) -> Result<(Zeroizing<Vec<u8>>, Option<
                     serde_json::Value::Number(n) => n.as_u64(),
                     _ => None,
                 };
-                let number = number
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| invalid("payload.dataCrc32c", "must be the payload's CRC32C, a 32-bit unsigned number"))?;
+                let number = number.and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
+                    invalid("payload.dataCrc32c", "must be the payload's CRC32C, a 32-bit unsigned number")
+                })?;
                 crc32c = Some(number);
             }
             other => return Err(invalid(&format!("payload.{other}"), "is not a field of SecretPayload").into()),
@@ -299,8 +291,9 @@ fn read_payload(body: &serde_json::Value) -> Result<(Zeroizing<Vec<u8>>, Option<
 
 /// `SetIamPolicyRequest`: `{"policy": Policy, "updateMask"?}`.
 fn read_set_iam_policy(mut body: serde_json::Value) -> Result<Policy, ApiError> {
-    let object =
-        body.as_object_mut().ok_or_else(|| ApiError::InvalidArgument("the body must be a SetIamPolicyRequest".into()))?;
+    let object = body
+        .as_object_mut()
+        .ok_or_else(|| ApiError::InvalidArgument("the body must be a SetIamPolicyRequest".into()))?;
     if let Some(field) = object.keys().find(|k| !matches!(k.as_str(), "policy" | "updateMask" | "resource")) {
         return Err(ApiError::InvalidArgument(format!("{field} is not a field of SetIamPolicyRequest")));
     }
@@ -334,9 +327,9 @@ fn refuse_filter(params: &Params) -> Result<(), ApiError> {
 fn page_size(params: &Params) -> Result<usize, ApiError> {
     match params.get("pageSize") {
         None | Some("") => Ok(0),
-        Some(n) => n
-            .parse::<usize>()
-            .map_err(|_| ApiError::InvalidArgument(format!("pageSize {n:?} is not a number of items (0 means the default)"))),
+        Some(n) => n.parse::<usize>().map_err(|_| {
+            ApiError::InvalidArgument(format!("pageSize {n:?} is not a number of items (0 means the default)"))
+        }),
     }
 }
 
