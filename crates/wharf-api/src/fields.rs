@@ -29,7 +29,6 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
     "launchStage",
     // RevisionTemplate and TaskTemplate
     "vpcAccess",
-    "volumes",
     "encryptionKey",
     "serviceMesh",
     "encryptionKeyRevocationAction",
@@ -42,7 +41,12 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
     "serviceAccount",
     // Container
     "baseImageUri",
-    "volumeMounts",
+    // Volume kinds other than secret, and VolumeMount's subPath
+    "emptyDir",
+    "gcs",
+    "nfs",
+    "cloudSqlInstance",
+    "subPath",
     "readinessProbe",
     "dependsOn",
     "buildInfo",
@@ -59,7 +63,7 @@ const WHY_UNSUPPORTED: &[(&str, &str)] = &[
         "--network, --subnet, --vpc-connector, --vpc-egress: Wharf instances reach the public internet only, \
          never private ranges",
     ),
-    ("volumes", "instances have an in-memory writable root filesystem; secrets and volumes come later"),
+    ("emptyDir", "Wharf's volumes are Secret Manager secrets; the root filesystem is writable and in memory"),
     ("grpc", "gRPC probes come with end-to-end HTTP/2; use httpGet or tcpSocket"),
 ];
 
@@ -172,7 +176,10 @@ mod tests {
     #[test]
     fn cloud_run_fields_wharf_lacks_are_refused_as_unsupported() {
         for (body, field) in [
-            (serde_json::json!({"template": {"volumes": []}}), "template.volumes"),
+            (
+                serde_json::json!({"template": {"volumes": [{"name": "c", "emptyDir": {"medium": "MEMORY"}}]}}),
+                "template.volumes[0].emptyDir",
+            ),
             (serde_json::json!({"template": {"vpcAccess": {}}}), "template.vpcAccess"),
             (serde_json::json!({"scaling": {"minInstanceCount": 1}}), "scaling"),
             (serde_json::json!({"template": {"encryptionKey": "k"}}), "template.encryptionKey"),

@@ -59,6 +59,8 @@ pub struct TaskTemplate {
     pub max_retries: Option<i32>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub service_account: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::types::Volume>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

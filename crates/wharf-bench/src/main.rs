@@ -136,6 +136,7 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
             startup_probe: Some(Probe::default_startup(8080)),
             liveness_probe: None,
             grace_period: Duration::from_secs(10),
+            secret_files: Vec::new(),
         };
         let t = Instant::now();
         let instance = runtime.start(spec).await?;

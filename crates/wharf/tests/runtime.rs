@@ -71,6 +71,7 @@ impl Harness {
             startup_probe: Some(Probe::default_startup(8080)),
             liveness_probe: None,
             grace_period: Duration::from_secs(10),
+            secret_files: Vec::new(),
         }
     }
 

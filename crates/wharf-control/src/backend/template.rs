@@ -32,6 +32,37 @@ pub struct InstanceTemplate {
     pub liveness_probe: Option<Probe>,
     /// SIGTERM to SIGKILL.
     pub grace_period: Duration,
+    /// Variables whose values are secret versions, read when each instance starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<SecretEnv>,
+    /// Files holding secret versions, on read-only in-memory mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<SecretFile>,
+}
+
+/// An environment variable whose value is a secret version (`valueSource.secretKeyRef`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretEnv {
+    pub name: String,
+    /// `projects/PROJECT/secrets/NAME`.
+    pub secret: String,
+    /// A number or `latest` (resolved at each start).
+    pub version: String,
+}
+
+/// A file holding a secret version (a `secret` volume's item, where a `volumeMount` puts it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretFile {
+    /// The directory the volume is mounted at in the container (absolute).
+    pub mount_path: String,
+    /// The file's path below `mount_path` (relative, no `..`).
+    pub path: String,
+    pub secret: String,
+    pub version: String,
+    /// Permission bits of the file.
+    pub mode: u32,
 }
 
 /// Who an instance runs for.
@@ -144,6 +175,18 @@ mod tests {
             startup_probe: Some(Probe::default_startup(8080)),
             liveness_probe: None,
             grace_period: GRACE_PERIOD,
+            secret_env: vec![SecretEnv {
+                name: "DB".into(),
+                secret: "projects/p/secrets/db".into(),
+                version: "latest".into(),
+            }],
+            secret_files: vec![SecretFile {
+                mount_path: "/secrets".into(),
+                path: "key".into(),
+                secret: "projects/p/secrets/key".into(),
+                version: "2".into(),
+                mode: 0o400,
+            }],
         };
         let text = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<InstanceTemplate>(&text).unwrap(), t);

@@ -117,7 +117,7 @@ fn check_template(t: &ExecutionTemplate) -> Result<CheckedTemplate, ControlError
     if t.template.service_account.len() > validate::limits::PATH_BYTES {
         return Err(invalid("template.template.serviceAccount is too long: at most 1024 bytes"));
     }
-    let (image, instance) = container(&t.template.containers, Workload::Task)?;
+    let (image, instance) = container(&t.template.containers, &t.template.volumes, Workload::Task)?;
     Ok(CheckedTemplate { task_count, parallelism, max_retries, timeout, image, instance })
 }
 

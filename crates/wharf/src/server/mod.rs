@@ -121,7 +121,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         idle_timeout: config.idle_timeout,
         queue_timeout: std::time::Duration::from_secs(10),
     };
-    let backend = Arc::new(wharf_runtime::RuntimeBackend::new(runtime.clone(), resolver.clone()));
+    let backend = Arc::new(
+        wharf_runtime::RuntimeBackend::new(runtime.clone(), resolver.clone())
+            .with_secrets(Arc::new(api::secrets::InstanceSecrets(secrets.clone()))),
+    );
     let control = wharf_control::ControlPlane::open(db.clone(), resolver.clone(), backend, table.clone(), settings)
         .await
         .context("cannot open the control plane")?;

@@ -8,7 +8,7 @@
 
 mod jobs;
 mod operations;
-mod secrets;
+pub mod secrets;
 mod services;
 
 use axum::extract::{Query, Request, State};
@@ -44,6 +44,8 @@ pub enum ApiError {
     Policy(#[from] wharf_iam::policy::PolicyError),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A request body field that is unknown, unsupported or of the wrong form.
     #[error(transparent)]
     Field(#[from] wharf_api::fields::FieldError),
@@ -70,6 +72,7 @@ impl ApiError {
             ApiError::Auth(_) => Code::Unauthenticated,
             ApiError::InvalidArgument(_) | ApiError::Field(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
             ApiError::BodyTooLarge { .. } => Code::InvalidArgument,

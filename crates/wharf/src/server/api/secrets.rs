@@ -340,3 +340,87 @@ fn list_json<T: serde::Serialize>(key: &str, page: wharf_secrets::Page<T>) -> se
     }
     out
 }
+
+/// Before a service or job template naming secrets is stored: qualifies each reference with
+/// the resource's project (`NAME` -> `projects/PROJECT/secrets/NAME`, what the instance start
+/// reads), and checks that each secret exists and that the template's service account (the
+/// project's default compute account when none is named) holds `secretmanager.versions.access`
+/// on it, as Cloud Run checks at deploy. On failure nothing is created.
+pub(super) fn check_template_secrets(
+    p: &Platform,
+    project: &str,
+    service_account: &str,
+    containers: &mut [wharf_api::Container],
+    volumes: &mut [wharf_api::types::Volume],
+) -> Result<(), ApiError> {
+    let account = if service_account.is_empty() {
+        wharf_iam::default_service_account(project)
+    } else {
+        service_account.to_ascii_lowercase()
+    };
+    let mut references: Vec<&mut String> = Vec::new();
+    for container in containers.iter_mut() {
+        for var in container.env.iter_mut() {
+            if let Some(secret) = var
+                .value_source
+                .as_mut()
+                .and_then(|s| s.get_mut("secretKeyRef"))
+                .and_then(|r| r.get_mut("secret"))
+                && let serde_json::Value::String(name) = secret
+            {
+                references.push(name);
+            }
+        }
+    }
+    for volume in volumes.iter_mut() {
+        if let Some(source) = volume.secret.as_mut() {
+            references.push(&mut source.secret);
+        }
+    }
+    for reference in references {
+        let (secret_project, secret) = match reference.strip_prefix("projects/").and_then(|r| r.split_once("/secrets/")) {
+            Some((secret_project, secret)) => (secret_project.to_owned(), secret.to_owned()),
+            None => (project.to_owned(), reference.clone()),
+        };
+        if secret.is_empty() || p.secrets.get_secret(&secret_project, &secret).is_err() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "Secret projects/{secret_project}/secrets/{secret} was not found: create it with `wharf secrets create {secret} --data-file=FILE`"
+            )));
+        }
+        // Google grants the default compute account Editor on its project, and Editor may
+        // read secret versions.
+        let default_of_project = account == wharf_iam::default_service_account(&secret_project);
+        if !default_of_project {
+            let principal = Principal::ServiceAccount(account.clone());
+            match p.iam.authorize(Some(&principal), perm::VERSIONS_ACCESS, &Resource::secret(&secret_project, &secret)) {
+                Ok(()) => {}
+                Err(wharf_iam::AuthorizeError::Denied(_)) => {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "Permission denied on secret: projects/{secret_project}/secrets/{secret} for Revision service account {account}. \
+                         The service account used must be granted the 'Secret Manager Secret Accessor' role \
+                         (roles/secretmanager.secretAccessor) at the secret, project or higher level: \
+                         `wharf secrets add-iam-policy-binding {secret} --member=serviceAccount:{account} --role=roles/secretmanager.secretAccessor`"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        *reference = wharf_secrets::secret_name(&secret_project, &secret);
+    }
+    Ok(())
+}
+
+/// What instances read secrets through: Secret Manager, by full secret name.
+#[derive(Debug)]
+pub struct InstanceSecrets(pub wharf_secrets::SecretManager);
+
+impl wharf_control::backend::SecretSource for InstanceSecrets {
+    fn access(&self, secret: &str, version: &str) -> Result<Vec<u8>, String> {
+        let Some((project, name)) = secret.strip_prefix("projects/").and_then(|r| r.split_once("/secrets/")) else {
+            return Err(format!("{secret:?} is not a full secret name (projects/PROJECT/secrets/NAME)"));
+        };
+        let version = VersionRef::parse(version).map_err(|e| e.to_string())?;
+        let payload = self.0.access(project, name, version).map_err(|e| e.to_string())?;
+        Ok(payload.data.to_vec())
+    }
+}
