@@ -2,12 +2,14 @@
 //! payloads never in clear under the data directory (database, WAL, server log) nor in any
 //! output but `access`, key rotation surviving a restart, IAM: a service account without
 //! `roles/secretmanager.secretAccessor` is denied `:access` and admitted once granted, and the
-//! API's refusals of what Wharf does not support.
+//! API's refusals of what Wharf does not support; and delivery: a real instance reads an env
+//! secret and a file secret (read-only, in memory), the deploy is refused for a service
+//! account without access, and a destroyed version fails new instances naming the secret.
 
 use std::path::Path;
 
 use serde_json::{Value, json};
-use wharf_testsupport::WharfServer;
+use wharf_testsupport::{WharfServer, service_host, testapp_image};
 
 fn server() -> WharfServer {
     WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap()
@@ -281,4 +283,150 @@ async fn the_api_refuses_what_wharf_does_not_support_by_name() {
     assert_eq!(status, 404, "a secret without versions has no latest");
     let (status, answer) = api.call(&owner, "DELETE", "/v1/projects/p/secrets/s?etag=%22stale%22", None).await;
     assert_eq!((status, answer["error"]["status"].as_str()), (409, Some("ABORTED")));
+}
+
+/// Every regular file under `dir` on `dir`'s own filesystem (what is on disk: the mounts of
+/// running instances, their in-memory scratch and overlay, are skipped) containing `needle`.
+fn disk_files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let device = std::fs::metadata(dir).unwrap().dev();
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.dev() != device {
+                continue;
+            }
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file()
+                && let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_new_instances() {
+    let work = tempfile::tempdir().unwrap();
+    let built = testapp_image(work.path(), "v1").unwrap();
+    let server = server();
+    let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let image = format!("{}/testapp:v1", server.addrs.registry_addr);
+    let api = Api { server: &server, client: reqwest::Client::builder().no_proxy().build().unwrap() };
+    let owner = server.token.clone();
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+
+    let password = unique_secret("password");
+    let key = unique_secret("key");
+    for (secret, value) in [("db-password", &password), ("api-key", &key)] {
+        let (status, body) =
+            api.call(&owner, "POST", &format!("/v1/projects/deliver/secrets?secretId={secret}"), Some(json!({}))).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = api
+            .call(
+                &owner,
+                "POST",
+                &format!("/v1/projects/deliver/secrets/{secret}:addVersion"),
+                Some(json!({"payload": {"data": b64(value)}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let template = |service_account: &str, marker: &str| {
+        json!({"template": {
+            "serviceAccount": service_account,
+            "containers": [{
+                "image": image,
+                "env": [
+                    {"name": "MARKER", "value": marker},
+                    {"name": "DB_PASSWORD", "valueSource": {"secretKeyRef": {"secret": "db-password", "version": "latest"}}}
+                ],
+                "volumeMounts": [{"name": "keys", "mountPath": "/secrets"}]
+            }],
+            "volumes": [{"name": "keys", "secret": {"secret": "api-key", "items": [{"path": "key.txt", "version": "1", "mode": 256}]}}]
+        }})
+    };
+    let services = "/v2/projects/deliver/locations/us-central1/services";
+
+    // A service account that holds no role on the secrets: refused, nothing created.
+    let stranger = "stranger@deliver.iam.gserviceaccount.com";
+    let (status, body) =
+        api.call(&owner, "POST", &format!("{services}?serviceId=denied"), Some(template(stranger, "a"))).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["status"], "FAILED_PRECONDITION");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("projects/deliver/secrets/db-password") && message.contains(stranger), "{message}");
+    let (status, _) = api.call(&owner, "GET", &format!("{services}/denied"), None).await;
+    assert_eq!(status, 404, "a refused deploy creates nothing");
+
+    // The project's default service account may read its project's secrets.
+    let (status, op) = api.call(&owner, "POST", &format!("{services}?serviceId=app"), Some(template("", "a"))).await;
+    assert_eq!(status, 200, "{op}");
+    let name = op["name"].as_str().unwrap().to_owned();
+    let (status, done) = api.call(&owner, "POST", &format!("/v2/{name}:wait"), Some(json!({"timeout": "120s"}))).await;
+    assert_eq!(status, 200, "{done}");
+    assert!(done["error"].is_null(), "the deploy failed: {done}\n{}", server.log());
+
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let host = service_host("app", "deliver");
+    let get = |path: &str| {
+        client.get(format!("http://{}{path}", server.addrs.ingress_addr)).header("Host", host.clone()).send()
+    };
+    let env: Value = get("/env").await.unwrap().json().await.unwrap();
+    assert_eq!(env["DB_PASSWORD"], password.as_str());
+    let file = get("/file?path=/secrets/key.txt").await.unwrap();
+    assert_eq!(file.status().as_u16(), 200);
+    assert_eq!(file.text().await.unwrap(), key);
+    // The mount is read-only.
+    let write = client
+        .put(format!("http://{}/file?path=/secrets/other", server.addrs.ingress_addr))
+        .header("Host", host.clone())
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status().as_u16(), 500);
+    assert!(write.text().await.unwrap().contains("Read-only file system"));
+
+    // The API and the Knative view show references, never values.
+    let (_, described) = api.call(&owner, "GET", &format!("{services}/app"), None).await;
+    let described = described.to_string();
+    assert!(described.contains("projects/deliver/secrets/db-password"), "{described}");
+    let export = server.cli(&["run", "services", "describe", "app", "--project=deliver", "--format=export"]).unwrap();
+    let export = String::from_utf8_lossy(&export.stdout).into_owned() + &String::from_utf8_lossy(&export.stderr);
+
+    // On disk under the data directory (database, WAL, logs, instance directories): nothing.
+    for value in [&password, &key] {
+        assert!(!described.contains(value.as_str()));
+        assert!(!export.contains(value.as_str()), "{export}");
+        for needle in [value.clone(), b64(value)] {
+            assert_eq!(disk_files_containing(server.data_dir(), needle.as_bytes()), Vec::<String>::new(), "{needle}");
+        }
+        assert!(!server.log().contains(value.as_str()));
+    }
+
+    // Version 1 of api-key destroyed: the next revision's first instance cannot start, and
+    // says which secret.
+    let (status, body) =
+        api.call(&owner, "POST", "/v1/projects/deliver/secrets/api-key/versions/1:destroy", Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, op) = api.call(&owner, "PATCH", &format!("{services}/app"), Some(template("", "b"))).await;
+    assert_eq!(status, 200, "{op}");
+    let name = op["name"].as_str().unwrap().to_owned();
+    let (_, done) = api.call(&owner, "POST", &format!("/v2/{name}:wait"), Some(json!({"timeout": "120s"}))).await;
+    let error = done["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("projects/deliver/secrets/api-key") && error.contains("DESTROYED"),
+        "the update should fail naming the secret: {done}"
+    );
 }
