@@ -301,10 +301,9 @@ fn secret_key_ref(at: &str, source: &serde_json::Value) -> Result<(String, Strin
             "{at}.{other} is not supported by Wharf: an environment variable's valueSource is a secretKeyRef"
         )));
     }
-    let reference = object
-        .get("secretKeyRef")
-        .and_then(|r| r.as_object())
-        .ok_or_else(|| invalid(format!("{at}.secretKeyRef is required: {{\"secret\": NAME, \"version\": \"latest\"}}")))?;
+    let reference = object.get("secretKeyRef").and_then(|r| r.as_object()).ok_or_else(|| {
+        invalid(format!("{at}.secretKeyRef is required: {{\"secret\": NAME, \"version\": \"latest\"}}"))
+    })?;
     if let Some(other) = reference.keys().find(|k| !matches!(k.as_str(), "secret" | "version")) {
         return Err(invalid(format!("{at}.secretKeyRef.{other} is not a field of SecretKeySelector")));
     }
@@ -362,22 +361,33 @@ fn secret_volumes(volumes: &[Volume], mounts: &[VolumeMount]) -> Result<Vec<Secr
     let mut paths = std::collections::HashSet::new();
     for (i, mount) in mounts.iter().enumerate() {
         let at = format!("template.containers[0].volumeMounts[{i}]");
-        let volume = volumes.iter().find(|v| v.name == mount.name).ok_or_else(|| {
-            invalid(format!("{at}.name {:?} names no volume of template.volumes", mount.name))
-        })?;
+        let volume = volumes
+            .iter()
+            .find(|v| v.name == mount.name)
+            .ok_or_else(|| invalid(format!("{at}.name {:?} names no volume of template.volumes", mount.name)))?;
         let path = mount.mount_path.trim_end_matches('/');
         c_string(&format!("{at}.mountPath"), path, limits::PATH_BYTES)?;
         if !mount.mount_path.starts_with('/') || path.split('/').any(|c| c == "..") {
-            return Err(invalid(format!("{at}.mountPath {:?} must be an absolute path without '..'", mount.mount_path)));
+            return Err(invalid(format!(
+                "{at}.mountPath {:?} must be an absolute path without '..'",
+                mount.mount_path
+            )));
         }
-        if RESERVED_MOUNT_PATHS.iter().any(|r| path.is_empty() || path == *r || (*r != "/" && path.starts_with(&format!("{r}/")))) {
-            return Err(invalid(format!("{at}.mountPath {:?} is reserved by the platform: mount elsewhere", mount.mount_path)));
+        if RESERVED_MOUNT_PATHS
+            .iter()
+            .any(|r| path.is_empty() || path == *r || (*r != "/" && path.starts_with(&format!("{r}/"))))
+        {
+            return Err(invalid(format!(
+                "{at}.mountPath {:?} is reserved by the platform: mount elsewhere",
+                mount.mount_path
+            )));
         }
         if !paths.insert(path.to_owned()) {
             return Err(invalid(format!("{at}.mountPath {path:?} is used by two mounts")));
         }
         let Some(source) = &volume.secret else { continue };
-        let vat = format!("template.volumes[{}].secret", volumes.iter().position(|v| v.name == volume.name).unwrap_or(0));
+        let vat =
+            format!("template.volumes[{}].secret", volumes.iter().position(|v| v.name == volume.name).unwrap_or(0));
         secret_reference(&format!("{vat}.secret"), &source.secret)?;
         let default_mode = file_mode(&format!("{vat}.defaultMode"), source.default_mode, 0o444)?;
         let short = source.secret.rsplit('/').next().unwrap_or(&source.secret).to_owned();
@@ -390,7 +400,10 @@ fn secret_volumes(volumes: &[Volume], mounts: &[VolumeMount]) -> Result<Vec<Secr
         for (j, item) in items.iter().enumerate() {
             let iat = format!("{vat}.items[{j}]");
             c_string(&format!("{iat}.path"), &item.path, limits::PATH_BYTES)?;
-            if item.path.is_empty() || item.path.starts_with('/') || item.path.split('/').any(|c| c == ".." || c.is_empty()) {
+            if item.path.is_empty()
+                || item.path.starts_with('/')
+                || item.path.split('/').any(|c| c == ".." || c.is_empty())
+            {
                 return Err(invalid(format!("{iat}.path {:?} must be a relative path without '..'", item.path)));
             }
             if !item_paths.insert(item.path.as_str()) {

@@ -46,9 +46,11 @@ impl RuntimeBackend {
         if template.secret_env.is_empty() && template.secret_files.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let source = self.secrets.as_ref().ok_or_else(|| BackendError::InvalidSpec(
-            "this backend has no secret store, so it cannot start instances that use secrets".to_owned(),
-        ))?;
+        let source = self.secrets.as_ref().ok_or_else(|| {
+            BackendError::InvalidSpec(
+                "this backend has no secret store, so it cannot start instances that use secrets".to_owned(),
+            )
+        })?;
         let read = |secret: &str, version: &str, used_as: &str| {
             source.access(secret, version).map(zeroize::Zeroizing::new).map_err(|why| BackendError::NotReady {
                 message: format!("secret {secret} version {version} ({used_as}) could not be read: {why}"),
@@ -65,7 +67,10 @@ impl RuntimeBackend {
             })?;
             if value.contains('\0') {
                 return Err(BackendError::NotReady {
-                    message: format!("secret {} version {} (env {}) contains a NUL byte; mount it as a file instead", var.secret, var.version, var.name),
+                    message: format!(
+                        "secret {} version {} (env {}) contains a NUL byte; mount it as a file instead",
+                        var.secret, var.version, var.name
+                    ),
                 });
             }
             env.push((var.name.clone(), value.to_owned()));
@@ -73,7 +78,12 @@ impl RuntimeBackend {
         let mut files = Vec::new();
         for file in &template.secret_files {
             let data = read(&file.secret, &file.version, &format!("file {}/{}", file.mount_path, file.path))?;
-            files.push(SecretFileContent { mount_path: file.mount_path.clone(), path: file.path.clone(), mode: file.mode, data });
+            files.push(SecretFileContent {
+                mount_path: file.mount_path.clone(),
+                path: file.path.clone(),
+                mode: file.mode,
+                data,
+            });
         }
         Ok((env, files))
     }

@@ -357,6 +357,7 @@ mod tests {
             log_rate_limit: None,
             log_store_limit: None,
             upstream_resolv_conf: None,
+            secrets_key_file: None,
         }
     }
 

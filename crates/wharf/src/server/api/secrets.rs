@@ -361,11 +361,8 @@ pub(super) fn check_template_secrets(
     let mut references: Vec<&mut String> = Vec::new();
     for container in containers.iter_mut() {
         for var in container.env.iter_mut() {
-            if let Some(secret) = var
-                .value_source
-                .as_mut()
-                .and_then(|s| s.get_mut("secretKeyRef"))
-                .and_then(|r| r.get_mut("secret"))
+            if let Some(secret) =
+                var.value_source.as_mut().and_then(|s| s.get_mut("secretKeyRef")).and_then(|r| r.get_mut("secret"))
                 && let serde_json::Value::String(name) = secret
             {
                 references.push(name);
@@ -378,7 +375,8 @@ pub(super) fn check_template_secrets(
         }
     }
     for reference in references {
-        let (secret_project, secret) = match reference.strip_prefix("projects/").and_then(|r| r.split_once("/secrets/")) {
+        let (secret_project, secret) = match reference.strip_prefix("projects/").and_then(|r| r.split_once("/secrets/"))
+        {
             Some((secret_project, secret)) => (secret_project.to_owned(), secret.to_owned()),
             None => (project.to_owned(), reference.clone()),
         };
@@ -392,7 +390,8 @@ pub(super) fn check_template_secrets(
         let default_of_project = account == wharf_iam::default_service_account(&secret_project);
         if !default_of_project {
             let principal = Principal::ServiceAccount(account.clone());
-            match p.iam.authorize(Some(&principal), perm::VERSIONS_ACCESS, &Resource::secret(&secret_project, &secret)) {
+            match p.iam.authorize(Some(&principal), perm::VERSIONS_ACCESS, &Resource::secret(&secret_project, &secret))
+            {
                 Ok(()) => {}
                 Err(wharf_iam::AuthorizeError::Denied(_)) => {
                     return Err(ApiError::FailedPrecondition(format!(
