@@ -28,7 +28,6 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
     "clientVersion",
     "launchStage",
     // RevisionTemplate and TaskTemplate
-    "volumes",
     "encryptionKey",
     "serviceMesh",
     "encryptionKeyRevocationAction",
@@ -41,7 +40,12 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
     "serviceAccount",
     // Container
     "baseImageUri",
-    "volumeMounts",
+    // Volume kinds other than secret, and VolumeMount's subPath
+    "emptyDir",
+    "gcs",
+    "nfs",
+    "cloudSqlInstance",
+    "subPath",
     "readinessProbe",
     "dependsOn",
     "buildInfo",
@@ -52,7 +56,7 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
 
 /// What a user of an unsupported field should know, where there is more to say.
 const WHY_UNSUPPORTED: &[(&str, &str)] =
-    &[("volumes", "instances have an in-memory writable root filesystem; secrets and volumes come later")];
+    &[("emptyDir", "Wharf's volumes are Secret Manager secrets; the root filesystem is writable and in memory")];
 
 /// Output-only fields of Cloud Run resources that Wharf does not produce. A client that reads
 /// a resource and writes it back may carry them; they are ignored, as Google ignores them.
@@ -163,7 +167,10 @@ mod tests {
     #[test]
     fn cloud_run_fields_wharf_lacks_are_refused_as_unsupported() {
         for (body, field) in [
-            (serde_json::json!({"template": {"volumes": []}}), "template.volumes"),
+            (
+                serde_json::json!({"template": {"volumes": [{"name": "c", "emptyDir": {"medium": "MEMORY"}}]}}),
+                "template.volumes[0].emptyDir",
+            ),
             (serde_json::json!({"scaling": {"minInstanceCount": 1}}), "scaling"),
             (serde_json::json!({"template": {"encryptionKey": "k"}}), "template.encryptionKey"),
             (serde_json::json!({"template": {"nodeSelector": {"accelerator": "x"}}}), "template.nodeSelector"),

@@ -62,6 +62,8 @@ pub struct TaskTemplate {
     /// Private networks the tasks may reach (Cloud Run's VPC egress).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vpc_access: Option<crate::VpcAccess>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::types::Volume>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -128,6 +128,53 @@ pub struct RevisionTemplate {
     /// Private networks the revision's instances may reach (Cloud Run's VPC egress).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vpc_access: Option<VpcAccess>,
+    /// Volumes the containers may mount: Secret Manager secrets only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+}
+
+/// A named volume (`google.cloud.run.v2.Volume`). Wharf has the `secret` kind; `emptyDir`,
+/// `gcs`, `nfs` and `cloudSqlInstance` are refused by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Volume {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretVolumeSource>,
+}
+
+/// Files holding versions of one secret (`SecretVolumeSource`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SecretVolumeSource {
+    /// `NAME` (in the service's project) or `projects/PROJECT/secrets/NAME`.
+    pub secret: String,
+    /// Which versions appear as which files; empty: the latest version, as a file named
+    /// after the secret.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<VersionToPath>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_mode: Option<i32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct VersionToPath {
+    /// Relative to the mount path.
+    pub path: String,
+    /// A number or `latest` (the default).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<i32>,
+}
+
+/// Where a container sees a volume (`VolumeMount`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
 }
 
 /// `VpcAccess`: a Serverless VPC Access connector, or Direct VPC egress through network
@@ -192,6 +239,8 @@ pub struct Container {
     pub liveness_probe: Option<Probe>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub startup_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -200,7 +249,8 @@ pub struct EnvVar {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
-    /// Secret references; not supported yet (refused on input).
+    /// `{"secretKeyRef": {"secret", "version"}}`: the variable's value is a secret version,
+    /// read when each instance starts. Read strictly by the control plane's validation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_source: Option<serde_json::Value>,
 }

@@ -151,6 +151,7 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
             liveness_probe: None,
             grace_period: Duration::from_secs(10),
             vpc_network: None,
+            secret_files: Vec::new(),
         };
         let t = Instant::now();
         let instance = runtime.start(spec).await?;

@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use wharf_api::types::{Volume, VolumeMount};
 use wharf_api::{Container, RevisionTemplate, VpcAccess};
 
 use crate::ControlError;
 use crate::backend::template::{GRACE_PERIOD, validate_user_env};
-use crate::backend::{InstanceTemplate, Probe, ProbeAction, Resources, VpcEgress};
+use crate::backend::{InstanceTemplate, Probe, ProbeAction, Resources, SecretEnv, SecretFile, VpcEgress};
 
 /// Cloud Run's default and maximum request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -255,11 +256,15 @@ const EXECUTION_ENVIRONMENTS: &[&str] =
 
 /// A container's environment: at most 1000 variables, names valid and unique, each value at
 /// most 32 KiB.
-fn env_vars(field: &str, vars: &[wharf_api::EnvVar]) -> Result<Vec<(String, String)>, ControlError> {
+/// A container's plain variables and its secret ones.
+type ContainerEnv = (Vec<(String, String)>, Vec<SecretEnv>);
+
+fn env_vars(field: &str, vars: &[wharf_api::EnvVar]) -> Result<ContainerEnv, ControlError> {
     if vars.len() > limits::ENV_VARS {
         return Err(invalid(format!("{field} has {} variables: at most {} are allowed", vars.len(), limits::ENV_VARS)));
     }
     let mut env: Vec<(String, String)> = Vec::with_capacity(vars.len());
+    let mut secret_env = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, var) in vars.iter().enumerate() {
         let at = format!("{field}[{i}]");
@@ -267,8 +272,16 @@ fn env_vars(field: &str, vars: &[wharf_api::EnvVar]) -> Result<Vec<(String, Stri
         if var.name.chars().any(char::is_control) {
             return Err(invalid(format!("{at}.name contains a control character")));
         }
-        if var.value_source.is_some() {
-            return Err(invalid(format!("env {}: valueSource (secrets) is not supported yet; give a value", var.name)));
+        if !seen.insert(var.name.as_str()) {
+            return Err(invalid(format!("{at}.name {:?} is given more than once", var.name)));
+        }
+        if let Some(source) = &var.value_source {
+            if var.value.as_deref().is_some_and(|v| !v.is_empty()) {
+                return Err(invalid(format!("{at} ({}) has both value and valueSource: give one", var.name)));
+            }
+            let (secret, version) = secret_key_ref(&format!("{at}.valueSource"), source)?;
+            secret_env.push(SecretEnv { name: var.name.clone(), secret, version });
+            continue;
         }
         let value = var.value.clone().unwrap_or_default();
         if value.len() > limits::ENV_VALUE_BYTES {
@@ -280,13 +293,149 @@ fn env_vars(field: &str, vars: &[wharf_api::EnvVar]) -> Result<Vec<(String, Stri
             )));
         }
         c_string(&format!("{at}.value"), &value, limits::ENV_VALUE_BYTES)?;
-        if !seen.insert(var.name.as_str()) {
-            return Err(invalid(format!("{at}.name {:?} is given more than once", var.name)));
-        }
         env.push((var.name.clone(), value));
     }
-    validate_user_env(env.iter().map(|(k, _)| k.as_str())).map_err(|e| invalid(e.to_string()))?;
-    Ok(env)
+    validate_user_env(env.iter().map(|(k, _)| k.as_str()).chain(secret_env.iter().map(|s| s.name.as_str())))
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok((env, secret_env))
+}
+
+/// `{"secretKeyRef": {"secret": NAME, "version": V}}`; the version defaults to `latest`.
+fn secret_key_ref(at: &str, source: &serde_json::Value) -> Result<(String, String), ControlError> {
+    let object = source.as_object().ok_or_else(|| invalid(format!("{at} must be an object")))?;
+    if let Some(other) = object.keys().find(|k| k.as_str() != "secretKeyRef") {
+        return Err(invalid(format!(
+            "{at}.{other} is not supported by Wharf: an environment variable's valueSource is a secretKeyRef"
+        )));
+    }
+    let reference = object.get("secretKeyRef").and_then(|r| r.as_object()).ok_or_else(|| {
+        invalid(format!("{at}.secretKeyRef is required: {{\"secret\": NAME, \"version\": \"latest\"}}"))
+    })?;
+    if let Some(other) = reference.keys().find(|k| !matches!(k.as_str(), "secret" | "version")) {
+        return Err(invalid(format!("{at}.secretKeyRef.{other} is not a field of SecretKeySelector")));
+    }
+    let secret = reference.get("secret").and_then(|s| s.as_str()).unwrap_or_default();
+    secret_reference(&format!("{at}.secretKeyRef.secret"), secret)?;
+    let version = reference.get("version").and_then(|v| v.as_str()).unwrap_or_default();
+    Ok((secret.to_owned(), secret_version(&format!("{at}.secretKeyRef.version"), version)?))
+}
+
+/// A secret named as `NAME` or `projects/PROJECT/secrets/NAME`.
+fn secret_reference(at: &str, secret: &str) -> Result<(), ControlError> {
+    let name = match secret.strip_prefix("projects/").and_then(|rest| rest.split_once("/secrets/")) {
+        Some((project, name)) if !project.is_empty() && !project.contains('/') => name,
+        _ => secret,
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 255
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid {
+        return Err(invalid(format!(
+            "{at} {secret:?} is not a secret: write NAME or projects/PROJECT/secrets/NAME (NAME: letters, digits, '_', '-')"
+        )));
+    }
+    Ok(())
+}
+
+/// A version number or `latest` (the default when empty).
+fn secret_version(at: &str, version: &str) -> Result<String, ControlError> {
+    match version {
+        "" | "latest" => Ok("latest".to_owned()),
+        n if n.parse::<u64>().is_ok_and(|n| n > 0) => Ok(n.to_owned()),
+        other => Err(invalid(format!("{at} {other:?} is not a version: use a number from 1, or latest"))),
+    }
+}
+
+/// Container paths a secret volume may not be mounted over.
+const RESERVED_MOUNT_PATHS: &[&str] = &["/", "/dev", "/proc", "/sys", "/etc/resolv.conf", "/etc/hosts"];
+
+/// The template's secret volumes as mounted by the container: one [`SecretFile`] per item.
+/// A volume without items mounts the latest version as a file named after the secret.
+fn secret_volumes(volumes: &[Volume], mounts: &[VolumeMount]) -> Result<Vec<SecretFile>, ControlError> {
+    let mut names = std::collections::HashSet::new();
+    for (i, volume) in volumes.iter().enumerate() {
+        if volume.name.is_empty() || !names.insert(volume.name.as_str()) {
+            return Err(invalid(format!("template.volumes[{i}].name {:?} is empty or given twice", volume.name)));
+        }
+        if volume.secret.is_none() {
+            return Err(invalid(format!(
+                "template.volumes[{i}] ({}) has no kind: Wharf supports secret volumes ({{\"secret\": {{\"secret\": NAME}}}})",
+                volume.name
+            )));
+        }
+    }
+    let mut files = Vec::new();
+    let mut paths = std::collections::HashSet::new();
+    for (i, mount) in mounts.iter().enumerate() {
+        let at = format!("template.containers[0].volumeMounts[{i}]");
+        let volume = volumes
+            .iter()
+            .find(|v| v.name == mount.name)
+            .ok_or_else(|| invalid(format!("{at}.name {:?} names no volume of template.volumes", mount.name)))?;
+        let path = mount.mount_path.trim_end_matches('/');
+        c_string(&format!("{at}.mountPath"), path, limits::PATH_BYTES)?;
+        if !mount.mount_path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return Err(invalid(format!(
+                "{at}.mountPath {:?} must be an absolute path without '..'",
+                mount.mount_path
+            )));
+        }
+        if RESERVED_MOUNT_PATHS
+            .iter()
+            .any(|r| path.is_empty() || path == *r || (*r != "/" && path.starts_with(&format!("{r}/"))))
+        {
+            return Err(invalid(format!(
+                "{at}.mountPath {:?} is reserved by the platform: mount elsewhere",
+                mount.mount_path
+            )));
+        }
+        if !paths.insert(path.to_owned()) {
+            return Err(invalid(format!("{at}.mountPath {path:?} is used by two mounts")));
+        }
+        let Some(source) = &volume.secret else { continue };
+        let vat =
+            format!("template.volumes[{}].secret", volumes.iter().position(|v| v.name == volume.name).unwrap_or(0));
+        secret_reference(&format!("{vat}.secret"), &source.secret)?;
+        let default_mode = file_mode(&format!("{vat}.defaultMode"), source.default_mode, 0o444)?;
+        let short = source.secret.rsplit('/').next().unwrap_or(&source.secret).to_owned();
+        let items = if source.items.is_empty() {
+            vec![wharf_api::types::VersionToPath { path: short, version: "latest".into(), mode: None }]
+        } else {
+            source.items.clone()
+        };
+        let mut item_paths = std::collections::HashSet::new();
+        for (j, item) in items.iter().enumerate() {
+            let iat = format!("{vat}.items[{j}]");
+            c_string(&format!("{iat}.path"), &item.path, limits::PATH_BYTES)?;
+            if item.path.is_empty()
+                || item.path.starts_with('/')
+                || item.path.split('/').any(|c| c == ".." || c.is_empty())
+            {
+                return Err(invalid(format!("{iat}.path {:?} must be a relative path without '..'", item.path)));
+            }
+            if !item_paths.insert(item.path.as_str()) {
+                return Err(invalid(format!("{iat}.path {:?} is given twice", item.path)));
+            }
+            files.push(SecretFile {
+                mount_path: path.to_owned(),
+                path: item.path.clone(),
+                secret: source.secret.clone(),
+                version: secret_version(&format!("{iat}.version"), &item.version)?,
+                mode: file_mode(&format!("{iat}.mode"), item.mode, default_mode)?,
+            });
+        }
+    }
+    Ok(files)
+}
+
+fn file_mode(at: &str, mode: Option<i32>, default: u32) -> Result<u32, ControlError> {
+    match mode {
+        None | Some(0) => Ok(default),
+        Some(m) => u32::try_from(m)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| invalid(format!("{at} {m} is not a file mode: use 0 to 511 (0777)"))),
+    }
 }
 
 /// `command` or `args`: at most 1000 entries, no NUL.
@@ -313,7 +462,11 @@ pub enum Workload {
 
 /// Checks the one container of a revision or task template; returns its image reference as
 /// written and the instance template.
-pub fn container(containers: &[Container], workload: Workload) -> Result<(String, InstanceTemplate), ControlError> {
+pub fn container(
+    containers: &[Container],
+    volumes: &[Volume],
+    workload: Workload,
+) -> Result<(String, InstanceTemplate), ControlError> {
     let container = match containers {
         [c] => c,
         [] => return Err(invalid("template.containers is empty: give exactly one container with an image")),
@@ -328,7 +481,8 @@ pub fn container(containers: &[Container], workload: Workload) -> Result<(String
         .parse::<wharf_image::ImageReference>()
         .map_err(|e| invalid(format!("template.containers[0].image: {e}")))?;
     let port = container_port(container)?;
-    let env = env_vars("template.containers[0].env", &container.env)?;
+    let (env, secret_env) = env_vars("template.containers[0].env", &container.env)?;
+    let secret_files = secret_volumes(volumes, &container.volume_mounts)?;
     argv("template.containers[0].command", &container.command)?;
     argv("template.containers[0].args", &container.args)?;
     let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>()
@@ -385,13 +539,15 @@ pub fn container(containers: &[Container], workload: Workload) -> Result<(String
         liveness_probe,
         grace_period: GRACE_PERIOD,
         vpc: None,
+        secret_env,
+        secret_files,
     };
     Ok((container.image.trim().to_owned(), template))
 }
 
 /// Checks a revision template.
 pub fn validate(template: &RevisionTemplate) -> Result<RevisionConfig, ControlError> {
-    let (image, mut instance) = container(&template.containers, Workload::Service)?;
+    let (image, mut instance) = container(&template.containers, &template.volumes, Workload::Service)?;
     instance.vpc = vpc_access("template.vpcAccess", template.vpc_access.as_ref())?;
     let use_http2 = template.containers.first().is_some_and(|c| c.ports.first().is_some_and(|p| p.name == "h2c"));
     let concurrency = match template.max_instance_request_concurrency {

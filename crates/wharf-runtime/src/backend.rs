@@ -10,12 +10,12 @@ use std::time::Duration;
 use tracing::Instrument as _;
 use wharf_control::backend::{
     BackendError, BoxFuture, InstanceBackend, InstanceHandle, InstanceState, InstanceStats, InstanceStatus, LaunchSpec,
-    Owner, Severity, Signal,
+    Owner, SecretSource, Severity, Signal,
 };
 use wharf_image::Resolver;
 
 use crate::error::RuntimeError;
-use crate::instance::{Instance, InstanceSpec};
+use crate::instance::{Instance, InstanceSpec, SecretFileContent};
 use crate::runtime::Runtime;
 
 /// Runs the control plane's instances on this machine.
@@ -23,11 +23,69 @@ use crate::runtime::Runtime;
 pub struct RuntimeBackend {
     runtime: Runtime,
     resolver: Resolver,
+    secrets: Option<Arc<dyn SecretSource>>,
 }
+
+/// An instance's secrets as read at its start: environment variables and file contents.
+type ReadSecrets = (Vec<(String, String)>, Vec<SecretFileContent>);
 
 impl RuntimeBackend {
     pub fn new(runtime: Runtime, resolver: Resolver) -> RuntimeBackend {
-        RuntimeBackend { runtime, resolver }
+        RuntimeBackend { runtime, resolver, secrets: None }
+    }
+
+    /// Where instances' secret env vars and files are read from at each start.
+    pub fn with_secrets(mut self, secrets: Arc<dyn SecretSource>) -> RuntimeBackend {
+        self.secrets = Some(secrets);
+        self
+    }
+
+    /// Reads the template's secret versions, now (so `latest` means latest at this start).
+    /// A version that cannot be read fails the start with a message naming the secret.
+    fn read_secrets(&self, template: &wharf_control::backend::InstanceTemplate) -> Result<ReadSecrets, BackendError> {
+        if template.secret_env.is_empty() && template.secret_files.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let source = self.secrets.as_ref().ok_or_else(|| {
+            BackendError::InvalidSpec(
+                "this backend has no secret store, so it cannot start instances that use secrets".to_owned(),
+            )
+        })?;
+        let read = |secret: &str, version: &str, used_as: &str| {
+            source.access(secret, version).map(zeroize::Zeroizing::new).map_err(|why| BackendError::NotReady {
+                message: format!("secret {secret} version {version} ({used_as}) could not be read: {why}"),
+            })
+        };
+        let mut env = Vec::new();
+        for var in &template.secret_env {
+            let data = read(&var.secret, &var.version, &format!("env {}", var.name))?;
+            let value = std::str::from_utf8(&data).map_err(|_| BackendError::NotReady {
+                message: format!(
+                    "secret {} version {} (env {}) is not UTF-8 text, which an environment variable must be; mount it as a file instead",
+                    var.secret, var.version, var.name
+                ),
+            })?;
+            if value.contains('\0') {
+                return Err(BackendError::NotReady {
+                    message: format!(
+                        "secret {} version {} (env {}) contains a NUL byte; mount it as a file instead",
+                        var.secret, var.version, var.name
+                    ),
+                });
+            }
+            env.push((var.name.clone(), value.to_owned()));
+        }
+        let mut files = Vec::new();
+        for file in &template.secret_files {
+            let data = read(&file.secret, &file.version, &format!("file {}/{}", file.mount_path, file.path))?;
+            files.push(SecretFileContent {
+                mount_path: file.mount_path.clone(),
+                path: file.path.clone(),
+                mode: file.mode,
+                data,
+            });
+        }
+        Ok((env, files))
     }
 
     async fn start(&self, spec: LaunchSpec) -> Result<Arc<dyn InstanceHandle>, BackendError> {
@@ -35,7 +93,10 @@ impl RuntimeBackend {
             what: format!("the image {} could not be unpacked", spec.image.digest),
             source: Box::new(source),
         })?;
+        let (secret_env, secret_files) = self.read_secrets(&spec.template)?;
         let t = spec.template;
+        let mut env = t.env;
+        env.extend(secret_env);
         let instance_spec = InstanceSpec {
             owner: spec.owner,
             image: spec.image,
@@ -43,13 +104,14 @@ impl RuntimeBackend {
             command: t.command,
             args: t.args,
             working_dir: t.working_dir,
-            env: t.env,
+            env,
             port: t.port,
             resources: t.resources,
             startup_probe: t.startup_probe,
             liveness_probe: t.liveness_probe,
             grace_period: t.grace_period,
             vpc_network: t.vpc.map(|v| v.network),
+            secret_files,
         };
         match self.runtime.start(instance_spec).await {
             Ok(instance) => Ok(instance),

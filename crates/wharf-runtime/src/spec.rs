@@ -219,6 +219,9 @@ pub struct SpecInput<'a> {
     pub hosts: &'a Path,
     /// RLIMIT_NOFILE (soft, hard): [`host_nofile`].
     pub nofile: (u64, u64),
+    /// Secret volumes: (directory in the container, directory on the instance's in-memory
+    /// scratch holding the files), bind-mounted read-only.
+    pub secret_mounts: Vec<(String, PathBuf)>,
 }
 
 /// Builds the runtime spec. Every field the instance relies on is set explicitly: oci-spec's
@@ -301,7 +304,7 @@ fn mounts(input: &SpecInput<'_>) -> Result<Vec<Mount>, SpecError> {
             .build()?)
     };
     let p = Path::new;
-    Ok(vec![
+    let mut mounts = vec![
         mount("/proc", "proc", p("proc"), &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", p("tmpfs"), &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
         mount("/dev/pts", "devpts", p("devpts"), &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
@@ -310,7 +313,11 @@ fn mounts(input: &SpecInput<'_>) -> Result<Vec<Mount>, SpecError> {
         mount("/sys", "sysfs", p("sysfs"), &["nosuid", "noexec", "nodev", "ro"])?,
         mount("/etc/resolv.conf", "bind", input.resolv_conf, &["rbind", "ro"])?,
         mount("/etc/hosts", "bind", input.hosts, &["rbind", "ro"])?,
-    ])
+    ];
+    for (destination, source) in &input.secret_mounts {
+        mounts.push(mount(destination, "bind", source, &["rbind", "ro", "nosuid", "nodev", "noexec"])?);
+    }
+    Ok(mounts)
 }
 
 fn saturating_i64(n: u64) -> i64 {
@@ -425,6 +432,7 @@ mod tests {
             resolv_conf: resolv,
             hosts,
             nofile: NOFILE,
+            secret_mounts: Vec::new(),
         }
     }
 

@@ -172,6 +172,36 @@ const MIGRATIONS: &[&str] = &[
          expires_at INTEGER NOT NULL
      );
      CREATE INDEX access_tokens_expiry ON access_tokens (expires_at);",
+    // 9: Secret Manager. Secrets and their numbered versions; a version's payload is stored
+    // only encrypted (AES-256-GCM under its own data key, which the key-encryption key named
+    // by kek_id wraps; the key-encryption key itself lives outside the database). A destroyed
+    // version keeps its row (state, times) and loses its key and ciphertext.
+    "CREATE TABLE secrets (
+         project TEXT NOT NULL,
+         name TEXT NOT NULL,
+         labels TEXT NOT NULL,
+         annotations TEXT NOT NULL,
+         create_time TEXT NOT NULL,
+         etag TEXT NOT NULL,
+         next_version INTEGER NOT NULL,
+         PRIMARY KEY (project, name)
+     );
+     CREATE TABLE secret_versions (
+         project TEXT NOT NULL,
+         secret TEXT NOT NULL,
+         version INTEGER NOT NULL,
+         state TEXT NOT NULL,
+         create_time TEXT NOT NULL,
+         destroy_time TEXT,
+         etag TEXT NOT NULL,
+         crc32c INTEGER,
+         client_checksum INTEGER NOT NULL,
+         kek_id TEXT,
+         wrapped_key BLOB,
+         ciphertext BLOB,
+         PRIMARY KEY (project, secret, version),
+         FOREIGN KEY (project, secret) REFERENCES secrets (project, name) ON DELETE CASCADE
+     );",
 ];
 
 pub(crate) fn latest_version() -> i64 {

@@ -60,6 +60,15 @@ enum Command {
         #[command(subcommand)]
         command: cli::logging::LoggingCommand,
     },
+    /// Manage secrets and their versions (as `gcloud secrets`).
+    Secrets {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(flatten)]
+        place: cli::secrets::SecretsPlace,
+        #[command(subcommand)]
+        command: Box<cli::secrets::SecretsCommand>,
+    },
     /// Manage images in Wharf's registry.
     Images {
         #[command(flatten)]
@@ -106,6 +115,7 @@ fn main() -> std::process::ExitCode {
             Command::Builds { connection, place, command } => cli::builds::run(&connection, &place, command).await,
             Command::Logs { connection, command } => cli::logs::run(&connection, command).await,
             Command::Logging { connection, command } => cli::logging::run(&connection, command).await,
+            Command::Secrets { connection, place, command } => cli::secrets::run(&connection, &place, *command).await,
             Command::Shim { .. } => unreachable!("handled before the async runtime starts"),
         }
     });

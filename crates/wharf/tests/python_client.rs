@@ -46,3 +46,31 @@ fn google_cloud_run_python_clients_run_a_job_and_read_executions_and_tasks() {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
     }
 }
+
+/// Google's Secret Manager client (`google-cloud-secret-manager`, REST transport) against
+/// Wharf: create, add versions, access 1 and `latest`, states, IAM, delete. The payload never
+/// lands in the data directory or the server log in clear.
+#[test]
+fn google_secret_manager_python_client_round_trip() {
+    let server = WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap();
+    let value = format!("py-secret-{}", std::process::id());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/secret_manager_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .env("WHARF_API", format!("http://{}", server.addrs.api_addr))
+        .env("WHARF_TOKEN", &server.token)
+        .env("WHARF_SECRET_VALUE", &value)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Python client failed:\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    for step in ["created", "accessed 1 and latest", "disabled, enabled, destroyed", "iam policy set", "deleted"] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    assert!(!server.log().contains(&value));
+}

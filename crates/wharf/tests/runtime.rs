@@ -72,6 +72,7 @@ impl Harness {
             liveness_probe: None,
             grace_period: Duration::from_secs(10),
             vpc_network: None,
+            secret_files: Vec::new(),
         }
     }
 

@@ -321,6 +321,7 @@ fn container(c: KContainer, cpu_idle: bool, startup_cpu_boost: bool) -> Containe
         working_dir: c.working_dir,
         liveness_probe: c.liveness_probe.map(probe),
         startup_probe: c.startup_probe.map(probe),
+        volume_mounts: Vec::new(),
     }
 }
 
@@ -399,6 +400,7 @@ pub fn service(text: &str) -> Result<KnativeService, KnativeError> {
         max_instance_request_concurrency: revision.container_concurrency.unwrap_or(0),
         session_affinity,
         vpc_access,
+        volumes: Vec::new(),
     };
     let traffic = spec
         .traffic
@@ -542,6 +544,7 @@ pub fn job(text: &str) -> Result<KnativeJob, KnativeError> {
                 max_retries: task.max_retries,
                 service_account: task.service_account_name.unwrap_or_default(),
                 vpc_access,
+                volumes: Vec::new(),
             },
         },
         ..Job::default()

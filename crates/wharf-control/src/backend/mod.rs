@@ -23,7 +23,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use resources::Resources;
-pub use template::{InstanceTemplate, Owner, Probe, ProbeAction, VpcEgress};
+pub use template::{InstanceTemplate, Owner, Probe, ProbeAction, SecretEnv, SecretFile, VpcEgress};
+
+/// Where a backend reads the secret versions an instance needs when it starts (Wharf's
+/// Secret Manager). `secret` is `projects/PROJECT/secrets/NAME`, `version` a number or
+/// `latest`. The error says why, naming the version (disabled, destroyed, not found).
+pub trait SecretSource: Send + Sync + fmt::Debug + 'static {
+    fn access(&self, secret: &str, version: &str) -> Result<Vec<u8>, String>;
+}
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

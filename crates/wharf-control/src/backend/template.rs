@@ -36,6 +36,12 @@ pub struct InstanceTemplate {
     /// the template's `vpcAccess`; `None`: public egress only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc: Option<VpcEgress>,
+    /// Variables whose values are secret versions, read when each instance starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<SecretEnv>,
+    /// Files holding secret versions, on read-only in-memory mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<SecretFile>,
 }
 
 /// A template's VPC egress: the network it names and which traffic goes there.
@@ -46,6 +52,31 @@ pub struct VpcEgress {
     /// `ALL_TRAFFIC` rather than `PRIVATE_RANGES_ONLY`. Enforced alike on Wharf (public
     /// egress is open either way): kept to round-trip and for a later real VPC.
     pub all_traffic: bool,
+}
+
+/// An environment variable whose value is a secret version (`valueSource.secretKeyRef`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretEnv {
+    pub name: String,
+    /// `projects/PROJECT/secrets/NAME`.
+    pub secret: String,
+    /// A number or `latest` (resolved at each start).
+    pub version: String,
+}
+
+/// A file holding a secret version (a `secret` volume's item, where a `volumeMount` puts it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretFile {
+    /// The directory the volume is mounted at in the container (absolute).
+    pub mount_path: String,
+    /// The file's path below `mount_path` (relative, no `..`).
+    pub path: String,
+    pub secret: String,
+    pub version: String,
+    /// Permission bits of the file.
+    pub mode: u32,
 }
 
 /// Who an instance runs for.
@@ -172,6 +203,18 @@ mod tests {
             liveness_probe: None,
             grace_period: GRACE_PERIOD,
             vpc: Some(VpcEgress { network: "office".into(), all_traffic: false }),
+            secret_env: vec![SecretEnv {
+                name: "DB".into(),
+                secret: "projects/p/secrets/db".into(),
+                version: "latest".into(),
+            }],
+            secret_files: vec![SecretFile {
+                mount_path: "/secrets".into(),
+                path: "key".into(),
+                secret: "projects/p/secrets/key".into(),
+                version: "2".into(),
+                mode: 0o400,
+            }],
         };
         let text = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<InstanceTemplate>(&text).unwrap(), t);

@@ -117,7 +117,7 @@ fn check_template(t: &ExecutionTemplate) -> Result<CheckedTemplate, ControlError
     if t.template.service_account.len() > validate::limits::PATH_BYTES {
         return Err(invalid("template.template.serviceAccount is too long: at most 1024 bytes"));
     }
-    let (image, mut instance) = container(&t.template.containers, Workload::Task)?;
+    let (image, mut instance) = container(&t.template.containers, &t.template.volumes, Workload::Task)?;
     instance.vpc = validate::vpc_access("template.template.vpcAccess", t.template.vpc_access.as_ref())?;
     Ok(CheckedTemplate { task_count, parallelism, max_retries, timeout, image, instance })
 }

@@ -94,7 +94,7 @@ impl ExecutionSpec {
     pub fn instance(&self) -> Result<InstanceTemplate, ControlError> {
         match &self.instance {
             Some(t) => Ok(t.clone()),
-            None => Ok(container(&self.template.containers, Workload::Task)?.1),
+            None => Ok(container(&self.template.containers, &self.template.volumes, Workload::Task)?.1),
         }
     }
 }

@@ -74,6 +74,29 @@ pub struct InstanceSpec {
     pub grace_period: Duration,
     /// The private network (of the server's `--vpc-network`s) the instance may reach.
     pub vpc_network: Option<String>,
+    /// Secret files, already read, for the instance's read-only in-memory secret mounts.
+    pub secret_files: Vec<SecretFileContent>,
+}
+
+/// One secret file: where it goes and its bytes (wiped when dropped).
+#[derive(Clone)]
+pub struct SecretFileContent {
+    /// The volume's directory in the container.
+    pub mount_path: String,
+    /// Below `mount_path`.
+    pub path: String,
+    pub mode: u32,
+    pub data: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SecretFileContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretFileContent")
+            .field("mount_path", &self.mount_path)
+            .field("path", &self.path)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
 }
 
 /// A running (or finished) container instance.

@@ -150,8 +150,7 @@ impl Runtime {
         let began = Instant::now();
         tracing::debug!(owner = ?spec.owner, image = %spec.image.digest, "starting");
         let dir = self.inner.instances_dir.join(&id);
-        let bundle = dir.join("bundle");
-        std::fs::create_dir_all(&bundle).map_err(RuntimeError::io("create directory", &bundle))?;
+        std::fs::create_dir_all(&dir).map_err(RuntimeError::io("create directory", &dir))?;
         let mut partial = PartialStart::new(self, &id, &dir);
         let launched = match self.launch(&spec, &id, &dir, partial.created()).await {
             Ok(launched) => launched,
@@ -263,7 +262,7 @@ impl Runtime {
         tracing::debug!(us = network_us, ip = %network.ip, netns = %network.netns, "network ready");
 
         self.write_bundle(spec, id, dir, &rootfs, &network)?;
-        let (child, mut events, stdout, stderr) = self.launch_shim(id, dir).await?;
+        let (child, mut events, stdout, stderr) = self.launch_shim(id, dir, &bundle_dir(&rootfs.scratch)).await?;
         created.shim = Some(child);
         let first = tokio::time::timeout(SHIM_REPORT_TIMEOUT, events.next_line()).await;
         let (create_us, exec_us) = match first {
@@ -300,6 +299,7 @@ impl Runtime {
         let hosts = dir.join("hosts");
         let hosts_text = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{}\t{id}\n", network.ip);
         std::fs::write(&hosts, hosts_text).map_err(RuntimeError::io("write", &hosts))?;
+        let secret_mounts = write_secret_files(&rootfs.scratch, &spec.secret_files)?;
         let cgroup = self.inner.cgroups.instance_path(id);
         let netns = network.netns_path();
         let config = runtime_spec(&SpecInput {
@@ -315,14 +315,19 @@ impl Runtime {
             resolv_conf: &resolv_conf,
             hosts: &hosts,
             nofile: crate::spec::host_nofile(),
+            secret_mounts,
         })?;
-        let path = dir.join("bundle").join("config.json");
+        // The bundle lives on the instance's in-memory scratch, never on disk: its
+        // config.json holds the environment, secret values included.
+        let bundle = bundle_dir(&rootfs.scratch);
+        std::fs::create_dir_all(&bundle).map_err(RuntimeError::io("create directory", &bundle))?;
+        let path = bundle.join("config.json");
         config.save(&path).map_err(|source| SpecError::Write { path, source })?;
         Ok(())
     }
 
     /// Starts `wharf shim` for instance `id` with the container's output pipes on fds 3 and 4.
-    async fn launch_shim(&self, id: &str, dir: &Path) -> Result<reap::ShimParts, RuntimeError> {
+    async fn launch_shim(&self, id: &str, dir: &Path, bundle: &Path) -> Result<reap::ShimParts, RuntimeError> {
         let (stdout_r, stdout_w) = std::io::pipe().map_err(RuntimeError::io("create pipe for", dir))?;
         let (stderr_r, stderr_w) = std::io::pipe().map_err(RuntimeError::io("create pipe for", dir))?;
         let log_path = dir.join("shim.log");
@@ -332,7 +337,7 @@ impl Runtime {
             .arg("--id")
             .arg(id)
             .arg("--bundle")
-            .arg(dir.join("bundle"))
+            .arg(bundle)
             .arg("--state-root")
             .arg(&self.inner.state_root)
             .stdin(Stdio::piped())
@@ -349,4 +354,49 @@ impl Runtime {
         let events = child.stdout.take().ok_or_else(|| RuntimeError::Shim("no event pipe".to_owned()))?;
         Ok((child, BufReader::new(events).lines(), stdout_r, stderr_r))
     }
+}
+
+/// The OCI bundle's directory: on the scratch tmpfs, so the spec (and the environment it
+/// carries) is never written to disk and disappears with the instance.
+fn bundle_dir(scratch: &Path) -> PathBuf {
+    scratch.join("bundle")
+}
+
+/// Writes the secret files onto the instance's scratch tmpfs (in memory, charged to the
+/// instance's memory like its writable layer), one directory per volume mount, and returns
+/// the mounts that bind each directory read-only into the container.
+fn write_secret_files(
+    scratch: &Path,
+    files: &[super::SecretFileContent],
+) -> Result<Vec<(String, PathBuf)>, RuntimeError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    for file in files {
+        let volume_dir = match mounts.iter().find(|(path, _)| *path == file.mount_path) {
+            Some((_, dir)) => dir.clone(),
+            None => {
+                let dir = scratch.join("secrets").join(mounts.len().to_string());
+                std::fs::create_dir_all(&dir).map_err(RuntimeError::io("create directory", &dir))?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                    .map_err(RuntimeError::io("chmod", &dir))?;
+                mounts.push((file.mount_path.clone(), dir.clone()));
+                dir
+            }
+        };
+        let target = volume_dir.join(&file.path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(RuntimeError::io("create directory", parent))?;
+        }
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(file.mode)
+            .open(&target)
+            .map_err(RuntimeError::io("create", &target))?;
+        std::io::Write::write_all(&mut out, &file.data).map_err(RuntimeError::io("write", &target))?;
+        // The umask may have narrowed the mode: set it as the volume asks.
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode))
+            .map_err(RuntimeError::io("chmod", &target))?;
+    }
+    Ok(mounts)
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
+use wharf_api::types::{SecretVolumeSource, VersionToPath, Volume, VolumeMount};
 use wharf_api::{Container, EnvVar, ResourceRequirements};
 
 /// The container's image, entrypoint, env and resources.
@@ -50,12 +51,59 @@ pub struct ContainerFlags {
     /// Memory limit, e.g. 512Mi, 2Gi.
     #[arg(long)]
     pub memory: Option<String>,
+    /// Replace all secrets: ENV=SECRET:VERSION (an env var) or /DIR/FILE=SECRET:VERSION (a
+    /// file on a read-only in-memory mount), comma-separated; VERSION is a number or latest.
+    #[arg(long, value_name = "ENV=SECRET:VERSION,...", conflicts_with_all = ["clear_secrets", "update_secrets", "remove_secrets"])]
+    pub set_secrets: Option<String>,
+    /// Add or change secrets, as --set-secrets.
+    #[arg(long, value_name = "ENV=SECRET:VERSION,...")]
+    pub update_secrets: Option<String>,
+    /// Remove secrets: ENV or /DIR/FILE, comma-separated.
+    #[arg(long, value_name = "ENV,...")]
+    pub remove_secrets: Option<String>,
+    /// Remove all secrets.
+    #[arg(long, conflicts_with_all = ["update_secrets", "remove_secrets"])]
+    pub clear_secrets: bool,
+}
+
+/// A secret the container uses: as an env var, or as a file (`/dir/file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SecretUse {
+    /// The env var's name, or the file's absolute path.
+    target: String,
+    secret: String,
+    version: String,
+}
+
+impl SecretUse {
+    fn is_file(&self) -> bool {
+        self.target.starts_with('/')
+    }
+}
+
+/// gcloud's `TARGET=SECRET:VERSION,...`.
+fn parse_secret_uses(flag: &str, text: &str) -> anyhow::Result<Vec<SecretUse>> {
+    split_pairs(flag, text)?
+        .into_iter()
+        .map(|(target, reference)| {
+            let (secret, version) = reference.rsplit_once(':').with_context(|| {
+                format!("{flag}: {target}={reference} needs a version: {target}={reference}:latest")
+            })?;
+            if secret.is_empty() || version.is_empty() {
+                bail!("{flag}: {target}={reference} is not SECRET:VERSION");
+            }
+            if target.starts_with('/') && (target.ends_with('/') || target.matches('/').count() < 2) {
+                bail!("{flag}: {target} must be a file below a directory, e.g. /secrets/{secret}");
+            }
+            Ok(SecretUse { target, secret: secret.to_owned(), version: version.to_owned() })
+        })
+        .collect()
 }
 
 impl ContainerFlags {
     /// Applies the flags given to `c` (the current container when updating); flags not given
     /// leave `c` as it is. Reads `--env-vars-file`.
-    pub fn apply(&self, c: &mut Container) -> anyhow::Result<()> {
+    pub fn apply(&self, c: &mut Container, volumes: &mut Vec<Volume>) -> anyhow::Result<()> {
         if let Some(image) = &self.image {
             c.image = image.clone();
         }
@@ -74,8 +122,13 @@ impl ContainerFlags {
                 resources.limits.insert("cpu".into(), cpu.clone());
             }
         }
-        let mut env: Vec<(String, String)> =
-            c.env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
+        let secret_env: Vec<EnvVar> = c.env.iter().filter(|e| e.value_source.is_some()).cloned().collect();
+        let mut env: Vec<(String, String)> = c
+            .env
+            .iter()
+            .filter(|e| e.value_source.is_none())
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect();
         if self.clear_env_vars {
             env.clear();
         }
@@ -96,8 +149,100 @@ impl ContainerFlags {
             }
         }
         c.env = env.into_iter().map(|(name, value)| EnvVar { name, value: Some(value), value_source: None }).collect();
+        c.env.extend(secret_env);
+        self.apply_secrets(c, volumes)
+    }
+
+    /// `--set-secrets`, `--update-secrets`, `--remove-secrets`, `--clear-secrets`: env vars
+    /// with a `secretKeyRef`, and secret volumes (one per directory) with their mounts.
+    fn apply_secrets(&self, c: &mut Container, volumes: &mut Vec<Volume>) -> anyhow::Result<()> {
+        if self.set_secrets.is_none()
+            && self.update_secrets.is_none()
+            && self.remove_secrets.is_none()
+            && !self.clear_secrets
+        {
+            return Ok(());
+        }
+        let mut uses = current_secret_uses(c, volumes);
+        if self.clear_secrets {
+            uses.clear();
+        }
+        if let Some(set) = &self.set_secrets {
+            uses = parse_secret_uses("--set-secrets", set)?;
+        }
+        if let Some(remove) = &self.remove_secrets {
+            let remove = split_list(remove);
+            uses.retain(|u| !remove.contains(&u.target));
+        }
+        if let Some(update) = &self.update_secrets {
+            for new in parse_secret_uses("--update-secrets", update)? {
+                uses.retain(|u| u.target != new.target);
+                uses.push(new);
+            }
+        }
+        // Rewrite: plain env stays; secret env vars, secret volumes and their mounts are
+        // replaced by `uses`.
+        let secret_volumes: Vec<String> =
+            volumes.iter().filter(|v| v.secret.is_some()).map(|v| v.name.clone()).collect();
+        c.env.retain(|e| e.value_source.is_none());
+        c.volume_mounts.retain(|m| !secret_volumes.contains(&m.name));
+        volumes.retain(|v| v.secret.is_none());
+        let mut dirs: Vec<(String, String, Vec<VersionToPath>)> = Vec::new();
+        for u in uses {
+            if !u.is_file() {
+                c.env.push(EnvVar {
+                    name: u.target,
+                    value: None,
+                    value_source: Some(serde_json::json!({"secretKeyRef": {"secret": u.secret, "version": u.version}})),
+                });
+                continue;
+            }
+            let (dir, file) = u.target.rsplit_once('/').unwrap_or(("/", &u.target));
+            let item = VersionToPath { path: file.to_owned(), version: u.version.clone(), mode: None };
+            match dirs.iter_mut().find(|(d, _, _)| d == dir) {
+                Some((_, secret, items)) if *secret == u.secret => items.push(item),
+                Some((_, secret, _)) => bail!(
+                    "{dir} holds files of secret {secret} and of {}: each directory mounts one secret; use another directory",
+                    u.secret
+                ),
+                None => dirs.push((dir.to_owned(), u.secret.clone(), vec![item])),
+            }
+        }
+        for (i, (dir, secret, items)) in dirs.into_iter().enumerate() {
+            let name = format!("secret-{}-{i}", secret.rsplit('/').next().unwrap_or(&secret));
+            volumes.push(Volume {
+                name: name.clone(),
+                secret: Some(SecretVolumeSource { secret, items, default_mode: None }),
+            });
+            c.volume_mounts.push(VolumeMount { name, mount_path: dir });
+        }
         Ok(())
     }
+}
+
+/// The secrets a container uses now, as the flags name them.
+fn current_secret_uses(c: &Container, volumes: &[Volume]) -> Vec<SecretUse> {
+    let mut uses = Vec::new();
+    for var in &c.env {
+        if let Some(reference) = var.value_source.as_ref().and_then(|s| s.get("secretKeyRef")) {
+            uses.push(SecretUse {
+                target: var.name.clone(),
+                secret: reference["secret"].as_str().unwrap_or_default().to_owned(),
+                version: reference["version"].as_str().unwrap_or("latest").to_owned(),
+            });
+        }
+    }
+    for mount in &c.volume_mounts {
+        let Some(source) = volumes.iter().find(|v| v.name == mount.name).and_then(|v| v.secret.as_ref()) else {
+            continue;
+        };
+        let dir = mount.mount_path.trim_end_matches('/');
+        for item in &source.items {
+            let version = if item.version.is_empty() { "latest".to_owned() } else { item.version.clone() };
+            uses.push(SecretUse { target: format!("{dir}/{}", item.path), secret: source.secret.clone(), version });
+        }
+    }
+    uses
 }
 
 fn read_env_vars_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
@@ -171,7 +316,7 @@ mod tests {
         ])
         .unwrap();
         let mut c = Container::default();
-        flags.apply(&mut c).unwrap();
+        flags.apply(&mut c, &mut Vec::new()).unwrap();
         assert_eq!(c.image, "127.0.0.1:5000/hello:v1");
         assert_eq!(c.command, ["/bin/app", "serve"]);
         assert_eq!(c.args, ["-v", "--port=1"]);
@@ -183,16 +328,57 @@ mod tests {
     #[test]
     fn env_flags_compose_and_keep_values_as_typed() {
         let mut c = Container::default();
-        parse(&["--set-env-vars=A=1,B= two ,C=x=y"]).unwrap().apply(&mut c).unwrap();
+        parse(&["--set-env-vars=A=1,B= two ,C=x=y"]).unwrap().apply(&mut c, &mut Vec::new()).unwrap();
         assert_eq!(env(&c), [("A", "1"), ("B", " two "), ("C", "x=y")]);
-        parse(&["--update-env-vars=B=3,D=4", "--remove-env-vars=A"]).unwrap().apply(&mut c).unwrap();
+        parse(&["--update-env-vars=B=3,D=4", "--remove-env-vars=A"]).unwrap().apply(&mut c, &mut Vec::new()).unwrap();
         assert_eq!(env(&c), [("C", "x=y"), ("B", "3"), ("D", "4")]);
-        parse(&["--image=x"]).unwrap().apply(&mut c).unwrap();
+        parse(&["--image=x"]).unwrap().apply(&mut c, &mut Vec::new()).unwrap();
         assert_eq!(env(&c).len(), 3, "flags not given leave the env alone");
-        parse(&["--clear-env-vars"]).unwrap().apply(&mut c).unwrap();
+        parse(&["--clear-env-vars"]).unwrap().apply(&mut c, &mut Vec::new()).unwrap();
         assert_eq!(env(&c), Vec::<(&str, &str)>::new());
-        let err = parse(&["--set-env-vars=oops"]).unwrap().apply(&mut c).unwrap_err();
+        let err = parse(&["--set-env-vars=oops"]).unwrap().apply(&mut c, &mut Vec::new()).unwrap_err();
         assert_eq!(err.to_string(), "--set-env-vars: \"oops\" is not KEY=VALUE");
+    }
+
+    #[test]
+    fn secret_flags_follow_gclouds_syntax_and_compose() {
+        let mut c = Container::default();
+        let mut volumes = Vec::new();
+        parse(&["--set-env-vars=PLAIN=1", "--set-secrets=DB=db-password:latest,/secrets/api/key=api-key:2"])
+            .unwrap()
+            .apply(&mut c, &mut volumes)
+            .unwrap();
+        assert_eq!(env(&c), [("PLAIN", "1"), ("DB", "")]);
+        assert_eq!(
+            c.env[1].value_source,
+            Some(serde_json::json!({"secretKeyRef": {"secret": "db-password", "version": "latest"}}))
+        );
+        assert_eq!(
+            c.volume_mounts,
+            [VolumeMount { name: "secret-api-key-0".into(), mount_path: "/secrets/api".into() }]
+        );
+        let source = volumes[0].secret.as_ref().unwrap();
+        assert_eq!(
+            (source.secret.as_str(), source.items[0].path.as_str(), source.items[0].version.as_str()),
+            ("api-key", "key", "2")
+        );
+
+        // Env flags leave secret env vars alone; the secret flags change them.
+        parse(&["--update-env-vars=X=2"]).unwrap().apply(&mut c, &mut volumes).unwrap();
+        assert_eq!(env(&c), [("PLAIN", "1"), ("X", "2"), ("DB", "")]);
+        parse(&["--remove-secrets=/secrets/api/key", "--update-secrets=TOKEN=tok:1"])
+            .unwrap()
+            .apply(&mut c, &mut volumes)
+            .unwrap();
+        assert_eq!(env(&c), [("PLAIN", "1"), ("X", "2"), ("DB", ""), ("TOKEN", "")]);
+        assert!(volumes.is_empty() && c.volume_mounts.is_empty());
+        parse(&["--clear-secrets"]).unwrap().apply(&mut c, &mut volumes).unwrap();
+        assert_eq!(env(&c), [("PLAIN", "1"), ("X", "2")]);
+
+        let mut bad = |flag: &str| parse(&[flag]).unwrap().apply(&mut c, &mut volumes).unwrap_err().to_string();
+        assert!(bad("--set-secrets=DB=db-password").contains("needs a version"));
+        assert!(bad("--set-secrets=/key=k:1").contains("below a directory"));
+        assert!(bad("--set-secrets=/s/a=one:1,/s/b=two:1").contains("each directory mounts one secret"));
     }
 
     #[test]
@@ -201,10 +387,10 @@ mod tests {
         let path = dir.path().join("env.yaml");
         std::fs::write(&path, "NAME: hello\nCOUNT: 3\nDEBUG: true\n").unwrap();
         let mut c = Container::default();
-        parse(&["--env-vars-file", path.to_str().unwrap()]).unwrap().apply(&mut c).unwrap();
+        parse(&["--env-vars-file", path.to_str().unwrap()]).unwrap().apply(&mut c, &mut Vec::new()).unwrap();
         assert_eq!(env(&c), [("COUNT", "3"), ("DEBUG", "true"), ("NAME", "hello")]);
         std::fs::write(&path, "NAME: [1, 2]\n").unwrap();
-        parse(&["--env-vars-file", path.to_str().unwrap()]).unwrap().apply(&mut c).unwrap_err();
+        parse(&["--env-vars-file", path.to_str().unwrap()]).unwrap().apply(&mut c, &mut Vec::new()).unwrap_err();
     }
 
     #[test]

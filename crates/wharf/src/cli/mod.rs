@@ -11,6 +11,7 @@ pub mod images;
 pub mod logging;
 pub mod logs;
 pub mod run;
+pub mod secrets;
 pub mod traffic;
 
 use std::path::{Path, PathBuf};

@@ -16,7 +16,7 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/wharf/config.toml";
 pub struct ServerArgs {
     /// Config file (TOML with keys data_dir, api_addr, ingress_addr, https_addr, registry_addr, domain,
     /// idle_timeout, instance_memory_limit, instance_cpu_limit, cgroup_parent, log_rate_limit,
-    /// log_store_limit, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
+    /// log_store_limit, secrets_key_file, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
     /// edge limits: header_read_timeout, connection_idle_timeout, max_connections,
     /// max_header_bytes, max_api_body_bytes, tls_handshake_timeout, pull_connect_timeout,
     /// pull_read_timeout, upstream_resolv_conf, and vpc_networks, a list of NAME=CIDR[,CIDR...]).
@@ -84,6 +84,11 @@ pub struct ServerArgs {
     /// environment: separated by `;`) [default: none]
     #[arg(long = "vpc-network", env = "WHARF_VPC_NETWORKS", value_delimiter = ';')]
     pub vpc_networks: Vec<String>,
+    /// The key-encryption key of stored secrets: a file holding 32 random bytes in base64,
+    /// mode 0600, e.g. provided by an external KMS; it must exist [default:
+    /// <data-dir>/secrets.kek, created on first start]
+    #[arg(long, env = "WHARF_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub edge: EdgeArgs,
     #[command(flatten)]
@@ -169,6 +174,7 @@ struct ConfigFile {
     upstream_resolv_conf: Option<PathBuf>,
     build: Option<super::build_config::BuildFile>,
     vpc_networks: Option<Vec<String>>,
+    secrets_key_file: Option<PathBuf>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -196,6 +202,8 @@ pub struct ServerConfig {
     pub build: super::build_config::BuildSettings,
     /// The private networks revisions and jobs may opt into.
     pub vpc_networks: Vec<wharf_runtime::network::VpcNetwork>,
+    /// `None`: `<data-dir>/secrets.kek`, created when missing.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
@@ -312,6 +320,7 @@ impl ServerConfig {
                 .unwrap_or_else(|| "/etc/resolv.conf".into()),
             build,
             vpc_networks,
+            secrets_key_file: args.secrets_key_file.clone().or(file.secrets_key_file.clone()),
         })
     }
 }
@@ -401,6 +410,7 @@ mod tests {
             log_store_limit: None,
             upstream_resolv_conf: None,
             vpc_networks: Vec::new(),
+            secrets_key_file: None,
         }
     }
 

@@ -56,6 +56,7 @@ pub struct Platform {
     pub logs: wharf_runtime::logs::LogStore,
     pub housekeeping: housekeeping::ImageHousekeeping,
     pub builds: wharf_build::Builder,
+    pub secrets: wharf_secrets::SecretManager,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -67,6 +68,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let db = Store::open(&data_dir.join("state.db"))?;
     let iam = Iam::open(db.clone(), data_dir)?;
+    let secrets = open_secrets(&config, db.clone())?;
     let images = ImageStore::open(data_dir, db.clone())?.with_limits(StoreLimits {
         max_blob_bytes: config.max_blob_size,
         upload_expiry: config.upload_expiry,
@@ -133,7 +135,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         queue_timeout: std::time::Duration::from_secs(10),
         vpc_networks: config.vpc_networks.iter().map(|n| n.name.clone()).collect(),
     };
-    let backend = Arc::new(wharf_runtime::RuntimeBackend::new(runtime.clone(), resolver.clone()));
+    let backend = Arc::new(
+        wharf_runtime::RuntimeBackend::new(runtime.clone(), resolver.clone())
+            .with_secrets(Arc::new(api::secrets::InstanceSecrets(secrets.clone()))),
+    );
     let control = wharf_control::ControlPlane::open(db.clone(), resolver.clone(), backend, table.clone(), settings)
         .await
         .context("cannot open the control plane")?;
@@ -151,6 +156,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         logs: runtime.logs().clone(),
         housekeeping: housekeeping.clone(),
         builds: builds.clone(),
+        secrets,
     };
 
     let housekeeper = housekeeping.spawn(shutdown.clone());
@@ -246,6 +252,17 @@ fn open_builder(config: &ServerConfig, registry_addr: SocketAddr) -> anyhow::Res
     })
     .context("cannot prepare source builds")?;
     Ok(builder)
+}
+
+/// Opens Secret Manager with its key-encryption key: `--secrets-key-file` (which must exist),
+/// else `<data-dir>/secrets.kek` (created on first start).
+fn open_secrets(config: &ServerConfig, db: Store) -> anyhow::Result<wharf_secrets::SecretManager> {
+    let (path, create) = match &config.secrets_key_file {
+        Some(path) => (path.clone(), false),
+        None => (config.data_dir.join(wharf_secrets::DEFAULT_KEY_FILE), true),
+    };
+    wharf_secrets::SecretManager::open(db, &path, create)
+        .with_context(|| format!("cannot open the secrets store with key file {}", path.display()))
 }
 
 /// Starts what instances reach at 169.254.169.254 (see `wharf_runtime::network`): the DNS

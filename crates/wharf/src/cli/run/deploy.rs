@@ -127,7 +127,7 @@ fn apply(args: &DeployArgs, service: &mut Service) -> anyhow::Result<()> {
         template.containers.push(Container::default());
     }
     let c = &mut template.containers[0];
-    args.container.apply(c)?;
+    args.container.apply(c, &mut template.volumes)?;
     if c.image.is_empty() {
         bail!("--image is required to deploy a new service");
     }

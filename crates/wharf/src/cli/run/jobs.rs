@@ -105,7 +105,7 @@ fn apply(args: &JobArgs, job: &mut Job) -> anyhow::Result<()> {
         t.template.containers.push(Container::default());
     }
     let c = &mut t.template.containers[0];
-    args.container.apply(c)?;
+    args.container.apply(c, &mut t.template.volumes)?;
     if c.image.is_empty() {
         bail!("--image is required to create a job");
     }

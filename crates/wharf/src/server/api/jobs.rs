@@ -29,9 +29,10 @@ async fn create(
     Path((project, location)): Path<(String, String)>,
     params: Params,
     RawQuery(raw): RawQuery,
-    ApiJson(body): ApiJson<Job>,
+    ApiJson(mut body): ApiJson<Job>,
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
+    check_secrets(&p, &project, &mut body)?;
     let id = params
         .get("jobId")
         .filter(|s| !s.is_empty())
@@ -63,9 +64,10 @@ async fn update(
     Path((project, location, job)): Path<(String, String, String)>,
     params: Params,
     RawQuery(raw): RawQuery,
-    ApiJson(body): ApiJson<Job>,
+    ApiJson(mut body): ApiJson<Job>,
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
+    check_secrets(&p, &project, &mut body)?;
     if !body.name.is_empty() && !body.name.ends_with(&format!("/jobs/{job}")) {
         return Err(ApiError::InvalidArgument(format!("the body names job {:?} but the URL names {job:?}", body.name)));
     }
@@ -165,4 +167,11 @@ async fn get_task(
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
     Ok(respond(raw.as_deref(), &p.control.get_task(&parent, &job, &execution, &task)?))
+}
+
+/// The task template's secret references, qualified and checked (see
+/// [`super::secrets::check_template_secrets`]).
+fn check_secrets(p: &Platform, project: &str, body: &mut Job) -> Result<(), ApiError> {
+    let task = &mut body.template.template;
+    super::secrets::check_template_secrets(p, project, &task.service_account, &mut task.containers, &mut task.volumes)
 }

@@ -10,6 +10,7 @@ mod builds;
 mod jobs;
 mod logging;
 mod operations;
+pub mod secrets;
 mod services;
 
 use axum::extract::{Query, Request, State};
@@ -38,8 +39,17 @@ pub enum ApiError {
     Build(#[from] wharf_build::BuildError),
     #[error(transparent)]
     Control(#[from] wharf_control::ControlError),
+    #[error(transparent)]
+    Secrets(#[from] wharf_secrets::SecretsError),
+    /// The caller lacks a permission (or the policy could not be read).
+    #[error(transparent)]
+    Authorize(#[from] wharf_iam::AuthorizeError),
+    #[error(transparent)]
+    Policy(#[from] wharf_iam::policy::PolicyError),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A request body field that is unknown, unsupported or of the wrong form.
     #[error(transparent)]
     Field(#[from] wharf_api::fields::FieldError),
@@ -66,6 +76,7 @@ impl ApiError {
             ApiError::Auth(_) => Code::Unauthenticated,
             ApiError::InvalidArgument(_) | ApiError::Field(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
             ApiError::BodyTooLarge { .. } => Code::InvalidArgument,
@@ -80,6 +91,9 @@ impl ApiError {
                 | wharf_build::BuildError::Record(_)
                 | wharf_build::BuildError::Buildah(_) => Code::Internal,
             },
+            ApiError::Secrets(e) => e.code(),
+            ApiError::Authorize(wharf_iam::AuthorizeError::Denied(_)) => Code::PermissionDenied,
+            ApiError::Authorize(wharf_iam::AuthorizeError::Policy(e)) | ApiError::Policy(e) => policy_code(e),
             ApiError::Image(e) => match e {
                 I::BlobUnknown { .. } | I::ManifestUnknown { .. } | I::NameUnknown(_) => Code::NotFound,
                 I::DigestMismatch { .. }
@@ -101,6 +115,15 @@ impl ApiError {
                 I::ImageFile(_) | I::Unpack { .. } | I::Io { .. } | I::Task(_) | I::Store(_) => Code::Internal,
             },
         }
+    }
+}
+
+fn policy_code(e: &wharf_iam::policy::PolicyError) -> Code {
+    use wharf_iam::policy::PolicyError as P;
+    match e {
+        P::UnknownRole(_) | P::Member { .. } | P::Condition(_) | P::Version(_) => Code::InvalidArgument,
+        P::EtagMismatch { .. } => Code::Aborted,
+        P::Corrupt { .. } | P::Store(_) => Code::Internal,
     }
 }
 
@@ -128,6 +151,7 @@ impl IntoResponse for ApiError {
             // google.rpc.BadRequest: which field was wrong, when the error knows it.
             let field = match &self {
                 ApiError::Field(e) => e.field.clone(),
+                ApiError::Secrets(e) => e.field().unwrap_or_default().to_owned(),
                 _ => String::new(),
             };
             error["details"] = serde_json::json!([{
@@ -160,6 +184,7 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
         .merge(jobs::routes())
         .merge(logging::routes())
         .merge(builds::routes())
+        .merge(secrets::routes())
         .route("/wharf/v1/images", get(list_images).delete(delete_image))
         .route("/wharf/v1/images:pull", post(pull_image))
         .route("/wharf/v1/images:gc", post(collect_image_garbage))
@@ -376,22 +401,41 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let limit = request.extensions().get::<BodyLimit>().map(|l| l.0);
-        let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::Bytes::from_request(request, state));
-        let bytes =
-            read.await.map_err(|_| ApiError::BodyTimeout { after: BODY_READ_TIMEOUT })?.map_err(|e| match limit {
-                Some(limit) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit },
-                _ => ApiError::InvalidArgument(format!("cannot read the request body: {e}")),
-            })?;
-        let mut value: serde_json::Value = if bytes.is_empty() {
-            serde_json::Value::Object(Default::default())
-        } else {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::InvalidArgument(format!("the request body is not valid JSON: {e}")))?
-        };
+        let mut value = read_json_body(request, state).await?;
         wharf_api::enums::decode_ints(&mut value);
         Ok(ApiJson(wharf_api::fields::parse(value)?))
     }
+}
+
+/// A JSON body read under the same limits as [`ApiJson`], left as JSON for a handler whose
+/// resource reads itself strictly (Secret Manager's).
+pub struct JsonBody(pub serde_json::Value);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        Ok(JsonBody(read_json_body(request, state).await?))
+    }
+}
+
+/// Reads a request's JSON body (an empty body is `{}`): a 413 over the limit, a 408 when it
+/// takes longer than [`BODY_READ_TIMEOUT`].
+async fn read_json_body<S: Send + Sync>(request: Request, state: &S) -> Result<serde_json::Value, ApiError> {
+    use axum::extract::FromRequest as _;
+    let limit = request.extensions().get::<BodyLimit>().map(|l| l.0);
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::Bytes::from_request(request, state));
+    let bytes =
+        read.await.map_err(|_| ApiError::BodyTimeout { after: BODY_READ_TIMEOUT })?.map_err(|e| match limit {
+            Some(limit) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit },
+            _ => ApiError::InvalidArgument(format!("cannot read the request body: {e}")),
+        })?;
+    if bytes.is_empty() {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    // serde_json's message names a position, never the body's content (which may be a secret).
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::InvalidArgument(format!("the request body is not valid JSON: {e}")))
 }
 
 /// A response in the API's JSON, with integer enums when the client asked for them.

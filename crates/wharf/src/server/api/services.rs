@@ -23,9 +23,10 @@ async fn create(
     Path((project, location)): Path<(String, String)>,
     params: Params,
     RawQuery(raw): RawQuery,
-    ApiJson(body): ApiJson<Service>,
+    ApiJson(mut body): ApiJson<Service>,
 ) -> Result<Response, ApiError> {
     let parent = platform.control.parent(&project, &location)?;
+    check_secrets(&platform, &project, &mut body)?;
     let service_id = params
         .get("serviceId")
         .filter(|s| !s.is_empty())
@@ -59,9 +60,10 @@ async fn update(
     Path((project, location, service)): Path<(String, String, String)>,
     params: Params,
     RawQuery(raw): RawQuery,
-    ApiJson(body): ApiJson<Service>,
+    ApiJson(mut body): ApiJson<Service>,
 ) -> Result<Response, ApiError> {
     let parent = platform.control.parent(&project, &location)?;
+    check_secrets(&platform, &project, &mut body)?;
     if !body.name.is_empty() && !body.name.ends_with(&format!("/services/{service}")) {
         return Err(ApiError::InvalidArgument(format!(
             "the body names service {:?} but the URL names {service:?}",
@@ -121,4 +123,17 @@ async fn delete_revision(
     let etag = params.get("etag").unwrap_or_default();
     let op = platform.control.delete_revision(&parent, &service, &revision, etag, params.flag("validateOnly")?).await?;
     Ok(respond(raw.as_deref(), &op))
+}
+
+/// The template's secret references, qualified and checked (see
+/// [`super::secrets::check_template_secrets`]).
+fn check_secrets(platform: &Platform, project: &str, body: &mut Service) -> Result<(), ApiError> {
+    let template = &mut body.template;
+    super::secrets::check_template_secrets(
+        platform,
+        project,
+        &template.service_account,
+        &mut template.containers,
+        &mut template.volumes,
+    )
 }
