@@ -10,6 +10,8 @@ use netlink_sys::Socket;
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
+/// How long an exchange waits for the kernel's next answer.
+const ANSWER_TIMEOUT_SECS: i64 = 5;
 
 /// A failed netlink request: which one (the caller's description of the message with that
 /// sequence number) and the kernel's errno.
@@ -39,6 +41,9 @@ impl NetlinkSocket {
     pub fn open(protocol: isize) -> io::Result<NetlinkSocket> {
         let mut socket = Socket::new(protocol)?;
         socket.bind_auto()?;
+        // The kernel answers at once; a request it never acknowledged must not hang a start.
+        let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT_SECS, 0);
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
         Ok(NetlinkSocket { socket, next_seq: 1 })
     }
 
@@ -74,7 +79,16 @@ impl NetlinkSocket {
                 let seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
                 let message = &rest[..len];
                 rest = &rest[align4(len).min(rest.len())..];
-                let Some(position) = pending.iter().position(|(s, _)| *s == seq) else { continue };
+                let error_code = (kind == NLMSG_ERROR && message.len() >= NLMSG_HDRLEN + 4)
+                    .then(|| i32::from_ne_bytes([message[16], message[17], message[18], message[19]]));
+                let Some(position) = pending.iter().position(|(s, _)| *s == seq) else {
+                    // The socket is this exchange's alone: an error for another sequence
+                    // number is the kernel refusing the batch frame itself (its begin or end).
+                    if let Some(code) = error_code.filter(|c| *c != 0) {
+                        return Err(fail("a netlink batch", io::Error::from_raw_os_error(-code)));
+                    }
+                    continue;
+                };
                 match kind {
                     NLMSG_ERROR if message.len() >= NLMSG_HDRLEN + 4 => {
                         let code = i32::from_ne_bytes([message[16], message[17], message[18], message[19]]);
