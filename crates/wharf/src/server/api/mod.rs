@@ -1,11 +1,15 @@
 //! The admin API on `--api-addr`: Cloud Run Admin API v2 resources under `/v2/projects/...`
 //! ([`services`], [`operations`]) and Wharf's own image endpoints under `/wharf/v1/images`.
-//! Every request is authenticated first, in one middleware; handlers only parse the request
-//! into a control-plane call; errors are rendered once, in [`ApiError`], as Google APIs render
+//! Every request is authenticated first, in one middleware; every handler then checks the
+//! caller's permission on the resource it touches with [`authorize`] (403 `PERMISSION_DENIED`
+//! naming the permission, as Google words it) before doing anything; identity itself (IAM
+//! policies, service accounts, keys, users, the token endpoint) is [`iam`]. Handlers only
+//! parse the request into a control-plane call; errors are rendered once, in [`ApiError`], as Google APIs render
 //! them (`{"error": {"code", "message", "status", "details"}}`, with a `google.rpc.BadRequest`
 //! naming the field for invalid arguments). Request bodies are read strictly
 //! ([`wharf_api::fields`]): unknown fields and Cloud Run fields Wharf lacks are refused by name.
 
+mod iam;
 mod jobs;
 mod operations;
 mod services;
@@ -18,7 +22,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use wharf_api::Code;
-use wharf_iam::AuthError;
+use wharf_iam::accounts::AccountError;
+use wharf_iam::policy::PolicyError;
+use wharf_iam::roles::perm;
+use wharf_iam::{AuthError, AuthorizeError, Denied, Principal, Resource};
 use wharf_image::ImageError;
 use wharf_image::content::ImageSummary;
 use wharf_image::hostfile::HostFileError;
@@ -30,6 +37,14 @@ use super::Platform;
 pub enum ApiError {
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error("only the server's owner can manage users; {caller} is not the owner")]
+    OwnerOnly { caller: String },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -60,6 +75,25 @@ impl ApiError {
         match self {
             ApiError::Auth(AuthError::Store(_) | AuthError::Random) => Code::Internal,
             ApiError::Auth(_) => Code::Unauthenticated,
+            ApiError::Denied(_) | ApiError::OwnerOnly { .. } => Code::PermissionDenied,
+            ApiError::Policy(e) => match e {
+                PolicyError::EtagMismatch { .. } => Code::Aborted,
+                PolicyError::UnknownRole(_)
+                | PolicyError::Member { .. }
+                | PolicyError::Condition(_)
+                | PolicyError::Version(_) => Code::InvalidArgument,
+                PolicyError::Corrupt { .. } | PolicyError::Store(_) => Code::Internal,
+            },
+            ApiError::Account(e) => match e {
+                AccountError::InvalidArgument(_) => Code::InvalidArgument,
+                AccountError::AlreadyExists { .. } => Code::AlreadyExists,
+                AccountError::NotFound { .. } => Code::NotFound,
+                AccountError::DefaultAccount { .. } => Code::FailedPrecondition,
+                AccountError::KeyGeneration { .. }
+                | AccountError::Store(_)
+                | AccountError::Policy(_)
+                | AccountError::Random(_) => Code::Internal,
+            },
             ApiError::InvalidArgument(_) | ApiError::Field(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
@@ -134,8 +168,9 @@ impl IntoResponse for ApiError {
 
 /// The API's routes. JSON bodies over `max_body_bytes` are refused with a 413.
 pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
-    Router::new()
+    let authenticated = Router::new()
         .merge(services::routes())
+        .merge(iam::routes())
         .merge(operations::routes())
         .merge(jobs::routes())
         .route("/wharf/v1/images", get(list_images).delete(delete_image))
@@ -146,7 +181,9 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
             ApiError::NotFound(format!("{} {} is not an API method", request.method(), request.uri().path()))
         })
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(platform.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(platform.clone(), authenticate));
+    iam::token_route()
+        .merge(authenticated)
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(BodyLimit(max_body_bytes)))
         .with_state(platform)
@@ -171,12 +208,77 @@ async fn authenticate(State(platform): State<Platform>, mut request: Request, ne
     }
 }
 
+/// The authenticated caller, as the middleware left it in the request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<Principal>().cloned().map(Caller).ok_or(ApiError::Auth(AuthError::Missing))
+    }
+}
+
+/// The one authorization check of every handler: `caller` must hold `permission` on
+/// `resource` (directly or through the project's policy), else 403 `PERMISSION_DENIED`.
+pub fn authorize(
+    platform: &Platform,
+    caller: &Principal,
+    permission: &'static str,
+    resource: &Resource,
+) -> Result<(), ApiError> {
+    match platform.iam.authorize(Some(caller), permission, resource) {
+        Ok(()) => Ok(()),
+        Err(AuthorizeError::Denied(denied)) => {
+            tracing::info!(caller = %denied.principal, permission, %resource, "permission denied");
+            Err(denied.into())
+        }
+        Err(AuthorizeError::Policy(e)) => Err(e.into()),
+    }
+}
+
+/// A template's `serviceAccount` (revision or task): the caller needs
+/// `iam.serviceAccounts.actAs` on it (the owner passes), and it must be one of the project's
+/// accounts (its default one included). Empty means the default: nothing to check.
+pub fn check_service_account(
+    platform: &Platform,
+    caller: &Principal,
+    project: &str,
+    field: &str,
+    email: &str,
+) -> Result<(), ApiError> {
+    if email.is_empty() {
+        return Ok(());
+    }
+    authorize(platform, caller, perm::SERVICE_ACCOUNTS_ACT_AS, &Resource::service_account(project, email))?;
+    match platform.iam.service_account(project, email) {
+        Ok(_) => Ok(()),
+        Err(AccountError::NotFound { .. }) => Err(ApiError::Field(wharf_api::fields::FieldError {
+            field: field.to_owned(),
+            kind: wharf_api::fields::FieldErrorKind::Invalid(format!(
+                "service account {email} does not exist in project {project}: create it with `wharf iam service-accounts create NAME --project {project}`, or name an existing one"
+            )),
+        })),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Wharf's image store, registry and instance logs are server-wide, not per project: their
+/// permissions (`artifactregistry.*`, `logging.logEntries.list`) are checked on this project.
+pub const SERVER_WIDE_PROJECT: &str = wharf_registry::SERVER_WIDE_PROJECT;
+
+fn server_wide() -> Resource {
+    Resource::project(SERVER_WIDE_PROJECT)
+}
+
 #[derive(serde::Serialize)]
 struct ImageList {
     images: Vec<ImageSummary>,
 }
 
-async fn list_images(State(platform): State<Platform>) -> Result<Json<ImageList>, ApiError> {
+async fn list_images(State(platform): State<Platform>, Caller(caller): Caller) -> Result<Json<ImageList>, ApiError> {
+    authorize(&platform, &caller, perm::IMAGES_DOWNLOAD, &server_wide())?;
     Ok(Json(ImageList { images: platform.images.list_images()? }))
 }
 
@@ -184,7 +286,9 @@ async fn list_images(State(platform): State<Platform>) -> Result<Json<ImageList>
 /// execution needs (older than the server's grace period).
 async fn collect_image_garbage(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
 ) -> Result<Json<super::housekeeping::HousekeepingReport>, ApiError> {
+    authorize(&platform, &caller, perm::IMAGES_DELETE, &server_wide())?;
     match platform.housekeeping.collect().await {
         Ok(report) => Ok(Json(report)),
         Err(super::housekeeping::HousekeepingError::Image(e)) => Err(e.into()),
@@ -202,8 +306,10 @@ struct PullRequest {
 
 async fn pull_image(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     ApiJson(request): ApiJson<PullRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&platform, &caller, perm::IMAGES_UPLOAD, &server_wide())?;
     let image = platform.resolver.resolve(&request.image).await?;
     platform.resolver.snapshots(&image).await?;
     Ok(Json(serde_json::json!({
@@ -230,8 +336,10 @@ struct LogsQuery {
 /// Log entries, newest last: `?service=&revision=&job=&execution=&task=&severity=&limit=&afterId=`.
 async fn read_logs(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Query(q): Query<LogsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&platform, &caller, perm::LOGS_LIST, &server_wide())?;
     let min_severity = match &q.severity {
         None => None,
         Some(s) => Some(wharf_runtime::logs::severity_number(s).ok_or_else(|| {
@@ -263,8 +371,10 @@ struct DeleteQuery {
 /// Deletes `name:tag` (the tag) or `name@digest` (the manifest and its tags).
 async fn delete_image(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
+    authorize(&platform, &caller, perm::IMAGES_DELETE, &server_wide())?;
     let (repo, reference) = split_local_reference(&query.reference)?;
     platform.images.delete_manifest(&repo, &reference)?;
     Ok(StatusCode::NO_CONTENT)
