@@ -5,8 +5,8 @@
 //! libraries then sign RS256 JWTs with it, which Wharf accepts two ways, both verified by
 //! [`Iam::verify_signed_jwt`] (signature by the key the header's `kid` names, `iss` = the
 //! key's account, `iat`/`exp` window, account enabled):
-//! - the RFC 7523 JWT-bearer grant at the token endpoint (`aud` = the key file's `token_uri`),
-//!   answered with an access token ([`Iam::mint_access_token`]);
+//! - the RFC 7523 JWT-bearer grant at the token endpoint (`aud` = the key file's `token_uri`,
+//!   or Google's token URL, which google-auth always sends), answered with an access token ([`Iam::mint_access_token`]);
 //! - as a bearer credential itself ("self-signed JWT", what google-auth sends when a client
 //!   library sets `always_use_jwt_access`, as Google's Cloud Run client does).
 
@@ -19,6 +19,10 @@ use crate::{AuthError, Iam, Principal};
 
 /// The longest lifetime of a signed JWT Wharf accepts (Google's limit).
 pub const MAX_JWT_LIFETIME_SECS: i64 = 3600;
+/// The `aud` google-auth puts in a JWT-bearer grant whatever the key file's `token_uri` is
+/// (`google.oauth2.service_account`: `_GOOGLE_OAUTH2_TOKEN_ENDPOINT`), so the token endpoint
+/// accepts it besides its own URL: the JWT is still signed by a key only Wharf knows.
+pub const GOOGLE_TOKEN_AUDIENCE: &str = "https://oauth2.googleapis.com/token";
 /// Clock skew tolerated on `iat`.
 const CLOCK_SKEW_SECS: i64 = 300;
 /// Keys do not expire unless deleted (Google's default `validBeforeTime`: 9999-12-31).
@@ -185,9 +189,12 @@ impl Iam {
             return Err(invalid(format!("its lifetime (exp - iat) exceeds {MAX_JWT_LIFETIME_SECS} seconds")));
         }
         match (audience, claims.aud.as_deref()) {
-            (Some(expected), Some(aud)) if aud == expected => {}
+            (Some(expected), Some(aud)) if aud == expected || aud == GOOGLE_TOKEN_AUDIENCE => {}
             (Some(expected), aud) => {
-                return Err(invalid(format!("its aud {aud:?} is not this token endpoint ({expected})")));
+                return Err(invalid(format!(
+                    "its aud {} is not this token endpoint ({expected}) nor {GOOGLE_TOKEN_AUDIENCE}",
+                    aud.unwrap_or("(none)")
+                )));
             }
             (None, None) if claims.scope.as_deref().is_none_or(str::is_empty) => {
                 return Err(invalid("a self-signed JWT needs an aud or a scope claim".into()));
