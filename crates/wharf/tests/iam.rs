@@ -214,6 +214,24 @@ async fn every_admin_call_checks_the_callers_permission_and_policies_guard_servi
     env.expect(&owner, "GET", &format!("{BASE}/jobs/nope:getIamPolicy"), None, 404).await;
     env.cli(None, &["projects", "remove-iam-policy-binding", PROJECT, "--member=user:ann@example.com", "--role=roles/run.viewer"]);
     env.denied(&ann, "GET", &service, None, "run.services.get").await;
+
+    // The audit log: who did what to which resource, allowed or denied.
+    let audit = env.cli(None, &["logs", "read", "--audit", "--limit", "1000", "--format", "json"]);
+    let entries: Vec<Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let found = |principal: &str, method: &str, resource: &str, outcome: &str| {
+        entries.iter().any(|e| {
+            let p = &e["payload"];
+            p["principal"] == principal && p["method"] == method && p["resource"] == resource && p["outcome"] == outcome
+        })
+    };
+    let svc = service.as_str();
+    assert!(found("user:ann@example.com", "GET", svc, "denied"), "{audit}");
+    assert!(found("user:ann@example.com", "DELETE", svc, "denied"), "{audit}");
+    assert!(found("owner", "POST", &format!("{svc}:setIamPolicy"), "allowed"), "{audit}");
+    assert!(found("owner", "POST", "/v1/projects/iamp:setIamPolicy", "allowed"), "{audit}");
+    assert!(!found("user:ann@example.com", "GET", svc, "allowed"), "reads that pass are not audited: {audit}");
+    let text = env.cli(None, &["logs", "read", "--audit"]);
+    assert!(text.contains(&format!("user:ann@example.com DELETE {svc}: denied (403)")), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

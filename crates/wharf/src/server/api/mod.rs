@@ -197,15 +197,50 @@ async fn method_not_allowed(request: Request) -> ApiError {
 
 /// The one place every API request is authenticated. The caller's [`wharf_iam::Principal`]
 /// rides in the request's extensions for the handler's authorization check.
+/// It also writes the admin audit log: every mutation (any method but GET and HEAD) and every
+/// refusal (401, 403), with who, what and the outcome ([`audit`]).
 async fn authenticate(State(platform): State<Platform>, mut request: Request, next: Next) -> Response {
     let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match platform.iam.authenticate(header) {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (caller, response) = match platform.iam.authenticate(header) {
         Ok(principal) => {
+            let caller = principal.name();
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            (caller, next.run(request).await)
         }
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => {
+            let caller = if matches!(e, AuthError::Missing) { "anonymous" } else { "invalid credentials" };
+            (caller.to_owned(), ApiError::from(e).into_response())
+        }
+    };
+    let status = response.status();
+    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    if refused || !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD) {
+        audit(&platform, &caller, &method, &path, status).await;
     }
+    response
+}
+
+/// One admin audit entry (`wharf logs read --audit`): the caller, the method and resource
+/// path, and whether it was allowed (denied for 401/403; the 403's permission is in the
+/// server log's `permission denied` line).
+async fn audit(platform: &Platform, caller: &str, method: &axum::http::Method, path: &str, status: StatusCode) {
+    let outcome = match status {
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "denied",
+        _ => "allowed",
+    };
+    let severity = if outcome == "allowed" { "NOTICE" } else { "WARNING" };
+    let message = format!("{caller} {method} {path}: {outcome} ({})", status.as_u16());
+    let payload = serde_json::json!({
+        "principal": caller,
+        "method": method.as_str(),
+        "resource": path,
+        "outcome": outcome,
+        "status": status.as_u16(),
+    });
+    platform.logs.audit(severity, message, payload).await;
 }
 
 /// The authenticated caller, as the middleware left it in the request.
@@ -331,9 +366,12 @@ struct LogsQuery {
     severity: Option<String>,
     limit: Option<usize>,
     after_id: Option<i64>,
+    /// Only the admin audit log.
+    audit: Option<bool>,
 }
 
-/// Log entries, newest last: `?service=&revision=&job=&execution=&task=&severity=&limit=&afterId=`.
+/// Log entries, newest last: `?service=&revision=&job=&execution=&task=&severity=&limit=&afterId=`;
+/// `?audit=true` reads the admin audit log.
 async fn read_logs(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -354,7 +392,7 @@ async fn read_logs(
         job: q.job,
         execution: q.execution,
         task_index: q.task,
-        instance: None,
+        instance: q.audit.unwrap_or(false).then(|| wharf_runtime::logs::AUDIT_INSTANCE.to_owned()),
         min_severity,
         after_id: q.after_id,
         limit: q.limit.unwrap_or(100).clamp(1, 10_000),
