@@ -187,12 +187,15 @@ impl Iam {
         if project != "-" && email == crate::default_service_account(project) {
             return Ok(default_account(project));
         }
-        let found = self.db.read(|c| {
-            c.query_row(&format!("{SELECT_ACCOUNT} WHERE email = ?1"), [&email], account_row).optional()
-        })?;
+        let found = self
+            .db
+            .read(|c| c.query_row(&format!("{SELECT_ACCOUNT} WHERE email = ?1"), [&email], account_row).optional())?;
         match found {
             Some(account) if project == "-" || account.project_id == project => Ok(account),
-            _ => Err(AccountError::NotFound { what: "service account", name: format!("projects/{project}/serviceAccounts/{email}") }),
+            _ => Err(AccountError::NotFound {
+                what: "service account",
+                name: format!("projects/{project}/serviceAccounts/{email}"),
+            }),
         }
     }
 

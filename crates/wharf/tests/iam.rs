@@ -78,7 +78,8 @@ impl Env {
     async fn wait(&self, op: &Value) {
         let name = op["name"].as_str().unwrap();
         let owner = self.server.token.clone();
-        let done = self.expect(&owner, "POST", &format!("/v2/{name}:wait"), Some(json!({"timeout": "120s"})), 200).await;
+        let done =
+            self.expect(&owner, "POST", &format!("/v2/{name}:wait"), Some(json!({"timeout": "120s"})), 200).await;
         assert_eq!(done["done"], true, "{done}");
         assert!(done.get("error").is_none(), "{done}");
     }
@@ -112,7 +113,14 @@ async fn every_admin_call_checks_the_callers_permission_and_policies_guard_servi
     // With no binding, every kind of admin call is refused by name.
     env.denied(&ann, "GET", &service, None, "run.services.get").await;
     env.denied(&ann, "GET", &format!("{BASE}/services"), None, "run.services.list").await;
-    env.denied(&ann, "POST", &format!("{BASE}/services?serviceId=x"), Some(json!({"template": {"containers": [{"image": env.image}]}})), "run.services.create").await;
+    env.denied(
+        &ann,
+        "POST",
+        &format!("{BASE}/services?serviceId=x"),
+        Some(json!({"template": {"containers": [{"image": env.image}]}})),
+        "run.services.create",
+    )
+    .await;
     env.denied(&ann, "DELETE", &service, None, "run.services.delete").await;
     env.denied(&ann, "GET", &format!("{service}/revisions"), None, "run.revisions.list").await;
     env.denied(&ann, "GET", &format!("{service}:getIamPolicy"), None, "run.services.getIamPolicy").await;
@@ -122,18 +130,20 @@ async fn every_admin_call_checks_the_callers_permission_and_policies_guard_servi
     env.denied(&ann, "GET", &format!("{BASE}/operations"), None, "run.operations.list").await;
     env.denied(&ann, "GET", "/wharf/v1/images", None, "artifactregistry.repositories.downloadArtifacts").await;
     env.denied(&ann, "GET", "/wharf/v1/logs?service=api", None, "logging.logEntries.list").await;
-    env.denied(&ann, "POST", "/v1/projects/iamp:getIamPolicy", Some(json!({})), "resourcemanager.projects.getIamPolicy").await;
+    env.denied(
+        &ann,
+        "POST",
+        "/v1/projects/iamp:getIamPolicy",
+        Some(json!({})),
+        "resourcemanager.projects.getIamPolicy",
+    )
+    .await;
     env.denied(&ann, "GET", "/v1/projects/iamp/serviceAccounts", None, "iam.serviceAccounts.list").await;
     let users = env.expect(&ann, "GET", "/wharf/v1/users", None, 403).await;
     assert!(users["error"]["message"].as_str().unwrap().contains("only the server's owner"), "{users}");
     // The registry refuses a pull the same way (distribution-spec DENIED).
-    let pull = env
-        .http
-        .get(env.server.registry_url("/v2/testapp/manifests/v1"))
-        .bearer_auth(&ann)
-        .send()
-        .await
-        .unwrap();
+    let pull =
+        env.http.get(env.server.registry_url("/v2/testapp/manifests/v1")).bearer_auth(&ann).send().await.unwrap();
     assert_eq!(pull.status().as_u16(), 403);
     assert!(pull.text().await.unwrap().contains("artifactregistry.repositories.downloadArtifacts"));
     // Roles are readable by anyone authenticated.
@@ -144,7 +154,10 @@ async fn every_admin_call_checks_the_callers_permission_and_policies_guard_servi
     assert!(invoker["includedPermissions"].as_array().unwrap().contains(&json!("run.routes.invoke")), "{invoker}");
 
     // roles/run.viewer on the project: reads pass, writes still fail.
-    env.cli(None, &["projects", "add-iam-policy-binding", PROJECT, "--member=user:ann@example.com", "--role=roles/run.viewer"]);
+    env.cli(
+        None,
+        &["projects", "add-iam-policy-binding", PROJECT, "--member=user:ann@example.com", "--role=roles/run.viewer"],
+    );
     let project_policy: Value =
         serde_json::from_str(&env.cli(None, &["projects", "get-iam-policy", PROJECT, "--format", "json"])).unwrap();
     assert_eq!(project_policy["bindings"], json!([{"role": "roles/run.viewer", "members": ["user:ann@example.com"]}]));
@@ -153,20 +166,61 @@ async fn every_admin_call_checks_the_callers_permission_and_policies_guard_servi
     assert_eq!(listed["services"].as_array().unwrap().len(), 1, "{listed}");
     env.expect(&ann, "GET", &format!("{job}/executions"), None, 200).await;
     env.expect(&ann, "GET", "/wharf/v1/images", None, 403).await; // images are on the server-wide project
-    env.denied(&ann, "PATCH", &service, Some(json!({"template": {"containers": [{"image": env.image}]}})), "run.services.update").await;
-    env.denied(&ann, "POST", &format!("{service}:setIamPolicy"), Some(json!({"policy": {}})), "run.services.setIamPolicy").await;
+    env.denied(
+        &ann,
+        "PATCH",
+        &service,
+        Some(json!({"template": {"containers": [{"image": env.image}]}})),
+        "run.services.update",
+    )
+    .await;
+    env.denied(
+        &ann,
+        "POST",
+        &format!("{service}:setIamPolicy"),
+        Some(json!({"policy": {}})),
+        "run.services.setIamPolicy",
+    )
+    .await;
     let held = env
-        .expect(&ann, "POST", &format!("{service}:testIamPermissions"), Some(json!({"permissions": ["run.services.get", "run.services.update", "bogus.perm"]})), 200)
+        .expect(
+            &ann,
+            "POST",
+            &format!("{service}:testIamPermissions"),
+            Some(json!({"permissions": ["run.services.get", "run.services.update", "bogus.perm"]})),
+            200,
+        )
         .await;
     assert_eq!(held, json!({"permissions": ["run.services.get"]}));
 
     // Service policy: the CLI's binding verbs, set-iam-policy from YAML, etags, bad roles.
-    env.cli(None, &["run", "services", "add-iam-policy-binding", "api", "--project", PROJECT, "--member=user:ann@example.com", "--role=roles/run.developer"]);
+    env.cli(
+        None,
+        &[
+            "run",
+            "services",
+            "add-iam-policy-binding",
+            "api",
+            "--project",
+            PROJECT,
+            "--member=user:ann@example.com",
+            "--role=roles/run.developer",
+        ],
+    );
     let held = env
-        .expect(&ann, "POST", &format!("{service}:testIamPermissions"), Some(json!({"permissions": ["run.services.update"]})), 200)
+        .expect(
+            &ann,
+            "POST",
+            &format!("{service}:testIamPermissions"),
+            Some(json!({"permissions": ["run.services.update"]})),
+            200,
+        )
         .await;
     assert_eq!(held, json!({"permissions": ["run.services.update"]}));
-    let policy: Value = serde_json::from_str(&env.cli(None, &["run", "services", "get-iam-policy", "api", "--project", PROJECT, "--format", "json"])).unwrap();
+    let policy: Value = serde_json::from_str(
+        &env.cli(None, &["run", "services", "get-iam-policy", "api", "--project", PROJECT, "--format", "json"]),
+    )
+    .unwrap();
     assert_eq!(policy["bindings"], json!([{"role": "roles/run.developer", "members": ["user:ann@example.com"]}]));
     let stale = json!({"policy": {"bindings": [], "etag": "ACAB"}});
     let conflict = env.expect(&owner, "POST", &format!("{service}:setIamPolicy"), Some(stale), 409).await;
@@ -177,16 +231,45 @@ async fn every_admin_call_checks_the_callers_permission_and_policies_guard_servi
     let group = json!({"policy": {"bindings": [{"role": "roles/run.invoker", "members": ["group:g@example.com"]}]}});
     let bad = env.expect(&owner, "POST", &format!("{service}:setIamPolicy"), Some(group), 400).await;
     assert!(bad["error"]["message"].as_str().unwrap().contains("'group' is not supported"), "{bad}");
-    env.cli(None, &["run", "services", "remove-iam-policy-binding", "api", "--project", PROJECT, "--member=user:ann@example.com", "--role=roles/run.developer"]);
-    let missing = env.cli_fails(None, &["run", "services", "remove-iam-policy-binding", "api", "--project", PROJECT, "--member=user:ann@example.com", "--role=roles/run.developer"]);
+    env.cli(
+        None,
+        &[
+            "run",
+            "services",
+            "remove-iam-policy-binding",
+            "api",
+            "--project",
+            PROJECT,
+            "--member=user:ann@example.com",
+            "--role=roles/run.developer",
+        ],
+    );
+    let missing = env.cli_fails(
+        None,
+        &[
+            "run",
+            "services",
+            "remove-iam-policy-binding",
+            "api",
+            "--project",
+            PROJECT,
+            "--member=user:ann@example.com",
+            "--role=roles/run.developer",
+        ],
+    );
     assert!(missing.contains("not found"), "{missing}");
     let file = env.work.path().join("policy.yaml");
-    std::fs::write(&file, "bindings:\n- role: roles/run.invoker\n  members:\n  - serviceAccount:caller@iamp.iam.gserviceaccount.com\n").unwrap();
+    std::fs::write(
+        &file,
+        "bindings:\n- role: roles/run.invoker\n  members:\n  - serviceAccount:caller@iamp.iam.gserviceaccount.com\n",
+    )
+    .unwrap();
     env.cli(None, &["run", "services", "set-iam-policy", "api", &file.to_string_lossy(), "--project", PROJECT]);
     let policy = env.expect(&owner, "GET", &format!("{service}:getIamPolicy"), None, 200).await;
     assert_eq!(policy["bindings"][0]["members"], json!(["serviceAccount:caller@iamp.iam.gserviceaccount.com"]));
     std::fs::write(&file, "bindings:\n- role: roles/run.nope\n  members: [allUsers]\n").unwrap();
-    let refused = env.cli_fails(None, &["run", "services", "set-iam-policy", "api", &file.to_string_lossy(), "--project", PROJECT]);
+    let refused = env
+        .cli_fails(None, &["run", "services", "set-iam-policy", "api", &file.to_string_lossy(), "--project", PROJECT]);
     assert!(refused.contains("roles/run.nope"), "{refused}");
 
     // --allow-unauthenticated binds allUsers to the invoker role; --no-allow-unauthenticated removes it.
@@ -199,12 +282,33 @@ async fn every_admin_call_checks_the_callers_permission_and_policies_guard_servi
     assert!(!policy.to_string().contains("allUsers"), "{policy}");
 
     // Jobs: the invoker role lets a user run one; a deleted job's policy is forgotten.
-    env.cli(None, &["run", "jobs", "add-iam-policy-binding", "batch", "--project", PROJECT, "--member=user:ann@example.com", "--role=roles/run.invoker"]);
+    env.cli(
+        None,
+        &[
+            "run",
+            "jobs",
+            "add-iam-policy-binding",
+            "batch",
+            "--project",
+            PROJECT,
+            "--member=user:ann@example.com",
+            "--role=roles/run.invoker",
+        ],
+    );
     let held = env
-        .expect(&ann, "POST", &format!("{job}:testIamPermissions"), Some(json!({"permissions": ["run.jobs.run", "run.jobs.delete"]})), 200)
+        .expect(
+            &ann,
+            "POST",
+            &format!("{job}:testIamPermissions"),
+            Some(json!({"permissions": ["run.jobs.run", "run.jobs.delete"]})),
+            200,
+        )
         .await;
     assert_eq!(held, json!({"permissions": ["run.jobs.run"]}));
-    let job_policy: Value = serde_json::from_str(&env.cli(None, &["run", "jobs", "get-iam-policy", "batch", "--project", PROJECT, "--format", "json"])).unwrap();
+    let job_policy: Value = serde_json::from_str(
+        &env.cli(None, &["run", "jobs", "get-iam-policy", "batch", "--project", PROJECT, "--format", "json"]),
+    )
+    .unwrap();
     assert_eq!(job_policy["bindings"][0]["role"], "roles/run.invoker");
     env.expect(&owner, "DELETE", &job, None, 200).await;
     let op = env.expect(&owner, "POST", &format!("{BASE}/jobs?jobId=batch"), Some(job_body), 200).await;
@@ -212,7 +316,10 @@ async fn every_admin_call_checks_the_callers_permission_and_policies_guard_servi
     let fresh = env.expect(&owner, "GET", &format!("{job}:getIamPolicy"), None, 200).await;
     assert_eq!(fresh, json!({"version": 1, "etag": "ACAB"}), "a new job of the same name starts with no policy");
     env.expect(&owner, "GET", &format!("{BASE}/jobs/nope:getIamPolicy"), None, 404).await;
-    env.cli(None, &["projects", "remove-iam-policy-binding", PROJECT, "--member=user:ann@example.com", "--role=roles/run.viewer"]);
+    env.cli(
+        None,
+        &["projects", "remove-iam-policy-binding", PROJECT, "--member=user:ann@example.com", "--role=roles/run.viewer"],
+    );
     env.denied(&ann, "GET", &service, None, "run.services.get").await;
 
     // The audit log: who did what to which resource, allowed or denied.
@@ -261,15 +368,21 @@ async fn users_service_accounts_keys_and_the_token_endpoint() {
     std::fs::remove_file(&config).unwrap();
 
     // Service accounts: Google's email shape, the default account listed, disable/enable.
-    env.cli(None, &["iam", "service-accounts", "create", "deployer-sa", "--display-name", "Deployer", "--project", PROJECT]);
+    env.cli(
+        None,
+        &["iam", "service-accounts", "create", "deployer-sa", "--display-name", "Deployer", "--project", PROJECT],
+    );
     let sa = "deployer-sa@iamp.iam.gserviceaccount.com";
-    let accounts = env.cli(None, &["iam", "service-accounts", "list", "--project", PROJECT, "--format", "value(email)"]);
+    let accounts =
+        env.cli(None, &["iam", "service-accounts", "list", "--project", PROJECT, "--format", "value(email)"]);
     let accounts: Vec<&str> = accounts.lines().collect();
     assert_eq!(accounts.len(), 2, "{accounts:?}");
     assert!(accounts[0].ends_with("-compute@developer.gserviceaccount.com"), "{accounts:?}");
     assert_eq!(accounts[1], sa);
-    let described: Value =
-        serde_json::from_str(&env.cli(None, &["iam", "service-accounts", "describe", sa, "--project", PROJECT, "--format", "json"])).unwrap();
+    let described: Value = serde_json::from_str(
+        &env.cli(None, &["iam", "service-accounts", "describe", sa, "--project", PROJECT, "--format", "json"]),
+    )
+    .unwrap();
     assert_eq!(described["displayName"], "Deployer");
     let bad_id = env.cli_fails(None, &["iam", "service-accounts", "create", "x", "--project", PROJECT]);
     assert!(bad_id.contains("6-30"), "{bad_id}");
@@ -279,7 +392,20 @@ async fn users_service_accounts_keys_and_the_token_endpoint() {
 
     // Keys: Google's JSON key file, private to its owner; the server keeps the public half.
     let key_file = env.work.path().join("key.json");
-    env.cli(None, &["iam", "service-accounts", "keys", "create", &key_file.to_string_lossy(), "--iam-account", sa, "--project", PROJECT]);
+    env.cli(
+        None,
+        &[
+            "iam",
+            "service-accounts",
+            "keys",
+            "create",
+            &key_file.to_string_lossy(),
+            "--iam-account",
+            sa,
+            "--project",
+            PROJECT,
+        ],
+    );
     assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
     let key: Value = serde_json::from_slice(&std::fs::read(&key_file).unwrap()).unwrap();
     assert_eq!(key["type"], "service_account");
@@ -288,7 +414,21 @@ async fn users_service_accounts_keys_and_the_token_endpoint() {
     assert_eq!(key["token_uri"], format!("http://{}/token", env.server.addrs.api_addr));
     assert!(key["private_key"].as_str().unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
     let key_id = key["private_key_id"].as_str().unwrap().to_owned();
-    let keys = env.cli(None, &["iam", "service-accounts", "keys", "list", "--iam-account", sa, "--project", PROJECT, "--format", "value(keyId)"]);
+    let keys = env.cli(
+        None,
+        &[
+            "iam",
+            "service-accounts",
+            "keys",
+            "list",
+            "--iam-account",
+            sa,
+            "--project",
+            PROJECT,
+            "--format",
+            "value(keyId)",
+        ],
+    );
     assert_eq!(keys.trim(), key_id);
 
     // The token endpoint refuses what is not a valid grant, in RFC 6749's words.
@@ -311,16 +451,43 @@ async fn users_service_accounts_keys_and_the_token_endpoint() {
     // --service-account needs the account to exist and actAs on it; the owner passes.
     let job_with = |account: &str| json!({"template": {"template": {"serviceAccount": account, "containers": [{"image": env.image}]}}});
     let missing = env
-        .expect(&owner, "POST", &format!("{BASE}/jobs?jobId=j1"), Some(job_with("ghost-sa@iamp.iam.gserviceaccount.com")), 400)
+        .expect(
+            &owner,
+            "POST",
+            &format!("{BASE}/jobs?jobId=j1"),
+            Some(job_with("ghost-sa@iamp.iam.gserviceaccount.com")),
+            400,
+        )
         .await;
     assert!(missing["error"]["message"].as_str().unwrap().contains("does not exist"), "{missing}");
-    env.cli(None, &["projects", "add-iam-policy-binding", PROJECT, "--member=user:bob@example.com", "--role=roles/run.developer"]);
+    env.cli(
+        None,
+        &["projects", "add-iam-policy-binding", PROJECT, "--member=user:bob@example.com", "--role=roles/run.developer"],
+    );
     let path = format!("{BASE}/jobs?jobId=j2");
     env.denied(&bob, "POST", &path, Some(job_with(sa)), "iam.serviceAccounts.actAs").await;
-    env.cli(None, &["iam", "service-accounts", "add-iam-policy-binding", sa, "--project", PROJECT, "--member=user:bob@example.com", "--role=roles/iam.serviceAccountUser"]);
-    let sa_policy: Value = serde_json::from_str(&env.cli(None, &["iam", "service-accounts", "get-iam-policy", sa, "--project", PROJECT, "--format", "json"])).unwrap();
+    env.cli(
+        None,
+        &[
+            "iam",
+            "service-accounts",
+            "add-iam-policy-binding",
+            sa,
+            "--project",
+            PROJECT,
+            "--member=user:bob@example.com",
+            "--role=roles/iam.serviceAccountUser",
+        ],
+    );
+    let sa_policy: Value = serde_json::from_str(
+        &env.cli(None, &["iam", "service-accounts", "get-iam-policy", sa, "--project", PROJECT, "--format", "json"]),
+    )
+    .unwrap();
     assert_eq!(sa_policy["bindings"][0]["role"], "roles/iam.serviceAccountUser");
-    env.cli(Some(&bob), &["run", "jobs", "create", "j2", "--project", PROJECT, "--image", &env.image, "--service-account", sa]);
+    env.cli(
+        Some(&bob),
+        &["run", "jobs", "create", "j2", "--project", PROJECT, "--image", &env.image, "--service-account", sa],
+    );
     let stored = env.expect(&owner, "GET", &format!("{BASE}/jobs/j2"), None, 200).await;
     assert_eq!(stored["template"]["template"]["serviceAccount"], sa);
 
@@ -333,7 +500,21 @@ async fn users_service_accounts_keys_and_the_token_endpoint() {
     env.cli(None, &["iam", "service-accounts", "enable", sa, "--project", PROJECT]);
     env.expect(&sa_token, "GET", "/v1/roles", None, 200).await;
     env.cli(None, &["iam", "service-accounts", "keys", "delete", &key_id, "--iam-account", sa, "--project", PROJECT]);
-    let keys = env.cli(None, &["iam", "service-accounts", "keys", "list", "--iam-account", sa, "--project", PROJECT, "--format", "value(keyId)"]);
+    let keys = env.cli(
+        None,
+        &[
+            "iam",
+            "service-accounts",
+            "keys",
+            "list",
+            "--iam-account",
+            sa,
+            "--project",
+            PROJECT,
+            "--format",
+            "value(keyId)",
+        ],
+    );
     assert_eq!(keys.trim(), "");
     env.cli(None, &["iam", "service-accounts", "delete", sa, "--project", PROJECT]);
     env.expect(&sa_token, "GET", "/v1/roles", None, 401).await;

@@ -68,7 +68,17 @@ fn google_auth_key_file_credentials_meet_each_role_boundary() {
         cli(&["iam", "service-accounts", "create", "py-caller", "--project", "pyiam"]);
         let email = "py-caller@pyiam.iam.gserviceaccount.com";
         let key = work.join("key.json");
-        cli(&["iam", "service-accounts", "keys", "create", &key.to_string_lossy(), "--iam-account", email, "--project", "pyiam"]);
+        cli(&[
+            "iam",
+            "service-accounts",
+            "keys",
+            "create",
+            &key.to_string_lossy(),
+            "--iam-account",
+            email,
+            "--project",
+            "pyiam",
+        ]);
         vec![("WHARF_KEY_FILE".into(), key.to_string_lossy().into_owned()), ("WHARF_SA".into(), email.into())]
     });
     for step in [

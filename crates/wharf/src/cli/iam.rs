@@ -36,10 +36,14 @@ pub enum RolesCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum UsersCommand {
     /// Create a user and print its token (shown once; give it to the user for `wharf auth login`).
-    Create { email: String },
+    Create {
+        email: String,
+    },
     List,
     /// Delete a user: its token stops working at once.
-    Delete { email: String },
+    Delete {
+        email: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -157,16 +161,15 @@ pub async fn run_iam(connection: &ConnectionArgs, place: &Place, command: IamCom
     let project = place.project();
     match command {
         IamCommand::Roles(RolesCommand::List) => {
-            let roles: Value = check(client.api_request(reqwest::Method::GET, "/v1/roles").send().await?)
-                .await?
-                .json()
-                .await?;
+            let roles: Value =
+                check(client.api_request(reqwest::Method::GET, "/v1/roles").send().await?).await?.json().await?;
             print(place, &roles["roles"], "table(name,title)")
         }
         IamCommand::Roles(RolesCommand::Describe { role }) => {
             let id = role.strip_prefix("roles/").unwrap_or(&role);
             let path = format!("/v1/roles/{id}");
-            let role: Value = check(client.api_request(reqwest::Method::GET, &path).send().await?).await?.json().await?;
+            let role: Value =
+                check(client.api_request(reqwest::Method::GET, &path).send().await?).await?.json().await?;
             print(place, &role, "yaml")
         }
         IamCommand::Users(command) => users(&client, place, command).await,
@@ -187,10 +190,8 @@ async fn users(client: &Client, place: &Place, command: UsersCommand) -> anyhow:
             Ok(())
         }
         UsersCommand::List => {
-            let users: Value = check(client.api_request(reqwest::Method::GET, "/wharf/v1/users").send().await?)
-                .await?
-                .json()
-                .await?;
+            let users: Value =
+                check(client.api_request(reqwest::Method::GET, "/wharf/v1/users").send().await?).await?.json().await?;
             print(place, &users["users"], "table(email,createTime)")
         }
         UsersCommand::Delete { email } => {
@@ -300,7 +301,8 @@ async fn keys(client: &Client, place: &Place, project: &str, command: KeysComman
         }
         KeysCommand::List { iam_account } => {
             let path = format!("{}/keys", account_path(project, &iam_account));
-            let list: Value = check(client.api_request(reqwest::Method::GET, &path).send().await?).await?.json().await?;
+            let list: Value =
+                check(client.api_request(reqwest::Method::GET, &path).send().await?).await?.json().await?;
             let mut keys = list["keys"].clone();
             for key in keys.as_array_mut().into_iter().flatten() {
                 let id = key["name"].as_str().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_owned();
@@ -328,7 +330,9 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(&staged)
         .with_context(|| format!("cannot write {}", staged.display()))?;
-    file.write_all(data).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", staged.display()))?;
+    file.write_all(data)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", staged.display()))?;
     std::fs::rename(&staged, path).with_context(|| format!("cannot write {}", path.display()))
 }
 

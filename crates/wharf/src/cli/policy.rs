@@ -53,16 +53,19 @@ impl PolicyTarget {
         match self.ensure_binding(client, args, add).await? {
             (policy, true) => Ok(policy),
             (policy, false) if add => Ok(policy),
-            (_, false) => bail!(
-                "Policy binding with the specified principal and role not found: {} {}",
-                args.member,
-                args.role
-            ),
+            (_, false) => {
+                bail!("Policy binding with the specified principal and role not found: {} {}", args.member, args.role)
+            }
         }
     }
 
     /// Makes the binding present (or absent); returns the policy and whether it changed.
-    pub async fn ensure_binding(&self, client: &Client, args: &BindingArgs, present: bool) -> anyhow::Result<(Value, bool)> {
+    pub async fn ensure_binding(
+        &self,
+        client: &Client,
+        args: &BindingArgs,
+        present: bool,
+    ) -> anyhow::Result<(Value, bool)> {
         let add = present;
         for _ in 0..5 {
             let mut policy = self.get(client).await?;

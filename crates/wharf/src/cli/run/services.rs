@@ -97,7 +97,9 @@ pub async fn run(ctx: &Ctx, quiet: bool, command: ServicesCommand) -> anyhow::Re
             }
         }
         ServicesCommand::Replace { file, no_wait } => replace(ctx, &file, no_wait).await,
-        ServicesCommand::GetIamPolicy { service } => ctx.print(&ctx.service_policy(&service).get(&ctx.client).await?, "yaml"),
+        ServicesCommand::GetIamPolicy { service } => {
+            ctx.print(&ctx.service_policy(&service).get(&ctx.client).await?, "yaml")
+        }
         ServicesCommand::SetIamPolicy { service, file } => {
             let policy = crate::cli::policy::read_policy_file(&file)?;
             let stored = ctx.service_policy(&service).set(&ctx.client, &policy).await?;

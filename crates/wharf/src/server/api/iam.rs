@@ -112,9 +112,9 @@ pub fn policy_method(
 ) -> Result<Response, ApiError> {
     let named = |given: &Option<String>| -> Result<(), ApiError> {
         match given.as_deref().filter(|r| !r.is_empty()) {
-            Some(r) if r != resource.to_string() => Err(ApiError::InvalidArgument(format!(
-                "the body names resource {r:?} but the URL names {resource}"
-            ))),
+            Some(r) if r != resource.to_string() => {
+                Err(ApiError::InvalidArgument(format!("the body names resource {r:?} but the URL names {resource}")))
+            }
             _ => Ok(()),
         }
     };
@@ -415,11 +415,7 @@ async fn get_role(Path(role): Path<String>) -> Result<Response, ApiError> {
 // --- Users (Wharf's own: Google has no API for its accounts) ---
 
 fn owner_only(caller: &Principal) -> Result<(), ApiError> {
-    if *caller == Principal::Owner {
-        Ok(())
-    } else {
-        Err(ApiError::OwnerOnly { caller: caller.name() })
-    }
+    if *caller == Principal::Owner { Ok(()) } else { Err(ApiError::OwnerOnly { caller: caller.name() }) }
 }
 
 #[derive(Debug, Deserialize)]
@@ -521,9 +517,8 @@ async fn token(State(platform): State<Platform>, headers: HeaderMap, body: axum:
 /// Parses `a=b&c=d` (percent- and plus-decoded); `None` if not UTF-8.
 fn serde_urlencoded_pairs(body: &[u8]) -> Option<std::collections::HashMap<String, String>> {
     let text = std::str::from_utf8(body).ok()?;
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8().ok().map(|s| s.into_owned())
-    };
+    let decode =
+        |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8().ok().map(|s| s.into_owned());
     text.split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {

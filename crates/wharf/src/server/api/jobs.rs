@@ -38,7 +38,13 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
     authorize(&p, &caller, perm::JOBS_CREATE, &Resource::project(&project))?;
-    super::check_service_account(&p, &caller, &project, "template.template.serviceAccount", &body.template.template.service_account)?;
+    super::check_service_account(
+        &p,
+        &caller,
+        &project,
+        "template.template.serviceAccount",
+        &body.template.template.service_account,
+    )?;
     let id = params
         .get("jobId")
         .filter(|s| !s.is_empty())
@@ -85,7 +91,13 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let parent = p.control.parent(&project, &location)?;
     authorize(&p, &caller, perm::JOBS_UPDATE, &Resource::job(&project, &location, &job))?;
-    super::check_service_account(&p, &caller, &project, "template.template.serviceAccount", &body.template.template.service_account)?;
+    super::check_service_account(
+        &p,
+        &caller,
+        &project,
+        "template.template.serviceAccount",
+        &body.template.template.service_account,
+    )?;
     if !body.name.is_empty() && !body.name.ends_with(&format!("/jobs/{job}")) {
         return Err(ApiError::InvalidArgument(format!("the body names job {:?} but the URL names {job:?}", body.name)));
     }

@@ -32,7 +32,13 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let parent = platform.control.parent(&project, &location)?;
     authorize(&platform, &caller, perm::SERVICES_CREATE, &Resource::project(&project))?;
-    super::check_service_account(&platform, &caller, &project, "template.serviceAccount", &body.template.service_account)?;
+    super::check_service_account(
+        &platform,
+        &caller,
+        &project,
+        "template.serviceAccount",
+        &body.template.service_account,
+    )?;
     let service_id = params
         .get("serviceId")
         .filter(|s| !s.is_empty())
@@ -81,7 +87,13 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let parent = platform.control.parent(&project, &location)?;
     authorize(&platform, &caller, perm::SERVICES_UPDATE, &Resource::service(&project, &location, &service))?;
-    super::check_service_account(&platform, &caller, &project, "template.serviceAccount", &body.template.service_account)?;
+    super::check_service_account(
+        &platform,
+        &caller,
+        &project,
+        "template.serviceAccount",
+        &body.template.service_account,
+    )?;
     if !body.name.is_empty() && !body.name.ends_with(&format!("/services/{service}")) {
         return Err(ApiError::InvalidArgument(format!(
             "the body names service {:?} but the URL names {service:?}",
