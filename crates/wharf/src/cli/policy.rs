@@ -92,7 +92,7 @@ pub fn edit_bindings(policy: &mut Value, role: &str, member: &str, add: bool) ->
     let bindings = policy.as_object_mut().map(|p| p.entry("bindings").or_insert_with(|| json!([])));
     let Some(Value::Array(bindings)) = bindings else { return false };
     let position = bindings.iter().position(|b| b["role"] == role);
-    let changed = match (position, add) {
+    match (position, add) {
         (Some(i), true) => {
             let members = bindings[i].as_object_mut().map(|b| b.entry("members").or_insert_with(|| json!([])));
             match members {
@@ -120,8 +120,7 @@ pub fn edit_bindings(policy: &mut Value, role: &str, member: &str, add: bool) ->
             _ => false,
         },
         (None, false) => false,
-    };
-    changed
+    }
 }
 
 /// Reads a policy file for `set-iam-policy`: JSON or YAML, either the policy itself or a
