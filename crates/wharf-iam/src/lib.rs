@@ -3,11 +3,16 @@
 //!
 //! Every API and registry request passes through [`Iam::authenticate`], the single place
 //! where credentials are checked: the owner's token, which `wharf server` creates on first
-//! start in `<data-dir>/owner.token` (mode 0600, root only), or an access token Wharf minted
-//! ([`Iam::mint_access_token`]). The database keeps only SHA-256 hashes of both.
+//! start in `<data-dir>/owner.token` (mode 0600, root only), a user's token
+//! ([`accounts`]), an access token Wharf minted ([`Iam::mint_access_token`]), or a JWT signed
+//! with a service-account key ([`keys`]). The database keeps only SHA-256 hashes of tokens
+//! and only the public halves of keys. A service account's credentials work only while it
+//! exists and is enabled.
 //! Authorization is IAM's model: predefined roles ([`roles`]) bound to members ([`member`]) in
 //! per-resource policies inherited from the project ([`policy`]).
 
+pub mod accounts;
+pub mod keys;
 pub mod member;
 pub mod policy;
 pub mod roles;
@@ -46,6 +51,10 @@ pub enum AuthError {
     Invalid(&'static str),
     #[error("request credentials have expired: get a new token")]
     Expired,
+    #[error("the signed JWT is not valid: {0}")]
+    InvalidJwt(String),
+    #[error("service account {0} is disabled or deleted: its credentials are not accepted")]
+    AccountDisabled(String),
     #[error("credential check failed")]
     Store(#[from] wharf_store::StoreError),
     #[error("the system random source failed")]
@@ -116,6 +125,9 @@ impl Iam {
         } else {
             return Err(AuthError::Invalid("unsupported scheme; use Bearer or Basic"));
         };
+        if keys::looks_like_jwt(&token) {
+            return self.verify_signed_jwt(&token, None);
+        }
         let hash = token_hash(&token);
         let found = self.db.read(|c| {
             let principal: Option<(String, Option<i64>)> = c
@@ -138,7 +150,11 @@ impl Iam {
         if expires_at.is_some_and(|at| at <= wharf_store::unix_now()) {
             return Err(AuthError::Expired);
         }
-        Principal::from_name(&name).ok_or(AuthError::Invalid("token names an unknown principal"))
+        let principal = Principal::from_name(&name).ok_or(AuthError::Invalid("token names an unknown principal"))?;
+        if !self.account_usable(&principal)? {
+            return Err(AuthError::AccountDisabled(name));
+        }
+        Ok(principal)
     }
 
     /// Whether `caller` (None: no credentials) holds `permission` on `resource`.
@@ -188,11 +204,11 @@ pub fn default_service_account(project: &str) -> String {
     format!("{}-compute@developer.gserviceaccount.com", project_number(project))
 }
 
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+pub(crate) fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     let mut random = [0u8; N];
     fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
     Ok(random)
@@ -213,10 +229,10 @@ fn write_new_token(path: &Path) -> std::io::Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn setup() -> (tempfile::TempDir, Iam, String) {
+    pub(crate) fn setup() -> (tempfile::TempDir, Iam, String) {
         let dir = tempfile::tempdir().unwrap();
         let db = Store::open(&dir.path().join("state.db")).unwrap();
         let iam = Iam::open(db, dir.path()).unwrap();
@@ -256,7 +272,7 @@ mod tests {
     #[test]
     fn minted_access_tokens_authenticate_until_they_expire() {
         let (_dir, iam, _) = setup();
-        let sa = Principal::ServiceAccount("api@p.iam.gserviceaccount.com".into());
+        let sa = Principal::ServiceAccount(iam.create_service_account("p", "api-sa", "", "").unwrap().email);
         let live = iam.mint_access_token(&sa, 3600).unwrap();
         assert_eq!(iam.authenticate(Some(&format!("Bearer {}", live.token))).unwrap(), sa);
         let dead = iam.mint_access_token(&sa, 0).unwrap();

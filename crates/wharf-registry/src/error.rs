@@ -12,6 +12,10 @@ pub enum RegistryError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Denied(wharf_iam::Denied),
+    #[error("cannot read the IAM policy")]
+    Policy(#[source] wharf_iam::policy::PolicyError),
     #[error("{0}")]
     BadRequest(&'static str, String),
     #[error("{0}")]
@@ -52,6 +56,8 @@ impl RegistryError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
             }
             RegistryError::Auth(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            RegistryError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+            RegistryError::Policy(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             RegistryError::BadRequest(code, _) => (StatusCode::BAD_REQUEST, code),
             RegistryError::RangeInvalid(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
             RegistryError::Unsupported { .. } => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use wharf_iam::roles::perm;
 use wharf_image::{Digest, ImageError, ImageStore};
 
 use crate::RegistryState;
@@ -40,7 +41,20 @@ async fn handle(state: &RegistryState, request: Request) -> Result<Response> {
         return Err(RegistryError::NotFound(format!("{path} is not a registry endpoint")));
     };
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    state.iam.authenticate(authorization)?;
+    let caller = state.iam.authenticate(authorization)?;
+    let permission = match (&route, &parts.method) {
+        (Route::Base, _) => None,
+        (_, &Method::GET | &Method::HEAD) => Some(perm::IMAGES_DOWNLOAD),
+        (_, &Method::DELETE) if !matches!(route, Route::Upload { .. }) => Some(perm::IMAGES_DELETE),
+        _ => Some(perm::IMAGES_UPLOAD),
+    };
+    if let Some(permission) = permission {
+        let project = wharf_iam::Resource::project(crate::SERVER_WIDE_PROJECT);
+        state.iam.authorize(Some(&caller), permission, &project).map_err(|e| match e {
+            wharf_iam::AuthorizeError::Denied(denied) => RegistryError::Denied(denied),
+            wharf_iam::AuthorizeError::Policy(e) => RegistryError::Policy(e),
+        })?;
+    }
     let images = &state.images;
     let method = parts.method.clone();
     let unsupported = || RegistryError::Unsupported { method: method.to_string(), path: path.clone() };

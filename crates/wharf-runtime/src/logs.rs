@@ -65,6 +65,9 @@ impl Stream {
     }
 }
 
+/// The `instance` label of admin audit log entries ([`LogStore::audit`]).
+pub const AUDIT_INSTANCE: &str = "audit";
+
 /// One stored log line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -220,6 +223,28 @@ impl LogStore {
         let mut entry = parse_line(owner, instance, Stream::Platform, "");
         entry.severity = severity.to_owned();
         entry.message = message.to_owned();
+        let _ = self.control.send(Control::Line(Box::new(entry)));
+    }
+
+    /// Records an entry of the admin audit log: who called which API method on which
+    /// resource and whether it was allowed. Audit entries are platform lines of the pseudo
+    /// instance [`AUDIT_INSTANCE`] with no service or job, their details in `payload`.
+    pub async fn audit(&self, severity: &str, message: String, payload: serde_json::Value) {
+        let entry = LogEntry {
+            id: 0,
+            timestamp_us: now_us(),
+            stream: Stream::Platform,
+            severity: severity.to_owned(),
+            message,
+            payload: Some(payload),
+            instance: AUDIT_INSTANCE.to_owned(),
+            service: None,
+            revision: None,
+            job: None,
+            execution: None,
+            task_index: None,
+            task_attempt: None,
+        };
         let _ = self.control.send(Control::Line(Box::new(entry)));
     }
 

@@ -202,6 +202,27 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (project, secret, version),
          FOREIGN KEY (project, secret) REFERENCES secrets (project, name) ON DELETE CASCADE
      );",
+    // 10: IAM principals beyond the owner: service accounts (users live in `principals` as
+    // `user:EMAIL` with their token's hash) and the public halves of service-account keys.
+    "CREATE TABLE service_accounts (
+         email TEXT PRIMARY KEY,
+         project TEXT NOT NULL,
+         account_id TEXT NOT NULL,
+         display_name TEXT NOT NULL,
+         description TEXT NOT NULL,
+         unique_id TEXT NOT NULL UNIQUE,
+         disabled INTEGER NOT NULL DEFAULT 0,
+         created_at INTEGER NOT NULL
+     );
+     CREATE INDEX service_accounts_project ON service_accounts (project);
+     CREATE TABLE service_account_keys (
+         key_id TEXT PRIMARY KEY,
+         email TEXT NOT NULL,
+         public_key_pem TEXT NOT NULL,
+         valid_after INTEGER NOT NULL,
+         valid_before INTEGER NOT NULL
+     );
+     CREATE INDEX service_account_keys_email ON service_account_keys (email);",
 ];
 
 pub(crate) fn latest_version() -> i64 {

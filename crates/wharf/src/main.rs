@@ -69,6 +69,31 @@ enum Command {
         #[command(subcommand)]
         command: Box<cli::secrets::SecretsCommand>,
     },
+    /// Roles, users, service accounts and their keys (as `gcloud iam`).
+    Iam {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(flatten)]
+        place: cli::run::Place,
+        #[command(subcommand)]
+        command: cli::iam::IamCommand,
+    },
+    /// A project's IAM policy (as `gcloud projects`).
+    Projects {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(flatten)]
+        place: cli::run::Place,
+        #[command(subcommand)]
+        command: cli::iam::ProjectsCommand,
+    },
+    /// The CLI's credentials (as `gcloud auth`).
+    Auth {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(subcommand)]
+        command: cli::iam::AuthCommand,
+    },
     /// Manage images in Wharf's registry.
     Images {
         #[command(flatten)]
@@ -116,6 +141,11 @@ fn main() -> std::process::ExitCode {
             Command::Logs { connection, command } => cli::logs::run(&connection, command).await,
             Command::Logging { connection, command } => cli::logging::run(&connection, command).await,
             Command::Secrets { connection, place, command } => cli::secrets::run(&connection, &place, *command).await,
+            Command::Iam { connection, place, command } => cli::iam::run_iam(&connection, &place, command).await,
+            Command::Projects { connection, place, command } => {
+                cli::iam::run_projects(&connection, &place, command).await
+            }
+            Command::Auth { connection, command } => cli::iam::run_auth(&connection, command).await,
             Command::Shim { .. } => unreachable!("handled before the async runtime starts"),
         }
     });

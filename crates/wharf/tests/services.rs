@@ -340,7 +340,10 @@ async fn bad_input_is_refused_with_400_and_creates_nothing() {
             "may not exceed",
         ),
         (vec!["ok".into(), "--set-env-vars".into(), "K_SERVICE=spoof".into()], "K_SERVICE is reserved"),
-        (vec!["ok".into(), "--no-allow-unauthenticated".into()], "not available yet"),
+        (
+            vec!["ok".into(), "--service-account".into(), "ghost-sa@demo.iam.gserviceaccount.com".into()],
+            "service account ghost-sa@demo.iam.gserviceaccount.com does not exist",
+        ),
     ];
     for (args, expected) in cases {
         let mut full = vec!["run", "deploy"];

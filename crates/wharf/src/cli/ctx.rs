@@ -26,6 +26,24 @@ impl Ctx {
         format!("{}/services/{service}", self.parent())
     }
 
+    /// Where a service's IAM policy lives.
+    pub fn service_policy(&self, service: &str) -> crate::cli::policy::PolicyTarget {
+        crate::cli::policy::PolicyTarget {
+            path: self.service_path(service),
+            get_with_post: false,
+            label: format!("service [{service}]"),
+        }
+    }
+
+    /// Where a job's IAM policy lives.
+    pub fn job_policy(&self, job: &str) -> crate::cli::policy::PolicyTarget {
+        crate::cli::policy::PolicyTarget {
+            path: format!("{}/jobs/{job}", self.parent()),
+            get_with_post: false,
+            label: format!("job [{job}]"),
+        }
+    }
+
     /// gcloud's message for a service that does not exist.
     pub fn missing(&self, service: &str) -> String {
         format!("Cannot find service [{service}] in project [{}] region [{}]", self.project, self.region)

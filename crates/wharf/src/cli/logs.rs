@@ -1,5 +1,5 @@
 //! `wharf logs read|tail`: instance logs of a service, revision, job or execution, newest
-//! last, filtered by severity.
+//! last, filtered by severity; `--audit`: the admin audit log.
 
 use std::time::Duration;
 
@@ -23,6 +23,9 @@ pub struct LogFilterArgs {
     /// At most this many entries (the newest).
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// Show the admin audit log (who called which API method, allowed or denied).
+    #[arg(long)]
+    pub audit: bool,
     /// Output format: text (default) or json.
     #[arg(long, default_value = "text")]
     pub format: String,
@@ -67,6 +70,7 @@ async fn fetch(client: &Client, f: &LogFilterArgs, after: Option<i64>) -> anyhow
         ("execution", f.execution.clone()),
         ("severity", f.severity.clone()),
         ("afterId", after.map(|a| a.to_string())),
+        ("audit", f.audit.then(|| "true".to_owned())),
     ] {
         if let Some(v) = value {
             query.push((key, v));

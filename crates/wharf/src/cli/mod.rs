@@ -7,9 +7,11 @@
 pub mod builds;
 pub mod ctx;
 pub mod flags;
+pub mod iam;
 pub mod images;
 pub mod logging;
 pub mod logs;
+pub mod policy;
 pub mod run;
 pub mod secrets;
 pub mod traffic;
@@ -65,6 +67,16 @@ pub struct Client {
 impl Client {
     pub fn connect(args: &ConnectionArgs) -> anyhow::Result<Client> {
         let config = read_cli_config()?;
+        let token = match std::env::var("WHARF_TOKEN").ok().filter(|t| !t.is_empty()).or(config.token) {
+            Some(t) => t,
+            None => read_owner_token(&args.data_dir)?,
+        };
+        Client::connect_with_token(args, token)
+    }
+
+    /// A client that sends `token` (`wharf auth login` checks a new credential with one).
+    pub fn connect_with_token(args: &ConnectionArgs, token: String) -> anyhow::Result<Client> {
+        let config = read_cli_config()?;
         let info = || -> anyhow::Result<ServerInfo> {
             let path = args.data_dir.join(SERVER_INFO_FILE);
             let text = std::fs::read(&path).with_context(|| {
@@ -83,10 +95,6 @@ impl Client {
         let registry = match args.registry.clone().or(config.registry) {
             Some(r) => r,
             None => info()?.registry_addr.to_string(),
-        };
-        let token = match std::env::var("WHARF_TOKEN").ok().filter(|t| !t.is_empty()).or(config.token) {
-            Some(t) => t,
-            None => read_owner_token(&args.data_dir)?,
         };
         let http = reqwest::Client::builder().build().context("cannot build HTTP client")?;
         Ok(Client { api, registry, token, http })
@@ -124,14 +132,45 @@ pub async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Respo
     bail!("{message} (HTTP {})", status.as_u16())
 }
 
-fn read_cli_config() -> anyhow::Result<CliConfig> {
-    let Some(home) = std::env::var_os("XDG_CONFIG_HOME")
+/// `~/.config/wharf/config.toml` (or under `$XDG_CONFIG_HOME`), if a home is known.
+fn cli_config_path() -> Option<PathBuf> {
+    let home = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")))
-    else {
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")))?;
+    Some(home.join("wharf").join("config.toml"))
+}
+
+/// Sets `key` in the CLI config file, keeping its other settings; the file is private (0600)
+/// because it may hold a credential. Returns the file's path.
+pub fn store_cli_setting(key: &str, value: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let path = cli_config_path().context("neither HOME nor XDG_CONFIG_HOME is set: nowhere to keep settings")?;
+    let mut table: toml::Table = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?,
+        Err(_) => toml::Table::new(),
+    };
+    table.insert(key.to_owned(), toml::Value::String(value.to_owned()));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let staged = path.with_extension("toml.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staged)
+        .with_context(|| format!("cannot write {}", staged.display()))?;
+    std::io::Write::write_all(&mut file, toml::to_string(&table)?.as_bytes())
+        .with_context(|| format!("cannot write {}", staged.display()))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&staged, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+fn read_cli_config() -> anyhow::Result<CliConfig> {
+    let Some(path) = cli_config_path() else {
         return Ok(CliConfig::default());
     };
-    let path = home.join("wharf").join("config.toml");
     match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text).with_context(|| format!("{} is not valid", path.display())),
         Err(_) => Ok(CliConfig::default()),

@@ -36,12 +36,15 @@ pub struct DeployArgs {
     /// Return without waiting for the deployment.
     #[arg(long = "async")]
     pub no_wait: bool,
-    /// Public access (the default until IAM lands).
+    /// Let anyone invoke the service: binds allUsers to roles/run.invoker.
     #[arg(long, overrides_with = "no_allow_unauthenticated")]
     pub allow_unauthenticated: bool,
-    /// Require authentication to invoke (not available yet: refused).
-    #[arg(long)]
+    /// Require authentication to invoke: removes allUsers from roles/run.invoker.
+    #[arg(long, overrides_with = "allow_unauthenticated")]
     pub no_allow_unauthenticated: bool,
+    /// The service account the revision runs as (you need iam.serviceAccounts.actAs on it).
+    #[arg(long)]
+    pub service_account: Option<String>,
     /// Give the new revision no traffic (traffic stays where it is).
     #[arg(long)]
     pub no_traffic: bool,
@@ -116,13 +119,10 @@ fn count(flag: &str, text: &str) -> anyhow::Result<i32> {
 
 /// Applies the deploy/update flags to a template (the current one when updating).
 fn apply(args: &DeployArgs, service: &mut Service) -> anyhow::Result<()> {
-    if args.no_allow_unauthenticated {
-        bail!(
-            "--no-allow-unauthenticated is not available yet: Wharf has no invoker IAM, so every service is public. \
-             Deploy without it (or with --allow-unauthenticated)."
-        );
-    }
     let template = &mut service.template;
+    if let Some(account) = &args.service_account {
+        template.service_account = account.clone();
+    }
     if template.containers.is_empty() {
         template.containers.push(Container::default());
     }
@@ -234,6 +234,13 @@ pub async fn deploy(ctx: &Ctx, mut args: DeployArgs, create_if_missing: bool) ->
         return Ok(());
     }
     ctx.wait(&op).await.map_err(|e| anyhow::anyhow!("Deployment failed: {e}"))?;
+    if args.allow_unauthenticated || args.no_allow_unauthenticated {
+        // As gcloud: the invoker binding for allUsers, set once the service exists.
+        eprintln!("  Setting IAM Policy...");
+        let binding = crate::cli::policy::BindingArgs { member: "allUsers".into(), role: "roles/run.invoker".into() };
+        let target = ctx.service_policy(&name);
+        target.ensure_binding(&ctx.client, &binding, args.allow_unauthenticated).await?;
+    }
     eprintln!("  Routing traffic...");
     let service = ctx.get_service(&name).await?.with_context(|| ctx.missing(&name))?;
     let revision = service.latest_ready_revision.rsplit('/').next().unwrap_or("").to_owned();
@@ -331,8 +338,9 @@ mod tests {
     #[test]
     fn refuses_what_wharf_cannot_do() {
         let mut s = Service::default();
-        let e = applied(&["--image=x", "--no-allow-unauthenticated"], &mut s).unwrap_err();
-        assert!(e.to_string().contains("not available yet"), "{e}");
+        applied(&["--image=x", "--no-allow-unauthenticated", "--service-account=a@p.iam.gserviceaccount.com"], &mut s)
+            .unwrap();
+        assert_eq!(s.template.service_account, "a@p.iam.gserviceaccount.com");
         applied(&["--image=x", "--set-env-vars=oops"], &mut s).unwrap_err();
         applied(&["--image=x", "--timeout=soon"], &mut s).unwrap_err();
     }

@@ -25,6 +25,22 @@ pub enum JobsCommand {
     List,
     /// Delete a job and its executions.
     Delete { job: String },
+    /// Show a job's IAM policy.
+    GetIamPolicy { job: String },
+    /// Replace a job's IAM policy with a JSON or YAML file (its etag must be current).
+    SetIamPolicy { job: String, file: std::path::PathBuf },
+    /// Grant a role on a job.
+    AddIamPolicyBinding {
+        job: String,
+        #[command(flatten)]
+        binding: crate::cli::policy::BindingArgs,
+    },
+    /// Revoke a role on a job.
+    RemoveIamPolicyBinding {
+        job: String,
+        #[command(flatten)]
+        binding: crate::cli::policy::BindingArgs,
+    },
     /// Run a job now.
     Execute(ExecuteArgs),
     /// Executions of jobs.
@@ -51,6 +67,9 @@ pub struct JobArgs {
     pub task_timeout: Option<String>,
     #[command(flatten)]
     pub vpc: VpcFlags,
+    /// The service account tasks run as (you need iam.serviceAccounts.actAs on it).
+    #[arg(long)]
+    pub service_account: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -101,6 +120,9 @@ pub enum ExecutionsCommand {
 
 fn apply(args: &JobArgs, job: &mut Job) -> anyhow::Result<()> {
     let t = &mut job.template;
+    if let Some(account) = &args.service_account {
+        t.template.service_account = account.clone();
+    }
     if t.template.containers.is_empty() {
         t.template.containers.push(Container::default());
     }
@@ -181,6 +203,19 @@ pub async fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<()> {
             let r = ctx.client.api_request(reqwest::Method::GET, &jobs).send().await?;
             let list: serde_json::Value = check(r).await?.json().await?;
             ctx.print(&list["jobs"], "table(name.basename():label=JOB, latestCreatedExecution.name.basename():label=LAST_EXECUTION, executionCount:label=EXECUTIONS)")
+        }
+        JobsCommand::GetIamPolicy { job } => ctx.print(&ctx.job_policy(&job).get(&ctx.client).await?, "yaml"),
+        JobsCommand::SetIamPolicy { job, file } => {
+            let policy = crate::cli::policy::read_policy_file(&file)?;
+            let stored = ctx.job_policy(&job).set(&ctx.client, &policy).await?;
+            eprintln!("Updated IAM policy for job [{job}].");
+            ctx.print(&stored, "yaml")
+        }
+        JobsCommand::AddIamPolicyBinding { job, binding } => {
+            ctx.print(&ctx.job_policy(&job).change_binding(&ctx.client, &binding, true).await?, "yaml")
+        }
+        JobsCommand::RemoveIamPolicyBinding { job, binding } => {
+            ctx.print(&ctx.job_policy(&job).change_binding(&ctx.client, &binding, false).await?, "yaml")
         }
         JobsCommand::Delete { job } => {
             let r = ctx.client.api_request(reqwest::Method::DELETE, &format!("{jobs}/{job}")).send().await?;

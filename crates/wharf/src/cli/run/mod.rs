@@ -74,7 +74,7 @@ pub async fn run(connection: &ConnectionArgs, place: &Place, command: RunCommand
 }
 
 impl Place {
-    pub(crate) fn project(&self) -> String {
+    pub fn project(&self) -> String {
         self.project.clone().or_else(|| crate::cli::cli_setting("project")).unwrap_or_else(|| "default".to_owned())
     }
 

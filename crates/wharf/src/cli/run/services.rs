@@ -1,4 +1,5 @@
-//! `wharf run services list|describe|replace|update|update-traffic|delete`.
+//! `wharf run services list|describe|replace|update|update-traffic|delete` and the policy
+//! verbs `get-iam-policy|set-iam-policy|add-iam-policy-binding|remove-iam-policy-binding`.
 
 use anyhow::{Context as _, bail};
 
@@ -26,6 +27,22 @@ pub enum ServicesCommand {
     Update(Box<DeployArgs>),
     /// Split traffic between revisions, move tags, roll back.
     UpdateTraffic(UpdateTrafficArgs),
+    /// Show a service's IAM policy.
+    GetIamPolicy { service: String },
+    /// Replace a service's IAM policy with a JSON or YAML file (its etag must be current).
+    SetIamPolicy { service: String, file: std::path::PathBuf },
+    /// Grant a role on a service, e.g. --member=serviceAccount:EMAIL --role=roles/run.invoker.
+    AddIamPolicyBinding {
+        service: String,
+        #[command(flatten)]
+        binding: crate::cli::policy::BindingArgs,
+    },
+    /// Revoke a role on a service.
+    RemoveIamPolicyBinding {
+        service: String,
+        #[command(flatten)]
+        binding: crate::cli::policy::BindingArgs,
+    },
     /// Delete a service and its revisions.
     Delete {
         service: String,
@@ -80,6 +97,21 @@ pub async fn run(ctx: &Ctx, quiet: bool, command: ServicesCommand) -> anyhow::Re
             }
         }
         ServicesCommand::Replace { file, no_wait } => replace(ctx, &file, no_wait).await,
+        ServicesCommand::GetIamPolicy { service } => {
+            ctx.print(&ctx.service_policy(&service).get(&ctx.client).await?, "yaml")
+        }
+        ServicesCommand::SetIamPolicy { service, file } => {
+            let policy = crate::cli::policy::read_policy_file(&file)?;
+            let stored = ctx.service_policy(&service).set(&ctx.client, &policy).await?;
+            eprintln!("Updated IAM policy for service [{service}].");
+            ctx.print(&stored, "yaml")
+        }
+        ServicesCommand::AddIamPolicyBinding { service, binding } => {
+            ctx.print(&ctx.service_policy(&service).change_binding(&ctx.client, &binding, true).await?, "yaml")
+        }
+        ServicesCommand::RemoveIamPolicyBinding { service, binding } => {
+            ctx.print(&ctx.service_policy(&service).change_binding(&ctx.client, &binding, false).await?, "yaml")
+        }
         ServicesCommand::Delete { service, no_wait } => {
             if !quiet {
                 eprintln!("Service [{service}] will be deleted.");

@@ -1,12 +1,16 @@
 //! The admin API on `--api-addr`: Cloud Run Admin API v2 resources under `/v2/projects/...`
 //! ([`services`], [`operations`]) and Wharf's own image endpoints under `/wharf/v1/images`.
-//! Every request is authenticated first, in one middleware; handlers only parse the request
-//! into a control-plane call; errors are rendered once, in [`ApiError`], as Google APIs render
+//! Every request is authenticated first, in one middleware; every handler then checks the
+//! caller's permission on the resource it touches with [`authorize`] (403 `PERMISSION_DENIED`
+//! naming the permission, as Google words it) before doing anything; identity itself (IAM
+//! policies, service accounts, keys, users, the token endpoint) is [`iam`]. Handlers only
+//! parse the request into a control-plane call; errors are rendered once, in [`ApiError`], as Google APIs render
 //! them (`{"error": {"code", "message", "status", "details"}}`, with a `google.rpc.BadRequest`
 //! naming the field for invalid arguments). Request bodies are read strictly
 //! ([`wharf_api::fields`]): unknown fields and Cloud Run fields Wharf lacks are refused by name.
 
 mod builds;
+mod iam;
 mod jobs;
 mod logging;
 mod operations;
@@ -21,7 +25,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use wharf_api::Code;
-use wharf_iam::AuthError;
+use wharf_iam::accounts::AccountError;
+use wharf_iam::policy::PolicyError;
+use wharf_iam::roles::perm;
+use wharf_iam::{AuthError, AuthorizeError, Denied, Principal, Resource};
 use wharf_image::ImageError;
 use wharf_image::content::ImageSummary;
 use wharf_image::hostfile::HostFileError;
@@ -34,6 +41,14 @@ pub enum ApiError {
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error("only the server's owner can manage users; {caller} is not the owner")]
+    OwnerOnly { caller: String },
+    #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
     Build(#[from] wharf_build::BuildError),
@@ -44,8 +59,6 @@ pub enum ApiError {
     /// The caller lacks a permission (or the policy could not be read).
     #[error(transparent)]
     Authorize(#[from] wharf_iam::AuthorizeError),
-    #[error(transparent)]
-    Policy(#[from] wharf_iam::policy::PolicyError),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -74,6 +87,17 @@ impl ApiError {
         match self {
             ApiError::Auth(AuthError::Store(_) | AuthError::Random) => Code::Internal,
             ApiError::Auth(_) => Code::Unauthenticated,
+            ApiError::Denied(_) | ApiError::OwnerOnly { .. } => Code::PermissionDenied,
+            ApiError::Account(e) => match e {
+                AccountError::InvalidArgument(_) => Code::InvalidArgument,
+                AccountError::AlreadyExists { .. } => Code::AlreadyExists,
+                AccountError::NotFound { .. } => Code::NotFound,
+                AccountError::DefaultAccount { .. } => Code::FailedPrecondition,
+                AccountError::KeyGeneration { .. }
+                | AccountError::Store(_)
+                | AccountError::Policy(_)
+                | AccountError::Random(_) => Code::Internal,
+            },
             ApiError::InvalidArgument(_) | ApiError::Field(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -178,8 +202,9 @@ impl IntoResponse for ApiError {
 
 /// The API's routes. JSON bodies over `max_body_bytes` are refused with a 413.
 pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
-    Router::new()
+    let authenticated = Router::new()
         .merge(services::routes())
+        .merge(iam::routes())
         .merge(operations::routes())
         .merge(jobs::routes())
         .merge(logging::routes())
@@ -193,7 +218,9 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
             ApiError::NotFound(format!("{} {} is not an API method", request.method(), request.uri().path()))
         })
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(platform.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(platform.clone(), authenticate));
+    iam::token_route()
+        .merge(authenticated)
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(BodyLimit(max_body_bytes)))
         .with_state(platform)
@@ -207,15 +234,114 @@ async fn method_not_allowed(request: Request) -> ApiError {
 
 /// The one place every API request is authenticated. The caller's [`wharf_iam::Principal`]
 /// rides in the request's extensions for the handler's authorization check.
+/// It also writes the admin audit log: every mutation (any method but GET and HEAD) and every
+/// refusal (401, 403), with who, what and the outcome ([`audit`]).
 async fn authenticate(State(platform): State<Platform>, mut request: Request, next: Next) -> Response {
     let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match platform.iam.authenticate(header) {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (caller, response) = match platform.iam.authenticate(header) {
         Ok(principal) => {
+            let caller = principal.name();
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            (caller, next.run(request).await)
         }
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => {
+            let caller = if matches!(e, AuthError::Missing) { "anonymous" } else { "invalid credentials" };
+            (caller.to_owned(), ApiError::from(e).into_response())
+        }
+    };
+    let status = response.status();
+    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    if refused || !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD) {
+        audit(&platform, &caller, &method, &path, status).await;
     }
+    response
+}
+
+/// One admin audit entry (`wharf logs read --audit`): the caller, the method and resource
+/// path, and whether it was allowed (denied for 401/403; the 403's permission is in the
+/// server log's `permission denied` line).
+async fn audit(platform: &Platform, caller: &str, method: &axum::http::Method, path: &str, status: StatusCode) {
+    let outcome = match status {
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "denied",
+        _ => "allowed",
+    };
+    let severity = if outcome == "allowed" { "NOTICE" } else { "WARNING" };
+    let message = format!("{caller} {method} {path}: {outcome} ({})", status.as_u16());
+    let payload = serde_json::json!({
+        "principal": caller,
+        "method": method.as_str(),
+        "resource": path,
+        "outcome": outcome,
+        "status": status.as_u16(),
+    });
+    platform.logs.audit(severity, message, payload).await;
+}
+
+/// The authenticated caller, as the middleware left it in the request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<Principal>().cloned().map(Caller).ok_or(ApiError::Auth(AuthError::Missing))
+    }
+}
+
+/// The one authorization check of every handler: `caller` must hold `permission` on
+/// `resource` (directly or through the project's policy), else 403 `PERMISSION_DENIED`.
+pub fn authorize(
+    platform: &Platform,
+    caller: &Principal,
+    permission: &'static str,
+    resource: &Resource,
+) -> Result<(), ApiError> {
+    match platform.iam.authorize(Some(caller), permission, resource) {
+        Ok(()) => Ok(()),
+        Err(AuthorizeError::Denied(denied)) => {
+            tracing::info!(caller = %denied.principal, permission, %resource, "permission denied");
+            Err(denied.into())
+        }
+        Err(AuthorizeError::Policy(e)) => Err(e.into()),
+    }
+}
+
+/// A template's `serviceAccount` (revision or task): the caller needs
+/// `iam.serviceAccounts.actAs` on it (the owner passes), and it must be one of the project's
+/// accounts (its default one included). Empty means the default: nothing to check.
+pub fn check_service_account(
+    platform: &Platform,
+    caller: &Principal,
+    project: &str,
+    field: &str,
+    email: &str,
+) -> Result<(), ApiError> {
+    if email.is_empty() {
+        return Ok(());
+    }
+    authorize(platform, caller, perm::SERVICE_ACCOUNTS_ACT_AS, &Resource::service_account(project, email))?;
+    match platform.iam.service_account(project, email) {
+        Ok(_) => Ok(()),
+        Err(AccountError::NotFound { .. }) => Err(ApiError::Field(wharf_api::fields::FieldError {
+            field: field.to_owned(),
+            kind: wharf_api::fields::FieldErrorKind::Invalid(format!(
+                "service account {email} does not exist in project {project}: create it with `wharf iam service-accounts create NAME --project {project}`, or name an existing one"
+            )),
+        })),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Wharf's image store, registry and instance logs are server-wide, not per project: their
+/// permissions (`artifactregistry.*`, `logging.logEntries.list`) are checked on this project.
+pub const SERVER_WIDE_PROJECT: &str = wharf_registry::SERVER_WIDE_PROJECT;
+
+fn server_wide() -> Resource {
+    Resource::project(SERVER_WIDE_PROJECT)
 }
 
 #[derive(serde::Serialize)]
@@ -223,7 +349,8 @@ struct ImageList {
     images: Vec<ImageSummary>,
 }
 
-async fn list_images(State(platform): State<Platform>) -> Result<Json<ImageList>, ApiError> {
+async fn list_images(State(platform): State<Platform>, Caller(caller): Caller) -> Result<Json<ImageList>, ApiError> {
+    authorize(&platform, &caller, perm::IMAGES_DOWNLOAD, &server_wide())?;
     Ok(Json(ImageList { images: platform.images.list_images()? }))
 }
 
@@ -231,7 +358,9 @@ async fn list_images(State(platform): State<Platform>) -> Result<Json<ImageList>
 /// execution needs (older than the server's grace period).
 async fn collect_image_garbage(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
 ) -> Result<Json<super::housekeeping::HousekeepingReport>, ApiError> {
+    authorize(&platform, &caller, perm::IMAGES_DELETE, &server_wide())?;
     match platform.housekeeping.collect().await {
         Ok(report) => Ok(Json(report)),
         Err(super::housekeeping::HousekeepingError::Image(e)) => Err(e.into()),
@@ -249,8 +378,10 @@ struct PullRequest {
 
 async fn pull_image(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     ApiJson(request): ApiJson<PullRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&platform, &caller, perm::IMAGES_UPLOAD, &server_wide())?;
     let image = platform.resolver.resolve(&request.image).await?;
     platform.resolver.snapshots(&image).await?;
     Ok(Json(serde_json::json!({
@@ -272,13 +403,18 @@ struct LogsQuery {
     severity: Option<String>,
     limit: Option<usize>,
     after_id: Option<i64>,
+    /// Only the admin audit log.
+    audit: Option<bool>,
 }
 
-/// Log entries, newest last: `?service=&revision=&job=&execution=&task=&severity=&limit=&afterId=`.
+/// Log entries, newest last: `?service=&revision=&job=&execution=&task=&severity=&limit=&afterId=`;
+/// `?audit=true` reads the admin audit log.
 async fn read_logs(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Query(q): Query<LogsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&platform, &caller, perm::LOGS_LIST, &server_wide())?;
     let min_severity = match &q.severity {
         None => None,
         Some(s) => Some(wharf_runtime::logs::severity_number(s).ok_or_else(|| {
@@ -293,7 +429,7 @@ async fn read_logs(
         job: q.job,
         execution: q.execution,
         task_index: q.task,
-        instance: None,
+        instance: q.audit.unwrap_or(false).then(|| wharf_runtime::logs::AUDIT_INSTANCE.to_owned()),
         min_severity,
         after_id: q.after_id,
         limit: q.limit.unwrap_or(100).clamp(1, 10_000),
@@ -311,8 +447,10 @@ struct DeleteQuery {
 /// Deletes `name:tag` (the tag) or `name@digest` (the manifest and its tags).
 async fn delete_image(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
+    authorize(&platform, &caller, perm::IMAGES_DELETE, &server_wide())?;
     let (repo, reference) = split_local_reference(&query.reference)?;
     platform.images.delete_manifest(&repo, &reference)?;
     Ok(StatusCode::NO_CONTENT)

@@ -9,7 +9,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 
-use super::{ApiError, ApiJson, Params, respond};
+use wharf_iam::Resource;
+use wharf_iam::roles::perm;
+
+use super::{ApiError, ApiJson, Caller, Params, authorize, respond};
 use crate::server::Platform;
 
 pub fn routes() -> Router<Platform> {
@@ -23,21 +26,25 @@ fn full_name(project: &str, location: &str, operation: &str) -> String {
 
 async fn list(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Path((project, location)): Path<(String, String)>,
     params: Params,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let parent = platform.control.parent(&project, &location)?;
+    authorize(&platform, &caller, perm::OPERATIONS_LIST, &Resource::project(&project))?;
     let filter = params.get("filter").unwrap_or_default();
     Ok(respond(raw.as_deref(), &platform.control.list_operations(&parent, filter, &params.page()?)?))
 }
 
 async fn get_one(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Path((project, location, operation)): Path<(String, String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     platform.control.parent(&project, &location)?;
+    authorize(&platform, &caller, perm::OPERATIONS_GET, &Resource::project(&project))?;
     // A build's operation is its build record's view (`builds.rs`).
     if let Some(build) = operation.strip_prefix("build-") {
         let parent = format!("projects/{project}/locations/{location}");
@@ -50,9 +57,11 @@ async fn get_one(
 /// `DeleteOperation`: answers `{}` (google.protobuf.Empty).
 async fn delete(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Path((project, location, operation)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     platform.control.parent(&project, &location)?;
+    authorize(&platform, &caller, perm::OPERATIONS_DELETE, &Resource::project(&project))?;
     platform.control.delete_operation(&full_name(&project, &location, &operation))?;
     Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response())
 }
@@ -66,6 +75,7 @@ struct WaitRequest {
 
 async fn wait(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Path((project, location, operation)): Path<(String, String, String)>,
     RawQuery(raw): RawQuery,
     ApiJson(request): ApiJson<WaitRequest>,
@@ -75,6 +85,7 @@ async fn wait(
             "POST {operation} is not an API method; did you mean {operation}:wait?"
         )));
     };
+    authorize(&platform, &caller, perm::OPERATIONS_GET, &Resource::project(&project))?;
     let name = full_name(&project, &location, operation);
     if let Some(given) = request.name.as_deref().filter(|n| !n.is_empty() && *n != name) {
         return Err(ApiError::InvalidArgument(format!(
