@@ -66,10 +66,7 @@ pub async fn run(requests: usize) -> anyhow::Result<()> {
     let plain = server.addrs.ingress_addr.clone();
     let https = server.addrs.https_addr.clone().context("the server wrote no httpsAddr")?;
     // Warm up each path (instance, upstream connections, the host's certificate).
-    for (url, to, h1) in [
-        (format!("http://{host}/"), &plain, true),
-        (format!("https://{host}/"), &https, false),
-    ] {
+    for (url, to, h1) in [(format!("http://{host}/"), &plain, true), (format!("https://{host}/"), &https, false)] {
         h2load(&url, to, &host, h1, 200, 4)?;
     }
     std::thread::sleep(Duration::from_millis(200));

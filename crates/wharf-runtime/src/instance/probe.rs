@@ -252,10 +252,11 @@ pub(crate) async fn probe_until_ready(instance: &super::Instance, probe: &Probe)
         let attempt = Probe { timeout: probe.timeout.min(remaining), ..probe.clone() };
         let mut result = attempt.check(instance.addr.ip()).await;
         tracing::trace!(after = ?started.elapsed(), ?result, "startup probe");
-        if matches!(result, Err(ProbeError::Timeout { .. })) && attempt.timeout < probe.timeout {
-            if let Some(earlier) = last_failure.take() {
-                result = Err(earlier);
-            }
+        if matches!(result, Err(ProbeError::Timeout { .. }))
+            && attempt.timeout < probe.timeout
+            && let Some(earlier) = last_failure.take()
+        {
+            result = Err(earlier);
         }
         // The exited flag is raised before the network is torn down, so a success seen while
         // it is down really reached the container (not whatever answers for a dead address).
