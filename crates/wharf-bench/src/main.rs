@@ -12,11 +12,15 @@
 //! `all [--smoke] [--out FILE]`: the whole-system table (see `system.rs`), also written as JSON
 //! (default `bench-results.json`); `--smoke` runs few iterations (CI runs it so it cannot rot).
 //!
+//! `protocols [--requests 20000]`: HTTP/1.1, h2c, HTTP/1.1 over TLS and h2 over TLS through
+//! the ingress, and the cost of a TLS handshake, with h2load (see `protocols.rs`).
+//!
 //! `flood [--clients 1000] [--rounds 3] [--waves 3]`: concurrent clients against a service scaled to zero
 //! with `--max-instances 5`; fails unless every answer is 200, 429 or 503 (see `flood.rs`).
 
 mod flood;
 mod logquery;
+mod protocols;
 mod system;
 
 use std::path::PathBuf;
@@ -51,6 +55,17 @@ fn main() -> anyhow::Result<()> {
             let smoke = args.iter().any(|a| a == "--smoke");
             tokio::runtime::Runtime::new()?.block_on(system::run(system::Options { smoke, out }))
         }
+        Some("protocols") => {
+            let requests = args
+                .iter()
+                .position(|a| a == "--requests")
+                .and_then(|i| args.get(i + 1))
+                .map(|n| n.parse::<usize>())
+                .transpose()
+                .context("--requests takes a number")?
+                .unwrap_or(20_000);
+            tokio::runtime::Runtime::new()?.block_on(protocols::run(requests))
+        }
         Some("flood") => {
             let number = |flag: &str, default: usize| -> anyhow::Result<usize> {
                 args.iter()
@@ -79,7 +94,8 @@ fn main() -> anyhow::Result<()> {
         }
         _ => bail!(
             "usage: wharf-bench start [--runs N] | wharf-bench all [--smoke] [--out FILE] | \
-             wharf-bench flood [--clients N] [--rounds N] [--waves N] | wharf-bench logs [--entries N]"
+             wharf-bench flood [--clients N] [--rounds N] [--waves N] | wharf-bench logs [--entries N] | \
+             wharf-bench protocols [--requests N]"
         ),
     }
 }

@@ -353,7 +353,7 @@ fn wrk(url: &str, host: Option<&str>, duration: &str) -> anyhow::Result<BTreeMap
 }
 
 /// `123.45us`, `1.20ms`, `2.00s` in milliseconds; plain numbers as they are.
-fn parse_wrk_number(v: &str) -> Option<f64> {
+pub(crate) fn parse_wrk_number(v: &str) -> Option<f64> {
     if let Some(n) = v.strip_suffix("us") {
         return n.parse::<f64>().ok().map(|x| x / 1000.0);
     }
