@@ -18,6 +18,9 @@ use crate::error::RuntimeError;
 use crate::instance::{Instance, InstanceSpec, SecretFileContent};
 use crate::runtime::Runtime;
 
+/// Secret env vars (name, value) and secret files, read for one start.
+type ReadSecrets = (Vec<(String, String)>, Vec<SecretFileContent>);
+
 /// Runs the control plane's instances on this machine.
 #[derive(Debug, Clone)]
 pub struct RuntimeBackend {
@@ -39,10 +42,7 @@ impl RuntimeBackend {
 
     /// Reads the template's secret versions, now (so `latest` means latest at this start).
     /// A version that cannot be read fails the start with a message naming the secret.
-    fn read_secrets(
-        &self,
-        template: &wharf_control::backend::InstanceTemplate,
-    ) -> Result<(Vec<(String, String)>, Vec<SecretFileContent>), BackendError> {
+    fn read_secrets(&self, template: &wharf_control::backend::InstanceTemplate) -> Result<ReadSecrets, BackendError> {
         if template.secret_env.is_empty() && template.secret_files.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }

@@ -12,9 +12,9 @@ use crate::cli::flags::{ContainerFlags, api_duration, split_list, split_pairs};
 #[derive(Debug, clap::Subcommand)]
 pub enum JobsCommand {
     /// Create a job.
-    Create(JobArgs),
+    Create(Box<JobArgs>),
     /// Change a job.
-    Update(JobArgs),
+    Update(Box<JobArgs>),
     /// Show a job (--format export: run.googleapis.com/v1 Job YAML to keep and `replace` later).
     Describe { job: String },
     /// Create or update a job from a run.googleapis.com/v1 Job YAML file.
