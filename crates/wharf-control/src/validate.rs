@@ -256,10 +256,9 @@ const EXECUTION_ENVIRONMENTS: &[&str] =
 
 /// A container's environment: at most 1000 variables, names valid and unique, each value at
 /// most 32 KiB.
-/// A container's plain variables and its secret ones.
-type ContainerEnv = (Vec<(String, String)>, Vec<SecretEnv>);
+type ValidatedEnv = (Vec<(String, String)>, Vec<SecretEnv>);
 
-fn env_vars(field: &str, vars: &[wharf_api::EnvVar]) -> Result<ContainerEnv, ControlError> {
+fn env_vars(field: &str, vars: &[wharf_api::EnvVar]) -> Result<ValidatedEnv, ControlError> {
     if vars.len() > limits::ENV_VARS {
         return Err(invalid(format!("{field} has {} variables: at most {} are allowed", vars.len(), limits::ENV_VARS)));
     }

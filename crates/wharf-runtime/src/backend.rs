@@ -18,6 +18,9 @@ use crate::error::RuntimeError;
 use crate::instance::{Instance, InstanceSpec, SecretFileContent};
 use crate::runtime::Runtime;
 
+/// Secret env vars (name, value) and secret files, read for one start.
+type ReadSecrets = (Vec<(String, String)>, Vec<SecretFileContent>);
+
 /// Runs the control plane's instances on this machine.
 #[derive(Debug, Clone)]
 pub struct RuntimeBackend {
@@ -25,9 +28,6 @@ pub struct RuntimeBackend {
     resolver: Resolver,
     secrets: Option<Arc<dyn SecretSource>>,
 }
-
-/// An instance's secrets as read at its start: environment variables and file contents.
-type ReadSecrets = (Vec<(String, String)>, Vec<SecretFileContent>);
 
 impl RuntimeBackend {
     pub fn new(runtime: Runtime, resolver: Resolver) -> RuntimeBackend {
