@@ -12,10 +12,13 @@
 //!   forwarding and trace headers, request timeouts.
 //! - [`listener`]: what every listener of the server (ingress, API, registry) does against
 //!   hostile clients: connection cap, accept back-off, header-read and idle timeouts, header limits.
+//! - [`access`]: who may call a service: the ingress setting, credentials (Wharf ID tokens and
+//!   access tokens) and `run.routes.invoke`, checked per request.
 //! - [`error`]: how every proxy failure is answered, classified in one place.
 //!
 //! It does not know how instances are built (the launcher does) nor where routes come from.
 
+pub mod access;
 pub mod error;
 pub mod listener;
 pub mod pool;
@@ -25,6 +28,7 @@ pub mod table;
 mod testing;
 pub mod upstream;
 
+pub use access::{Access, Gate, IngressSetting};
 pub use listener::{Listener, ListenerLimits};
 pub use pool::{Lease, PoolConfig, PoolStats, RevisionPool};
 pub use proxy::serve;

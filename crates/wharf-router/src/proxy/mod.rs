@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 
+use crate::access::{Gate, Refusal};
 use crate::error::ProxyError;
 use crate::listener::{ConnectionPlace, Listener};
 use crate::pool::Lease;
@@ -51,6 +52,7 @@ pub async fn serve(
     socket: TcpListener,
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
+    gate: Gate,
     shutdown: CancellationToken,
 ) {
     let socket = match socket.into_std() {
@@ -63,8 +65,8 @@ pub async fn serve(
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut workers = Vec::new();
     for i in 0..threads {
-        let (socket, listener, table, shutdown) = match socket.try_clone() {
-            Ok(l) => (l, listener.clone(), table.clone(), shutdown.clone()),
+        let (socket, listener, table, gate, shutdown) = match socket.try_clone() {
+            Ok(l) => (l, listener.clone(), table.clone(), gate.clone(), shutdown.clone()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot share the ingress listener");
                 break;
@@ -80,7 +82,7 @@ pub async fn serve(
             };
             runtime.block_on(async move {
                 match TcpListener::from_std(socket) {
-                    Ok(socket) => accept_loop(socket, listener, table, shutdown).await,
+                    Ok(socket) => accept_loop(socket, listener, table, gate, shutdown).await,
                     Err(e) => tracing::error!(error = %e, "ingress worker cannot listen"),
                 }
             });
@@ -105,6 +107,7 @@ async fn accept_loop(
     socket: TcpListener,
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
+    gate: Gate,
     shutdown: CancellationToken,
 ) {
     let mut connector = HttpConnector::new();
@@ -114,7 +117,7 @@ async fn accept_loop(
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
         .build(connector);
-    let proxy = Arc::new(Proxy { table, client });
+    let proxy = Arc::new(Proxy { table, gate, client });
     listener
         .serve(socket, shutdown, move |remote| {
             let proxy = proxy.clone();
@@ -128,6 +131,7 @@ async fn accept_loop(
 
 struct Proxy {
     table: Arc<RoutingTable>,
+    gate: Gate,
     client: Client<HttpConnector, Incoming>,
 }
 
@@ -180,6 +184,11 @@ impl Proxy {
         span: &Span,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = self.table.lookup(&host).ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
+        match self.gate.admit(&route.access, req.headers(), remote.ip()) {
+            Ok(_) => {}
+            Err(Refusal::NotInternal) => return Err(ProxyError::UnknownHost { host }),
+            Err(refusal) => return Err(ProxyError::Refused { refusal, path: req.uri().path().to_owned() }),
+        }
         let roll = if route.targets.len() > 1 { fast_random() % 100 } else { 0 };
         let pool = route.pick(u32::try_from(roll).unwrap_or(0)).ok_or(ProxyError::NoRevision)?.clone();
         span.record("revision", pool.revision.as_str());

@@ -88,6 +88,10 @@ impl InstanceNetwork {
     }
 }
 
+/// The instance subnet (address, prefix length): every instance's address is in it, which is
+/// how the ingress tells Wharf's instances (internal traffic) from other clients.
+pub const INSTANCE_SUBNET: (std::net::Ipv4Addr, u8) = (std::net::Ipv4Addr::new(10, 213, 0, 0), 16);
+
 /// The host side of instance networking.
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -103,7 +107,8 @@ pub struct Network {
 impl Network {
     pub fn new(services: Option<InstanceServices>) -> Network {
         let unique = uuid::Uuid::new_v4().simple().to_string();
-        Network { prefix: [10, 213], holder: format!("{}-{}", std::process::id(), &unique[..12]), services }
+        let [a, b, _, _] = INSTANCE_SUBNET.0.octets();
+        Network { prefix: [a, b], holder: format!("{}-{}", std::process::id(), &unique[..12]), services }
     }
 
     pub fn services(&self) -> Option<&InstanceServices> {

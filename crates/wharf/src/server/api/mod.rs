@@ -6,6 +6,7 @@
 //! naming the field for invalid arguments). Request bodies are read strictly
 //! ([`wharf_api::fields`]): unknown fields and Cloud Run fields Wharf lacks are refused by name.
 
+mod identity;
 mod jobs;
 mod operations;
 mod services;
@@ -30,6 +31,11 @@ use super::Platform;
 pub enum ApiError {
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The caller lacks a permission (403 `PERMISSION_DENIED`, worded as Google words it).
+    #[error(transparent)]
+    Denied(#[from] wharf_iam::Denied),
+    #[error("the IAM policy cannot be read: {0}")]
+    Policy(#[from] wharf_iam::policy::PolicyError),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -60,6 +66,8 @@ impl ApiError {
         match self {
             ApiError::Auth(AuthError::Store(_) | AuthError::Random) => Code::Internal,
             ApiError::Auth(_) => Code::Unauthenticated,
+            ApiError::Denied(_) => Code::PermissionDenied,
+            ApiError::Policy(_) => Code::Internal,
             ApiError::InvalidArgument(_) | ApiError::Field(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
@@ -132,9 +140,21 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The API's routes. JSON bodies over `max_body_bytes` are refused with a 413.
+impl From<wharf_iam::AuthorizeError> for ApiError {
+    fn from(e: wharf_iam::AuthorizeError) -> Self {
+        match e {
+            wharf_iam::AuthorizeError::Denied(denied) => ApiError::Denied(denied),
+            wharf_iam::AuthorizeError::Policy(e) => ApiError::Policy(e),
+        }
+    }
+}
+
+/// The API's routes. JSON bodies over `max_body_bytes` are refused with a 413. The OIDC
+/// discovery document and the JWKS are public; everything else is authenticated.
 pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
+    let public = identity::public_routes().with_state(platform.clone());
     Router::new()
+        .merge(identity::routes())
         .merge(services::routes())
         .merge(operations::routes())
         .merge(jobs::routes())
@@ -150,6 +170,7 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(BodyLimit(max_body_bytes)))
         .with_state(platform)
+        .merge(public)
 }
 
 /// A known path with a method it does not take: `405` with a `google.rpc.Status` body (axum
