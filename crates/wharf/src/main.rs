@@ -44,6 +44,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::logs::LogsCommand,
     },
+    /// Tokens for private services and Wharf's APIs (as `gcloud auth`).
+    Auth {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(subcommand)]
+        command: cli::auth::AuthCommand,
+    },
     /// Manage images in Wharf's registry.
     Images {
         #[command(flatten)]
@@ -86,6 +93,7 @@ fn main() -> std::process::ExitCode {
         match args.command {
             Command::Server(server_args) => server::run(*server_args).await,
             Command::Images { connection, command } => cli::images::run(&connection, command).await,
+            Command::Auth { connection, command } => cli::auth::run(&connection, command).await,
             Command::Run { connection, place, command } => cli::run::run(&connection, &place, *command).await,
             Command::Logs { connection, command } => cli::logs::run(&connection, command).await,
             Command::Shim { .. } => unreachable!("handled before the async runtime starts"),

@@ -36,12 +36,17 @@ pub struct DeployArgs {
     /// Return without waiting for the deployment.
     #[arg(long = "async")]
     pub no_wait: bool,
-    /// Public access (the default until IAM lands).
+    /// Let anyone invoke the service (binding allUsers to roles/run.invoker comes with the
+    /// policy API; until then services are private and this flag changes nothing).
     #[arg(long, overrides_with = "no_allow_unauthenticated")]
     pub allow_unauthenticated: bool,
     /// Require authentication to invoke (not available yet: refused).
     #[arg(long)]
     pub no_allow_unauthenticated: bool,
+    /// Who may reach the service: all, internal (Wharf's instances and loopback only) or
+    /// internal-and-cloud-load-balancing (as internal: Wharf has no load balancer).
+    #[arg(long, value_parser = ["all", "internal", "internal-and-cloud-load-balancing"])]
+    pub ingress: Option<String>,
     /// Give the new revision no traffic (traffic stays where it is).
     #[arg(long)]
     pub no_traffic: bool,
@@ -66,8 +71,18 @@ fn count(flag: &str, text: &str) -> anyhow::Result<i32> {
 fn apply(args: &DeployArgs, service: &mut Service) -> anyhow::Result<()> {
     if args.no_allow_unauthenticated {
         bail!(
-            "--no-allow-unauthenticated is not available yet: Wharf has no invoker IAM, so every service is public. \
-             Deploy without it (or with --allow-unauthenticated)."
+            "--no-allow-unauthenticated is not available yet in the CLI: services are private unless their IAM policy \
+             grants allUsers roles/run.invoker. Deploy without it."
+        );
+    }
+    if let Some(ingress) = &args.ingress {
+        service.ingress = Some(
+            match ingress.as_str() {
+                "internal" => "INGRESS_TRAFFIC_INTERNAL_ONLY",
+                "internal-and-cloud-load-balancing" => "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER",
+                _ => "INGRESS_TRAFFIC_ALL",
+            }
+            .to_owned(),
         );
     }
     let template = &mut service.template;
