@@ -16,10 +16,10 @@ pub mod roles;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};

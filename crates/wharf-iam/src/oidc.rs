@@ -235,11 +235,8 @@ impl Issuer {
         let (kid, key) = &keys.signing;
         let header = serde_json::json!({"alg": "RS256", "kid": kid, "typ": "JWT"});
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let signed = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(&serde_json::to_vec(&claims).unwrap_or_default())
-        );
+        let signed =
+            format!("{}.{}", b64(header.to_string().as_bytes()), b64(&serde_json::to_vec(&claims).unwrap_or_default()));
         let signature: Signature = key.sign(signed.as_bytes());
         let token = format!("{signed}.{}", b64(&Box::<[u8]>::from(signature)));
         Ok((token, claims))
@@ -274,7 +271,8 @@ impl Issuer {
 
     fn verify_signed(&self, token: &str) -> Result<IdClaims, IdTokenError> {
         let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(IdTokenError::Malformed);
         };
@@ -349,12 +347,12 @@ impl Issuer {
                      WHERE retired_at IS NULL OR retired_at >= ?1
                      ORDER BY retired_at IS NOT NULL, COALESCE(retired_at, created_at) DESC, kid",
                 )?;
-                let rows = stmt
+                let rows: Vec<(String, String, Option<i64>)> = stmt
                     .query_map([now - RETIRED_KEY_GRACE_SECS], |r| {
                         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?))
                     })?
-                    .collect::<Result<Vec<_>, _>>();
-                rows
+                    .collect::<Result<_, _>>()?;
+                Ok(rows)
             })
         };
         let mut rows = read()?;
@@ -468,8 +466,12 @@ mod tests {
         let new_kid = issuer.rotate().unwrap();
         assert_ne!(old_kid, new_kid);
         let (after, _) = issuer.sign_id_token(&Principal::Owner, "a").unwrap();
-        let kids: Vec<String> =
-            issuer.jwks().unwrap()["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().into()).collect();
+        let kids: Vec<String> = issuer.jwks().unwrap()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().into())
+            .collect();
         assert_eq!(kids, vec![new_kid, old_kid]);
         // A fresh process (nothing cached) verifies both.
         let fresh = Issuer::new(Store::open(&dir.path().join("state.db")).unwrap());

@@ -61,10 +61,7 @@ pub struct Access {
 impl Access {
     /// Whether `audience` (a URL, with or without a path) names this service.
     pub fn audience_matches(&self, audience: &str) -> bool {
-        let rest = audience
-            .strip_prefix("https://")
-            .or_else(|| audience.strip_prefix("http://"))
-            .unwrap_or(audience);
+        let rest = audience.strip_prefix("https://").or_else(|| audience.strip_prefix("http://")).unwrap_or(audience);
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         let host = authority
             .rsplit_once(':')

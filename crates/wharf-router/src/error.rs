@@ -133,7 +133,9 @@ fn google_error_page(refusal: &Refusal, path: &str) -> String {
             format!("Your client does not have permission to get URL <code>{escaped}</code> from this server."),
         ),
         Refusal::NotInternal => (404, "Page not found", "The requested URL was not found on this server.".to_owned()),
-        Refusal::Policy(_) => (500, "Server Error", "The server encountered an error and could not complete your request.".to_owned()),
+        Refusal::Policy(_) => {
+            (500, "Server Error", "The server encountered an error and could not complete your request.".to_owned())
+        }
     };
     format!(
         "<html><head>\n<meta http-equiv=\"content-type\" content=\"text/html;charset=utf-8\">\n<title>{code} {title}</title>\n</head>\n<body text=#000000 bgcolor=#ffffff>\n<h1>Error: {title}</h1>\n<h2>{sentence}</h2>\n<h2></h2>\n</body></html>"

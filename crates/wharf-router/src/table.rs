@@ -79,7 +79,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn hosts_are_matched_without_case_or_port() {
         let table = RoutingTable::default();
-        table.set("Hello.Example.com", ServiceRoute { service: "hello".to_owned(), targets: vec![(pool("a"), 100)], access: open_access() });
+        table.set(
+            "Hello.Example.com",
+            ServiceRoute { service: "hello".to_owned(), targets: vec![(pool("a"), 100)], access: open_access() },
+        );
 
         let service = |host| table.lookup(host).map(|route| route.service.clone());
         assert_eq!(service("hello.example.com:8080").as_deref(), Some("hello"));

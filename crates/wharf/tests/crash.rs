@@ -87,7 +87,8 @@ impl Env {
     /// GET / on a service through the ingress, by the host of its URI.
     async fn through_ingress(&self, uri: &str) -> (u16, String) {
         let host = uri.trim_start_matches("http://").split('/').next().unwrap().to_owned();
-        let r = self.client()
+        let r = self
+            .client()
             .get(format!("http://{}/", self.server.addrs.ingress_addr))
             .header("Host", host.split(':').next().unwrap())
             .send()
@@ -255,7 +256,8 @@ async fn a_kill_during_a_registry_push_leaves_no_half_image_and_the_push_can_be_
 
     // The killed push left no tag behind, and the registry answers for it.
     let (status, tags) = {
-        let r = env.client()
+        let r = env
+            .client()
             .get(env.server.registry_url("/v2/pushed/app/tags/list"))
             .basic_auth("wharf", Some(&env.server.token))
             .send()

@@ -204,7 +204,8 @@ async fn a_hundred_abandoned_queued_requests_leave_nothing_behind() {
     let ingress = addr(&server.addrs.ingress_addr);
     let queue_host = service_host("queue", "demo");
     let token = &server.token;
-    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {queue_host}\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let request =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {queue_host}\r\nAuthorization: Bearer {token}\r\n\r\n");
 
     // One request holds the only instance; 100 more queue behind it.
     let mut holder = TcpStream::connect(ingress).await.unwrap();

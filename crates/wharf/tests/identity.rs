@@ -86,7 +86,7 @@ fn google_verify(server: &WharfServer, token: &str, audience: &str) -> Result<St
         from google.oauth2 import id_token\n\
         claims = id_token.verify_token(sys.argv[1], Request(), audience=sys.argv[2], certs_url=sys.argv[3])\n\
         print(claims['email'])\n";
-    let jwks = server.api_url(&format!("{}", "/oauth2/v3/certs"));
+    let jwks = server.api_url("/oauth2/v3/certs");
     let out = Command::new("python3").args(["-c", script, token, audience, &jwks]).output().expect("python3 runs");
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -112,7 +112,8 @@ async fn services_are_private_and_take_wharfs_tokens_which_google_auth_verifies(
     let id_token = env.wharf(&["auth", "print-identity-token", &format!("--audiences={url}")]).trim().to_owned();
     assert_eq!(env.get(&client, "private", Some(&format!("Bearer {id_token}"))).await.0, 200);
     assert_eq!(google_verify(&env.server, &id_token, &url), Ok("owner@wharf.invalid".to_owned()));
-    assert!(google_verify(&env.server, &id_token, "http://elsewhere.example").is_err());
+    let wrong_audience = google_verify(&env.server, &id_token, "http://elsewhere.example").unwrap_err();
+    assert!(wrong_audience.contains("audience"), "{wrong_audience}");
 
     // Not valid here: another audience, a tampered signature, garbage.
     let elsewhere =
@@ -129,7 +130,12 @@ async fn services_are_private_and_take_wharfs_tokens_which_google_auth_verifies(
     // `wharf run services add-iam-policy-binding` and expect 200.)
     let account = "caller@demo.iam.gserviceaccount.com";
     let sa_token = env
-        .wharf(&["auth", "print-identity-token", &format!("--audiences={url}"), &format!("--impersonate-service-account={account}")])
+        .wharf(&[
+            "auth",
+            "print-identity-token",
+            &format!("--audiences={url}"),
+            &format!("--impersonate-service-account={account}"),
+        ])
         .trim()
         .to_owned();
     assert_eq!(google_verify(&env.server, &sa_token, &url), Ok(account.to_owned()));

@@ -244,10 +244,10 @@ impl ControlPlane {
             if targets.is_empty() {
                 self.inner.serving.table.remove(host);
             } else {
-                self.inner
-                    .serving
-                    .table
-                    .set(host, ServiceRoute { service: row.name.clone(), targets: targets.clone(), access: access.clone() });
+                self.inner.serving.table.set(
+                    host,
+                    ServiceRoute { service: row.name.clone(), targets: targets.clone(), access: access.clone() },
+                );
             }
         }
     }
@@ -270,10 +270,10 @@ impl ControlPlane {
             }
         }
         for (host, pool) in tagged {
-            self.inner
-                .serving
-                .table
-                .set(&host, ServiceRoute { service: service.to_owned(), targets: vec![(pool, 100)], access: access.clone() });
+            self.inner.serving.table.set(
+                &host,
+                ServiceRoute { service: service.to_owned(), targets: vec![(pool, 100)], access: access.clone() },
+            );
         }
     }
 

@@ -18,9 +18,7 @@ use crate::server::Platform;
 
 /// Routes anyone may call: what verifiers of Wharf's tokens fetch.
 pub fn public_routes() -> Router<Platform> {
-    Router::new()
-        .route(wharf_iam::oidc::DISCOVERY_PATH, get(discovery))
-        .route(wharf_iam::oidc::JWKS_PATH, get(jwks))
+    Router::new().route(wharf_iam::oidc::DISCOVERY_PATH, get(discovery)).route(wharf_iam::oidc::JWKS_PATH, get(jwks))
 }
 
 /// Routes behind authentication.
