@@ -113,7 +113,7 @@ async fn services_are_private_and_take_wharfs_tokens_which_google_auth_verifies(
     assert_eq!(env.get(&client, "private", Some(&format!("Bearer {id_token}"))).await.0, 200);
     assert_eq!(google_verify(&env.server, &id_token, &url), Ok("owner@wharf.invalid".to_owned()));
     let wrong_audience = google_verify(&env.server, &id_token, "http://elsewhere.example").unwrap_err();
-    assert!(wrong_audience.contains("audience"), "{wrong_audience}");
+    assert!(wrong_audience.to_ascii_lowercase().contains("audience"), "{wrong_audience}");
 
     // Not valid here: another audience, a tampered signature, garbage.
     let elsewhere =
