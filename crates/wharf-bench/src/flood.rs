@@ -89,7 +89,7 @@ async fn flood_once(server: &WharfServer, wave: usize, clients: usize, rounds: u
     // One client shared by every task (building a reqwest client per task costs more CPU than
     // the whole request, on a machine this small); concurrent requests still each get their
     // own connection, kept alive between rounds.
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    let client = server.client_builder().build()?;
     let host = service_host("flood", "bench");
     let tasks: Vec<_> = (0..clients)
         .map(|_| {

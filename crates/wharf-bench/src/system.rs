@@ -109,7 +109,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
     let ingress = format!("http://{}/", server.addrs.ingress_addr);
     let host = &service_host("cold", "bench");
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build()?;
+    // Services are private: the owner's token rides on every request, so the ingress rows
+    // include the invoker check.
+    let client = server.client_builder().timeout(Duration::from_secs(60)).build()?;
     let mut rows = Vec::new();
 
     // 5 (measured first, on the fresh server). Memory per instance.
@@ -159,7 +161,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let direct = instance_address(&server, "warm")?;
     let duration = if options.smoke { "1s" } else { "5s" };
     if which("wrk") {
-        let through = wrk(&ingress, Some(&service_host("warm", "bench")), duration)?;
+        let through = wrk(&ingress, Some((&service_host("warm", "bench"), &server.token)), duration)?;
         let direct_run = wrk(&format!("http://{direct}/"), None, duration)?;
         let nginx = nginx_baseline(work.path(), &direct, duration).ok();
         for (metric, key, higher) in [
@@ -332,11 +334,11 @@ fn instance_address(server: &WharfServer, service: &str) -> anyhow::Result<Strin
     bail!("no running instance of {service}")
 }
 
-fn wrk(url: &str, host: Option<&str>, duration: &str) -> anyhow::Result<BTreeMap<&'static str, f64>> {
+fn wrk(url: &str, host: Option<(&str, &str)>, duration: &str) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t2", "-c64", "-d", duration, "--latency"]);
-    if let Some(h) = host {
-        cmd.args(["-H", &format!("Host: {h}")]);
+    if let Some((h, token)) = host {
+        cmd.args(["-H", &format!("Host: {h}"), "-H", &format!("Authorization: Bearer {token}")]);
     }
     let out = cmd.arg(url).output().context("cannot run wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -230,13 +230,14 @@ pub fn service_fields(service: &wharf_api::Service) -> Result<(), ControlError> 
     {
         return Err(invalid(format!("ingress {ingress:?} is not one of {}", INGRESS_VALUES.join(", "))));
     }
-    // Stored but not honoured yet: refused rather than kept inert.
-    if let Some(ingress) =
-        service.ingress.as_deref().filter(|i| !matches!(*i, "" | "INGRESS_TRAFFIC_ALL" | "INGRESS_TRAFFIC_UNSPECIFIED"))
-    {
-        return Err(invalid(format!(
-            "ingress {ingress} is not supported yet: Wharf serves every service on its ingress (INGRESS_TRAFFIC_ALL)"
-        )));
+    // The ingress enforces ALL and the two internal settings (`wharf_router::access`); NONE
+    // (no ingress at all) it does not: refused rather than kept inert.
+    if service.ingress.as_deref() == Some("INGRESS_TRAFFIC_NONE") {
+        return Err(invalid(
+            "ingress INGRESS_TRAFFIC_NONE is not supported by Wharf: use INGRESS_TRAFFIC_INTERNAL_ONLY to keep a service \
+             off the outside, or INGRESS_TRAFFIC_ALL"
+                .to_owned(),
+        ));
     }
     Ok(())
 }

@@ -121,6 +121,7 @@ impl Iam {
             tx.execute("DELETE FROM access_tokens WHERE principal = ?1", [&name])?;
             Ok(())
         })?;
+        self.forget_known_tokens();
         tracing::info!(user = %email, "user deleted");
         Ok(())
     }
@@ -219,6 +220,7 @@ impl Iam {
             Ok::<_, AccountError>(())
         })?;
         self.policies.forget(&Resource::service_account(&account.project_id, &account.email))?;
+        self.forget_known_tokens();
         tracing::info!(account = %account.email, "service account deleted");
         Ok(())
     }
@@ -234,6 +236,7 @@ impl Iam {
             tx.execute("UPDATE service_accounts SET disabled = ?2 WHERE email = ?1", params![account.email, disabled])?;
             Ok::<_, AccountError>(())
         })?;
+        self.forget_known_tokens();
         tracing::info!(account = %account.email, disabled, "service account state changed");
         Ok(())
     }

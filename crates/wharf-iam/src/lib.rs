@@ -14,13 +14,17 @@
 pub mod accounts;
 pub mod keys;
 pub mod member;
+pub mod oidc;
 pub mod policy;
 pub mod roles;
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
@@ -31,6 +35,7 @@ use wharf_store::rusqlite::{OptionalExtension, params};
 pub const OWNER_TOKEN_FILE: &str = "owner.token";
 
 pub use member::{Member, Principal};
+pub use oidc::{IdClaims, IdTokenError, Issuer};
 pub use policy::{AuthorizeError, Denied, Policies, Policy, Resource};
 
 /// An access token minted for a principal, and when it stops being accepted.
@@ -79,6 +84,31 @@ pub enum IamError {
 pub struct Iam {
     db: Store,
     pub policies: Policies,
+    /// Signs and verifies Wharf's ID tokens (see [`oidc`]).
+    pub issuer: Issuer,
+    /// Tokens recently found in the database: hash -> who and until when, and when it was
+    /// looked up. Keeps the per-request check of the ingress off SQLite.
+    known_tokens: Arc<RwLock<HashMap<String, KnownToken>>>,
+}
+
+#[derive(Debug, Clone)]
+struct KnownToken {
+    principal: Principal,
+    expires_at: Option<i64>,
+    looked_up: Instant,
+}
+
+/// How long a token found in the database is trusted from memory before it is looked up again.
+const KNOWN_TOKEN_TTL: Duration = Duration::from_secs(30);
+const KNOWN_TOKEN_LIMIT: usize = 10_000;
+
+/// Why an invocation's credentials were not accepted (a 401 at the ingress).
+#[derive(Debug, thiserror::Error)]
+pub enum InvokerAuthError {
+    #[error(transparent)]
+    IdToken(#[from] IdTokenError),
+    #[error(transparent)]
+    Token(#[from] AuthError),
 }
 
 impl Iam {
@@ -103,7 +133,27 @@ impl Iam {
             )
             .map_err(wharf_store::StoreError::Query)
         })?;
-        Ok(Iam { policies: Policies::new(db.clone()), db })
+        Ok(Iam {
+            policies: Policies::new(db.clone()),
+            issuer: Issuer::new(db.clone()),
+            db,
+            known_tokens: Arc::default(),
+        })
+    }
+
+    /// Authenticates the caller of a service: `bearer` is the token of an `Authorization` or
+    /// `X-Serverless-Authorization: Bearer` header. A JWT must be a Wharf ID token whose
+    /// audience `audience_ok` accepts (the service's URLs); anything else must be a token
+    /// [`Iam::authenticate`] accepts (the owner's, or a minted access token).
+    pub fn authenticate_invoker(
+        &self,
+        bearer: &str,
+        audience_ok: impl Fn(&str) -> bool,
+    ) -> Result<Principal, InvokerAuthError> {
+        if bearer.starts_with("eyJ") && bearer.matches('.').count() == 2 {
+            return Ok(self.issuer.verify(bearer, audience_ok)?.principal());
+        }
+        Ok(self.authenticate_token(bearer)?)
     }
 
     /// Checks an `Authorization` header value: `Bearer <token>`, or `Basic` with the token as
@@ -128,7 +178,21 @@ impl Iam {
         if keys::looks_like_jwt(&token) {
             return self.verify_signed_jwt(&token, None);
         }
-        let hash = token_hash(&token);
+        self.authenticate_token(&token)
+    }
+
+    /// Checks a bearer token (the owner's or a minted access token), from memory when it was
+    /// looked up in the last [`KNOWN_TOKEN_TTL`].
+    fn authenticate_token(&self, token: &str) -> Result<Principal, AuthError> {
+        let hash = token_hash(token);
+        let now = wharf_store::unix_now();
+        let known = self.known_tokens.read().unwrap_or_else(|e| e.into_inner()).get(&hash).cloned();
+        if let Some(known) = known.filter(|k| k.looked_up.elapsed() < KNOWN_TOKEN_TTL) {
+            if known.expires_at.is_some_and(|at| at <= now) {
+                return Err(AuthError::Expired);
+            }
+            return Ok(known.principal);
+        }
         let found = self.db.read(|c| {
             let principal: Option<(String, Option<i64>)> = c
                 .query_row("SELECT name, NULL FROM principals WHERE token_sha256 = ?1", [&hash], |r| {
@@ -147,14 +211,25 @@ impl Iam {
             }
         })?;
         let (name, expires_at) = found.ok_or(AuthError::Invalid("unknown token"))?;
-        if expires_at.is_some_and(|at| at <= wharf_store::unix_now()) {
+        if expires_at.is_some_and(|at| at <= now) {
             return Err(AuthError::Expired);
         }
         let principal = Principal::from_name(&name).ok_or(AuthError::Invalid("token names an unknown principal"))?;
         if !self.account_usable(&principal)? {
             return Err(AuthError::AccountDisabled(name));
         }
+        let mut known = self.known_tokens.write().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= KNOWN_TOKEN_LIMIT {
+            known.clear();
+        }
+        known.insert(hash, KnownToken { principal: principal.clone(), expires_at, looked_up: Instant::now() });
         Ok(principal)
+    }
+
+    /// Drops every remembered token lookup, so that a deleted or disabled principal's tokens
+    /// stop working on the very next request (called by every change to principals).
+    pub(crate) fn forget_known_tokens(&self) {
+        self.known_tokens.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Whether `caller` (None: no credentials) holds `permission` on `resource`.

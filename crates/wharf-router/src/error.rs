@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Response, StatusCode};
 
+use crate::access::Refusal;
 use crate::proxy::ProxyBody;
 use crate::upstream::LaunchError;
 
@@ -34,6 +35,9 @@ pub enum ProxyError {
     Upstream(String),
     #[error("the request exceeded its timeout of {0:?}")]
     Timeout(std::time::Duration),
+    /// The caller may not invoke the service (see [`crate::access`]).
+    #[error("refused {path}: {refusal}")]
+    Refused { refusal: Refusal, path: String },
 }
 
 impl ProxyError {
@@ -46,6 +50,12 @@ impl ProxyError {
             }
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Refused { refusal, .. } => match refusal {
+                Refusal::NotInternal => StatusCode::NOT_FOUND,
+                Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
+                Refusal::Policy(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         }
     }
 
@@ -70,6 +80,7 @@ impl ProxyError {
             }
             ProxyError::Upstream(_) => "The upstream instance failed to answer the request.".to_owned(),
             ProxyError::Timeout(t) => format!("upstream request timeout: the request exceeded {}s", t.as_secs()),
+            ProxyError::Refused { refusal, path } => google_error_page(refusal, path),
         }
     }
 
@@ -102,15 +113,62 @@ impl ProxyError {
         if status.is_server_error() {
             tracing::debug!(error = %self, "proxy error");
         }
+        let refused = matches!(self, ProxyError::Refused { .. });
+        if refused {
+            tracing::debug!(error = %self, "request refused");
+        }
         let body = Full::new(Bytes::from(format!("{}\n", self.body()))).map_err(|never| match never {}).boxed();
         let mut response = Response::new(body);
         *response.status_mut() = status;
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("valid"));
+        let content_type = if refused { "text/html; charset=UTF-8" } else { "text/plain; charset=utf-8" };
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, content_type.parse().expect("valid"));
+        if status == StatusCode::UNAUTHORIZED {
+            // What Cloud Run's front end sends with its 401.
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                "Bearer error=\"invalid_token\" error_description=\"The access token could not be verified\""
+                    .parse()
+                    .expect("valid"),
+            );
+        }
         if self.retryable() {
             response.headers_mut().insert(hyper::header::RETRY_AFTER, "1".parse().expect("valid"));
         }
         response
     }
+}
+
+/// The page Google's front end (and so Cloud Run) answers a refused invocation with.
+fn google_error_page(refusal: &Refusal, path: &str) -> String {
+    let escaped: String = path
+        .chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '&' => "&amp;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            c => c.to_string(),
+        })
+        .collect();
+    let (code, title, sentence) = match refusal {
+        Refusal::Unauthenticated(_) => (
+            401,
+            "Unauthorized",
+            format!("Your client does not have permission to the requested URL <code>{escaped}</code>."),
+        ),
+        Refusal::Forbidden { .. } => (
+            403,
+            "Forbidden",
+            format!("Your client does not have permission to get URL <code>{escaped}</code> from this server."),
+        ),
+        Refusal::NotInternal => (404, "Page not found", "The requested URL was not found on this server.".to_owned()),
+        Refusal::Policy(_) => {
+            (500, "Server Error", "The server encountered an error and could not complete your request.".to_owned())
+        }
+    };
+    format!(
+        "<html><head>\n<meta http-equiv=\"content-type\" content=\"text/html;charset=utf-8\">\n<title>{code} {title}</title>\n</head>\n<body text=#000000 bgcolor=#ffffff>\n<h1>Error: {title}</h1>\n<h2>{sentence}</h2>\n<h2></h2>\n</body></html>"
+    )
 }
 
 /// gRPC's DEADLINE_EXCEEDED.

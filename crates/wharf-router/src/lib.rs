@@ -14,10 +14,13 @@
 //!   hostile clients: connection cap, accept back-off, header-read and idle timeouts, header limits.
 //! - [`tls`]: the HTTPS ingress's rustls settings and its certificates, chosen by SNI (set
 //!   ones, or issued by the server's local CA for the hosts it routes).
+//! - [`access`]: who may call a service: the ingress setting, credentials (Wharf ID tokens and
+//!   access tokens) and `run.routes.invoke`, checked per request.
 //! - [`error`]: how every proxy failure is answered, classified in one place.
 //!
 //! It does not know how instances are built (the launcher does) nor where routes come from.
 
+pub mod access;
 pub mod error;
 pub mod listener;
 pub mod pool;
@@ -28,6 +31,7 @@ mod testing;
 pub mod tls;
 pub mod upstream;
 
+pub use access::{Access, Gate, IngressSetting};
 pub use listener::{Listener, ListenerLimits};
 pub use pool::{Lease, PoolConfig, PoolStats, RevisionPool, UpstreamProtocol};
 pub use proxy::{serve, serve_tls};

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::access::Access;
 use crate::pool::RevisionPool;
 
 /// How one service's traffic is split.
@@ -13,6 +14,8 @@ pub struct ServiceRoute {
     pub service: String,
     /// Revisions with their percent (summing to 100), in a stable order.
     pub targets: Vec<(Arc<RevisionPool>, u32)>,
+    /// Who may call the service (checked by the proxy before anything else).
+    pub access: Arc<Access>,
 }
 
 impl ServiceRoute {
@@ -54,7 +57,7 @@ impl RoutingTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{FakeLauncher, config};
+    use crate::testing::{FakeLauncher, config, open_access};
 
     fn pool(revision: &str) -> Arc<RevisionPool> {
         RevisionPool::start(revision, config(80, 0, 10), FakeLauncher::gated().arc())
@@ -76,7 +79,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn hosts_are_matched_without_case_or_port() {
         let table = RoutingTable::default();
-        table.set("Hello.Example.com", ServiceRoute { service: "hello".to_owned(), targets: vec![(pool("a"), 100)] });
+        table.set(
+            "Hello.Example.com",
+            ServiceRoute { service: "hello".to_owned(), targets: vec![(pool("a"), 100)], access: open_access() },
+        );
 
         let service = |host| table.lookup(host).map(|route| route.service.clone());
         assert_eq!(service("hello.example.com:8080").as_deref(), Some("hello"));
@@ -91,7 +97,7 @@ mod tests {
     async fn a_new_split_sends_new_requests_to_the_new_revision() {
         let table = RoutingTable::default();
         let (old, new) = (pool("hello-00001"), pool("hello-00002"));
-        let route = |targets| ServiceRoute { service: "hello".to_owned(), targets };
+        let route = |targets| ServiceRoute { service: "hello".to_owned(), targets, access: open_access() };
         table.set("hello.example.com", route(vec![(old.clone(), 100)]));
         let before = table.lookup("hello.example.com").unwrap();
 

@@ -215,3 +215,25 @@ pub(crate) fn config(concurrency: u32, min_instances: u32, max_instances: u32) -
         protocol: crate::pool::UpstreamProtocol::Http1,
     }
 }
+
+/// Access rules of a service with the invoker IAM check off (Cloud Run's
+/// `invokerIamDisabled`), for tests about routing rather than access.
+pub(crate) fn open_access() -> Arc<crate::access::Access> {
+    Arc::new(crate::access::Access {
+        resource: wharf_iam::Resource::service("test", "us-central1", "hello"),
+        hosts: vec!["hello.example.com".to_owned()],
+        invoker_iam_disabled: true,
+        ingress: crate::access::IngressSetting::All,
+    })
+}
+
+/// An [`Iam`](wharf_iam::Iam) over a temporary database, with the issuer URL set, and the
+/// owner's token.
+pub(crate) fn iam() -> (tempfile::TempDir, wharf_iam::Iam, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = wharf_store::Store::open(&dir.path().join("state.db")).expect("store");
+    let iam = wharf_iam::Iam::open(db, dir.path()).expect("iam");
+    iam.issuer.set_url("http://127.0.0.1:8000");
+    let token = std::fs::read_to_string(dir.path().join(wharf_iam::OWNER_TOKEN_FILE)).expect("owner token");
+    (dir, iam, token.trim().to_owned())
+}

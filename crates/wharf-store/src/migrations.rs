@@ -223,6 +223,14 @@ const MIGRATIONS: &[&str] = &[
          valid_before INTEGER NOT NULL
      );
      CREATE INDEX service_account_keys_email ON service_account_keys (email);",
+    // 11: Wharf as an OIDC issuer: the RSA keys ID tokens are signed with (PKCS#8 PEM), newest
+    // active; a retired key stays published in the JWKS until the tokens it signed expired.
+    "CREATE TABLE signing_keys (
+         kid TEXT PRIMARY KEY,
+         private_key_pem TEXT NOT NULL,
+         created_at INTEGER NOT NULL,
+         retired_at INTEGER
+     );",
 ];
 
 pub(crate) fn latest_version() -> i64 {

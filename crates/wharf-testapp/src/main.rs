@@ -24,7 +24,7 @@
 //! | `/ip` | the instance's own IPv4 address (the source address of its default route) |
 //! | `/connect?addr=IP:PORT` | opens a TCP connection (1 s timeout), reports `connected` or the error |
 //! | `/resolve?name=N` | the IPv4 addresses N resolves to (the libc resolver: `/etc/resolv.conf`), one a line, or the error |
-//! | `/fetch?addr=HOST:PORT&path=P` | an HTTP/1.1 GET of P (default `/`) at HOST:PORT (resolved as above) with `Host: HOST:PORT`; the raw response (5 s timeout) |
+//! | `/fetch?addr=HOST:PORT&path=P&header=NAME:VALUE` | an HTTP/1.1 GET of P (default `/`) at HOST:PORT (resolved as above) with `Host: HOST:PORT` and the one extra header if given; the raw response (5 s timeout) |
 //! | `/sandbox?fork_max=N` | tries what the sandbox must refuse, reports operation -> `ok`/errno as JSON (`sandbox.rs`) |
 //!
 //! As a job task (`testapp job`), it logs `task <index> attempt <attempt>` and, after
@@ -345,9 +345,10 @@ async fn fetch(Query(q): Params) -> Response {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let Some(addr) = q.get("addr") else { return (StatusCode::BAD_REQUEST, "addr= required\n").into_response() };
     let path = q.get("path").map_or("/", String::as_str);
+    let header = q.get("header").map(|h| format!("{h}\r\n")).unwrap_or_default();
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{header}Connection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;

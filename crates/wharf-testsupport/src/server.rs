@@ -195,6 +195,17 @@ impl WharfServer {
         Ok(self.guard.check_and_clean())
     }
 
+    /// An HTTP client builder (no proxy) whose requests carry the owner's token unless they
+    /// set their own `Authorization`: services are private by default, and the owner may
+    /// invoke every one of them through the ingress.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.token)) {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        reqwest::Client::builder().no_proxy().default_headers(headers)
+    }
+
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addrs.api_addr)
     }

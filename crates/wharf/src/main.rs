@@ -87,12 +87,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::iam::ProjectsCommand,
     },
-    /// The CLI's credentials (as `gcloud auth`).
+    /// The CLI's credentials and tokens for private services and Wharf's APIs (as `gcloud auth`).
     Auth {
         #[command(flatten)]
         connection: cli::ConnectionArgs,
         #[command(subcommand)]
-        command: cli::iam::AuthCommand,
+        command: cli::auth::AuthCommand,
     },
     /// Manage images in Wharf's registry.
     Images {
@@ -136,6 +136,7 @@ fn main() -> std::process::ExitCode {
         match args.command {
             Command::Server(server_args) => server::run(*server_args).await,
             Command::Images { connection, command } => cli::images::run(&connection, command).await,
+            Command::Auth { connection, command } => cli::auth::run(&connection, command).await,
             Command::Run { connection, place, command } => cli::run::run(&connection, &place, *command).await,
             Command::Builds { connection, place, command } => cli::builds::run(&connection, &place, command).await,
             Command::Logs { connection, command } => cli::logs::run(&connection, command).await,
@@ -145,7 +146,6 @@ fn main() -> std::process::ExitCode {
             Command::Projects { connection, place, command } => {
                 cli::iam::run_projects(&connection, &place, command).await
             }
-            Command::Auth { connection, command } => cli::iam::run_auth(&connection, command).await,
             Command::Shim { .. } => unreachable!("handled before the async runtime starts"),
         }
     });

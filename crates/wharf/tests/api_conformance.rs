@@ -25,7 +25,7 @@ impl Api {
         let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let image = format!("{}/testapp:v1", server.addrs.registry_addr);
-        Api { server, client: reqwest::Client::builder().no_proxy().build().unwrap(), image, _work: work }
+        Api { client: server.client_builder().build().unwrap(), server, image, _work: work }
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {

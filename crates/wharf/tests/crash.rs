@@ -35,13 +35,13 @@ fn setup() -> Env {
 }
 
 impl Env {
-    fn client() -> reqwest::Client {
-        reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap()
+    fn client(&self) -> reqwest::Client {
+        self.server.client_builder().timeout(Duration::from_secs(60)).build().unwrap()
     }
 
     /// Sends an API request and returns the status and JSON body.
     async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = Env::client().request(method, self.server.api_url(path)).bearer_auth(&self.server.token);
+        let mut request = self.client().request(method, self.server.api_url(path)).bearer_auth(&self.server.token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -87,7 +87,8 @@ impl Env {
     /// GET / on a service through the ingress, by the host of its URI.
     async fn through_ingress(&self, uri: &str) -> (u16, String) {
         let host = uri.trim_start_matches("http://").split('/').next().unwrap().to_owned();
-        let r = Env::client()
+        let r = self
+            .client()
             .get(format!("http://{}/", self.server.addrs.ingress_addr))
             .header("Host", host.split(':').next().unwrap())
             .send()
@@ -255,7 +256,8 @@ async fn a_kill_during_a_registry_push_leaves_no_half_image_and_the_push_can_be_
 
     // The killed push left no tag behind, and the registry answers for it.
     let (status, tags) = {
-        let r = Env::client()
+        let r = env
+            .client()
             .get(env.server.registry_url("/v2/pushed/app/tags/list"))
             .basic_auth("wharf", Some(&env.server.token))
             .send()

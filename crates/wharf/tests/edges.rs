@@ -203,7 +203,9 @@ async fn a_hundred_abandoned_queued_requests_leave_nothing_behind() {
     let instances = || std::fs::read_dir(server.data_dir().join("instances")).map(|d| d.count()).unwrap_or(0);
     let ingress = addr(&server.addrs.ingress_addr);
     let queue_host = service_host("queue", "demo");
-    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {queue_host}\r\n\r\n");
+    let token = &server.token;
+    let request =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {queue_host}\r\nAuthorization: Bearer {token}\r\n\r\n");
 
     // One request holds the only instance; 100 more queue behind it.
     let mut holder = TcpStream::connect(ingress).await.unwrap();
@@ -227,7 +229,7 @@ async fn a_hundred_abandoned_queued_requests_leave_nothing_behind() {
         assert!(Instant::now() < deadline, "the instance never scaled to zero after the clients left");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let client = reqwest::Client::builder().no_proxy().timeout(PATIENCE).build().unwrap();
+    let client = server.client_builder().timeout(PATIENCE).build().unwrap();
     for _ in 0..3 {
         let response = client.get(format!("http://{ingress}/")).header("Host", &queue_host).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200);

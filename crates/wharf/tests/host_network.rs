@@ -103,7 +103,7 @@ impl Node {
     }
 
     async fn get(&self, service: &str, path: &str) -> (u16, String) {
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+        let client = self.server.client_builder().timeout(Duration::from_secs(30)).build().unwrap();
         let r = client
             .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
             .header("Host", service_host(service, "net"))

@@ -67,7 +67,7 @@ impl Env {
 
     /// GET `path` of service `service` (in project demo) through the ingress.
     async fn get(&self, service: &str, path: &str) -> (u16, String) {
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+        let client = self.server.client_builder().timeout(Duration::from_secs(60)).build().unwrap();
         let sent = client
             .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
             .header("Host", service_host(service, "demo"))
@@ -406,9 +406,11 @@ async fn instances_resolve_wharfs_names_and_forward_the_rest_to_the_hosts_resolv
     let asked = upstream.asked.lock().unwrap().clone();
     assert!(!asked.iter().any(|name| name.starts_with("metadata") || name.ends_with(".localhost")), "{asked:?}");
 
-    // A service's URL works from inside another service's instance.
+    // A service's URL works from inside another service's instance (with credentials: services
+    // are private).
     let url_host = format!("{}:{}", service_host("target", "demo"), env.ingress_port());
-    let (status, body) = env.get("caller", &format!("/fetch?addr={url_host}&path=/")).await;
+    let auth = format!("Authorization:%20Bearer%20{}", env.server.token);
+    let (status, body) = env.get("caller", &format!("/fetch?addr={url_host}&path=/&header={auth}")).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("Hello from target-00001-"), "{body}");

@@ -48,7 +48,7 @@ impl Env {
     /// GET `path` on the service's host through the ingress (Host header, as a browser would
     /// send for the service's URL; see `wharf_testsupport::service_host`).
     async fn get(&self, host: &str, path: &str) -> (u16, String) {
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+        let client = self.server.client_builder().timeout(Duration::from_secs(60)).build().unwrap();
         let r = client
             .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
             .header("Host", host)
@@ -179,7 +179,7 @@ impl InstanceSampler {
 async fn fire_work(env: &Env, host: &str, n: usize, ms: u64) -> Vec<(u16, String)> {
     let requests: Vec<_> = (0..n)
         .map(|_| {
-            let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+            let client = env.server.client_builder().timeout(Duration::from_secs(60)).build().unwrap();
             let url = format!("http://{}/work?ms={ms}", env.server.addrs.ingress_addr);
             let host = host.to_owned();
             tokio::spawn(async move {
@@ -439,14 +439,14 @@ async fn h2c_websocket_and_streamed_bodies_pass_through() {
     let ingress = &env.server.addrs.ingress_addr;
 
     // HTTP/2 cleartext with prior knowledge.
-    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let h2 = env.server.client_builder().http2_prior_knowledge().build().unwrap();
     let r = h2.get(format!("http://{ingress}/")).header("Host", host).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.text().await.unwrap().starts_with("Hello from proto-00001-"));
 
     // A streamed response arrives chunk by chunk, and a streamed request body is echoed.
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = env.server.client_builder().build().unwrap();
     let mut r =
         client.get(format!("http://{ingress}/stream?chunks=3&ms=200")).header("Host", host).send().await.unwrap();
     let first = r.chunk().await.unwrap().unwrap();
@@ -466,7 +466,8 @@ async fn h2c_websocket_and_streamed_bodies_pass_through() {
     let mut ws = tokio::net::TcpStream::connect(ingress.as_str()).await.unwrap();
     let handshake = format!(
         "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Authorization: Bearer {}\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        env.server.token
     );
     ws.write_all(handshake.as_bytes()).await.unwrap();
     let mut response = Vec::new();

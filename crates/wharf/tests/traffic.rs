@@ -68,8 +68,8 @@ impl Lab {
             .collect()
     }
 
-    fn client() -> reqwest::Client {
-        reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
+    fn client(&self) -> reqwest::Client {
+        self.server.client_builder().timeout(Duration::from_secs(30)).build().unwrap()
     }
 
     /// Which revision answered `/` on `host`.
@@ -85,7 +85,7 @@ impl Lab {
     }
 
     async fn count(&self, host: &str, n: usize, revision: &str) -> usize {
-        let client = Lab::client();
+        let client = self.client();
         let mut hits = 0;
         for _ in 0..n {
             if self.who(&client, host).await == revision {
@@ -140,7 +140,7 @@ async fn blue_green_lab_with_tags_canary_cutover_rollback_and_restart() {
     let names: Vec<&str> = revisions.lines().collect();
     let (green, blue) = (names[0].to_owned(), names[names.len() - 1].to_owned());
     assert_eq!(names.len(), 2, "{revisions}");
-    let client = Lab::client();
+    let client = lab.client();
     assert_eq!(lab.who(&client, &format!("green---{}", service_host("color-api", "lab"))).await, green);
     assert_eq!(lab.count(&host(), 20, &blue).await, 20, "--no-traffic must leave all traffic on blue");
 
@@ -230,7 +230,7 @@ async fn no_request_fails_under_load_across_a_rollout() {
     let load = {
         let (lab, ok, failed, stop) = (lab.clone(), ok.clone(), failed.clone(), stop.clone());
         tokio::spawn(async move {
-            let client = Lab::client();
+            let client = lab.client();
             let mut tick = tokio::time::interval(Duration::from_millis(5)); // 200 requests per second
             let mut inflight = tokio::task::JoinSet::new();
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -304,7 +304,7 @@ async fn session_affinity_keeps_a_client_on_its_instance() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let client = Lab::client();
+    let client = lab.client();
     let base = format!("http://{}", lab.server.addrs.ingress_addr);
     // Keep one instance busy so the next cookie-less request lands on the other one (B).
     let slow = {
@@ -342,7 +342,7 @@ async fn a_request_needing_an_instance_past_the_server_memory_limit_gets_429_wit
     });
     assert_eq!(limit.map(|l| l.trim().to_owned()), Some((256u64 << 20).to_string()));
     lab.wharf(&["run", "deploy", "full", "--image", &lab.image, "--concurrency", "1", "--memory", "128Mi"]);
-    let client = Lab::client();
+    let client = lab.client();
     let (base, host): (String, &'static str) =
         (format!("http://{}", lab.server.addrs.ingress_addr), service_host("full", "lab").leak());
     // Two requests keep two instances busy for a while (the second starts the second

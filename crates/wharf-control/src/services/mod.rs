@@ -500,10 +500,11 @@ impl ControlPlane {
             self.inner.operations.insert(tx, &op)?;
             store::delete_service(tx, parent, name)
         })?;
-        for host in render::hosts(&row, &self.inner.settings) {
-            self.inner.serving.table.remove(&host);
+        let hosts = render::hosts(&row, &self.inner.settings);
+        for host in &hosts {
+            self.inner.serving.table.remove(host);
         }
-        self.route_tags(&parent.path(), name, Vec::new());
+        self.route_tags(&parent.path(), name, Vec::new(), &Arc::new(reconcile::access(&row, &hosts)));
         drop(guard);
         let control = self.clone();
         let (parent, op_name) = (parent.clone(), op.name.clone());

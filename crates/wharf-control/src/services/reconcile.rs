@@ -13,7 +13,7 @@ use tracing::Instrument as _;
 use wharf_api::names::Parent;
 use wharf_api::{Code, Status};
 use wharf_autoscaler::ScalingConfig;
-use wharf_router::{PoolConfig, RevisionPool, ServiceRoute, UpstreamProtocol};
+use wharf_router::{Access, IngressSetting, PoolConfig, RevisionPool, ServiceRoute, UpstreamProtocol};
 
 use super::pools::RevisionLauncher;
 use super::render;
@@ -233,7 +233,8 @@ impl ControlPlane {
                 targets.push((pool, percent.unsigned_abs()));
             }
         }
-        self.route_tags(&row.parent.path(), &row.name, tagged);
+        let access = Arc::new(access(row, &hosts));
+        self.route_tags(&row.parent.path(), &row.name, tagged, &access);
         // Serving revisions keep their min-instances; the others scale toward zero.
         for rev in revisions {
             let Some(pool) = self.pool(&rev.parent.project, &rev.parent.location, &rev.name) else { continue };
@@ -244,16 +245,22 @@ impl ControlPlane {
             if targets.is_empty() {
                 self.inner.serving.table.remove(host);
             } else {
-                self.inner
-                    .serving
-                    .table
-                    .set(host, ServiceRoute { service: row.name.clone(), targets: targets.clone() });
+                self.inner.serving.table.set(
+                    host,
+                    ServiceRoute { service: row.name.clone(), targets: targets.clone(), access: access.clone() },
+                );
             }
         }
     }
 
     /// Routes each tag's own host to its revision, and drops tag hosts no longer in use.
-    pub(crate) fn route_tags(&self, parent: &str, service: &str, tagged: Vec<(String, Arc<RevisionPool>)>) {
+    pub(crate) fn route_tags(
+        &self,
+        parent: &str,
+        service: &str,
+        tagged: Vec<(String, Arc<RevisionPool>)>,
+        access: &Arc<Access>,
+    ) {
         let key = format!("{parent}/{service}");
         let hosts: Vec<String> = tagged.iter().map(|(h, _)| h.clone()).collect();
         let previous =
@@ -264,10 +271,10 @@ impl ControlPlane {
             }
         }
         for (host, pool) in tagged {
-            self.inner
-                .serving
-                .table
-                .set(&host, ServiceRoute { service: service.to_owned(), targets: vec![(pool, 100)] });
+            self.inner.serving.table.set(
+                &host,
+                ServiceRoute { service: service.to_owned(), targets: vec![(pool, 100)], access: access.clone() },
+            );
         }
     }
 
@@ -278,5 +285,16 @@ impl ControlPlane {
         if let Some(pool) = pool {
             pool.close(Duration::from_secs(10)).await;
         }
+    }
+}
+
+/// Who may call the service: its policy (as a resource), its URLs' hosts (ID token audiences),
+/// `invokerIamDisabled` and its ingress setting.
+pub(crate) fn access(row: &ServiceRow, hosts: &[String]) -> Access {
+    Access {
+        resource: wharf_iam::Resource::service(&row.parent.project, &row.parent.location, &row.name),
+        hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        invoker_iam_disabled: row.spec.invoker_iam_disabled,
+        ingress: IngressSetting::from_api(row.spec.ingress.as_deref()),
     }
 }

@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 
+use crate::access::{Gate, Refusal};
 use crate::error::ProxyError;
 use crate::listener::{ConnectionPlace, Listener};
 use crate::pool::{Lease, UpstreamProtocol};
@@ -54,9 +55,10 @@ pub async fn serve(
     socket: TcpListener,
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
+    gate: Gate,
     shutdown: CancellationToken,
 ) {
-    serve_on(socket, listener, table, None, shutdown).await;
+    serve_on(socket, listener, table, gate, None, shutdown).await;
 }
 
 /// Serves the ingress over TLS on `socket` (see [`crate::tls`]): the same proxy, with
@@ -65,16 +67,18 @@ pub async fn serve_tls(
     socket: TcpListener,
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
+    gate: Gate,
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) {
-    serve_on(socket, listener, table, Some(tokio_rustls::TlsAcceptor::from(tls)), shutdown).await;
+    serve_on(socket, listener, table, gate, Some(tokio_rustls::TlsAcceptor::from(tls)), shutdown).await;
 }
 
 async fn serve_on(
     socket: TcpListener,
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
+    gate: Gate,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
@@ -88,8 +92,8 @@ async fn serve_on(
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut workers = Vec::new();
     for i in 0..threads {
-        let (socket, listener, table, tls, shutdown) = match socket.try_clone() {
-            Ok(l) => (l, listener.clone(), table.clone(), tls.clone(), shutdown.clone()),
+        let (socket, listener, table, gate, tls, shutdown) = match socket.try_clone() {
+            Ok(l) => (l, listener.clone(), table.clone(), gate.clone(), tls.clone(), shutdown.clone()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot share the ingress listener");
                 break;
@@ -105,7 +109,7 @@ async fn serve_on(
             };
             runtime.block_on(async move {
                 match TcpListener::from_std(socket) {
-                    Ok(socket) => accept_loop(socket, listener, table, tls, shutdown).await,
+                    Ok(socket) => accept_loop(socket, listener, table, gate, tls, shutdown).await,
                     Err(e) => tracing::error!(error = %e, "ingress worker cannot listen"),
                 }
             });
@@ -130,6 +134,7 @@ async fn accept_loop(
     socket: TcpListener,
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
+    gate: Gate,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
@@ -147,7 +152,7 @@ async fn accept_loop(
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
     let forwarded_proto = if tls.is_some() { "https" } else { "http" };
-    let proxy = Arc::new(Proxy { table, http1, h2c, forwarded_proto });
+    let proxy = Arc::new(Proxy { table, gate, http1, h2c, forwarded_proto });
     let make_service = move |remote| {
         let proxy = proxy.clone();
         hyper::service::service_fn(move |req| {
@@ -163,6 +168,7 @@ async fn accept_loop(
 
 struct Proxy {
     table: Arc<RoutingTable>,
+    gate: Gate,
     /// To instances of revisions whose port is `http1`, and for upgrades (WebSocket) to any.
     http1: Client<HttpConnector, Incoming>,
     /// To instances of revisions whose port is `h2c`: HTTP/2 with prior knowledge.
@@ -223,6 +229,11 @@ impl Proxy {
         grpc: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = self.table.lookup(&host).ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
+        match self.gate.admit(&route.access, req.headers(), remote.ip()) {
+            Ok(_) => {}
+            Err(Refusal::NotInternal) => return Err(ProxyError::UnknownHost { host }),
+            Err(refusal) => return Err(ProxyError::Refused { refusal, path: req.uri().path().to_owned() }),
+        }
         let roll = if route.targets.len() > 1 { fast_random() % 100 } else { 0 };
         let pool = route.pick(u32::try_from(roll).unwrap_or(0)).ok_or(ProxyError::NoRevision)?.clone();
         span.record("revision", pool.revision.as_str());

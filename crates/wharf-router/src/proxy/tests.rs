@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::Context;
 
 use super::{accept_loop, add_trace_headers, prepare_headers};
+use crate::access::Gate;
 use crate::listener::{Listener, ListenerLimits};
 use crate::pool::{PoolConfig, RevisionPool, UpstreamProtocol};
 use crate::table::{RoutingTable, ServiceRoute};
-use crate::testing::{FakeLauncher, config};
+use crate::testing::{FakeLauncher, config, open_access};
 
 const HOST: &str = "hello.example.com";
 
@@ -52,6 +53,8 @@ async fn refusing() -> SocketAddr {
 /// A running ingress over `table`, stopped when dropped.
 struct Ingress {
     addr: SocketAddr,
+    /// The IAM database of the ingress's gate, kept until the ingress is dropped.
+    _iam_dir: Option<tempfile::TempDir>,
     listener: Arc<Listener>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     shutdown: CancellationToken,
@@ -59,12 +62,25 @@ struct Ingress {
 
 impl Ingress {
     async fn start(table: Arc<RoutingTable>) -> Ingress {
+        let (dir, iam, _) = crate::testing::iam();
+        let mut ingress = Ingress::start_with_gate(table, Gate::new(iam, vec![])).await;
+        ingress._iam_dir = Some(dir);
+        ingress
+    }
+
+    async fn start_with_gate(table: Arc<RoutingTable>, gate: Gate) -> Ingress {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let limits = Listener::new("ingress", ListenerLimits::default());
-        tokio::spawn(accept_loop(listener, limits.clone(), table, None, shutdown.clone()));
-        Ingress { addr, listener: limits, client: Client::builder(TokioExecutor::new()).build_http(), shutdown }
+        tokio::spawn(accept_loop(listener, limits.clone(), table, gate, None, shutdown.clone()));
+        Ingress {
+            addr,
+            _iam_dir: None,
+            listener: limits,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            shutdown,
+        }
     }
 
     /// Sends `GET path` for `host`; returns the status and the body.
@@ -98,7 +114,10 @@ fn route(
 ) -> (Arc<RevisionPool>, FakeLauncher) {
     let launcher = FakeLauncher::instant(addr);
     let pool = RevisionPool::start(revision, config, launcher.arc());
-    table.set(HOST, ServiceRoute { service: "hello".to_owned(), targets: vec![(pool.clone(), 100)] });
+    table.set(
+        HOST,
+        ServiceRoute { service: "hello".to_owned(), targets: vec![(pool.clone(), 100)], access: open_access() },
+    );
     (pool, launcher)
 }
 
@@ -408,4 +427,126 @@ fn forwarding_headers() {
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert!(!h.contains_key("connection"));
+}
+
+/// Sends `GET /private` for [`HOST`] with `headers`; returns the status, the
+/// `WWW-Authenticate` header and the body.
+async fn get_with(ingress: &Ingress, headers: &[(&str, &str)]) -> (StatusCode, Option<String>, String) {
+    let mut request = Request::get(format!("http://{}/private", ingress.addr)).header(header::HOST, HOST);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = ingress.client.request(request.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let status = response.status();
+    let challenge = response.headers().get(header::WWW_AUTHENTICATE).map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, challenge, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// A private service (the IAM check on) at [`HOST`], its instance answering "private".
+async fn private_service(table: &RoutingTable) -> Arc<crate::access::Access> {
+    let access = Arc::new(crate::access::Access {
+        resource: wharf_iam::Resource::service("p", "us-central1", "hello"),
+        hosts: vec![HOST.to_owned()],
+        invoker_iam_disabled: false,
+        ingress: crate::access::IngressSetting::All,
+    });
+    let pool =
+        RevisionPool::start("hello-00001", config(80, 0, 10), FakeLauncher::instant(instance("private").await).arc());
+    table.set(HOST, ServiceRoute { service: "hello".to_owned(), targets: vec![(pool, 100)], access: access.clone() });
+    access
+}
+
+#[tokio::test]
+async fn a_private_service_wants_a_token_for_its_url_and_the_invoker_permission() {
+    use wharf_iam::policy::{Binding, Policy};
+    let table = Arc::new(RoutingTable::default());
+    let access = private_service(&table).await;
+    let (_dir, iam, owner_token) = crate::testing::iam();
+    let ingress = Ingress::start_with_gate(table, Gate::new(iam.clone(), vec![])).await;
+    let bearer = |token: &str| format!("Bearer {token}");
+
+    // No credentials: 401 with Cloud Run's page and challenge.
+    let (status, challenge, body) = get_with(&ingress, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge.as_deref(),
+        Some(r#"Bearer error="invalid_token" error_description="The access token could not be verified""#)
+    );
+    assert!(body.contains("<h1>Error: Unauthorized</h1>"), "{body}");
+    assert!(body.contains("Your client does not have permission to the requested URL <code>/private</code>."));
+
+    // The owner, by token or by ID token for the service's URL, in either header.
+    assert_eq!(get_with(&ingress, &[("authorization", &bearer(&owner_token))]).await.0, StatusCode::OK);
+    let (owner_id, _) =
+        iam.issuer.sign_id_token(&wharf_iam::Principal::Owner, &format!("http://{HOST}:8080/")).unwrap();
+    assert_eq!(get_with(&ingress, &[("authorization", &bearer(&owner_id))]).await.2, "private");
+    let both = [("authorization", "Basic app-credentials"), ("x-serverless-authorization", &bearer(&owner_id))];
+    assert_eq!(get_with(&ingress, &both).await.0, StatusCode::OK);
+
+    // Not valid: an ID token for another URL, a tampered one, an unknown or expired token.
+    let (elsewhere, _) = iam.issuer.sign_id_token(&wharf_iam::Principal::Owner, "http://other.example.com").unwrap();
+    let mut tampered = owner_id.clone();
+    tampered.replace_range(tampered.len() - 6.., "AAAAAA");
+    let sa = wharf_iam::Principal::ServiceAccount("caller@p.iam.gserviceaccount.com".into());
+    let expired = iam.mint_access_token(&sa, 0).unwrap().token;
+    for token in [elsewhere.as_str(), tampered.as_str(), "wharf_not-a-token", expired.as_str()] {
+        let (status, _, body) = get_with(&ingress, &[("authorization", &bearer(token))]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}: {body}");
+    }
+
+    // A valid caller without run.routes.invoke: 403; with it (on the service): 200.
+    let (sa_id, _) = iam.issuer.sign_id_token(&sa, &format!("http://{HOST}")).unwrap();
+    let (status, _, body) = get_with(&ingress, &[("authorization", &bearer(&sa_id))]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("Your client does not have permission to get URL <code>/private</code> from this server."));
+    let invoker = |members: &[&str]| Policy {
+        bindings: vec![Binding {
+            role: "roles/run.invoker".into(),
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+            condition: None,
+        }],
+        ..Policy::default()
+    };
+    iam.policies.set(&access.resource, &invoker(&[&sa.name()])).unwrap();
+    assert_eq!(get_with(&ingress, &[("authorization", &bearer(&sa_id))]).await.0, StatusCode::OK);
+    let access_token = iam.mint_access_token(&sa, 600).unwrap().token;
+    assert_eq!(get_with(&ingress, &[("authorization", &bearer(&access_token))]).await.0, StatusCode::OK);
+    assert_eq!(get_with(&ingress, &[]).await.0, StatusCode::UNAUTHORIZED);
+
+    // allUsers on the project: anyone, without credentials (inherited by the service).
+    iam.policies.set(&wharf_iam::Resource::project("p"), &invoker(&["allUsers"])).unwrap();
+    assert_eq!(get_with(&ingress, &[]).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn internal_services_answer_loopback_and_instances_only() {
+    let (_dir, iam, owner_token) = crate::testing::iam();
+    let gate = Gate::new(iam, vec![(std::net::Ipv4Addr::new(10, 213, 0, 0), 16)]);
+    let internal = crate::access::Access {
+        resource: wharf_iam::Resource::service("p", "us-central1", "hello"),
+        hosts: vec![HOST.to_owned()],
+        invoker_iam_disabled: true,
+        ingress: crate::access::IngressSetting::Internal,
+    };
+    let headers = HeaderMap::new();
+    let from = |ip: [u8; 4]| std::net::IpAddr::from(ip);
+    assert_eq!(gate.admit(&internal, &headers, from([127, 0, 0, 1])).unwrap(), None);
+    assert_eq!(gate.admit(&internal, &headers, from([10, 213, 4, 9])).unwrap(), None);
+    for outside in [[10, 214, 0, 1], [192, 0, 2, 1], [169, 254, 1, 2]] {
+        assert!(matches!(gate.admit(&internal, &headers, from(outside)), Err(crate::access::Refusal::NotInternal)));
+    }
+    // Through the proxy: loopback is internal; the answer for an outsider is the 404 of an
+    // unknown host (the end-to-end test sends one from a non-loopback address).
+    let table = Arc::new(RoutingTable::default());
+    let pool =
+        RevisionPool::start("hello-00001", config(80, 0, 10), FakeLauncher::instant(instance("inside").await).arc());
+    table.set(
+        HOST,
+        ServiceRoute { service: "hello".to_owned(), targets: vec![(pool, 100)], access: Arc::new(internal) },
+    );
+    let (dir2, iam2, _) = crate::testing::iam();
+    let ingress = Ingress::start_with_gate(table, Gate::new(iam2, vec![])).await;
+    assert_eq!(get_with(&ingress, &[("authorization", &format!("Bearer {owner_token}"))]).await.2, "inside");
+    drop(dir2);
 }

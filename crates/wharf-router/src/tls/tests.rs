@@ -46,6 +46,7 @@ struct Https {
     ca_pem: String,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
+    _iam_dir: tempfile::TempDir,
 }
 
 impl Drop for Https {
@@ -58,7 +59,10 @@ async fn start(limits: ListenerLimits) -> Https {
     let dir = tempfile::tempdir().unwrap();
     let table = Arc::new(RoutingTable::default());
     let pool = RevisionPool::start("hello-00001", config(80, 0, 10), FakeLauncher::instant(instance().await).arc());
-    table.set(HOST, ServiceRoute { service: "hello".into(), targets: vec![(pool, 100)] });
+    table.set(
+        HOST,
+        ServiceRoute { service: "hello".into(), targets: vec![(pool, 100)], access: crate::testing::open_access() },
+    );
     let routed = table.clone();
     // Created, then opened again as a restarted server would: the handshakes below use
     // the reloaded CA.
@@ -72,8 +76,10 @@ async fn start(limits: ListenerLimits) -> Https {
     let addr = socket.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let tls = server_config(certificates).unwrap();
-    tokio::spawn(crate::proxy::serve_tls(socket, Listener::new("ingress", limits), table, tls, shutdown.clone()));
-    Https { addr, ca_pem, shutdown, _dir: dir }
+    let (iam_dir, iam, _) = crate::testing::iam();
+    let gate = crate::access::Gate::new(iam, vec![]);
+    tokio::spawn(crate::proxy::serve_tls(socket, Listener::new("ingress", limits), table, gate, tls, shutdown.clone()));
+    Https { addr, ca_pem, shutdown, _dir: dir, _iam_dir: iam_dir }
 }
 
 fn client_config(

@@ -144,6 +144,10 @@ impl InstanceNetwork {
     }
 }
 
+/// The instance subnet (address, prefix length): every instance's address is in it, which is
+/// how the ingress tells Wharf's instances (internal traffic) from other clients.
+pub const INSTANCE_SUBNET: (std::net::Ipv4Addr, u8) = (std::net::Ipv4Addr::new(10, 213, 0, 0), 16);
+
 /// The host side of instance networking.
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -161,8 +165,9 @@ pub struct Network {
 impl Network {
     pub fn new(services: Option<InstanceServices>, vpc_networks: Vec<VpcNetwork>) -> Network {
         let unique = uuid::Uuid::new_v4().simple().to_string();
+        let [a, b, _, _] = INSTANCE_SUBNET.0.octets();
         let holder = format!("{}-{}", std::process::id(), &unique[..12]);
-        Network { prefix: [10, 213], holder, services, vpc_networks }
+        Network { prefix: [a, b], holder, services, vpc_networks }
     }
 
     /// The chain of this server's network `name` in the host table: named after the server

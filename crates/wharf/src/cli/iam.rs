@@ -132,19 +132,6 @@ pub enum ProjectsCommand {
     },
 }
 
-#[derive(Debug, clap::Subcommand)]
-pub enum AuthCommand {
-    /// Store a credential (a user token from `wharf iam users create`) where the CLI reads it
-    /// (`~/.config/wharf/config.toml`). Reads it from --token-file, or stdin.
-    Login {
-        /// File holding the token; `-` for stdin.
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-    },
-    /// Print the access token the CLI sends.
-    PrintAccessToken,
-}
-
 /// Prints `value` with `--format` (default: gcloud's for the verb).
 fn print(place: &Place, value: &Value, default: &str) -> anyhow::Result<()> {
     let format = place.format.as_deref().unwrap_or(default);
@@ -362,35 +349,29 @@ pub async fn run_projects(connection: &ConnectionArgs, place: &Place, command: P
     }
 }
 
-pub async fn run_auth(connection: &ConnectionArgs, command: AuthCommand) -> anyhow::Result<()> {
-    match command {
-        AuthCommand::Login { token_file } => {
-            let mut token = String::new();
-            match token_file.as_deref() {
-                Some(path) if path != std::path::Path::new("-") => {
-                    token = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                }
-                _ => {
-                    std::io::stdin().read_to_string(&mut token).context("cannot read the token from stdin")?;
-                }
-            }
-            let token = token.trim().to_owned();
-            if token.is_empty() {
-                bail!("no token given: pass --token-file FILE (or - and the token on stdin)");
-            }
-            // Check the credential before keeping it: any authenticated caller may list roles.
-            let client = Client::connect_with_token(connection, token.clone())?;
-            check(client.api_request(reqwest::Method::GET, "/v1/roles").send().await?)
-                .await
-                .context("the server refused this token")?;
-            let path = super::store_cli_setting("token", &token)?;
-            eprintln!("Credentials saved to [{}]; the CLI now sends them (WHARF_TOKEN still wins).", path.display());
-            Ok(())
+/// `wharf auth login`: checks a credential (a user token from `wharf iam users create`) and
+/// stores it where the CLI reads it (`~/.config/wharf/config.toml`); from `token_file`, or
+/// stdin.
+pub async fn login(connection: &ConnectionArgs, token_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut token = String::new();
+    match token_file.as_deref() {
+        Some(path) if path != std::path::Path::new("-") => {
+            token = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         }
-        AuthCommand::PrintAccessToken => {
-            let client = Client::connect(connection)?;
-            println!("{}", client.token());
-            Ok(())
+        _ => {
+            std::io::stdin().read_to_string(&mut token).context("cannot read the token from stdin")?;
         }
     }
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        bail!("no token given: pass --token-file FILE (or - and the token on stdin)");
+    }
+    // Check the credential before keeping it: any authenticated caller may list roles.
+    let client = Client::connect_with_token(connection, token.clone())?;
+    check(client.api_request(reqwest::Method::GET, "/v1/roles").send().await?)
+        .await
+        .context("the server refused this token")?;
+    let path = super::store_cli_setting("token", &token)?;
+    eprintln!("Credentials saved to [{}]; the CLI now sends them (WHARF_TOKEN still wins).", path.display());
+    Ok(())
 }

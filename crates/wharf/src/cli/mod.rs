@@ -4,6 +4,7 @@
 //! config file (`~/.config/wharf/config.toml`, key `token`), else the local owner token in
 //! `<data-dir>/owner.token` (readable by root only).
 
+pub mod auth;
 pub mod builds;
 pub mod ctx;
 pub mod flags;

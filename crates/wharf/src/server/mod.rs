@@ -100,6 +100,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Before the runtime: a failure here leaves nothing on the machine to undo.
     let builds = open_builder(&config, info.registry_addr)?;
 
+    // Wharf's ID tokens name the API as their issuer; the keys are loaded (the first one
+    // created) now, so no request waits for key generation.
+    iam.issuer.set_url(&format!("http://{}", reachable(info.api_addr)));
+    iam.issuer.load().context("cannot load the ID token signing keys")?;
+
     let table = Arc::new(wharf_router::RoutingTable::default());
     let shutdown = CancellationToken::new();
     let (dns, metadata_addr) = start_instance_services(&config, &table, shutdown.clone()).await?;
@@ -160,7 +165,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
 
     let housekeeper = housekeeping.spawn(shutdown.clone());
-    let registry = wharf_registry::router(wharf_registry::RegistryState { images, iam });
+    let registry = wharf_registry::router(wharf_registry::RegistryState { images, iam: iam.clone() });
     let limits = &config.edge.listener;
     let https = match https_listener {
         Some(socket) => {
@@ -177,6 +182,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 socket,
                 Listener::new("HTTPS ingress", limits.clone()),
                 table.clone(),
+                wharf_router::Gate::new(iam.clone(), vec![wharf_runtime::network::INSTANCE_SUBNET]),
                 tls,
                 shutdown.clone(),
             )))
@@ -194,6 +200,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ingress_listener,
             Listener::new("ingress", limits.clone()),
             table,
+            wharf_router::Gate::new(iam.clone(), vec![wharf_runtime::network::INSTANCE_SUBNET]),
             shutdown.clone(),
         )),
         serve(registry_listener, Listener::new("registry", limits.clone()), registry, shutdown.clone()),
@@ -293,6 +300,15 @@ async fn start_instance_services(
     let limits = Listener::new("metadata", config.edge.listener.clone());
     drop(serve(metadata_listener, limits, wharf_metadata::http::router(), shutdown));
     Ok((dns, metadata_addr))
+}
+
+/// An address clients can connect to: a listener on every address is reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if v4.ip().is_unspecified() => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, v4.port())),
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v6.port())),
+        other => other,
+    }
 }
 
 /// Where instances' connections to the ingress address go: the ingress listener itself, or

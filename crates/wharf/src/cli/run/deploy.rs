@@ -45,6 +45,10 @@ pub struct DeployArgs {
     /// The service account the revision runs as (you need iam.serviceAccounts.actAs on it).
     #[arg(long)]
     pub service_account: Option<String>,
+    /// Who may reach the service: all, internal (Wharf's instances and loopback only) or
+    /// internal-and-cloud-load-balancing (as internal: Wharf has no load balancer).
+    #[arg(long, value_parser = ["all", "internal", "internal-and-cloud-load-balancing"])]
+    pub ingress: Option<String>,
     /// Give the new revision no traffic (traffic stays where it is).
     #[arg(long)]
     pub no_traffic: bool,
@@ -119,6 +123,16 @@ fn count(flag: &str, text: &str) -> anyhow::Result<i32> {
 
 /// Applies the deploy/update flags to a template (the current one when updating).
 fn apply(args: &DeployArgs, service: &mut Service) -> anyhow::Result<()> {
+    if let Some(ingress) = &args.ingress {
+        service.ingress = Some(
+            match ingress.as_str() {
+                "internal" => "INGRESS_TRAFFIC_INTERNAL_ONLY",
+                "internal-and-cloud-load-balancing" => "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER",
+                _ => "INGRESS_TRAFFIC_ALL",
+            }
+            .to_owned(),
+        );
+    }
     let template = &mut service.template;
     if let Some(account) = &args.service_account {
         template.service_account = account.clone();

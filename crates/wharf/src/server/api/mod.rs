@@ -11,6 +11,7 @@
 
 mod builds;
 mod iam;
+mod identity;
 mod jobs;
 mod logging;
 mod operations;
@@ -40,6 +41,7 @@ use super::Platform;
 pub enum ApiError {
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The caller lacks a permission (403 `PERMISSION_DENIED`, worded as Google words it).
     #[error(transparent)]
     Denied(#[from] Denied),
     #[error(transparent)]
@@ -200,9 +202,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The API's routes. JSON bodies over `max_body_bytes` are refused with a 413.
+/// The API's routes. JSON bodies over `max_body_bytes` are refused with a 413. The OIDC
+/// discovery document and the JWKS are public; everything else is authenticated.
 pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
+    let public = identity::public_routes().with_state(platform.clone());
     let authenticated = Router::new()
+        .merge(identity::routes())
         .merge(services::routes())
         .merge(iam::routes())
         .merge(operations::routes())
@@ -224,6 +229,7 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(BodyLimit(max_body_bytes)))
         .with_state(platform)
+        .merge(public)
 }
 
 /// A known path with a method it does not take: `405` with a `google.rpc.Status` body (axum
