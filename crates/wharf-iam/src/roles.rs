@@ -34,6 +34,10 @@ pub mod perm {
     pub const OPERATIONS_LIST: &str = "run.operations.list";
     pub const OPERATIONS_DELETE: &str = "run.operations.delete";
     pub const LOCATIONS_LIST: &str = "run.locations.list";
+    /// Source builds (`wharf builds`, `--source`): submitting one, and reading them.
+    pub const BUILDS_CREATE: &str = "run.builds.create";
+    pub const BUILDS_GET: &str = "run.builds.get";
+    pub const BUILDS_LIST: &str = "run.builds.list";
 
     pub const PROJECTS_GET: &str = "resourcemanager.projects.get";
     pub const PROJECTS_GET_IAM_POLICY: &str = "resourcemanager.projects.getIamPolicy";
@@ -95,6 +99,8 @@ const RUN_READ: &[&str] = &[
     OPERATIONS_LIST,
     LOCATIONS_LIST,
     PROJECTS_GET,
+    BUILDS_GET,
+    BUILDS_LIST,
 ];
 const RUN_WRITE: &[&str] = &[
     SERVICES_CREATE,
@@ -109,6 +115,7 @@ const RUN_WRITE: &[&str] = &[
     EXECUTIONS_DELETE,
     EXECUTIONS_CANCEL,
     OPERATIONS_DELETE,
+    BUILDS_CREATE,
 ];
 const RUN_IAM: &[&str] = &[SERVICES_SET_IAM_POLICY, JOBS_SET_IAM_POLICY];
 const INVOKE: &[&str] = &[ROUTES_INVOKE, JOBS_RUN, JOBS_RUN_WITH_OVERRIDES];
@@ -250,6 +257,7 @@ mod tests {
         assert!(!r("roles/run.servicesInvoker").grants(JOBS_RUN));
         assert!(r("roles/run.viewer").grants(SERVICES_GET) && !r("roles/run.viewer").grants(SERVICES_UPDATE));
         assert!(r("roles/run.developer").grants(SERVICES_UPDATE));
+        assert!(r("roles/run.developer").grants(BUILDS_CREATE) && !r("roles/run.viewer").grants(BUILDS_CREATE));
         assert!(!r("roles/run.developer").grants(SERVICES_SET_IAM_POLICY));
         assert!(!r("roles/run.developer").grants(ROUTES_INVOKE));
         assert!(r("roles/run.admin").grants(SERVICES_SET_IAM_POLICY));

@@ -20,7 +20,10 @@ use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, Params};
+use wharf_iam::Resource;
+use wharf_iam::roles::perm;
+
+use super::{ApiError, ApiJson, Caller, Params, authorize};
 use crate::server::Platform;
 
 /// How long a source upload may take to arrive.
@@ -49,10 +52,12 @@ fn parent(platform: &Platform, project: &str, location: &str) -> Result<String, 
 
 async fn upload(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Path((project, location)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
     parent(&platform, &project, &location)?;
+    authorize(&platform, &caller, perm::BUILDS_CREATE, &Resource::project(&project))?;
     let body = request.into_body().into_data_stream();
     let stored = tokio::time::timeout(UPLOAD_TIMEOUT, platform.builds.store_source(body))
         .await
@@ -116,10 +121,12 @@ struct SubmitBuildRequest {
 
 async fn submit(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Path((project, location)): Path<(String, String)>,
     ApiJson(request): ApiJson<SubmitBuildRequest>,
 ) -> Result<Response, ApiError> {
     let parent = parent(&platform, &project, &location)?;
+    authorize(&platform, &caller, perm::BUILDS_CREATE, &Resource::project(&project))?;
     let unsupported = |field: &str, why: &str| {
         Err(ApiError::InvalidArgument(format!("{field} is not supported by Wharf's builds: {why}")))
     };
@@ -210,26 +217,32 @@ pub fn build_operation(parent: &str, build: &wharf_build::Build) -> serde_json::
 
 async fn list(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Path((project, location)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let parent = parent(&platform, &project, &location)?;
+    authorize(&platform, &caller, perm::BUILDS_LIST, &Resource::project(&project))?;
     Ok(axum::Json(serde_json::json!({ "builds": platform.builds.list(&parent)? })).into_response())
 }
 
 async fn get_one(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Path((project, location, build)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let parent = parent(&platform, &project, &location)?;
+    authorize(&platform, &caller, perm::BUILDS_GET, &Resource::project(&project))?;
     Ok(axum::Json(platform.builds.get(&parent, &build)?).into_response())
 }
 
 async fn log(
     State(platform): State<Platform>,
+    Caller(caller): Caller,
     Path((project, location, build)): Path<(String, String, String)>,
     params: Params,
 ) -> Result<Response, ApiError> {
     let parent = parent(&platform, &project, &location)?;
+    authorize(&platform, &caller, perm::BUILDS_GET, &Resource::project(&project))?;
     let offset = match params.get("offset") {
         None => 0,
         Some(n) => n.parse::<u64>().map_err(|_| {

@@ -295,6 +295,10 @@ async fn account_method(
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let (email, method) = split_method(&account)?;
+    if matches!(method, "generateIdToken" | "generateAccessToken") {
+        let answer = super::identity::credentials_method(&platform, &caller, &project, email, method, body)?;
+        return Ok(answer.into_response());
+    }
     let project = account_project(&project, email)?;
     let resource = Resource::service_account(project, email);
     match method {

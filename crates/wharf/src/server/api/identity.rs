@@ -7,7 +7,7 @@
 //!
 //! Handlers authorize and hand over to [`wharf_iam`]; nothing here signs or verifies.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use wharf_iam::roles::perm;
@@ -24,7 +24,6 @@ pub fn public_routes() -> Router<Platform> {
 /// Routes behind authentication.
 pub fn routes() -> Router<Platform> {
     Router::new()
-        .route("/v1/projects/{project}/serviceAccounts/{call}", post(service_account_call))
         .route("/wharf/v1/idToken", post(own_id_token))
         .route("/wharf/v1/signingKeys:rotate", post(rotate_signing_key))
 }
@@ -65,25 +64,18 @@ struct GenerateAccessTokenRequest {
     delegates: Vec<String>,
 }
 
-/// `POST /v1/projects/{project}/serviceAccounts/{email}:generateIdToken|generateAccessToken`.
-async fn service_account_call(
-    State(platform): State<Platform>,
-    Extension(caller): Extension<Principal>,
-    Path((project, call)): Path<(String, String)>,
-    body: axum::body::Bytes,
+/// `POST /v1/projects/{project}/serviceAccounts/{email}:generateIdToken|generateAccessToken`
+/// (IAM Credentials' methods), reached through the service-account route of [`super::iam`],
+/// which owns `.../serviceAccounts/{account}`.
+pub(super) fn credentials_method(
+    platform: &Platform,
+    caller: &Principal,
+    project: &str,
+    email: &str,
+    method: &str,
+    body: serde_json::Value,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (email, method) = call.rsplit_once(':').ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "serviceAccounts/{call} is not an API method: use {{email}}:generateIdToken or {{email}}:generateAccessToken"
-        ))
-    })?;
-    let account = service_account(&project, email)?;
-    let body: serde_json::Value = if body.is_empty() {
-        serde_json::json!({})
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::InvalidArgument(format!("the request body is not valid JSON: {e}")))?
-    };
+    let account = service_account(project, email)?;
     let principal = Principal::ServiceAccount(email.to_ascii_lowercase());
     match method {
         "generateIdToken" => {
@@ -93,7 +85,7 @@ async fn service_account_call(
             if request.audience.is_empty() {
                 return Err(ApiError::InvalidArgument("audience is required: the URL the token is for".into()));
             }
-            platform.iam.authorize(Some(&caller), perm::SERVICE_ACCOUNTS_GET_OPENID_TOKEN, &account)?;
+            platform.iam.authorize(Some(caller), perm::SERVICE_ACCOUNTS_GET_OPENID_TOKEN, &account)?;
             let (token, _) = platform.iam.issuer.sign_id_token(&principal, &request.audience).map_err(key_error)?;
             Ok(Json(serde_json::json!({ "token": token })))
         }
@@ -115,7 +107,7 @@ async fn service_account_call(
                     i64::try_from(secs).unwrap_or(3600)
                 }
             };
-            platform.iam.authorize(Some(&caller), perm::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN, &account)?;
+            platform.iam.authorize(Some(caller), perm::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN, &account)?;
             let minted = platform.iam.mint_access_token(&principal, lifetime)?;
             let expire = jiff::Timestamp::from_second(minted.expires_at)
                 .map_err(|e| ApiError::Internal(format!("token expiry out of range: {e}")))?;
