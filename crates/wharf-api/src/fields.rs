@@ -195,8 +195,12 @@ mod tests {
             assert_eq!((e.field.as_str(), &e.kind), (field, &FieldErrorKind::Unsupported));
             assert!(e.to_string().contains("does not support yet"), "{e}");
         }
-        let e = refuse::<Job>(serde_json::json!({"template": {"template": {"volumes": []}}}));
-        assert_eq!((e.field.as_str(), &e.kind), ("template.template.volumes", &FieldErrorKind::Unsupported));
+        let e =
+            refuse::<Job>(serde_json::json!({"template": {"template": {"volumes": [{"name": "c", "emptyDir": {}}]}}}));
+        assert_eq!(
+            (e.field.as_str(), &e.kind),
+            ("template.template.volumes[0].emptyDir", &FieldErrorKind::Unsupported)
+        );
     }
 
     #[test]

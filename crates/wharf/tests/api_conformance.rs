@@ -81,7 +81,11 @@ async fn request_bodies_are_read_strictly_and_errors_are_google_rpc_statuses() {
     // (body, the field named, the message's gist)
     let refused: Vec<(Value, &str, &str)> = vec![
         (service(json!({"bogusField": 1})), "bogusField", "Unknown name \"bogusField\""),
-        (service(json!({"template": {"volumes": [{"name": "v"}]}})), "template.volumes", "does not support yet"),
+        (
+            service(json!({"template": {"volumes": [{"name": "v", "emptyDir": {}}]}})),
+            "template.volumes[0].emptyDir",
+            "does not support yet",
+        ),
         (service(json!({"scaling": {"minInstanceCount": 1}})), "scaling", "does not support yet"),
         (service(json!({"template": {"encryptionKey": "k"}})), "template.encryptionKey", "does not support yet"),
         (

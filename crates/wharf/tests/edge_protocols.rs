@@ -61,6 +61,12 @@ fn setup_with(env: &[(&str, &str)]) -> Env {
     let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "grpc:v1"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let image = format!("{}/grpc:v1", server.addrs.registry_addr);
+    // These tests are about protocols, not invocation rights: the project's services are
+    // public (a project binding of allUsers to run.invoker, which every service inherits).
+    let out = server
+        .cli(&["projects", "add-iam-policy-binding", "demo", "--member=allUsers", "--role=roles/run.invoker"])
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     Env { server, image, _work: work }
 }
 

@@ -126,8 +126,8 @@ async fn services_are_private_and_take_wharfs_tokens_which_google_auth_verifies(
     }
 
     // A service account's ID token (the owner may impersonate any): valid, but the account
-    // has no run.invoker on the service. (Once the policy CLI exists: add the binding with
-    // `wharf run services add-iam-policy-binding` and expect 200.)
+    // has no run.invoker on the service until a binding grants it.
+    env.wharf(&["iam", "service-accounts", "create", "caller", "--project", "demo"]);
     let account = "caller@demo.iam.gserviceaccount.com";
     let sa_token = env
         .wharf(&[
@@ -142,6 +142,18 @@ async fn services_are_private_and_take_wharfs_tokens_which_google_auth_verifies(
     let (status, body) = env.get(&client, "private", Some(&format!("Bearer {sa_token}"))).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("<h1>Error: Forbidden</h1>"), "{body}");
+    env.wharf(&[
+        "run",
+        "services",
+        "add-iam-policy-binding",
+        "private",
+        &format!("--member=serviceAccount:{account}"),
+        "--role=roles/run.invoker",
+        "--project",
+        "demo",
+    ]);
+    let (status, body) = env.get(&client, "private", Some(&format!("Bearer {sa_token}"))).await;
+    assert_eq!(status, 200, "the binding admits the account's token: {body}");
 
     // Discovery names the JWKS; a rotation keeps tokens in flight valid, everywhere.
     let discovery: serde_json::Value =

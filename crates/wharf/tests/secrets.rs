@@ -186,9 +186,11 @@ async fn a_service_account_needs_the_accessor_role_to_access_a_secret() {
         .await;
     assert_eq!(status, 200, "{body}");
 
-    // A real token for a service account, minted in the server's own database as the
-    // metadata server would mint one.
-    let account = "app@iam-p.iam.gserviceaccount.com";
+    // A real token for a service account (created through the CLI), minted in the server's
+    // own database as the metadata server would mint one.
+    let out = server.cli(&["iam", "service-accounts", "create", "app-runner", "--project", "iam-p"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let account = "app-runner@iam-p.iam.gserviceaccount.com";
     let db = wharf_store::Store::open(&server.data_dir().join("state.db")).unwrap();
     let iam = wharf_iam::Iam::open(db, server.data_dir()).unwrap();
     let token = iam.mint_access_token(&wharf_iam::Principal::ServiceAccount(account.into()), 600).unwrap().token;
@@ -359,6 +361,8 @@ async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_ne
     let services = "/v2/projects/deliver/locations/us-central1/services";
 
     // A service account that holds no role on the secrets: refused, nothing created.
+    let out = server.cli(&["iam", "service-accounts", "create", "stranger", "--project", "deliver"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stranger = "stranger@deliver.iam.gserviceaccount.com";
     let (status, body) =
         api.call(&owner, "POST", &format!("{services}?serviceId=denied"), Some(template(stranger, "a"))).await;
@@ -380,7 +384,11 @@ async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_ne
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let host = service_host("app", "deliver");
     let get = |path: &str| {
-        client.get(format!("http://{}{path}", server.addrs.ingress_addr)).header("Host", host.clone()).send()
+        client
+            .get(format!("http://{}{path}", server.addrs.ingress_addr))
+            .header("Host", host.clone())
+            .bearer_auth(&owner)
+            .send()
     };
     let env: Value = get("/env").await.unwrap().json().await.unwrap();
     assert_eq!(env["DB_PASSWORD"], password.as_str());
@@ -391,6 +399,7 @@ async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_ne
     let write = client
         .put(format!("http://{}/file?path=/secrets/other", server.addrs.ingress_addr))
         .header("Host", host.clone())
+        .bearer_auth(&owner)
         .body("x")
         .send()
         .await

@@ -488,6 +488,7 @@ async fn a_private_service_wants_a_token_for_its_url_and_the_invoker_permission(
     let (elsewhere, _) = iam.issuer.sign_id_token(&wharf_iam::Principal::Owner, "http://other.example.com").unwrap();
     let mut tampered = owner_id.clone();
     tampered.replace_range(tampered.len() - 6.., "AAAAAA");
+    iam.create_service_account("p", "caller", "", "").unwrap();
     let sa = wharf_iam::Principal::ServiceAccount("caller@p.iam.gserviceaccount.com".into());
     let expired = iam.mint_access_token(&sa, 0).unwrap().token;
     for token in [elsewhere.as_str(), tampered.as_str(), "wharf_not-a-token", expired.as_str()] {
