@@ -62,15 +62,16 @@ pub(crate) fn cli(server: &WharfServer, args: &[&str]) -> anyhow::Result<String>
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// An instance's OCI spec (empty when it has none yet or any more): its bundle lives on the
+/// instance's in-memory scratch, `<instance dir>/scratch/bundle`.
+fn instance_spec(instance_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(instance_dir.join("scratch/bundle/config.json")).unwrap_or_default()
+}
+
 /// Instances of `service` that exist (starting, ready or stopping).
 pub(crate) fn instances(server: &WharfServer, service: &str) -> usize {
     let Ok(dirs) = std::fs::read_dir(server.data_dir().join("instances")) else { return 0 };
-    dirs.flatten()
-        .filter(|d| {
-            std::fs::read_to_string(d.path().join("bundle/config.json"))
-                .is_ok_and(|c| c.contains(&format!("K_SERVICE={service}\"")))
-        })
-        .count()
+    dirs.flatten().filter(|d| instance_spec(&d.path()).contains(&format!("K_SERVICE={service}\""))).count()
 }
 
 pub(crate) fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -323,7 +324,7 @@ fn which(program: &str) -> bool {
 fn instance_address(server: &WharfServer, service: &str) -> anyhow::Result<String> {
     for entry in std::fs::read_dir(server.data_dir().join("instances"))? {
         let dir = entry?.path();
-        let config = std::fs::read_to_string(dir.join("bundle/config.json")).unwrap_or_default();
+        let config = instance_spec(&dir);
         if !config.contains(&format!("K_SERVICE={service}\"")) {
             continue;
         }
