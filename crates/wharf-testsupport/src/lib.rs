@@ -16,6 +16,15 @@ use std::time::{Duration, Instant};
 pub use image::{TestImage, testapp_image};
 pub use server::WharfServer;
 
+/// An HTTP client for talking to a test server: no proxy, and pooled connections dropped after
+/// 5 s idle. Wharf's listeners close a keep-alive connection that stays idle past their
+/// header-read timeout (15 s); a test that blocks its runtime longer than that (a CLI call, a
+/// disk scan) would otherwise reuse a connection whose close it has not yet seen and get
+/// `IncompleteMessage`. Any client that pools connections must idle them out before the server does.
+pub fn http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().no_proxy().pool_idle_timeout(Duration::from_secs(5))
+}
+
 /// Polls `condition` every 20 ms until it returns `Some`, failing after `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;

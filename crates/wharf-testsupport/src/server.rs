@@ -203,7 +203,7 @@ impl WharfServer {
         if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.token)) {
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        reqwest::Client::builder().no_proxy().default_headers(headers)
+        crate::http_client().default_headers(headers)
     }
 
     pub fn api_url(&self, path: &str) -> String {

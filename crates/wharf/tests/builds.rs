@@ -69,7 +69,7 @@ impl Env {
     }
 
     async fn get(&self, host: &str, path: &str) -> (u16, String) {
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+        let client = wharf_testsupport::http_client().timeout(Duration::from_secs(60)).build().unwrap();
         let r = client
             .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
             .header("Host", host)
@@ -332,7 +332,7 @@ async fn jobs_deploy_from_source_creates_then_updates_the_job() {
 async fn the_build_api_refuses_what_it_does_not_support_by_name() {
     let server = WharfServer::start_with_env(wharf(), &[("WHARF_BUILD_MAX_SOURCE_SIZE", "1KiB")]).unwrap();
     let token = std::fs::read_to_string(server.data_dir().join("owner.token")).unwrap();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = wharf_testsupport::http_client().build().unwrap();
     let base = "/v2/projects/default/locations/us-central1";
     let post = |path: String| client.post(server.api_url(&path)).bearer_auth(token.trim());
 

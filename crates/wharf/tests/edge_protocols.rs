@@ -90,7 +90,7 @@ impl Env {
     }
 
     async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+        let client = wharf_testsupport::http_client().timeout(Duration::from_secs(60)).build().unwrap();
         let mut request = client.request(method, self.server.api_url(path)).bearer_auth(&self.server.token);
         if let Some(body) = body {
             request = request.json(&body);
@@ -337,7 +337,7 @@ async fn https_serves_service_hosts_with_the_local_ca_over_h2_and_grpc() {
     assert_eq!((reply.message.as_str(), reply.forwarded_proto.as_str()), ("secure", "https"));
 
     // Plain HTTP keeps working on the ingress for local use.
-    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let plain = wharf_testsupport::http_client().build().unwrap();
     let r = plain.get(format!("http://{}/", env.server.addrs.ingress_addr)).header("Host", &web).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }

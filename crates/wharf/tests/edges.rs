@@ -87,7 +87,7 @@ async fn half_open_connections_are_closed_after_the_header_timeout_on_every_list
     // Nothing else in the test bounds the wait: 150 connections closed well before the 40 s
     // the issue saw them still open.
     assert!(opened.elapsed() < PATIENCE, "{:?}", opened.elapsed());
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = wharf_testsupport::http_client().build().unwrap();
     let api = client.get(server.api_url("/wharf/v1/images")).bearer_auth(&server.token).send().await.unwrap();
     assert_eq!(api.status().as_u16(), 200);
 }
@@ -114,7 +114,7 @@ async fn connections_beyond_the_cap_get_503_while_open_ones_keep_working() {
         assert_eq!(exchange(stream, "/wharf/v1/images").await, "HTTP/1.1 401 Unauthorized");
     }
     drop(open);
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = wharf_testsupport::http_client().build().unwrap();
     let deadline = Instant::now() + PATIENCE;
     loop {
         // The closed connections' places come back as the server notices the closes.
@@ -135,7 +135,7 @@ async fn oversized_headers_get_431_and_oversized_api_bodies_413_with_a_status_bo
         &[("WHARF_MAX_HEADER_BYTES", "16384"), ("WHARF_MAX_API_BODY_BYTES", "65536")],
     )
     .unwrap();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = wharf_testsupport::http_client().build().unwrap();
     let big = "a".repeat(20_000);
     for url in [format!("http://{}/", server.addrs.ingress_addr), server.api_url("/wharf/v1/images")] {
         let response = client.get(&url).header("x-big", &big).send().await.unwrap();

@@ -27,7 +27,7 @@ impl Env {
         let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let image = format!("{}/testapp:v1", server.addrs.registry_addr);
-        Env { server, http: reqwest::Client::builder().no_proxy().build().unwrap(), image, work }
+        Env { server, http: wharf_testsupport::http_client().build().unwrap(), image, work }
     }
 
     /// Runs the CLI as the owner (`token` None) or with a token; asserts success; returns stdout.

@@ -76,7 +76,7 @@ impl Env {
 }
 
 fn anonymous() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap()
+    wharf_testsupport::http_client().timeout(Duration::from_secs(60)).build().unwrap()
 }
 
 /// Verifies `token` with Google's library against Wharf's JWKS; returns its email or the error.

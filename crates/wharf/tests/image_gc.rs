@@ -39,7 +39,9 @@ fn skopeo_push(server: &WharfServer, layout: &Path, tag: &str, dest: &str) {
 /// The digests of the manifest `repo:tag` names, its config and its one layer, as stored
 /// (skopeo compresses a layer it pushes, so they are not those of the layout).
 async fn pushed_digests(server: &WharfServer, repo: &str, tag: &str) -> [Digest; 3] {
-    let r = reqwest::Client::new()
+    let r = wharf_testsupport::http_client()
+        .build()
+        .unwrap()
         .get(server.registry_url(&format!("/v2/{repo}/manifests/{tag}")))
         .bearer_auth(&server.token)
         .header("Accept", OCI_MANIFEST)
@@ -113,7 +115,7 @@ async fn oversized_blobs_get_413_and_abandoned_uploads_expire() {
         WharfServer::start_with_env(wharf(), &[("WHARF_MAX_BLOB_SIZE", "1MiB"), ("WHARF_UPLOAD_EXPIRY", "2s")])
             .unwrap();
     // A refused upload's unread body ends its connection: no pooled connections.
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let http = wharf_testsupport::http_client().pool_max_idle_per_host(0).build().unwrap();
     let req = |method: Method, path: &str| {
         let url = if path.starts_with("http") { path.to_owned() } else { server.registry_url(path) };
         http.request(method, url).bearer_auth(&server.token)
@@ -192,7 +194,7 @@ async fn gc_frees_deleted_images_and_keeps_pushes_in_flight_and_deployed_images(
     age_everything(&server);
 
     // A push in flight: one blob finished but named by no manifest yet, one session open.
-    let http = reqwest::Client::new();
+    let http = wharf_testsupport::http_client().build().unwrap();
     let in_flight = b"a layer of a push in progress".to_vec();
     let in_flight_digest = Digest::of(&in_flight);
     let r = http
@@ -267,7 +269,7 @@ async fn gc_frees_deleted_images_and_keeps_pushes_in_flight_and_deployed_images(
 #[tokio::test]
 async fn a_sparse_bomb_image_is_refused_naming_the_limit() {
     let server = WharfServer::start_with_env(wharf(), &[("WHARF_MAX_IMAGE_SIZE", "64MiB")]).unwrap();
-    let http = reqwest::Client::new();
+    let http = wharf_testsupport::http_client().build().unwrap();
     let push = |bytes: Vec<u8>| {
         let digest = Digest::of(&bytes);
         let request = http

@@ -28,7 +28,7 @@ async fn pulls_from_a_remote_registry_with_docker_config_credentials() {
     cli_ok(&remote, &["images", "import", &image.layout.to_string_lossy(), "--tag", "team/hello:v1"]);
 
     // A multi-arch index on the remote: an arm64 image (a different config) and the amd64 one.
-    let http = reqwest::Client::new();
+    let http = wharf_testsupport::http_client().build().unwrap();
     let arm_config = br#"{"architecture":"arm64","os":"linux","config":{}}"#;
     let arm_config_digest = Digest::of(arm_config);
     let r = http

@@ -43,7 +43,7 @@ impl Env {
     }
 
     async fn get(&self, host: &str, path: &str) {
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+        let client = wharf_testsupport::http_client().timeout(Duration::from_secs(60)).build().unwrap();
         let r = client
             .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
             .header("Host", host)

@@ -16,7 +16,7 @@ struct Registry {
 impl Registry {
     fn start() -> Registry {
         let server = WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap();
-        Registry { server, http: reqwest::Client::new() }
+        Registry { server, http: wharf_testsupport::http_client().build().unwrap() }
     }
 
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {

@@ -101,7 +101,7 @@ impl Harness {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap()
+    wharf_testsupport::http_client().timeout(Duration::from_secs(20)).build().unwrap()
 }
 
 async fn get(instance: &Instance, path: &str) -> (u16, String) {

@@ -165,7 +165,7 @@ impl Api<'_> {
 #[tokio::test]
 async fn a_service_account_needs_the_accessor_role_to_access_a_secret() {
     let server = server();
-    let api = Api { server: &server, client: reqwest::Client::builder().no_proxy().build().unwrap() };
+    let api = Api { server: &server, client: wharf_testsupport::http_client().build().unwrap() };
     let owner = server.token.clone();
     let (status, body) = api
         .call(
@@ -230,7 +230,7 @@ async fn a_service_account_needs_the_accessor_role_to_access_a_secret() {
 #[tokio::test]
 async fn the_api_refuses_what_wharf_does_not_support_by_name() {
     let server = server();
-    let api = Api { server: &server, client: reqwest::Client::builder().no_proxy().build().unwrap() };
+    let api = Api { server: &server, client: wharf_testsupport::http_client().build().unwrap() };
     let owner = server.token.clone();
     let cases = [
         (
@@ -323,7 +323,7 @@ async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_ne
     let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let image = format!("{}/testapp:v1", server.addrs.registry_addr);
-    let api = Api { server: &server, client: reqwest::Client::builder().no_proxy().build().unwrap() };
+    let api = Api { server: &server, client: wharf_testsupport::http_client().build().unwrap() };
     let owner = server.token.clone();
     use base64::Engine as _;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -381,7 +381,7 @@ async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_ne
     assert_eq!(status, 200, "{done}");
     assert!(done["error"].is_null(), "the deploy failed: {done}\n{}", server.log());
 
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = wharf_testsupport::http_client().build().unwrap();
     let host = service_host("app", "deliver");
     let get = |path: &str| {
         client

@@ -373,7 +373,7 @@ async fn bad_input_is_refused_with_400_and_creates_nothing() {
     assert!(stderr.contains("is not a YAML map"), "{stderr}");
 
     // Over the API: the right status and a Cloud Run-style body.
-    let client = reqwest::Client::new();
+    let client = wharf_testsupport::http_client().build().unwrap();
     let r = client
         .post(env.server.api_url("/v2/projects/demo/locations/us-central1/services?serviceId=Nope"))
         .bearer_auth(&env.server.token)

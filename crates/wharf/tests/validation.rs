@@ -24,7 +24,7 @@ fn service(template: Value) -> Value {
 #[tokio::test]
 async fn out_of_range_input_is_a_400_naming_the_field_never_a_panic() {
     let mut server = WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap();
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+    let client = wharf_testsupport::http_client().timeout(Duration::from_secs(30)).build().unwrap();
     let big = "x".repeat(40 * 1024);
     let services: Vec<(Value, &str)> = vec![
         (service(json!({"timeout": "1e20s", "containers": [container(json!({}))]})), "template.timeout"),
