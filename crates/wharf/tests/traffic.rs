@@ -69,7 +69,7 @@ impl Lab {
     }
 
     fn client(&self) -> reqwest::Client {
-        self.server.client_builder().timeout(Duration::from_secs(30)).build().unwrap()
+        self.server.client_builder().timeout(Duration::from_secs(60)).build().unwrap()
     }
 
     /// Which revision answered `/` on `host`.
@@ -346,14 +346,15 @@ async fn a_request_needing_an_instance_past_the_server_memory_limit_gets_429_wit
     let (base, host): (String, &'static str) =
         (format!("http://{}", lab.server.addrs.ingress_addr), service_host("full", "lab").leak());
     // Two requests keep two instances busy for a while (the second starts the second
-    // instance); every further request needs a third instance.
+    // instance); every further request needs a third instance. On a loaded machine the two
+    // cold starts can take seconds, so the busy requests last long enough to be seen.
     let busy: Vec<_> = (0..2)
         .map(|_| {
-            let (client, url) = (client.clone(), format!("{base}/sleep?ms=15000"));
+            let (client, url) = (client.clone(), format!("{base}/sleep?ms=25000"));
             tokio::spawn(async move { client.get(url).header("Host", host).send().await.unwrap().status().as_u16() })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(14);
+    let deadline = Instant::now() + Duration::from_secs(24);
     let (status, body) = loop {
         let r = client.get(format!("{base}/")).header("Host", host).send().await.unwrap();
         let status = r.status().as_u16();
