@@ -58,9 +58,6 @@ pub enum ApiError {
     Control(#[from] wharf_control::ControlError),
     #[error(transparent)]
     Secrets(#[from] wharf_secrets::SecretsError),
-    /// The caller lacks a permission (or the policy could not be read).
-    #[error(transparent)]
-    Authorize(#[from] wharf_iam::AuthorizeError),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -118,8 +115,7 @@ impl ApiError {
                 | wharf_build::BuildError::Buildah(_) => Code::Internal,
             },
             ApiError::Secrets(e) => e.code(),
-            ApiError::Authorize(wharf_iam::AuthorizeError::Denied(_)) => Code::PermissionDenied,
-            ApiError::Authorize(wharf_iam::AuthorizeError::Policy(e)) | ApiError::Policy(e) => policy_code(e),
+            ApiError::Policy(e) => policy_code(e),
             ApiError::Image(e) => match e {
                 I::BlobUnknown { .. } | I::ManifestUnknown { .. } | I::NameUnknown(_) => Code::NotFound,
                 I::DigestMismatch { .. }
@@ -306,13 +302,20 @@ pub fn authorize(
     permission: &'static str,
     resource: &Resource,
 ) -> Result<(), ApiError> {
-    match platform.iam.authorize(Some(caller), permission, resource) {
-        Ok(()) => Ok(()),
-        Err(AuthorizeError::Denied(denied)) => {
-            tracing::info!(caller = %denied.principal, permission, %resource, "permission denied");
-            Err(denied.into())
+    Ok(platform.iam.authorize(Some(caller), permission, resource)?)
+}
+
+/// The one way an IAM refusal becomes an API error (403 naming the permission, logged), whether
+/// it comes through [`authorize`] or a handler's own `iam.authorize(..)?`.
+impl From<AuthorizeError> for ApiError {
+    fn from(error: AuthorizeError) -> Self {
+        match error {
+            AuthorizeError::Denied(denied) => {
+                tracing::info!(caller = %denied.principal, permission = denied.permission, resource = %denied.resource, "permission denied");
+                ApiError::Denied(denied)
+            }
+            AuthorizeError::Policy(e) => ApiError::Policy(e),
         }
-        Err(AuthorizeError::Policy(e)) => Err(e.into()),
     }
 }
 

@@ -229,12 +229,11 @@ async fn version_method(
 /// Generates a new key-encryption key and re-wraps every data key; the owner only.
 async fn rotate_key(State(p): State<Platform>, Extension(caller): Extension<Principal>) -> Result<Response, ApiError> {
     if caller != Principal::Owner {
-        return Err(wharf_iam::AuthorizeError::Denied(wharf_iam::Denied {
+        return Err(ApiError::Denied(wharf_iam::Denied {
             permission: "wharf.secrets.rotateKey",
             resource: "the secrets key-encryption key".into(),
             principal: caller.name(),
-        })
-        .into());
+        }));
     }
     let secrets = p.secrets.clone();
     let report = tokio::task::spawn_blocking(move || secrets.rotate_key())
