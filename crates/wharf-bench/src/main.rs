@@ -19,7 +19,10 @@
 //! with `--max-instances 5`; fails unless every answer is 200, 429 or 503 (see `flood.rs`).
 
 mod flood;
+mod haproxy;
+mod invoker;
 mod logquery;
+mod openloop;
 mod protocols;
 mod system;
 

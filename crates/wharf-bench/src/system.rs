@@ -165,6 +165,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let through = wrk(&ingress, Some((&service_host("warm", "bench"), &server.token)), duration)?;
         let direct_run = wrk(&format!("http://{direct}/"), None, duration)?;
         let nginx = nginx_baseline(work.path(), &direct, duration).ok();
+        let haproxy =
+            if which("haproxy") { crate::haproxy::baseline(work.path(), &direct, duration).ok() } else { None };
         for (metric, key, higher) in [
             ("proxy throughput, 64 connections", "rps", true),
             ("proxy latency p50", "p50_ms", false),
@@ -178,19 +180,54 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 unit: if higher { "req/s" } else { "ms" },
                 higher_is_better: higher,
             });
-            if let Some(n) = &nginx {
-                rows.push(Row {
-                    metric: format!("{metric} (vs nginx)"),
-                    wharf: through[key],
-                    baseline: Some(n[key]),
-                    baseline_name: "nginx reverse proxy".into(),
-                    unit: if higher { "req/s" } else { "ms" },
-                    higher_is_better: higher,
-                });
+            for (proxy, results) in [("nginx", &nginx), ("haproxy", &haproxy)] {
+                if let Some(n) = results {
+                    rows.push(Row {
+                        metric: format!("{metric} (vs {proxy})"),
+                        wharf: through[key],
+                        baseline: Some(n[key]),
+                        baseline_name: format!("{proxy} reverse proxy"),
+                        unit: if higher { "req/s" } else { "ms" },
+                        higher_is_better: higher,
+                    });
+                }
             }
         }
     } else {
-        eprintln!("wrk is not installed: skipping the proxy rows (apt-get install wrk nginx)");
+        eprintln!("wrk is not installed: skipping the proxy rows (apt-get install wrk nginx haproxy)");
+    }
+
+    // 2b. Added latency at a moderate, fixed rate (open loop), through Wharf vs direct.
+    let (rate, seconds) = if options.smoke { (200, 1) } else { (1000, 10) };
+    let period = Duration::from_secs(seconds);
+    let warm_host = service_host("warm", "bench");
+    let through = crate::openloop::latencies(
+        &crate::openloop::Target { url: &ingress, host: Some(&warm_host), token: Some(&server.token) },
+        rate,
+        period,
+    )
+    .await?;
+    let direct_url = format!("http://{direct}/");
+    let straight = crate::openloop::latencies(
+        &crate::openloop::Target { url: &direct_url, host: None, token: None },
+        rate,
+        period,
+    )
+    .await?;
+    for (p, name) in [(0.5, "p50"), (0.99, "p99")] {
+        let (wharf, direct) = (percentile(&through, p), percentile(&straight, p));
+        rows.push(Row {
+            metric: format!("added latency {name} at {rate} req/s, open loop (latency through Wharf)"),
+            wharf,
+            baseline: Some(direct),
+            baseline_name: format!(
+                "direct to the instance; Wharf adds {:.3} ms{}",
+                wharf - direct,
+                if name == "p50" { " (target: 0.1 ms)" } else { "" }
+            ),
+            unit: "ms",
+            higher_is_better: false,
+        });
     }
 
     // 3. Deploy to serving.
@@ -305,6 +342,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     });
 
     rows.push(memory_row);
+    rows.extend(crate::invoker::rows(if options.smoke { 2_000 } else { 100_000 })?);
     rows.extend(crate::logquery::rows(if options.smoke { 20_000 } else { 1_000_000 }).await?);
     print_table(&rows);
     write_json(&options.out, &rows, options.smoke)?;
@@ -312,7 +350,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn which(program: &str) -> bool {
+pub(crate) fn which(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .stdout(Stdio::null())
@@ -335,7 +373,11 @@ fn instance_address(server: &WharfServer, service: &str) -> anyhow::Result<Strin
     bail!("no running instance of {service}")
 }
 
-fn wrk(url: &str, host: Option<(&str, &str)>, duration: &str) -> anyhow::Result<BTreeMap<&'static str, f64>> {
+pub(crate) fn wrk(
+    url: &str,
+    host: Option<(&str, &str)>,
+    duration: &str,
+) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t2", "-c64", "-d", duration, "--latency"]);
     if let Some((h, token)) = host {
