@@ -3,17 +3,21 @@
 //!   with no network access;
 //! - [`server`]: starts a real `wharf server` on free ports in a temporary data directory and
 //!   stops it (even when a test fails), in a sealed environment (no developer config);
+//! - [`lab`]: [`WharfLab`], a server with the testapp image imported, and the calls every
+//!   end-to-end suite makes;
 //! - [`leaks`]: finds and removes what a harness's scope left on the machine (mounts, cgroups,
 //!   namespaces, links, processes); [`leaks::LeakGuard`] does it on drop, even on panic;
 //! - [`wait_until`]: waits for a condition with a deadline, instead of sleeping.
 
 pub mod image;
+pub mod lab;
 pub mod leaks;
 pub mod server;
 
 use std::time::{Duration, Instant};
 
 pub use image::{TestImage, testapp_image};
+pub use lab::WharfLab;
 pub use server::WharfServer;
 
 /// An HTTP client for talking to a test server: no proxy, and pooled connections dropped after

@@ -8,51 +8,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use wharf_testsupport::{WharfServer, service_host, testapp_image};
+use wharf_testsupport::{WharfLab, service_host};
 
-struct Env {
-    server: WharfServer,
-    image: String,
-    _work: tempfile::TempDir,
-}
+wharf_testsupport::suite_lab!(Env);
 
 fn setup() -> Env {
-    let work = tempfile::tempdir().unwrap();
-    let built = testapp_image(work.path(), "v1").unwrap();
-    let server = WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap();
-    let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let image = format!("{}/testapp:v1", server.addrs.registry_addr);
-    Env { server, image, _work: work }
+    Env(WharfLab::start(Path::new(env!("CARGO_BIN_EXE_wharf")), &[], "testapp:v1"))
 }
 
 impl Env {
-    fn wharf(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.server.cli(args).unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.wharf(args);
-        assert!(ok, "wharf {args:?} failed:\n{stderr}");
-        stdout
-    }
-
-    async fn get(&self, host: &str, path: &str) -> (u16, String) {
-        let client = self.server.client_builder().timeout(Duration::from_secs(60)).build().unwrap();
-        let r = client
-            .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
-            .header("Host", host)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    }
-
     /// `wharf logs read` entries (as JSON objects) of `service` at or above `severity`.
     fn log_entries(&self, service: &str, severity: &str) -> Vec<Value> {
         let out = self.ok(&["logs", "read", service, "--severity", severity, "--limit", "500", "--format", "json"]);

@@ -5,45 +5,27 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wharf_testsupport::{WharfServer, testapp_image};
+use wharf_testsupport::WharfLab;
 
-struct Env {
-    server: WharfServer,
-    image: String,
-    _work: tempfile::TempDir,
-}
+wharf_testsupport::suite_lab!(Env);
 
 fn setup() -> Env {
-    let work = tempfile::tempdir().unwrap();
-    let built = testapp_image(work.path(), "v1").unwrap();
-    let server = WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap();
-    let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "worker:v1"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let image = format!("{}/worker:v1", server.addrs.registry_addr);
-    Env { server, image, _work: work }
+    Env(WharfLab::start(Path::new(env!("CARGO_BIN_EXE_wharf")), &[], "worker:v1"))
 }
 
 impl Env {
+    /// `wharf run jobs ARGS --project batch`: whether it succeeded, stdout, stderr.
     fn run(&self, args: &[&str]) -> (bool, String, String) {
         let mut full = vec!["run", "jobs"];
         full.extend(args);
         full.extend(["--project", "batch"]);
-        let out = self.server.cli(&full).unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.wharf(&full)
     }
 
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.run(args);
         assert!(ok, "wharf run jobs {args:?} failed:\n{err}");
         out
-    }
-
-    fn instances(&self) -> usize {
-        std::fs::read_dir(self.server.data_dir().join("instances")).map(|d| d.count()).unwrap_or(0)
     }
 
     fn logs(&self, filter: &[&str]) -> String {

@@ -8,50 +8,18 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use wharf_testsupport::{WharfServer, service_host, testapp_image};
+use wharf_testsupport::{WharfLab, service_host};
 
-struct Env {
-    server: WharfServer,
-    image: String,
-    _work: tempfile::TempDir,
-}
+wharf_testsupport::suite_lab!(Env);
 
 fn setup() -> Env {
-    let work = tempfile::tempdir().unwrap();
-    let built = testapp_image(work.path(), "v1").unwrap();
-    let server = WharfServer::start(Path::new(env!("CARGO_BIN_EXE_wharf"))).unwrap();
-    let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let image = format!("{}/testapp:v1", server.addrs.registry_addr);
-    Env { server, image, _work: work }
+    Env(WharfLab::start(Path::new(env!("CARGO_BIN_EXE_wharf")), &[], "testapp:v1"))
 }
 
 impl Env {
-    fn wharf(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.server.cli(args).unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.wharf(args);
-        assert!(ok, "wharf {args:?} failed:\n{stderr}");
-        stdout
-    }
-
-    async fn get(&self, host: &str, path: &str) {
-        let client = wharf_testsupport::http_client().timeout(Duration::from_secs(60)).build().unwrap();
-        let r = client
-            .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
-            .header("Host", host)
-            .header("Authorization", format!("Bearer {}", self.server.token))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200, "{path}: {}", r.text().await.unwrap());
+    async fn get_ok(&self, host: &str, path: &str) {
+        let (status, body) = self.get(host, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
     }
 
     /// `wharf logging read FILTER` in project demo, as JSON entries.
@@ -72,10 +40,10 @@ async fn cloud_logging_filters_select_lines_of_real_instances() {
         env.ok(&["run", "deploy", service, "--image", &env.image, "--project", "demo", "--allow-unauthenticated"]);
     }
     let api = service_host("api", "demo");
-    env.get(&api, "/log?json=1&severity=ERROR&message=upstream%20timeout%20after%2030s").await;
-    env.get(&api, "/log?json=1&severity=WARNING&message=slow%20disk").await;
-    env.get(&api, "/log?message=all%20good").await;
-    env.get(&service_host("web", "demo"), "/log?json=1&severity=ERROR&message=web%20broke").await;
+    env.get_ok(&api, "/log?json=1&severity=ERROR&message=upstream%20timeout%20after%2030s").await;
+    env.get_ok(&api, "/log?json=1&severity=WARNING&message=slow%20disk").await;
+    env.get_ok(&api, "/log?message=all%20good").await;
+    env.get_ok(&service_host("web", "demo"), "/log?json=1&severity=ERROR&message=web%20broke").await;
     wharf_testsupport::wait_until("all four lines", Duration::from_secs(20), || {
         let all = env.read("textPayload:good OR jsonPayload.message:broke OR jsonPayload.message:timeout");
         (all.len() == 3).then_some(())

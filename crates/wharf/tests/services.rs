@@ -7,61 +7,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wharf_testsupport::{WharfServer, service_host, testapp_image};
+use wharf_testsupport::{WharfLab, WharfServer, service_host};
 
 fn wharf() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_wharf"))
 }
 
-struct Env {
-    server: WharfServer,
-    image: String,
-    _work: tempfile::TempDir,
-}
+wharf_testsupport::suite_lab!(Env);
 
 fn setup(idle: &str) -> Env {
-    let work = tempfile::tempdir().unwrap();
-    let built = testapp_image(work.path(), "v1").unwrap();
-    let server = WharfServer::start_with_env(wharf(), &[("WHARF_IDLE_TIMEOUT", idle)]).unwrap();
-    let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let image = format!("{}/testapp:v1", server.addrs.registry_addr);
-    Env { server, image, _work: work }
+    Env(WharfLab::start(wharf(), &[("WHARF_IDLE_TIMEOUT", idle)], "testapp:v1"))
 }
 
 impl Env {
-    fn wharf(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.server.cli(args).unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.wharf(args);
-        assert!(ok, "wharf {args:?} failed:\n{stderr}");
-        stdout
-    }
-
-    /// GET `path` on the service's host through the ingress (Host header, as a browser would
-    /// send for the service's URL; see `wharf_testsupport::service_host`).
-    async fn get(&self, host: &str, path: &str) -> (u16, String) {
-        let client = self.server.client_builder().timeout(Duration::from_secs(60)).build().unwrap();
-        let r = client
-            .get(format!("http://{}{path}", self.server.addrs.ingress_addr))
-            .header("Host", host)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    }
-
-    fn instances(&self) -> usize {
-        std::fs::read_dir(self.server.data_dir().join("instances")).map(|d| d.count()).unwrap_or(0)
-    }
-
     async fn wait_for_instances(&self, what: &str, want: impl Fn(usize) -> bool, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
@@ -356,7 +314,7 @@ async fn bad_input_is_refused_with_400_and_creates_nothing() {
         assert!(!ok, "{full:?} succeeded");
         assert!(stderr.contains(expected), "{full:?}: expected {expected:?} in:\n{stderr}");
     }
-    let bad_file = env._work.path().join("env.yaml");
+    let bad_file = env.work.path().join("env.yaml");
     std::fs::write(&bad_file, "- not\n- a map\n").unwrap();
     let (ok, _, stderr) = env.wharf(&[
         "run",

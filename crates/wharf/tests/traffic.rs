@@ -8,13 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use wharf_testsupport::{WharfServer, service_host, testapp_image};
+use wharf_testsupport::{WharfLab, service_host};
 
-struct Lab {
-    server: WharfServer,
-    image: String,
-    _work: tempfile::TempDir,
-}
+wharf_testsupport::suite_lab!(Lab);
 
 const REGION: &str = "us-central1";
 
@@ -25,15 +21,10 @@ impl Lab {
 
     /// A lab whose server gets extra environment (settings such as `WHARF_INSTANCE_MEMORY_LIMIT`).
     fn start_with_env(env: &[(&str, &str)]) -> Lab {
-        let work = tempfile::tempdir().unwrap();
-        let built = testapp_image(work.path(), "v1").unwrap();
-        let server = WharfServer::start_with_env(Path::new(env!("CARGO_BIN_EXE_wharf")), env).unwrap();
-        let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "color-api:v1"]).unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let image = format!("{}/color-api:v1", server.addrs.registry_addr);
-        Lab { server, image, _work: work }
+        Lab(WharfLab::start(Path::new(env!("CARGO_BIN_EXE_wharf")), env, "color-api:v1"))
     }
 
+    /// `wharf ARGS --project lab --region us-central1`, which must succeed; its stdout.
     fn wharf(&self, args: &[&str]) -> String {
         let mut full = args.to_vec();
         full.extend(["--project", "lab", "--region", REGION]);
