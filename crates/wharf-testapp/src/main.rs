@@ -31,7 +31,8 @@
 //! `TESTAPP_SLEEP_MS` (default 0), exits 0; it exits 1 instead when `TESTAPP_FAIL_TASK` names its
 //! index and its attempt is below `TESTAPP_FAIL_ATTEMPTS` (default 1), after
 //! `TESTAPP_FAIL_AFTER_MS` when set (instead of `TESTAPP_SLEEP_MS`), and prints `TESTAPP_ECHO`
-//! when set.
+//! when set. With `TESTAPP_CONNECT=IP:PORT` it first opens a TCP connection there (1 s timeout)
+//! and prints `connect IP:PORT: connected` or the error.
 //!
 //! `testapp grpc` serves gRPC instead (HTTP/2 cleartext only: echo, bidirectional chat and the
 //! standard health service; `grpc.rs`).
@@ -370,6 +371,14 @@ async fn run_task() -> ! {
     println!("task {index} attempt {attempt}");
     if let Some(echo) = var("TESTAPP_ECHO") {
         println!("echo {echo}");
+    }
+    if let Some(addr) = var("TESTAPP_CONNECT") {
+        let attempt = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr.as_str())).await;
+        match attempt {
+            Ok(Ok(_)) => println!("connect {addr}: connected"),
+            Ok(Err(e)) => println!("connect {addr}: {e}"),
+            Err(_) => println!("connect {addr}: timed out"),
+        }
     }
     let fails = var("TESTAPP_FAIL_TASK").and_then(|v| v.parse::<u64>().ok()) == Some(index)
         && attempt < num("TESTAPP_FAIL_ATTEMPTS", 1);

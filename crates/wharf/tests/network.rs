@@ -247,7 +247,8 @@ async fn instances_reach_the_internet_and_wharfs_services_but_nothing_else_of_th
 /// VPC egress, Cloud Run's opt-in to private ranges: the server allows network `office` (a
 /// /24 of its own in 10.79.0.0/16); a service deployed with `--network office` reaches a
 /// listener on a private address of this machine in that range, a service without it does
-/// not, and a revision or job naming a network the server lacks is refused naming `office`.
+/// not, the same for a job's task, and a revision or job naming a network the server lacks is
+/// refused naming `office`.
 #[tokio::test]
 async fn only_instances_that_opt_into_a_vpc_network_reach_its_private_ranges() {
     let n = u8::try_from(unique()).unwrap();
@@ -297,6 +298,41 @@ async fn only_instances_that_opt_into_a_vpc_network_reach_its_private_ranges() {
     let export = String::from_utf8_lossy(&out.stdout);
     assert!(export.contains("run.googleapis.com/network-interfaces"), "{export}");
     assert!(export.contains("run.googleapis.com/vpc-access-egress: private-ranges-only"), "{export}");
+
+    // A job opts in the same way: its task reaches the address, a task of a job without
+    // the opt-in does not.
+    let job_reaches = |job: &str, extra: &[&str]| -> String {
+        let create = [
+            "run",
+            "jobs",
+            "create",
+            job,
+            "--image",
+            &image,
+            "--project",
+            "demo",
+            "--region",
+            "us-central1",
+            "--args",
+            "job",
+            "--set-env-vars",
+            &format!("TESTAPP_CONNECT={target}"),
+        ];
+        let out = env.server.cli(&[&create[..], extra].concat()).unwrap();
+        assert!(out.status.success(), "jobs create {job}: {}", String::from_utf8_lossy(&out.stderr));
+        let run = ["run", "jobs", "execute", job, "--wait", "--project", "demo", "--region", "us-central1"];
+        let out = env.server.cli(&run).unwrap();
+        assert!(out.status.success(), "jobs execute {job}: {}", String::from_utf8_lossy(&out.stderr));
+        let logs = env.server.cli(&["logs", "read", "--job", job, "--limit", "50"]).unwrap();
+        String::from_utf8_lossy(&logs.stdout).into_owned()
+    };
+    let logs = job_reaches("plain-job", &[]);
+    assert!(logs.contains(&format!("connect {target}: ")) && !logs.contains("connected"), "{logs}");
+    assert!(!has_pending_connection(&listener), "a job without vpcAccess reached {target}");
+    let logs =
+        job_reaches("vpc-job", &["--network", "office", "--subnet", "office", "--vpc-egress", "private-ranges-only"]);
+    assert!(logs.contains(&format!("connect {target}: connected")), "the opted-in job did not reach {target}: {logs}");
+    assert!(has_pending_connection(&listener), "no connection from the opted-in job");
 
     // Unknown networks are refused at deploy, naming the known ones.
     let out = deploy("other", &["--vpc-connector", "projects/demo/locations/us-central1/connectors/lab"]);
