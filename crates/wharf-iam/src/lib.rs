@@ -89,6 +89,9 @@ pub struct Iam {
     /// Tokens recently found in the database: hash -> who and until when, and when it was
     /// looked up. Keeps the per-request check of the ingress off SQLite.
     known_tokens: Arc<RwLock<HashMap<String, KnownToken>>>,
+    /// Whether a service account was usable (exists, enabled) when last looked up, and when:
+    /// keeps the per-request check of an ID token's account at the ingress off SQLite.
+    known_accounts: Arc<RwLock<HashMap<String, (bool, Instant)>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,22 +141,46 @@ impl Iam {
             issuer: Issuer::new(db.clone()),
             db,
             known_tokens: Arc::default(),
+            known_accounts: Arc::default(),
         })
     }
 
     /// Authenticates the caller of a service: `bearer` is the token of an `Authorization` or
     /// `X-Serverless-Authorization: Bearer` header. A JWT must be a Wharf ID token whose
     /// audience `audience_ok` accepts (the service's URLs); anything else must be a token
-    /// [`Iam::authenticate`] accepts (the owner's, or a minted access token).
+    /// [`Iam::authenticate`] accepts (the owner's, or a minted access token). An ID token of
+    /// a service account that was disabled or deleted since it was signed is refused, like
+    /// every other credential of that account.
     pub fn authenticate_invoker(
         &self,
         bearer: &str,
         audience_ok: impl Fn(&str) -> bool,
     ) -> Result<Principal, InvokerAuthError> {
         if bearer.starts_with("eyJ") && bearer.matches('.').count() == 2 {
-            return Ok(self.issuer.verify(bearer, audience_ok)?.principal());
+            let principal = self.issuer.verify(bearer, audience_ok)?.principal();
+            if !self.account_usable_remembered(&principal).map_err(AuthError::Store)? {
+                return Err(AuthError::AccountDisabled(oidc::email_of(&principal)).into());
+            }
+            return Ok(principal);
         }
         Ok(self.authenticate_token(bearer)?)
+    }
+
+    /// [`Iam::account_usable`], from memory when looked up in the last [`KNOWN_TOKEN_TTL`]
+    /// (every change to accounts forgets what is remembered, see [`Iam::forget_known_tokens`]).
+    fn account_usable_remembered(&self, principal: &Principal) -> Result<bool, wharf_store::StoreError> {
+        let Principal::ServiceAccount(email) = principal else { return Ok(true) };
+        let known = self.known_accounts.read().unwrap_or_else(|e| e.into_inner()).get(email).copied();
+        if let Some((usable, _)) = known.filter(|(_, at)| at.elapsed() < KNOWN_TOKEN_TTL) {
+            return Ok(usable);
+        }
+        let usable = self.account_usable(principal)?;
+        let mut known = self.known_accounts.write().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= KNOWN_TOKEN_LIMIT {
+            known.clear();
+        }
+        known.insert(email.clone(), (usable, Instant::now()));
+        Ok(usable)
     }
 
     /// Checks an `Authorization` header value: `Bearer <token>`, or `Basic` with the token as
@@ -230,6 +257,7 @@ impl Iam {
     /// stop working on the very next request (called by every change to principals).
     pub(crate) fn forget_known_tokens(&self) {
         self.known_tokens.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.known_accounts.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Whether `caller` (None: no credentials) holds `permission` on `resource`.
@@ -352,6 +380,35 @@ pub(crate) mod tests {
         assert_eq!(iam.authenticate(Some(&format!("Bearer {}", live.token))).unwrap(), sa);
         let dead = iam.mint_access_token(&sa, 0).unwrap();
         assert!(matches!(iam.authenticate(Some(&format!("Bearer {}", dead.token))), Err(AuthError::Expired)));
+    }
+
+    #[test]
+    fn a_disabled_or_deleted_accounts_id_token_no_longer_invokes() {
+        let (_dir, iam, _) = setup();
+        iam.issuer.set_url("http://127.0.0.1:8000");
+        let email = iam.create_service_account("p", "caller", "", "").unwrap().email;
+        let sa = Principal::ServiceAccount(email.clone());
+        let (token, _) = iam.issuer.sign_id_token(&sa, "http://api.example").unwrap();
+        let any = |_: &str| true;
+        assert_eq!(iam.authenticate_invoker(&token, any).unwrap(), sa);
+        iam.set_service_account_disabled("p", &email, true).unwrap();
+        let refused = iam.authenticate_invoker(&token, any).unwrap_err();
+        assert!(matches!(&refused, InvokerAuthError::Token(AuthError::AccountDisabled(_))), "{refused}");
+        assert_eq!(
+            refused.to_string(),
+            format!("service account {email} is disabled or deleted: its credentials are not accepted")
+        );
+        iam.set_service_account_disabled("p", &email, false).unwrap();
+        assert_eq!(iam.authenticate_invoker(&token, any).unwrap(), sa);
+        iam.delete_service_account("p", &email).unwrap();
+        assert!(matches!(
+            iam.authenticate_invoker(&token, any),
+            Err(InvokerAuthError::Token(AuthError::AccountDisabled(_)))
+        ));
+        // The default account always exists; the owner's tokens are not an account's.
+        let default = Principal::ServiceAccount(default_service_account("p"));
+        let (token, _) = iam.issuer.sign_id_token(&default, "http://api.example").unwrap();
+        assert_eq!(iam.authenticate_invoker(&token, any).unwrap(), default);
     }
 
     #[test]

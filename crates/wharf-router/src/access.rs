@@ -158,11 +158,35 @@ impl From<InvokerAuthError> for Refusal {
 
 /// The bearer token of `X-Serverless-Authorization`, else of `Authorization`.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
+    bearer_header(headers).map(|(_, token)| token)
+}
+
+/// The header [`Gate::admit`] takes the caller's token from, and the token.
+fn bearer_header(headers: &HeaderMap) -> Option<(&'static str, &str)> {
     ["x-serverless-authorization", "authorization"].into_iter().find_map(|name| {
         let value = headers.get(name)?.to_str().ok()?.trim();
         let (scheme, token) = value.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+        scheme.eq_ignore_ascii_case("bearer").then(|| (name, token.trim())).filter(|(_, t)| !t.is_empty())
     })
+}
+
+/// What the instance gets of an ID token the gate verified: as Cloud Run does, the token
+/// without its signature (`header.payload.`), so the app can read who called (the claims)
+/// but cannot replay a credential valid for this service. Rewrites the header
+/// [`Gate::admit`] read the token from; any other token (an access token, the app's own
+/// `Authorization` next to `X-Serverless-Authorization`) is left as it came. Call it only
+/// after `admit` accepted the request with a caller.
+pub fn strip_id_token_signature(headers: &mut HeaderMap) {
+    let Some((name, token)) = bearer_header(headers) else { return };
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&format!("Bearer {header}.{payload}.")) {
+        headers.insert(name, value);
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +200,30 @@ mod tests {
             invoker_iam_disabled: false,
             ingress: IngressSetting::All,
         }
+    }
+
+    #[test]
+    fn only_the_verified_id_tokens_signature_is_stripped() {
+        let header = |pairs: &[(&'static str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, value.parse().unwrap());
+            }
+            strip_id_token_signature(&mut headers);
+            headers
+        };
+        let stripped = header(&[("authorization", "Bearer eyJh.eyJw.c2ln")]);
+        assert_eq!(stripped["authorization"], "Bearer eyJh.eyJw.");
+        // X-Serverless-Authorization carried the checked token; the app's own header stays.
+        let both =
+            header(&[("authorization", "Bearer app.own.jwt"), ("x-serverless-authorization", "bearer eyJh.eyJw.c2ln")]);
+        assert_eq!(
+            (both["authorization"].to_str().unwrap(), both["x-serverless-authorization"].to_str().unwrap()),
+            ("Bearer app.own.jwt", "Bearer eyJh.eyJw.")
+        );
+        // Access tokens and other schemes pass as they are.
+        assert_eq!(header(&[("authorization", "Bearer ya29.wharf_abc")])["authorization"], "Bearer ya29.wharf_abc");
+        assert_eq!(header(&[("authorization", "Basic dXNlcjpwdw==")])["authorization"], "Basic dXNlcjpwdw==");
     }
 
     #[test]

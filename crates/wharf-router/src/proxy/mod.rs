@@ -230,7 +230,8 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = self.table.lookup(&host).ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
         match self.gate.admit(&route.access, req.headers(), remote.ip()) {
-            Ok(_) => {}
+            Ok(Some(_caller)) => crate::access::strip_id_token_signature(req.headers_mut()),
+            Ok(None) => {}
             Err(Refusal::NotInternal) => return Err(ProxyError::UnknownHost { host }),
             Err(refusal) => return Err(ProxyError::Refused { refusal, path: req.uri().path().to_owned() }),
         }

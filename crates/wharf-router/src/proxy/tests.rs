@@ -551,3 +551,48 @@ async fn internal_services_answer_loopback_and_instances_only() {
     assert_eq!(get_with(&ingress, &[("authorization", &format!("Bearer {owner_token}"))]).await.2, "inside");
     drop(dir2);
 }
+
+/// An instance stand-in answering with the `Authorization` header it received.
+async fn authorization_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let seen = req.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(seen.unwrap_or_default()))))
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_instance_gets_the_callers_id_token_without_its_signature() {
+    let table = Arc::new(RoutingTable::default());
+    let access = Arc::new(crate::access::Access {
+        resource: wharf_iam::Resource::service("p", "us-central1", "hello"),
+        hosts: vec![HOST.to_owned()],
+        invoker_iam_disabled: false,
+        ingress: crate::access::IngressSetting::All,
+    });
+    let pool =
+        RevisionPool::start("hello-00001", config(80, 0, 10), FakeLauncher::instant(authorization_echo().await).arc());
+    table.set(HOST, ServiceRoute { service: "hello".to_owned(), targets: vec![(pool, 100)], access });
+    let (_dir, iam, owner_token) = crate::testing::iam();
+    let ingress = Ingress::start_with_gate(table, Gate::new(iam.clone(), vec![])).await;
+
+    let (token, _) = iam.issuer.sign_id_token(&wharf_iam::Principal::Owner, &format!("http://{HOST}/")).unwrap();
+    let (status, _, seen) = get_with(&ingress, &[("authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(status, StatusCode::OK, "{seen}");
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    assert!(!signature.is_empty());
+    assert_eq!(seen, format!("Bearer {signed}."), "the claims arrive, the signature does not");
+    // What the instance got is no credential: sent back to the ingress, it is refused.
+    let (status, _, _) = get_with(&ingress, &[("authorization", &seen)]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // An opaque token is passed on as it came (it is not an ID token).
+    let (_, _, seen) = get_with(&ingress, &[("authorization", &format!("Bearer {owner_token}"))]).await;
+    assert_eq!(seen, format!("Bearer {owner_token}"));
+}
