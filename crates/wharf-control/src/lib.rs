@@ -233,6 +233,15 @@ impl ControlPlane {
         let pools = self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.get(&pool_key(project, location, revision)).cloned()
     }
+
+    /// What every revision pool reports now (instances by state, the autoscaler's wish,
+    /// startups, instance and busy time), for metrics and usage metering. A deleted
+    /// revision's pool is gone from here, and so are its metric series.
+    pub fn pool_reports(&self) -> Vec<wharf_router::PoolReport> {
+        let pools: Vec<Arc<RevisionPool>> =
+            self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        pools.iter().map(|p| p.report()).collect()
+    }
 }
 
 /// `len` random lowercase letters and digits, for generated names (revisions, executions).

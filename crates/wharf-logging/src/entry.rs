@@ -6,7 +6,9 @@
 //!
 //! As Cloud Logging does with structured lines, the special fields of a JSON line are lifted
 //! out of `jsonPayload`: `httpRequest`, `logging.googleapis.com/labels` (merged into
-//! `labels`), `logging.googleapis.com/trace` and `spanId` (`trace`, `spanId`).
+//! `labels`), `logging.googleapis.com/trace` and `spanId` (`trace`, `spanId`). Request log
+//! entries (stream `requests`, `logName` `run.googleapis.com%2Frequests`) are stored that way
+//! too ([`crate::requests`]) and render with `httpRequest`, `trace` and labels only.
 
 use std::collections::HashMap;
 
@@ -34,6 +36,7 @@ pub fn log_name(project: &str, stream: Stream) -> String {
         Stream::Stdout => "run.googleapis.com%2Fstdout",
         Stream::Stderr => "run.googleapis.com%2Fstderr",
         Stream::Platform => "run.googleapis.com%2Fvarlog%2Fsystem",
+        Stream::Requests => "run.googleapis.com%2Frequests",
     };
     format!("projects/{project}/logs/{id}")
 }
@@ -90,7 +93,11 @@ pub fn render(entry: &LogEntry, origin: &Origin) -> Value {
                 out.insert("spanId".into(), span);
             }
             payload.remove("severity");
-            out.insert("jsonPayload".into(), Value::Object(payload));
+            // A request log entry's details are all lifted out: it has no payload, as in
+            // Cloud Run.
+            if entry.stream != Stream::Requests || !payload.is_empty() {
+                out.insert("jsonPayload".into(), Value::Object(payload));
+            }
         }
         _ => {
             out.insert("textPayload".into(), Value::String(entry.message.clone()));

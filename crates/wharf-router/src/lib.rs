@@ -16,6 +16,8 @@
 //!   ones, or issued by the server's local CA for the hosts it routes).
 //! - [`access`]: who may call a service: the ingress setting, credentials (Wharf ID tokens and
 //!   access tokens) and `run.routes.invoke`, checked per request.
+//! - [`observe`]: what the proxy reports of each request ([`RequestRecord`]) to the server's
+//!   [`RequestObserver`] (request logs, metrics), and the pools' startup histograms.
 //! - [`error`]: how every proxy failure is answered, classified in one place.
 //!
 //! It does not know how instances are built (the launcher does) nor where routes come from.
@@ -23,6 +25,7 @@
 pub mod access;
 pub mod error;
 pub mod listener;
+pub mod observe;
 pub mod pool;
 pub mod proxy;
 pub mod table;
@@ -33,7 +36,8 @@ pub mod upstream;
 
 pub use access::{Access, Gate, IngressSetting};
 pub use listener::{Listener, ListenerLimits};
-pub use pool::{Lease, PoolConfig, PoolStats, RevisionPool, UpstreamProtocol};
+pub use observe::{PoolOwner, RequestObserver, RequestRecord};
+pub use pool::{Lease, PoolConfig, PoolReport, PoolStats, RevisionPool, UpstreamProtocol};
 pub use proxy::{serve, serve_tls};
 pub use table::{RoutingTable, ServiceRoute};
 pub use upstream::{BoxFuture, LaunchError, Launcher, Upstream};

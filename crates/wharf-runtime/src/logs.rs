@@ -3,7 +3,8 @@
 //! the state database with a retention bound. A line that is a JSON object with `severity` or
 //! `message` is a structured entry, as Cloud Logging reads it; other stdout lines are INFO and
 //! stderr lines ERROR. The platform's own lines about an instance (why it failed, say) are
-//! stored alongside with stream `platform`.
+//! stored alongside with stream `platform`, and the ingress's request log entries (one per
+//! proxied request, built by `wharf_logging::requests`) with stream `requests`.
 //!
 //! Limits, so that one instance can neither fill the disk nor slow others' logs:
 //! - each instance writes through its own queue ([`InstanceLog`]); the one writer task takes
@@ -53,6 +54,8 @@ pub enum Stream {
     Stdout,
     Stderr,
     Platform,
+    /// Request log entries: one per proxied request, details in the payload's `httpRequest`.
+    Requests,
 }
 
 impl Stream {
@@ -61,6 +64,7 @@ impl Stream {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
             Stream::Platform => "platform",
+            Stream::Requests => "requests",
         }
     }
 }
@@ -248,6 +252,12 @@ impl LogStore {
         let _ = self.control.send(Control::Line(Box::new(entry)));
     }
 
+    /// Records a prebuilt entry (a request log entry, say) as is, outside any rate budget:
+    /// the caller bounds what it records. Its `id` is assigned when it is stored.
+    pub fn record(&self, entry: LogEntry) {
+        let _ = self.control.send(Control::Line(Box::new(entry)));
+    }
+
     /// Waits until every line appended so far (by any instance) is stored.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -330,6 +340,7 @@ impl LogStore {
                     stream: match stream.as_str() {
                         "stdout" => Stream::Stdout,
                         "stderr" => Stream::Stderr,
+                        "requests" => Stream::Requests,
                         _ => Stream::Platform,
                     },
                     severity: severity_name(r.get(3)?).to_owned(),

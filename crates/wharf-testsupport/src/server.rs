@@ -29,6 +29,9 @@ pub struct Addresses {
     #[serde(default)]
     pub https_addr: Option<String>,
     pub registry_addr: String,
+    /// The Prometheus endpoint, when the server was started with `WHARF_METRICS_ADDR`.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug)]
@@ -142,6 +145,7 @@ impl WharfServer {
                 ingress_addr: String::new(),
                 https_addr: None,
                 registry_addr: String::new(),
+                metrics_addr: None,
             },
             token: String::new(),
         };

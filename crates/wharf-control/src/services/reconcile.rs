@@ -209,7 +209,14 @@ impl ControlPlane {
             .entry(key)
             .or_insert_with(|| {
                 let launcher = Arc::new(self.launcher(revision));
-                RevisionPool::start(&revision.name, self.pool_config(&revision.config, false), launcher)
+                let owner = wharf_router::PoolOwner {
+                    project: revision.parent.project.clone(),
+                    location: revision.parent.location.clone(),
+                    service: revision.service.clone(),
+                    cpu_millis: revision.config.instance.resources.cpu_millis,
+                    memory_bytes: revision.config.instance.resources.memory_bytes,
+                };
+                RevisionPool::start_owned(owner, &revision.name, self.pool_config(&revision.config, false), launcher)
             })
             .clone()
     }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use wharf_autoscaler::{Autoscaler, ScalingConfig};
 
 use crate::error::ProxyError;
+use crate::observe::{Histogram, HistogramSnapshot, PoolOwner};
 use crate::upstream::{LaunchError, Launcher, Upstream};
 
 /// How long [`RevisionPool::close`] waits, past its drain period, for instances still
@@ -67,6 +68,10 @@ struct Slot {
     authority: Authority,
     in_flight: u32,
     idle_since: Instant,
+    /// When the instance joined the pool (for instance time, and to tell a cold start).
+    joined: Instant,
+    /// Since when at least one request has been in flight on it.
+    busy_since: Option<Instant>,
     /// The upstream reported itself gone; kept so that it is asked once.
     gone: bool,
 }
@@ -94,6 +99,44 @@ struct PoolState {
     drained: bool,
     autoscaler: Autoscaler,
     config: PoolConfig,
+    /// What the pool has accounted since it started (see [`PoolReport`]).
+    meter: Meter,
+}
+
+/// Instance time and busy time of instances no longer in the pool, plus the autoscaler's
+/// last decision and the concurrency peak, for [`RevisionPool::report`].
+#[derive(Debug, Default)]
+struct Meter {
+    retired_instance_time: Duration,
+    busy_time: Duration,
+    desired: u32,
+    /// The most requests in flight on one instance in the current minute, and in the last.
+    peak: u32,
+    previous_peak: u32,
+    peak_window: Option<Instant>,
+}
+
+/// How long one peak window lasts (`max_request_concurrencies` reports the higher of the
+/// current and the previous window).
+const PEAK_WINDOW: Duration = Duration::from_secs(60);
+
+impl Meter {
+    fn record_in_flight(&mut self, now: Instant, in_flight: u32) {
+        match self.peak_window {
+            Some(start) if now.duration_since(start) < PEAK_WINDOW => {}
+            Some(start) if now.duration_since(start) < PEAK_WINDOW * 2 => {
+                self.previous_peak = self.peak;
+                self.peak = 0;
+                self.peak_window = Some(start + PEAK_WINDOW);
+            }
+            _ => {
+                self.previous_peak = 0;
+                self.peak = 0;
+                self.peak_window = Some(now);
+            }
+        }
+        self.peak = self.peak.max(in_flight);
+    }
 }
 
 impl PoolState {
@@ -101,11 +144,52 @@ impl PoolState {
         let authority = upstream.addr().to_string().parse().expect("a socket address is a valid URI authority");
         let key = self.next_key;
         self.next_key += 1;
-        self.slots.push(Slot { key, upstream, authority, in_flight: 0, idle_since: Instant::now(), gone: false });
+        let now = Instant::now();
+        self.slots.push(Slot {
+            key,
+            upstream,
+            authority,
+            in_flight: 0,
+            idle_since: now,
+            joined: now,
+            busy_since: None,
+            gone: false,
+        });
+    }
+
+    /// Accounts the instance time and busy time of a slot leaving the pool.
+    fn retire(&mut self, slot: &Slot) {
+        let now = Instant::now();
+        self.meter.retired_instance_time += now.duration_since(slot.joined);
+        if let Some(since) = slot.busy_since {
+            self.meter.busy_time += now.duration_since(since);
+        }
     }
 
     fn prune_gone(&mut self) {
-        self.slots.retain_mut(|s| !s.check_gone());
+        let mut gone = Vec::new();
+        self.slots.retain_mut(|s| {
+            if s.check_gone() {
+                gone.push((s.joined, s.busy_since));
+                false
+            } else {
+                true
+            }
+        });
+        let now = Instant::now();
+        for (joined, busy_since) in gone {
+            self.meter.retired_instance_time += now.duration_since(joined);
+            if let Some(since) = busy_since {
+                self.meter.busy_time += now.duration_since(since);
+            }
+        }
+    }
+
+    /// Removes the slot at `i`, accounting its time.
+    fn remove_slot(&mut self, i: usize) -> Slot {
+        let slot = self.slots.remove(i);
+        self.retire(&slot);
+        slot
     }
 
     fn in_flight(&self) -> u32 {
@@ -151,6 +235,10 @@ pub struct RevisionPool {
     closed: CancellationToken,
     request_timeout_ms: AtomicU64,
     session_affinity: AtomicBool,
+    /// Who the pool serves, for what it reports.
+    owner: Arc<PoolOwner>,
+    /// Instances the scaling loop started, and how long each took to become ready.
+    startups: Histogram,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -175,9 +263,17 @@ pub struct Lease {
     key: u64,
     upstream: Arc<dyn Upstream>,
     authority: Authority,
+    /// When the instance joined the pool.
+    joined: Instant,
 }
 
 impl Lease {
+    /// When the leased instance joined the pool: a request that began waiting before this
+    /// waited for a cold start.
+    pub fn instance_joined(&self) -> Instant {
+        self.joined
+    }
+
     /// The instance this request may use.
     pub fn upstream(&self) -> &Arc<dyn Upstream> {
         &self.upstream
@@ -198,11 +294,16 @@ impl fmt::Debug for Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         {
-            let mut st = self.pool.lock();
+            let mut guard = self.pool.lock();
+            let st = &mut *guard;
             if let Some(slot) = st.slots.iter_mut().find(|s| s.key == self.key) {
                 slot.in_flight = slot.in_flight.saturating_sub(1);
                 if slot.in_flight == 0 {
-                    slot.idle_since = Instant::now();
+                    let now = Instant::now();
+                    slot.idle_since = now;
+                    if let Some(since) = slot.busy_since.take() {
+                        st.meter.busy_time += now.duration_since(since);
+                    }
                 }
             }
         }
@@ -232,11 +333,50 @@ pub struct PoolStats {
     pub queued: u32,
 }
 
+/// What a pool reports for metrics and usage metering ([`RevisionPool::report`]).
+#[derive(Debug, Clone)]
+pub struct PoolReport {
+    pub owner: Arc<PoolOwner>,
+    pub revision: String,
+    /// Instances with at least one request in flight (Cloud Run's `active` state).
+    pub active: u32,
+    /// Instances with none (`idle`).
+    pub idle: u32,
+    pub starting: u32,
+    pub in_flight: u32,
+    pub queued: u32,
+    /// The instances the autoscaler last asked for.
+    pub desired: u32,
+    /// The most requests in flight on one instance, over the last one to two minutes.
+    pub max_concurrency: u32,
+    /// Instance starts by the scaling loop (cold starts) and how long each took.
+    pub startups: HistogramSnapshot,
+    /// Summed lifetime of the pool's instances, from joining the pool until leaving it (or
+    /// now): what Cloud Run bills when CPU is always allocated.
+    pub instance_time: Duration,
+    /// Summed time instances had at least one request in flight: what Cloud Run bills when
+    /// CPU is only allocated during requests.
+    pub busy_time: Duration,
+}
+
 impl RevisionPool {
     /// Creates the pool and starts its scaling loop (which keeps min-instances warm).
     /// Must be called within a tokio runtime.
     pub fn start(revision: &str, config: PoolConfig, launcher: Arc<dyn Launcher>) -> Arc<RevisionPool> {
+        RevisionPool::start_owned(PoolOwner::default(), revision, config, launcher)
+    }
+
+    /// [`RevisionPool::start`] for a pool that reports who it serves (labels of its metrics,
+    /// usage per service).
+    pub fn start_owned(
+        owner: PoolOwner,
+        revision: &str,
+        config: PoolConfig,
+        launcher: Arc<dyn Launcher>,
+    ) -> Arc<RevisionPool> {
         let pool = Arc::new(RevisionPool {
+            owner: Arc::new(owner),
+            startups: Histogram::default(),
             revision: revision.to_owned(),
             protocol: config.protocol,
             launcher,
@@ -252,6 +392,7 @@ impl RevisionPool {
                 drained: false,
                 autoscaler: Autoscaler::new(config.scaling.clone(), Instant::now()),
                 config,
+                meter: Meter::default(),
             }),
             changed: Notify::new(),
             wake: Notify::new(),
@@ -291,6 +432,50 @@ impl RevisionPool {
         self.wake.notify_one();
     }
 
+    /// Who the pool serves.
+    pub fn owner(&self) -> &Arc<PoolOwner> {
+        &self.owner
+    }
+
+    /// Instance counts by state, the autoscaler's wish, startups and accounted time.
+    pub fn report(&self) -> PoolReport {
+        let now = Instant::now();
+        let mut st = self.lock();
+        st.prune_gone();
+        let mut report = PoolReport {
+            owner: self.owner.clone(),
+            revision: self.revision.clone(),
+            active: 0,
+            idle: 0,
+            starting: st.starting,
+            in_flight: 0,
+            queued: st.queued,
+            desired: st.meter.desired,
+            max_concurrency: 0,
+            startups: self.startups.snapshot(),
+            instance_time: st.meter.retired_instance_time,
+            busy_time: st.meter.busy_time,
+        };
+        for slot in &st.slots {
+            if slot.in_flight > 0 {
+                report.active += 1;
+            } else {
+                report.idle += 1;
+            }
+            report.in_flight += slot.in_flight;
+            report.instance_time += now.duration_since(slot.joined);
+            if let Some(since) = slot.busy_since {
+                report.busy_time += now.duration_since(since);
+            }
+        }
+        let in_window = st.meter.peak_window.is_some_and(|w| now.duration_since(w) < PEAK_WINDOW * 2);
+        if in_window {
+            report.max_concurrency = st.meter.peak.max(st.meter.previous_peak);
+        }
+        report.max_concurrency = report.max_concurrency.max(st.slots.iter().map(|s| s.in_flight).max().unwrap_or(0));
+        report
+    }
+
     pub fn stats(&self) -> PoolStats {
         let mut st = self.lock();
         let ready = st.slots.iter_mut().map(Slot::check_gone).filter(|gone| !gone).count();
@@ -318,9 +503,23 @@ impl RevisionPool {
         self.changed.notify_waiters();
     }
 
-    fn lease(self: &Arc<Self>, slot: &mut Slot) -> Lease {
+    fn lease(self: &Arc<Self>, st: &mut PoolState, i: usize) -> Lease {
+        let now = Instant::now();
+        let slot = &mut st.slots[i];
         slot.in_flight += 1;
-        Lease { pool: self.clone(), key: slot.key, upstream: slot.upstream.clone(), authority: slot.authority.clone() }
+        if slot.in_flight == 1 {
+            slot.busy_since = Some(now);
+        }
+        let lease = Lease {
+            pool: self.clone(),
+            key: slot.key,
+            upstream: slot.upstream.clone(),
+            authority: slot.authority.clone(),
+            joined: slot.joined,
+        };
+        let in_flight = slot.in_flight;
+        st.meter.record_in_flight(now, in_flight);
+        lease
     }
 
     /// Claims a slot at once if an instance has room (the common, warm case: no waiting, no
@@ -331,7 +530,7 @@ impl RevisionPool {
         }
         let mut st = self.lock();
         let i = st.pick(preferred)?;
-        Some(self.lease(&mut st.slots[i]))
+        Some(self.lease(&mut st, i))
     }
 
     /// Claims a slot on an instance, waiting in the queue (up to the queue timeout) while
@@ -353,7 +552,7 @@ impl RevisionPool {
                 }
                 st.prune_gone();
                 if let Some(i) = st.pick(None) {
-                    return Ok(self.lease(&mut st.slots[i]));
+                    return Ok(self.lease(&mut st, i));
                 }
                 if place.is_none() {
                     if st.queued as usize >= st.config.max_queue {
@@ -400,7 +599,11 @@ impl RevisionPool {
         let slots = {
             let mut st = self.lock();
             st.drained = true;
-            std::mem::take(&mut st.slots)
+            let slots = std::mem::take(&mut st.slots);
+            for slot in &slots {
+                st.retire(slot);
+            }
+            slots
         };
         futures::future::join_all(slots.into_iter().map(|s| self.launcher.stop(s.upstream))).await;
     }

@@ -53,6 +53,7 @@ fn scale_once(pool: &Arc<RevisionPool>) {
             let needed = (in_flight + st.queued).div_ceil(limit).min(st.config.scaling.max_instances);
             desired = desired.max(needed);
         }
+        st.meter.desired = desired;
         let backing_off = st.retry_after.is_some_and(|t| now < t);
         to_start = if backing_off { 0 } else { desired.saturating_sub(current) };
         st.starting += to_start;
@@ -61,7 +62,7 @@ fn scale_once(pool: &Arc<RevisionPool>) {
             // Stop the instances idle the longest first; busy ones are never stopped.
             st.slots.sort_by_key(|s| (s.in_flight, s.idle_since));
             while excess > 0 && st.slots.first().is_some_and(|s| s.in_flight == 0) {
-                to_stop.push(st.slots.remove(0).upstream);
+                to_stop.push(st.remove_slot(0).upstream);
                 excess -= 1;
             }
         }
@@ -78,7 +79,11 @@ fn scale_once(pool: &Arc<RevisionPool>) {
 /// Starts one instance (already counted in `starting`) and adds it to the pool, or stops it
 /// if the pool was closed and drained meanwhile.
 async fn start_one(pool: Arc<RevisionPool>) {
+    let began = Instant::now();
     let result = pool.launcher.launch().await;
+    if result.is_ok() {
+        pool.startups.observe(began.elapsed());
+    }
     let unwanted = {
         let mut st = pool.lock();
         st.starting -= 1;

@@ -366,3 +366,31 @@ async fn a_request_needing_an_instance_the_machine_has_no_room_for_gets_429_with
     assert_eq!(lease.upstream().id(), "i2");
     drop((busy, lease));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_report_counts_instance_time_and_busy_time_separately_and_instances_by_state() {
+    // Min-instances 2: the scaling loop keeps both instances.
+    let pool = RevisionPool::start("hello-00001", config(10, 2, 10), FakeLauncher::gated().arc());
+    let a = FakeUpstream::new("a", unroutable());
+    pool.adopt(a.clone());
+    pool.adopt(FakeUpstream::new("b", unroutable()));
+    // Two overlapping requests on one instance for 3 s count 3 s of busy time, not 6.
+    let first = pool.try_acquire(Some("a")).unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let second = pool.try_acquire(Some("a")).unwrap();
+    let report = pool.report();
+    assert_eq!((report.active, report.idle, report.in_flight, report.max_concurrency), (1, 1, 2, 2));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    drop((first, second));
+    tokio::time::advance(Duration::from_secs(7)).await;
+    let report = pool.report();
+    assert_eq!(report.busy_time, Duration::from_secs(3));
+    assert_eq!(report.instance_time, Duration::from_secs(20), "two instances for 10 s");
+    // An instance that leaves keeps its time in the report.
+    a.kill();
+    assert_eq!(pool.report().instance_time, Duration::from_secs(20));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let report = pool.report();
+    assert_eq!((report.active, report.idle), (0, 1));
+    assert_eq!(report.instance_time, Duration::from_secs(25), "a: 10 s until it was found gone, b: 15 s");
+}

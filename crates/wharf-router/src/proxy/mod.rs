@@ -9,6 +9,11 @@
 //! it the client gets a 504 and the instance keeps serving. Each request runs in a debug span
 //! (`request`: its number, host, revision and instance).
 //!
+//! Every request routed to a service is reported once, when its response ends, as a
+//! [`RequestRecord`] to the server's [`RequestObserver`] (request logs and metrics): the
+//! record is filled in along the way and handed over by the response body's drop, so the
+//! hot path does no I/O for it.
+//!
 //! It does not choose instances nor scale them (the revision's [`crate::pool`] does), and it
 //! answers failures only through [`ProxyError`].
 
@@ -36,6 +41,7 @@ use tracing::{Instrument as _, Span};
 use crate::access::{Gate, Refusal};
 use crate::error::ProxyError;
 use crate::listener::{ConnectionPlace, Listener};
+use crate::observe::{PoolOwner, RequestObserver, RequestRecord};
 use crate::pool::{Lease, UpstreamProtocol};
 use crate::table::RoutingTable;
 
@@ -43,6 +49,9 @@ use crate::table::RoutingTable;
 mod tests;
 
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// Where the ingress reports each request, if anywhere.
+pub type Observer = Option<Arc<dyn RequestObserver>>;
 
 /// Serves the ingress on `socket` until `shutdown`, with the connection limits of `listener`
 /// (see [`crate::listener`]).
@@ -56,9 +65,10 @@ pub async fn serve(
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
     gate: Gate,
+    observer: Observer,
     shutdown: CancellationToken,
 ) {
-    serve_on(socket, listener, table, gate, None, shutdown).await;
+    serve_on(socket, listener, table, gate, observer, None, shutdown).await;
 }
 
 /// Serves the ingress over TLS on `socket` (see [`crate::tls`]): the same proxy, with
@@ -68,10 +78,11 @@ pub async fn serve_tls(
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
     gate: Gate,
+    observer: Observer,
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) {
-    serve_on(socket, listener, table, gate, Some(tokio_rustls::TlsAcceptor::from(tls)), shutdown).await;
+    serve_on(socket, listener, table, gate, observer, Some(tokio_rustls::TlsAcceptor::from(tls)), shutdown).await;
 }
 
 async fn serve_on(
@@ -79,6 +90,7 @@ async fn serve_on(
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
     gate: Gate,
+    observer: Observer,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
@@ -92,8 +104,8 @@ async fn serve_on(
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut workers = Vec::new();
     for i in 0..threads {
-        let (socket, listener, table, gate, tls, shutdown) = match socket.try_clone() {
-            Ok(l) => (l, listener.clone(), table.clone(), gate.clone(), tls.clone(), shutdown.clone()),
+        let (socket, listener, table, gate, observer, tls, shutdown) = match socket.try_clone() {
+            Ok(l) => (l, listener.clone(), table.clone(), gate.clone(), observer.clone(), tls.clone(), shutdown.clone()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot share the ingress listener");
                 break;
@@ -109,7 +121,7 @@ async fn serve_on(
             };
             runtime.block_on(async move {
                 match TcpListener::from_std(socket) {
-                    Ok(socket) => accept_loop(socket, listener, table, gate, tls, shutdown).await,
+                    Ok(socket) => accept_loop(socket, listener, table, gate, observer, tls, shutdown).await,
                     Err(e) => tracing::error!(error = %e, "ingress worker cannot listen"),
                 }
             });
@@ -135,6 +147,7 @@ async fn accept_loop(
     listener: Arc<Listener>,
     table: Arc<RoutingTable>,
     gate: Gate,
+    observer: Observer,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
@@ -152,7 +165,7 @@ async fn accept_loop(
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
     let forwarded_proto = if tls.is_some() { "https" } else { "http" };
-    let proxy = Arc::new(Proxy { table, gate, http1, h2c, forwarded_proto });
+    let proxy = Arc::new(Proxy { table, gate, http1, h2c, forwarded_proto, observer });
     let make_service = move |remote| {
         let proxy = proxy.clone();
         hyper::service::service_fn(move |req| {
@@ -175,6 +188,7 @@ struct Proxy {
     h2c: Client<HttpConnector, Incoming>,
     /// `X-Forwarded-Proto` for the instance: how the client reached the ingress.
     forwarded_proto: &'static str,
+    observer: Observer,
 }
 
 /// Headers that belong to one connection, never forwarded.
@@ -210,11 +224,18 @@ impl Proxy {
             instance = tracing::field::Empty,
         );
         let grpc = is_grpc(req.headers());
+        let mut trail = self.observer.as_ref().map(|observer| Trail::begin(observer.clone(), &req, &host, remote));
         let forward = async {
-            match self.forward(req, remote, host, &span, grpc).await {
+            match self.forward(req, remote, host, &span, grpc, &mut trail).await {
                 Ok(response) => response,
-                Err(e) if grpc => e.into_grpc_response(),
-                Err(e) => e.into_response(),
+                Err(e) => {
+                    let response = if grpc { e.into_grpc_response() } else { e.into_response() };
+                    if let Some(trail) = trail {
+                        let size = response.body().size_hint().exact().unwrap_or(0);
+                        trail.finish(response.status().as_u16(), size);
+                    }
+                    response
+                }
             }
         };
         forward.instrument(span.clone()).await
@@ -227,17 +248,36 @@ impl Proxy {
         host: String,
         span: &Span,
         grpc: bool,
+        trail: &mut Option<Trail>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let route = self.table.lookup(&host).ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
+        let Some(route) = self.table.lookup(&host) else {
+            // No service: nothing to report the request under.
+            *trail = None;
+            return Err(ProxyError::UnknownHost { host });
+        };
+        if let Some(trail) = trail {
+            trail.record.service.clone_from(&route.service);
+            if let Some((pool, _)) = route.targets.first() {
+                trail.record.owner = pool.owner().clone();
+            }
+        }
         match self.gate.admit(&route.access, req.headers(), remote.ip()) {
             Ok(Some(_caller)) => crate::access::strip_id_token_signature(req.headers_mut()),
             Ok(None) => {}
-            Err(Refusal::NotInternal) => return Err(ProxyError::UnknownHost { host }),
+            Err(Refusal::NotInternal) => {
+                // Answered as if no service had the host: not the service's request.
+                *trail = None;
+                return Err(ProxyError::UnknownHost { host });
+            }
             Err(refusal) => return Err(ProxyError::Refused { refusal, path: req.uri().path().to_owned() }),
         }
         let roll = if route.targets.len() > 1 { fast_random() % 100 } else { 0 };
         let pool = route.pick(u32::try_from(roll).unwrap_or(0)).ok_or(ProxyError::NoRevision)?.clone();
         span.record("revision", pool.revision.as_str());
+        if let Some(trail) = trail {
+            trail.record.revision.clone_from(&pool.revision);
+            trail.record.owner = pool.owner().clone();
+        }
         let timeout = pool.request_timeout();
         // One timer per request: it bounds the wait for an instance, the response head, and
         // then the body.
@@ -246,12 +286,23 @@ impl Proxy {
         let preferred = if affinity { affinity_cookie(req.headers(), &pool.revision) } else { None };
         let lease = match pool.try_acquire(preferred.as_deref()) {
             Some(lease) => lease,
-            None => tokio::select! {
-                lease = pool.acquire() => lease?,
-                _ = deadline.as_mut() => return Err(ProxyError::Timeout(timeout)),
-            },
+            None => {
+                let waited_from = tokio::time::Instant::now();
+                let lease = tokio::select! {
+                    lease = pool.acquire() => lease?,
+                    _ = deadline.as_mut() => return Err(ProxyError::Timeout(timeout)),
+                };
+                if let Some(trail) = trail {
+                    trail.record.queued = waited_from.elapsed();
+                    trail.record.cold_start = lease.instance_joined() >= waited_from;
+                }
+                lease
+            }
         };
         span.record("instance", lease.upstream().id());
+        if let Some(trail) = trail {
+            trail.record.instance = lease.upstream().id().to_owned();
+        }
 
         let upgrade = is_upgrade(req.headers());
         // An upgrade (WebSocket) is an HTTP/1.1 mechanism: it goes to the instance over
@@ -268,7 +319,10 @@ impl Proxy {
         uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| "/".parse().expect("valid")));
         parts.uri = hyper::Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))?;
         parts.version = if http2 { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
-        prepare_headers(&mut parts.headers, remote, &host, upgrade, self.forwarded_proto);
+        let trace = prepare_headers(&mut parts.headers, remote, &host, upgrade, self.forwarded_proto);
+        if let Some(trail) = trail {
+            trail.record.trace = Some(trace);
+        }
         let upstream = Request::from_parts(parts, body);
         let client = if http2 { &self.h2c } else { &self.http1 };
 
@@ -291,6 +345,9 @@ impl Proxy {
                 .instrument(span.clone()),
             );
             let (parts, _) = response.into_parts();
+            if let Some(trail) = trail.take() {
+                trail.finish(StatusCode::SWITCHING_PROTOCOLS.as_u16(), 0);
+            }
             return Ok(Response::from_parts(
                 parts,
                 http_body_util::Empty::new().map_err(|never| match never {}).boxed(),
@@ -314,7 +371,11 @@ impl Proxy {
                 parts.headers.append(header::SET_COOKIE, v);
             }
         }
-        let body = LeasedBody { inner: body, _lease: lease, deadline, timeout, grpc, ended: false };
+        let report = trail.take().map(|mut trail| {
+            trail.record.status = parts.status.as_u16();
+            trail
+        });
+        let body = LeasedBody { inner: body, _lease: lease, deadline, timeout, grpc, ended: false, report };
         Ok(Response::from_parts(parts, body.boxed()))
     }
 }
@@ -357,7 +418,14 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Strips hop-by-hop headers (keeping an upgrade's, and `TE: trailers`, which says the client
 /// takes trailers: gRPC servers want it, and the proxy forwards trailers), and adds
 /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and trace context.
-fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, upgrade: bool, proto: &'static str) {
+/// Returns the request's trace id.
+fn prepare_headers(
+    headers: &mut HeaderMap,
+    remote: SocketAddr,
+    host: &str,
+    upgrade: bool,
+    proto: &'static str,
+) -> String {
     let upgrade_header = headers.get(header::UPGRADE).cloned();
     let takes_trailers =
         headers.get_all(header::TE).iter().filter_map(|v| v.to_str().ok()).any(|v| {
@@ -384,12 +452,12 @@ fn prepare_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, upgr
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.entry(HeaderName::from_static("x-forwarded-host")).or_insert(v);
     }
-    add_trace_headers(headers);
+    add_trace_headers(headers)
 }
 
 /// Makes sure both W3C `traceparent` and Google's `X-Cloud-Trace-Context` are present and
-/// name the same trace.
-fn add_trace_headers(headers: &mut HeaderMap) {
+/// name the same trace; returns the trace id (32 hex digits).
+fn add_trace_headers(headers: &mut HeaderMap) -> String {
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let cloud = headers.get("x-cloud-trace-context").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let parsed_parent = traceparent.as_deref().and_then(|t| {
@@ -416,6 +484,7 @@ fn add_trace_headers(headers: &mut HeaderMap) {
             headers.insert(HeaderName::from_static("x-cloud-trace-context"), v);
         }
     }
+    trace
 }
 
 /// A fast per-thread pseudo-random number (xorshift64*), seeded once from the OS: for traffic
@@ -525,6 +594,74 @@ struct LeasedBody {
     grpc: bool,
     /// The deadline passed and the body was ended.
     ended: bool,
+    /// The request's record, finished and reported when the body is dropped.
+    report: Option<Trail>,
+}
+
+impl Drop for LeasedBody {
+    fn drop(&mut self) {
+        if let Some(trail) = self.report.take() {
+            let (status, sent) = (trail.record.status, trail.sent);
+            trail.finish(status, sent);
+        }
+    }
+}
+
+/// A request's [`RequestRecord`] while it is being served: filled in by `forward` as the
+/// route, revision, instance and trace are known, and reported once by [`Trail::finish`].
+struct Trail {
+    observer: Arc<dyn RequestObserver>,
+    started: std::time::Instant,
+    record: RequestRecord,
+    /// Response body bytes sent so far.
+    sent: u64,
+}
+
+impl Trail {
+    fn begin(observer: Arc<dyn RequestObserver>, req: &Request<Incoming>, host: &str, remote: SocketAddr) -> Trail {
+        let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let scheme = req.uri().scheme_str().unwrap_or("http");
+        let protocol = match req.version() {
+            hyper::Version::HTTP_09 => "HTTP/0.9",
+            hyper::Version::HTTP_10 => "HTTP/1.0",
+            hyper::Version::HTTP_2 => "HTTP/2",
+            hyper::Version::HTTP_3 => "HTTP/3",
+            _ => "HTTP/1.1",
+        };
+        Trail {
+            observer,
+            started: std::time::Instant::now(),
+            record: RequestRecord {
+                received: std::time::SystemTime::now(),
+                owner: Arc::new(PoolOwner::default()),
+                service: String::new(),
+                revision: String::new(),
+                instance: String::new(),
+                method: req.method().as_str().to_owned(),
+                url: format!("{scheme}://{host}{path}"),
+                status: 0,
+                latency: Duration::ZERO,
+                request_size: header(header::CONTENT_LENGTH).and_then(|v| v.parse().ok()).unwrap_or(0),
+                response_size: 0,
+                user_agent: header(header::USER_AGENT),
+                referer: header(header::REFERER),
+                remote_ip: remote.ip(),
+                protocol,
+                trace: None,
+                queued: Duration::ZERO,
+                cold_start: false,
+            },
+            sent: 0,
+        }
+    }
+
+    fn finish(mut self, status: u16, response_size: u64) {
+        self.record.status = status;
+        self.record.response_size = response_size;
+        self.record.latency = self.started.elapsed();
+        self.observer.observe(self.record);
+    }
 }
 
 impl Body for LeasedBody {
@@ -549,7 +686,13 @@ impl Body for LeasedBody {
             }
             return Poll::Ready(None);
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Some(trail), Poll::Ready(Some(Ok(frame)))) = (self.report.as_mut(), &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            trail.sent += data.len() as u64;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

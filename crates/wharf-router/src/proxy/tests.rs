@@ -73,7 +73,7 @@ impl Ingress {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let limits = Listener::new("ingress", ListenerLimits::default());
-        tokio::spawn(accept_loop(listener, limits.clone(), table, gate, None, shutdown.clone()));
+        tokio::spawn(accept_loop(listener, limits.clone(), table, gate, None, None, shutdown.clone()));
         Ingress {
             addr,
             _iam_dir: None,
@@ -595,4 +595,70 @@ async fn the_instance_gets_the_callers_id_token_without_its_signature() {
     // An opaque token is passed on as it came (it is not an ID token).
     let (_, _, seen) = get_with(&ingress, &[("authorization", &format!("Bearer {owner_token}"))]).await;
     assert_eq!(seen, format!("Bearer {owner_token}"));
+}
+
+/// Hands every record to a channel the test reads.
+#[derive(Debug)]
+struct Recorder(std::sync::Mutex<tokio::sync::mpsc::UnboundedSender<crate::observe::RequestRecord>>);
+
+impl crate::observe::RequestObserver for Recorder {
+    fn observe(&self, record: crate::observe::RequestRecord) {
+        let _ = self.0.lock().unwrap().send(record);
+    }
+}
+
+#[tokio::test]
+async fn every_routed_request_is_reported_once_with_its_outcome_and_whether_it_waited_for_a_cold_start() {
+    let table = Arc::new(RoutingTable::default());
+    let timeout = PoolConfig { request_timeout: Duration::from_millis(500), ..config(80, 0, 10) };
+    let owner = crate::observe::PoolOwner {
+        project: "p".into(),
+        location: "here".into(),
+        service: "hello".into(),
+        cpu_millis: 1000,
+        memory_bytes: 512 << 20,
+    };
+    let pool = RevisionPool::start_owned(owner, "hello-00001", timeout, FakeLauncher::instant(instance("hi").await).arc());
+    table.set(HOST, ServiceRoute { service: "hello".to_owned(), targets: vec![(pool, 100)], access: open_access() });
+    let (tx, mut records) = tokio::sync::mpsc::unbounded_channel();
+    let (_dir, iam, _) = crate::testing::iam();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let observer: Arc<dyn crate::observe::RequestObserver> = Arc::new(Recorder(std::sync::Mutex::new(tx)));
+    let limits = Listener::new("ingress", ListenerLimits::default());
+    tokio::spawn(accept_loop(listener, limits, table, Gate::new(iam, vec![]), Some(observer), None, shutdown.clone()));
+    let ingress = Ingress { addr, _iam_dir: None, listener: Listener::new("unused", ListenerLimits::default()), client: Client::builder(TokioExecutor::new()).build_http(), shutdown };
+    let mut next = async || tokio::time::timeout(Duration::from_secs(10), records.recv()).await.unwrap().unwrap();
+
+    let request = Request::post(format!("http://{addr}/path?q=1"))
+        .header(header::HOST, HOST)
+        .header(header::USER_AGENT, "probe/1.0")
+        .header("x-cloud-trace-context", "0123456789abcdef0123456789abcdef/5;o=1")
+        .body(Full::new(Bytes::from_static(b"12345")))
+        .unwrap();
+    let response = ingress.client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+    let cold = next().await;
+    assert_eq!((cold.service.as_str(), cold.revision.as_str(), cold.owner.project.as_str()), ("hello", "hello-00001", "p"));
+    assert_eq!((cold.method.as_str(), cold.url.as_str(), cold.status), ("POST", "http://hello.example.com/path?q=1", 200));
+    assert_eq!((cold.request_size, cold.response_size, cold.protocol), (5, 2, "HTTP/1.1"));
+    assert_eq!(cold.user_agent.as_deref(), Some("probe/1.0"));
+    assert_eq!(cold.trace.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+    assert!(cold.cold_start, "the first request of a revision at zero waits for a start");
+    assert!(!cold.instance.is_empty());
+
+    assert_eq!(ingress.get(HOST, "/").await, (StatusCode::OK, "hi".to_owned()));
+    let warm = next().await;
+    assert!(!warm.cold_start && warm.queued.is_zero(), "{warm:?}");
+    assert_eq!(warm.trace.as_ref().map(String::len), Some(32), "a trace id is made up when none came");
+
+    assert_eq!(ingress.get(HOST, "/hang").await.0, StatusCode::GATEWAY_TIMEOUT);
+    let timed_out = next().await;
+    assert_eq!((timed_out.status, timed_out.instance.is_empty()), (504, false));
+
+    assert_eq!(ingress.get("unknown.example.com", "/").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(ingress.get(HOST, "/again").await.0, StatusCode::OK);
+    assert_eq!(next().await.url, "http://hello.example.com/again", "the unknown host's request was not reported");
 }

@@ -14,7 +14,7 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/wharf/config.toml";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// Config file (TOML with keys data_dir, api_addr, ingress_addr, https_addr, registry_addr, domain,
+    /// Config file (TOML with keys data_dir, api_addr, ingress_addr, https_addr, registry_addr, metrics_addr, domain,
     /// idle_timeout, instance_memory_limit, instance_cpu_limit, cgroup_parent, log_rate_limit,
     /// log_store_limit, secrets_key_file, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
     /// edge limits: header_read_timeout, connection_idle_timeout, max_connections,
@@ -38,6 +38,10 @@ pub struct ServerArgs {
     /// Address of the embedded OCI registry [default: 127.0.0.1:5000]
     #[arg(long, env = "WHARF_REGISTRY_ADDR")]
     pub registry_addr: Option<SocketAddr>,
+    /// Address of the Prometheus metrics endpoint (GET /metrics, no authentication: keep it on
+    /// loopback or a private network), e.g. 127.0.0.1:9464 [default: none, no endpoint]
+    #[arg(long, env = "WHARF_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Service URLs are http://{service}-{project hash}.{region}.{domain}; names under localhost reach
     /// loopback without /etc/hosts edits [default: localhost]
     #[arg(long, env = "WHARF_DOMAIN")]
@@ -152,6 +156,7 @@ struct ConfigFile {
     ingress_addr: Option<SocketAddr>,
     https_addr: Option<SocketAddr>,
     registry_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     domain: Option<String>,
     idle_timeout: Option<String>,
     header_read_timeout: Option<String>,
@@ -186,6 +191,8 @@ pub struct ServerConfig {
     /// The HTTPS ingress, when enabled.
     pub https_addr: Option<SocketAddr>,
     pub registry_addr: SocketAddr,
+    /// The Prometheus metrics endpoint, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     pub domain: String,
     pub idle_timeout: Duration,
     pub edge: EdgeLimits,
@@ -285,6 +292,7 @@ impl ServerConfig {
             ingress_addr: args.ingress_addr.or(file.ingress_addr).unwrap_or_else(|| addr("127.0.0.1:8080")),
             https_addr: args.https_addr.or(file.https_addr),
             registry_addr: args.registry_addr.or(file.registry_addr).unwrap_or_else(|| addr("127.0.0.1:5000")),
+            metrics_addr: args.metrics_addr.or(file.metrics_addr),
             domain: args.domain.clone().or(file.domain).unwrap_or_else(|| "localhost".to_owned()),
             idle_timeout: parse_duration(
                 args.idle_timeout.as_deref().or(file.idle_timeout.as_deref()).unwrap_or("60s"),
@@ -395,6 +403,7 @@ mod tests {
             ingress_addr: None,
             https_addr: None,
             registry_addr: None,
+            metrics_addr: None,
             domain: None,
             idle_timeout: None,
             build: Default::default(),

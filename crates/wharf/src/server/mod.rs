@@ -12,6 +12,7 @@ mod api;
 mod build_config;
 mod config;
 mod housekeeping;
+mod metrics;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,9 @@ pub struct ServerInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_addr: Option<SocketAddr>,
     pub registry_addr: SocketAddr,
+    /// The Prometheus endpoint, when `--metrics-addr` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Everything the API handlers share.
@@ -57,6 +61,9 @@ pub struct Platform {
     pub housekeeping: housekeeping::ImageHousekeeping,
     pub builds: wharf_build::Builder,
     pub secrets: wharf_secrets::SecretManager,
+    /// Request, instance and server metrics, in process: `metrics.snapshot()` is what
+    /// `/metrics` renders (see `wharf_logging::metrics`).
+    pub metrics: Arc<wharf_logging::metrics::Metrics>,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -90,12 +97,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(addr) => Some(bind(addr, "HTTPS ingress").await?),
         None => None,
     };
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(bind(addr, "metrics").await?),
+        None => None,
+    };
     let info = ServerInfo {
         pid: std::process::id(),
         api_addr: api_listener.local_addr()?,
         ingress_addr: ingress_listener.local_addr()?,
         https_addr: https_listener.as_ref().map(TcpListener::local_addr).transpose()?,
         registry_addr: registry_listener.local_addr()?,
+        metrics_addr: metrics_listener.as_ref().map(TcpListener::local_addr).transpose()?,
     };
     // Before the runtime: a failure here leaves nothing on the machine to undo.
     let builds = open_builder(&config, info.registry_addr)?;
@@ -147,6 +159,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let control = wharf_control::ControlPlane::open(db.clone(), resolver.clone(), backend, table.clone(), settings)
         .await
         .context("cannot open the control plane")?;
+    let metrics = Arc::new(wharf_logging::metrics::Metrics::new());
+    let pools = control.clone();
+    metrics.set_pool_source(Box::new(move || pools.pool_reports()));
+    let request_telemetry = wharf_logging::requests::RequestTelemetry::start(runtime.logs().clone(), metrics.clone());
+    let observer: wharf_router::proxy::Observer = Some(request_telemetry);
     let housekeeping = housekeeping::ImageHousekeeping {
         images: images.clone(),
         snapshots,
@@ -162,10 +179,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         housekeeping: housekeeping.clone(),
         builds: builds.clone(),
         secrets,
+        metrics: metrics.clone(),
     };
 
     let housekeeper = housekeeping.spawn(shutdown.clone());
-    let registry = wharf_registry::router(wharf_registry::RegistryState { images, iam: iam.clone() });
+    let registry = metrics::counted(
+        wharf_registry::router(wharf_registry::RegistryState { images, iam: iam.clone() }),
+        metrics.clone(),
+        wharf_logging::metrics::Surface::Registry,
+    );
     let limits = &config.edge.listener;
     let https = match https_listener {
         Some(socket) => {
@@ -183,6 +205,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 Listener::new("HTTPS ingress", limits.clone()),
                 table.clone(),
                 wharf_router::Gate::new(iam.clone(), vec![wharf_runtime::network::INSTANCE_SUBNET]),
+                observer.clone(),
                 tls,
                 shutdown.clone(),
             )))
@@ -193,7 +216,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         serve(
             api_listener,
             Listener::new("API", limits.clone()),
-            api::router(platform, config.edge.max_api_body_bytes),
+            metrics::counted(
+                api::router(platform, config.edge.max_api_body_bytes),
+                metrics.clone(),
+                wharf_logging::metrics::Surface::Api,
+            ),
             shutdown.clone(),
         ),
         tokio::spawn(wharf_router::serve(
@@ -201,15 +228,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Listener::new("ingress", limits.clone()),
             table,
             wharf_router::Gate::new(iam.clone(), vec![wharf_runtime::network::INSTANCE_SUBNET]),
+            observer,
             shutdown.clone(),
         )),
         serve(registry_listener, Listener::new("registry", limits.clone()), registry, shutdown.clone()),
     ]
     .into_iter()
-    .chain(https);
+    .chain(https)
+    .chain(metrics_listener.map(|socket| {
+        serve(socket, Listener::new("metrics", limits.clone()), metrics::router(metrics.clone()), shutdown.clone())
+    }));
     write_server_info(data_dir, &info)?;
     tracing::info!(
         api = %info.api_addr, ingress = %info.ingress_addr, https = ?info.https_addr, registry = %info.registry_addr,
+        metrics = ?info.metrics_addr,
         data_dir = %data_dir.display(), "wharf server ready"
     );
 

@@ -27,6 +27,10 @@ pub enum ServicesCommand {
     Update(Box<DeployArgs>),
     /// Split traffic between revisions, move tags, roll back.
     UpdateTraffic(UpdateTrafficArgs),
+    /// Show a service's usage in Cloud Run's billing units (vCPU-seconds, GiB-seconds,
+    /// requests), both with CPU throttled (request time) and with CPU always allocated
+    /// (instance time), since the server started.
+    Usage { service: String },
     /// Show a service's IAM policy.
     GetIamPolicy { service: String },
     /// Replace a service's IAM policy with a JSON or YAML file (its etag must be current).
@@ -82,6 +86,15 @@ pub async fn run(ctx: &Ctx, quiet: bool, command: ServicesCommand) -> anyhow::Re
         ServicesCommand::Update(args) => deploy(ctx, *args, false).await,
         ServicesCommand::List => list_services(ctx).await,
         ServicesCommand::UpdateTraffic(args) => update_traffic(ctx, args).await,
+        ServicesCommand::Usage { service } => {
+            let path = format!("/wharf/v1/projects/{}/locations/{}/services/{service}/usage", ctx.project, ctx.region);
+            let response = ctx.client.api_request(reqwest::Method::GET, &path).send().await?;
+            if response.status() == reqwest::StatusCode::NOT_FOUND {
+                anyhow::bail!("{}", ctx.missing(&service));
+            }
+            let usage: serde_json::Value = crate::cli::check(response).await?.json().await?;
+            ctx.print(&usage, "yaml")
+        }
         ServicesCommand::Describe { service } => {
             let s = ctx.get_service(&service).await?.with_context(|| ctx.missing(&service))?;
             match ctx.format.as_deref() {

@@ -17,6 +17,7 @@ mod logging;
 mod operations;
 pub mod secrets;
 mod services;
+mod usage;
 
 use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
@@ -211,6 +212,7 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
         .merge(logging::routes())
         .merge(builds::routes())
         .merge(secrets::routes())
+        .merge(usage::routes())
         .route("/wharf/v1/images", get(list_images).delete(delete_image))
         .route("/wharf/v1/images:pull", post(pull_image))
         .route("/wharf/v1/images:gc", post(collect_image_garbage))

@@ -1,0 +1,167 @@
+//! Observability end to end, on one real server with `--metrics-addr`: a load of requests
+//! (some answered 500 and 404 by the app) through the ingress, then
+//! - a `/metrics` scrape whose `wharf_run_request_count_total` adds up exactly to the requests
+//!   sent, by class, which `promtool check metrics` accepts, with instance counts and the
+//!   server's own API and registry counts;
+//! - request log entries for each of them, found with `httpRequest.status>=500`;
+//! - the service's usage (`wharf run services usage`) counting the same requests and more
+//!   instance time with CPU always allocated than with CPU throttled.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use wharf_testsupport::{WharfServer, service_host, testapp_image, wait_until};
+
+/// `wharf_run_request_count_total` of `service`, summed by `response_code_class`.
+fn requests_by_class(scrape: &str, service: &str) -> BTreeMap<String, u64> {
+    let mut sums = BTreeMap::new();
+    for line in scrape.lines().filter(|l| l.starts_with("wharf_run_request_count_total{")) {
+        if !line.contains(&format!("service_name=\"{service}\"")) {
+            continue;
+        }
+        let class = line.split("response_code_class=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+        let value: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        *sums.entry(class.to_owned()).or_default() += value;
+    }
+    sums
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(scrape: &str, prefix: &str) -> Option<f64> {
+    scrape.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_load_shows_up_exactly_in_metrics_request_logs_and_usage() {
+    let work = tempfile::tempdir().unwrap();
+    let built = testapp_image(work.path(), "v1").unwrap();
+    let server =
+        WharfServer::start_with_env(Path::new(env!("CARGO_BIN_EXE_wharf")), &[("WHARF_METRICS_ADDR", "127.0.0.1:0")])
+            .unwrap();
+    let metrics_addr = server.addrs.metrics_addr.clone().expect("server.json names metricsAddr");
+    let cli = |args: &[&str]| {
+        let out = server.cli(args).unwrap();
+        assert!(out.status.success(), "wharf {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]);
+    let image = format!("{}/testapp:v1", server.addrs.registry_addr);
+    cli(&["run", "deploy", "api", "--image", &image, "--project", "demo"]);
+
+    // The load: 30 answered 200, 4 answered 404, 6 answered 500 by the app.
+    let client = server.client_builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let host = service_host("api", "demo");
+    let paths = [("/", 30, 200), ("/status?code=404", 4, 404), ("/status?code=500", 6, 500)];
+    for (path, times, status) in paths {
+        for _ in 0..times {
+            let r = client
+                .get(format!("http://{}{path}", server.addrs.ingress_addr))
+                .header("Host", &host)
+                .header("X-Cloud-Trace-Context", "0123456789abcdef0123456789abcdef/1;o=1")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), status, "{path}");
+            r.bytes().await.unwrap();
+        }
+    }
+
+    // A request is counted when its response ends on the server's side, which may be just
+    // after the client has read it: wait for the counts, then hold them exact.
+    let scraper = wharf_testsupport::http_client().build().unwrap();
+    let scrape_url = format!("http://{metrics_addr}/metrics");
+    let expected: BTreeMap<String, u64> = [("2xx".to_owned(), 30), ("4xx".to_owned(), 4), ("5xx".to_owned(), 6)].into();
+    let mut scrape = String::new();
+    for _ in 0..200 {
+        let r = scraper.get(&scrape_url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+        scrape = r.text().await.unwrap();
+        if requests_by_class(&scrape, "api") == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(requests_by_class(&scrape, "api"), expected, "{scrape}");
+    let labels = r#"{project_id="demo",location="us-central1",service_name="api",revision_name="api-00001-"#;
+    assert!(scrape.contains(&format!("wharf_run_request_count_total{labels}")), "{scrape}");
+    assert!(scrape.contains(r#"response_code="500",response_code_class="5xx"} 6"#), "{scrape}");
+    let latencies = sample(&scrape, "wharf_run_request_latencies_seconds_count{").unwrap();
+    assert_eq!(latencies, 40.0, "one latency observation per request");
+    let instances: f64 = ["active", "idle"]
+        .iter()
+        .filter_map(|state| {
+            scrape
+                .lines()
+                .find(|l| l.starts_with("wharf_run_container_instances{") && l.contains(&format!("state=\"{state}\"")))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        })
+        .sum();
+    assert!(instances >= 1.0, "the instance that served the load: {scrape}");
+    assert!(sample(&scrape, r#"wharf_server_request_count_total{surface="api",method="POST",response_code_class="2xx"}"#)
+        .is_some_and(|n| n >= 1.0), "the deploy's API calls: {scrape}");
+    assert!(scrape.contains(r#"wharf_server_request_count_total{surface="registry""#), "the import's pushes: {scrape}");
+
+    // promtool accepts the real scrape (format and Prometheus' naming lints).
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian package prometheus; scripts/test installs it)");
+    promtool.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics refused the scrape:\n{}{}\n{scrape}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // Request logs: one entry per request, Cloud Run's shape, found by status.
+    let read = |filter: &str| -> Vec<Value> {
+        let out = cli(&["logging", "read", filter, "--project", "demo", "--format", "json", "--limit", "100"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let errors = wait_until("the six 500s in the request log", Duration::from_secs(20), || {
+        let errors = read("httpRequest.status>=500");
+        (errors.len() == 6).then_some(errors)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", read("")));
+    let entry = &errors[0];
+    assert_eq!(entry["logName"], "projects/demo/logs/run.googleapis.com%2Frequests", "{entry}");
+    assert_eq!(entry["severity"], "ERROR", "{entry}");
+    assert_eq!(entry["resource"]["type"], "cloud_run_revision", "{entry}");
+    assert_eq!(entry["resource"]["labels"]["service_name"], "api", "{entry}");
+    let http = &entry["httpRequest"];
+    assert_eq!((http["requestMethod"].as_str(), http["status"].as_u64()), (Some("GET"), Some(500)), "{entry}");
+    assert_eq!(http["requestUrl"], format!("http://{host}/status?code=500"), "{entry}");
+    assert_eq!(http["protocol"], "HTTP/1.1", "{entry}");
+    assert_eq!(http["responseSize"], "11", "the body 'status 500\\n': {entry}");
+    assert!(http["latency"].as_str().is_some_and(|l| l.ends_with('s') && l.contains('.')), "{entry}");
+    assert_eq!(http["remoteIp"], "127.0.0.1", "{entry}");
+    assert_eq!(entry["trace"], "projects/demo/traces/0123456789abcdef0123456789abcdef", "{entry}");
+    assert!(entry["labels"]["instanceId"].as_str().is_some_and(|i| !i.is_empty()), "{entry}");
+    assert_eq!(read("httpRequest.status=404 severity=WARNING").len(), 4);
+    assert_eq!(read(r#"logName:"requests" resource.labels.service_name=api"#).len(), 40);
+
+    // Usage: the same requests; always-allocated instance time covers the throttled time.
+    let usage: Value = serde_json::from_str(&cli(&[
+        "run", "services", "usage", "api", "--project", "demo", "--format", "json",
+    ]))
+    .unwrap();
+    assert_eq!(usage["name"], "projects/demo/locations/us-central1/services/api", "{usage}");
+    assert_eq!(usage["requests"], 40, "{usage}");
+    let throttled = usage["cpuThrottled"]["vcpuSeconds"].as_f64().unwrap();
+    let always = usage["cpuAlwaysAllocated"]["vcpuSeconds"].as_f64().unwrap();
+    assert!(throttled > 0.0 && always >= throttled, "{usage}");
+    assert_eq!(usage["revisions"][0]["vcpu"], 1.0, "{usage}");
+    let missing = server.cli(&["run", "services", "usage", "nope", "--project", "demo"]).unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("Cannot find service [nope]"));
+}
