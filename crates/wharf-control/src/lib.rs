@@ -6,6 +6,7 @@
 //!
 //! - [`services`]: services and revisions; the reconciler proves a new revision ready and
 //!   routes traffic through per-revision pools of the router.
+//! - [`domains`]: domain mappings: custom domains routed to services, with certificates.
 //! - [`jobs`]: jobs, executions and tasks; runners run tasks with parallelism, retries and
 //!   timeouts.
 //! - [`operations`]: the operation resources every mutation answers with.
@@ -19,6 +20,7 @@
 //! [`ControlPlane`] and maps [`ControlError::code`] to statuses.
 
 pub mod backend;
+pub mod domains;
 mod error;
 pub mod jobs;
 pub(crate) mod operations;
@@ -72,6 +74,7 @@ pub(crate) struct Inner {
     pub(crate) operations: operations::Operations,
     pub(crate) serving: services::Serving,
     pub(crate) jobs: jobs::Runs,
+    pub(crate) domains: domains::DomainState,
 }
 
 /// How long a stopping server gives job runners to stop their tasks.
@@ -99,6 +102,7 @@ impl ControlPlane {
                 settings,
                 serving: services::Serving::new(table),
                 jobs: jobs::Runs::default(),
+                domains: domains::DomainState::new(),
             }),
         };
         let mut claimed = control.restore()?;

@@ -11,6 +11,10 @@ pub mod perm {
     pub const SERVICES_DELETE: &str = "run.services.delete";
     pub const SERVICES_GET_IAM_POLICY: &str = "run.services.getIamPolicy";
     pub const SERVICES_SET_IAM_POLICY: &str = "run.services.setIamPolicy";
+    pub const DOMAIN_MAPPINGS_GET: &str = "run.domainmappings.get";
+    pub const DOMAIN_MAPPINGS_LIST: &str = "run.domainmappings.list";
+    pub const DOMAIN_MAPPINGS_CREATE: &str = "run.domainmappings.create";
+    pub const DOMAIN_MAPPINGS_DELETE: &str = "run.domainmappings.delete";
     pub const REVISIONS_GET: &str = "run.revisions.get";
     pub const REVISIONS_LIST: &str = "run.revisions.list";
     pub const REVISIONS_DELETE: &str = "run.revisions.delete";
@@ -86,6 +90,8 @@ const RUN_READ: &[&str] = &[
     SERVICES_GET,
     SERVICES_LIST,
     SERVICES_GET_IAM_POLICY,
+    DOMAIN_MAPPINGS_GET,
+    DOMAIN_MAPPINGS_LIST,
     REVISIONS_GET,
     REVISIONS_LIST,
     JOBS_GET,
@@ -106,6 +112,8 @@ const RUN_WRITE: &[&str] = &[
     SERVICES_CREATE,
     SERVICES_UPDATE,
     SERVICES_DELETE,
+    DOMAIN_MAPPINGS_CREATE,
+    DOMAIN_MAPPINGS_DELETE,
     REVISIONS_DELETE,
     JOBS_CREATE,
     JOBS_UPDATE,

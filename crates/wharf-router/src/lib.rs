@@ -14,6 +14,8 @@
 //!   hostile clients: connection cap, accept back-off, header-read and idle timeouts, header limits.
 //! - [`tls`]: the HTTPS ingress's rustls settings and its certificates, chosen by SNI (set
 //!   ones, or issued by the server's local CA for the hosts it routes).
+//! - [`acme`]: certificates for mapped domains from an ACME server (HTTP-01, TLS-ALPN-01),
+//!   stored in the data dir and renewed.
 //! - [`access`]: who may call a service: the ingress setting, credentials (Wharf ID tokens and
 //!   access tokens) and `run.routes.invoke`, checked per request.
 //! - [`observe`]: what the proxy reports of each request ([`RequestRecord`]) to the server's
@@ -23,6 +25,7 @@
 //! It does not know how instances are built (the launcher does) nor where routes come from.
 
 pub mod access;
+pub mod acme;
 pub mod error;
 pub mod listener;
 pub mod observe;
@@ -39,5 +42,5 @@ pub use listener::{Listener, ListenerLimits};
 pub use observe::{PoolOwner, RequestObserver, RequestRecord};
 pub use pool::{Lease, PoolConfig, PoolReport, PoolStats, RevisionPool, UpstreamProtocol};
 pub use proxy::{serve, serve_tls};
-pub use table::{RoutingTable, ServiceRoute};
+pub use table::{HttpsPolicy, RoutingTable, ServiceRoute};
 pub use upstream::{BoxFuture, LaunchError, Launcher, Upstream};

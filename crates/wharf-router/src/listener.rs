@@ -295,6 +295,11 @@ impl Listener {
                             },
                             _ = shutdown.cancelled() => return,
                         };
+                        if stream.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                            // TLS-ALPN-01 validation: the handshake was the answer; no HTTP follows.
+                            tracing::debug!(listener = listener.name, %remote, "answered an acme-tls/1 validation");
+                            return;
+                        }
                         listener.serve_connection(stream, service, permit, shutdown).await;
                     });
                 }

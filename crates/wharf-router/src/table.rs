@@ -1,6 +1,11 @@
 //! The routing table: which revisions serve a host, and with what weight. The control plane
 //! replaces a service's route as a whole; a request reads the table once. It does not
 //! create or close the pools it points to (the control plane does).
+//!
+//! Mapped domains (domain mappings) are names for a service's own host: a request for one is
+//! routed as its service's host is, whatever its traffic split is now. The table also holds
+//! what the plain HTTP ingress needs to treat them: where HTTPS is ([`HttpsPolicy`]: mapped
+//! domains are redirected there) and the ACME challenges it answers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -32,9 +37,22 @@ impl ServiceRoute {
     }
 }
 
+/// How mapped domains are served over HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpsPolicy {
+    /// The HTTPS ingress's port, for redirects (omitted from the URL when 443).
+    pub port: u16,
+    /// `Strict-Transport-Security: max-age=...` on mapped domains' HTTPS responses, when set.
+    pub hsts_max_age: Option<u64>,
+}
+
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     routes: RwLock<HashMap<String, Arc<ServiceRoute>>>,
+    /// Mapped domain -> the service host it is routed as.
+    domains: RwLock<HashMap<String, String>>,
+    https: RwLock<Option<HttpsPolicy>>,
+    acme: Arc<crate::acme::AcmeChallenges>,
 }
 
 impl RoutingTable {
@@ -47,11 +65,53 @@ impl RoutingTable {
         self.routes.write().unwrap_or_else(|p| p.into_inner()).remove(&host.to_ascii_lowercase());
     }
 
-    /// The route for a `Host` header value (any port is ignored).
+    /// The route for a `Host` header value (any port is ignored), a mapped domain's included.
     pub fn lookup(&self, host: &str) -> Option<Arc<ServiceRoute>> {
-        let name = host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(host, |(h, _)| h);
-        self.routes.read().unwrap_or_else(|p| p.into_inner()).get(&name.to_ascii_lowercase()).cloned()
+        let name = host_name(host).to_ascii_lowercase();
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(route) = routes.get(&name) {
+            return Some(route.clone());
+        }
+        let target = self.domains.read().unwrap_or_else(|p| p.into_inner()).get(&name).cloned()?;
+        routes.get(&target).cloned()
     }
+
+    /// Routes `domain` as `service_host` is routed, from now on.
+    pub fn map_domain(&self, domain: &str, service_host: &str) {
+        self.domains
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_ascii_lowercase(), service_host.to_ascii_lowercase());
+    }
+
+    pub fn unmap_domain(&self, domain: &str) {
+        self.domains.write().unwrap_or_else(|p| p.into_inner()).remove(&domain.to_ascii_lowercase());
+    }
+
+    /// Whether a `Host` header value names a mapped domain.
+    pub fn is_mapped_domain(&self, host: &str) -> bool {
+        self.domains.read().unwrap_or_else(|p| p.into_inner()).contains_key(&host_name(host).to_ascii_lowercase())
+    }
+
+    /// Mapped domains are served over HTTPS as `policy` says (`None`: the server has no HTTPS
+    /// for them, and plain HTTP serves them).
+    pub fn set_https_policy(&self, policy: Option<HttpsPolicy>) {
+        *self.https.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    pub fn https_policy(&self) -> Option<HttpsPolicy> {
+        *self.https.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ACME challenge answers the ingress serves.
+    pub fn acme_challenges(&self) -> &Arc<crate::acme::AcmeChallenges> {
+        &self.acme
+    }
+}
+
+/// A `Host` header value without its port.
+fn host_name(host: &str) -> &str {
+    host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(host, |(h, _)| h)
 }
 
 #[cfg(test)]
@@ -91,6 +151,29 @@ mod tests {
         assert_eq!(service("other.example.com"), None);
         table.remove("hello.example.com");
         assert_eq!(service("hello.example.com"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mapped_domain_follows_its_service_host() {
+        let table = RoutingTable::default();
+        table.map_domain("API.Example.org", "hello.example.com");
+        assert!(table.is_mapped_domain("api.example.org:8443"));
+        assert!(!table.is_mapped_domain("hello.example.com"));
+        // No route for the service yet: the domain routes nowhere.
+        assert!(table.lookup("api.example.org").is_none());
+        let route = |revision| ServiceRoute {
+            service: "hello".to_owned(),
+            targets: vec![(pool(revision), 100)],
+            access: open_access(),
+        };
+        table.set("hello.example.com", route("a"));
+        let revision = |host| table.lookup(host).map(|r| r.targets[0].0.revision.clone());
+        assert_eq!(revision("api.example.org:443").as_deref(), Some("a"));
+        table.set("hello.example.com", route("b"));
+        assert_eq!(revision("api.example.org").as_deref(), Some("b"));
+        table.unmap_domain("api.example.org");
+        assert_eq!(revision("api.example.org"), None);
+        assert!(!table.is_mapped_domain("api.example.org"));
     }
 
     #[tokio::test(start_paused = true)]

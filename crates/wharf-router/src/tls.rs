@@ -8,6 +8,10 @@
 //! to use HTTPS on default service hosts). A name neither covers gets no certificate: the
 //! handshake fails, so the ingress never presents a certificate for a name it does not serve.
 //!
+//! A handshake offering ALPN `acme-tls/1` is an ACME server validating TLS-ALPN-01: it gets
+//! the challenge certificate of [`crate::acme`], never a served one, and the connection is
+//! closed after the handshake.
+//!
 //! The local CA's key and certificate live in a directory the server owns (the key 0600) and
 //! are reused across restarts. It does not do ACME (certificates for public domains come from
 //! elsewhere and are handed in with [`Certificates::set`]).
@@ -145,7 +149,7 @@ fn ca_der(pem: &str) -> Result<CertificateDer<'static>, TlsError> {
         .ok_or_else(|| TlsError::BadPem { path: PathBuf::from(CA_CERT_FILE), problem: "no certificate".into() })
 }
 
-fn certified_key(
+pub(crate) fn certified_key(
     name: &str,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -159,7 +163,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 }
 
 /// Writes a secret: created 0600, so it is never readable by others, not even briefly.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let io = |source| TlsError::Io { op: "write", path: path.to_owned(), source };
     let mut file =
@@ -179,6 +183,8 @@ pub struct Certificates {
     issued: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     local_ca: Option<LocalCa>,
     serves: ServesName,
+    /// TLS-ALPN-01 challenge certificates, presented only to `acme-tls/1` handshakes.
+    challenges: std::sync::OnceLock<Arc<crate::acme::AcmeChallenges>>,
 }
 
 impl fmt::Debug for Certificates {
@@ -190,7 +196,19 @@ impl fmt::Debug for Certificates {
 
 impl Certificates {
     pub fn new(local_ca: Option<LocalCa>, serves: ServesName) -> Arc<Certificates> {
-        Arc::new(Certificates { by_name: RwLock::default(), issued: RwLock::default(), local_ca, serves })
+        Arc::new(Certificates {
+            by_name: RwLock::default(),
+            issued: RwLock::default(),
+            local_ca,
+            serves,
+            challenges: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Answers `acme-tls/1` handshakes (TLS-ALPN-01 validation) from `challenges`; without
+    /// it, such handshakes get no certificate. Only the first call has an effect.
+    pub fn answer_challenges(&self, challenges: Arc<crate::acme::AcmeChallenges>) {
+        let _ = self.challenges.set(challenges);
     }
 
     pub fn local_ca(&self) -> Option<&LocalCa> {
@@ -246,7 +264,7 @@ impl Certificates {
 }
 
 /// An error and its sources, `: `-separated.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -264,7 +282,13 @@ struct BySni(Arc<Certificates>);
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // No SNI (a client connecting by address): nothing to choose by, no certificate.
-        self.0.for_name(hello.server_name()?)
+        let name = hello.server_name()?;
+        let validation = hello.alpn().is_some_and(|mut alpn| alpn.any(|p| p == crate::acme::ACME_TLS_ALPN));
+        if validation {
+            // An ACME server validating TLS-ALPN-01 gets the challenge certificate, or nothing.
+            return self.0.challenges.get()?.tls_alpn01(name);
+        }
+        self.0.for_name(name)
     }
 }
 
@@ -275,7 +299,8 @@ pub fn server_config(certificates: Arc<Certificates>) -> Result<Arc<rustls::Serv
         .map_err(|source| TlsError::Rustls { name: "the ingress".into(), source })?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(BySni(certificates)));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` last: only ACME validators offer it, and they offer nothing else.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), crate::acme::ACME_TLS_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -231,6 +231,18 @@ const MIGRATIONS: &[&str] = &[
          created_at INTEGER NOT NULL,
          retired_at INTEGER
      );",
+    // 12: domain mappings (Cloud Run's v1 DomainMapping): a custom domain routed to a service.
+    // A domain is mapped at most once on the whole server.
+    "CREATE TABLE domain_mappings (
+         domain TEXT PRIMARY KEY,
+         project TEXT NOT NULL,
+         location TEXT NOT NULL,
+         service TEXT NOT NULL,
+         uid TEXT NOT NULL,
+         creator TEXT NOT NULL,
+         create_time TEXT NOT NULL
+     );
+     CREATE INDEX domain_mappings_project ON domain_mappings (project);",
 ];
 
 pub(crate) fn latest_version() -> i64 {

@@ -223,6 +223,10 @@ impl Proxy {
             revision = tracing::field::Empty,
             instance = tracing::field::Empty,
         );
+        if let Some(response) = self.edge_answer(&req, &host) {
+            return response;
+        }
+        let hsts = self.hsts(&host);
         let grpc = is_grpc(req.headers());
         let mut trail = self.observer.as_ref().map(|observer| Trail::begin(observer.clone(), &req, &host, remote));
         let forward = async {
@@ -238,9 +242,63 @@ impl Proxy {
                 }
             }
         };
-        forward.instrument(span.clone()).await
+        let mut response = forward.instrument(span.clone()).await;
+        if let Some(value) = hsts {
+            response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, value);
+        }
+        response
     }
 
+    /// What the plain HTTP ingress answers itself: an ACME HTTP-01 challenge in progress
+    /// (whatever the host), and for a mapped domain served over HTTPS, a 308 to HTTPS.
+    fn edge_answer(&self, req: &Request<Incoming>, host: &str) -> Option<Response<ProxyBody>> {
+        if self.forwarded_proto != "http" {
+            return None;
+        }
+        let path = req.uri().path();
+        if let Some(token) = path.strip_prefix(crate::acme::HTTP01_PREFIX) {
+            if let Some(key_authorization) = self.table.acme_challenges().http01(token) {
+                tracing::debug!(%host, "answered an ACME http-01 challenge");
+                return Some(text_response(StatusCode::OK, key_authorization));
+            }
+            return None;
+        }
+        let policy = self.table.https_policy()?;
+        if !self.table.is_mapped_domain(host) {
+            return None;
+        }
+        let name = host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(host, |(h, _)| h);
+        let authority = if policy.port == 443 { name.to_owned() } else { format!("{name}:{}", policy.port) };
+        let target = format!("https://{authority}{}", req.uri().path_and_query().map_or("/", |p| p.as_str()));
+        let mut response = text_response(StatusCode::PERMANENT_REDIRECT, format!("Moved to {target}\n"));
+        if let Ok(location) = HeaderValue::from_str(&target) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Some(response)
+    }
+
+    /// The HSTS header for a mapped domain's HTTPS responses, when the server sets one.
+    fn hsts(&self, host: &str) -> Option<HeaderValue> {
+        if self.forwarded_proto != "https" {
+            return None;
+        }
+        let max_age = self.table.https_policy()?.hsts_max_age?;
+        if !self.table.is_mapped_domain(host) {
+            return None;
+        }
+        HeaderValue::from_str(&format!("max-age={max_age}")).ok()
+    }
+}
+
+fn text_response(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut response =
+        Response::new(http_body_util::Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,

@@ -131,6 +131,41 @@ async fn a_request_reaches_the_instance_and_its_answer_comes_back() {
     assert_eq!(ingress.get("unknown.example.com", "/").await.0, StatusCode::NOT_FOUND);
 }
 
+/// A mapped domain is served as its service over plain HTTP until the server has HTTPS for
+/// it; then it is redirected (308, path and query kept), except ACME HTTP-01 challenges,
+/// which the ingress answers itself for any host while their order is in progress.
+#[tokio::test]
+async fn mapped_domains_redirect_to_https_and_acme_challenges_are_answered() {
+    let table = Arc::new(RoutingTable::default());
+    route(&table, "hello-00001", instance("hello").await, config(80, 0, 10));
+    table.map_domain("api.example.org", HOST);
+    let ingress = Ingress::start(table.clone()).await;
+    assert_eq!(ingress.get("api.example.org", "/").await, (StatusCode::OK, "hello".to_owned()));
+
+    table.set_https_policy(Some(crate::table::HttpsPolicy { port: 8443, hsts_max_age: None }));
+    let request = Request::get(format!("http://{}/a/b?c=d", ingress.addr))
+        .header(header::HOST, "api.example.org:80")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = ingress.client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(response.headers()[header::LOCATION], "https://api.example.org:8443/a/b?c=d");
+    // The service's own host is not redirected.
+    assert_eq!(ingress.get(HOST, "/").await, (StatusCode::OK, "hello".to_owned()));
+
+    let token = "tok-123";
+    table.acme_challenges().insert_http01(token, "tok-123.thumbprint");
+    let path = format!("/.well-known/acme-challenge/{token}");
+    assert_eq!(ingress.get("api.example.org", &path).await, (StatusCode::OK, "tok-123.thumbprint".to_owned()));
+    assert_eq!(ingress.get("other.example.net", &path).await, (StatusCode::OK, "tok-123.thumbprint".to_owned()));
+    // An unknown token on a mapped domain is not redirected either: it goes to the service.
+    let unknown = ingress.get("api.example.org", "/.well-known/acme-challenge/nope").await;
+    assert_eq!(unknown, (StatusCode::OK, "hello".to_owned()));
+    table.acme_challenges().remove_http01(token);
+    assert_eq!(ingress.get("api.example.org", &path).await.0, StatusCode::OK);
+    assert_eq!(ingress.get("other.example.net", &path).await.0, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn a_route_change_sends_new_requests_to_the_new_revision() {
     let table = Arc::new(RoutingTable::default());

@@ -19,7 +19,8 @@ pub struct ServerArgs {
     /// log_store_limit, secrets_key_file, max_image_size, max_blob_size, upload_expiry, image_gc_grace, and the
     /// edge limits: header_read_timeout, connection_idle_timeout, max_connections,
     /// max_header_bytes, max_api_body_bytes, tls_handshake_timeout, pull_connect_timeout,
-    /// pull_read_timeout, upstream_resolv_conf, and vpc_networks, a list of NAME=CIDR[,CIDR...]).
+    /// pull_read_timeout, upstream_resolv_conf, vpc_networks, a list of NAME=CIDR[,CIDR...], and
+    /// acme_directory, acme_ca_file, acme_email, hsts_max_age).
     #[arg(long, env = "WHARF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where Wharf keeps its state database, images and credentials [default: /var/lib/wharf]
@@ -97,6 +98,90 @@ pub struct ServerArgs {
     pub edge: EdgeArgs,
     #[command(flatten)]
     pub build: super::build_config::BuildArgs,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
+}
+
+/// Flags for the certificates of mapped domains (`wharf run domain-mappings`), which need
+/// `--https-addr`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AcmeArgs {
+    /// The ACME directory mapped domains get certificates from; `off` for none (mapped domains
+    /// then say so, and are served with the local CA's certificate)
+    /// [default: https://acme-v02.api.letsencrypt.org/directory]
+    #[arg(long, env = "WHARF_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// A PEM root certificate to trust for the ACME server's own HTTPS (a private ACME CA)
+    /// [default: the system's trust store]
+    #[arg(long, env = "WHARF_ACME_CA_FILE")]
+    pub acme_ca_file: Option<PathBuf>,
+    /// The contact address of the ACME account [default: none]
+    #[arg(long, env = "WHARF_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// Send `Strict-Transport-Security: max-age=SECONDS` on mapped domains' HTTPS responses,
+    /// e.g. 31536000 [default: off]
+    #[arg(long, env = "WHARF_HSTS_MAX_AGE")]
+    pub hsts_max_age: Option<u64>,
+    /// How the ACME server validates a mapped domain: tls-alpn-01 (it connects to the HTTPS
+    /// ingress, which must be reachable on port 443) or http-01 (the plain ingress, port 80)
+    /// [default: tls-alpn-01 when --https-addr has port 443, else http-01]
+    #[arg(long, env = "WHARF_ACME_CHALLENGE")]
+    pub acme_challenge: Option<String>,
+}
+
+/// How mapped domains get certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    /// `None`: ACME is off.
+    pub directory: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub email: Option<String>,
+    pub hsts_max_age: Option<u64>,
+    /// `Some(true)`: TLS-ALPN-01; `Some(false)`: HTTP-01; `None`: by the HTTPS port.
+    pub tls_alpn01: Option<bool>,
+}
+
+impl AcmeSettings {
+    fn resolve(args: &AcmeArgs, file: &ConfigFile) -> anyhow::Result<AcmeSettings> {
+        let directory = args
+            .acme_directory
+            .clone()
+            .or(file.acme_directory.clone())
+            .unwrap_or_else(|| wharf_router::acme::LETS_ENCRYPT_DIRECTORY.to_owned());
+        let directory = match directory.trim() {
+            "off" => None,
+            url if url.starts_with("https://") || url.starts_with("http://") => Some(url.to_owned()),
+            other => {
+                anyhow::bail!("--acme-directory {other:?} is not a URL; give the directory's https:// URL, or off")
+            }
+        };
+        let ca_file = args.acme_ca_file.clone().or(file.acme_ca_file.clone());
+        if let Some(path) = &ca_file {
+            anyhow::ensure!(path.is_file(), "--acme-ca-file {} is not a readable file", path.display());
+        }
+        let email = args.acme_email.clone().or(file.acme_email.clone()).filter(|e| !e.is_empty());
+        if let Some(email) = &email {
+            anyhow::ensure!(
+                email.contains('@') && !email.contains(char::is_whitespace),
+                "--acme-email {email:?} is not an email address"
+            );
+        }
+        let tls_alpn01 = match args.acme_challenge.as_deref().or(file.acme_challenge.as_deref()) {
+            None | Some("auto") => None,
+            Some("tls-alpn-01") => Some(true),
+            Some("http-01") => Some(false),
+            Some(other) => {
+                anyhow::bail!("--acme-challenge {other:?} is not a challenge Wharf answers; use tls-alpn-01 or http-01")
+            }
+        };
+        Ok(AcmeSettings {
+            directory,
+            ca_file,
+            email,
+            hsts_max_age: args.hsts_max_age.or(file.hsts_max_age),
+            tls_alpn01,
+        })
+    }
 }
 
 /// Flags for the protections of every listener against hostile clients (see [`EdgeLimits`]).
@@ -180,6 +265,11 @@ struct ConfigFile {
     build: Option<super::build_config::BuildFile>,
     vpc_networks: Option<Vec<String>>,
     secrets_key_file: Option<PathBuf>,
+    acme_directory: Option<String>,
+    acme_ca_file: Option<PathBuf>,
+    acme_email: Option<String>,
+    hsts_max_age: Option<u64>,
+    acme_challenge: Option<String>,
 }
 
 /// The settings a server runs with, after merging every source.
@@ -211,6 +301,7 @@ pub struct ServerConfig {
     pub vpc_networks: Vec<wharf_runtime::network::VpcNetwork>,
     /// `None`: `<data-dir>/secrets.kek`, created when missing.
     pub secrets_key_file: Option<PathBuf>,
+    pub acme: AcmeSettings,
 }
 
 /// Parses `500ms`, `60s`, `15m` or `1h` (any form `wharf_api::duration::parse` takes).
@@ -286,6 +377,7 @@ impl ServerConfig {
         let addr = |s: &str| s.parse::<SocketAddr>().expect("embedded default address is valid");
         let edge = resolve_edge(&args.edge, &file)?;
         let build = super::build_config::BuildSettings::resolve(&args.build, file.build.as_ref())?;
+        let acme = AcmeSettings::resolve(&args.acme, &file)?;
         Ok(ServerConfig {
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             api_addr: args.api_addr.or(file.api_addr).unwrap_or_else(|| addr("127.0.0.1:8090")),
@@ -329,6 +421,7 @@ impl ServerConfig {
             build,
             vpc_networks,
             secrets_key_file: args.secrets_key_file.clone().or(file.secrets_key_file.clone()),
+            acme,
         })
     }
 }
@@ -420,6 +513,7 @@ mod tests {
             upstream_resolv_conf: None,
             vpc_networks: Vec::new(),
             secrets_key_file: None,
+            acme: AcmeArgs::default(),
         }
     }
 

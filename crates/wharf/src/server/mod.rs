@@ -189,7 +189,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         wharf_logging::metrics::Surface::Registry,
     );
     let limits = &config.edge.listener;
-    let https = match https_listener {
+    let https_port = info.https_addr.map(|addr| addr.port());
+    let (https, domain_certificates) = match https_listener {
         Some(socket) => {
             let routed = table.clone();
             let local_ca = wharf_router::tls::LocalCa::open(&data_dir.join("tls"))
@@ -199,8 +200,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 Some(local_ca),
                 Arc::new(move |name| routed.lookup(name).is_some()),
             );
+            certificates.answer_challenges(table.acme_challenges().clone());
+            let domain_certificates = domain_certificates(&config, &certificates, &table, https_port, &shutdown);
+            table.set_https_policy(
+                https_port.map(|port| wharf_router::HttpsPolicy { port, hsts_max_age: config.acme.hsts_max_age }),
+            );
             let tls = wharf_router::tls::server_config(certificates).context("cannot set up TLS")?;
-            Some(tokio::spawn(wharf_router::serve_tls(
+            let server = tokio::spawn(wharf_router::serve_tls(
                 socket,
                 Listener::new("HTTPS ingress", limits.clone()),
                 table.clone(),
@@ -208,10 +214,27 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 observer.clone(),
                 tls,
                 shutdown.clone(),
-            )))
+            ));
+            (Some(server), domain_certificates)
         }
-        None => None,
+        None => {
+            let none: Arc<dyn wharf_router::acme::DomainCertificates> = Arc::new(wharf_router::acme::NoCertificates {
+                reason: "HttpsNotConfigured",
+                message: "This server has no HTTPS ingress, so mapped domains get no certificate and are served over \
+                          plain HTTP; start wharf server with --https-addr (e.g. 0.0.0.0:443) to serve them over HTTPS."
+                    .to_owned(),
+                https: false,
+            });
+            (None, none)
+        }
     };
+    control
+        .serve_domain_mappings(wharf_control::domains::DomainSettings {
+            certificates: domain_certificates,
+            addresses: public_addresses(info.https_addr.unwrap_or(info.ingress_addr)),
+            https_port,
+        })
+        .context("cannot restore the domain mappings")?;
     let servers = [
         serve(
             api_listener,
@@ -259,6 +282,74 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(data_dir.join(SERVER_INFO_FILE));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where mapped domains' certificates come from: the ACME directory, or (ACME off) nowhere,
+/// which their status says.
+fn domain_certificates(
+    config: &ServerConfig,
+    certificates: &Arc<wharf_router::tls::Certificates>,
+    table: &Arc<wharf_router::RoutingTable>,
+    https_port: Option<u16>,
+    shutdown: &CancellationToken,
+) -> Arc<dyn wharf_router::acme::DomainCertificates> {
+    let Some(directory) = &config.acme.directory else {
+        return Arc::new(wharf_router::acme::NoCertificates {
+            reason: "AcmeOff",
+            message: format!(
+                "ACME is off (--acme-directory off): the HTTPS ingress presents a certificate from Wharf's local CA, \
+                 which only clients trusting {} accept.",
+                config.data_dir.join("tls").join("local-ca.pem").display()
+            ),
+            https: true,
+        });
+    };
+    let tls_alpn01 = config.acme.tls_alpn01.unwrap_or(https_port == Some(443));
+    tracing::info!(
+        %directory, challenge = if tls_alpn01 { "tls-alpn-01" } else { "http-01" },
+        "mapped domains get certificates from ACME"
+    );
+    wharf_router::acme::AcmeManager::new(
+        wharf_router::acme::AcmeConfig {
+            directory: directory.clone(),
+            ca_file: config.acme.ca_file.clone(),
+            email: config.acme.email.clone(),
+            dir: config.data_dir.join("tls").join("acme"),
+            tls_alpn01,
+        },
+        certificates.clone(),
+        table.acme_challenges().clone(),
+        shutdown.clone(),
+    )
+}
+
+/// The addresses DNS records of mapped domains should point at: the listener's own address
+/// when it is a specific public one, else this machine's addresses that are neither loopback,
+/// link-local nor instances'.
+fn public_addresses(listener: SocketAddr) -> Vec<std::net::IpAddr> {
+    let ip = listener.ip();
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        return vec![ip];
+    }
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    let mut addresses: Vec<std::net::IpAddr> = interfaces
+        .filter_map(|interface| {
+            let address = interface.address?;
+            if let Some(v4) = address.as_sockaddr_in() {
+                let ip = v4.ip();
+                let (subnet, prefix) = wharf_runtime::network::INSTANCE_SUBNET;
+                let mask = u32::MAX << (32 - u32::from(prefix));
+                let instance = u32::from(ip) & mask == u32::from(subnet) & mask;
+                return (!ip.is_loopback() && !ip.is_link_local() && !instance).then_some(std::net::IpAddr::V4(ip));
+            }
+            let v6 = address.as_sockaddr_in6()?.ip();
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            (!v6.is_loopback() && !link_local && listener.is_ipv6()).then_some(std::net::IpAddr::V6(v6))
+        })
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses
 }
 
 /// The source builder: buildah with its storage under `<data-dir>/build`, pushing to and

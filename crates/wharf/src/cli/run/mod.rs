@@ -4,6 +4,7 @@
 //! it does with gcloud).
 
 pub mod deploy;
+pub mod domain_mappings;
 pub mod jobs;
 pub mod revisions;
 pub mod services;
@@ -43,6 +44,9 @@ pub enum RunCommand {
     /// Manage and run jobs.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// Map custom domains to services (served over HTTPS with certificates from ACME).
+    #[command(subcommand)]
+    DomainMappings(domain_mappings::DomainMappingsCommand),
 }
 
 pub async fn run(connection: &ConnectionArgs, place: &Place, command: RunCommand) -> anyhow::Result<()> {
@@ -70,6 +74,7 @@ pub async fn run(connection: &ConnectionArgs, place: &Place, command: RunCommand
         RunCommand::Services(command) => services::run(&ctx, place.quiet, command).await,
         RunCommand::Revisions(command) => revisions::run(&ctx, command).await,
         RunCommand::Jobs(command) => jobs::run(&ctx, command).await,
+        RunCommand::DomainMappings(command) => domain_mappings::run(&ctx, command).await,
     }
 }
 

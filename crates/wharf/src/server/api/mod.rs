@@ -1,5 +1,5 @@
 //! The admin API on `--api-addr`: Cloud Run Admin API v2 resources under `/v2/projects/...`
-//! ([`services`], [`operations`]) and Wharf's own image endpoints under `/wharf/v1/images`.
+//! ([`services`], [`operations`]), Cloud Run's v1 domain mappings ([`domains`]) and Wharf's own image endpoints under `/wharf/v1/images`.
 //! Every request is authenticated first, in one middleware; every handler then checks the
 //! caller's permission on the resource it touches with [`authorize`] (403 `PERMISSION_DENIED`
 //! naming the permission, as Google words it) before doing anything; identity itself (IAM
@@ -10,6 +10,7 @@
 //! ([`wharf_api::fields`]): unknown fields and Cloud Run fields Wharf lacks are refused by name.
 
 mod builds;
+mod domains;
 mod iam;
 mod identity;
 mod jobs;
@@ -206,6 +207,7 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
     let authenticated = Router::new()
         .merge(identity::routes())
         .merge(services::routes())
+        .merge(domains::routes())
         .merge(iam::routes())
         .merge(operations::routes())
         .merge(jobs::routes())
