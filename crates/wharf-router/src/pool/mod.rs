@@ -197,6 +197,7 @@ impl fmt::Debug for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.upstream.request_ended();
         {
             let mut st = self.pool.lock();
             if let Some(slot) = st.slots.iter_mut().find(|s| s.key == self.key) {
@@ -207,6 +208,18 @@ impl Drop for Lease {
             }
         }
         self.pool.changed.notify_waiters();
+    }
+}
+
+/// A lease counted in the pool whose instance has not been told yet (the pool's lock is
+/// still held): [`PendingLease::started`] tells it, outside the lock, since resuming an instance
+/// whose CPU is throttled may take a system call.
+struct PendingLease(Lease);
+
+impl PendingLease {
+    fn started(self) -> Lease {
+        self.0.upstream.request_started();
+        self.0
     }
 }
 
@@ -318,9 +331,16 @@ impl RevisionPool {
         self.changed.notify_waiters();
     }
 
-    fn lease(self: &Arc<Self>, slot: &mut Slot) -> Lease {
+    /// Counts a request on `slot`. The caller releases the pool's lock, then calls
+    /// [`Lease::started`] before handing the lease out.
+    fn lease(self: &Arc<Self>, slot: &mut Slot) -> PendingLease {
         slot.in_flight += 1;
-        Lease { pool: self.clone(), key: slot.key, upstream: slot.upstream.clone(), authority: slot.authority.clone() }
+        PendingLease(Lease {
+            pool: self.clone(),
+            key: slot.key,
+            upstream: slot.upstream.clone(),
+            authority: slot.authority.clone(),
+        })
     }
 
     /// Claims a slot at once if an instance has room (the common, warm case: no waiting, no
@@ -329,9 +349,12 @@ impl RevisionPool {
         if self.closed.is_cancelled() {
             return None;
         }
-        let mut st = self.lock();
-        let i = st.pick(preferred)?;
-        Some(self.lease(&mut st.slots[i]))
+        let pending = {
+            let mut st = self.lock();
+            let i = st.pick(preferred)?;
+            self.lease(&mut st.slots[i])
+        };
+        Some(pending.started())
     }
 
     /// Claims a slot on an instance, waiting in the queue (up to the queue timeout) while
@@ -353,7 +376,9 @@ impl RevisionPool {
                 }
                 st.prune_gone();
                 if let Some(i) = st.pick(None) {
-                    return Ok(self.lease(&mut st.slots[i]));
+                    let pending = self.lease(&mut st.slots[i]);
+                    drop(st);
+                    return Ok(pending.started());
                 }
                 if place.is_none() {
                     if st.queued as usize >= st.config.max_queue {
