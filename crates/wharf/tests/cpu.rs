@@ -129,15 +129,20 @@ async fn cpu_only_during_requests_unless_always_on() {
         .await;
     assert_eq!(status, 200, "{op}");
 
-    // The settings round-trip through describe.
-    let describe = |name: &str| -> Value {
-        serde_json::from_str(&env.ok(&["run", "services", "describe", name, "--project", "demo", "--format", "json"]))
-            .unwrap()
-    };
-    let resources = describe("frugal")["template"]["containers"][0]["resources"].clone();
-    assert_eq!(resources["startupCpuBoost"], true, "{resources}");
-    assert_eq!(resources.get("cpuIdle"), None, "{resources}");
-    assert_eq!(describe("busy")["template"]["containers"][0]["resources"]["cpuIdle"], false);
+    // The settings round-trip through the API and describe's export (Knative annotations).
+    let (_, frugal) = env.api(reqwest::Method::GET, &format!("{PARENT}/services/frugal"), None).await;
+    let resources = &frugal["template"]["containers"][0]["resources"];
+    assert_eq!(resources["startupCpuBoost"], true, "{frugal}");
+    assert_eq!(resources.get("cpuIdle"), None, "{frugal}");
+    let (_, busy) = env.api(reqwest::Method::GET, &format!("{PARENT}/services/busy"), None).await;
+    assert_eq!(busy["template"]["containers"][0]["resources"]["cpuIdle"], false, "{busy}");
+    let export = env.ok(&["run", "services", "describe", "busy", "--project", "demo", "--format", "export"]);
+    assert!(
+        ["'false'", "\"false\""].iter().any(|v| export.contains(&format!("run.googleapis.com/cpu-throttling: {v}"))),
+        "{export}"
+    );
+    let text = env.ok(&["run", "services", "describe", "frugal", "--project", "demo"]);
+    assert!(text.contains("only during requests") && text.contains("Startup boost"), "{text}");
 
     // Throttled: once idle the instance is frozen, and over an idle period it uses no CPU at
     // all while its background loop would have counted all along.
