@@ -261,8 +261,11 @@ pub struct ResourceRequirements {
     /// `cpu` and `memory`, in Kubernetes quantity syntax.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub limits: Labels,
-    #[serde(skip_serializing_if = "is_false")]
-    pub cpu_idle: bool,
+    /// CPU only while requests are in flight (Cloud Run's default): absent means true for a
+    /// service. `false` keeps CPU always allocated (`--no-cpu-throttling`). Jobs ignore it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_idle: Option<bool>,
+    /// More CPU during start-up, until the instance is ready (`--cpu-boost`).
     #[serde(skip_serializing_if = "is_false")]
     pub startup_cpu_boost: bool,
 }

@@ -18,6 +18,7 @@
 //! `flood [--clients 1000] [--rounds 3] [--waves 3]`: concurrent clients against a service scaled to zero
 //! with `--max-instances 5`; fails unless every answer is 200, 429 or 503 (see `flood.rs`).
 
+mod cpu;
 mod flood;
 mod haproxy;
 mod invoker;
@@ -166,6 +167,7 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
             env: vec![],
             port: 8080,
             resources: Resources::default(),
+            cpu: Default::default(),
             startup_probe: Some(Probe::default_startup(8080)),
             liveness_probe: None,
             grace_period: Duration::from_secs(10),

@@ -7,7 +7,8 @@
 //!    the same instance reached directly, and through nginx as a reverse proxy;
 //! 3. `wharf run deploy` of a new revision (cached image) until its URL serves it;
 //! 4. scale-out: 0 to 200 concurrent slow requests at concurrency 10;
-//! 5. Wharf's memory (server and shims) per running instance.
+//! 5. Wharf's memory (server and shims) per running instance;
+//! 6. CPU allocation: an idle instance's CPU use and the latency of thawing it (`cpu.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ pub struct Options {
     pub out: PathBuf,
 }
 
-fn percentile(values: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
@@ -156,8 +157,23 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         });
     }
 
-    // 2. Warm proxy.
-    cli(&server, &["run", "deploy", "warm", "--image", &image_ref, "--project", "bench", "--min-instances", "1"])?;
+    // 2. Warm proxy. Always-on CPU: the direct baselines reach the instance without the
+    // router, which would find a throttled instance frozen.
+    cli(
+        &server,
+        &[
+            "run",
+            "deploy",
+            "warm",
+            "--image",
+            &image_ref,
+            "--project",
+            "bench",
+            "--min-instances",
+            "1",
+            "--no-cpu-throttling",
+        ],
+    )?;
     first_byte(&client, &ingress, Some(&service_host("warm", "bench"))).await?;
     let direct = instance_address(&server, "warm")?;
     let duration = if options.smoke { "1s" } else { "5s" };
@@ -340,6 +356,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         unit: "ms",
         higher_is_better: false,
     });
+
+    // 6. CPU allocation: idle CPU and thaw latency (`cpu.rs`).
+    rows.extend(crate::cpu::rows(&server, &client, &image_ref, options.smoke).await?);
 
     rows.push(memory_row);
     rows.extend(crate::invoker::rows(if options.smoke { 2_000 } else { 100_000 })?);

@@ -11,7 +11,9 @@ use wharf_api::{Container, RevisionTemplate, VpcAccess};
 
 use crate::ControlError;
 use crate::backend::template::{GRACE_PERIOD, validate_user_env};
-use crate::backend::{InstanceTemplate, Probe, ProbeAction, Resources, SecretEnv, SecretFile, VpcEgress};
+use crate::backend::{
+    CpuAllocation, InstanceTemplate, Probe, ProbeAction, Resources, SecretEnv, SecretFile, VpcEgress,
+};
 
 /// Cloud Run's default and maximum request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -527,6 +529,16 @@ pub fn container(
             (Some(startup), liveness)
         }
     };
+    // Cloud Run's CPU allocation: a service's instances get CPU only while requests are in
+    // flight unless `cpuIdle` is false; a job's tasks always have CPU.
+    let requested = container.resources.as_ref();
+    let cpu = match workload {
+        Workload::Service => CpuAllocation {
+            throttled: requested.and_then(|r| r.cpu_idle).unwrap_or(true),
+            startup_boost: requested.is_some_and(|r| r.startup_cpu_boost),
+        },
+        Workload::Task => CpuAllocation::default(),
+    };
     let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     let template = InstanceTemplate {
         command: list(&container.command),
@@ -541,6 +553,7 @@ pub fn container(
         vpc: None,
         secret_env,
         secret_files,
+        cpu,
     };
     Ok((container.image.trim().to_owned(), template))
 }
@@ -847,6 +860,22 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(300));
         assert_eq!(c.instance.resources, Resources::default());
         assert_eq!(c.instance.startup_probe, Some(Probe::default_startup(8080)));
+        assert_eq!(c.instance.cpu, CpuAllocation { throttled: true, startup_boost: false });
+    }
+
+    #[test]
+    fn cpu_is_throttled_unless_asked_always_on_and_never_for_tasks() {
+        let resources = |cpu_idle, startup_cpu_boost| {
+            let mut c = image();
+            c.resources = Some(ResourceRequirements { cpu_idle, startup_cpu_boost, ..Default::default() });
+            c
+        };
+        let cpu = |c: Container| validate(&template(c)).unwrap().instance.cpu;
+        assert_eq!(cpu(resources(None, true)), CpuAllocation { throttled: true, startup_boost: true });
+        assert_eq!(cpu(resources(Some(true), false)), CpuAllocation { throttled: true, startup_boost: false });
+        assert_eq!(cpu(resources(Some(false), false)), CpuAllocation { throttled: false, startup_boost: false });
+        let (_, task) = container(&[resources(Some(true), true)], &[], Workload::Task).unwrap();
+        assert_eq!(task.cpu, CpuAllocation::default(), "a job task was throttled");
     }
 
     #[test]

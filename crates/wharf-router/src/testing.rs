@@ -22,6 +22,8 @@ pub(crate) struct FakeUpstream {
     gone: AtomicBool,
     running: AtomicU32,
     peak: AtomicU32,
+    /// Leases told to the instance ([`Upstream::request_started`]) and not yet ended.
+    leased: AtomicU32,
 }
 
 impl FakeUpstream {
@@ -32,6 +34,7 @@ impl FakeUpstream {
             gone: AtomicBool::new(false),
             running: AtomicU32::new(0),
             peak: AtomicU32::new(0),
+            leased: AtomicU32::new(0),
         })
     }
 
@@ -45,6 +48,11 @@ impl FakeUpstream {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         Running(self.clone())
+    }
+
+    /// Leases begun on this instance and not ended, as the instance was told.
+    pub(crate) fn leased(&self) -> u32 {
+        self.leased.load(Ordering::SeqCst)
     }
 
     /// The most requests that ever ran on this instance at once.
@@ -64,6 +72,15 @@ impl Upstream for FakeUpstream {
 
     fn is_gone(&self) -> bool {
         self.gone.load(Ordering::SeqCst)
+    }
+
+    fn request_started(&self) {
+        self.leased.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn request_ended(&self) {
+        let before = self.leased.fetch_sub(1, Ordering::SeqCst);
+        assert!(before > 0, "a lease ended that never started");
     }
 }
 

@@ -29,6 +29,13 @@ pub trait Upstream: Any + Send + Sync + fmt::Debug {
     /// Called on the request path, so it must be cheap (an atomic or a short read lock). Once
     /// it returns true it must keep doing so.
     fn is_gone(&self) -> bool;
+    /// A request took a slot on this instance ([`crate::pool::Lease`]); it is written to the
+    /// instance only after this returns. An instance whose CPU is allocated only during
+    /// requests is resumed here. Called once per lease, on the request path.
+    fn request_started(&self) {}
+    /// A lease begun with [`Upstream::request_started`] ended: its response body, or its
+    /// upgraded (WebSocket) stream, is done. Called exactly once per lease.
+    fn request_ended(&self) {}
 }
 
 /// Starts and stops a revision's instances.

@@ -107,6 +107,7 @@ impl RuntimeBackend {
             env,
             port: t.port,
             resources: t.resources,
+            cpu: t.cpu,
             startup_probe: t.startup_probe,
             liveness_probe: t.liveness_probe,
             grace_period: t.grace_period,
@@ -163,8 +164,11 @@ impl InstanceBackend for RuntimeBackend {
     }
 
     fn stats(&self, instance: &dyn InstanceHandle) -> Option<InstanceStats> {
-        let cpu = self.runtime.instance(instance.id())?.cpu_stats()?;
+        let running = self.runtime.instance(instance.id())?;
+        let cpu = running.cpu_stats()?;
         Some(InstanceStats {
+            cpu_usage_us: running.cpu_usage_us().unwrap_or(0),
+            frozen: running.is_frozen(),
             cpu_periods: cpu.periods,
             cpu_throttled_periods: cpu.throttled_periods,
             cpu_throttled_us: cpu.throttled_us,
@@ -199,5 +203,13 @@ impl InstanceHandle for Instance {
 
     fn wait_terminal(&self) -> BoxFuture<'_, InstanceStatus> {
         Box::pin(Instance::wait_terminal(self))
+    }
+
+    fn request_started(&self) {
+        Instance::request_started(self);
+    }
+
+    fn request_ended(&self) {
+        Instance::request_ended(self);
     }
 }

@@ -82,7 +82,7 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot set {file} of the parent cgroup to {value:?}")]
+    #[error("cannot set {file} to {value:?}")]
     Write {
         file: PathBuf,
         value: String,
@@ -281,6 +281,98 @@ pub fn cpu_stats(path: &str) -> Option<CpuStats> {
     })
 }
 
+/// The file that freezes one instance's cgroup: `freezer.state` in the v1 `freezer`
+/// controller (this machine's hybrid layout), `cgroup.freeze` on v2. Freezing stops every
+/// process of the instance without a signal it could see; thawing lets them run on, as if no
+/// time had passed for them but the clock.
+#[derive(Debug, Clone)]
+pub struct Freezer {
+    layout: Layout,
+    /// The instance's cgroup directory in the hierarchy that freezes.
+    dir: PathBuf,
+}
+
+impl Freezer {
+    /// The freezer of the cgroup at `path` (as given to libcontainer, `/wharf/wharf-<id>`).
+    pub fn new(layout: Layout, path: &str) -> Freezer {
+        let path = path.trim_start_matches('/');
+        let dir = match layout {
+            Layout::V1 => Path::new(ROOT).join("freezer").join(path),
+            Layout::V2 => Path::new(ROOT).join(path),
+        };
+        Freezer { layout, dir }
+    }
+
+    /// The freezer of the cgroup directory `dir` in the hierarchy of `layout`.
+    #[cfg(test)]
+    pub(crate) fn for_directory(layout: Layout, dir: PathBuf) -> Freezer {
+        Freezer { layout, dir }
+    }
+
+    fn file(&self) -> PathBuf {
+        match self.layout {
+            Layout::V1 => self.dir.join("freezer.state"),
+            Layout::V2 => self.dir.join("cgroup.freeze"),
+        }
+    }
+
+    /// Asks the kernel to freeze every process of the cgroup. Returns once asked: the
+    /// processes stop at their next return to user space (see [`Freezer::is_frozen`]).
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        let value = if self.layout == Layout::V1 { "FROZEN" } else { "1" };
+        write(&self.file(), value)
+    }
+
+    /// Thaws the cgroup. When this returns every process is runnable again.
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        let value = if self.layout == Layout::V1 { "THAWED" } else { "0" };
+        write(&self.file(), value)
+    }
+
+    /// Whether every process of the cgroup is frozen now (not merely being frozen).
+    pub fn is_frozen(&self) -> bool {
+        match self.layout {
+            Layout::V1 => std::fs::read_to_string(self.file()).is_ok_and(|s| s.trim() == "FROZEN"),
+            Layout::V2 => std::fs::read_to_string(self.dir.join("cgroup.events"))
+                .is_ok_and(|s| s.lines().any(|l| l.trim() == "frozen 1")),
+        }
+    }
+}
+
+/// Thaws every cgroup of instance `id` found on the machine, so that its processes can be
+/// killed: a process frozen by the v1 freezer does not die of SIGKILL until it is thawed.
+/// For the shim, before it signals the container, and the start-up sweep.
+pub fn thaw_all(id: &str) {
+    for dir in directories(id) {
+        if dir.join("freezer.state").exists() {
+            let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+        } else if dir.join("cgroup.freeze").exists() {
+            let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+        }
+    }
+}
+
+/// Total CPU time the cgroup at `path` used, in microseconds (`cpuacct.usage` on v1, the
+/// `usage_usec` of `cpu.stat` on v2).
+pub fn cpu_usage_us(path: &str) -> Option<u64> {
+    let path = path.trim_start_matches('/');
+    if let Ok(text) = std::fs::read_to_string(format!("{ROOT}/cpuacct/{path}/cpuacct.usage")) {
+        return text.trim().parse::<u64>().ok().map(|ns| ns / 1000);
+    }
+    field(&std::fs::read_to_string(format!("{ROOT}/{path}/cpu.stat")).ok()?, "usage_usec")
+}
+
+/// Sets the CFS quota of the cgroup at `path` to `cpu_millis` thousandths of a core (to end a
+/// start-up CPU boost).
+pub fn set_cpu_quota(layout: Layout, path: &str, cpu_millis: u64) -> Result<(), CgroupError> {
+    let path = path.trim_start_matches('/');
+    let quota = cpu_millis * CPU_PERIOD_US / 1000;
+    match layout {
+        Layout::V1 => write(&Path::new(ROOT).join("cpu").join(path).join("cpu.cfs_quota_us"), &quota.to_string()),
+        Layout::V2 => write(&Path::new(ROOT).join(path).join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}")),
+    }
+}
+
 /// The hierarchy roots: v2's root and each v1 controller (or the hybrid `unified` mount).
 fn hierarchies() -> Vec<PathBuf> {
     let mut roots = vec![PathBuf::from(ROOT)];
@@ -320,6 +412,7 @@ pub fn directories(id: &str) -> Vec<PathBuf> {
 /// Kills every process in the instance's cgroups and removes them. For the start-up sweep,
 /// after an unclean exit left an instance behind, and for the shim after its container exits.
 pub fn kill_and_remove(id: &str) {
+    thaw_all(id);
     let dirs = directories(id);
     for dir in &dirs {
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {

@@ -155,7 +155,7 @@ fn exec_waiter(args: &WaitArgs) -> std::io::Error {
 pub fn wait(args: &WaitArgs) -> i32 {
     let pid = Pid::from_raw(args.pid);
     let exited = Arc::new(AtomicBool::new(false));
-    spawn_control_thread(pid, exited.clone());
+    spawn_control_thread(pid, args.id.clone(), exited.clone());
     let (code, signal) = wait_for(pid);
     exited.store(true, Ordering::SeqCst);
     let oom_killed = oom_killed(&args.id);
@@ -191,8 +191,11 @@ fn wait_for(pid: Pid) -> (Option<i32>, Option<i32>) {
     }
 }
 
-/// Reads commands from the server on stdin until the container exits.
-fn spawn_control_thread(pid: Pid, exited: Arc<AtomicBool>) {
+/// Reads commands from the server on stdin until the container exits. Before it stops the
+/// container it thaws its cgroups: the server thaws an instance whose CPU it throttles before
+/// it asks for a stop, but a server that went away could not, and a frozen process neither
+/// handles SIGTERM nor (on cgroup v1) dies of SIGKILL.
+fn spawn_control_thread(pid: Pid, id: String, exited: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
@@ -210,6 +213,7 @@ fn spawn_control_thread(pid: Pid, exited: Arc<AtomicBool>) {
             }
             if command == Some("stop") {
                 let grace = Duration::from_millis(words.next().and_then(|g| g.parse().ok()).unwrap_or(10_000));
+                crate::cgroup::thaw_all(&id);
                 let _ = kill(pid, Signal::SIGTERM);
                 let exited = exited.clone();
                 std::thread::spawn(move || {
@@ -229,6 +233,7 @@ fn spawn_control_thread(pid: Pid, exited: Arc<AtomicBool>) {
         }
         // The server closed our stdin: it is gone, so the container goes too.
         if !exited.load(Ordering::SeqCst) {
+            crate::cgroup::thaw_all(&id);
             let _ = kill(pid, Signal::SIGKILL);
         }
     });

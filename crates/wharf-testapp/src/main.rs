@@ -25,6 +25,8 @@
 //! | `/connect?addr=IP:PORT` | opens a TCP connection (1 s timeout), reports `connected` or the error |
 //! | `/resolve?name=N` | the IPv4 addresses N resolves to (the libc resolver: `/etc/resolv.conf`), one a line, or the error |
 //! | `/fetch?addr=HOST:PORT&path=P&header=NAME:VALUE` | an HTTP/1.1 GET of P (default `/`) at HOST:PORT (resolved as above) with `Host: HOST:PORT` and the one extra header if given; the raw response (5 s timeout) |
+//! | `/spin/start` | starts (once) a background thread counting as fast as it can, between requests too |
+//! | `/spin/count` | `{"instance", "count", "longestPauseMs"}`: the background count, and the longest time it made no progress (until now) |
 //! | `/sandbox?fork_max=N` | tries what the sandbox must refuse, reports operation -> `ok`/errno as JSON (`sandbox.rs`) |
 //!
 //! As a job task (`testapp job`), it logs `task <index> attempt <attempt>` and, after
@@ -123,6 +125,8 @@ async fn serve() {
         .route("/resolve", get(resolve))
         .route("/fetch", get(fetch))
         .route("/hostname", get(hostname))
+        .route("/spin/start", get(spin_start))
+        .route("/spin/count", get(spin_count))
         .route("/ip", get(own_ip))
         .route("/sandbox", get(probe_sandbox));
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
@@ -407,6 +411,43 @@ async fn probe_sandbox(Query(q): Params) -> Response {
         Ok(report) => axum::Json(report).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("probe failed: {e}\n")).into_response(),
     }
+}
+
+/// The background counter of `/spin/*`: iterations, and when (ns after `SPIN_EPOCH`) the last
+/// one ran and the longest gap between two.
+static SPIN_STARTED: std::sync::Once = std::sync::Once::new();
+static SPIN_EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+static SPIN_COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SPIN_LAST_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SPIN_LONGEST_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn spin_now_ns() -> u64 {
+    u64::try_from(SPIN_EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+async fn spin_start() -> axum::Json<serde_json::Value> {
+    SPIN_STARTED.call_once(|| {
+        SPIN_LAST_NS.store(spin_now_ns(), Ordering::SeqCst);
+        std::thread::spawn(|| {
+            loop {
+                let now = spin_now_ns();
+                let gap = now.saturating_sub(SPIN_LAST_NS.swap(now, Ordering::Relaxed));
+                SPIN_LONGEST_NS.fetch_max(gap, Ordering::Relaxed);
+                SPIN_COUNT.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    });
+    spin_count().await
+}
+
+async fn spin_count() -> axum::Json<serde_json::Value> {
+    let current_gap = spin_now_ns().saturating_sub(SPIN_LAST_NS.load(Ordering::Relaxed));
+    let longest = SPIN_LONGEST_NS.load(Ordering::Relaxed).max(current_gap);
+    axum::Json(serde_json::json!({
+        "instance": hostname().await.trim(),
+        "count": SPIN_COUNT.load(Ordering::Relaxed),
+        "longestPauseMs": longest / 1_000_000,
+    }))
 }
 
 async fn hostname() -> String {

@@ -68,6 +68,7 @@ impl Harness {
             env: vec![],
             port: 8080,
             resources: Resources::default(),
+            cpu: Default::default(),
             startup_probe: Some(Probe::default_startup(8080)),
             liveness_probe: None,
             grace_period: Duration::from_secs(10),

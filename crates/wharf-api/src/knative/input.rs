@@ -304,7 +304,7 @@ fn probe(p: KProbe) -> Probe {
     }
 }
 
-fn container(c: KContainer, cpu_idle: bool, startup_cpu_boost: bool) -> Container {
+fn container(c: KContainer, cpu_idle: Option<bool>, startup_cpu_boost: bool) -> Container {
     let resources = c.resources.map(|r| r.limits).unwrap_or_default();
     Container {
         name: c.name,
@@ -312,7 +312,7 @@ fn container(c: KContainer, cpu_idle: bool, startup_cpu_boost: bool) -> Containe
         command: c.command,
         args: c.args,
         env: c.env.into_iter().map(|e| EnvVar { name: e.name, value: Some(e.value), value_source: None }).collect(),
-        resources: (!resources.is_empty() || cpu_idle || startup_cpu_boost).then_some(ResourceRequirements {
+        resources: (!resources.is_empty() || cpu_idle.is_some() || startup_cpu_boost).then_some(ResourceRequirements {
             limits: resources,
             cpu_idle,
             startup_cpu_boost,
@@ -376,7 +376,7 @@ pub fn service(text: &str) -> Result<KnativeService, KnativeError> {
             ));
         }
     };
-    let cpu_idle = take_bool(&mut template_annotations, "run.googleapis.com/cpu-throttling", field)?.unwrap_or(false);
+    let cpu_idle = take_bool(&mut template_annotations, "run.googleapis.com/cpu-throttling", field)?;
     let boost = take_bool(&mut template_annotations, "run.googleapis.com/startup-cpu-boost", field)?.unwrap_or(false);
     let session_affinity =
         take_bool(&mut template_annotations, "run.googleapis.com/sessionAffinity", field)?.unwrap_or(false);
@@ -539,7 +539,7 @@ pub fn job(text: &str) -> Result<KnativeJob, KnativeError> {
             parallelism: execution.parallelism,
             task_count: execution.task_count,
             template: TaskTemplate {
-                containers: task.containers.into_iter().map(|c| container(c, false, false)).collect(),
+                containers: task.containers.into_iter().map(|c| container(c, None, false)).collect(),
                 timeout,
                 max_retries: task.max_retries,
                 service_account: task.service_account_name.unwrap_or_default(),
@@ -622,11 +622,21 @@ status:
         let c = &t.containers[0];
         assert_eq!(c.ports[0].container_port, 9000);
         let r = c.resources.as_ref().unwrap();
-        assert!(r.cpu_idle && r.startup_cpu_boost);
+        assert!(r.cpu_idle == Some(true) && r.startup_cpu_boost);
         assert_eq!(r.limits.get("memory").map(String::as_str), Some("256Mi"));
         assert_eq!(c.startup_probe.as_ref().unwrap().tcp_socket, Some(TcpSocketAction { port: 9000 }));
         assert_eq!(s.traffic.len(), 2);
         assert_eq!(s.traffic[1].tag, "old");
+
+        // CPU always on (`cpu-throttling: 'false'`) is kept as such, not as "not given", and
+        // exports back to the same annotation; without the annotation nothing is set.
+        let always_on = service(&YAML.replace("cpu-throttling: 'true'", "cpu-throttling: 'false'")).unwrap();
+        let r = always_on.service.template.containers[0].resources.clone().unwrap();
+        assert_eq!(r.cpu_idle, Some(false));
+        let exported = serde_json::to_string(&crate::knative::service(&always_on.service)).unwrap();
+        assert!(exported.contains(r#""run.googleapis.com/cpu-throttling":"false""#), "{exported}");
+        let default = service(&YAML.replace("        run.googleapis.com/cpu-throttling: 'true'\n", "")).unwrap();
+        assert_eq!(default.service.template.containers[0].resources.as_ref().unwrap().cpu_idle, None);
     }
 
     #[test]

@@ -138,8 +138,10 @@ pub fn service(s: &Service) -> Value {
         }
     }
     let resources = s.template.containers.first().and_then(|c| c.resources.clone()).unwrap_or_default();
+    if let Some(throttling) = resources.cpu_idle {
+        template_annotations.insert("run.googleapis.com/cpu-throttling".into(), throttling.to_string());
+    }
     for (key, on) in [
-        ("run.googleapis.com/cpu-throttling", resources.cpu_idle),
         ("run.googleapis.com/startup-cpu-boost", resources.startup_cpu_boost),
         ("run.googleapis.com/sessionAffinity", s.template.session_affinity),
     ] {
@@ -377,8 +379,8 @@ mod tests {
         assert_eq!(a.scaling, b.scaling);
         assert_eq!(a.containers[0].working_dir, b.containers[0].working_dir);
         assert_eq!(a.containers[0].liveness_probe, b.containers[0].liveness_probe);
-        assert_eq!(a.containers[0].resources.as_ref().map(|r| r.cpu_idle), Some(true));
-        assert_eq!(b.containers[0].resources.as_ref().map(|r| r.cpu_idle), Some(true));
+        assert_eq!(a.containers[0].resources.as_ref().and_then(|r| r.cpu_idle), Some(true));
+        assert_eq!(b.containers[0].resources.as_ref().and_then(|r| r.cpu_idle), Some(true));
         assert_eq!(first.ingress, second.service.ingress);
     }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use resources::Resources;
-pub use template::{InstanceTemplate, Owner, Probe, ProbeAction, SecretEnv, SecretFile, VpcEgress};
+pub use template::{CpuAllocation, InstanceTemplate, Owner, Probe, ProbeAction, SecretEnv, SecretFile, VpcEgress};
 
 /// Where a backend reads the secret versions an instance needs when it starts (Wharf's
 /// Secret Manager). `secret` is `projects/PROJECT/secrets/NAME`, `version` a number or
@@ -77,6 +77,15 @@ pub trait InstanceHandle: Send + Sync + fmt::Debug + 'static {
     fn has_exited(&self) -> bool;
     /// Resolves once the instance is stopped or failed and released.
     fn wait_terminal(&self) -> BoxFuture<'_, InstanceStatus>;
+    /// A request to the instance begins: the router calls this before it writes the request
+    /// upstream (and the runtime before a liveness probe). An instance whose CPU is throttled
+    /// ([`CpuAllocation::throttled`]) is thawed, and runnable, when this returns. Called on
+    /// the request path: cheap unless it thaws.
+    fn request_started(&self) {}
+    /// A request begun with [`InstanceHandle::request_started`] ended (its response body or
+    /// upgraded stream is done). When none is left, a throttled instance is frozen again
+    /// shortly after.
+    fn request_ended(&self) {}
 }
 
 /// Signals the control plane may send to an instance.
@@ -117,6 +126,12 @@ impl Severity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStats {
+    /// CPU time the instance's cgroup used, all its processes together.
+    #[serde(default)]
+    pub cpu_usage_us: u64,
+    /// Frozen now: CPU throttled between requests.
+    #[serde(default)]
+    pub frozen: bool,
     pub cpu_periods: u64,
     pub cpu_throttled_periods: u64,
     pub cpu_throttled_us: u64,

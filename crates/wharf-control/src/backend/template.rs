@@ -42,6 +42,23 @@ pub struct InstanceTemplate {
     /// Files holding secret versions, on read-only in-memory mounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secret_files: Vec<SecretFile>,
+    /// When the instance gets CPU. Absent in templates stored before it existed: always on.
+    #[serde(default)]
+    pub cpu: CpuAllocation,
+}
+
+/// When an instance gets CPU, as Cloud Run allocates it (`resources.cpuIdle`,
+/// `resources.startupCpuBoost`). The default, always on and no boost, is a job task's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuAllocation {
+    /// CPU only while requests are in flight (and during start-up and shutdown): between
+    /// requests the instance is frozen. A service's default (`cpuIdle: true`); never a job's.
+    #[serde(default)]
+    pub throttled: bool,
+    /// More CPU than the limit until the instance is ready (`startupCpuBoost`).
+    #[serde(default)]
+    pub startup_boost: bool,
 }
 
 /// A template's VPC egress: the network it names and which traffic goes there.
@@ -215,8 +232,13 @@ mod tests {
                 version: "2".into(),
                 mode: 0o400,
             }],
+            cpu: CpuAllocation { throttled: true, startup_boost: true },
         };
         let text = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<InstanceTemplate>(&text).unwrap(), t);
+        // A template stored before CPU allocation existed keeps CPU always on.
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        old.as_object_mut().unwrap().remove("cpu");
+        assert_eq!(serde_json::from_value::<InstanceTemplate>(old).unwrap().cpu, CpuAllocation::default());
     }
 }

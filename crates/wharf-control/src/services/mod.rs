@@ -96,10 +96,13 @@ fn same_template(a: &wharf_api::RevisionTemplate, b: &wharf_api::RevisionTemplat
         return true;
     }
     let resources = |t: &wharf_api::RevisionTemplate| {
-        t.containers.first().and_then(|c| c.resources.as_ref()).map(|r| (r.cpu_idle, r.startup_cpu_boost))
+        t.containers
+            .first()
+            .and_then(|c| c.resources.as_ref())
+            .map(|r| (r.cpu_idle.unwrap_or(true), r.startup_cpu_boost))
     };
     strip(a) == strip(b)
-        && resources(a).unwrap_or_default() == resources(b).unwrap_or_default()
+        && resources(a).unwrap_or((true, false)) == resources(b).unwrap_or((true, false))
         && matches!((validate(a), validate(b)), (Ok(x), Ok(y)) if x == y)
 }
 

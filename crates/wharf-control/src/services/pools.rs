@@ -36,6 +36,14 @@ impl Upstream for ServingInstance {
     fn is_gone(&self) -> bool {
         self.handle.has_exited() || !matches!(self.handle.state(), InstanceState::Starting | InstanceState::Ready)
     }
+
+    fn request_started(&self) {
+        self.handle.request_started();
+    }
+
+    fn request_ended(&self) {
+        self.handle.request_ended();
+    }
 }
 
 impl RevisionLauncher {

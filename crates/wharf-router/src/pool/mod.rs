@@ -293,6 +293,7 @@ impl fmt::Debug for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.upstream.request_ended();
         {
             let mut guard = self.pool.lock();
             let st = &mut *guard;
@@ -308,6 +309,18 @@ impl Drop for Lease {
             }
         }
         self.pool.changed.notify_waiters();
+    }
+}
+
+/// A lease counted in the pool whose instance has not been told yet (the pool's lock is
+/// still held): [`PendingLease::started`] tells it, outside the lock, since resuming an instance
+/// whose CPU is throttled may take a system call.
+struct PendingLease(Lease);
+
+impl PendingLease {
+    fn started(self) -> Lease {
+        self.0.upstream.request_started();
+        self.0
     }
 }
 
@@ -503,7 +516,9 @@ impl RevisionPool {
         self.changed.notify_waiters();
     }
 
-    fn lease(self: &Arc<Self>, st: &mut PoolState, i: usize) -> Lease {
+    /// Counts a request on slot `i` (and in the pool's meter). The caller releases the pool's
+    /// lock, then calls [`PendingLease::started`] before handing the lease out.
+    fn lease(self: &Arc<Self>, st: &mut PoolState, i: usize) -> PendingLease {
         let now = Instant::now();
         let slot = &mut st.slots[i];
         slot.in_flight += 1;
@@ -519,7 +534,7 @@ impl RevisionPool {
         };
         let in_flight = slot.in_flight;
         st.meter.record_in_flight(now, in_flight);
-        lease
+        PendingLease(lease)
     }
 
     /// Claims a slot at once if an instance has room (the common, warm case: no waiting, no
@@ -528,9 +543,12 @@ impl RevisionPool {
         if self.closed.is_cancelled() {
             return None;
         }
-        let mut st = self.lock();
-        let i = st.pick(preferred)?;
-        Some(self.lease(&mut st, i))
+        let pending = {
+            let mut st = self.lock();
+            let i = st.pick(preferred)?;
+            self.lease(&mut st, i)
+        };
+        Some(pending.started())
     }
 
     /// Claims a slot on an instance, waiting in the queue (up to the queue timeout) while
@@ -552,7 +570,9 @@ impl RevisionPool {
                 }
                 st.prune_gone();
                 if let Some(i) = st.pick(None) {
-                    return Ok(self.lease(&mut st, i));
+                    let pending = self.lease(&mut st, i);
+                    drop(st);
+                    return Ok(pending.started());
                 }
                 if place.is_none() {
                     if st.queued as usize >= st.config.max_queue {

@@ -38,6 +38,30 @@ async fn a_warm_instance_is_claimed_without_starting_another() {
     assert_eq!(pool.stats(), stats(1, 0, 0, 0));
 }
 
+/// What a throttled instance relies on to get CPU: every lease tells its instance it started
+/// before the caller gets it (a warm claim and a queued one alike) and that it ended when
+/// dropped.
+#[tokio::test(start_paused = true)]
+async fn the_instance_is_told_when_each_lease_starts_and_ends() {
+    let launcher = FakeLauncher::gated();
+    let pool = RevisionPool::start("hello-00001", config(2, 0, 1), launcher.arc());
+    let queued = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(|lease| (fake(&lease).leased(), lease)) }
+    });
+    launcher.wait_launches(1).await;
+    launcher.release(1);
+    let (told, queued_lease) = within(queued).await.unwrap().expect("the queued request is served");
+    assert_eq!(told, 1, "the queued lease was handed out before the instance was told");
+    let upstream = fake(&queued_lease);
+    let warm = pool.try_acquire(None).expect("room for a second request");
+    assert_eq!(upstream.leased(), 2);
+    drop(queued_lease);
+    assert_eq!(upstream.leased(), 1);
+    drop(warm);
+    assert_eq!(upstream.leased(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn in_flight_per_instance_never_exceeds_container_concurrency() {
     let launcher = FakeLauncher::instant(unroutable());

@@ -1,8 +1,10 @@
 //! Instances: what one is ([`Instance`], its [`InstanceState`] and start-up [`StartPhases`]),
 //! and its lifecycle, one file per operation: [`start`](start.rs) builds and starts one and
-//! waits for readiness, [`probe`](probe.rs) checks readiness and liveness, [`stop`](stop.rs)
+//! waits for readiness, [`probe`](probe.rs) checks readiness and liveness,
+//! [`freeze`](freeze.rs) gives it CPU only while requests are in flight, [`stop`](stop.rs)
 //! asks it to stop, and [`reap`](reap.rs) records how it ended and releases everything it used.
 
+pub(crate) mod freeze;
 pub(crate) mod probe;
 pub(crate) mod reap;
 pub(crate) mod start;
@@ -67,6 +69,8 @@ pub struct InstanceSpec {
     /// The port the container listens on (`PORT`); services only.
     pub port: u16,
     pub resources: Resources,
+    /// CPU always on or only during requests, and a start-up boost.
+    pub cpu: wharf_control::backend::CpuAllocation,
     /// `None` for job tasks, which need not listen.
     pub startup_probe: Option<Probe>,
     pub liveness_probe: Option<Probe>,
@@ -127,6 +131,8 @@ pub struct Instance {
     pub(crate) failure: Mutex<Option<String>>,
     /// Raised as soon as the container is known to have exited, before teardown starts.
     pub(crate) exited: std::sync::atomic::AtomicBool,
+    /// CPU always on, or only while requests are in flight.
+    pub(crate) cpu: freeze::CpuGate,
 }
 
 impl Instance {
@@ -154,6 +160,26 @@ impl Instance {
     /// CPU throttling counters, while the instance runs.
     pub fn cpu_stats(&self) -> Option<CpuStats> {
         crate::cgroup::cpu_stats(&self.cgroup)
+    }
+
+    /// CPU time used by the instance's processes so far, in microseconds.
+    pub fn cpu_usage_us(&self) -> Option<u64> {
+        crate::cgroup::cpu_usage_us(&self.cgroup)
+    }
+
+    /// Whether the instance is frozen between requests now (its CPU is throttled).
+    pub fn is_frozen(&self) -> bool {
+        self.cpu.is_frozen()
+    }
+
+    /// A request to the instance begins: a frozen instance is thawed when this returns.
+    pub fn request_started(&self) {
+        self.cpu.request_started();
+    }
+
+    /// A request begun with [`Instance::request_started`] ended.
+    pub fn request_ended(&self) {
+        self.cpu.request_ended();
     }
 
     /// The last lines the container wrote.

@@ -313,7 +313,11 @@ pub(crate) async fn watch_liveness(runtime: crate::Runtime, instance: std::sync:
         if instance.state() != super::InstanceState::Ready {
             return;
         }
-        match probe.check(instance.addr.ip()).await {
+        // A probe is a request: a frozen instance is thawed to answer it.
+        instance.cpu.request_started();
+        let checked = probe.check(instance.addr.ip()).await;
+        instance.cpu.request_ended();
+        match checked {
             Ok(()) => failures = 0,
             Err(why) => {
                 failures += 1;

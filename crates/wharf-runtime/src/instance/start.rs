@@ -21,6 +21,7 @@ use crate::contract::{instance_env, validate_user_env};
 use crate::error::RuntimeError;
 use crate::logs::Stream;
 use crate::network::InstanceNetwork;
+use crate::resources::Resources;
 use crate::rootfs::Rootfs;
 use crate::runtime::{InstanceRecord, Runtime};
 use crate::shim::ShimEvent;
@@ -185,6 +186,12 @@ impl Runtime {
             log: self.logs().instance(&spec.owner, &id),
             failure: Mutex::new(None),
             exited: std::sync::atomic::AtomicBool::new(false),
+            cpu: if spec.cpu.throttled {
+                let cgroup = self.inner.cgroups.instance_path(&id);
+                super::freeze::CpuGate::throttled(crate::cgroup::Freezer::new(self.inner.cgroups.layout, &cgroup))
+            } else {
+                super::freeze::CpuGate::always_on()
+            },
         });
         self.inner.instances.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), instance.clone());
         // The reaper now owns the container: from here a failed start is a kill, and the
@@ -220,11 +227,33 @@ impl Runtime {
                 reason: status.reason.unwrap_or_else(|| "the container exited while starting".to_owned()),
             });
         }
+        if self.startup_cpu_millis(&spec) != spec.resources.cpu_millis {
+            // The start-up boost ends with the start-up.
+            if let Err(e) =
+                crate::cgroup::set_cpu_quota(self.inner.cgroups.layout, &instance.cgroup, spec.resources.cpu_millis)
+            {
+                tracing::warn!(error = %e, "ending the start-up CPU boost failed");
+            }
+        }
+        if instance.cpu.is_throttled() {
+            instance.cpu.arm();
+            tokio::spawn(super::freeze::freeze_when_idle(instance.clone()).in_current_span());
+        }
         if let Some(probe) = spec.liveness_probe.clone() {
             tokio::spawn(super::watch_liveness(self.clone(), instance.clone(), probe).in_current_span());
         }
         tracing::debug!(addr = %instance.addr, phases = ?instance.phases(), "ready");
         Ok(instance)
+    }
+
+    /// The CPU an instance gets until it is ready: its limit, or with a start-up boost twice
+    /// that (as Cloud Run's boost), at most 8 cores and what all instances together may use.
+    fn startup_cpu_millis(&self, spec: &InstanceSpec) -> u64 {
+        let limit = spec.resources.cpu_millis;
+        if !spec.cpu.startup_boost {
+            return limit;
+        }
+        (limit * 2).min(crate::resources::MAX_CPU_MILLIS).min(self.inner.cgroups.limits.cpu_millis).max(limit)
     }
 
     /// Mounts the rootfs, creates the network, writes the bundle and starts the shim, then
@@ -311,7 +340,7 @@ impl Runtime {
             hostname: id,
             netns: &netns,
             cgroup: &cgroup,
-            resources: spec.resources,
+            resources: Resources { cpu_millis: self.startup_cpu_millis(spec), ..spec.resources },
             resolv_conf: &resolv_conf,
             hosts: &hosts,
             nofile: crate::spec::host_nofile(),

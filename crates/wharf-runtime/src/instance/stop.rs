@@ -1,5 +1,5 @@
-//! Stopping an instance: SIGTERM, the grace period (10 s by default), then SIGKILL, carried
-//! out by the instance's shim. Returns once the reaper has released everything.
+//! Stopping an instance: thawed for good if its CPU was throttled, then SIGTERM, the grace
+//! period (10 s by default), then SIGKILL, carried out by the instance's shim. Returns once the reaper has released everything.
 
 use super::{Instance, InstanceState, InstanceStatus};
 use crate::runtime::Runtime;
@@ -19,6 +19,8 @@ impl Runtime {
         let span = tracing::info_span!("instance", id = %instance.id);
         async {
             tracing::debug!(?grace, "stopping");
+            // A frozen instance could not handle SIGTERM: it gets its CPU back for good first.
+            instance.cpu.release();
             instance.set_state(InstanceState::Stopping);
             send_stop(instance, grace).await;
             instance.wait_terminal().await
@@ -36,6 +38,7 @@ impl Runtime {
     pub(crate) async fn kill(&self, instance: &Instance, reason: String) {
         tracing::debug!(%reason, "killing");
         *instance.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        instance.cpu.release();
         send_stop(instance, Duration::ZERO).await;
     }
 }

@@ -71,6 +71,18 @@ pub struct DeployArgs {
     /// Speak HTTP/1.1 to the container again (the port is named `http1`).
     #[arg(long)]
     pub no_use_http2: bool,
+    /// CPU only while requests are in flight: idle instances are frozen (the default).
+    #[arg(long, overrides_with = "no_cpu_throttling")]
+    pub cpu_throttling: bool,
+    /// CPU always allocated, also between requests (background work keeps running).
+    #[arg(long)]
+    pub no_cpu_throttling: bool,
+    /// Twice the CPU limit (at most 8 cores) while an instance starts, until it is ready.
+    #[arg(long, overrides_with = "no_cpu_boost")]
+    pub cpu_boost: bool,
+    /// No start-up CPU boost (the default).
+    #[arg(long)]
+    pub no_cpu_boost: bool,
 }
 
 /// `--source DIR` and what shapes its build (deploy and `jobs deploy`).
@@ -155,6 +167,15 @@ fn apply(args: &DeployArgs, service: &mut Service) -> anyhow::Result<()> {
         match c.ports.first_mut() {
             Some(port) => port.name = name.into(),
             None => c.ports = vec![wharf_api::ContainerPort { name: name.into(), container_port: 8080 }],
+        }
+    }
+    if args.cpu_throttling || args.no_cpu_throttling || args.cpu_boost || args.no_cpu_boost {
+        let resources = c.resources.get_or_insert_with(wharf_api::ResourceRequirements::default);
+        if args.cpu_throttling || args.no_cpu_throttling {
+            resources.cpu_idle = Some(args.cpu_throttling);
+        }
+        if args.cpu_boost || args.no_cpu_boost {
+            resources.startup_cpu_boost = args.cpu_boost;
         }
     }
     if let Some(n) = &args.concurrency {

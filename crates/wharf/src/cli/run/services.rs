@@ -325,6 +325,11 @@ fn summary(s: &wharf_api::Service) -> String {
         let limits = c.resources.as_ref().map(|r| r.limits.clone()).unwrap_or_default();
         row(&mut out, "Memory", limits.get("memory").map_or("512Mi", String::as_str));
         row(&mut out, "CPU", limits.get("cpu").map_or("1000m", String::as_str));
+        let throttled = c.resources.as_ref().and_then(|r| r.cpu_idle).unwrap_or(true);
+        row(&mut out, "CPU allocation", if throttled { "only during requests" } else { "always" });
+        if c.resources.as_ref().is_some_and(|r| r.startup_cpu_boost) {
+            row(&mut out, "Startup boost", "on");
+        }
         if !c.command.is_empty() {
             row(&mut out, "Command", &c.command.join(" "));
         }
