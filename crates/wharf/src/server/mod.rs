@@ -11,6 +11,7 @@
 mod api;
 mod build_config;
 mod config;
+mod console;
 mod housekeeping;
 
 use std::net::SocketAddr;
@@ -57,6 +58,8 @@ pub struct Platform {
     pub housekeeping: housekeeping::ImageHousekeeping,
     pub builds: wharf_build::Builder,
     pub secrets: wharf_secrets::SecretManager,
+    /// Signed-in browsers of the web console (`/console`), in memory.
+    pub console_sessions: console::sessions::Sessions,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -162,6 +165,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         housekeeping: housekeeping.clone(),
         builds: builds.clone(),
         secrets,
+        console_sessions: console::sessions::Sessions::default(),
     };
 
     let housekeeper = housekeeping.spawn(shutdown.clone());
