@@ -1,4 +1,5 @@
 //! Test support for Wharf's end-to-end tests and benchmarks:
+//! - [`browser`]: a headless chromium driven over WebDriver, for the web console's tests;
 //! - [`image`]: builds the testapp binary and packages it as a multi-layer OCI image layout,
 //!   with no network access;
 //! - [`server`]: starts a real `wharf server` on free ports in a temporary data directory and
@@ -9,6 +10,7 @@
 //!   namespaces, links, processes); [`leaks::LeakGuard`] does it on drop, even on panic;
 //! - [`wait_until`]: waits for a condition with a deadline, instead of sleeping.
 
+pub mod browser;
 pub mod image;
 pub mod lab;
 pub mod leaks;

@@ -222,11 +222,12 @@ impl ControlPlane {
         Ok(render::job(&row, latest))
     }
 
+    /// Jobs of `parent`; location `-` lists every location, as for services.
     pub fn list_jobs(&self, parent: &Parent, page: &PageRequest) -> Result<ListJobsResponse, ControlError> {
         let (rows, next_page_token) = page.page(store::list_jobs(&self.inner.db, parent)?, |r| &r.name)?;
         let mut jobs = Vec::new();
         for row in rows {
-            let latest = store::latest_execution(&self.inner.db, parent, &row.name)?;
+            let latest = store::latest_execution(&self.inner.db, &row.parent, &row.name)?;
             jobs.push(render::job(&row, latest));
         }
         Ok(ListJobsResponse { jobs, next_page_token })

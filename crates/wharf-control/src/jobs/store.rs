@@ -211,8 +211,9 @@ pub fn get_job(db: &Store, parent: &Parent, name: &str) -> Result<Option<JobRow>
 
 pub fn list_jobs(db: &Store, parent: &Parent) -> Result<Vec<JobRow>, ControlError> {
     Ok(db.read(|c| {
-        let mut stmt =
-            c.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE project = ?1 AND location = ?2 ORDER BY name"))?;
+        let mut stmt = c.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE project = ?1 AND (location = ?2 OR ?2 = '-') ORDER BY name"
+        ))?;
         let rows = stmt.query_map(params![parent.project, parent.location], job_row)?;
         rows.collect()
     })?)

@@ -11,6 +11,7 @@
 mod api;
 mod build_config;
 mod config;
+mod console;
 mod housekeeping;
 mod metrics;
 
@@ -64,6 +65,8 @@ pub struct Platform {
     /// Request, instance and server metrics, in process: `metrics.snapshot()` is what
     /// `/metrics` renders (see `wharf_logging::metrics`).
     pub metrics: Arc<wharf_logging::metrics::Metrics>,
+    /// Signed-in browsers of the web console (`/console`), in memory.
+    pub console_sessions: console::sessions::Sessions,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -180,6 +183,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         builds: builds.clone(),
         secrets,
         metrics: metrics.clone(),
+        console_sessions: console::sessions::Sessions::default(),
     };
 
     let housekeeper = housekeeping.spawn(shutdown.clone());

@@ -1,6 +1,8 @@
 //! The admin API on `--api-addr`: Cloud Run Admin API v2 resources under `/v2/projects/...`
 //! ([`services`], [`operations`]), Cloud Run's v1 domain mappings ([`domains`]) and Wharf's own image endpoints under `/wharf/v1/images`.
-//! Every request is authenticated first, in one middleware; every handler then checks the
+//! Every request is authenticated first, in one middleware (an `Authorization` header, or the
+//! web console's session cookie, which a change must back with the session's CSRF token:
+//! `console::sessions`); every handler then checks the
 //! caller's permission on the resource it touches with [`authorize`] (403 `PERMISSION_DENIED`
 //! naming the permission, as Google words it) before doing anything; identity itself (IAM
 //! policies, service accounts, keys, users, the token endpoint) is [`iam`]. Handlers only
@@ -43,6 +45,10 @@ use super::Platform;
 pub enum ApiError {
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A console session cookie that cannot authenticate this request (stale, or a change
+    /// without the session's CSRF token).
+    #[error(transparent)]
+    Cookie(#[from] crate::server::console::sessions::CookieError),
     /// The caller lacks a permission (403 `PERMISSION_DENIED`, worded as Google words it).
     #[error(transparent)]
     Denied(#[from] Denied),
@@ -88,6 +94,8 @@ impl ApiError {
         match self {
             ApiError::Auth(AuthError::Store(_) | AuthError::Random) => Code::Internal,
             ApiError::Auth(_) => Code::Unauthenticated,
+            ApiError::Cookie(e) if e.is_refusal() => Code::PermissionDenied,
+            ApiError::Cookie(_) => Code::Unauthenticated,
             ApiError::Denied(_) | ApiError::OwnerOnly { .. } => Code::PermissionDenied,
             ApiError::Account(e) => match e {
                 AccountError::InvalidArgument(_) => Code::InvalidArgument,
@@ -203,7 +211,7 @@ impl IntoResponse for ApiError {
 /// The API's routes. JSON bodies over `max_body_bytes` are refused with a 413. The OIDC
 /// discovery document and the JWKS are public; everything else is authenticated.
 pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
-    let public = identity::public_routes().with_state(platform.clone());
+    let public = identity::public_routes().merge(super::console::routes()).with_state(platform.clone());
     let authenticated = Router::new()
         .merge(identity::routes())
         .merge(services::routes())
@@ -246,15 +254,31 @@ async fn authenticate(State(platform): State<Platform>, mut request: Request, ne
     let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (caller, response) = match platform.iam.authenticate(header) {
+    // Without an Authorization header, the console's session cookie (and, for a change, its
+    // CSRF token) stands for the credential the user signed in with.
+    let authenticated = match header {
+        Some(_) => platform.iam.authenticate(header).map_err(ApiError::from),
+        None => match platform.console_sessions.authenticate_cookie(&method, request.headers()) {
+            Ok(Some(credential)) => {
+                platform.iam.authenticate(Some(&format!("Bearer {}", credential.as_str()))).map_err(ApiError::from)
+            }
+            Ok(None) => Err(ApiError::Auth(AuthError::Missing)),
+            Err(e) => Err(ApiError::from(e)),
+        },
+    };
+    let (caller, response) = match authenticated {
         Ok(principal) => {
             let caller = principal.name();
             request.extensions_mut().insert(principal);
             (caller, next.run(request).await)
         }
         Err(e) => {
-            let caller = if matches!(e, AuthError::Missing) { "anonymous" } else { "invalid credentials" };
-            (caller.to_owned(), ApiError::from(e).into_response())
+            let caller = match &e {
+                ApiError::Auth(AuthError::Missing) => "anonymous",
+                ApiError::Cookie(_) => "console session",
+                _ => "invalid credentials",
+            };
+            (caller.to_owned(), e.into_response())
         }
     };
     let status = response.status();
@@ -268,7 +292,13 @@ async fn authenticate(State(platform): State<Platform>, mut request: Request, ne
 /// One admin audit entry (`wharf logs read --audit`): the caller, the method and resource
 /// path, and whether it was allowed (denied for 401/403; the 403's permission is in the
 /// server log's `permission denied` line).
-async fn audit(platform: &Platform, caller: &str, method: &axum::http::Method, path: &str, status: StatusCode) {
+pub(crate) async fn audit(
+    platform: &Platform,
+    caller: &str,
+    method: &axum::http::Method,
+    path: &str,
+    status: StatusCode,
+) {
     let outcome = match status {
         StatusCode::UNAUTHORIZED => "unauthenticated",
         StatusCode::FORBIDDEN => "denied",

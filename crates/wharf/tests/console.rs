@@ -1,0 +1,498 @@
+//! The web console (`/console`), end to end against a real `wharf server`:
+//! - over plain HTTP: the security headers on every console response, the session cookie's
+//!   attributes, the CSRF rule (a change authenticated by the cookie without the session's
+//!   CSRF token is 403; with it, it goes through), cross-site refusals, sign-out, and a
+//!   viewer's refusal by the API's own authorization;
+//! - in a real browser (headless Debian chromium through chromedriver): sign in, create a
+//!   service, deploy a second revision, split traffic 50/50 and see both revisions answer
+//!   through the ingress, roll back in one click, execute a job with an override and read its
+//!   task logs, and see a viewer's deploy refused with the API's message.
+//!
+//! Screenshots of the main pages are written to `$WHARF_CONSOLE_SCREENSHOTS` when it is set
+//! (`WHARF_CONSOLE_SCREENSHOTS=$PWD/docs/console bash scripts/test -p wharf --test console`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use wharf_testsupport::browser::Browser;
+use wharf_testsupport::{WharfServer, http_client, service_host, testapp_image};
+
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_wharf"))
+}
+
+/// A client that keeps no cookies: each request says exactly what it carries.
+fn client() -> reqwest::Client {
+    http_client().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+fn cli_ok(server: &WharfServer, args: &[&str]) -> String {
+    let out = server.cli(args).unwrap();
+    assert!(out.status.success(), "wharf {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Signs in with `credential`; returns the cookie pair (`wharf_session=...`), the CSRF token
+/// and the whole Set-Cookie value.
+async fn sign_in(http: &reqwest::Client, server: &WharfServer, credential: &str) -> (String, String, String) {
+    let r =
+        http.post(server.api_url("/console/session")).json(&json!({ "credential": credential })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    (cookie, body["csrfToken"].as_str().unwrap().to_owned(), set_cookie)
+}
+
+fn assert_console_headers(response: &reqwest::Response, what: &str) {
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(header("content-security-policy").as_deref(), Some(CSP), "{what}");
+    assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"), "{what}");
+    assert_eq!(header("referrer-policy").as_deref(), Some("no-referrer"), "{what}");
+    assert_eq!(header("x-frame-options").as_deref(), Some("DENY"), "{what}");
+}
+
+#[tokio::test]
+async fn console_headers_cookie_csrf_and_a_viewers_refusal() {
+    let server = WharfServer::start(binary()).unwrap();
+    let http = client();
+
+    // The page and every asset it loads: strict headers, no inline script or style.
+    let page = http.get(server.api_url("/console")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_console_headers(&page, "/console");
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<script type="module" src="/console/assets/app.js"></script>"#), "{html}");
+    assert_eq!(html.matches("<script").count(), 1, "one external script, nothing inline");
+    assert!(!html.contains("style=") && !html.contains("<style"), "no inline style");
+    for (asset, kind) in [
+        ("app.js", "text/javascript"),
+        ("api.js", "text/javascript"),
+        ("ui.js", "text/javascript"),
+        ("services.js", "text/javascript"),
+        ("service.js", "text/javascript"),
+        ("jobs.js", "text/javascript"),
+        ("resources.js", "text/javascript"),
+        ("console.css", "text/css"),
+    ] {
+        let r = http.get(server.api_url(&format!("/console/assets/{asset}"))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{asset}");
+        assert_console_headers(&r, asset);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind), "{asset}");
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("innerHTML") && !text.contains("eval("), "{asset} builds no markup from strings");
+    }
+    let missing = http.get(server.api_url("/console/assets/nope.js")).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_console_headers(&missing, "a missing asset");
+
+    // No session yet; bad credentials and foreign or non-JSON sign-ins are refused.
+    let r = http.get(server.api_url("/console/session")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r =
+        http.post(server.api_url("/console/session")).json(&json!({"credential": "wharf_wrong"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["status"], "UNAUTHENTICATED", "{body}");
+    assert!(
+        http.post(server.api_url("/console/session"))
+            .header("content-type", "text/plain")
+            .body(format!("{{\"credential\": \"{}\"}}", server.token))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == StatusCode::BAD_REQUEST,
+        "a form post (text/plain) cannot sign in"
+    );
+    let r = http
+        .post(server.api_url("/console/session"))
+        .header("origin", "http://evil.example")
+        .json(&json!({ "credential": server.token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "another site cannot sign a browser in");
+
+    // The owner signs in: the cookie is HttpOnly, SameSite=Strict, Path=/ (Secure behind HTTPS).
+    let (cookie, csrf, set_cookie) = sign_in(&http, &server, &server.token).await;
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie} lacks {attribute}");
+    }
+    assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
+    assert!(!set_cookie.contains(&server.token), "the cookie holds a session id, not the credential");
+    let behind_https = http
+        .post(server.api_url("/console/session"))
+        .header("x-forwarded-proto", "https")
+        .json(&json!({ "credential": server.token }))
+        .send()
+        .await
+        .unwrap();
+    assert!(behind_https.headers()["set-cookie"].to_str().unwrap().ends_with("; Secure"));
+    let session: Value = http
+        .get(server.api_url("/console/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["principal"], "owner", "{session}");
+    assert_eq!(session["csrfToken"], csrf.as_str());
+
+    // Reads with the cookie alone; changes only with the CSRF token, from this origin.
+    let services = server.api_url("/v2/projects/web/locations/-/services");
+    let r = http.get(&services).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let secrets = server.api_url("/v1/projects/web/secrets");
+    let create = |secret: &str| {
+        http.post(format!("{secrets}?secretId={secret}"))
+            .header("cookie", &cookie)
+            .json(&json!({"replication": {"automatic": {}}}))
+    };
+    let r = create("one").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a cookie without the CSRF token changes nothing");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["status"], "PERMISSION_DENIED");
+    assert!(body["error"]["message"].as_str().unwrap().contains("X-CSRF-Token"), "{body}");
+    let r = create("one").header("x-csrf-token", "0".repeat(64)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a wrong CSRF token");
+    let r = create("one").header("x-csrf-token", &csrf).header("sec-fetch-site", "cross-site").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a cross-site request, even with the token");
+    let r = create("one").header("x-csrf-token", &csrf).header("origin", "http://evil.example").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a foreign Origin, even with the token");
+    let listed: Value = http.get(&secrets).header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["secrets"], json!([]), "nothing was created by the refused requests: {listed}");
+    let r = create("one")
+        .header("x-csrf-token", &csrf)
+        .header("sec-fetch-site", "same-origin")
+        .header("origin", format!("http://{}", server.addrs.api_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let listed: Value = http.get(&secrets).header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["secrets"][0]["name"], "projects/web/secrets/one", "{listed}");
+
+    // A viewer signs in, reads, and is refused a change by the API's authorization.
+    let viewer_token = cli_ok(&server, &["iam", "users", "create", "vic@example.com"]).trim().to_owned();
+    cli_ok(
+        &server,
+        &["projects", "add-iam-policy-binding", "web", "--member=user:vic@example.com", "--role=roles/run.viewer"],
+    );
+    let (viewer_cookie, viewer_csrf, _) = sign_in(&http, &server, &viewer_token).await;
+    let r = http.get(&services).header("cookie", &viewer_cookie).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .post(server.api_url("/v2/projects/web/locations/us-central1/services?serviceId=nope"))
+        .header("cookie", &viewer_cookie)
+        .header("x-csrf-token", &viewer_csrf)
+        .json(&json!({"template": {"containers": [{"image": "127.0.0.1:1/x:v1"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().starts_with("Permission 'run.services.create' denied"),
+        "{body}"
+    );
+    // A deleted user's session stops working at once: the credential is checked every time.
+    cli_ok(&server, &["iam", "users", "delete", "vic@example.com"]);
+    let r = http.get(&services).header("cookie", &viewer_cookie).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Sign-out needs the CSRF token too, then the session is gone.
+    let signout = || http.delete(server.api_url("/console/session")).header("cookie", &cookie);
+    assert_eq!(signout().send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    let r = signout().header("x-csrf-token", &csrf).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let r = http.get(&services).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("sign in again"), "{body}");
+}
+
+/// The revision that answered `/` on `host` through the ingress (the testapp says
+/// "Hello from REVISION!"), with the owner's token.
+async fn who_answers(http: &reqwest::Client, server: &WharfServer, host: &str) -> String {
+    let r = http
+        .get(format!("http://{}/", server.addrs.ingress_addr))
+        .header("host", host)
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.text().await.unwrap().trim().trim_start_matches("Hello from ").trim_end_matches('!').to_owned()
+}
+
+/// Saves a screenshot when `WHARF_CONSOLE_SCREENSHOTS` names a directory.
+async fn screenshot(browser: &Browser, name: &str) {
+    if let Some(dir) = std::env::var_os("WHARF_CONSOLE_SCREENSHOTS") {
+        let dir = Path::new(&dir);
+        std::fs::create_dir_all(dir).unwrap();
+        browser.screenshot(&dir.join(format!("{name}.png"))).await.unwrap();
+    }
+}
+
+/// Every input, textarea and select on the page has a label (screen readers name them).
+async fn assert_all_labelled(browser: &Browser, page: &str) {
+    let unlabelled = browser
+        .script(
+            "return [...document.querySelectorAll('input, textarea, select')].filter(e => !e.labels || !e.labels.length).map(e => e.outerHTML)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(unlabelled, json!([]), "unlabelled controls on {page}");
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
+    assert!(
+        wharf_testsupport::browser::available(),
+        "this test drives Debian's chromium through chromedriver: apt-get install chromium chromium-driver (scripts/test does)"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let built = testapp_image(work.path(), "v1").unwrap();
+    let server = WharfServer::start(binary()).unwrap();
+    cli_ok(&server, &["images", "import", &built.layout.to_string_lossy(), "--tag", "hello:v1"]);
+    let image = format!("{}/hello:v1", server.addrs.registry_addr);
+    cli_ok(
+        &server,
+        &[
+            "run",
+            "jobs",
+            "create",
+            "echo",
+            "--image",
+            &image,
+            "--args",
+            "job",
+            "--project",
+            "default",
+            "--region",
+            "us-central1",
+        ],
+    );
+    let viewer_token = cli_ok(&server, &["iam", "users", "create", "vera@example.com"]).trim().to_owned();
+    cli_ok(
+        &server,
+        &["projects", "add-iam-policy-binding", "default", "--member=user:vera@example.com", "--role=roles/run.viewer"],
+    );
+    let http = client();
+    let service_api = server.api_url("/v2/projects/default/locations/us-central1/services/hello");
+    let owner_api = server.client_builder().build().unwrap();
+
+    let browser = Browser::start(1280, 1000).await.unwrap();
+    let console = server.api_url("/console");
+
+    // Sign in with the owner token.
+    browser.goto(&console).await.unwrap();
+    browser.find("#sign-in input[name=credential]").await.unwrap();
+    assert_all_labelled(&browser, "sign-in").await;
+    screenshot(&browser, "sign-in").await;
+    browser.type_into("#sign-in input[name=credential]", "wharf_not_a_token").await.unwrap();
+    browser.click("#sign-in button[type=submit]").await.unwrap();
+    let refusal = browser
+        .wait(
+            "the refusal next to the credential",
+            WAIT,
+            "return document.querySelector('#sign-in .field-error').textContent",
+        )
+        .await
+        .unwrap();
+    assert!(refusal.as_str().unwrap().contains("token"), "{refusal}");
+    browser.type_into("#sign-in input[name=credential]", &server.token).await.unwrap();
+    browser.click("#sign-in button[type=submit]").await.unwrap();
+    browser
+        .wait("the services page", WAIT, "return document.querySelector('h1')?.textContent === 'Services'")
+        .await
+        .unwrap();
+    assert_eq!(browser.text("#principal").await.unwrap(), "owner");
+
+    // Create a service from the form; the page follows the operation to the service page.
+    assert_all_labelled(&browser, "services").await;
+    browser.type_into("#create-form input[name=serviceId]", "hello").await.unwrap();
+    browser.type_into("#create-form input[name=image]", &image).await.unwrap();
+    browser.type_into("#create-form textarea[name=env]", "GREETING=one").await.unwrap();
+    browser.click("#create-form button[type=submit]").await.unwrap();
+    browser
+        .wait("the new service's page", WAIT, "return location.hash === '#/services/us-central1/hello' && document.querySelectorAll('#traffic-form tbody tr[data-revision]').length === 1")
+        .await
+        .unwrap();
+    let first: Value = owner_api.get(&service_api).send().await.unwrap().json().await.unwrap();
+    let first_revision = first["latestReadyRevision"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    let shown_image = browser.text("#revision-image").await.unwrap();
+    assert!(shown_image.contains("@sha256:"), "the revision's image is pinned by digest: {shown_image}");
+    assert_all_labelled(&browser, "service").await;
+
+    // Deploy a second revision with the deploy form (it takes all traffic).
+    browser.type_into("#deploy-form textarea[name=env]", "GREETING=two").await.unwrap();
+    browser.type_into("#deploy-form input[name=memory]", "256Mi").await.unwrap();
+    browser.click("#deploy-form button[type=submit]").await.unwrap();
+    browser
+        .wait(
+            "two revisions",
+            WAIT,
+            "return document.querySelectorAll('#traffic-form tbody tr[data-revision]').length === 2",
+        )
+        .await
+        .unwrap();
+    let second: Value = owner_api.get(&service_api).send().await.unwrap().json().await.unwrap();
+    let second_revision = second["latestReadyRevision"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    assert_ne!(first_revision, second_revision);
+    let host = service_host("hello", "default");
+    assert_eq!(who_answers(&http, &server, &host).await, second_revision);
+
+    // Split 50/50 in the traffic editor; both revisions answer through the ingress.
+    for revision in [&first_revision, &second_revision] {
+        browser
+            .type_into(&format!("#traffic-form input[name=percent][data-revision='{revision}']"), "50")
+            .await
+            .unwrap();
+    }
+    browser
+        .type_into(&format!("#traffic-form input[name=tag][data-revision='{first_revision}']"), "blue")
+        .await
+        .unwrap();
+    browser.click("#traffic-form button[type=submit]").await.unwrap();
+    let split_script = format!(
+        "return document.querySelector(\"#traffic-form input[name=percent][data-revision='{first_revision}']\")?.value === '50' && !document.querySelector('#traffic-form button[type=submit]').disabled && document.querySelector(\"#traffic-form input[name=tag][data-revision='{first_revision}']\")?.value === 'blue'"
+    );
+    browser.wait("the 50/50 split applied", WAIT, &split_script).await.unwrap();
+    let service: Value = owner_api.get(&service_api).send().await.unwrap().json().await.unwrap();
+    let mut split: Vec<(String, i64)> = service["traffic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["percent"].as_i64().unwrap_or(0) > 0)
+        .map(|t| (t["revision"].as_str().unwrap().to_owned(), t["percent"].as_i64().unwrap()))
+        .collect();
+    split.sort();
+    let mut expected = vec![(first_revision.clone(), 50), (second_revision.clone(), 50)];
+    expected.sort();
+    assert_eq!(split, expected, "{service}");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        seen.insert(who_answers(&http, &server, &host).await);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen, [first_revision.clone(), second_revision.clone()].into_iter().collect(), "both revisions serve");
+    let tagged = format!("blue---{host}");
+    assert_eq!(who_answers(&http, &server, &tagged).await, first_revision, "the tag's own URL");
+    screenshot(&browser, "service").await;
+
+    // Roll back: one click sends all traffic to the first revision.
+    browser
+        .click(&format!("#traffic-form tr[data-revision='{first_revision}'] button[aria-label^='Roll back']"))
+        .await
+        .unwrap();
+    let rolled_back = format!(
+        "return document.querySelector(\"#traffic-form input[name=percent][data-revision='{first_revision}']\")?.value === '100'"
+    );
+    browser.wait("the rollback applied", WAIT, &rolled_back).await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(who_answers(&http, &server, &host).await, first_revision);
+    }
+    browser
+        .wait(
+            "logs of the service",
+            WAIT,
+            "return document.querySelector('#service-logs')?.textContent.includes('listening on port')",
+        )
+        .await
+        .unwrap();
+
+    // The services list: filter by name.
+    browser.goto(&format!("{console}#/services")).await.unwrap();
+    browser.find("#services-body a").await.unwrap();
+    screenshot(&browser, "services").await;
+    browser.type_into("input[name=filter]", "zzz").await.unwrap();
+    browser
+        .wait("the filter to hide hello", WAIT, "return document.querySelectorAll('#services-body tr').length === 0")
+        .await
+        .unwrap();
+
+    // Execute the job with an override and read its task logs.
+    browser.goto(&format!("{console}#/jobs")).await.unwrap();
+    browser.click("a[href='#/jobs/us-central1/echo']").await.unwrap();
+    browser.type_into("#execute-form textarea[name=env]", "TESTAPP_ECHO=from-the-console").await.unwrap();
+    browser.click("#execute-form button[type=submit]").await.unwrap();
+    browser
+        .wait(
+            "the execution to succeed",
+            WAIT,
+            "return document.querySelector('#executions tbody')?.textContent.includes('Succeeded')",
+        )
+        .await
+        .unwrap();
+    browser.click("#executions tbody button").await.unwrap();
+    browser
+        .wait(
+            "the task's logs",
+            WAIT,
+            "return document.querySelector('#execution-logs')?.textContent.includes('echo from-the-console')",
+        )
+        .await
+        .unwrap();
+    assert_all_labelled(&browser, "job").await;
+    screenshot(&browser, "job").await;
+
+    // Images: the imported repository with its digest.
+    browser.goto(&format!("{console}#/images")).await.unwrap();
+    browser
+        .wait("the images table", WAIT, "return document.querySelector('main table')?.textContent.includes('hello')")
+        .await
+        .unwrap();
+
+    // Narrow window: nothing overflows sideways, the page still works.
+    browser.set_window_size(400, 900).await.unwrap();
+    browser.goto(&format!("{console}#/services/us-central1/hello")).await.unwrap();
+    browser.find("#traffic-form").await.unwrap();
+    let overflow = browser
+        .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth", vec![])
+        .await
+        .unwrap();
+    assert_eq!(overflow, json!(0), "the service page scrolls sideways at 400 px");
+    screenshot(&browser, "narrow").await;
+    browser.set_window_size(1280, 1000).await.unwrap();
+
+    // Sign out; a viewer signs in, sees the service, and the deploy is refused by the API.
+    browser.click("#sign-out").await.unwrap();
+    browser.find("#sign-in").await.unwrap();
+    browser.type_into("#sign-in input[name=credential]", &viewer_token).await.unwrap();
+    browser.click("#sign-in button[type=submit]").await.unwrap();
+    browser
+        .wait(
+            "the viewer signed in",
+            WAIT,
+            "return document.querySelector('#principal')?.textContent === 'user:vera@example.com'",
+        )
+        .await
+        .unwrap();
+    browser.goto(&format!("{console}#/services/us-central1/hello")).await.unwrap();
+    browser.find("#deploy-form").await.unwrap();
+    browser.click("#deploy-form button[type=submit]").await.unwrap();
+    let refused = browser
+        .wait("the viewer's refusal", WAIT, "return document.querySelector('#deploy-form .form-error')?.textContent")
+        .await
+        .unwrap();
+    assert!(refused.as_str().unwrap().starts_with("Permission 'run.services.update' denied"), "{refused}");
+    let after: Value = owner_api.get(&service_api).send().await.unwrap().json().await.unwrap();
+    assert_eq!(after["latestCreatedRevision"], second["latestCreatedRevision"], "the viewer deployed nothing");
+
+    browser.quit().await.unwrap();
+}
