@@ -42,6 +42,19 @@ pub struct InstanceTemplate {
     /// Files holding secret versions, on read-only in-memory mounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secret_files: Vec<SecretFile>,
+    /// In-memory `emptyDir` volumes: a tmpfs each, charged to the instance's memory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_volumes: Vec<MemoryVolume>,
+}
+
+/// An in-memory volume (`emptyDir`) where the container mounts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryVolume {
+    /// The directory in the container (absolute).
+    pub mount_path: String,
+    /// The tmpfs's `size=`: writes past it fail with ENOSPC. At most the memory limit.
+    pub size_bytes: u64,
 }
 
 /// A template's VPC egress: the network it names and which traffic goes there.
@@ -215,6 +228,7 @@ mod tests {
                 version: "2".into(),
                 mode: 0o400,
             }],
+            memory_volumes: vec![MemoryVolume { mount_path: "/cache".into(), size_bytes: 64 << 20 }],
         };
         let text = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<InstanceTemplate>(&text).unwrap(), t);
