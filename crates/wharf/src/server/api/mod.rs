@@ -116,6 +116,7 @@ impl ApiError {
                 | wharf_build::BuildError::SourceTooLarge { .. }
                 | wharf_build::BuildError::Upload(_) => Code::InvalidArgument,
                 wharf_build::BuildError::NotFound(_) => Code::NotFound,
+                wharf_build::BuildError::NotRunning(_) => Code::FailedPrecondition,
                 wharf_build::BuildError::Source { .. }
                 | wharf_build::BuildError::Record(_)
                 | wharf_build::BuildError::Buildah(_) => Code::Internal,
