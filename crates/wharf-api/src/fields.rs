@@ -40,8 +40,7 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
     "serviceAccount",
     // Container
     "baseImageUri",
-    // Volume kinds other than secret, and VolumeMount's subPath
-    "emptyDir",
+    // Volume kinds other than secret and emptyDir, and VolumeMount's subPath
     "gcs",
     "nfs",
     "cloudSqlInstance",
@@ -55,8 +54,11 @@ const CLOUD_RUN_FIELDS: &[&str] = &[
 ];
 
 /// What a user of an unsupported field should know, where there is more to say.
-const WHY_UNSUPPORTED: &[(&str, &str)] =
-    &[("emptyDir", "Wharf's volumes are Secret Manager secrets; the root filesystem is writable and in memory")];
+const WHY_UNSUPPORTED: &[(&str, &str)] = &[
+    ("gcs", "Wharf's volumes are Secret Manager secrets and in-memory emptyDir volumes"),
+    ("nfs", "Wharf's volumes are Secret Manager secrets and in-memory emptyDir volumes"),
+    ("cloudSqlInstance", "Wharf's volumes are Secret Manager secrets and in-memory emptyDir volumes"),
+];
 
 /// Output-only fields of Cloud Run resources that Wharf does not produce. A client that reads
 /// a resource and writes it back may carry them; they are ignored, as Google ignores them.
@@ -168,8 +170,8 @@ mod tests {
     fn cloud_run_fields_wharf_lacks_are_refused_as_unsupported() {
         for (body, field) in [
             (
-                serde_json::json!({"template": {"volumes": [{"name": "c", "emptyDir": {"medium": "MEMORY"}}]}}),
-                "template.volumes[0].emptyDir",
+                serde_json::json!({"template": {"volumes": [{"name": "c", "gcs": {"bucket": "b"}}]}}),
+                "template.volumes[0].gcs",
             ),
             (serde_json::json!({"scaling": {"minInstanceCount": 1}}), "scaling"),
             (serde_json::json!({"template": {"encryptionKey": "k"}}), "template.encryptionKey"),
@@ -195,12 +197,14 @@ mod tests {
             assert_eq!((e.field.as_str(), &e.kind), (field, &FieldErrorKind::Unsupported));
             assert!(e.to_string().contains("does not support yet"), "{e}");
         }
-        let e =
-            refuse::<Job>(serde_json::json!({"template": {"template": {"volumes": [{"name": "c", "emptyDir": {}}]}}}));
-        assert_eq!(
-            (e.field.as_str(), &e.kind),
-            ("template.template.volumes[0].emptyDir", &FieldErrorKind::Unsupported)
-        );
+        let e = refuse::<Job>(serde_json::json!({"template": {"template": {"volumes": [{"name": "c", "nfs": {}}]}}}));
+        assert_eq!((e.field.as_str(), &e.kind), ("template.template.volumes[0].nfs", &FieldErrorKind::Unsupported));
+        let job: Job = parse(serde_json::json!({"template": {"template": {"volumes": [
+            {"name": "c", "emptyDir": {"medium": "MEMORY", "sizeLimit": "64Mi"}}
+        ]}}}))
+        .unwrap();
+        let empty_dir = job.template.template.volumes[0].empty_dir.clone().unwrap();
+        assert_eq!((empty_dir.medium.as_str(), empty_dir.size_limit.as_str()), ("MEMORY", "64Mi"));
     }
 
     #[test]

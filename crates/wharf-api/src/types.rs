@@ -128,20 +128,38 @@ pub struct RevisionTemplate {
     /// Private networks the revision's instances may reach (Cloud Run's VPC egress).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vpc_access: Option<VpcAccess>,
-    /// Volumes the containers may mount: Secret Manager secrets only.
+    /// Volumes the containers may mount: Secret Manager secrets and in-memory `emptyDir`s.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
 }
 
-/// A named volume (`google.cloud.run.v2.Volume`). Wharf has the `secret` kind; `emptyDir`,
-/// `gcs`, `nfs` and `cloudSqlInstance` are refused by name.
+/// A named volume (`google.cloud.run.v2.Volume`). Wharf has the `secret` and `emptyDir`
+/// kinds; `gcs`, `nfs` and `cloudSqlInstance` are refused by name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Volume {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretVolumeSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub empty_dir: Option<EmptyDirVolumeSource>,
 }
+
+/// An in-memory scratch directory (`EmptyDirVolumeSource`): a tmpfs of its own per
+/// instance, its pages charged to the instance's memory, gone with the instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct EmptyDirVolumeSource {
+    /// `MEMORY` (the only medium Cloud Run has; `MEDIUM_UNSPECIFIED` or empty mean it too).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub medium: String,
+    /// A Kubernetes quantity (`64Mi`); empty: half the container's memory limit.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub size_limit: String,
+}
+
+/// `EmptyDirVolumeSource.medium`: memory.
+pub const EMPTY_DIR_MEDIUM_MEMORY: &str = "MEMORY";
 
 /// Files holding versions of one secret (`SecretVolumeSource`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

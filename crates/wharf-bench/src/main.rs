@@ -173,6 +173,7 @@ async fn instance_start(runs: usize) -> anyhow::Result<()> {
             grace_period: Duration::from_secs(10),
             vpc_network: None,
             secret_files: Vec::new(),
+            memory_volumes: Vec::new(),
         };
         let t = Instant::now();
         let instance = runtime.start(spec).await?;

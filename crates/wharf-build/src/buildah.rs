@@ -1,9 +1,10 @@
 //! Running Debian's `buildah` for a build: daemonless, as root, with its storage under
 //! `<data-dir>/build/storage` (overlay driver by default; `vfs` where the data directory is
-//! itself on overlayfs), `RUN` steps isolated with `--isolation chroot` (no OCI runtime, no
-//! daemon, nothing to install beyond the package), and registries configured so unqualified
-//! names and Wharf's own registry resolve to Wharf on loopback with the server's credentials
-//! ([`Buildah::write_registry_config`]).
+//! itself on overlayfs), `RUN` steps run by runc (`--isolation oci`: their own PID, mount,
+//! IPC, UTS and network namespaces, buildah's default seccomp profile and capability set; the
+//! network is none unless the server allows it, see [`BuildNetwork`]), and registries
+//! configured so unqualified names and Wharf's own registry resolve to Wharf on loopback with
+//! the server's credentials ([`Buildah::write_registry_config`]).
 //!
 //! Every invocation runs in the build's cgroup ([`crate::cgroup`]), in its own process group,
 //! with stdout and stderr appended to the build's log, until it exits, the build's deadline
@@ -35,7 +36,8 @@ pub enum BuildahError {
     Failed { step: &'static str, status: std::process::ExitStatus },
     #[error("the build ran past its deadline")]
     Timeout,
-    #[error("the server is shutting down")]
+    /// Stopped by its cancellation token: a cancel, the disk quota, or the server's shutdown.
+    #[error("the build was stopped")]
     Cancelled,
     #[error("cannot write the registry configuration {path}")]
     Config {
@@ -43,6 +45,28 @@ pub enum BuildahError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The network a build's `RUN` steps get.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BuildNetwork {
+    /// A network namespace of their own with only loopback: no registry, host or internet.
+    #[default]
+    None,
+    /// The host's network (the server's `--build-network host`): every address the host
+    /// reaches, its loopback services (Wharf's API and registry) included. Only for builds as
+    /// trusted as root on the host.
+    Host,
+}
+
+impl BuildNetwork {
+    /// buildah's `--network` value.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            BuildNetwork::None => "none",
+            BuildNetwork::Host => "host",
+        }
+    }
 }
 
 /// How to call buildah: the program and where its storage and configuration live.
@@ -134,7 +158,7 @@ impl Buildah {
             .env("CONTAINERS_REGISTRIES_CONF", self.registries_conf())
             .env("REGISTRY_AUTH_FILE", self.auth_file())
             .env("TMPDIR", self.dir.join("tmp"))
-            .env("BUILDAH_ISOLATION", "chroot")
+            .env("BUILDAH_ISOLATION", "oci")
             .arg("--root")
             .arg(self.storage_dir())
             .arg("--runroot")

@@ -1,8 +1,10 @@
 //! A build's own cgroup, `<parent>/build-<id>` next to the instances' cgroups under the
 //! server's parent (`wharf` by default), so builds count against the server-wide limits too
-//! and each build is capped in memory, CPU and processes. Created before buildah starts (the
-//! wrapper shell moves itself in and then `exec`s buildah, so every process of the build is
-//! inside from its first instruction), killed and removed when the build ends.
+//! and each build is capped in memory, CPU and processes. Created before buildah starts, with
+//! two children that share its limits: `buildah` (the wrapper shell moves itself in and then
+//! `exec`s buildah, so every process of the build is inside from its first instruction) and
+//! `steps`, which buildah hands runc as the cgroup of each `RUN` step's container (runc creates
+//! and removes it). Killed and removed, children first, in every hierarchy, when the build ends.
 //!
 //! Layouts: cgroup v2 (`/sys/fs/cgroup/cgroup.controllers` exists) or v1 / hybrid (the
 //! `memory`, `cpu` and `pids` hierarchies under `/sys/fs/cgroup/<controller>`).
@@ -31,17 +33,27 @@ pub enum CgroupError {
     },
 }
 
+/// The child cgroup buildah itself runs in.
+const BUILDAH_CHILD: &str = "buildah";
+/// The child cgroup runc runs the `RUN` steps' containers in.
+const STEPS_CHILD: &str = "steps";
+
 /// The cgroup directories of one build (one per v1 hierarchy, or the one v2 directory).
 #[derive(Debug)]
 pub struct BuildCgroup {
     dirs: Vec<PathBuf>,
+    /// The `cgroup.procs` files of the `buildah` children.
+    procs: Vec<PathBuf>,
+    /// `<parent>/<name>`, to find the hierarchies runc created it in too.
+    path: (String, String),
 }
 
 impl BuildCgroup {
     /// Creates `<parent>/<name>` with the limits. `parent` is the server's validated cgroup
     /// parent (e.g. `wharf`).
     pub fn create(parent: &str, name: &str, memory_bytes: u64, cpu_millis: u64) -> Result<BuildCgroup, CgroupError> {
-        let mut cgroup = BuildCgroup { dirs: Vec::new() };
+        let mut cgroup =
+            BuildCgroup { dirs: Vec::new(), procs: Vec::new(), path: (parent.to_owned(), name.to_owned()) };
         let quota = cpu_millis.saturating_mul(CPU_PERIOD_US) / 1000;
         if Path::new(ROOT).join("cgroup.controllers").exists() {
             let dir = Path::new(ROOT).join(parent).join(name);
@@ -50,6 +62,11 @@ impl BuildCgroup {
             write(&dir, "memory.swap.max", "0").ok();
             write(&dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
             write(&dir, "pids.max", &MAX_PIDS.to_string())?;
+            // v2 keeps processes in leaves only: buildah in one child, the steps in another.
+            write(&dir, "cgroup.subtree_control", "+memory +cpu +pids").ok();
+            let leaf = dir.join(BUILDAH_CHILD);
+            std::fs::create_dir_all(&leaf).map_err(|source| CgroupError::Create { path: leaf.clone(), source })?;
+            cgroup.procs.push(leaf.join("cgroup.procs"));
         } else {
             let memory = Path::new(ROOT).join("memory").join(parent).join(name);
             cgroup.make(&memory)?;
@@ -63,19 +80,44 @@ impl BuildCgroup {
                 cgroup.make(&pids)?;
                 write(&pids, "pids.max", &MAX_PIDS.to_string())?;
             }
+            for dir in cgroup.dirs.clone() {
+                let leaf = dir.join(BUILDAH_CHILD);
+                std::fs::create_dir_all(&leaf).map_err(|source| CgroupError::Create { path: leaf.clone(), source })?;
+                cgroup.procs.push(leaf.join("cgroup.procs"));
+            }
         }
         Ok(cgroup)
     }
 
-    /// The directories `<parent>/<name>` has now (after a crash, to kill and remove them).
+    /// The directories `<parent>/<name>` has now in any hierarchy (after a crash, to kill and
+    /// remove them; runc creates the steps' cgroup in every v1 hierarchy).
     pub fn existing(parent: &str, name: &str) -> BuildCgroup {
-        let candidates = [
-            Path::new(ROOT).join(parent).join(name),
-            Path::new(ROOT).join("memory").join(parent).join(name),
-            Path::new(ROOT).join("cpu").join(parent).join(name),
-            Path::new(ROOT).join("pids").join(parent).join(name),
-        ];
-        BuildCgroup { dirs: candidates.into_iter().filter(|d| d.is_dir()).collect() }
+        let mut candidates = vec![Path::new(ROOT).join(parent).join(name)];
+        if let Ok(hierarchies) = std::fs::read_dir(ROOT) {
+            candidates.extend(hierarchies.flatten().map(|h| h.path().join(parent).join(name)));
+        }
+        BuildCgroup {
+            dirs: candidates.into_iter().filter(|d| d.is_dir()).collect(),
+            procs: Vec::new(),
+            path: (parent.to_owned(), name.to_owned()),
+        }
+    }
+
+    /// The cgroup path (relative to the hierarchy roots) runc puts `RUN` steps in: buildah's
+    /// `--cgroup-parent`.
+    pub fn steps_path(parent: &str, name: &str) -> String {
+        format!("/{parent}/{name}/{STEPS_CHILD}")
+    }
+
+    /// The directories created, and those runc created in other hierarchies.
+    fn all_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = self.dirs.clone();
+        for dir in BuildCgroup::existing(&self.path.0, &self.path.1).dirs {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        dirs
     }
 
     fn make(&mut self, dir: &Path) -> Result<(), CgroupError> {
@@ -86,7 +128,22 @@ impl BuildCgroup {
 
     /// The `cgroup.procs` files a process writes its pid to, to enter the build's cgroup.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+        self.procs.clone()
+    }
+
+    /// Every process in the build's cgroups and their children (buildah and the steps).
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for dir in &self.all_dirs() {
+            for cgroup in tree(dir) {
+                if let Ok(procs) = std::fs::read_to_string(cgroup.join("cgroup.procs")) {
+                    pids.extend(procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()));
+                }
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     /// Whether the kernel killed a process of the build for memory.
@@ -105,25 +162,46 @@ impl BuildCgroup {
     /// Kills what is left in the cgroup and removes it; waits (briefly, for the kernel to reap
     /// the killed processes) until the directories can be removed.
     pub fn kill_and_remove(&self) {
-        for dir in &self.dirs {
-            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
-            }
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
-        for dir in &self.dirs {
-            for _ in 0..200 {
-                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
+        for dir in &self.all_dirs() {
+            // Children before parents.
+            for cgroup in tree(dir).into_iter().rev() {
+                for _ in 0..200 {
+                    if std::fs::remove_dir(&cgroup).is_ok() || !cgroup.exists() {
+                        break;
+                    }
+                    // A process that forked after the first kill.
+                    if let Ok(procs) = std::fs::read_to_string(cgroup.join("cgroup.procs")) {
+                        for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                            let pid = nix::unistd::Pid::from_raw(pid);
+                            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            if dir.exists() {
-                tracing::warn!(cgroup = %dir.display(), "cannot remove the build cgroup");
+                if cgroup.exists() {
+                    tracing::warn!(cgroup = %cgroup.display(), "cannot remove the build cgroup");
+                }
             }
         }
     }
+}
+
+/// `dir` and the cgroups below it, parents before children.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(entries) = std::fs::read_dir(&out[i]) {
+            let children: Vec<PathBuf> =
+                entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect();
+            out.extend(children);
+        }
+        i += 1;
+    }
+    out
 }
 
 fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {

@@ -7,8 +7,11 @@
 //! with a status, a duration, the image digest and a kept log ([`record`]).
 //!
 //! Bounds of a build: a deadline (`timeout`), memory and CPU (its cgroup), the source's size
-//! (compressed upload and unpacked), and the build storage's size (past it the layer cache is
-//! cleared after a build). Builds run one at a time by default; later ones wait as `QUEUED`.
+//! (compressed upload and unpacked), a disk quota on what it writes to the build storage
+//! (checked while it runs: [`quota`]), and the build storage's size (past it the layer cache is
+//! cleared after a build). `RUN` steps run in runc containers with no network by default
+//! ([`buildah::BuildNetwork`]). Builds run one at a time by default; later ones wait as
+//! `QUEUED`. A build can be cancelled ([`Builder::cancel`]): its processes are killed.
 //!
 //! Not owned here: HTTP (the server's API turns requests into these calls), deploying the
 //! image (the CLI deploys the digest a build reports), the registry itself.
@@ -20,6 +23,7 @@ pub mod context;
 pub mod detect;
 pub mod dockerfile;
 pub mod ignore;
+pub mod quota;
 pub mod record;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +34,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use buildah::BuildNetwork;
 pub use detect::BaseImages;
 pub use record::{Build, BuildStatus};
 
@@ -46,6 +51,11 @@ pub struct BuildLimits {
     pub max_storage_bytes: u64,
     /// Builds that run at once; later ones queue.
     pub concurrent: usize,
+    /// The most one build may write to the build storage (new layers, its working
+    /// containers' files); past it the build is stopped and fails.
+    pub disk_quota_bytes: u64,
+    /// The network `RUN` steps get.
+    pub network: BuildNetwork,
 }
 
 impl Default for BuildLimits {
@@ -58,6 +68,8 @@ impl Default for BuildLimits {
             max_unpacked_source_bytes: 1 << 30,
             max_storage_bytes: 20 << 30,
             concurrent: 1,
+            disk_quota_bytes: 10 << 30,
+            network: BuildNetwork::None,
         }
     }
 }
@@ -104,6 +116,9 @@ pub enum BuildError {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// The build is in no state for the request (a cancel of a finished build).
+    #[error("{0}")]
+    NotRunning(String),
     #[error(
         "the source upload is larger than the server accepts ({limit} bytes, set by the build max_source_size setting); leave files out with .gcloudignore"
     )]
@@ -136,6 +151,28 @@ struct Inner {
     slots: tokio::sync::Semaphore,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    /// Builds queued or running, by id: how to stop each and learn that it ended.
+    running: std::sync::Mutex<std::collections::HashMap<String, Running>>,
+}
+
+/// A queued or running build's handles.
+#[derive(Debug, Clone)]
+struct Running {
+    /// Cancels this build only (a child of the server's shutdown token).
+    cancel: CancellationToken,
+    /// Why it was stopped, set before `cancel` fires.
+    reason: Arc<std::sync::Mutex<Option<StopReason>>>,
+    /// Becomes true once the build's end is recorded.
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Why a build was stopped before it ended by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StopReason {
+    /// `:cancel` (who asked).
+    Cancelled { by: String },
+    /// It wrote more than its disk quota.
+    DiskQuota { used: u64 },
 }
 
 const SOURCE_BUCKET: &str = "wharf-build-sources";
@@ -183,6 +220,7 @@ impl Builder {
                 slots,
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
+                running: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -268,9 +306,37 @@ impl Builder {
             failure_detail: None,
         };
         inner.records.save(&build)?;
-        let job = Job { builder: self.clone(), build: build.clone(), request, target, source_path };
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        let running =
+            Running { cancel: inner.cancel.child_token(), reason: Arc::new(std::sync::Mutex::new(None)), done };
+        inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, running.clone());
+        let job = Job { builder: self.clone(), build: build.clone(), request, target, source_path, running, done_tx };
         inner.tasks.spawn(job.run());
         Ok(build)
+    }
+
+    /// Cancels a queued or running build (`:cancel`): its processes are killed, its working
+    /// container removed, and it ends as `CANCELLED`. Waits (up to a minute) for that to be
+    /// recorded and answers the build. A build that already ended is refused.
+    pub async fn cancel(&self, parent: &str, id: &str, by: &str) -> Result<Build, BuildError> {
+        let build = self.get(parent, id)?;
+        let running = self.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned();
+        let Some(mut running) = running.filter(|_| !build.status.is_done()) else {
+            let status = serde_json::to_value(build.status).ok().and_then(|v| v.as_str().map(str::to_owned));
+            return Err(BuildError::NotRunning(format!(
+                "build {} has ended ({}); only QUEUED and WORKING builds can be cancelled",
+                build.name,
+                status.unwrap_or_default()
+            )));
+        };
+        running
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(StopReason::Cancelled { by: by.to_owned() });
+        running.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(60), running.done.wait_for(|done| *done)).await;
+        self.get(parent, id)
     }
 
     /// `HOST/repo[:tag]` (or `repo[:tag]`) in this server's registry -> `(repo, tag)`.
@@ -382,6 +448,8 @@ struct Job {
     request: SubmitRequest,
     target: (String, String),
     source_path: PathBuf,
+    running: Running,
+    done_tx: tokio::sync::watch::Sender<bool>,
 }
 
 /// How a build ended, before it is recorded.
@@ -402,7 +470,7 @@ impl Job {
         let span = tracing::info_span!("build", id = %self.build.id, image = %self.build.image_uri);
         let _permit = tokio::select! {
             permit = inner.slots.acquire() => permit.ok(),
-            () = inner.cancel.cancelled() => None,
+            () = self.running.cancel.cancelled() => None,
         };
         let started = Instant::now();
         self.build.status = BuildStatus::Working;
@@ -437,6 +505,8 @@ impl Job {
         if let Err(e) = inner.records.save(&self.build) {
             tracing::error!(error = %e, "cannot record the build's end");
         }
+        inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.build.id);
+        let _ = self.done_tx.send(true);
         // Bound the build storage: past its limit, the layer cache goes.
         let storage = inner.buildah.storage_dir();
         let used = tokio::task::spawn_blocking(move || buildah::disk_usage(&storage)).await.unwrap_or(0);
@@ -450,6 +520,34 @@ impl Job {
         }
     }
 
+    /// How a build stopped by its token ends: cancelled, over its disk quota, or cut by the
+    /// server's shutdown.
+    fn stopped(&self) -> Failure {
+        let reason = self.running.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        match reason {
+            Some(StopReason::Cancelled { by }) => {
+                Failure { status: BuildStatus::Cancelled, message: format!("cancelled by {by}") }
+            }
+            Some(StopReason::DiskQuota { used }) => Failure::failed(format!(
+                "the build wrote {} MiB to the build storage, more than its disk quota ({} MiB, the server's \
+                 --build-disk-quota); make the image smaller or raise the quota",
+                used >> 20,
+                self.builder.inner.config.limits.disk_quota_bytes >> 20
+            )),
+            None => Failure { status: BuildStatus::Cancelled, message: "the server is shutting down".into() },
+        }
+    }
+
+    /// After a killed buildah: its working containers (mounted) go, when no other build
+    /// runs (`buildah rm --all` would take theirs too; the next server start removes any left).
+    async fn remove_working_containers(&self, log: &Path) {
+        let inner = &self.builder.inner;
+        let others = inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() > 1;
+        if !others && let Err(e) = inner.buildah.remove_containers(log).await {
+            tracing::warn!(error = %error_chain(&e), "cannot remove buildah's working containers");
+        }
+    }
+
     /// Unpack, find or generate the Dockerfile, build, push; answers the pushed digest.
     async fn steps(&mut self, log: &Path, work: &Path, started: Instant) -> Result<String, Failure> {
         let inner = self.builder.inner.clone();
@@ -458,8 +556,8 @@ impl Job {
         let (repo, tag) = self.target.clone();
         let push_to = format!("{}/{repo}:{tag}", config.registry);
         append(log, &format!("wharf: build {} of {push_to}\n", self.build.id));
-        if inner.cancel.is_cancelled() {
-            return Err(Failure { status: BuildStatus::Cancelled, message: "the server is shutting down".into() });
+        if self.running.cancel.is_cancelled() {
+            return Err(self.stopped());
         }
 
         let source = work.join("source");
@@ -530,21 +628,47 @@ impl Job {
         .map_err(|e| Failure { status: BuildStatus::InternalError, message: error_chain(&e) })?;
         let local_tag = format!("localhost/wharf-build/{repo}:latest");
         let digest_file = work.join("digest");
+        let network = config.limits.network;
+        append(
+            log,
+            &match network {
+                BuildNetwork::None => "wharf: RUN steps run in containers with no network (the server's --build-network none): \
+                     a step that downloads (pip, npm, go mod) fails; vendor dependencies into the source or the base image\n"
+                    .to_owned(),
+                BuildNetwork::Host => "wharf: RUN steps use the host's network (the server's --build-network host)\n".to_owned(),
+            },
+        );
+        let quota = quota::Watch::start(
+            &inner.buildah.storage_dir(),
+            config.limits.disk_quota_bytes,
+            self.running.cancel.clone(),
+            self.running.reason.clone(),
+            |used| StopReason::DiskQuota { used },
+        );
+        let steps_cgroup = cgroup::BuildCgroup::steps_path(&config.cgroup_parent, &cgroup_name);
         let result = async {
             let bud: Vec<&std::ffi::OsStr> = vec![
                 "bud".as_ref(),
                 "--layers".as_ref(),
                 // A failed step's working container (and its overlay mount) goes too.
                 "--force-rm".as_ref(),
+                // RUN steps in runc containers: their own PID, mount, IPC, UTS and network
+                // namespaces, seccomp and a reduced capability set, in the build's cgroup.
                 "--isolation".as_ref(),
-                "chroot".as_ref(),
+                "oci".as_ref(),
+                "--runtime".as_ref(),
+                "runc".as_ref(),
+                "--network".as_ref(),
+                network.as_arg().as_ref(),
+                "--cgroup-parent".as_ref(),
+                steps_cgroup.as_ref(),
                 "-f".as_ref(),
                 dockerfile.as_os_str(),
                 "-t".as_ref(),
                 local_tag.as_ref(),
                 source.as_os_str(),
             ];
-            inner.buildah.run("bud", &bud, log, Some(&cgroup), deadline, &inner.cancel).await?;
+            inner.buildah.run("bud", &bud, log, Some(&cgroup), deadline, &self.running.cancel).await?;
             append(log, &format!("wharf: pushing to {push_to}\n"));
             let destination = format!("docker://{push_to}");
             let push: Vec<&std::ffi::OsStr> = vec![
@@ -555,11 +679,15 @@ impl Job {
                 local_tag.as_ref(),
                 destination.as_ref(),
             ];
-            inner.buildah.run("push", &push, log, Some(&cgroup), deadline, &inner.cancel).await
+            inner.buildah.run("push", &push, log, Some(&cgroup), deadline, &self.running.cancel).await
         }
         .await;
+        quota.stop().await;
         let oom = cgroup.oom_killed();
         tokio::task::spawn_blocking(move || cgroup.kill_and_remove()).await.ok();
+        if result.is_err() {
+            self.remove_working_containers(log).await;
+        }
         match result {
             Ok(()) => {}
             Err(buildah::BuildahError::Timeout) => {
@@ -568,9 +696,7 @@ impl Job {
                     message: format!("the build ran longer than its timeout ({}s)", config.limits.timeout.as_secs()),
                 });
             }
-            Err(buildah::BuildahError::Cancelled) => {
-                return Err(Failure { status: BuildStatus::Cancelled, message: "the server is shutting down".into() });
-            }
+            Err(buildah::BuildahError::Cancelled) => return Err(self.stopped()),
             Err(e) if oom => {
                 return Err(Failure::failed(format!(
                     "{e}: the build ran out of memory (its limit is {} MiB, the build memory_limit setting)",

@@ -12,7 +12,7 @@ use wharf_api::{Container, RevisionTemplate, VpcAccess};
 use crate::ControlError;
 use crate::backend::template::{GRACE_PERIOD, validate_user_env};
 use crate::backend::{
-    CpuAllocation, InstanceTemplate, Probe, ProbeAction, Resources, SecretEnv, SecretFile, VpcEgress,
+    CpuAllocation, InstanceTemplate, MemoryVolume, Probe, ProbeAction, Resources, SecretEnv, SecretFile, VpcEgress,
 };
 
 /// Cloud Run's default and maximum request timeout.
@@ -351,22 +351,46 @@ fn secret_version(at: &str, version: &str) -> Result<String, ControlError> {
 /// Container paths a secret volume may not be mounted over.
 const RESERVED_MOUNT_PATHS: &[&str] = &["/", "/dev", "/proc", "/sys", "/etc/resolv.conf", "/etc/hosts"];
 
-/// The template's secret volumes as mounted by the container: one [`SecretFile`] per item.
-/// A volume without items mounts the latest version as a file named after the secret.
-fn secret_volumes(volumes: &[Volume], mounts: &[VolumeMount]) -> Result<Vec<SecretFile>, ControlError> {
+/// An `emptyDir` volume where the container mounts it, its size not yet checked against the
+/// memory limit (which is read after the volumes).
+struct MountedEmptyDir {
+    /// `template.volumes[i].emptyDir`, for messages.
+    at: String,
+    mount_path: String,
+    size_limit: String,
+}
+
+/// The template's volumes as mounted by the container: one [`SecretFile`] per item of a
+/// secret volume (a volume without items mounts the latest version as a file named after the
+/// secret), and the `emptyDir` volumes.
+fn mounted_volumes(
+    volumes: &[Volume],
+    mounts: &[VolumeMount],
+) -> Result<(Vec<SecretFile>, Vec<MountedEmptyDir>), ControlError> {
     let mut names = std::collections::HashSet::new();
     for (i, volume) in volumes.iter().enumerate() {
         if volume.name.is_empty() || !names.insert(volume.name.as_str()) {
             return Err(invalid(format!("template.volumes[{i}].name {:?} is empty or given twice", volume.name)));
         }
-        if volume.secret.is_none() {
-            return Err(invalid(format!(
-                "template.volumes[{i}] ({}) has no kind: Wharf supports secret volumes ({{\"secret\": {{\"secret\": NAME}}}})",
-                volume.name
-            )));
+        match (&volume.secret, &volume.empty_dir) {
+            (None, None) => {
+                return Err(invalid(format!(
+                    "template.volumes[{i}] ({}) has no kind: Wharf supports secret volumes ({{\"secret\": {{\"secret\": NAME}}}}) \
+                     and in-memory volumes ({{\"emptyDir\": {{\"medium\": \"MEMORY\", \"sizeLimit\": \"64Mi\"}}}})",
+                    volume.name
+                )));
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(format!(
+                    "template.volumes[{i}] ({}) is both a secret and an emptyDir volume: give one kind",
+                    volume.name
+                )));
+            }
+            _ => {}
         }
     }
     let mut files = Vec::new();
+    let mut empty_dirs: Vec<MountedEmptyDir> = Vec::new();
     let mut paths = std::collections::HashSet::new();
     for (i, mount) in mounts.iter().enumerate() {
         let at = format!("template.containers[0].volumeMounts[{i}]");
@@ -394,9 +418,34 @@ fn secret_volumes(volumes: &[Volume], mounts: &[VolumeMount]) -> Result<Vec<Secr
         if !paths.insert(path.to_owned()) {
             return Err(invalid(format!("{at}.mountPath {path:?} is used by two mounts")));
         }
+        let index = volumes.iter().position(|v| v.name == volume.name).unwrap_or(0);
+        if let Some(empty_dir) = &volume.empty_dir {
+            let vat = format!("template.volumes[{index}].emptyDir");
+            if !matches!(
+                empty_dir.medium.as_str(),
+                "" | "MEDIUM_UNSPECIFIED" | wharf_api::types::EMPTY_DIR_MEDIUM_MEMORY
+            ) {
+                let shown: String = empty_dir.medium.chars().take(64).collect();
+                return Err(invalid(format!(
+                    "{vat}.medium {shown:?} is not a medium: Wharf's emptyDir volumes are MEMORY"
+                )));
+            }
+            if empty_dirs.iter().any(|e| e.at == vat) {
+                return Err(invalid(format!(
+                    "{at}: the emptyDir volume {} is mounted twice; mount it once (each mount would be a volume of its own)",
+                    volume.name
+                )));
+            }
+            max_len(&format!("{vat}.sizeLimit"), &empty_dir.size_limit, 64)?;
+            empty_dirs.push(MountedEmptyDir {
+                at: vat,
+                mount_path: path.to_owned(),
+                size_limit: empty_dir.size_limit.clone(),
+            });
+            continue;
+        }
         let Some(source) = &volume.secret else { continue };
-        let vat =
-            format!("template.volumes[{}].secret", volumes.iter().position(|v| v.name == volume.name).unwrap_or(0));
+        let vat = format!("template.volumes[{index}].secret");
         secret_reference(&format!("{vat}.secret"), &source.secret)?;
         let default_mode = file_mode(&format!("{vat}.defaultMode"), source.default_mode, 0o444)?;
         let short = source.secret.rsplit('/').next().unwrap_or(&source.secret).to_owned();
@@ -427,7 +476,35 @@ fn secret_volumes(volumes: &[Volume], mounts: &[VolumeMount]) -> Result<Vec<Secr
             });
         }
     }
-    Ok(files)
+    Ok((files, empty_dirs))
+}
+
+/// The in-memory volumes' sizes: the `sizeLimit` given, else half the memory limit (Cloud
+/// Run's default). A volume larger than the memory limit is refused: its pages are charged to
+/// the instance's memory, so it could never be filled.
+fn memory_volumes(empty_dirs: Vec<MountedEmptyDir>, memory_bytes: u64) -> Result<Vec<MemoryVolume>, ControlError> {
+    use crate::backend::resources::{HumanBytes, parse_memory};
+    empty_dirs
+        .into_iter()
+        .map(|e| {
+            let size_bytes = if e.size_limit.is_empty() {
+                memory_bytes / 2
+            } else {
+                parse_memory(&e.size_limit).map_err(|why| invalid(format!("{}.sizeLimit: {why}", e.at)))?
+            };
+            if size_bytes > memory_bytes {
+                return Err(invalid(format!(
+                    "{}.sizeLimit {} ({}) is above the container's memory limit ({}): an in-memory volume's \
+                     files count against the instance's memory; lower sizeLimit or raise --memory",
+                    e.at,
+                    e.size_limit,
+                    HumanBytes(size_bytes),
+                    HumanBytes(memory_bytes)
+                )));
+            }
+            Ok(MemoryVolume { mount_path: e.mount_path, size_bytes })
+        })
+        .collect()
 }
 
 fn file_mode(at: &str, mode: Option<i32>, default: u32) -> Result<u32, ControlError> {
@@ -484,7 +561,7 @@ pub fn container(
         .map_err(|e| invalid(format!("template.containers[0].image: {e}")))?;
     let port = container_port(container)?;
     let (env, secret_env) = env_vars("template.containers[0].env", &container.env)?;
-    let secret_files = secret_volumes(volumes, &container.volume_mounts)?;
+    let (secret_files, empty_dirs) = mounted_volumes(volumes, &container.volume_mounts)?;
     argv("template.containers[0].command", &container.command)?;
     argv("template.containers[0].args", &container.args)?;
     let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>()
@@ -509,6 +586,7 @@ pub fn container(
     let resources =
         Resources::from_user(quantities.get("memory").map(String::as_str), quantities.get("cpu").map(String::as_str))
             .map_err(|e| invalid(format!("template.containers[0].resources.limits: {}", e.0)))?;
+    let memory_volumes = memory_volumes(empty_dirs, resources.memory_bytes)?;
     let (startup_probe, liveness_probe) = match workload {
         Workload::Task => {
             if container.startup_probe.is_some() || container.liveness_probe.is_some() {
@@ -554,6 +632,7 @@ pub fn container(
         secret_env,
         secret_files,
         cpu,
+        memory_volumes,
     };
     Ok((container.image.trim().to_owned(), template))
 }
@@ -851,6 +930,61 @@ mod tests {
             let e = vpc_access(field, Some(&vpc(json.clone()))).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains(field), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn in_memory_volumes_are_sized_within_the_memory_limit() {
+        use wharf_api::types::{EmptyDirVolumeSource, Volume, VolumeMount};
+        let with = |volumes: Vec<(&str, &str, &str)>, mounts: Vec<(&str, &str)>, memory: &str| {
+            let mut c = image();
+            c.resources =
+                Some(ResourceRequirements { limits: [("memory".into(), memory.into())].into(), ..Default::default() });
+            c.volume_mounts = mounts
+                .into_iter()
+                .map(|(name, path)| VolumeMount { name: name.into(), mount_path: path.into() })
+                .collect();
+            let mut t = template(c);
+            t.volumes = volumes
+                .into_iter()
+                .map(|(name, medium, size)| Volume {
+                    name: name.into(),
+                    secret: None,
+                    empty_dir: Some(EmptyDirVolumeSource { medium: medium.into(), size_limit: size.into() }),
+                })
+                .collect();
+            t
+        };
+        let ok = validate(&with(
+            vec![("cache", "MEMORY", "64Mi"), ("tmp", "", ""), ("unused", "MEMORY", "")],
+            vec![("cache", "/cache/"), ("tmp", "/tmp/scratch")],
+            "256Mi",
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.instance.memory_volumes,
+            [
+                MemoryVolume { mount_path: "/cache".into(), size_bytes: 64 << 20 },
+                MemoryVolume { mount_path: "/tmp/scratch".into(), size_bytes: 128 << 20 },
+            ],
+            "sizeLimit as given, else half the memory; unmounted volumes mount nothing"
+        );
+        let refused = err(&with(vec![("cache", "MEMORY", "1Gi")], vec![("cache", "/cache")], "512Mi"));
+        assert!(
+            refused.contains("template.volumes[0].emptyDir.sizeLimit 1Gi")
+                && refused.contains("memory limit (512 MiB)"),
+            "{refused}"
+        );
+        let refused = err(&with(vec![("cache", "DISK", "")], vec![("cache", "/cache")], "512Mi"));
+        assert!(refused.contains("emptyDir.medium \"DISK\""), "{refused}");
+        let refused = err(&with(vec![("cache", "MEMORY", "lots")], vec![("cache", "/cache")], "512Mi"));
+        assert!(refused.contains("emptyDir.sizeLimit: invalid memory \"lots\""), "{refused}");
+        let refused = err(&with(vec![("cache", "MEMORY", "")], vec![("cache", "/a"), ("cache", "/b")], "512Mi"));
+        assert!(refused.contains("mounted twice"), "{refused}");
+        let refused = err(&with(vec![("cache", "MEMORY", "")], vec![("cache", "/proc/x")], "512Mi"));
+        assert!(refused.contains("reserved"), "{refused}");
+        let mut both = with(vec![("v", "MEMORY", "")], vec![], "512Mi");
+        both.volumes[0].secret = Some(Default::default());
+        assert!(err(&both).contains("both a secret and an emptyDir"));
     }
 
     #[test]

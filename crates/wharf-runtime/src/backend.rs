@@ -113,6 +113,7 @@ impl RuntimeBackend {
             grace_period: t.grace_period,
             vpc_network: t.vpc.map(|v| v.network),
             secret_files,
+            memory_volumes: t.memory_volumes,
         };
         match self.runtime.start(instance_spec).await {
             Ok(instance) => Ok(instance),

@@ -222,6 +222,10 @@ pub struct SpecInput<'a> {
     /// Secret volumes: (directory in the container, directory on the instance's in-memory
     /// scratch holding the files), bind-mounted read-only.
     pub secret_mounts: Vec<(String, PathBuf)>,
+    /// In-memory volumes (`emptyDir`): (directory in the container, size in bytes), each a
+    /// tmpfs of its own mounted in the container's mount namespace, so its pages are charged
+    /// to the instance's memory cgroup as they are written and freed with the instance.
+    pub memory_volumes: Vec<(String, u64)>,
 }
 
 /// Builds the runtime spec. Every field the instance relies on is set explicitly: oci-spec's
@@ -316,6 +320,11 @@ fn mounts(input: &SpecInput<'_>) -> Result<Vec<Mount>, SpecError> {
     ];
     for (destination, source) in &input.secret_mounts {
         mounts.push(mount(destination, "bind", source, &["rbind", "ro", "nosuid", "nodev", "noexec"])?);
+    }
+    for (destination, size_bytes) in &input.memory_volumes {
+        // Writable by whatever user the image runs as, as Cloud Run's in-memory volumes are.
+        let size = format!("size={size_bytes}");
+        mounts.push(mount(destination, "tmpfs", p("tmpfs"), &["nosuid", "nodev", "mode=1777", &size])?);
     }
     Ok(mounts)
 }
@@ -433,6 +442,7 @@ mod tests {
             hosts,
             nofile: NOFILE,
             secret_mounts: Vec::new(),
+            memory_volumes: Vec::new(),
         }
     }
 
@@ -493,6 +503,19 @@ mod tests {
         let hosts_mount = mounts.iter().find(|m| m.destination() == Path::new("/etc/hosts")).unwrap();
         assert_eq!(hosts_mount.source().as_deref(), Some(hosts));
         assert_eq!(hosts_mount.options().as_deref().unwrap(), ["rbind", "ro"]);
+    }
+
+    #[test]
+    fn memory_volumes_are_sized_tmpfs_mounts_without_devices_or_setuid() {
+        let (rootfs, netns) = (Path::new("/i/rootfs"), Path::new("/run/netns/wharf-abc123"));
+        let (resolv, hosts) = (Path::new("/i/resolv.conf"), Path::new("/i/hosts"));
+        let mut input = input(rootfs, netns, resolv, hosts);
+        input.memory_volumes = vec![("/cache".to_owned(), 64 << 20)];
+        let spec = runtime_spec(&input).unwrap();
+        let mounts = spec.mounts().as_ref().unwrap();
+        let cache = mounts.iter().find(|m| m.destination() == Path::new("/cache")).unwrap();
+        assert_eq!(cache.typ().as_deref(), Some("tmpfs"));
+        assert_eq!(cache.options().as_deref().unwrap(), ["nosuid", "nodev", "mode=1777", "size=67108864"]);
     }
 
     /// The typed spec serializes to the document the `json!` version wrote (capability sets

@@ -63,6 +63,7 @@ use futures::StreamExt as _;
 /// Memory handed out by `/alloc`, kept so it stays charged to the container.
 static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
+mod buildstep;
 mod grpc;
 mod sandbox;
 /// `/work` requests in flight now, and the most ever in flight at once.
@@ -80,6 +81,11 @@ fn main() {
         Some("idle") => sandbox::idle(),
         Some("unshare-user") => sandbox::unshare_user(),
         Some("grpc") => grpc::serve(),
+        Some("build-probe") => buildstep::probe(&std::env::args().skip(2).collect::<Vec<_>>()),
+        Some("fill") => {
+            let path = std::env::args().nth(2).unwrap_or_else(|| "/fill".to_owned());
+            buildstep::fill(&path, std::env::args().nth(3).and_then(|n| n.parse().ok()).unwrap_or(1))
+        }
         _ => {}
     }
     serve();

@@ -82,8 +82,8 @@ async fn request_bodies_are_read_strictly_and_errors_are_google_rpc_statuses() {
     let refused: Vec<(Value, &str, &str)> = vec![
         (service(json!({"bogusField": 1})), "bogusField", "Unknown name \"bogusField\""),
         (
-            service(json!({"template": {"volumes": [{"name": "v", "emptyDir": {}}]}})),
-            "template.volumes[0].emptyDir",
+            service(json!({"template": {"volumes": [{"name": "v", "nfs": {"server": "s"}}]}})),
+            "template.volumes[0].nfs",
             "does not support yet",
         ),
         (service(json!({"scaling": {"minInstanceCount": 1}})), "scaling", "does not support yet"),

@@ -252,12 +252,13 @@ async fn a_build_runs_in_its_own_bounded_cgroup_and_stops_at_its_timeout() {
     assert!(stderr.contains("submitted"), "{stderr}");
     let id = env.builds()[0]["id"].as_str().unwrap().to_owned();
 
-    // While the step runs, its processes are in the build's cgroup, under the limits.
+    // While the step runs, its processes are in the build's cgroup (runc's `steps` child),
+    // under the limits.
     let (cgroup, memory_file) = build_cgroup(&id);
     let in_cgroup =
         |pid: &str| std::fs::read_link(format!("/proc/{}/exe", pid.trim())).is_ok_and(|exe| exe.ends_with("testapp"));
     wharf_testsupport::wait_until("the RUN step's process in the build's cgroup", Duration::from_secs(60), || {
-        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).ok()?;
+        let procs = std::fs::read_to_string(cgroup.join("steps/cgroup.procs")).ok()?;
         procs.lines().any(in_cgroup).then_some(())
     })
     .unwrap();
@@ -275,6 +276,136 @@ async fn a_build_runs_in_its_own_bounded_cgroup_and_stops_at_its_timeout() {
     assert!(!cgroup.exists(), "the build's cgroup {} is left", cgroup.display());
 }
 
+/// "Another host": a network namespace holding 203.0.113.77/32 behind a veth, with a host
+/// route to it, so a process in the host's network namespace reaches it and one in a network
+/// namespace of its own cannot. No traffic leaves the machine. Removed on drop.
+struct OtherHost {
+    netns: String,
+    host_link: String,
+}
+
+const OTHER_HOST: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 77);
+
+impl OtherHost {
+    fn create() -> OtherHost {
+        let n = std::process::id() % 100_000;
+        let host = OtherHost { netns: format!("wharf-test-bld-{n}"), host_link: format!("tbld{n}h") };
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["netns", "add", &host.netns]);
+        ip(&["link", "add", &host.host_link, "type", "veth", "peer", "name", "eth0", "netns", &host.netns]);
+        ip(&["link", "set", &host.host_link, "up"]);
+        ip(&["-n", &host.netns, "addr", "add", &format!("{OTHER_HOST}/32"), "dev", "eth0"]);
+        ip(&["-n", &host.netns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &host.netns, "link", "set", "lo", "up"]);
+        ip(&["-n", &host.netns, "route", "add", "default", "dev", "eth0"]);
+        ip(&["route", "add", &format!("{OTHER_HOST}/32"), "dev", &host.host_link]);
+        host
+    }
+
+    /// A listener inside the namespace (bound from a thread that entered it).
+    fn listen(&self) -> std::net::TcpListener {
+        let path = Path::new("/run/netns").join(&self.netns);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(path).unwrap();
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::net::TcpListener::bind((OTHER_HOST, 0)).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["route", "del", &format!("{OTHER_HOST}/32")]).output();
+        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.netns]).output();
+        let _ = std::process::Command::new("ip").args(["link", "delete", &self.host_link]).output();
+    }
+}
+
+/// Whether a connection waits on `listener` (a connect that succeeded has put it there).
+fn has_pending_connection(listener: &std::net::TcpListener) -> bool {
+    listener.set_nonblocking(true).unwrap();
+    match listener.accept() {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) => panic!("accept: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn run_steps_are_isolated_held_to_a_disk_quota_and_cancellable() {
+    let work = tempfile::tempdir().unwrap();
+    let built = testapp_image(work.path(), "v1").unwrap();
+    let server = WharfServer::start_with_env(wharf(), &[("WHARF_BUILD_DISK_QUOTA", "64MiB")]).unwrap();
+    let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let env = Env { server, work };
+
+    // Listeners a RUN step sharing the host's network would reach: one on the host's
+    // loopback, one on an address behind a veth, and Wharf's own API (loopback).
+    let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = OtherHost::create();
+    let elsewhere = other.listen();
+    let targets = [
+        loopback.local_addr().unwrap().to_string(),
+        elsewhere.local_addr().unwrap().to_string(),
+        env.server.addrs.api_addr.clone(),
+    ];
+    let probe = format!(
+        "FROM testapp:v1\nRUN [\"/app/testapp\", \"build-probe\", {}]\n",
+        targets.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ")
+    );
+    let dir = env.source("probe", &[("Dockerfile", probe.as_str())]);
+    let (_, log) = env.ok(&["builds", "submit", &dir, "--tag", "probe:v1"]);
+    for target in &targets {
+        assert!(log.contains(&format!("connect {target}: failed")), "a RUN step reached {target}:\n{log}");
+    }
+    assert!(!has_pending_connection(&loopback) && !has_pending_connection(&elsewhere));
+    // Its own PID namespace: the step sees itself only, none of the host's processes.
+    assert!(log.contains("processes: 1 [testapp]"), "a RUN step saw other processes:\n{log}");
+    assert!(log.contains("RUN steps run in containers with no network"), "{log}");
+
+    // A step writing past the disk quota (64 MiB) fails the build and says so.
+    let dir =
+        env.source("fill", &[("Dockerfile", "FROM testapp:v1\nRUN [\"/app/testapp\", \"fill\", \"/big\", \"256\"]\n")]);
+    let (ok, _, stderr) = env.wharf(&["builds", "submit", &dir, "--tag", "fill:v1"]);
+    assert!(!ok, "a build over its quota succeeded");
+    let build = env.builds()[0].clone();
+    assert_eq!(build["status"], "FAILURE", "{build}");
+    let detail = build["failureDetail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("more than its disk quota (64 MiB, the server's --build-disk-quota)"),
+        "{detail}\n{stderr}"
+    );
+
+    // Cancel: a step that never ends is killed, its cgroup goes, the build is CANCELLED.
+    let dir =
+        env.source("hangs", &[("Dockerfile", "FROM testapp:v1\nENV TESTAPP_NO_LISTEN=1\nRUN [\"/app/testapp\"]\n")]);
+    env.ok(&["builds", "submit", &dir, "--tag", "hangs:v1", "--async"]);
+    let id = env.builds()[0]["id"].as_str().unwrap().to_owned();
+    let (cgroup, _) = build_cgroup(&id);
+    let is_testapp =
+        |pid: &str| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("testapp"));
+    let pid = wharf_testsupport::wait_until("the RUN step running", Duration::from_secs(60), || {
+        let procs = std::fs::read_to_string(cgroup.join("steps/cgroup.procs")).ok()?;
+        procs.lines().map(str::trim).find(|p| is_testapp(p)).map(str::to_owned)
+    })
+    .unwrap();
+    let (_, stderr) = env.ok(&["builds", "cancel", &id]);
+    assert!(stderr.contains("Cancelled ["), "{stderr}");
+    let build = env.builds().into_iter().find(|b| b["id"] == id.as_str()).unwrap();
+    assert_eq!(build["status"], "CANCELLED", "{build}");
+    assert!(build["failureDetail"].as_str().unwrap_or_default().starts_with("cancelled by owner"), "{build}");
+    assert!(!is_testapp(&pid), "the cancelled step still runs");
+    assert!(!cgroup.exists(), "the build's cgroup {} is left", cgroup.display());
+    let (ok, _, stderr) = env.wharf(&["builds", "cancel", &id]);
+    assert!(!ok && stderr.contains("only QUEUED and WORKING builds can be cancelled"), "{stderr}");
+}
+
 #[tokio::test]
 async fn a_build_the_server_died_during_is_failed_and_killed_at_the_next_start() {
     let mut env = setup(&["testapp:v1"]);
@@ -287,7 +418,7 @@ async fn a_build_the_server_died_during_is_failed_and_killed_at_the_next_start()
         |pid: &str| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("testapp"));
     let pid =
         wharf_testsupport::wait_until("the RUN step running in the build's cgroup", Duration::from_secs(60), || {
-            let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).ok()?;
+            let procs = std::fs::read_to_string(cgroup.join("steps/cgroup.procs")).ok()?;
             procs.lines().map(str::trim).find(|p| is_testapp(p)).map(str::to_owned)
         })
         .unwrap();

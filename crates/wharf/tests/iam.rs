@@ -130,6 +130,8 @@ async fn every_admin_call_checks_the_callers_permission_and_policies_guard_servi
     env.denied(&ann, "GET", &format!("{BASE}/operations"), None, "run.operations.list").await;
     env.denied(&ann, "GET", "/wharf/v1/images", None, "artifactregistry.repositories.downloadArtifacts").await;
     env.denied(&ann, "GET", "/wharf/v1/logs?service=api", None, "logging.logEntries.list").await;
+    let entries = json!({"resourceNames": ["projects/iamp"]});
+    env.denied(&ann, "POST", "/v2/entries:list", Some(entries.clone()), "logging.logEntries.list").await;
     env.denied(
         &ann,
         "POST",
@@ -165,6 +167,10 @@ async fn every_admin_call_checks_the_callers_permission_and_policies_guard_servi
     let listed = env.expect(&ann, "GET", &format!("{BASE}/services"), None, 200).await;
     assert_eq!(listed["services"].as_array().unwrap().len(), 1, "{listed}");
     env.expect(&ann, "GET", &format!("{job}/executions"), None, 200).await;
+    env.expect(&ann, "POST", "/v2/entries:list", Some(entries.clone()), 200).await;
+    // The role is on project iamp: another project's entries stay closed.
+    let elsewhere = json!({"resourceNames": ["projects/other"]});
+    env.denied(&ann, "POST", "/v2/entries:list", Some(elsewhere), "logging.logEntries.list").await;
     env.expect(&ann, "GET", "/wharf/v1/images", None, 403).await; // images are on the server-wide project
     env.denied(
         &ann,

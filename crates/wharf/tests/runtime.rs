@@ -74,6 +74,7 @@ impl Harness {
             grace_period: Duration::from_secs(10),
             vpc_network: None,
             secret_files: Vec::new(),
+            memory_volumes: Vec::new(),
         }
     }
 

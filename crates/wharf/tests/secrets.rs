@@ -353,9 +353,12 @@ async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_ne
                     {"name": "MARKER", "value": marker},
                     {"name": "DB_PASSWORD", "valueSource": {"secretKeyRef": {"secret": "db-password", "version": "latest"}}}
                 ],
-                "volumeMounts": [{"name": "keys", "mountPath": "/secrets"}]
+                "volumeMounts": [{"name": "keys", "mountPath": "/secrets"}, {"name": "cache", "mountPath": "/cache"}]
             }],
-            "volumes": [{"name": "keys", "secret": {"secret": "api-key", "items": [{"path": "key.txt", "version": "1", "mode": 256}]}}]
+            "volumes": [
+                {"name": "keys", "secret": {"secret": "api-key", "items": [{"path": "key.txt", "version": "1", "mode": 256}]}},
+                {"name": "cache", "emptyDir": {"medium": "MEMORY", "sizeLimit": "2Mi"}}
+            ]
         }})
     };
     let services = "/v2/projects/deliver/locations/us-central1/services";
@@ -407,12 +410,37 @@ async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_ne
     assert_eq!(write.status().as_u16(), 500);
     assert!(write.text().await.unwrap().contains("Read-only file system"));
 
+    // The in-memory volume takes writes up to its sizeLimit (2 MiB), then ENOSPC.
+    let put = |path: &str, bytes: usize| {
+        client
+            .put(format!("http://{}/file?path={path}", server.addrs.ingress_addr))
+            .header("Host", host.clone())
+            .bearer_auth(&owner)
+            .body(vec![b'x'; bytes])
+            .send()
+    };
+    let written = put("/cache/a", 1 << 20).await.unwrap();
+    assert_eq!(written.status().as_u16(), 201);
+    assert_eq!(get("/file?path=/cache/a").await.unwrap().bytes().await.unwrap().len(), 1 << 20);
+    let full = put("/cache/b", 3 << 19).await.unwrap();
+    assert_eq!(full.status().as_u16(), 500);
+    let why = full.text().await.unwrap();
+    assert!(why.contains("No space left on device"), "a write past the size limit fails with ENOSPC: {why}");
+    // A size limit above the memory limit is refused by name, and nothing is created.
+    let mut too_big = template("", "a");
+    too_big["template"]["volumes"][1]["emptyDir"]["sizeLimit"] = json!("1Gi");
+    let (status, body) = api.call(&owner, "POST", &format!("{services}?serviceId=too-big"), Some(too_big)).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("template.volumes[1].emptyDir.sizeLimit 1Gi"), "{message}");
+
     // The API and the Knative view show references, never values.
     let (_, described) = api.call(&owner, "GET", &format!("{services}/app"), None).await;
     let described = described.to_string();
     assert!(described.contains("projects/deliver/secrets/db-password"), "{described}");
     let export = server.cli(&["run", "services", "describe", "app", "--project=deliver", "--format=export"]).unwrap();
-    let export = String::from_utf8_lossy(&export.stdout).into_owned() + &String::from_utf8_lossy(&export.stderr);
+    let export_yaml = String::from_utf8_lossy(&export.stdout).into_owned();
+    let export = export_yaml.clone() + &String::from_utf8_lossy(&export.stderr);
 
     // On disk under the data directory (database, WAL, logs, instance directories): nothing.
     for value in [&password, &key] {
@@ -423,6 +451,48 @@ async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_ne
         }
         assert!(!server.log().contains(value.as_str()));
     }
+
+    // The export, changed and replaced (Knative's valueFrom.secretKeyRef, secret and emptyDir
+    // volumes): the new revision's instance reads the same secrets, and its in-memory volume
+    // is its own (the old instance's file is not there).
+    let mut document: Value = serde_norway::from_str(&export_yaml).unwrap();
+    let env = document["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut().unwrap();
+    let marker = env.iter_mut().find(|e| e["name"] == "MARKER").unwrap();
+    marker["value"] = json!("replaced");
+    let file = work.path().join("app.yaml");
+    std::fs::write(&file, serde_norway::to_string(&document).unwrap()).unwrap();
+    let out = server.cli(&["run", "services", "replace", &file.to_string_lossy(), "--project=deliver"]).unwrap();
+    assert!(out.status.success(), "replace failed: {}\n{export}", String::from_utf8_lossy(&out.stderr));
+    let env: Value = get("/env").await.unwrap().json().await.unwrap();
+    assert_eq!((env["MARKER"].as_str(), env["DB_PASSWORD"].as_str()), (Some("replaced"), Some(password.as_str())));
+    assert_eq!(get("/file?path=/secrets/key.txt").await.unwrap().text().await.unwrap(), key);
+    assert_eq!(get("/file?path=/cache/a").await.unwrap().status().as_u16(), 404, "the volume died with its instance");
+    assert_eq!(put("/cache/a", 1024).await.unwrap().status().as_u16(), 201);
+
+    // A job's :run overrides that name a secret are checked as its template is: the job's
+    // service account must be able to read it.
+    let jobs = "/v2/projects/deliver/locations/us-central1/jobs";
+    let job = json!({"template": {"template": {"serviceAccount": stranger, "containers": [{"image": image}]}}});
+    let (status, body) = api.call(&owner, "POST", &format!("{jobs}?jobId=nightly"), Some(job)).await;
+    assert_eq!(status, 200, "{body}");
+    let run = json!({"overrides": {"containerOverrides": [{"env": [
+        {"name": "DB_PASSWORD", "valueSource": {"secretKeyRef": {"secret": "db-password", "version": "latest"}}}
+    ]}]}});
+    let (status, body) = api.call(&owner, "POST", &format!("{jobs}/nightly:run"), Some(run)).await;
+    assert_eq!((status, body["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("projects/deliver/secrets/db-password") && message.contains(stranger), "{message}");
+    let (_, executions) = api.call(&owner, "GET", &format!("{jobs}/nightly/executions"), None).await;
+    assert_eq!(
+        executions["executions"].as_array().map_or(0, Vec::len),
+        0,
+        "a refused run starts nothing: {executions}"
+    );
+
+    // Regional secrets are refused by name, not answered as if global.
+    let (status, body) = api.call(&owner, "GET", "/v1/projects/deliver/locations/us-central1/secrets", None).await;
+    assert_eq!((status, body["error"]["status"].as_str()), (501, Some("UNIMPLEMENTED")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("use /v1/projects/deliver/secrets"));
 
     // Version 1 of api-key destroyed: the next revision's first instance cannot start, and
     // says which secret.

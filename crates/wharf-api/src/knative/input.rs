@@ -95,6 +95,8 @@ struct RevisionSpec {
     #[serde(default)]
     service_account_name: Option<String>,
     containers: Vec<KContainer>,
+    #[serde(default)]
+    volumes: Vec<KVolume>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +121,8 @@ struct KContainer {
     startup_probe: Option<KProbe>,
     #[serde(default)]
     liveness_probe: Option<KProbe>,
+    #[serde(default)]
+    volume_mounts: Vec<KVolumeMount>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +131,77 @@ struct KEnv {
     name: String,
     #[serde(default)]
     value: String,
+    #[serde(default)]
+    value_from: Option<KEnvSource>,
+}
+
+/// `valueFrom`: Cloud Run's v1 API has only `secretKeyRef` (a `configMapKeyRef` is refused
+/// by name as an unknown field).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KEnvSource {
+    secret_key_ref: KSecretKeySelector,
+}
+
+/// A secret version: `name` is the secret (or an alias of `run.googleapis.com/secrets`),
+/// `key` the version (a number or `latest`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KSecretKeySelector {
+    name: String,
+    #[serde(default)]
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KVolumeMount {
+    name: String,
+    mount_path: String,
+    /// Secret volumes are read-only whatever this says; an in-memory one cannot be.
+    #[serde(default)]
+    read_only: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KVolume {
+    name: String,
+    #[serde(default)]
+    secret: Option<KSecretVolume>,
+    #[serde(default)]
+    empty_dir: Option<KEmptyDir>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KSecretVolume {
+    secret_name: String,
+    #[serde(default)]
+    items: Vec<KKeyToPath>,
+    #[serde(default)]
+    default_mode: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KKeyToPath {
+    /// The version.
+    #[serde(default)]
+    key: String,
+    path: String,
+    #[serde(default)]
+    mode: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KEmptyDir {
+    /// `Memory`, Cloud Run's only medium.
+    #[serde(default)]
+    medium: String,
+    #[serde(default)]
+    size_limit: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,6 +367,79 @@ fn check_remaining(annotations: &mut Map, field: &str) -> Result<(), KnativeErro
     Ok(())
 }
 
+/// The `run.googleapis.com/secrets` annotation: `ALIAS:projects/P/secrets/NAME,...`, the
+/// names a document's `secretKeyRef.name` and `secretName` may use for secrets of another
+/// project (Kubernetes names cannot hold a `/`).
+fn take_secret_aliases(annotations: &mut Map, field: &str) -> Result<Map, KnativeError> {
+    let Some(text) = annotations.remove(super::SECRETS_ANNOTATION) else { return Ok(Map::new()) };
+    let mut aliases = Map::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once(':') {
+            Some((alias, secret))
+                if !alias.is_empty() && secret.starts_with("projects/") && secret.contains("/secrets/") =>
+            {
+                aliases.insert(alias.to_owned(), secret.to_owned());
+            }
+            _ => {
+                return Err(invalid(
+                    format!("{field}.annotations.{}", super::SECRETS_ANNOTATION),
+                    format!("{pair:?} is not ALIAS:projects/PROJECT/secrets/NAME"),
+                ));
+            }
+        }
+    }
+    Ok(aliases)
+}
+
+/// The Cloud Run v1 volumes and mounts as v2's: `secret` (secretName, items of key = version
+/// and path, modes) and in-memory `emptyDir`, names resolved through the aliases.
+fn volumes(list: Vec<KVolume>, aliases: &Map, field: &str) -> Result<Vec<crate::types::Volume>, KnativeError> {
+    use crate::types::{EMPTY_DIR_MEDIUM_MEMORY, EmptyDirVolumeSource, SecretVolumeSource, VersionToPath, Volume};
+    list.into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let secret = v.secret.map(|s| SecretVolumeSource {
+                secret: aliases.get(&s.secret_name).cloned().unwrap_or(s.secret_name),
+                items: s
+                    .items
+                    .into_iter()
+                    .map(|item| VersionToPath { path: item.path, version: item.key, mode: item.mode })
+                    .collect(),
+                default_mode: s.default_mode,
+            });
+            let empty_dir = match v.empty_dir {
+                None => None,
+                Some(e) if e.medium.is_empty() || e.medium == "Memory" => {
+                    Some(EmptyDirVolumeSource { medium: EMPTY_DIR_MEDIUM_MEMORY.to_owned(), size_limit: e.size_limit })
+                }
+                Some(e) => {
+                    return Err(invalid(
+                        format!("{field}.volumes[{i}].emptyDir.medium"),
+                        format!("{:?} is not a medium Cloud Run has: write Memory", e.medium),
+                    ));
+                }
+            };
+            Ok(Volume { name: v.name, secret, empty_dir })
+        })
+        .collect()
+}
+
+/// Refuses a `readOnly` mount of an in-memory volume (it would be useless and Wharf would
+/// mount it writable).
+fn check_mounts(containers: &[KContainer], volumes: &[KVolume], field: &str) -> Result<(), KnativeError> {
+    for (i, c) in containers.iter().enumerate() {
+        for (j, m) in c.volume_mounts.iter().enumerate() {
+            if m.read_only && volumes.iter().any(|v| v.name == m.name && v.empty_dir.is_some()) {
+                return Err(invalid(
+                    format!("{field}.containers[{i}].volumeMounts[{j}].readOnly"),
+                    "an in-memory (emptyDir) volume is mounted writable: remove readOnly",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn probe(p: KProbe) -> Probe {
     Probe {
         initial_delay_seconds: p.initial_delay_seconds,
@@ -304,14 +452,32 @@ fn probe(p: KProbe) -> Probe {
     }
 }
 
-fn container(c: KContainer, cpu_idle: Option<bool>, startup_cpu_boost: bool) -> Container {
+fn container(c: KContainer, cpu_idle: Option<bool>, startup_cpu_boost: bool, aliases: &Map) -> Container {
     let resources = c.resources.map(|r| r.limits).unwrap_or_default();
+    let env = c
+        .env
+        .into_iter()
+        .map(|e| match e.value_from {
+            Some(source) => {
+                let reference = source.secret_key_ref;
+                let secret = aliases.get(&reference.name).cloned().unwrap_or(reference.name);
+                EnvVar {
+                    name: e.name,
+                    value: (!e.value.is_empty()).then_some(e.value),
+                    value_source: Some(
+                        serde_json::json!({"secretKeyRef": {"secret": secret, "version": reference.key}}),
+                    ),
+                }
+            }
+            None => EnvVar { name: e.name, value: Some(e.value), value_source: None },
+        })
+        .collect();
     Container {
         name: c.name,
         image: c.image,
         command: c.command,
         args: c.args,
-        env: c.env.into_iter().map(|e| EnvVar { name: e.name, value: Some(e.value), value_source: None }).collect(),
+        env,
         resources: (!resources.is_empty() || cpu_idle.is_some() || startup_cpu_boost).then_some(ResourceRequirements {
             limits: resources,
             cpu_idle,
@@ -321,7 +487,11 @@ fn container(c: KContainer, cpu_idle: Option<bool>, startup_cpu_boost: bool) -> 
         working_dir: c.working_dir,
         liveness_probe: c.liveness_probe.map(probe),
         startup_probe: c.startup_probe.map(probe),
-        volume_mounts: Vec::new(),
+        volume_mounts: c
+            .volume_mounts
+            .into_iter()
+            .map(|m| crate::types::VolumeMount { name: m.name, mount_path: m.mount_path })
+            .collect(),
     }
 }
 
@@ -381,7 +551,9 @@ pub fn service(text: &str) -> Result<KnativeService, KnativeError> {
     let session_affinity =
         take_bool(&mut template_annotations, "run.googleapis.com/sessionAffinity", field)?.unwrap_or(false);
     let vpc_access = take_vpc(&mut template_annotations, field)?;
+    let aliases = take_secret_aliases(&mut template_annotations, field)?;
     check_remaining(&mut template_annotations, field)?;
+    check_mounts(&revision.containers, &revision.volumes, "spec.template.spec")?;
 
     let timeout = match revision.timeout_seconds {
         None => None,
@@ -395,12 +567,12 @@ pub fn service(text: &str) -> Result<KnativeService, KnativeError> {
         scaling: (min > 0 || max > 0).then_some(RevisionScaling { min_instance_count: min, max_instance_count: max }),
         timeout,
         service_account: revision.service_account_name.unwrap_or_default(),
-        containers: revision.containers.into_iter().map(|c| container(c, cpu_idle, boost)).collect(),
+        containers: revision.containers.into_iter().map(|c| container(c, cpu_idle, boost, &aliases)).collect(),
         execution_environment,
         max_instance_request_concurrency: revision.container_concurrency.unwrap_or(0),
         session_affinity,
         vpc_access,
-        volumes: Vec::new(),
+        volumes: volumes(revision.volumes, &aliases, "spec.template.spec")?,
     };
     let traffic = spec
         .traffic
@@ -475,6 +647,8 @@ struct TaskSpecDoc {
     timeout_seconds: Option<Count>,
     #[serde(default)]
     service_account_name: Option<String>,
+    #[serde(default)]
+    volumes: Vec<KVolume>,
 }
 
 /// A `run.googleapis.com/v1` Job document, read.
@@ -513,6 +687,7 @@ pub fn job(text: &str) -> Result<KnativeJob, KnativeError> {
     let ExecutionTemplateDoc { metadata: execution_metadata, spec: execution } = spec.template;
     let mut execution_annotations = execution_metadata.annotations;
     let vpc_access = take_vpc(&mut execution_annotations, "spec.template.metadata")?;
+    let aliases = take_secret_aliases(&mut execution_annotations, "spec.template.metadata")?;
     check_remaining(&mut execution_annotations, "spec.template.metadata")?;
     if !execution_annotations.is_empty() {
         return Err(invalid(
@@ -521,6 +696,8 @@ pub fn job(text: &str) -> Result<KnativeJob, KnativeError> {
         ));
     }
     let task = execution.template.spec;
+    let task_field = "spec.template.spec.template.spec";
+    check_mounts(&task.containers, &task.volumes, task_field)?;
     let timeout = match task.timeout_seconds {
         None => None,
         Some(Count::Number(n)) if n > 0 => Some(format!("{n}s")),
@@ -539,12 +716,12 @@ pub fn job(text: &str) -> Result<KnativeJob, KnativeError> {
             parallelism: execution.parallelism,
             task_count: execution.task_count,
             template: TaskTemplate {
-                containers: task.containers.into_iter().map(|c| container(c, None, false)).collect(),
+                containers: task.containers.into_iter().map(|c| container(c, None, false, &aliases)).collect(),
                 timeout,
                 max_retries: task.max_retries,
                 service_account: task.service_account_name.unwrap_or_default(),
                 vpc_access,
-                volumes: Vec::new(),
+                volumes: volumes(task.volumes, &aliases, task_field)?,
             },
         },
         ..Job::default()

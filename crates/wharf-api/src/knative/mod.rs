@@ -40,7 +40,7 @@ fn condition(c: &Condition) -> Value {
 /// A container in the v1 view. A serving container shows Cloud Run's defaults (port 8080,
 /// 1 CPU, 512Mi) as gcloud does; a job's shows what was written, so its export reads back the
 /// same.
-fn container(c: &Container, serving: bool) -> Value {
+fn container(c: &Container, serving: bool, secrets: &mut SecretNames) -> Value {
     let mut v = json!({"image": c.image});
     if !c.command.is_empty() {
         v["command"] = json!(c.command);
@@ -50,8 +50,22 @@ fn container(c: &Container, serving: bool) -> Value {
     }
     if !c.env.is_empty() {
         v["env"] = Value::Array(
-            c.env.iter().map(|e| json!({"name": e.name, "value": e.value.clone().unwrap_or_default()})).collect(),
+            c.env
+                .iter()
+                .map(|e| match e.value_source.as_ref().and_then(|s| s.get("secretKeyRef")) {
+                    Some(reference) => {
+                        let secret = reference["secret"].as_str().unwrap_or_default();
+                        let version = reference["version"].as_str().filter(|v| !v.is_empty()).unwrap_or("latest");
+                        json!({"name": e.name, "valueFrom": {"secretKeyRef": {"name": secrets.name(secret), "key": version}}})
+                    }
+                    None => json!({"name": e.name, "value": e.value.clone().unwrap_or_default()}),
+                })
+                .collect(),
         );
+    }
+    if !c.volume_mounts.is_empty() {
+        v["volumeMounts"] =
+            Value::Array(c.volume_mounts.iter().map(|m| json!({"name": m.name, "mountPath": m.mount_path})).collect());
     }
     if serving || !c.ports.is_empty() {
         let (port, protocol) = c.ports.first().map_or((8080, ""), |p| (p.container_port, p.name.as_str()));
@@ -80,6 +94,89 @@ fn container(c: &Container, serving: bool) -> Value {
     }
     v
 }
+
+/// The Knative spelling of secret references: a secret of the resource's own project by its
+/// short name, any other through an alias of the `run.googleapis.com/secrets` annotation.
+struct SecretNames {
+    project: String,
+    aliases: Vec<(String, String)>,
+}
+
+impl SecretNames {
+    fn new(project: &str) -> SecretNames {
+        SecretNames { project: project.to_owned(), aliases: Vec::new() }
+    }
+
+    fn name(&mut self, secret: &str) -> String {
+        let Some((project, short)) = secret.strip_prefix("projects/").and_then(|rest| rest.split_once("/secrets/"))
+        else {
+            return secret.to_owned();
+        };
+        if project == self.project {
+            return short.to_owned();
+        }
+        if let Some((alias, _)) = self.aliases.iter().find(|(_, full)| full == secret) {
+            return alias.clone();
+        }
+        let alias = if self.aliases.iter().any(|(a, _)| a == short) {
+            format!("{short}-{}", self.aliases.len())
+        } else {
+            short.to_owned()
+        };
+        self.aliases.push((alias.clone(), secret.to_owned()));
+        alias
+    }
+
+    /// The annotation's value, if any secret needed an alias.
+    fn annotation(&self) -> Option<String> {
+        (!self.aliases.is_empty())
+            .then(|| self.aliases.iter().map(|(a, s)| format!("{a}:{s}")).collect::<Vec<_>>().join(","))
+    }
+}
+
+/// The v2 volumes in Cloud Run's v1 shape.
+fn volumes(list: &[crate::types::Volume], secrets: &mut SecretNames) -> Value {
+    Value::Array(
+        list.iter()
+            .map(|v| {
+                let mut out = json!({"name": v.name});
+                if let Some(source) = &v.secret {
+                    let mut secret = json!({"secretName": secrets.name(&source.secret)});
+                    if !source.items.is_empty() {
+                        secret["items"] = Value::Array(
+                            source
+                                .items
+                                .iter()
+                                .map(|item| {
+                                    let key = if item.version.is_empty() { "latest" } else { &item.version };
+                                    let mut i = json!({"key": key, "path": item.path});
+                                    if let Some(mode) = item.mode {
+                                        i["mode"] = json!(mode);
+                                    }
+                                    i
+                                })
+                                .collect(),
+                        );
+                    }
+                    if let Some(mode) = source.default_mode {
+                        secret["defaultMode"] = json!(mode);
+                    }
+                    out["secret"] = secret;
+                }
+                if let Some(empty_dir) = &v.empty_dir {
+                    out["emptyDir"] = json!({"medium": "Memory"});
+                    if !empty_dir.size_limit.is_empty() {
+                        out["emptyDir"]["sizeLimit"] = json!(empty_dir.size_limit);
+                    }
+                }
+                out
+            })
+            .collect(),
+    )
+}
+
+/// The annotation that maps aliases to other projects' secrets.
+pub(crate) const SECRETS_ANNOTATION: &str = "run.googleapis.com/secrets";
 
 fn probe(p: &crate::types::Probe) -> Value {
     let mut v = json!({});
@@ -206,11 +303,18 @@ pub fn service(s: &Service) -> Value {
             })
             .collect()
     };
+    let mut secrets = SecretNames::new(&project);
     let mut template_spec = json!({
         "containerConcurrency": if s.template.max_instance_request_concurrency > 0 { s.template.max_instance_request_concurrency } else { 80 },
         "timeoutSeconds": seconds(s.template.timeout.as_deref()),
-        "containers": s.template.containers.iter().map(|c| container(c, true)).collect::<Vec<_>>(),
+        "containers": s.template.containers.iter().map(|c| container(c, true, &mut secrets)).collect::<Vec<_>>(),
     });
+    if !s.template.volumes.is_empty() {
+        template_spec["volumes"] = volumes(&s.template.volumes, &mut secrets);
+    }
+    if let Some(aliases) = secrets.annotation() {
+        template_annotations.insert(SECRETS_ANNOTATION.into(), aliases);
+    }
     if !s.template.service_account.is_empty() {
         template_spec["serviceAccountName"] = json!(s.template.service_account);
     }
@@ -270,9 +374,13 @@ pub fn job_export(j: &crate::jobs::Job) -> Value {
     let mut labels = j.labels.clone();
     labels.insert("cloud.googleapis.com/location".into(), location);
     let task = &j.template.template;
+    let mut secrets = SecretNames::new(&project);
     let mut task_spec = json!({
-        "containers": task.containers.iter().map(|c| container(c, false)).collect::<Vec<_>>(),
+        "containers": task.containers.iter().map(|c| container(c, false, &mut secrets)).collect::<Vec<_>>(),
     });
+    if !task.volumes.is_empty() {
+        task_spec["volumes"] = volumes(&task.volumes, &mut secrets);
+    }
     if let Some(n) = task.max_retries {
         task_spec["maxRetries"] = json!(n);
     }
@@ -293,9 +401,13 @@ pub fn job_export(j: &crate::jobs::Job) -> Value {
     if !j.template.labels.is_empty() {
         execution_metadata["labels"] = json!(j.template.labels);
     }
-    let vpc = vpc_annotations(task.vpc_access.as_ref());
-    if !vpc.is_empty() {
-        execution_metadata["annotations"] = json!(vpc.into_iter().collect::<std::collections::BTreeMap<_, _>>());
+    let mut execution_annotations: std::collections::BTreeMap<String, String> =
+        vpc_annotations(task.vpc_access.as_ref()).into_iter().collect();
+    if let Some(aliases) = secrets.annotation() {
+        execution_annotations.insert(SECRETS_ANNOTATION.into(), aliases);
+    }
+    if !execution_annotations.is_empty() {
+        execution_metadata["annotations"] = json!(execution_annotations);
     }
     json!({
         "apiVersion": "run.googleapis.com/v1",
@@ -335,6 +447,12 @@ pub fn revision(r: &Revision) -> Value {
     let mut labels = r.labels.clone();
     labels.insert("serving.knative.dev/service".into(), last_segment(&r.service).to_owned());
     labels.insert("cloud.googleapis.com/location".into(), location);
+    let mut secrets = SecretNames::new(&project);
+    let containers: Vec<Value> = r.containers.iter().map(|c| container(c, true, &mut secrets)).collect();
+    let mut annotations = r.annotations.clone();
+    if let Some(aliases) = secrets.annotation() {
+        annotations.insert(SECRETS_ANNOTATION.into(), aliases);
+    }
     json!({
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Revision",
@@ -344,12 +462,12 @@ pub fn revision(r: &Revision) -> Value {
             "uid": r.uid,
             "creationTimestamp": r.create_time,
             "labels": labels,
-            "annotations": r.annotations,
+            "annotations": annotations,
         },
         "spec": {
             "containerConcurrency": r.max_instance_request_concurrency,
             "timeoutSeconds": seconds(r.timeout.as_deref()),
-            "containers": r.containers.iter().map(|c| container(c, true)).collect::<Vec<_>>(),
+            "containers": containers,
         },
         "status": {
             "observedGeneration": r.observed_generation,
@@ -382,6 +500,70 @@ mod tests {
         assert_eq!(a.containers[0].resources.as_ref().and_then(|r| r.cpu_idle), Some(true));
         assert_eq!(b.containers[0].resources.as_ref().and_then(|r| r.cpu_idle), Some(true));
         assert_eq!(first.ingress, second.service.ingress);
+    }
+
+    #[test]
+    fn secrets_and_in_memory_volumes_round_trip_in_cloud_runs_v1_shape() {
+        use crate::types::{EmptyDirVolumeSource, EnvVar, SecretVolumeSource, VersionToPath, Volume, VolumeMount};
+        let secret_env = |name: &str, secret: &str, version: &str| EnvVar {
+            name: name.into(),
+            value: None,
+            value_source: Some(json!({"secretKeyRef": {"secret": secret, "version": version}})),
+        };
+        let mut service = Service { name: "projects/p/locations/l/services/hello".into(), ..Service::default() };
+        service.template.containers.push(Container {
+            image: "r/hello:v1".into(),
+            env: vec![secret_env("DB", "db-password", "latest"), secret_env("OTHER", "projects/q/secrets/token", "2")],
+            volume_mounts: vec![
+                VolumeMount { name: "keys".into(), mount_path: "/secrets".into() },
+                VolumeMount { name: "cache".into(), mount_path: "/cache".into() },
+            ],
+            ..Container::default()
+        });
+        service.template.volumes = vec![
+            Volume {
+                name: "keys".into(),
+                secret: Some(SecretVolumeSource {
+                    secret: "projects/p/secrets/api-key".into(),
+                    items: vec![VersionToPath { path: "key.txt".into(), version: "1".into(), mode: Some(0o400) }],
+                    default_mode: None,
+                }),
+                empty_dir: None,
+            },
+            Volume {
+                name: "cache".into(),
+                secret: None,
+                empty_dir: Some(EmptyDirVolumeSource { medium: "MEMORY".into(), size_limit: "64Mi".into() }),
+            },
+        ];
+        let text = serde_norway::to_string(&export(&service)).unwrap();
+        assert!(text.contains("run.googleapis.com/secrets: token:projects/q/secrets/token"), "{text}");
+        assert!(text.contains("secretKeyRef:") && text.contains("secretName: api-key"), "{text}");
+        assert!(text.contains("medium: Memory"), "{text}");
+        let back = input::service(&text).unwrap().service.template;
+        assert_eq!(back.containers[0].env[0], secret_env("DB", "db-password", "latest"));
+        assert_eq!(back.containers[0].env[1], secret_env("OTHER", "projects/q/secrets/token", "2"));
+        assert_eq!(back.containers[0].volume_mounts, service.template.containers[0].volume_mounts);
+        assert_eq!(back.volumes[0].secret.as_ref().unwrap().secret, "api-key", "same project: the short name");
+        assert_eq!(
+            back.volumes[0].secret.as_ref().unwrap().items,
+            service.template.volumes[0].secret.as_ref().unwrap().items
+        );
+        assert_eq!(back.volumes[1], service.template.volumes[1]);
+        assert!(!back.annotations.contains_key(SECRETS_ANNOTATION), "the aliases are resolved, not kept");
+
+        // What Cloud Run's v1 shape has and Wharf does not is refused by name.
+        let with = |from: &str, to: &str| text.replacen(from, to, 1);
+        let refused = input::service(&with("secretKeyRef:", "configMapKeyRef:")).unwrap_err().to_string();
+        assert!(refused.contains("configMapKeyRef"), "{refused}");
+        let refused = input::service(&with("medium: Memory", "medium: Disk")).unwrap_err().to_string();
+        assert!(refused.contains("emptyDir.medium") && refused.contains("Disk"), "{refused}");
+        let refused = input::service(&with("token:projects", "token:nowhere")).unwrap_err().to_string();
+        assert!(refused.contains("run.googleapis.com/secrets"), "{refused}");
+        let refused = input::service(&with("mountPath: /cache", "mountPath: /cache\n          readOnly: true"))
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("readOnly"), "{refused}");
     }
 
     #[test]

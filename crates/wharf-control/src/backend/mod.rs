@@ -23,7 +23,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use resources::Resources;
-pub use template::{CpuAllocation, InstanceTemplate, Owner, Probe, ProbeAction, SecretEnv, SecretFile, VpcEgress};
+pub use template::{
+    CpuAllocation, InstanceTemplate, MemoryVolume, Owner, Probe, ProbeAction, SecretEnv, SecretFile, VpcEgress,
+};
 
 /// Where a backend reads the secret versions an instance needs when it starts (Wharf's
 /// Secret Manager). `secret` is `projects/PROJECT/secrets/NAME`, `version` a number or

@@ -45,6 +45,9 @@ pub struct InstanceTemplate {
     /// When the instance gets CPU. Absent in templates stored before it existed: always on.
     #[serde(default)]
     pub cpu: CpuAllocation,
+    /// In-memory `emptyDir` volumes: a tmpfs each, charged to the instance's memory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_volumes: Vec<MemoryVolume>,
 }
 
 /// When an instance gets CPU, as Cloud Run allocates it (`resources.cpuIdle`,
@@ -59,6 +62,16 @@ pub struct CpuAllocation {
     /// More CPU than the limit until the instance is ready (`startupCpuBoost`).
     #[serde(default)]
     pub startup_boost: bool,
+}
+
+/// An in-memory volume (`emptyDir`) where the container mounts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryVolume {
+    /// The directory in the container (absolute).
+    pub mount_path: String,
+    /// The tmpfs's `size=`: writes past it fail with ENOSPC. At most the memory limit.
+    pub size_bytes: u64,
 }
 
 /// A template's VPC egress: the network it names and which traffic goes there.
@@ -233,6 +246,7 @@ mod tests {
                 mode: 0o400,
             }],
             cpu: CpuAllocation { throttled: true, startup_boost: true },
+            memory_volumes: vec![MemoryVolume { mount_path: "/cache".into(), size_bytes: 64 << 20 }],
         };
         let text = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<InstanceTemplate>(&text).unwrap(), t);

@@ -80,6 +80,8 @@ pub struct InstanceSpec {
     pub vpc_network: Option<String>,
     /// Secret files, already read, for the instance's read-only in-memory secret mounts.
     pub secret_files: Vec<SecretFileContent>,
+    /// In-memory `emptyDir` volumes, a tmpfs each.
+    pub memory_volumes: Vec<wharf_control::backend::MemoryVolume>,
 }
 
 /// One secret file: where it goes and its bytes (wiped when dropped).

@@ -345,6 +345,7 @@ impl Runtime {
             hosts: &hosts,
             nofile: crate::spec::host_nofile(),
             secret_mounts,
+            memory_volumes: spec.memory_volumes.iter().map(|v| (v.mount_path.clone(), v.size_bytes)).collect(),
         })?;
         // The bundle lives on the instance's in-memory scratch, never on disk: its
         // config.json holds the environment, secret values included.

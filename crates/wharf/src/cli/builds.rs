@@ -1,4 +1,4 @@
-//! `wharf builds submit|list|describe|log` (as `gcloud builds`), and [`build_source`], which
+//! `wharf builds submit|list|describe|cancel|log` (as `gcloud builds`), and [`build_source`], which
 //! `wharf run deploy --source` and `wharf run jobs deploy --source` use: pack the directory
 //! with its ignore rules, upload it, submit the build, and follow its log on stderr until it
 //! ends. The build itself runs on the server (`wharf_build`), so a remote CLI works too.
@@ -25,6 +25,8 @@ pub enum BuildsCommand {
     List,
     /// Show a build: status, duration, image digest, log location.
     Describe { build: String },
+    /// Cancel a queued or running build: its processes are killed, its status is CANCELLED.
+    Cancel { build: String },
     /// Print a build's log (following it while it runs with --stream).
     Log {
         build: String,
@@ -81,6 +83,16 @@ pub async fn run(connection: &ConnectionArgs, place: &Place, command: BuildsComm
         BuildsCommand::Describe { build } => {
             let build = get_build(&ctx, &build).await?;
             ctx.print(&serde_json::to_value(&build)?, "yaml")
+        }
+        BuildsCommand::Cancel { build } => {
+            let path = format!("{}/builds/{build}:cancel", ctx.parent());
+            let r = ctx.client.api_request(reqwest::Method::POST, &path).json(&serde_json::json!({})).send().await?;
+            let build: Build = check(r).await?.json().await?;
+            eprintln!("Cancelled [{}].", build.name);
+            if ctx.format.is_some() {
+                ctx.print(&serde_json::to_value(&build)?, "yaml")?;
+            }
+            Ok(())
         }
         BuildsCommand::Log { build, stream } => {
             if stream {

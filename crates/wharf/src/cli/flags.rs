@@ -64,6 +64,8 @@ pub struct ContainerFlags {
     /// Remove all secrets.
     #[arg(long, conflicts_with_all = ["update_secrets", "remove_secrets"])]
     pub clear_secrets: bool,
+    #[command(flatten)]
+    pub volumes: crate::cli::volumes::VolumeFlags,
 }
 
 /// A secret the container uses: as an env var, or as a file (`/dir/file`).
@@ -150,7 +152,8 @@ impl ContainerFlags {
         }
         c.env = env.into_iter().map(|(name, value)| EnvVar { name, value: Some(value), value_source: None }).collect();
         c.env.extend(secret_env);
-        self.apply_secrets(c, volumes)
+        self.apply_secrets(c, volumes)?;
+        self.volumes.apply(c, volumes)
     }
 
     /// `--set-secrets`, `--update-secrets`, `--remove-secrets`, `--clear-secrets`: env vars
@@ -213,6 +216,7 @@ impl ContainerFlags {
             volumes.push(Volume {
                 name: name.clone(),
                 secret: Some(SecretVolumeSource { secret, items, default_mode: None }),
+                empty_dir: None,
             });
             c.volume_mounts.push(VolumeMount { name, mount_path: dir });
         }

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod run;
 pub mod secrets;
 pub mod traffic;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 

@@ -27,6 +27,14 @@ pub struct BuildArgs {
     /// buildah's storage driver: overlay, or vfs where the data directory is on overlayfs [default: overlay]
     #[arg(long, env = "WHARF_BUILD_STORAGE_DRIVER")]
     pub build_storage_driver: Option<String>,
+    /// The most one build may write to the build storage (layers, working containers), e.g.
+    /// 10GiB; past it the build fails [default: 10GiB]
+    #[arg(long, env = "WHARF_BUILD_DISK_QUOTA")]
+    pub build_disk_quota: Option<String>,
+    /// The network of RUN steps: none (loopback only), or host (the host's network, loopback
+    /// services included: only for builds as trusted as root) [default: none]
+    #[arg(long, env = "WHARF_BUILD_NETWORK")]
+    pub build_network: Option<String>,
     /// Base image of Python builds without a Dockerfile [default: python:3.12-slim, in Wharf's registry]
     #[arg(long, env = "WHARF_BUILD_PYTHON_IMAGE")]
     pub build_python_image: Option<String>,
@@ -48,6 +56,8 @@ pub struct BuildFile {
     max_source_size: Option<String>,
     max_storage: Option<String>,
     storage_driver: Option<String>,
+    disk_quota: Option<String>,
+    network: Option<String>,
     python_image: Option<String>,
     nodejs_image: Option<String>,
     go_image: Option<String>,
@@ -87,6 +97,14 @@ impl BuildSettings {
         if let Some(s) = pick(&args.build_max_storage, &file.max_storage) {
             limits.max_storage_bytes = super::config::parse_size(&s).context("--build-max-storage")?;
         }
+        if let Some(s) = pick(&args.build_disk_quota, &file.disk_quota) {
+            limits.disk_quota_bytes = super::config::parse_size(&s).context("--build-disk-quota")?;
+        }
+        limits.network = match pick(&args.build_network, &file.network).as_deref() {
+            None | Some("none") => wharf_build::BuildNetwork::None,
+            Some("host") => wharf_build::BuildNetwork::Host,
+            Some(other) => anyhow::bail!("--build-network {other:?} is not none or host"),
+        };
         let storage_driver = pick(&args.build_storage_driver, &file.storage_driver).unwrap_or_else(|| "overlay".into());
         anyhow::ensure!(
             matches!(storage_driver.as_str(), "overlay" | "vfs"),

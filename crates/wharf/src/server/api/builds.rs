@@ -10,6 +10,8 @@
 //! - `GET .../builds`, `GET .../builds/{id}`: build resources (status, duration, image
 //!   digest, log location); `GET .../builds/{id}/log?offset=N`: the log from byte N on, as
 //!   text, with the build's status in `X-Wharf-Build-Status` (the CLI follows a build this way).
+//! - `POST .../builds/{id}:cancel`: stops a queued or running build (its processes killed);
+//!   answers the build, `CANCELLED`. Needs `run.builds.create`, as submitting does.
 
 use std::time::Duration;
 
@@ -35,7 +37,7 @@ pub fn routes() -> Router<Platform> {
         .route("/wharf/v1/projects/{project}/locations/{location}/sources", post(upload))
         .route(&format!("{base}/builds:submit"), post(submit))
         .route(&format!("{base}/builds"), get(list))
-        .route(&format!("{base}/builds/{{build}}"), get(get_one))
+        .route(&format!("{base}/builds/{{build}}"), get(get_one).post(cancel))
         .route(&format!("{base}/builds/{{build}}/log"), get(log))
 }
 
@@ -233,6 +235,21 @@ async fn get_one(
     let parent = parent(&platform, &project, &location)?;
     authorize(&platform, &caller, perm::BUILDS_GET, &Resource::project(&project))?;
     Ok(axum::Json(platform.builds.get(&parent, &build)?).into_response())
+}
+
+/// `POST .../builds/{id}:cancel`.
+async fn cancel(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path((project, location, build)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let Some(id) = build.strip_suffix(":cancel") else {
+        return Err(ApiError::NotFound(format!("POST {build} is not an API method; did you mean {build}:cancel?")));
+    };
+    let parent = parent(&platform, &project, &location)?;
+    authorize(&platform, &caller, perm::BUILDS_CREATE, &Resource::project(&project))?;
+    let cancelled = platform.builds.cancel(&parent, id, &caller.name()).await?;
+    Ok(axum::Json(cancelled).into_response())
 }
 
 async fn log(

@@ -145,10 +145,36 @@ async fn run(
         };
         return policy(&p, &caller, &project, &location, name, method);
     };
-    let body: RunJobRequest = wharf_api::fields::parse(body)?;
+    let mut body: RunJobRequest = wharf_api::fields::parse(body)?;
     let permission = if body.overrides.is_some() { perm::JOBS_RUN_WITH_OVERRIDES } else { perm::JOBS_RUN };
     authorize(&p, &caller, permission, &Resource::job(&project, &location, job))?;
+    check_override_secrets(&p, &parent, &project, job, &mut body)?;
     Ok(respond(raw.as_deref(), &p.control.run_job(&parent, job, body).await?))
+}
+
+/// Env overrides of a `:run` that name secrets get the same qualification and access check
+/// as the job's own template: the job's service account must be able to read each one.
+fn check_override_secrets(
+    p: &Platform,
+    parent: &wharf_api::names::Parent,
+    project: &str,
+    job: &str,
+    body: &mut RunJobRequest,
+) -> Result<(), ApiError> {
+    let Some(overrides) = body.overrides.as_mut() else { return Ok(()) };
+    if !overrides.container_overrides.iter().any(|c| c.env.iter().any(|e| e.value_source.is_some())) {
+        return Ok(());
+    }
+    let stored = p.control.get_job(parent, job)?;
+    let account = &stored.template.template.service_account;
+    for container_override in &mut overrides.container_overrides {
+        let mut containers =
+            [wharf_api::Container { env: std::mem::take(&mut container_override.env), ..Default::default() }];
+        let checked = super::secrets::check_template_secrets(p, project, account, &mut containers, &mut []);
+        container_override.env = std::mem::take(&mut containers[0].env);
+        checked?;
+    }
+    Ok(())
 }
 
 fn policy(

@@ -2,11 +2,14 @@
 //! services and jobs, selected with the Logging query language ([`wharf_logging::filter`]), in
 //! the `LogEntry` shape Google's `google-cloud-logging` client reads.
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
 use serde::Deserialize;
+use wharf_iam::roles::perm;
+use wharf_iam::{Principal, Resource};
 use wharf_logging::{Filter, Order, Origin};
 
 use super::{ApiError, ApiJson};
@@ -37,6 +40,7 @@ const MAX_PAGE_SIZE: usize = 1000;
 
 async fn list_entries(
     State(platform): State<Platform>,
+    Extension(caller): Extension<Principal>,
     ApiJson(request): ApiJson<ListEntries>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let project = match request.resource_names.as_slice() {
@@ -52,6 +56,8 @@ async fn list_entries(
             ));
         }
     };
+    // Google's permission for reading a project's log entries (roles/viewer, run.viewer and up).
+    super::authorize(&platform, &caller, perm::LOGS_LIST, &Resource::project(project))?;
     let order = match request.order_by.trim() {
         "" | "timestamp asc" => Order::OldestFirst,
         "timestamp desc" => Order::NewestFirst,

@@ -75,6 +75,9 @@ pub enum ApiError {
     Field(#[from] wharf_api::fields::FieldError),
     #[error("{0}")]
     NotFound(String),
+    /// A Google API surface Wharf does not implement (501 `UNIMPLEMENTED`), named.
+    #[error("{0}")]
+    Unimplemented(String),
     #[error("{method} is not a method of {path}; the Allow header lists the methods it takes")]
     MethodNotAllowed { method: String, path: String },
     #[error("{0}")]
@@ -110,7 +113,7 @@ impl ApiError {
             ApiError::InvalidArgument(_) | ApiError::Field(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
-            ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
+            ApiError::MethodNotAllowed { .. } | ApiError::Unimplemented(_) => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
             ApiError::BodyTooLarge { .. } => Code::InvalidArgument,
             ApiError::BodyTimeout { .. } => Code::DeadlineExceeded,
@@ -120,6 +123,7 @@ impl ApiError {
                 | wharf_build::BuildError::SourceTooLarge { .. }
                 | wharf_build::BuildError::Upload(_) => Code::InvalidArgument,
                 wharf_build::BuildError::NotFound(_) => Code::NotFound,
+                wharf_build::BuildError::NotRunning(_) => Code::FailedPrecondition,
                 wharf_build::BuildError::Source { .. }
                 | wharf_build::BuildError::Record(_)
                 | wharf_build::BuildError::Buildah(_) => Code::Internal,

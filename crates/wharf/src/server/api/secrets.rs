@@ -9,7 +9,7 @@
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use wharf_iam::roles::perm;
@@ -28,6 +28,21 @@ pub fn routes() -> Router<Platform> {
         .route(&format!("{base}/{{secret}}/versions"), get(list_versions))
         .route(&format!("{base}/{{secret}}/versions/{{version}}"), get(get_version).post(version_method))
         .route("/wharf/v1/secrets:rotateKey", post(rotate_key))
+        .route("/v1/projects/{project}/locations/{location}/secrets", any(regional))
+        .route("/v1/projects/{project}/locations/{location}/secrets/{*rest}", any(regional))
+}
+
+/// Regional secrets (`projects/P/locations/L/secrets`, Secret Manager's regional endpoint):
+/// Wharf's secrets are global, and answering for them under a regional name would give
+/// them names Google never would. Refused by name, with the path to use.
+async fn regional(Path(params): Path<std::collections::HashMap<String, String>>) -> ApiError {
+    let project = params.get("project").map_or("PROJECT", String::as_str);
+    let location = params.get("location").map_or("LOCATION", String::as_str);
+    ApiError::Unimplemented(format!(
+        "regional secrets (projects/{project}/locations/{location}/secrets) are not supported by Wharf: \
+         its secrets are global, with automatic replication; use /v1/projects/{project}/secrets \
+         (a client's regional endpoint or location setting must be dropped)"
+    ))
 }
 
 fn authorize(p: &Platform, caller: &Principal, permission: &'static str, resource: &Resource) -> Result<(), ApiError> {
