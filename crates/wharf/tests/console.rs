@@ -237,6 +237,7 @@ async fn who_answers(http: &reqwest::Client, server: &WharfServer, host: &str) -
 /// Saves a screenshot when `WHARF_CONSOLE_SCREENSHOTS` names a directory.
 async fn screenshot(browser: &Browser, name: &str) {
     if let Some(dir) = std::env::var_os("WHARF_CONSOLE_SCREENSHOTS") {
+        browser.script("window.scrollTo(0, 0)", vec![]).await.unwrap();
         let dir = Path::new(&dir);
         std::fs::create_dir_all(dir).unwrap();
         browser.screenshot(&dir.join(format!("{name}.png"))).await.unwrap();
@@ -332,6 +333,7 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
         .await
         .unwrap();
     let first: Value = owner_api.get(&service_api).send().await.unwrap().json().await.unwrap();
+    assert_eq!((first["creator"].as_str(), first["lastModifier"].as_str()), (Some("owner"), Some("owner")), "{first}");
     let first_revision = first["latestReadyRevision"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
     let shown_image = browser.text("#revision-image").await.unwrap();
     assert!(shown_image.contains("@sha256:"), "the revision's image is pinned by digest: {shown_image}");
@@ -419,6 +421,11 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     // The services list: filter by name.
     browser.goto(&format!("{console}#/services")).await.unwrap();
     browser.find("#services-body a").await.unwrap();
+    let row = browser.text("#services-body tr").await.unwrap();
+    assert!(
+        row.contains("hello") && row.contains("us-central1") && row.contains("owner") && row.contains("Ready"),
+        "{row}"
+    );
     screenshot(&browser, "services").await;
     browser.type_into("input[name=filter]", "zzz").await.unwrap();
     browser
