@@ -295,6 +295,23 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     let service_api = server.api_url("/v2/projects/default/locations/us-central1/services/hello");
     let owner_api = server.client_builder().build().unwrap();
 
+    // A secret with one version: the console lists it, never its value ("hunter2-value").
+    let secrets_api = server.api_url("/v1/projects/default/secrets");
+    let r = owner_api
+        .post(format!("{secrets_api}?secretId=db-password"))
+        .json(&json!({"replication": {"automatic": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = owner_api
+        .post(format!("{secrets_api}/db-password:addVersion"))
+        .json(&json!({"payload": {"data": "aHVudGVyMi12YWx1ZQ=="}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
     let browser = Browser::start(1280, 1000).await.unwrap();
     let console = server.api_url("/console");
 
@@ -464,6 +481,20 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
         .wait("the images table", WAIT, "return document.querySelector('main table')?.textContent.includes('hello')")
         .await
         .unwrap();
+
+    // Secrets: names and versions, never values.
+    browser.goto(&format!("{console}#/secrets")).await.unwrap();
+    browser
+        .wait(
+            "the secrets table",
+            WAIT,
+            "return document.querySelector('main table')?.textContent.includes('db-password')",
+        )
+        .await
+        .unwrap();
+    let secrets_page = browser.text("main").await.unwrap();
+    assert!(secrets_page.contains("1 (enabled)"), "{secrets_page}");
+    assert!(!secrets_page.contains("hunter2"), "a secret's value on the page");
 
     // Narrow window: nothing overflows sideways, the page still works.
     browser.set_window_size(400, 900).await.unwrap();
