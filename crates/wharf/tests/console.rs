@@ -511,8 +511,12 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     // Sign out; a viewer signs in, sees the service, and the deploy is refused by the API.
     browser.click("#sign-out").await.unwrap();
     browser.find("#sign-in").await.unwrap();
-    browser.type_into("#sign-in input[name=credential]", &viewer_token).await.unwrap();
-    browser.click("#sign-in button[type=submit]").await.unwrap();
+    // By keyboard alone: the sign-in page puts focus on the credential; Enter submits.
+    browser
+        .wait("focus on the credential", WAIT, "return document.activeElement?.name === 'credential'")
+        .await
+        .unwrap();
+    browser.keys_to_active(&format!("{viewer_token}\u{E007}")).await.unwrap();
     browser
         .wait(
             "the viewer signed in",
