@@ -356,6 +356,20 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     assert!(shown_image.contains("@sha256:"), "the revision's image is pinned by digest: {shown_image}");
     assert_all_labelled(&browser, "service").await;
 
+    // A bad value: the API's message appears next to the field it names, nothing deploys.
+    browser.type_into("#deploy-form input[name=timeout]", "forever").await.unwrap();
+    browser.click("#deploy-form button[type=submit]").await.unwrap();
+    let message = browser
+        .wait(
+            "the API's message next to the timeout",
+            WAIT,
+            "return document.querySelector(\"#deploy-form [data-field='template.timeout'] .field-error\")?.textContent",
+        )
+        .await
+        .unwrap();
+    assert!(message.as_str().unwrap().starts_with("template.timeout"), "{message}");
+    browser.type_into("#deploy-form input[name=timeout]", "300s").await.unwrap();
+
     // Deploy a second revision with the deploy form (it takes all traffic).
     browser.type_into("#deploy-form textarea[name=env]", "GREETING=two").await.unwrap();
     browser.type_into("#deploy-form input[name=memory]", "256Mi").await.unwrap();
