@@ -237,6 +237,7 @@ async fn who_answers(http: &reqwest::Client, server: &WharfServer, host: &str) -
 /// Saves a screenshot when `WHARF_CONSOLE_SCREENSHOTS` names a directory.
 async fn screenshot(browser: &Browser, name: &str) {
     if let Some(dir) = std::env::var_os("WHARF_CONSOLE_SCREENSHOTS") {
+        browser.script("window.scrollTo(0, 0)", vec![]).await.unwrap();
         let dir = Path::new(&dir);
         std::fs::create_dir_all(dir).unwrap();
         browser.screenshot(&dir.join(format!("{name}.png"))).await.unwrap();
@@ -294,6 +295,23 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     let service_api = server.api_url("/v2/projects/default/locations/us-central1/services/hello");
     let owner_api = server.client_builder().build().unwrap();
 
+    // A secret with one version: the console lists it, never its value ("hunter2-value").
+    let secrets_api = server.api_url("/v1/projects/default/secrets");
+    let r = owner_api
+        .post(format!("{secrets_api}?secretId=db-password"))
+        .json(&json!({"replication": {"automatic": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = owner_api
+        .post(format!("{secrets_api}/db-password:addVersion"))
+        .json(&json!({"payload": {"data": "aHVudGVyMi12YWx1ZQ=="}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
     let browser = Browser::start(1280, 1000).await.unwrap();
     let console = server.api_url("/console");
 
@@ -332,10 +350,25 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
         .await
         .unwrap();
     let first: Value = owner_api.get(&service_api).send().await.unwrap().json().await.unwrap();
+    assert_eq!((first["creator"].as_str(), first["lastModifier"].as_str()), (Some("owner"), Some("owner")), "{first}");
     let first_revision = first["latestReadyRevision"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
     let shown_image = browser.text("#revision-image").await.unwrap();
     assert!(shown_image.contains("@sha256:"), "the revision's image is pinned by digest: {shown_image}");
     assert_all_labelled(&browser, "service").await;
+
+    // A bad value: the API's message appears next to the field it names, nothing deploys.
+    browser.type_into("#deploy-form input[name=timeout]", "forever").await.unwrap();
+    browser.click("#deploy-form button[type=submit]").await.unwrap();
+    let message = browser
+        .wait(
+            "the API's message next to the timeout",
+            WAIT,
+            "return document.querySelector(\"#deploy-form [data-field='template.timeout'] .field-error\")?.textContent",
+        )
+        .await
+        .unwrap();
+    assert!(message.as_str().unwrap().starts_with("template.timeout"), "{message}");
+    browser.type_into("#deploy-form input[name=timeout]", "300s").await.unwrap();
 
     // Deploy a second revision with the deploy form (it takes all traffic).
     browser.type_into("#deploy-form textarea[name=env]", "GREETING=two").await.unwrap();
@@ -419,6 +452,11 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     // The services list: filter by name.
     browser.goto(&format!("{console}#/services")).await.unwrap();
     browser.find("#services-body a").await.unwrap();
+    let row = browser.text("#services-body tr").await.unwrap();
+    assert!(
+        row.contains("hello") && row.contains("us-central1") && row.contains("owner") && row.contains("Ready"),
+        "{row}"
+    );
     screenshot(&browser, "services").await;
     browser.type_into("input[name=filter]", "zzz").await.unwrap();
     browser
@@ -458,6 +496,20 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
         .await
         .unwrap();
 
+    // Secrets: names and versions, never values.
+    browser.goto(&format!("{console}#/secrets")).await.unwrap();
+    browser
+        .wait(
+            "the secrets table",
+            WAIT,
+            "return document.querySelector('main table')?.textContent.includes('db-password')",
+        )
+        .await
+        .unwrap();
+    let secrets_page = browser.text("main").await.unwrap();
+    assert!(secrets_page.contains("1 (enabled)"), "{secrets_page}");
+    assert!(!secrets_page.contains("hunter2"), "a secret's value on the page");
+
     // Narrow window: nothing overflows sideways, the page still works.
     browser.set_window_size(400, 900).await.unwrap();
     browser.goto(&format!("{console}#/services/us-central1/hello")).await.unwrap();
@@ -473,8 +525,12 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     // Sign out; a viewer signs in, sees the service, and the deploy is refused by the API.
     browser.click("#sign-out").await.unwrap();
     browser.find("#sign-in").await.unwrap();
-    browser.type_into("#sign-in input[name=credential]", &viewer_token).await.unwrap();
-    browser.click("#sign-in button[type=submit]").await.unwrap();
+    // By keyboard alone: the sign-in page puts focus on the credential; Enter submits.
+    browser
+        .wait("focus on the credential", WAIT, "return document.activeElement?.name === 'credential'")
+        .await
+        .unwrap();
+    browser.keys_to_active(&format!("{viewer_token}\u{E007}")).await.unwrap();
     browser
         .wait(
             "the viewer signed in",

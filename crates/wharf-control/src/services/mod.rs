@@ -75,6 +75,10 @@ fn user_fields(body: &Service) -> Service {
         template: body.template.clone(),
         traffic: body.traffic.clone(),
         invoker_iam_disabled: body.invoker_iam_disabled,
+        // Who created and last changed the service: set by the API from the authenticated
+        // caller, never taken from a client's body (the API overwrites both).
+        creator: body.creator.clone(),
+        last_modifier: body.last_modifier.clone(),
         ..Service::default()
     }
 }
@@ -395,6 +399,9 @@ impl ControlPlane {
         if same_traffic(&spec.traffic, &current.spec.traffic) {
             spec.traffic = current.spec.traffic.clone();
         }
+        // The creator never changes; the last modifier changes only with the service.
+        spec.creator = current.spec.creator.clone();
+        spec.last_modifier = current.spec.last_modifier.clone();
         let mut row = current.clone();
         row.spec = spec;
         crate::validate::service_fields(&row.spec)?;
@@ -405,6 +412,9 @@ impl ControlPlane {
         }
         self.check_traffic(&row.spec, &known)?;
         let changed = revision.is_some() || row.spec != current.spec;
+        if changed && !body.last_modifier.is_empty() {
+            row.spec.last_modifier = body.last_modifier.clone();
+        }
         Ok(changed.then_some((row, revision)))
     }
 

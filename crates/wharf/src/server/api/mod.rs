@@ -332,6 +332,15 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     }
 }
 
+/// How a resource's `creator` and `lastModifier` name a principal, as Cloud Run does: the
+/// user's or service account's email; the server's owner is `owner`.
+pub fn principal_email(principal: &Principal) -> String {
+    match principal {
+        Principal::Owner => "owner".to_owned(),
+        Principal::User(email) | Principal::ServiceAccount(email) => email.clone(),
+    }
+}
+
 /// The one authorization check of every handler: `caller` must hold `permission` on
 /// `resource` (directly or through the project's policy), else 403 `PERMISSION_DENIED`.
 pub fn authorize(

@@ -40,6 +40,8 @@ async fn create(
         &body.template.service_account,
     )?;
     check_secrets(&platform, &project, &mut body)?;
+    body.creator = super::principal_email(&caller);
+    body.last_modifier = body.creator.clone();
     let service_id = params
         .get("serviceId")
         .filter(|s| !s.is_empty())
@@ -96,6 +98,9 @@ async fn update(
         &body.template.service_account,
     )?;
     check_secrets(&platform, &project, &mut body)?;
+    // The creator stays the service's own; it is this caller's only if allowMissing creates it.
+    body.creator = super::principal_email(&caller);
+    body.last_modifier = body.creator.clone();
     if !body.name.is_empty() && !body.name.ends_with(&format!("/services/{service}")) {
         return Err(ApiError::InvalidArgument(format!(
             "the body names service {:?} but the URL names {service:?}",

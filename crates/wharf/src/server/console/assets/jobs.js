@@ -18,14 +18,13 @@ export async function renderJobs(main, ctx) {
       h("th", { scope: "row" }, h("a", { href: `#/jobs/${encodeURIComponent(region)}/${encodeURIComponent(name)}` }, name)),
       h("td", {}, region),
       h("td", {}, String(job.executionCount || 0)),
-      h("td", {}, last ? `${shortName(last.name)} (${when(last.createTime)})` : "never run"),
-      h("td", {}, job.creator || "")
+      h("td", {}, last ? `${shortName(last.name)} (${when(last.createTime)})` : "never run")
     );
   });
   replace(
     main,
     h("h1", {}, "Jobs"),
-    table(`Jobs in project ${ctx.project}`, ["Name", "Region", "Executions", "Last execution", "Created by"], rows),
+    table(`Jobs in project ${ctx.project}`, ["Name", "Region", "Executions", "Last execution"], rows),
     h("p", { class: "hint" }, "Create jobs with wharf run jobs create (or the API); run and inspect them here.")
   );
 }

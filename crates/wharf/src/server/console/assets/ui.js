@@ -94,7 +94,13 @@ export function showErrors(form, error) {
   clearErrors(form);
   const general = form.querySelector(".form-error");
   const placed = [];
-  for (const violation of error.fieldViolations || []) {
+  const violations = [...(error.fieldViolations || [])];
+  if (!violations.some((v) => v.field) && error.message) {
+    // Many API messages start with the field path they are about ("template.timeout: ...").
+    const named = /^([A-Za-z][\w.[\]]*)[ :]/.exec(error.message);
+    if (named && named[1].includes(".")) violations.push({ field: named[1], description: error.message });
+  }
+  for (const violation of violations) {
     const target = findField(form, violation.field);
     if (target) {
       target.querySelector(".field-error").textContent = violation.description;
