@@ -52,7 +52,8 @@ impl BuildCgroup {
     /// Creates `<parent>/<name>` with the limits. `parent` is the server's validated cgroup
     /// parent (e.g. `wharf`).
     pub fn create(parent: &str, name: &str, memory_bytes: u64, cpu_millis: u64) -> Result<BuildCgroup, CgroupError> {
-        let mut cgroup = BuildCgroup { dirs: Vec::new(), procs: Vec::new(), path: (parent.to_owned(), name.to_owned()) };
+        let mut cgroup =
+            BuildCgroup { dirs: Vec::new(), procs: Vec::new(), path: (parent.to_owned(), name.to_owned()) };
         let quota = cpu_millis.saturating_mul(CPU_PERIOD_US) / 1000;
         if Path::new(ROOT).join("cgroup.controllers").exists() {
             let dir = Path::new(ROOT).join(parent).join(name);

@@ -330,9 +330,11 @@ impl Builder {
                 status.unwrap_or_default()
             )));
         };
-        running.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(StopReason::Cancelled {
-            by: by.to_owned(),
-        });
+        running
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(StopReason::Cancelled { by: by.to_owned() });
         running.cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(60), running.done.wait_for(|done| *done)).await;
         self.get(parent, id)

@@ -11,9 +11,7 @@ use wharf_api::{Container, RevisionTemplate, VpcAccess};
 
 use crate::ControlError;
 use crate::backend::template::{GRACE_PERIOD, validate_user_env};
-use crate::backend::{
-    InstanceTemplate, MemoryVolume, Probe, ProbeAction, Resources, SecretEnv, SecretFile, VpcEgress,
-};
+use crate::backend::{InstanceTemplate, MemoryVolume, Probe, ProbeAction, Resources, SecretEnv, SecretFile, VpcEgress};
 
 /// Cloud Run's default and maximum request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -421,10 +419,14 @@ fn mounted_volumes(
         let index = volumes.iter().position(|v| v.name == volume.name).unwrap_or(0);
         if let Some(empty_dir) = &volume.empty_dir {
             let vat = format!("template.volumes[{index}].emptyDir");
-            if !matches!(empty_dir.medium.as_str(), "" | "MEDIUM_UNSPECIFIED" | wharf_api::types::EMPTY_DIR_MEDIUM_MEMORY)
-            {
+            if !matches!(
+                empty_dir.medium.as_str(),
+                "" | "MEDIUM_UNSPECIFIED" | wharf_api::types::EMPTY_DIR_MEDIUM_MEMORY
+            ) {
                 let shown: String = empty_dir.medium.chars().take(64).collect();
-                return Err(invalid(format!("{vat}.medium {shown:?} is not a medium: Wharf's emptyDir volumes are MEMORY")));
+                return Err(invalid(format!(
+                    "{vat}.medium {shown:?} is not a medium: Wharf's emptyDir volumes are MEMORY"
+                )));
             }
             if empty_dirs.iter().any(|e| e.at == vat) {
                 return Err(invalid(format!(
@@ -924,8 +926,10 @@ mod tests {
             let mut c = image();
             c.resources =
                 Some(ResourceRequirements { limits: [("memory".into(), memory.into())].into(), ..Default::default() });
-            c.volume_mounts =
-                mounts.into_iter().map(|(name, path)| VolumeMount { name: name.into(), mount_path: path.into() }).collect();
+            c.volume_mounts = mounts
+                .into_iter()
+                .map(|(name, path)| VolumeMount { name: name.into(), mount_path: path.into() })
+                .collect();
             let mut t = template(c);
             t.volumes = volumes
                 .into_iter()
@@ -953,7 +957,8 @@ mod tests {
         );
         let refused = err(&with(vec![("cache", "MEMORY", "1Gi")], vec![("cache", "/cache")], "512Mi"));
         assert!(
-            refused.contains("template.volumes[0].emptyDir.sizeLimit 1Gi") && refused.contains("memory limit (512 MiB)"),
+            refused.contains("template.volumes[0].emptyDir.sizeLimit 1Gi")
+                && refused.contains("memory limit (512 MiB)"),
             "{refused}"
         );
         let refused = err(&with(vec![("cache", "DISK", "")], vec![("cache", "/cache")], "512Mi"));

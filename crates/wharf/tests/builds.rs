@@ -350,8 +350,11 @@ async fn run_steps_are_isolated_held_to_a_disk_quota_and_cancellable() {
     let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let other = OtherHost::create();
     let elsewhere = other.listen();
-    let targets =
-        [loopback.local_addr().unwrap().to_string(), elsewhere.local_addr().unwrap().to_string(), env.server.addrs.api_addr.clone()];
+    let targets = [
+        loopback.local_addr().unwrap().to_string(),
+        elsewhere.local_addr().unwrap().to_string(),
+        env.server.addrs.api_addr.clone(),
+    ];
     let probe = format!(
         "FROM testapp:v1\nRUN [\"/app/testapp\", \"build-probe\", {}]\n",
         targets.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ")
@@ -367,13 +370,17 @@ async fn run_steps_are_isolated_held_to_a_disk_quota_and_cancellable() {
     assert!(log.contains("RUN steps run in containers with no network"), "{log}");
 
     // A step writing past the disk quota (64 MiB) fails the build and says so.
-    let dir = env.source("fill", &[("Dockerfile", "FROM testapp:v1\nRUN [\"/app/testapp\", \"fill\", \"/big\", \"256\"]\n")]);
+    let dir =
+        env.source("fill", &[("Dockerfile", "FROM testapp:v1\nRUN [\"/app/testapp\", \"fill\", \"/big\", \"256\"]\n")]);
     let (ok, _, stderr) = env.wharf(&["builds", "submit", &dir, "--tag", "fill:v1"]);
     assert!(!ok, "a build over its quota succeeded");
     let build = env.builds()[0].clone();
     assert_eq!(build["status"], "FAILURE", "{build}");
     let detail = build["failureDetail"].as_str().unwrap_or_default();
-    assert!(detail.contains("more than its disk quota (64 MiB, the server's --build-disk-quota)"), "{detail}\n{stderr}");
+    assert!(
+        detail.contains("more than its disk quota (64 MiB, the server's --build-disk-quota)"),
+        "{detail}\n{stderr}"
+    );
 
     // Cancel: a step that never ends is killed, its cgroup goes, the build is CANCELLED.
     let dir =

@@ -483,7 +483,11 @@ async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_ne
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("projects/deliver/secrets/db-password") && message.contains(stranger), "{message}");
     let (_, executions) = api.call(&owner, "GET", &format!("{jobs}/nightly/executions"), None).await;
-    assert_eq!(executions["executions"].as_array().map_or(0, Vec::len), 0, "a refused run starts nothing: {executions}");
+    assert_eq!(
+        executions["executions"].as_array().map_or(0, Vec::len),
+        0,
+        "a refused run starts nothing: {executions}"
+    );
 
     // Regional secrets are refused by name, not answered as if global.
     let (status, body) = api.call(&owner, "GET", "/v1/projects/deliver/locations/us-central1/secrets", None).await;

@@ -375,7 +375,9 @@ fn take_secret_aliases(annotations: &mut Map, field: &str) -> Result<Map, Knativ
     let mut aliases = Map::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match pair.split_once(':') {
-            Some((alias, secret)) if !alias.is_empty() && secret.starts_with("projects/") && secret.contains("/secrets/") => {
+            Some((alias, secret))
+                if !alias.is_empty() && secret.starts_with("projects/") && secret.contains("/secrets/") =>
+            {
                 aliases.insert(alias.to_owned(), secret.to_owned());
             }
             _ => {
@@ -391,11 +393,7 @@ fn take_secret_aliases(annotations: &mut Map, field: &str) -> Result<Map, Knativ
 
 /// The Cloud Run v1 volumes and mounts as v2's: `secret` (secretName, items of key = version
 /// and path, modes) and in-memory `emptyDir`, names resolved through the aliases.
-fn volumes(
-    list: Vec<KVolume>,
-    aliases: &Map,
-    field: &str,
-) -> Result<Vec<crate::types::Volume>, KnativeError> {
+fn volumes(list: Vec<KVolume>, aliases: &Map, field: &str) -> Result<Vec<crate::types::Volume>, KnativeError> {
     use crate::types::{EMPTY_DIR_MEDIUM_MEMORY, EmptyDirVolumeSource, SecretVolumeSource, VersionToPath, Volume};
     list.into_iter()
         .enumerate()
@@ -411,10 +409,9 @@ fn volumes(
             });
             let empty_dir = match v.empty_dir {
                 None => None,
-                Some(e) if e.medium.is_empty() || e.medium == "Memory" => Some(EmptyDirVolumeSource {
-                    medium: EMPTY_DIR_MEDIUM_MEMORY.to_owned(),
-                    size_limit: e.size_limit,
-                }),
+                Some(e) if e.medium.is_empty() || e.medium == "Memory" => {
+                    Some(EmptyDirVolumeSource { medium: EMPTY_DIR_MEDIUM_MEMORY.to_owned(), size_limit: e.size_limit })
+                }
                 Some(e) => {
                     return Err(invalid(
                         format!("{field}.volumes[{i}].emptyDir.medium"),
@@ -467,7 +464,9 @@ fn container(c: KContainer, cpu_idle: bool, startup_cpu_boost: bool, aliases: &M
                 EnvVar {
                     name: e.name,
                     value: (!e.value.is_empty()).then_some(e.value),
-                    value_source: Some(serde_json::json!({"secretKeyRef": {"secret": secret, "version": reference.key}})),
+                    value_source: Some(
+                        serde_json::json!({"secretKeyRef": {"secret": secret, "version": reference.key}}),
+                    ),
                 }
             }
             None => EnvVar { name: e.name, value: Some(e.value), value_source: None },

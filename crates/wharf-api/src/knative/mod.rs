@@ -64,9 +64,8 @@ fn container(c: &Container, serving: bool, secrets: &mut SecretNames) -> Value {
         );
     }
     if !c.volume_mounts.is_empty() {
-        v["volumeMounts"] = Value::Array(
-            c.volume_mounts.iter().map(|m| json!({"name": m.name, "mountPath": m.mount_path})).collect(),
-        );
+        v["volumeMounts"] =
+            Value::Array(c.volume_mounts.iter().map(|m| json!({"name": m.name, "mountPath": m.mount_path})).collect());
     }
     if serving || !c.ports.is_empty() {
         let (port, protocol) = c.ports.first().map_or((8080, ""), |p| (p.container_port, p.name.as_str()));
@@ -544,7 +543,10 @@ mod tests {
         assert_eq!(back.containers[0].env[1], secret_env("OTHER", "projects/q/secrets/token", "2"));
         assert_eq!(back.containers[0].volume_mounts, service.template.containers[0].volume_mounts);
         assert_eq!(back.volumes[0].secret.as_ref().unwrap().secret, "api-key", "same project: the short name");
-        assert_eq!(back.volumes[0].secret.as_ref().unwrap().items, service.template.volumes[0].secret.as_ref().unwrap().items);
+        assert_eq!(
+            back.volumes[0].secret.as_ref().unwrap().items,
+            service.template.volumes[0].secret.as_ref().unwrap().items
+        );
         assert_eq!(back.volumes[1], service.template.volumes[1]);
         assert!(!back.annotations.contains_key(SECRETS_ANNOTATION), "the aliases are resolved, not kept");
 

@@ -81,9 +81,8 @@ impl VolumeFlags {
                     bail!("--remove-volume-mount: no volume is mounted at {path}");
                 }
             }
-            c.volume_mounts.retain(|m| {
-                !paths.iter().any(|p| p.trim_end_matches('/') == m.mount_path.trim_end_matches('/'))
-            });
+            c.volume_mounts
+                .retain(|m| !paths.iter().any(|p| p.trim_end_matches('/') == m.mount_path.trim_end_matches('/')));
         }
         let mut removed: Vec<String> = Vec::new();
         if self.clear_volumes {
@@ -134,7 +133,9 @@ impl VolumeFlags {
                 bail!("--add-volume-mount {text:?} needs both: volume=NAME,mount-path=PATH");
             };
             if !volumes.iter().any(|v| v.name == volume) {
-                bail!("--add-volume-mount: there is no volume named {volume}; add it with --add-volume name={volume},...");
+                bail!(
+                    "--add-volume-mount: there is no volume named {volume}; add it with --add-volume name={volume},..."
+                );
             }
             c.volume_mounts.retain(|m| m.mount_path.trim_end_matches('/') != path.trim_end_matches('/'));
             c.volume_mounts.push(VolumeMount { name: volume.to_owned(), mount_path: path.to_owned() });
@@ -175,7 +176,10 @@ mod tests {
         )
         .unwrap();
         let cache = volumes[0].empty_dir.as_ref().unwrap();
-        assert_eq!((volumes[0].name.as_str(), cache.medium.as_str(), cache.size_limit.as_str()), ("cache", "MEMORY", "64Mi"));
+        assert_eq!(
+            (volumes[0].name.as_str(), cache.medium.as_str(), cache.size_limit.as_str()),
+            ("cache", "MEMORY", "64Mi")
+        );
         assert_eq!(volumes[1].empty_dir.as_ref().unwrap().size_limit, "");
         assert_eq!(c.volume_mounts.iter().map(|m| m.mount_path.as_str()).collect::<Vec<_>>(), ["/cache", "/scratch"]);
 
