@@ -91,6 +91,24 @@ impl Buildah {
         self.dir.join("storage")
     }
 
+    /// runc's state directory for the `RUN` steps' containers (`runc --root`), under the
+    /// build directory rather than `/run/runc`, so what a killed build leaves is Wharf's to
+    /// remove.
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.join("runc")
+    }
+
+    /// Forgets the state runc kept for steps' containers that were killed with their build
+    /// (their processes are gone with the build's cgroup). Only when no build runs.
+    pub fn forget_killed_steps(&self) {
+        let root = self.runc_root();
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
     /// Writes `registries.conf` (unqualified names search `registry` first; `names` are
     /// plain HTTP) and `auth.json` (Basic credentials of `token` for each of `names`, readable
     /// by root only).

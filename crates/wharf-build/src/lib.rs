@@ -211,6 +211,7 @@ impl Builder {
         if let Err(e) = buildah.remove_containers_now(&config.dir.join("cleanup.log")) {
             tracing::warn!(error = %error_chain(&e), "cannot remove buildah's working containers");
         }
+        buildah.forget_killed_steps();
         let slots = tokio::sync::Semaphore::new(config.limits.concurrent.max(1));
         Ok(Builder {
             inner: Arc::new(Inner {
@@ -413,6 +414,7 @@ impl Builder {
         if let Err(e) = self.inner.buildah.remove_containers(&log).await {
             tracing::warn!(error = %error_chain(&e), "cannot remove buildah's working containers");
         }
+        self.inner.buildah.forget_killed_steps();
     }
 
     /// A base image name as buildah should pull it: a name without a registry host is
@@ -543,8 +545,11 @@ impl Job {
     async fn remove_working_containers(&self, log: &Path) {
         let inner = &self.builder.inner;
         let others = inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() > 1;
-        if !others && let Err(e) = inner.buildah.remove_containers(log).await {
-            tracing::warn!(error = %error_chain(&e), "cannot remove buildah's working containers");
+        if !others {
+            if let Err(e) = inner.buildah.remove_containers(log).await {
+                tracing::warn!(error = %error_chain(&e), "cannot remove buildah's working containers");
+            }
+            inner.buildah.forget_killed_steps();
         }
     }
 
@@ -646,6 +651,7 @@ impl Job {
             |used| StopReason::DiskQuota { used },
         );
         let steps_cgroup = cgroup::BuildCgroup::steps_path(&config.cgroup_parent, &cgroup_name);
+        let runc_root = format!("root={}", inner.buildah.runc_root().display());
         let result = async {
             let bud: Vec<&std::ffi::OsStr> = vec![
                 "bud".as_ref(),
@@ -658,6 +664,8 @@ impl Job {
                 "oci".as_ref(),
                 "--runtime".as_ref(),
                 "runc".as_ref(),
+                "--runtime-flag".as_ref(),
+                runc_root.as_ref(),
                 "--network".as_ref(),
                 network.as_arg().as_ref(),
                 "--cgroup-parent".as_ref(),

@@ -402,6 +402,10 @@ async fn run_steps_are_isolated_held_to_a_disk_quota_and_cancellable() {
     assert!(build["failureDetail"].as_str().unwrap_or_default().starts_with("cancelled by owner"), "{build}");
     assert!(!is_testapp(&pid), "the cancelled step still runs");
     assert!(!cgroup.exists(), "the build's cgroup {} is left", cgroup.display());
+    let runc_state: Vec<_> = std::fs::read_dir(env.server.data_dir().join("build/runc"))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert_eq!(runc_state, Vec::<std::path::PathBuf>::new(), "runc state of killed steps is left");
     let (ok, _, stderr) = env.wharf(&["builds", "cancel", &id]);
     assert!(!ok && stderr.contains("only QUEUED and WORKING builds can be cancelled"), "{stderr}");
 }
