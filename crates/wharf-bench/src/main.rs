@@ -12,6 +12,8 @@
 //! `all [--smoke] [--out FILE]`: the whole-system table (see `system.rs`), also written as JSON
 //! (default `bench-results.json`); `--smoke` runs few iterations (CI runs it so it cannot rot).
 //!
+//! `cpu [--smoke]`: the CPU allocation rows of `all` alone (idle CPU, thaw latency; `cpu.rs`).
+//!
 //! `protocols [--requests 20000]`: HTTP/1.1, h2c, HTTP/1.1 over TLS and h2 over TLS through
 //! the ingress, and the cost of a TLS handshake, with h2load (see `protocols.rs`).
 //!
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             let smoke = args.iter().any(|a| a == "--smoke");
             tokio::runtime::Runtime::new()?.block_on(system::run(system::Options { smoke, out }))
         }
+        Some("cpu") => tokio::runtime::Runtime::new()?.block_on(cpu::run(args.iter().any(|a| a == "--smoke"))),
         Some("protocols") => {
             let requests = args
                 .iter()
@@ -99,7 +102,7 @@ fn main() -> anyhow::Result<()> {
         _ => bail!(
             "usage: wharf-bench start [--runs N] | wharf-bench all [--smoke] [--out FILE] | \
              wharf-bench flood [--clients N] [--rounds N] [--waves N] | wharf-bench logs [--entries N] | \
-             wharf-bench protocols [--requests N]"
+             wharf-bench protocols [--requests N] | wharf-bench cpu [--smoke]"
         ),
     }
 }
