@@ -113,7 +113,7 @@ impl RuntimeBackend {
             vpc_network: t.vpc.map(|v| v.network),
             secret_files,
         };
-        match self.runtime.start(instance_spec).await {
+        match self.runtime.start_as(instance_spec, Some(spec.identity)).await {
             Ok(instance) => Ok(instance),
             Err(
                 e @ (RuntimeError::InvalidSpec(_)

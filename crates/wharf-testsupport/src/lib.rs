@@ -1,6 +1,7 @@
 //! Test support for Wharf's end-to-end tests and benchmarks:
 //! - [`image`]: builds the testapp binary and packages it as a multi-layer OCI image layout,
 //!   with no network access;
+//! - [`python`]: a Python image from the host's python3 and packages pip installs from PyPI;
 //! - [`server`]: starts a real `wharf server` on free ports in a temporary data directory and
 //!   stops it (even when a test fails), in a sealed environment (no developer config);
 //! - [`leaks`]: finds and removes what a harness's scope left on the machine (mounts, cgroups,
@@ -9,11 +10,13 @@
 
 pub mod image;
 pub mod leaks;
+pub mod python;
 pub mod server;
 
 use std::time::{Duration, Instant};
 
 pub use image::{TestImage, testapp_image};
+pub use python::python_image;
 pub use server::WharfServer;
 
 /// An HTTP client for talking to a test server: no proxy, and pooled connections dropped after
