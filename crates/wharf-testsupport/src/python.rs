@@ -209,6 +209,21 @@ fn append_tree(
     Ok(())
 }
 
+/// Every regular file below `dir`.
+fn files_below(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry?;
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            files.extend(files_below(&entry.path())?);
+        } else if file_type.is_file() {
+            files.push(entry.path());
+        }
+    }
+    Ok(files)
+}
+
 /// Appends host file `source` at `inside` with its mode and modification time.
 fn append_host_file(b: &mut LayerTar, source: &Path, inside: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -246,7 +261,19 @@ fn packages_layer(requirements: &[&str]) -> anyhow::Result<TarLayer> {
             // pip's console scripts name the build machine's python; not needed.
             !(path.parent() == Some(installed.as_path()) && path.file_name().is_some_and(|n| n == "bin"))
         };
-        append_tree(b, &installed, keep, &|path| packages_dir.join(path.strip_prefix(&installed).unwrap_or(path)))
+        append_tree(b, &installed, keep, &|path| packages_dir.join(path.strip_prefix(&installed).unwrap_or(path)))?;
+        // Binary wheels (cryptography's Rust extension, say) load libraries of their own
+        // (libgcc_s): the host's copies, where `ldd` finds them.
+        let mut libraries = Vec::new();
+        for module in files_below(&installed)?.into_iter().filter(|p| p.to_string_lossy().contains(".so")) {
+            libraries.extend(shared_libraries(&module)?);
+        }
+        libraries.sort();
+        libraries.dedup();
+        for lib in libraries {
+            append_host_file(b, &std::fs::canonicalize(&lib)?, lib.strip_prefix("/").unwrap_or(&lib))?;
+        }
+        Ok(())
     })?;
     layers.lock().unwrap_or_else(|p| p.into_inner()).insert(key, layer.clone());
     Ok(layer)

@@ -80,7 +80,8 @@ async fn google_auth_inside_an_instance_gets_its_accounts_credentials_and_id_tok
     assert_eq!(seen["status"], 403, "{seen}");
 
     // The access token the credentials refreshed to is Wharf's, for the account: the API
-    // knows who it is (and that it may not list services).
+    // authenticates it as the account (its own ID token names it) and lets it do what the
+    // account may (not list services).
     let access_token = seen["accessToken"].as_str().unwrap().to_owned();
     let api = wharf_testsupport::http_client().build().unwrap();
     let response = api
@@ -89,10 +90,22 @@ async fn google_auth_inside_an_instance_gets_its_accounts_credentials_and_id_tok
         .send()
         .await
         .unwrap();
-    let status = response.status().as_u16();
-    let body = response.text().await.unwrap();
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains(ACCOUNT), "the API names the account: {body}");
+    assert_eq!(response.status().as_u16(), 403, "authenticated, not allowed");
+    let own: serde_json::Value = api
+        .post(server.api_url("/wharf/v1/idToken"))
+        .bearer_auth(&access_token)
+        .json(&serde_json::json!({"audience": "http://anywhere.example"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let payload = own["token"].as_str().unwrap().split('.').nth(1).unwrap().to_owned();
+    use base64::Engine as _;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(claims["email"], ACCOUNT);
 
     // After the grant: 200, and B got the token without its signature.
     cli(
