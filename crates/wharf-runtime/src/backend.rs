@@ -115,7 +115,7 @@ impl RuntimeBackend {
             secret_files,
             memory_volumes: t.memory_volumes,
         };
-        match self.runtime.start(instance_spec).await {
+        match self.runtime.start_as(instance_spec, Some(spec.identity)).await {
             Ok(instance) => Ok(instance),
             Err(
                 e @ (RuntimeError::InvalidSpec(_)

@@ -38,4 +38,4 @@ pub use contract::Owner;
 pub use error::RuntimeError;
 pub use instance::{Instance, InstanceSpec, InstanceState, InstanceStatus, Probe, ProbeAction, StartPhases};
 pub use resources::Resources;
-pub use runtime::{Runtime, RuntimeConfig};
+pub use runtime::{InstanceCaller, Runtime, RuntimeConfig};

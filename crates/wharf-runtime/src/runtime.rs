@@ -67,6 +67,19 @@ pub(crate) struct Inner {
     pub(crate) cgroups: CgroupParent,
     pub(crate) admission: Admission,
     pub(crate) instances: Mutex<HashMap<String, Arc<Instance>>>,
+    /// Who has which instance address: from the moment a start creates the instance's network
+    /// (before its process runs) until its release destroys it, so an address never names a
+    /// previous holder. What the metadata server asks ([`Runtime::caller`]).
+    pub(crate) callers: Mutex<HashMap<std::net::Ipv4Addr, InstanceCaller>>,
+}
+
+/// The instance holding an address, as this runtime started it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceCaller {
+    pub instance: String,
+    pub owner: wharf_control::backend::Owner,
+    /// Who it acts as; `None` for an instance started without one ([`Runtime::start`]).
+    pub identity: Option<wharf_control::backend::InstanceIdentity>,
 }
 
 /// What is written to `<instance-dir>/instance.json` before anything is created, so a sweep
@@ -111,6 +124,7 @@ impl Runtime {
             admission: Admission::new(config.instance_limits.memory_bytes),
             cgroups,
             instances: Mutex::default(),
+            callers: Mutex::default(),
         };
         let runtime = Runtime { inner: Arc::new(inner) };
         runtime.sweep().await;
@@ -134,6 +148,12 @@ impl Runtime {
     /// The memory admission of instances against the server-wide limit.
     pub fn admission(&self) -> &Admission {
         &self.inner.admission
+    }
+
+    /// The instance whose network has address `ip` now (starting, running or stopping), as
+    /// this runtime's own table says: the identity of a connection coming from an instance.
+    pub fn caller(&self, ip: std::net::Ipv4Addr) -> Option<InstanceCaller> {
+        self.inner.callers.lock().unwrap_or_else(|p| p.into_inner()).get(&ip).cloned()
     }
 
     pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {

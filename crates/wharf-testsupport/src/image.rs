@@ -162,12 +162,21 @@ struct Layer {
 
 /// A layer's tar being written: each path goes in once (containers/storage, under buildah and
 /// podman, refuses a layer with duplicate paths).
-struct LayerTar {
+pub(crate) struct LayerTar {
     builder: tar::Builder<Vec<u8>>,
     written: std::collections::BTreeSet<PathBuf>,
 }
 
 impl LayerTar {
+    pub(crate) fn new() -> LayerTar {
+        LayerTar { builder: tar::Builder::new(Vec::new()), written: Default::default() }
+    }
+
+    /// The finished tar.
+    pub(crate) fn into_tar(self) -> std::io::Result<Vec<u8>> {
+        self.builder.into_inner()
+    }
+
     /// Whether `path` is new to this layer (and marks it written).
     fn first(&mut self, path: &Path) -> bool {
         self.written.insert(path.to_owned())
@@ -178,9 +187,9 @@ fn layer(
     blobs: &mut Vec<(Digest, Vec<u8>)>,
     fill: impl FnOnce(&mut LayerTar) -> anyhow::Result<()>,
 ) -> anyhow::Result<Layer> {
-    let mut tar = LayerTar { builder: tar::Builder::new(Vec::new()), written: Default::default() };
+    let mut tar = LayerTar::new();
     fill(&mut tar)?;
-    let tar_bytes = tar.builder.into_inner()?;
+    let tar_bytes = tar.into_tar()?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &tar_bytes)?;
     let gz = gz.finish()?;
@@ -204,7 +213,7 @@ fn append_dirs_above(b: &mut LayerTar, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn append_dir(b: &mut LayerTar, path: &Path, mode: u32) -> anyhow::Result<()> {
+pub(crate) fn append_dir(b: &mut LayerTar, path: &Path, mode: u32) -> anyhow::Result<()> {
     if !b.first(path) {
         return Ok(());
     }
@@ -217,7 +226,18 @@ fn append_dir(b: &mut LayerTar, path: &Path, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn append_file(b: &mut LayerTar, path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+pub(crate) fn append_file(b: &mut LayerTar, path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    append_file_with_mtime(b, path, data, mode, 0)
+}
+
+/// [`append_file`] with a modification time (seconds since the epoch).
+pub(crate) fn append_file_with_mtime(
+    b: &mut LayerTar,
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    mtime: u64,
+) -> anyhow::Result<()> {
     append_dirs_above(b, path)?;
     if !b.first(path) {
         return Ok(());
@@ -226,13 +246,13 @@ fn append_file(b: &mut LayerTar, path: &Path, data: &[u8], mode: u32) -> anyhow:
     header.set_entry_type(tar::EntryType::Regular);
     header.set_mode(mode);
     header.set_size(data.len() as u64);
-    header.set_mtime(0);
+    header.set_mtime(mtime);
     b.builder.append_data(&mut header, path, data)?;
     Ok(())
 }
 
 /// The libraries `ldd` says `binary` loads, by the paths the dynamic loader will look for.
-fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let output = Command::new("ldd").arg(binary).output().context("cannot run ldd")?;
     let text = String::from_utf8_lossy(&output.stdout);
     if text.contains("not a dynamic executable") || text.contains("statically linked") {

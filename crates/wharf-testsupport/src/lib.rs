@@ -2,6 +2,7 @@
 //! - [`browser`]: a headless chromium driven over WebDriver, for the web console's tests;
 //! - [`image`]: builds the testapp binary and packages it as a multi-layer OCI image layout,
 //!   with no network access;
+//! - [`python`]: a Python image from the host's python3 and packages pip installs from PyPI;
 //! - [`server`]: starts a real `wharf server` on free ports in a temporary data directory and
 //!   stops it (even when a test fails), in a sealed environment (no developer config);
 //! - [`lab`]: [`WharfLab`], a server with the testapp image imported, and the calls every
@@ -14,12 +15,14 @@ pub mod browser;
 pub mod image;
 pub mod lab;
 pub mod leaks;
+pub mod python;
 pub mod server;
 
 use std::time::{Duration, Instant};
 
 pub use image::{TestImage, testapp_image};
 pub use lab::WharfLab;
+pub use python::python_image;
 pub use server::WharfServer;
 
 /// An HTTP client for talking to a test server: no proxy, and pooled connections dropped after

@@ -226,9 +226,10 @@ async fn instances_reach_the_internet_and_wharfs_services_but_nothing_else_of_th
 
     let (status, body) = env.get("probe", "/fetch?addr=169.254.169.254:80&path=/computeMetadata/v1/").await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("HTTP/1.1 404"), "{body}");
+    // Wharf's metadata server (a request without Metadata-Flavor is refused, as Google's is).
+    assert!(body.starts_with("HTTP/1.1 403"), "{body}");
     assert!(body.to_ascii_lowercase().contains("metadata-flavor: google"), "{body}");
-    assert!(body.contains("Wharf's metadata server does not serve this yet"), "{body}");
+    assert!(body.contains("Missing Metadata-Flavor:Google header"), "{body}");
 
     let listener = tokio::net::TcpListener::from_std({
         let l = public.listen(8099);

@@ -40,8 +40,24 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
     pub owner: Owner,
+    /// Who the instance acts as (its metadata server's answers and tokens).
+    pub identity: InstanceIdentity,
     pub image: wharf_image::ResolvedImage,
     pub template: InstanceTemplate,
+}
+
+/// Who an instance acts as: the project and region of its revision or job, and the service
+/// account its revision or job runs as. A backend hands it to the metadata server for the
+/// instance's address (what `google.auth.default()` finds inside); it is taken from the
+/// control plane's records, never from anything the instance says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceIdentity {
+    pub project: String,
+    /// The location (`us-central1`).
+    pub region: String,
+    /// The template's `serviceAccount`; empty: the project's default account.
+    pub service_account: String,
 }
 
 /// Runs instances. Every method may be called concurrently.

@@ -14,7 +14,7 @@ use wharf_api::names::Parent;
 
 use super::store::{self, ExecutionSpec, ExecutionState, TaskState, TaskUpdate};
 use crate::ControlPlane;
-use crate::backend::{InstanceHandle, InstanceTemplate, LaunchSpec, Owner, Severity};
+use crate::backend::{InstanceHandle, InstanceIdentity, InstanceTemplate, LaunchSpec, Owner, Severity};
 
 /// One execution's run: shared by its task runners.
 #[derive(Debug)]
@@ -184,6 +184,11 @@ impl TaskRunner {
                 index: self.index,
                 attempt,
                 count: e.spec.task_count,
+            },
+            identity: InstanceIdentity {
+                project: e.parent.project.clone(),
+                region: e.parent.location.clone(),
+                service_account: e.spec.template.service_account.clone(),
             },
             image: e.spec.image.clone(),
             template: self.template.clone(),

@@ -18,7 +18,7 @@ use wharf_router::{Access, IngressSetting, PoolConfig, RevisionPool, ServiceRout
 use super::pools::RevisionLauncher;
 use super::render;
 use super::store::{self, RevisionRow, RevisionState, ServiceRow};
-use crate::backend::{LaunchSpec, Owner};
+use crate::backend::{InstanceIdentity, LaunchSpec, Owner};
 use crate::operations::OperationBuilder;
 use crate::validate::RevisionConfig;
 use crate::{ControlError, ControlPlane, pool_key};
@@ -176,6 +176,11 @@ impl ControlPlane {
                     service: revision.service.clone(),
                     revision: revision.name.clone(),
                     configuration: revision.service.clone(),
+                },
+                identity: InstanceIdentity {
+                    project: revision.parent.project.clone(),
+                    region: revision.parent.location.clone(),
+                    service_account: revision.template.service_account.clone(),
                 },
                 image: revision.image.clone(),
                 template: revision.config.instance.clone(),

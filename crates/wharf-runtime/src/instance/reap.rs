@@ -127,6 +127,13 @@ pub(crate) async fn release(inner: &Inner, id: &str, rootfs: &Rootfs, network: O
     let rootfs = rootfs.clone();
     let _ = tokio::task::spawn_blocking(move || rootfs.unmount()).await;
     if let Some(network) = network {
+        // Forgotten before the address can go to another instance.
+        {
+            let mut callers = inner.callers.lock().unwrap_or_else(|p| p.into_inner());
+            if callers.get(&network.ip).is_some_and(|c| c.instance == id) {
+                callers.remove(&network.ip);
+            }
+        }
         inner.network.destroy(network).await;
     }
     let state = inner.state_root.join(id);

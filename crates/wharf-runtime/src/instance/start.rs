@@ -23,7 +23,7 @@ use crate::logs::Stream;
 use crate::network::InstanceNetwork;
 use crate::resources::Resources;
 use crate::rootfs::Rootfs;
-use crate::runtime::{InstanceRecord, Runtime};
+use crate::runtime::{InstanceCaller, InstanceRecord, Runtime};
 use crate::shim::ShimEvent;
 use crate::spec::{SpecError, SpecInput, command_line, resolve_user, runtime_spec};
 
@@ -130,6 +130,17 @@ impl Runtime {
     /// runs (job tasks, which have no startup probe). On error nothing of the instance is left.
     /// Everything the start logs is in an `instance` span carrying the instance's id.
     pub async fn start(&self, spec: InstanceSpec) -> Result<Arc<Instance>, RuntimeError> {
+        self.start_as(spec, None).await
+    }
+
+    /// [`Runtime::start`] for an instance that acts as `identity`: from the moment its network
+    /// exists (before its process runs) until it is released, [`Runtime::caller`] names it
+    /// and its identity for its address.
+    pub async fn start_as(
+        &self,
+        spec: InstanceSpec,
+        identity: Option<wharf_control::backend::InstanceIdentity>,
+    ) -> Result<Arc<Instance>, RuntimeError> {
         validate_user_env(spec.env.iter().map(|(k, _)| k.as_str()))?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let span = tracing::info_span!("instance", id = %id);
@@ -139,13 +150,14 @@ impl Runtime {
         }
         let reservation = self.inner.admission.reserve(spec.resources.memory_bytes)?;
         self.inner.cgroups.ensure()?;
-        self.start_instance(id, spec, reservation).instrument(span).await
+        self.start_instance(id, spec, identity, reservation).instrument(span).await
     }
 
     async fn start_instance(
         &self,
         id: String,
         spec: InstanceSpec,
+        identity: Option<wharf_control::backend::InstanceIdentity>,
         reservation: crate::admission::Reservation,
     ) -> Result<Arc<Instance>, RuntimeError> {
         let began = Instant::now();
@@ -153,7 +165,7 @@ impl Runtime {
         let dir = self.inner.instances_dir.join(&id);
         std::fs::create_dir_all(&dir).map_err(RuntimeError::io("create directory", &dir))?;
         let mut partial = PartialStart::new(self, &id, &dir);
-        let launched = match self.launch(&spec, &id, &dir, partial.created()).await {
+        let launched = match self.launch(&spec, identity, &id, &dir, partial.created()).await {
             Ok(launched) => launched,
             Err(e) => return Err(partial.fail(e).await),
         };
@@ -262,6 +274,7 @@ impl Runtime {
     async fn launch(
         &self,
         spec: &InstanceSpec,
+        identity: Option<wharf_control::backend::InstanceIdentity>,
         id: &str,
         dir: &Path,
         created: &mut Created,
@@ -287,6 +300,8 @@ impl Runtime {
         let t = Instant::now();
         let network = self.inner.network.create(id, spec.vpc_network.as_deref()).await?;
         let network = created.network.insert(network).clone();
+        let caller = InstanceCaller { instance: id.to_owned(), owner: spec.owner.clone(), identity };
+        self.inner.callers.lock().unwrap_or_else(|p| p.into_inner()).insert(network.ip, caller);
         let network_us = micros(t.elapsed());
         tracing::debug!(us = network_us, ip = %network.ip, netns = %network.netns, "network ready");
 

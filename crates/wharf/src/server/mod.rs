@@ -13,6 +13,7 @@ mod build_config;
 mod config;
 mod console;
 mod housekeeping;
+mod metadata;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -122,10 +123,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let table = Arc::new(wharf_router::RoutingTable::default());
     let shutdown = CancellationToken::new();
-    let (dns, metadata_addr) = start_instance_services(&config, &table, shutdown.clone()).await?;
+    let (dns, metadata_listener) = start_instance_services(&config, &table).await?;
     let instance_services = wharf_runtime::network::InstanceServices {
         dns: dns.addr(),
-        metadata: metadata_addr,
+        metadata: ipv4_addr(&metadata_listener)?,
         ingress: instance_ingress_target(info.ingress_addr),
     };
 
@@ -145,6 +146,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     )
     .await
     .context("cannot start the container runtime (wharf server must run as root)")?;
+    // Its listener was bound before the runtime (whose rules DNAT to it); it answers once
+    // the runtime can say which instance holds an address.
+    let metadata = serve_metadata(
+        metadata_listener,
+        Listener::new("metadata", config.edge.listener.clone()),
+        wharf_metadata::http::MetadataServer::new(Arc::new(metadata::RuntimeCallers(runtime.clone())), iam.clone()),
+        shutdown.clone(),
+    );
 
     let remote = Arc::new(RemoteRegistry::with_timeouts(default_docker_config(), config.edge.pull));
     let resolver = Resolver::new(images.clone(), snapshots.clone(), remote, local_registry_names(info.registry_addr));
@@ -262,6 +271,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     ]
     .into_iter()
     .chain(https)
+    .chain([metadata])
     .chain(metrics_listener.map(|socket| {
         serve(socket, Listener::new("metrics", limits.clone()), metrics::router(metrics.clone()), shutdown.clone())
     }));
@@ -401,12 +411,12 @@ fn open_secrets(config: &ServerConfig, db: Store) -> anyhow::Result<wharf_secret
 
 /// Starts what instances reach at 169.254.169.254 (see `wharf_runtime::network`): the DNS
 /// resolver, which answers the hosts of this server's service URLs with the address instances
-/// reach the ingress at, and the metadata HTTP server. Both on loopback.
+/// reach the ingress at, and binds the metadata HTTP server's listener (served by
+/// [`serve_metadata`] once the runtime exists). Both on loopback.
 async fn start_instance_services(
     config: &ServerConfig,
     table: &Arc<wharf_router::RoutingTable>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<(wharf_metadata::DnsServer, std::net::SocketAddrV4)> {
+) -> anyhow::Result<(wharf_metadata::DnsServer, TcpListener)> {
     let routes = table.clone();
     let local_names: wharf_metadata::LocalNames =
         Arc::new(move |name: &str| routes.lookup(name).map(|_| wharf_runtime::network::INGRESS_ADDR));
@@ -419,14 +429,28 @@ async fn start_instance_services(
     .context("cannot start the DNS resolver for instances")?;
     let metadata_listener =
         TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.context("cannot listen for the metadata server")?;
-    let metadata_addr = match metadata_listener.local_addr()? {
-        SocketAddr::V4(addr) => addr,
+    Ok((dns, metadata_listener))
+}
+
+fn ipv4_addr(listener: &TcpListener) -> anyhow::Result<std::net::SocketAddrV4> {
+    match listener.local_addr()? {
+        SocketAddr::V4(addr) => Ok(addr),
         other => anyhow::bail!("the metadata server bound {other}, not an IPv4 address"),
-    };
-    // Runs until shutdown like the other servers; its handle is not awaited.
-    let limits = Listener::new("metadata", config.edge.listener.clone());
-    drop(serve(metadata_listener, limits, wharf_metadata::http::router(), shutdown));
-    Ok((dns, metadata_addr))
+    }
+}
+
+/// Serves the metadata server on `socket` until `shutdown`; each connection's requests carry
+/// its peer address, which is how the server knows the calling instance.
+fn serve_metadata(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    server: wharf_metadata::http::MetadataServer,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let router = wharf_metadata::http::router(server);
+    tokio::spawn(listener.serve(socket, shutdown, move |remote| {
+        hyper_util::service::TowerToHyperService::new(wharf_metadata::http::for_connection(&router, remote))
+    }))
 }
 
 /// An address clients can connect to: a listener on every address is reached on loopback.
