@@ -174,7 +174,13 @@ impl Metrics {
                 && t.labels.project_id == owner.project
                 && t.labels.location == owner.location
         };
-        if let Some(found) = self.traffic.read().unwrap_or_else(|p| p.into_inner()).get(&record.revision).and_then(|v| v.iter().find(same)) {
+        if let Some(found) = self
+            .traffic
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.revision)
+            .and_then(|v| v.iter().find(same))
+        {
             return found.clone();
         }
         let mut map = self.traffic.write().unwrap_or_else(|p| p.into_inner());
@@ -232,7 +238,11 @@ impl Metrics {
             let mut map = self.traffic.write().unwrap_or_else(|p| p.into_inner());
             for entries in map.values_mut() {
                 entries.retain(|t| {
-                    if t.labels.revision_name.is_empty() { service_exists(&t.labels) } else { pool_of(&t.labels).is_some() }
+                    if t.labels.revision_name.is_empty() {
+                        service_exists(&t.labels)
+                    } else {
+                        pool_of(&t.labels).is_some()
+                    }
                 });
             }
             map.retain(|_, entries| !entries.is_empty());
@@ -307,17 +317,30 @@ impl SurfaceCounts {
 pub fn render(snapshot: &MetricsSnapshot) -> String {
     let mut out = Exposition::default();
     let revisions = &snapshot.revisions;
-    out.family("wharf_run_request_count_total", "counter", "Requests served, by response code (Cloud Run: request_count).");
+    out.family(
+        "wharf_run_request_count_total",
+        "counter",
+        "Requests served, by response code (Cloud Run: request_count).",
+    );
     for r in revisions {
         for (code, n) in &r.requests_by_code {
             let (code, class) = match code {
                 Some(c) => (c.to_string(), code_class(*c)),
                 None => ("other".to_owned(), "5xx"),
             };
-            out.sample("wharf_run_request_count_total", &r.labels, &[("response_code", &code), ("response_code_class", class)], *n);
+            out.sample(
+                "wharf_run_request_count_total",
+                &r.labels,
+                &[("response_code", &code), ("response_code_class", class)],
+                *n,
+            );
         }
     }
-    out.family("wharf_run_request_latencies_seconds", "histogram", "Time from a request's head to the end of its response (Cloud Run: request_latencies).");
+    out.family(
+        "wharf_run_request_latencies_seconds",
+        "histogram",
+        "Time from a request's head to the end of its response (Cloud Run: request_latencies).",
+    );
     for r in revisions.iter().filter(|r| r.latency.count > 0) {
         out.histogram("wharf_run_request_latencies_seconds", &r.labels, &r.latency);
     }
@@ -334,10 +357,24 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     }
     out.family("wharf_run_container_billable_instance_time_seconds_total", "counter", "Instance time Cloud Run would bill: cpu_allocation=request (CPU throttled outside requests: time with a request in flight) or always (whole instance lifetime) (Cloud Run: container/billable_instance_time).");
     for (labels, p) in &pools {
-        out.sample("wharf_run_container_billable_instance_time_seconds_total", labels, &[("cpu_allocation", "request")], Seconds(p.busy_time.as_secs_f64()));
-        out.sample("wharf_run_container_billable_instance_time_seconds_total", labels, &[("cpu_allocation", "always")], Seconds(p.instance_time.as_secs_f64()));
+        out.sample(
+            "wharf_run_container_billable_instance_time_seconds_total",
+            labels,
+            &[("cpu_allocation", "request")],
+            Seconds(p.busy_time.as_secs_f64()),
+        );
+        out.sample(
+            "wharf_run_container_billable_instance_time_seconds_total",
+            labels,
+            &[("cpu_allocation", "always")],
+            Seconds(p.instance_time.as_secs_f64()),
+        );
     }
-    out.family("wharf_run_container_startup_latencies_seconds", "histogram", "Time for a new instance to become ready (Cloud Run: container/startup_latencies).");
+    out.family(
+        "wharf_run_container_startup_latencies_seconds",
+        "histogram",
+        "Time for a new instance to become ready (Cloud Run: container/startup_latencies).",
+    );
     for (labels, p) in &pools {
         out.histogram("wharf_run_container_startup_latencies_seconds", labels, &p.startups);
     }
@@ -357,15 +394,27 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     for (labels, p) in &pools {
         out.sample("wharf_run_autoscaler_actual_instances", labels, &[], p.active + p.idle + p.starting);
     }
-    out.family("wharf_server_request_count_total", "counter", "Requests to the server's own surfaces: the admin API and the registry.");
+    out.family(
+        "wharf_server_request_count_total",
+        "counter",
+        "Requests to the server's own surfaces: the admin API and the registry.",
+    );
     for (surface, method, class, n) in &snapshot.surface_requests {
         let surface = match surface {
             Surface::Api => "api",
             Surface::Registry => "registry",
         };
-        out.plain_sample("wharf_server_request_count_total", &[("surface", surface), ("method", method), ("response_code_class", class)], *n);
+        out.plain_sample(
+            "wharf_server_request_count_total",
+            &[("surface", surface), ("method", method), ("response_code_class", class)],
+            *n,
+        );
     }
-    out.family("wharf_request_log_dropped_total", "counter", "Request log entries dropped because the log queue was full.");
+    out.family(
+        "wharf_request_log_dropped_total",
+        "counter",
+        "Request log entries dropped because the log queue was full.",
+    );
     out.plain_sample("wharf_request_log_dropped_total", &[], snapshot.request_log_dropped);
     out.text
 }
@@ -468,7 +517,12 @@ mod tests {
     fn record(revision: &str, status: u16) -> RequestRecord {
         RequestRecord {
             received: SystemTime::now(),
-            owner: Arc::new(PoolOwner { project: "p".into(), location: "l".into(), service: "api".into(), ..Default::default() }),
+            owner: Arc::new(PoolOwner {
+                project: "p".into(),
+                location: "l".into(),
+                service: "api".into(),
+                ..Default::default()
+            }),
             service: "api".into(),
             revision: revision.into(),
             instance: "i".into(),
@@ -507,7 +561,9 @@ mod tests {
         assert!(text.contains(r#"response_code="other",response_code_class="5xx"} 1"#));
         assert!(text.contains(r#"wharf_run_request_latencies_seconds_bucket{project_id="p",location="l",service_name="api",revision_name="api-00001",le="0.0025"} 0"#));
         assert!(text.contains(r#"le="+Inf"} 7"#));
-        assert!(text.contains(r#"wharf_server_request_count_total{surface="registry",method="other",response_code_class="4xx"} 1"#));
+        assert!(text.contains(
+            r#"wharf_server_request_count_total{surface="registry",method="other",response_code_class="4xx"} 1"#
+        ));
         assert!(text.ends_with("wharf_request_log_dropped_total 0\n"));
     }
 
@@ -520,5 +576,21 @@ mod tests {
         // No pool left for either revision: both were deleted.
         assert_eq!(metrics.snapshot().revisions.len(), 0);
         assert!(!render(&metrics.snapshot()).contains("api-0000"));
+    }
+
+    #[test]
+    fn the_grafana_dashboard_charts_only_metrics_the_server_exports() {
+        let dashboard = include_str!("../../../docs/grafana-dashboard.json");
+        let exposition = render(&Metrics::new().snapshot());
+        let families: Vec<&str> =
+            exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+        let used = regex::Regex::new(r"wharf_[a-z_]+").unwrap();
+        let mut names: Vec<&str> = used.find_iter(dashboard).map(|m| m.as_str()).collect();
+        names.dedup();
+        assert!(names.len() >= 10, "{names:?}");
+        for name in names {
+            let family = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(families.contains(&family), "the dashboard charts {name}, which /metrics does not export");
+        }
     }
 }

@@ -124,10 +124,8 @@ pub fn entry(record: &RequestRecord) -> LogEntry {
         payload["logging.googleapis.com/trace"] =
             Value::String(format!("projects/{}/traces/{trace}", record.owner.project));
     }
-    let timestamp_us = record
-        .received
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    let timestamp_us =
+        record.received.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
     LogEntry {
         id: 0,
         timestamp_us,
@@ -190,7 +188,10 @@ mod tests {
                    "protocol": "HTTP/1.1", "userAgent": "curl/8"})
         );
         assert_eq!(e["trace"], "projects/p/traces/0123456789abcdef0123456789abcdef");
-        assert_eq!(e["labels"], json!({"instanceId": "i-1", COLD_START_LABEL: "true", QUEUE_LATENCY_LABEL: "0.812000s"}));
+        assert_eq!(
+            e["labels"],
+            json!({"instanceId": "i-1", COLD_START_LABEL: "true", QUEUE_LATENCY_LABEL: "0.812000s"})
+        );
         assert!(e.get("jsonPayload").is_none() && e.get("textPayload").is_none(), "{e}");
         for filter in [
             "httpRequest.status>=500",

@@ -102,8 +102,11 @@ async fn a_load_shows_up_exactly_in_metrics_request_logs_and_usage() {
         })
         .sum();
     assert!(instances >= 1.0, "the instance that served the load: {scrape}");
-    assert!(sample(&scrape, r#"wharf_server_request_count_total{surface="api",method="POST",response_code_class="2xx"}"#)
-        .is_some_and(|n| n >= 1.0), "the deploy's API calls: {scrape}");
+    assert!(
+        sample(&scrape, r#"wharf_server_request_count_total{surface="api",method="POST",response_code_class="2xx"}"#)
+            .is_some_and(|n| n >= 1.0),
+        "the deploy's API calls: {scrape}"
+    );
     assert!(scrape.contains(r#"wharf_server_request_count_total{surface="registry""#), "the import's pushes: {scrape}");
 
     // promtool accepts the real scrape (format and Prometheus' naming lints).
@@ -151,10 +154,9 @@ async fn a_load_shows_up_exactly_in_metrics_request_logs_and_usage() {
     assert_eq!(read(r#"logName:"requests" resource.labels.service_name=api"#).len(), 40);
 
     // Usage: the same requests; always-allocated instance time covers the throttled time.
-    let usage: Value = serde_json::from_str(&cli(&[
-        "run", "services", "usage", "api", "--project", "demo", "--format", "json",
-    ]))
-    .unwrap();
+    let usage: Value =
+        serde_json::from_str(&cli(&["run", "services", "usage", "api", "--project", "demo", "--format", "json"]))
+            .unwrap();
     assert_eq!(usage["name"], "projects/demo/locations/us-central1/services/api", "{usage}");
     assert_eq!(usage["requests"], 40, "{usage}");
     let throttled = usage["cpuThrottled"]["vcpuSeconds"].as_f64().unwrap();

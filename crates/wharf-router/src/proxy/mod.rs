@@ -105,7 +105,9 @@ async fn serve_on(
     let mut workers = Vec::new();
     for i in 0..threads {
         let (socket, listener, table, gate, observer, tls, shutdown) = match socket.try_clone() {
-            Ok(l) => (l, listener.clone(), table.clone(), gate.clone(), observer.clone(), tls.clone(), shutdown.clone()),
+            Ok(l) => {
+                (l, listener.clone(), table.clone(), gate.clone(), observer.clone(), tls.clone(), shutdown.clone())
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot share the ingress listener");
                 break;
@@ -618,7 +620,8 @@ struct Trail {
 
 impl Trail {
     fn begin(observer: Arc<dyn RequestObserver>, req: &Request<Incoming>, host: &str, remote: SocketAddr) -> Trail {
-        let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header =
+            |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let scheme = req.uri().scheme_str().unwrap_or("http");
         let protocol = match req.version() {

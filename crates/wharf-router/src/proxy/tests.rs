@@ -573,7 +573,8 @@ async fn every_routed_request_is_reported_once_with_its_outcome_and_whether_it_w
         cpu_millis: 1000,
         memory_bytes: 512 << 20,
     };
-    let pool = RevisionPool::start_owned(owner, "hello-00001", timeout, FakeLauncher::instant(instance("hi").await).arc());
+    let pool =
+        RevisionPool::start_owned(owner, "hello-00001", timeout, FakeLauncher::instant(instance("hi").await).arc());
     table.set(HOST, ServiceRoute { service: "hello".to_owned(), targets: vec![(pool, 100)], access: open_access() });
     let (tx, mut records) = tokio::sync::mpsc::unbounded_channel();
     let (_dir, iam, _) = crate::testing::iam();
@@ -583,7 +584,13 @@ async fn every_routed_request_is_reported_once_with_its_outcome_and_whether_it_w
     let observer: Arc<dyn crate::observe::RequestObserver> = Arc::new(Recorder(std::sync::Mutex::new(tx)));
     let limits = Listener::new("ingress", ListenerLimits::default());
     tokio::spawn(accept_loop(listener, limits, table, Gate::new(iam, vec![]), Some(observer), None, shutdown.clone()));
-    let ingress = Ingress { addr, _iam_dir: None, listener: Listener::new("unused", ListenerLimits::default()), client: Client::builder(TokioExecutor::new()).build_http(), shutdown };
+    let ingress = Ingress {
+        addr,
+        _iam_dir: None,
+        listener: Listener::new("unused", ListenerLimits::default()),
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        shutdown,
+    };
     let mut next = async || tokio::time::timeout(Duration::from_secs(10), records.recv()).await.unwrap().unwrap();
 
     let request = Request::post(format!("http://{addr}/path?q=1"))
@@ -596,8 +603,14 @@ async fn every_routed_request_is_reported_once_with_its_outcome_and_whether_it_w
     assert_eq!(response.status(), StatusCode::OK);
     response.into_body().collect().await.unwrap();
     let cold = next().await;
-    assert_eq!((cold.service.as_str(), cold.revision.as_str(), cold.owner.project.as_str()), ("hello", "hello-00001", "p"));
-    assert_eq!((cold.method.as_str(), cold.url.as_str(), cold.status), ("POST", "http://hello.example.com/path?q=1", 200));
+    assert_eq!(
+        (cold.service.as_str(), cold.revision.as_str(), cold.owner.project.as_str()),
+        ("hello", "hello-00001", "p")
+    );
+    assert_eq!(
+        (cold.method.as_str(), cold.url.as_str(), cold.status),
+        ("POST", "http://hello.example.com/path?q=1", 200)
+    );
     assert_eq!((cold.request_size, cold.response_size, cold.protocol), (5, 2, "HTTP/1.1"));
     assert_eq!(cold.user_agent.as_deref(), Some("probe/1.0"));
     assert_eq!(cold.trace.as_deref(), Some("0123456789abcdef0123456789abcdef"));

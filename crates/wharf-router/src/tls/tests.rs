@@ -78,7 +78,15 @@ async fn start(limits: ListenerLimits) -> Https {
     let tls = server_config(certificates).unwrap();
     let (iam_dir, iam, _) = crate::testing::iam();
     let gate = crate::access::Gate::new(iam, vec![]);
-    tokio::spawn(crate::proxy::serve_tls(socket, Listener::new("ingress", limits), table, gate, None, tls, shutdown.clone()));
+    tokio::spawn(crate::proxy::serve_tls(
+        socket,
+        Listener::new("ingress", limits),
+        table,
+        gate,
+        None,
+        tls,
+        shutdown.clone(),
+    ));
     Https { addr, ca_pem, shutdown, _dir: dir, _iam_dir: iam_dir }
 }
 
