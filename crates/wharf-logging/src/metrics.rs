@@ -577,4 +577,20 @@ mod tests {
         assert_eq!(metrics.snapshot().revisions.len(), 0);
         assert!(!render(&metrics.snapshot()).contains("api-0000"));
     }
+
+    #[test]
+    fn the_grafana_dashboard_charts_only_metrics_the_server_exports() {
+        let dashboard = include_str!("../../../docs/grafana-dashboard.json");
+        let exposition = render(&Metrics::new().snapshot());
+        let families: Vec<&str> =
+            exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+        let used = regex::Regex::new(r"wharf_[a-z_]+").unwrap();
+        let mut names: Vec<&str> = used.find_iter(dashboard).map(|m| m.as_str()).collect();
+        names.dedup();
+        assert!(names.len() >= 10, "{names:?}");
+        for name in names {
+            let family = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(families.contains(&family), "the dashboard charts {name}, which /metrics does not export");
+        }
+    }
 }

@@ -124,8 +124,10 @@ pub fn entry(record: &RequestRecord) -> LogEntry {
         payload["logging.googleapis.com/trace"] =
             Value::String(format!("projects/{}/traces/{trace}", record.owner.project));
     }
-    let timestamp_us =
-        record.received.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    // Stamped when the response ended: the store orders entries as they arrive, so a
+    // request's entry comes after the lines its instance logged while serving it.
+    let ended = record.received + record.latency;
+    let timestamp_us = ended.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
     LogEntry {
         id: 0,
         timestamp_us,
