@@ -2,6 +2,11 @@
 //! HTTP/1.1 over TLS and h2 over TLS, measured side by side in one run with `h2load`
 //! (`apt-get install nghttp2-client`), plus what a TLS handshake adds to opening a connection
 //! (one request per connection, `h2load`'s mean "time for connect").
+//!
+//! [`tls_rows`] (part of `wharf-bench all`) puts HTTPS through Wharf next to nginx terminating
+//! TLS in front of the same instance, in the same run, with a certificate of the same kind
+//! (ECDSA P-256, issued by the server's local CA for the same host name): requests per second
+//! over h2 and HTTP/1.1, and new TLS connections per second (one request each).
 
 use std::process::Command;
 use std::time::Duration;
@@ -18,7 +23,23 @@ struct Run {
 
 /// One h2load run; `h1` forces HTTP/1.1 (ALPN http/1.1 over TLS).
 fn h2load(url: &str, connect_to: &str, host: &str, h1: bool, requests: usize, clients: usize) -> anyhow::Result<Run> {
+    h2load_with(url, connect_to, host, h1, requests, clients, &[])
+}
+
+/// [`h2load`] with extra request headers.
+fn h2load_with(
+    url: &str,
+    connect_to: &str,
+    host: &str,
+    h1: bool,
+    requests: usize,
+    clients: usize,
+    headers: &[String],
+) -> anyhow::Result<Run> {
     let mut cmd = Command::new("h2load");
+    for header in headers {
+        cmd.args(["-H", header]);
+    }
     cmd.args(["-n", &requests.to_string(), "-c", &clients.to_string(), "-m", "1", "--connect-to", connect_to]);
     cmd.args(["-H", &format!(":authority: {host}")]);
     if h1 {
@@ -92,4 +113,114 @@ pub async fn run(requests: usize) -> anyhow::Result<()> {
         println!("{name:<44} {:>12.0} {:>16.3}", run.rps, run.connect_ms);
     }
     Ok(())
+}
+
+/// nginx terminating TLS on a free loopback port with `cert`/`key`, proxying to `upstream`;
+/// stopped (SIGTERM, so its workers go too) when dropped.
+struct NginxTls {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl NginxTls {
+    fn start(dir: &std::path::Path, cert: &str, key: &str, upstream: &str) -> anyhow::Result<NginxTls> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let prefix = dir.join("nginx-tls");
+        std::fs::create_dir_all(prefix.join("logs"))?;
+        std::fs::write(prefix.join("cert.pem"), cert)?;
+        std::fs::write(prefix.join("key.pem"), key)?;
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 2; pid {p}/nginx.pid; error_log {p}/logs/error.log;
+                 events {{ worker_connections 1024; }}
+                 http {{ access_log off;
+                   upstream app {{ server {upstream}; keepalive 64; }}
+                   server {{ listen 127.0.0.1:{port} ssl http2;
+                     ssl_certificate {p}/cert.pem; ssl_certificate_key {p}/key.pem;
+                     ssl_protocols TLSv1.2 TLSv1.3;
+                     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";
+                       proxy_set_header X-Forwarded-Proto https; }} }} }}",
+                p = prefix.display()
+            ),
+        )?;
+        let child = Command::new("nginx")
+            .args(["-p", &prefix.to_string_lossy(), "-c", &conf.to_string_lossy(), "-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start nginx")?;
+        let nginx = NginxTls { child, port };
+        crate::system::wait_for("nginx (TLS)", Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })?;
+        Ok(nginx)
+    }
+}
+
+impl Drop for NginxTls {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// HTTPS through Wharf's ingress (`https`, the service's `host`, the owner's `token`) vs nginx
+/// terminating TLS to the same instance (`direct`), in this run: requests per second over h2
+/// and HTTP/1.1 (16 connections), and new TLS connections per second (one request each).
+pub(crate) fn tls_rows(
+    server: &WharfServer,
+    dir: &std::path::Path,
+    host: &str,
+    direct: &str,
+    smoke: bool,
+) -> anyhow::Result<Vec<crate::system::Row>> {
+    let https = server.addrs.https_addr.clone().context("the server wrote no httpsAddr")?;
+    let ca = wharf_router::tls::LocalCa::open(&server.data_dir().join("tls"))?;
+    let (cert, key) = ca.issue_pem(host)?;
+    let nginx = NginxTls::start(dir, &cert, &key, direct)?;
+    let nginx_addr = format!("127.0.0.1:{}", nginx.port);
+    let auth = [format!("authorization: Bearer {}", server.token)];
+    let url = format!("https://{host}/");
+    // New connections at once stay under the instance's concurrency (80), so none waits in
+    // Wharf's queue or is refused: the rows measure handshakes, not queueing.
+    let (requests, handshakes) = if smoke { (400, 64) } else { (20_000, 64) };
+    for to in [&https, &nginx_addr] {
+        h2load_with(&url, to, host, false, 100, 4, &auth)?;
+    }
+    let mut rows = Vec::new();
+    for (name, h1) in [("h2", false), ("HTTP/1.1", true)] {
+        let wharf = h2load_with(&url, &https, host, h1, requests, 16, &auth)?;
+        let baseline = h2load_with(&url, &nginx_addr, host, h1, requests, 16, &[])?;
+        rows.push(crate::system::Row {
+            metric: format!("HTTPS throughput, {name} over TLS, 16 connections"),
+            wharf: wharf.rps,
+            baseline: Some(baseline.rps),
+            baseline_name: "nginx terminating TLS to the same instance".into(),
+            unit: "req/s",
+            higher_is_better: true,
+        });
+    }
+    let wharf = h2load_with(&url, &https, host, true, handshakes, handshakes, &auth)?;
+    let baseline = h2load_with(&url, &nginx_addr, host, true, handshakes, handshakes, &[])?;
+    rows.push(crate::system::Row {
+        metric: format!("TLS handshakes: {handshakes} new connections at once, one request each"),
+        wharf: wharf.rps,
+        baseline: Some(baseline.rps),
+        baseline_name: "nginx terminating TLS to the same instance".into(),
+        unit: "conn/s",
+        higher_is_better: true,
+    });
+    rows.push(crate::system::Row {
+        metric: format!("TLS handshakes: {handshakes} new connections at once, mean time to connect"),
+        wharf: wharf.connect_ms,
+        baseline: Some(baseline.connect_ms),
+        baseline_name: "nginx terminating TLS to the same instance".into(),
+        unit: "ms",
+        higher_is_better: false,
+    });
+    Ok(rows)
 }

@@ -106,7 +106,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let trials = if options.smoke { 3 } else { 30 };
     let work = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
     let image = wharf_testsupport::testapp_image(work.path(), "bench")?;
-    let server = WharfServer::start_with_env(&wharf_binary()?, &[("WHARF_IDLE_TIMEOUT", "1s"), ("WHARF_LOG", "warn")])?;
+    let server = WharfServer::start_with_env(
+        &wharf_binary()?,
+        &[("WHARF_IDLE_TIMEOUT", "1s"), ("WHARF_LOG", "warn"), ("WHARF_HTTPS_ADDR", "127.0.0.1:0")],
+    )?;
     cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
     let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
     let ingress = format!("http://{}/", server.addrs.ingress_addr);
@@ -244,6 +247,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             unit: "ms",
             higher_is_better: false,
         });
+    }
+    if which("h2load") && which("nginx") {
+        rows.extend(crate::protocols::tls_rows(
+            &server,
+            work.path(),
+            &service_host("warm", "bench"),
+            &direct,
+            options.smoke,
+        )?);
+    } else {
+        eprintln!("h2load or nginx is not installed: skipping the HTTPS rows (apt-get install nghttp2-client nginx)");
     }
 
     // 3. Deploy to serving.

@@ -71,8 +71,7 @@ impl ControlPlane {
         }
         let rows = self.inner.db.read(|c| {
             let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM domain_mappings ORDER BY domain"))?;
-            let rows = stmt.query_map([], mapping_row)?.collect::<rusqlite::Result<Vec<_>>>();
-            rows
+            stmt.query_map([], mapping_row)?.collect::<rusqlite::Result<Vec<_>>>()
         })?;
         for row in &rows {
             self.activate(row);
@@ -201,8 +200,7 @@ impl ControlPlane {
         let locations: Vec<String> = self.inner.db.read(|c| {
             let mut stmt =
                 c.prepare("SELECT location FROM services WHERE project = ?1 AND name = ?2 ORDER BY location")?;
-            let rows = stmt.query_map(params![project, service], |r| r.get(0))?.collect();
-            rows
+            stmt.query_map(params![project, service], |r| r.get(0))?.collect()
         })?;
         match locations.as_slice() {
             [one] => Ok(one.clone()),
@@ -242,8 +240,7 @@ impl ControlPlane {
         let rows = self.inner.db.read(|c| {
             let mut stmt =
                 c.prepare(&format!("SELECT {COLUMNS} FROM domain_mappings WHERE project = ?1 ORDER BY domain"))?;
-            let rows = stmt.query_map([project], mapping_row)?.collect::<rusqlite::Result<Vec<_>>>();
-            rows
+            stmt.query_map([project], mapping_row)?.collect::<rusqlite::Result<Vec<_>>>()
         })?;
         Ok(DomainMappingList {
             api_version: API_VERSION.to_owned(),

@@ -192,8 +192,6 @@ pub trait DomainCertificates: Send + Sync + fmt::Debug {
     /// Stops presenting and renewing `domain`'s certificate, and forgets it.
     fn release(&self, domain: &str);
     fn status(&self, domain: &str) -> CertificateStatus;
-    /// Whether a mapped domain's plain HTTP requests should be redirected to HTTPS.
-    fn serves_https(&self) -> bool;
 }
 
 /// Mapped domains get no certificate, for the reason given.
@@ -201,7 +199,6 @@ pub trait DomainCertificates: Send + Sync + fmt::Debug {
 pub struct NoCertificates {
     pub reason: &'static str,
     pub message: String,
-    pub https: bool,
 }
 
 impl DomainCertificates for NoCertificates {
@@ -209,9 +206,6 @@ impl DomainCertificates for NoCertificates {
     fn release(&self, _domain: &str) {}
     fn status(&self, _domain: &str) -> CertificateStatus {
         CertificateStatus { provisioned: Some(false), reason: self.reason, message: self.message.clone() }
-    }
-    fn serves_https(&self) -> bool {
-        self.https
     }
 }
 
@@ -604,10 +598,6 @@ impl DomainCertificates for AcmeManager {
                 ),
             },
         }
-    }
-
-    fn serves_https(&self) -> bool {
-        true
     }
 }
 

@@ -109,8 +109,15 @@ impl LocalCa {
         Ok(LocalCa { issuer, cert_pem, cert_path })
     }
 
-    /// Issues a certificate for `name`, valid 90 days, with a fresh P-256 key.
-    fn issue(&self, name: &str) -> Result<CertifiedKey, TlsError> {
+    /// Issues a certificate for `name` as the ingress would (see [`LocalCa::issue`]), as PEM:
+    /// the chain (leaf, then the CA) and the key, e.g. for another server to present the
+    /// same kind of certificate in a comparison.
+    pub fn issue_pem(&self, name: &str) -> Result<(String, String), TlsError> {
+        let (cert, key) = self.sign(name)?;
+        Ok((format!("{}{}", cert.pem(), self.cert_pem), key.serialize_pem()))
+    }
+
+    fn sign(&self, name: &str) -> Result<(rcgen::Certificate, rcgen::KeyPair), TlsError> {
         let key =
             rcgen::KeyPair::generate().map_err(|source| TlsError::Generate { op: "generate a host key", source })?;
         let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])
@@ -123,6 +130,12 @@ impl LocalCa {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|source| TlsError::Generate { op: "sign a host certificate", source })?;
+        Ok((cert, key))
+    }
+
+    /// Issues a certificate for `name`, valid 90 days, with a fresh P-256 key.
+    fn issue(&self, name: &str) -> Result<CertifiedKey, TlsError> {
+        let (cert, key) = self.sign(name)?;
         let chain = vec![cert.der().clone(), ca_der(&self.cert_pem)?];
         let key_der = PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| TlsError::BadPem { path: PathBuf::from(name), problem: e.to_owned() })?;

@@ -236,7 +236,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 message: "This server has no HTTPS ingress, so mapped domains get no certificate and are served over \
                           plain HTTP; start wharf server with --https-addr (e.g. 0.0.0.0:443) to serve them over HTTPS."
                     .to_owned(),
-                https: false,
             });
             (None, none)
         }
@@ -315,7 +314,6 @@ fn domain_certificates(
                  which only clients trusting {} accept.",
                 config.data_dir.join("tls").join("local-ca.pem").display()
             ),
-            https: true,
         });
     };
     let tls_alpn01 = config.acme.tls_alpn01.unwrap_or(https_port == Some(443));
