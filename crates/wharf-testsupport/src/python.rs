@@ -291,7 +291,12 @@ fn installed_packages(requirements: &[String]) -> anyhow::Result<PathBuf> {
         return Ok(site);
     }
     let _ = std::fs::remove_dir_all(&cache);
-    std::fs::create_dir_all(&cache)?;
+    std::fs::create_dir_all(&site)?;
+    if requirements.is_empty() {
+        // An app on the standard library alone: an empty packages directory.
+        std::fs::write(cache.join("complete"), "")?;
+        return Ok(site);
+    }
     let out = Command::new(HOST_PYTHON)
         .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--target"])
         .arg(&site)

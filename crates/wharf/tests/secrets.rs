@@ -315,6 +315,9 @@ fn disk_files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     found
 }
 
+/// The Python app that reads its secrets (tests/python/secrets_app/main.py).
+const PYTHON_APP: &[u8] = include_bytes!("python/secrets_app/main.py");
+
 #[tokio::test]
 async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_new_instances() {
     let work = tempfile::tempdir().unwrap();
@@ -398,6 +401,30 @@ async fn an_instance_reads_env_and_file_secrets_and_a_destroyed_version_fails_ne
     let file = get("/file?path=/secrets/key.txt").await.unwrap();
     assert_eq!(file.status().as_u16(), 200);
     assert_eq!(file.text().await.unwrap(), key);
+
+    // A real Python app reads the same two secrets, the env var and the file.
+    let python = wharf_testsupport::python_image(work.path(), "v1", &[], &[("main.py", PYTHON_APP)]).unwrap();
+    let out = server.cli(&["images", "import", &python.layout.to_string_lossy(), "--tag", "python-app:v1"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut python_template = template("", "a");
+    python_template["template"]["containers"][0]["image"] =
+        json!(format!("{}/python-app:v1", server.addrs.registry_addr));
+    let (status, op) = api.call(&owner, "POST", &format!("{services}?serviceId=py"), Some(python_template)).await;
+    assert_eq!(status, 200, "{op}");
+    let name = op["name"].as_str().unwrap().to_owned();
+    let (_, done) = api.call(&owner, "POST", &format!("/v2/{name}:wait"), Some(json!({"timeout": "120s"}))).await;
+    assert!(done["error"].is_null(), "the Python deploy failed: {done}\n{}", server.log());
+    let read: Value = client
+        .get(format!("http://{}/", server.addrs.ingress_addr))
+        .header("Host", service_host("py", "deliver"))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((read["env"].as_str(), read["file"].as_str()), (Some(password.as_str()), Some(key.as_str())), "{read}");
     // The mount is read-only.
     let write = client
         .put(format!("http://{}/file?path=/secrets/other", server.addrs.ingress_addr))
