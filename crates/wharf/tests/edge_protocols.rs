@@ -288,7 +288,7 @@ async fn grpc_health_probes_decide_readiness_and_say_why_they_failed() {
 }
 
 #[tokio::test]
-async fn https_serves_service_hosts_with_the_local_ca_over_h2_and_grpc() {
+async fn https_serves_service_hosts_with_the_local_ca_over_h2_grpc_streams_and_websockets() {
     let env = setup_with(&[("WHARF_HTTPS_ADDR", "127.0.0.1:0")]);
     let https: std::net::SocketAddr =
         env.server.addrs.https_addr.as_deref().expect("httpsAddr in server.json").parse().unwrap();
@@ -314,6 +314,43 @@ async fn https_serves_service_hosts_with_the_local_ca_over_h2_and_grpc() {
     assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_2));
     let headers: Value = r.json().await.unwrap();
     assert_eq!(headers["x-forwarded-proto"], "https", "{headers}");
+
+    // A streamed response arrives over HTTPS chunk by chunk, as it does over plain HTTP.
+    let streamed = client.get(format!("https://{web}:{}/stream?chunks=3&ms=50", https.port())).send().await.unwrap();
+    assert_eq!(streamed.status().as_u16(), 200);
+    assert_eq!(streamed.text().await.unwrap(), "chunk 0\nchunk 1\nchunk 2\n");
+
+    // A WebSocket over HTTPS (HTTP/1.1 upgrade through TLS): a text frame comes back echoed.
+    let http1 = reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .resolve(&web, https)
+        .build()
+        .unwrap();
+    let upgrade = http1
+        .get(format!("https://{web}:{}/ws", https.port()))
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Sec-WebSocket-Version", "13")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upgrade.status().as_u16(), 101);
+    let mut ws = upgrade.upgrade().await.unwrap();
+    let (mask, text) = ([7u8, 1, 8, 2], b"over tls");
+    let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).unwrap()];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    ws.write_all(&frame).await.unwrap();
+    let mut header = [0u8; 2];
+    ws.read_exact(&mut header).await.unwrap();
+    assert_eq!(header[0], 0x81, "a final text frame");
+    let mut echoed = vec![0u8; usize::from(header[1] & 0x7f)];
+    ws.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(echoed, text);
 
     // A name the ingress does not serve gets no certificate at all.
     let refused = client.get(format!("https://unknown.us-central1.localhost:{}/", https.port())).send().await;
