@@ -165,7 +165,8 @@ impl BuildCgroup {
         for pid in self.pids() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
-        for dir in &self.all_dirs() {
+        let all_dirs = self.all_dirs();
+        for dir in &all_dirs {
             // Children before parents.
             for cgroup in tree(dir).into_iter().rev() {
                 for _ in 0..200 {
@@ -183,6 +184,17 @@ impl BuildCgroup {
                 }
                 if cgroup.exists() {
                     tracing::warn!(cgroup = %cgroup.display(), "cannot remove the build cgroup");
+                }
+            }
+        }
+        // runc made the build's path, parents included, in hierarchies the build never set up
+        // (the named `systemd` one, a hybrid host's `unified` one): nothing else of Wharf uses
+        // those parents, so they go too once empty (rmdir refuses a parent still in use).
+        let parent_depth = Path::new(&self.path.0).components().count();
+        for dir in all_dirs.iter().filter(|d| !self.dirs.contains(d)) {
+            for parent in dir.ancestors().skip(1).take(parent_depth) {
+                if std::fs::remove_dir(parent).is_err() {
+                    break;
                 }
             }
         }
