@@ -210,6 +210,13 @@ async fn a_hundred_abandoned_queued_requests_leave_nothing_behind() {
     // One request holds the only instance; 100 more queue behind it.
     let mut holder = TcpStream::connect(ingress).await.unwrap();
     holder.write_all(request("/sleep?ms=300000").as_bytes()).await.unwrap();
+    // The holder's request is the one that started the instance: once the instance exists, it
+    // is ahead of every request sent from now on (on a loaded machine a later connection
+    // could otherwise be read first and take the instance).
+    wharf_testsupport::wait_until("the holder's instance", Duration::from_secs(30), || {
+        (instances() == 1).then_some(())
+    })
+    .unwrap();
     let mut queued = Vec::new();
     for _ in 0..100 {
         let mut stream = TcpStream::connect(ingress).await.unwrap();
