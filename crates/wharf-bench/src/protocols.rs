@@ -21,12 +21,7 @@ struct Run {
     connect_ms: f64,
 }
 
-/// One h2load run; `h1` forces HTTP/1.1 (ALPN http/1.1 over TLS).
-fn h2load(url: &str, connect_to: &str, host: &str, h1: bool, requests: usize, clients: usize) -> anyhow::Result<Run> {
-    h2load_with(url, connect_to, host, h1, requests, clients, &[])
-}
-
-/// [`h2load`] with extra request headers.
+/// One h2load run with extra request headers; `h1` forces HTTP/1.1 (ALPN http/1.1 over TLS).
 fn h2load_with(
     url: &str,
     connect_to: &str,
@@ -86,9 +81,11 @@ pub async fn run(requests: usize) -> anyhow::Result<()> {
     let host = service_host("warm", "bench");
     let plain = server.addrs.ingress_addr.clone();
     let https = server.addrs.https_addr.clone().context("the server wrote no httpsAddr")?;
+    // Services are private: every request carries the owner's token.
+    let auth = [format!("authorization: Bearer {}", server.token)];
     // Warm up each path (instance, upstream connections, the host's certificate).
     for (url, to, h1) in [(format!("http://{host}/"), &plain, true), (format!("https://{host}/"), &https, false)] {
-        h2load(&url, to, &host, h1, 200, 4)?;
+        h2load_with(&url, to, &host, h1, 200, 4, &auth)?;
     }
     std::thread::sleep(Duration::from_millis(200));
 
@@ -100,7 +97,7 @@ pub async fn run(requests: usize) -> anyhow::Result<()> {
         ("h2 over TLS", format!("https://{host}/"), &https, false),
     ];
     for (name, url, to, h1) in &rows {
-        let run = h2load(url, to, &host, *h1, requests, 16)?;
+        let run = h2load_with(url, to, &host, *h1, requests, 16, &auth)?;
         println!("{name:<44} {:>12.0} {:>16.3}", run.rps, run.connect_ms);
     }
     // A new connection per request: what opening one costs, with and without TLS.
@@ -109,7 +106,7 @@ pub async fn run(requests: usize) -> anyhow::Result<()> {
         ("plain TCP, HTTP/1.1", format!("http://{host}/"), &plain),
         ("TLS handshake, HTTP/1.1", format!("https://{host}/"), &https),
     ] {
-        let run = h2load(&url, to, &host, true, 400, 400)?;
+        let run = h2load_with(&url, to, &host, true, 400, 400, &auth)?;
         println!("{name:<44} {:>12.0} {:>16.3}", run.rps, run.connect_ms);
     }
     Ok(())

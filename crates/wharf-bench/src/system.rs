@@ -249,13 +249,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         });
     }
     if which("h2load") && which("nginx") {
-        rows.extend(crate::protocols::tls_rows(
-            &server,
-            work.path(),
-            &service_host("warm", "bench"),
-            &direct,
-            options.smoke,
-        )?);
+        // A failed HTTPS run is reported and the other rows still measured (a release run
+        // once saw 4 of 16 h2 connections fail; `wharf-bench protocols` is its closer look).
+        match crate::protocols::tls_rows(&server, work.path(), &service_host("warm", "bench"), &direct, options.smoke) {
+            Ok(tls) => rows.extend(tls),
+            Err(error) if !options.smoke => eprintln!("the HTTPS rows failed, skipped: {error:#}"),
+            Err(error) => return Err(error),
+        }
     } else {
         eprintln!("h2load or nginx is not installed: skipping the HTTPS rows (apt-get install nghttp2-client nginx)");
     }
