@@ -22,6 +22,7 @@ pub mod cloudbuild;
 pub mod context;
 pub mod detect;
 pub mod dockerfile;
+pub mod egress;
 pub mod ignore;
 pub mod quota;
 pub mod record;
@@ -36,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub use buildah::BuildNetwork;
 pub use detect::BaseImages;
+pub use egress::{EgressNetwork, EgressNetworks};
 pub use record::{Build, BuildStatus};
 
 /// Bounds of each build.
@@ -153,6 +155,9 @@ struct Inner {
     cancel: CancellationToken,
     /// Builds queued or running, by id: how to stop each and learn that it ended.
     running: std::sync::Mutex<std::collections::HashMap<String, Running>>,
+    /// Where builds get their network with `--build-network egress` (set by the server once
+    /// its runtime is open).
+    egress: std::sync::OnceLock<Arc<dyn EgressNetworks>>,
 }
 
 /// A queued or running build's handles.
@@ -222,8 +227,15 @@ impl Builder {
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
                 running: std::sync::Mutex::new(std::collections::HashMap::new()),
+                egress: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Gives the builder what makes builds' networks for `--build-network egress`. Only the
+    /// first call counts; builds that start before it fail with `INTERNAL_ERROR` naming it.
+    pub fn set_egress_networks(&self, networks: Arc<dyn EgressNetworks>) {
+        let _ = self.inner.egress.set(networks);
     }
 
     /// Stores an uploaded source tarball; answers `(bucket, object)` to name it in a submit.
@@ -524,6 +536,22 @@ impl Job {
 
     /// How a build stopped by its token ends: cancelled, over its disk quota, or cut by the
     /// server's shutdown.
+    /// The build's `RUN` steps' network for `--build-network egress`.
+    async fn create_egress_network(&self) -> Result<EgressNetwork, Failure> {
+        let Some(networks) = self.builder.inner.egress.get() else {
+            return Err(Failure {
+                status: BuildStatus::InternalError,
+                message:
+                    "the server has --build-network egress but no way to make build networks (its runtime is not open)"
+                        .into(),
+            });
+        };
+        networks.create(&self.build.id).await.map_err(|e| Failure {
+            status: BuildStatus::InternalError,
+            message: format!("cannot create the build's network (--build-network egress): {}", error_chain(&*e)),
+        })
+    }
+
     fn stopped(&self) -> Failure {
         let reason = self.running.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         match reason {
@@ -636,13 +664,34 @@ impl Job {
         let network = config.limits.network;
         append(
             log,
-            &match network {
-                BuildNetwork::None => "wharf: RUN steps run in containers with no network (the server's --build-network none): \
+            match network {
+                BuildNetwork::None => {
+                    "wharf: RUN steps run in containers with no network (the server's --build-network none): \
                      a step that downloads (pip, npm, go mod) fails; vendor dependencies into the source or the base image\n"
-                    .to_owned(),
-                BuildNetwork::Host => "wharf: RUN steps use the host's network (the server's --build-network host)\n".to_owned(),
+                }
+                BuildNetwork::Host => "wharf: RUN steps use the host's network (the server's --build-network host)\n",
+                BuildNetwork::Egress => {
+                    "wharf: RUN steps reach the internet but not this host, private or link-local \
+                     addresses (the server's --build-network egress)\n"
+                }
             },
         );
+        let egress = match network {
+            BuildNetwork::Egress => match self.create_egress_network().await {
+                Ok(egress) => Some(egress),
+                Err(failure) => {
+                    tokio::task::spawn_blocking(move || cgroup.kill_and_remove()).await.ok();
+                    return Err(failure);
+                }
+            },
+            _ => None,
+        };
+        let network_arg = match &egress {
+            Some(egress) => format!("ns:{}", egress.netns_path.display()),
+            None => network.name().to_owned(),
+        };
+        let dns_args: Vec<String> =
+            egress.iter().filter_map(|e| e.nameserver).map(|ns| format!("--dns={ns}")).collect();
         let quota = quota::Watch::start(
             &inner.buildah.storage_dir(),
             config.limits.disk_quota_bytes,
@@ -653,7 +702,7 @@ impl Job {
         let steps_cgroup = cgroup::BuildCgroup::steps_path(&config.cgroup_parent, &cgroup_name);
         let runc_root = format!("root={}", inner.buildah.runc_root().display());
         let result = async {
-            let bud: Vec<&std::ffi::OsStr> = vec![
+            let mut bud: Vec<&std::ffi::OsStr> = vec![
                 "bud".as_ref(),
                 "--layers".as_ref(),
                 // A failed step's working container (and its overlay mount) goes too.
@@ -667,15 +716,16 @@ impl Job {
                 "--runtime-flag".as_ref(),
                 runc_root.as_ref(),
                 "--network".as_ref(),
-                network.as_arg().as_ref(),
+                network_arg.as_ref(),
                 "--cgroup-parent".as_ref(),
                 steps_cgroup.as_ref(),
                 "-f".as_ref(),
                 dockerfile.as_os_str(),
                 "-t".as_ref(),
                 local_tag.as_ref(),
-                source.as_os_str(),
             ];
+            bud.extend(dns_args.iter().map(std::ffi::OsStr::new));
+            bud.push(source.as_os_str());
             inner.buildah.run("bud", &bud, log, Some(&cgroup), deadline, &self.running.cancel).await?;
             append(log, &format!("wharf: pushing to {push_to}\n"));
             let destination = format!("docker://{push_to}");
@@ -693,6 +743,12 @@ impl Job {
         quota.stop().await;
         let oom = cgroup.oom_killed();
         tokio::task::spawn_blocking(move || cgroup.kill_and_remove()).await.ok();
+        // After the cgroup: no step process is left in the namespace.
+        if egress.is_some()
+            && let Some(networks) = inner.egress.get()
+        {
+            networks.remove(&self.build.id).await;
+        }
         if result.is_err() {
             self.remove_working_containers(log).await;
         }
