@@ -23,7 +23,7 @@ pub struct BuildNetwork {
 }
 
 impl BuildNetwork {
-    /// `/run/netns/wharf-b<id>`: what buildah's `--network` takes (as `ns:<path>`).
+    /// `/run/netns/wharf-bld<id>`: what buildah's `--network` takes (as `ns:<path>`).
     pub fn netns_path(&self) -> PathBuf {
         self.network.netns_path()
     }
@@ -40,17 +40,17 @@ impl BuildNetwork {
     }
 }
 
-/// The runtime's name for a build's network: `b` and the first 11 characters of the build's
-/// id without dashes (interface `whb...`, 14 characters; instance ids are 12 hex digits, so
-/// the names never meet).
+/// The runtime's name for a build's network: `bld` and the first 9 letters or digits of the
+/// build's id (interface `whbld...`, 14 characters; instance ids are 12 hex digits and `l` is
+/// not one, so the names never meet).
 fn network_id(build_id: &str) -> Result<String, RuntimeError> {
-    let compact: String = build_id.chars().filter(char::is_ascii_alphanumeric).take(11).collect();
+    let compact: String = build_id.chars().filter(char::is_ascii_alphanumeric).take(9).collect();
     if compact.len() < 8 {
         return Err(RuntimeError::io("name a build network for", build_id)(std::io::Error::other(
             "a build id needs at least 8 letters or digits",
         )));
     }
-    Ok(format!("b{}", compact.to_ascii_lowercase()))
+    Ok(format!("bld{}", compact.to_ascii_lowercase()))
 }
 
 impl Runtime {
@@ -125,7 +125,7 @@ mod tests {
     #[test]
     fn build_network_names_fit_interfaces_and_never_meet_instance_ids() {
         let id = network_id("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0").unwrap();
-        assert_eq!(id, "b0f1e2d3c4b5");
+        assert_eq!(id, "bld0f1e2d3c4");
         assert_eq!(format!("wh{id}").len(), 14);
         assert!(network_id("--").is_err());
     }
