@@ -109,6 +109,67 @@ pub struct SubmitRequest {
     pub dockerfile: Option<String>,
     /// The base image of a generated Dockerfile.
     pub base_image: Option<String>,
+    /// Build environment variables (gcloud's `--set-build-env-vars`): `--build-arg`s of the
+    /// build; a generated Dockerfile declares each (`ARG NAME` after `FROM`), so its `RUN`
+    /// steps see them in their environment; a source's Dockerfile sees those it declares.
+    /// Checked by [`check_build_env`].
+    pub build_env: std::collections::BTreeMap<String, String>,
+}
+
+/// Names a build environment variable may not have: what the base image, buildah or Wharf
+/// set for steps or the running service (`PATH`, `HOME`, `HOSTNAME`, `PORT`), and the
+/// prefixes Wharf, buildah and Cloud Run keep for themselves.
+const RESERVED_BUILD_ENV: [&str; 4] = ["PATH", "HOME", "HOSTNAME", "PORT"];
+const RESERVED_BUILD_ENV_PREFIXES: [&str; 5] = ["WHARF_", "BUILDAH_", "K_", "CLOUD_RUN_", "CONTAINERS_"];
+
+/// Refuses build environment variables the builder does not allow, naming the first: names
+/// must be shell identifiers (`[A-Za-z_][A-Za-z0-9_]*`) and not reserved; at most 100.
+pub fn check_build_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), BuildError> {
+    if env.len() > 100 {
+        return Err(BuildError::Invalid(format!("{} build environment variables: at most 100 are allowed", env.len())));
+    }
+    for name in env.keys() {
+        let mut chars = name.chars();
+        let identifier = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !identifier {
+            return Err(BuildError::Invalid(format!(
+                "build environment variable name {name:?} is not allowed: use letters, digits and _, not starting with a digit"
+            )));
+        }
+        if RESERVED_BUILD_ENV.contains(&name.as_str()) {
+            return Err(BuildError::Invalid(format!(
+                "build environment variable {name} is not allowed: the base image or Wharf sets it"
+            )));
+        }
+        if let Some(prefix) = RESERVED_BUILD_ENV_PREFIXES.iter().find(|p| name.starts_with(**p)) {
+            return Err(BuildError::Invalid(format!(
+                "build environment variable {name} is not allowed: names starting with {prefix} are reserved"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `text` (a generated Dockerfile) with `ARG NAME` for each of `names` after its first `FROM`.
+fn declare_build_args<'a>(text: &str, names: impl Iterator<Item = &'a String>) -> String {
+    let declarations: String = names.map(|n| format!("ARG {n}\n")).collect();
+    if declarations.is_empty() {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + declarations.len());
+    let mut declared = false;
+    for line in text.split_inclusive('\n') {
+        out.push_str(line);
+        if !declared && line.trim_start().to_ascii_uppercase().starts_with("FROM ") {
+            if !line.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&declarations);
+            declared = true;
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,6 +359,7 @@ impl Builder {
         if let Some(dockerfile) = &request.dockerfile {
             check_relative("dockerfile", dockerfile)?;
         }
+        check_build_env(&request.build_env)?;
         let id = uuid::Uuid::new_v4().to_string();
         let name = format!("{}/builds/{id}", request.parent);
         let build = Build {
@@ -624,8 +686,9 @@ impl Job {
                     nodejs: self.builder.qualify(&config.base_images.nodejs),
                     go: self.builder.qualify(&config.base_images.go),
                 };
-                let detected = detect::detect(&source, base.as_deref(), &defaults)
+                let mut detected = detect::detect(&source, base.as_deref(), &defaults)
                     .map_err(|e| Failure::failed(error_chain(&e)))?;
+                detected.dockerfile = declare_build_args(&detected.dockerfile, self.request.build_env.keys());
                 append(
                     log,
                     &format!(
@@ -692,6 +755,13 @@ impl Job {
         };
         let dns_args: Vec<String> =
             egress.iter().filter_map(|e| e.nameserver).map(|ns| format!("--dns={ns}")).collect();
+        // Values only on buildah's command line (root's, like the build), never in the log.
+        let build_args: Vec<String> =
+            self.request.build_env.iter().flat_map(|(k, v)| ["--build-arg".to_owned(), format!("{k}={v}")]).collect();
+        if !self.request.build_env.is_empty() {
+            let names: Vec<&str> = self.request.build_env.keys().map(String::as_str).collect();
+            append(log, &format!("wharf: build environment variables: {}\n", names.join(", ")));
+        }
         let quota = quota::Watch::start(
             &inner.buildah.storage_dir(),
             config.limits.disk_quota_bytes,
@@ -724,7 +794,7 @@ impl Job {
                 "-t".as_ref(),
                 local_tag.as_ref(),
             ];
-            bud.extend(dns_args.iter().map(std::ffi::OsStr::new));
+            bud.extend(dns_args.iter().chain(&build_args).map(std::ffi::OsStr::new));
             bud.push(source.as_os_str());
             inner.buildah.run("bud", &bud, log, Some(&cgroup), deadline, &self.running.cancel).await?;
             append(log, &format!("wharf: pushing to {push_to}\n"));
@@ -776,6 +846,36 @@ impl Job {
         }
         append(log, &format!("wharf: pushed {push_to}@{digest}\n"));
         Ok(digest)
+    }
+}
+
+#[cfg(test)]
+mod build_env_tests {
+    use super::*;
+
+    #[test]
+    fn build_env_names_are_checked_by_name() {
+        let env = |name: &str| std::collections::BTreeMap::from([(name.to_owned(), "x".to_owned())]);
+        assert!(check_build_env(&env("PIP_INDEX_URL")).is_ok());
+        assert!(check_build_env(&env("_private1")).is_ok());
+        for (name, says) in [
+            ("PATH", "PATH is not allowed: the base image or Wharf sets it"),
+            ("WHARF_X", "names starting with WHARF_ are reserved"),
+            ("1ABC", "\"1ABC\" is not allowed: use letters"),
+            ("A-B", "\"A-B\" is not allowed"),
+            ("", "\"\" is not allowed"),
+        ] {
+            let error = check_build_env(&env(name)).unwrap_err().to_string();
+            assert!(error.contains(says), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_generated_dockerfile_declares_build_args_after_from() {
+        let names = ["PIP_FIND_LINKS".to_owned(), "PIP_NO_INDEX".to_owned()];
+        let text = declare_build_args("FROM python\nWORKDIR /app\nRUN pip install x\n", names.iter());
+        assert_eq!(text, "FROM python\nARG PIP_FIND_LINKS\nARG PIP_NO_INDEX\nWORKDIR /app\nRUN pip install x\n");
+        assert_eq!(declare_build_args("FROM a\n", std::iter::empty()), "FROM a\n");
     }
 }
 

@@ -652,13 +652,28 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     let index_listener = other.listen();
     let index_addr = index_listener.local_addr().unwrap();
     let served = serve_wheels(index_listener, wheels);
-    let requirements =
-        format!("--no-index\n--find-links http://{index_addr}/\n--trusted-host {}\nflask\ngunicorn\n", index_addr.ip());
-    let dir = env.source("color-api", &[("requirements.txt", requirements.as_str()), ("main.py", COLOR_API_MAIN)]);
+    // The index reaches pip as build environment variables (gcloud's --set-build-env-vars);
+    // the seed's requirements.txt stays as it is.
+    let requirements = "flask\ngunicorn\n";
+    let build_env = format!("PIP_NO_INDEX=1,PIP_FIND_LINKS=http://{index_addr}/,PIP_TRUSTED_HOST={}", index_addr.ip());
+    let dir = env.source("color-api", &[("requirements.txt", requirements), ("main.py", COLOR_API_MAIN)]);
+    let (ok, _, stderr) =
+        env.wharf(&["run", "deploy", "color-api", "--source", &dir, "--set-build-env-vars", "PATH=/x"]);
+    assert!(!ok && stderr.contains("build environment variable PATH is not allowed"), "{stderr}");
     let cold = std::time::Instant::now();
-    let (stdout, stderr) = env.ok(&["run", "deploy", "color-api", "--source", &dir, "--allow-unauthenticated"]);
+    let (stdout, stderr) = env.ok(&[
+        "run",
+        "deploy",
+        "color-api",
+        "--source",
+        &dir,
+        "--allow-unauthenticated",
+        "--set-build-env-vars",
+        &build_env,
+    ]);
     let cold = cold.elapsed();
     assert!(stdout.contains("Service URL: http://"), "{stdout}");
+    assert!(stderr.contains("ARG PIP_FIND_LINKS\nARG PIP_NO_INDEX\nARG PIP_TRUSTED_HOST\n"), "{stderr}");
     assert!(stderr.contains("no Dockerfile; detected Python"), "{stderr}");
     assert!(stderr.contains("RUN pip install --no-cache-dir -r requirements.txt"), "{stderr}");
     assert!(stderr.contains("Successfully installed") && stderr.contains(" flask-"), "pip installed nothing: {stderr}");
@@ -684,15 +699,15 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
 
     // The same app with its own Dockerfile: the dependency steps are the generated ones, so
     // they come from the layer cache and pip downloads nothing.
-    let dockerfile = "FROM python:3.12-slim\nWORKDIR /app\nCOPY requirements.txt ./\n\
+    let dockerfile = "FROM python:3.12-slim\nARG PIP_FIND_LINKS\nARG PIP_NO_INDEX\nARG PIP_TRUSTED_HOST\nWORKDIR /app\nCOPY requirements.txt ./\n\
                       RUN pip install --no-cache-dir -r requirements.txt\nCOPY . ./\nENV COLOR=green\n\
                       CMD [\"/bin/sh\", \"-c\", \"exec gunicorn --bind :$PORT main:app\"]\n";
     let dir = env.source(
         "color-api-dockerfile",
-        &[("requirements.txt", requirements.as_str()), ("main.py", COLOR_API_MAIN), ("Dockerfile", dockerfile)],
+        &[("requirements.txt", requirements), ("main.py", COLOR_API_MAIN), ("Dockerfile", dockerfile)],
     );
     let cached = std::time::Instant::now();
-    let (_, stderr) = env.ok(&["run", "deploy", "color-api", "--source", &dir]);
+    let (_, stderr) = env.ok(&["run", "deploy", "color-api", "--source", &dir, "--set-build-env-vars", &build_env]);
     let cached = cached.elapsed();
     assert!(!stderr.contains("no Dockerfile"), "{stderr}");
     let with_dockerfile = &env.builds()[0];
@@ -701,6 +716,24 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     let (status, server_header, body) = ask().await;
     assert_eq!((status, body.trim()), (200, r#"{"color":"green"}"#));
     assert!(server_header.starts_with("gunicorn"), "served by {server_header:?}");
+    // A server killed during an egress build leaves its network; the next start removes it.
+    let dir =
+        env.source("hangs", &[("Dockerfile", "FROM testapp:v1\nENV TESTAPP_NO_LISTEN=1\nRUN [\"/app/testapp\"]\n")]);
+    env.ok(&["builds", "submit", &dir, "--tag", "hangs:v1", "--async"]);
+    let id = env.builds()[0]["id"].as_str().unwrap().replace('-', "");
+    let netns = format!("wharf-bld{}", &id[..9]);
+    let (cgroup, _) = build_cgroup(&env.builds()[0]["id"].as_str().unwrap().to_owned());
+    wharf_testsupport::wait_until("the hanging step running in its network", Duration::from_secs(60), || {
+        let procs = std::fs::read_to_string(cgroup.join("steps/cgroup.procs")).ok()?;
+        (leftover("/run/netns", &netns) && !procs.trim().is_empty()).then_some(())
+    })
+    .unwrap();
+    let mut env = env;
+    env.server.crash_and_restart().unwrap();
+    assert!(!leftover("/run/netns", &netns), "the crashed build's netns {netns} is left after a restart");
+    assert!(!leftover("/sys/class/net", &format!("whbld{}", &id[..9])), "the crashed build's veth is left");
+    assert!(!leftover(&records.to_string_lossy(), "b"), "the crashed build network's record is left");
+
     // Figures for docs/benchmarks.md (printed, never asserted).
     eprintln!(
         "flask color-api run deploy --source: cold {:.2}s (build {}), dependencies cached {:.2}s (build {})",
