@@ -849,6 +849,24 @@ impl Job {
     }
 }
 
+fn append(log: &Path, text: &str) {
+    use std::io::Write as _;
+    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).create(true).open(log) {
+        let _ = file.write_all(text.as_bytes());
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod build_env_tests {
     use super::*;
@@ -856,8 +874,8 @@ mod build_env_tests {
     #[test]
     fn build_env_names_are_checked_by_name() {
         let env = |name: &str| std::collections::BTreeMap::from([(name.to_owned(), "x".to_owned())]);
-        assert!(check_build_env(&env("PIP_INDEX_URL")).is_ok());
-        assert!(check_build_env(&env("_private1")).is_ok());
+        check_build_env(&env("PIP_INDEX_URL")).unwrap();
+        check_build_env(&env("_private1")).unwrap();
         for (name, says) in [
             ("PATH", "PATH is not allowed: the base image or Wharf sets it"),
             ("WHARF_X", "names starting with WHARF_ are reserved"),
@@ -877,22 +895,4 @@ mod build_env_tests {
         assert_eq!(text, "FROM python\nARG PIP_FIND_LINKS\nARG PIP_NO_INDEX\nWORKDIR /app\nRUN pip install x\n");
         assert_eq!(declare_build_args("FROM a\n", std::iter::empty()), "FROM a\n");
     }
-}
-
-fn append(log: &Path, text: &str) {
-    use std::io::Write as _;
-    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).create(true).open(log) {
-        let _ = file.write_all(text.as_bytes());
-    }
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    text
 }

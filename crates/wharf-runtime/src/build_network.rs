@@ -127,6 +127,6 @@ mod tests {
         let id = network_id("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0").unwrap();
         assert_eq!(id, "bld0f1e2d3c4");
         assert_eq!(format!("wh{id}").len(), 14);
-        assert!(network_id("--").is_err());
+        network_id("--").unwrap_err();
     }
 }

@@ -417,7 +417,13 @@ async fn run_steps_are_isolated_held_to_a_disk_quota_and_cancellable() {
 
 #[tokio::test]
 async fn a_build_the_server_died_during_is_failed_and_killed_at_the_next_start() {
-    let mut env = setup(&["testapp:v1"]);
+    // With egress, so the build's network is left too (and must be swept).
+    let work = tempfile::tempdir().unwrap();
+    let built = testapp_image(work.path(), "v1").unwrap();
+    let server = WharfServer::start_with_env(wharf(), &[("WHARF_BUILD_NETWORK", "egress")]).unwrap();
+    let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut env = Env { server, work };
     let dir =
         env.source("hangs", &[("Dockerfile", "FROM testapp:v1\nENV TESTAPP_NO_LISTEN=1\nRUN [\"/app/testapp\"]\n")]);
     env.ok(&["builds", "submit", &dir, "--tag", "hangs:v1", "--async"]);
@@ -431,9 +437,16 @@ async fn a_build_the_server_died_during_is_failed_and_killed_at_the_next_start()
             procs.lines().map(str::trim).find(|p| is_testapp(p)).map(str::to_owned)
         })
         .unwrap();
+    let compact = id.replace('-', "");
+    let netns = Path::new("/run/netns").join(format!("wharf-bld{}", &compact[..9]));
+    let veth = Path::new("/sys/class/net").join(format!("whbld{}", &compact[..9]));
+    let record = env.server.data_dir().join("build-networks").join(format!("bld{}.json", &compact[..9]));
+    assert!(netns.exists() && veth.exists() && record.exists(), "the egress build has no network of its own");
 
     // SIGKILL: the server cannot stop its build; buildah and the step outlive it.
     env.server.crash_and_restart().unwrap();
+    // The next start removed the build's network (namespace, veth, record).
+    assert!(!netns.exists() && !veth.exists() && !record.exists(), "the crashed build's network is left");
     let build = env.builds().into_iter().find(|b| b["id"] == id.as_str()).unwrap();
     assert_eq!(build["status"], "INTERNAL_ERROR", "{build}");
     assert_eq!(build["failureDetail"], "The server restarted before this build completed.");
@@ -716,24 +729,6 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     let (status, server_header, body) = ask().await;
     assert_eq!((status, body.trim()), (200, r#"{"color":"green"}"#));
     assert!(server_header.starts_with("gunicorn"), "served by {server_header:?}");
-    // A server killed during an egress build leaves its network; the next start removes it.
-    let dir =
-        env.source("hangs", &[("Dockerfile", "FROM testapp:v1\nENV TESTAPP_NO_LISTEN=1\nRUN [\"/app/testapp\"]\n")]);
-    env.ok(&["builds", "submit", &dir, "--tag", "hangs:v1", "--async"]);
-    let id = env.builds()[0]["id"].as_str().unwrap().replace('-', "");
-    let netns = format!("wharf-bld{}", &id[..9]);
-    let (cgroup, _) = build_cgroup(&env.builds()[0]["id"].as_str().unwrap().to_owned());
-    wharf_testsupport::wait_until("the hanging step running in its network", Duration::from_secs(60), || {
-        let procs = std::fs::read_to_string(cgroup.join("steps/cgroup.procs")).ok()?;
-        (leftover("/run/netns", &netns) && !procs.trim().is_empty()).then_some(())
-    })
-    .unwrap();
-    let mut env = env;
-    env.server.crash_and_restart().unwrap();
-    assert!(!leftover("/run/netns", &netns), "the crashed build's netns {netns} is left after a restart");
-    assert!(!leftover("/sys/class/net", &format!("whbld{}", &id[..9])), "the crashed build's veth is left");
-    assert!(!leftover(&records.to_string_lossy(), "b"), "the crashed build network's record is left");
-
     // Figures for docs/benchmarks.md (printed, never asserted).
     eprintln!(
         "flask color-api run deploy --source: cold {:.2}s (build {}), dependencies cached {:.2}s (build {})",
