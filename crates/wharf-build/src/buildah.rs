@@ -57,14 +57,35 @@ pub enum BuildNetwork {
     /// reaches, its loopback services (Wharf's API and registry) included. Only for builds as
     /// trusted as root on the host.
     Host,
+    /// A network namespace Wharf makes for each build (the server's `--build-network egress`,
+    /// [`crate::EgressNetworks`]): the instances' egress policy, so the internet (package
+    /// registries) yes, the host (Wharf's API, registry, listeners, loopback), private and
+    /// link-local ranges (169.254.169.254) and instances no; DNS through Wharf's resolver.
+    Egress,
 }
 
 impl BuildNetwork {
-    /// buildah's `--network` value.
-    pub fn as_arg(self) -> &'static str {
+    /// The setting's name (`--build-network`).
+    pub fn name(self) -> &'static str {
         match self {
             BuildNetwork::None => "none",
             BuildNetwork::Host => "host",
+            BuildNetwork::Egress => "egress",
+        }
+    }
+}
+
+impl std::str::FromStr for BuildNetwork {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<BuildNetwork, String> {
+        match text {
+            "none" => Ok(BuildNetwork::None),
+            "host" => Ok(BuildNetwork::Host),
+            "egress" => Ok(BuildNetwork::Egress),
+            other => Err(format!(
+                "build network {other:?} is not none (no network), egress (the internet, not the host) or host"
+            )),
         }
     }
 }

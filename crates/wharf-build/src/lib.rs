@@ -22,6 +22,7 @@ pub mod cloudbuild;
 pub mod context;
 pub mod detect;
 pub mod dockerfile;
+pub mod egress;
 pub mod ignore;
 pub mod quota;
 pub mod record;
@@ -36,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub use buildah::BuildNetwork;
 pub use detect::BaseImages;
+pub use egress::{EgressNetwork, EgressNetworks};
 pub use record::{Build, BuildStatus};
 
 /// Bounds of each build.
@@ -107,6 +109,67 @@ pub struct SubmitRequest {
     pub dockerfile: Option<String>,
     /// The base image of a generated Dockerfile.
     pub base_image: Option<String>,
+    /// Build environment variables (gcloud's `--set-build-env-vars`): `--build-arg`s of the
+    /// build; a generated Dockerfile declares each (`ARG NAME` after `FROM`), so its `RUN`
+    /// steps see them in their environment; a source's Dockerfile sees those it declares.
+    /// Checked by [`check_build_env`].
+    pub build_env: std::collections::BTreeMap<String, String>,
+}
+
+/// Names a build environment variable may not have: what the base image, buildah or Wharf
+/// set for steps or the running service (`PATH`, `HOME`, `HOSTNAME`, `PORT`), and the
+/// prefixes Wharf, buildah and Cloud Run keep for themselves.
+const RESERVED_BUILD_ENV: [&str; 4] = ["PATH", "HOME", "HOSTNAME", "PORT"];
+const RESERVED_BUILD_ENV_PREFIXES: [&str; 5] = ["WHARF_", "BUILDAH_", "K_", "CLOUD_RUN_", "CONTAINERS_"];
+
+/// Refuses build environment variables the builder does not allow, naming the first: names
+/// must be shell identifiers (`[A-Za-z_][A-Za-z0-9_]*`) and not reserved; at most 100.
+pub fn check_build_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), BuildError> {
+    if env.len() > 100 {
+        return Err(BuildError::Invalid(format!("{} build environment variables: at most 100 are allowed", env.len())));
+    }
+    for name in env.keys() {
+        let mut chars = name.chars();
+        let identifier = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !identifier {
+            return Err(BuildError::Invalid(format!(
+                "build environment variable name {name:?} is not allowed: use letters, digits and _, not starting with a digit"
+            )));
+        }
+        if RESERVED_BUILD_ENV.contains(&name.as_str()) {
+            return Err(BuildError::Invalid(format!(
+                "build environment variable {name} is not allowed: the base image or Wharf sets it"
+            )));
+        }
+        if let Some(prefix) = RESERVED_BUILD_ENV_PREFIXES.iter().find(|p| name.starts_with(**p)) {
+            return Err(BuildError::Invalid(format!(
+                "build environment variable {name} is not allowed: names starting with {prefix} are reserved"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `text` (a generated Dockerfile) with `ARG NAME` for each of `names` after its first `FROM`.
+fn declare_build_args<'a>(text: &str, names: impl Iterator<Item = &'a String>) -> String {
+    let declarations: String = names.map(|n| format!("ARG {n}\n")).collect();
+    if declarations.is_empty() {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + declarations.len());
+    let mut declared = false;
+    for line in text.split_inclusive('\n') {
+        out.push_str(line);
+        if !declared && line.trim_start().to_ascii_uppercase().starts_with("FROM ") {
+            if !line.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&declarations);
+            declared = true;
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +216,9 @@ struct Inner {
     cancel: CancellationToken,
     /// Builds queued or running, by id: how to stop each and learn that it ended.
     running: std::sync::Mutex<std::collections::HashMap<String, Running>>,
+    /// Where builds get their network with `--build-network egress` (set by the server once
+    /// its runtime is open).
+    egress: std::sync::OnceLock<Arc<dyn EgressNetworks>>,
 }
 
 /// A queued or running build's handles.
@@ -222,8 +288,15 @@ impl Builder {
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
                 running: std::sync::Mutex::new(std::collections::HashMap::new()),
+                egress: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Gives the builder what makes builds' networks for `--build-network egress`. Only the
+    /// first call counts; builds that start before it fail with `INTERNAL_ERROR` naming it.
+    pub fn set_egress_networks(&self, networks: Arc<dyn EgressNetworks>) {
+        let _ = self.inner.egress.set(networks);
     }
 
     /// Stores an uploaded source tarball; answers `(bucket, object)` to name it in a submit.
@@ -286,6 +359,7 @@ impl Builder {
         if let Some(dockerfile) = &request.dockerfile {
             check_relative("dockerfile", dockerfile)?;
         }
+        check_build_env(&request.build_env)?;
         let id = uuid::Uuid::new_v4().to_string();
         let name = format!("{}/builds/{id}", request.parent);
         let build = Build {
@@ -524,6 +598,22 @@ impl Job {
 
     /// How a build stopped by its token ends: cancelled, over its disk quota, or cut by the
     /// server's shutdown.
+    /// The build's `RUN` steps' network for `--build-network egress`.
+    async fn create_egress_network(&self) -> Result<EgressNetwork, Failure> {
+        let Some(networks) = self.builder.inner.egress.get() else {
+            return Err(Failure {
+                status: BuildStatus::InternalError,
+                message:
+                    "the server has --build-network egress but no way to make build networks (its runtime is not open)"
+                        .into(),
+            });
+        };
+        networks.create(&self.build.id).await.map_err(|e| Failure {
+            status: BuildStatus::InternalError,
+            message: format!("cannot create the build's network (--build-network egress): {}", error_chain(&*e)),
+        })
+    }
+
     fn stopped(&self) -> Failure {
         let reason = self.running.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         match reason {
@@ -596,8 +686,9 @@ impl Job {
                     nodejs: self.builder.qualify(&config.base_images.nodejs),
                     go: self.builder.qualify(&config.base_images.go),
                 };
-                let detected = detect::detect(&source, base.as_deref(), &defaults)
+                let mut detected = detect::detect(&source, base.as_deref(), &defaults)
                     .map_err(|e| Failure::failed(error_chain(&e)))?;
+                detected.dockerfile = declare_build_args(&detected.dockerfile, self.request.build_env.keys());
                 append(
                     log,
                     &format!(
@@ -636,13 +727,41 @@ impl Job {
         let network = config.limits.network;
         append(
             log,
-            &match network {
-                BuildNetwork::None => "wharf: RUN steps run in containers with no network (the server's --build-network none): \
+            match network {
+                BuildNetwork::None => {
+                    "wharf: RUN steps run in containers with no network (the server's --build-network none): \
                      a step that downloads (pip, npm, go mod) fails; vendor dependencies into the source or the base image\n"
-                    .to_owned(),
-                BuildNetwork::Host => "wharf: RUN steps use the host's network (the server's --build-network host)\n".to_owned(),
+                }
+                BuildNetwork::Host => "wharf: RUN steps use the host's network (the server's --build-network host)\n",
+                BuildNetwork::Egress => {
+                    "wharf: RUN steps reach the internet but not this host, private or link-local \
+                     addresses (the server's --build-network egress)\n"
+                }
             },
         );
+        let egress = match network {
+            BuildNetwork::Egress => match self.create_egress_network().await {
+                Ok(egress) => Some(egress),
+                Err(failure) => {
+                    tokio::task::spawn_blocking(move || cgroup.kill_and_remove()).await.ok();
+                    return Err(failure);
+                }
+            },
+            _ => None,
+        };
+        let network_arg = match &egress {
+            Some(egress) => format!("ns:{}", egress.netns_path.display()),
+            None => network.name().to_owned(),
+        };
+        let dns_args: Vec<String> =
+            egress.iter().filter_map(|e| e.nameserver).map(|ns| format!("--dns={ns}")).collect();
+        // Values only on buildah's command line (root's, like the build), never in the log.
+        let build_args: Vec<String> =
+            self.request.build_env.iter().flat_map(|(k, v)| ["--build-arg".to_owned(), format!("{k}={v}")]).collect();
+        if !self.request.build_env.is_empty() {
+            let names: Vec<&str> = self.request.build_env.keys().map(String::as_str).collect();
+            append(log, &format!("wharf: build environment variables: {}\n", names.join(", ")));
+        }
         let quota = quota::Watch::start(
             &inner.buildah.storage_dir(),
             config.limits.disk_quota_bytes,
@@ -653,7 +772,7 @@ impl Job {
         let steps_cgroup = cgroup::BuildCgroup::steps_path(&config.cgroup_parent, &cgroup_name);
         let runc_root = format!("root={}", inner.buildah.runc_root().display());
         let result = async {
-            let bud: Vec<&std::ffi::OsStr> = vec![
+            let mut bud: Vec<&std::ffi::OsStr> = vec![
                 "bud".as_ref(),
                 "--layers".as_ref(),
                 // A failed step's working container (and its overlay mount) goes too.
@@ -667,15 +786,16 @@ impl Job {
                 "--runtime-flag".as_ref(),
                 runc_root.as_ref(),
                 "--network".as_ref(),
-                network.as_arg().as_ref(),
+                network_arg.as_ref(),
                 "--cgroup-parent".as_ref(),
                 steps_cgroup.as_ref(),
                 "-f".as_ref(),
                 dockerfile.as_os_str(),
                 "-t".as_ref(),
                 local_tag.as_ref(),
-                source.as_os_str(),
             ];
+            bud.extend(dns_args.iter().chain(&build_args).map(std::ffi::OsStr::new));
+            bud.push(source.as_os_str());
             inner.buildah.run("bud", &bud, log, Some(&cgroup), deadline, &self.running.cancel).await?;
             append(log, &format!("wharf: pushing to {push_to}\n"));
             let destination = format!("docker://{push_to}");
@@ -693,6 +813,12 @@ impl Job {
         quota.stop().await;
         let oom = cgroup.oom_killed();
         tokio::task::spawn_blocking(move || cgroup.kill_and_remove()).await.ok();
+        // After the cgroup: no step process is left in the namespace.
+        if egress.is_some()
+            && let Some(networks) = inner.egress.get()
+        {
+            networks.remove(&self.build.id).await;
+        }
         if result.is_err() {
             self.remove_working_containers(log).await;
         }
@@ -739,4 +865,34 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod build_env_tests {
+    use super::*;
+
+    #[test]
+    fn build_env_names_are_checked_by_name() {
+        let env = |name: &str| std::collections::BTreeMap::from([(name.to_owned(), "x".to_owned())]);
+        check_build_env(&env("PIP_INDEX_URL")).unwrap();
+        check_build_env(&env("_private1")).unwrap();
+        for (name, says) in [
+            ("PATH", "PATH is not allowed: the base image or Wharf sets it"),
+            ("WHARF_X", "names starting with WHARF_ are reserved"),
+            ("1ABC", "\"1ABC\" is not allowed: use letters"),
+            ("A-B", "\"A-B\" is not allowed"),
+            ("", "\"\" is not allowed"),
+        ] {
+            let error = check_build_env(&env(name)).unwrap_err().to_string();
+            assert!(error.contains(says), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_generated_dockerfile_declares_build_args_after_from() {
+        let names = ["PIP_FIND_LINKS".to_owned(), "PIP_NO_INDEX".to_owned()];
+        let text = declare_build_args("FROM python\nWORKDIR /app\nRUN pip install x\n", names.iter());
+        assert_eq!(text, "FROM python\nARG PIP_FIND_LINKS\nARG PIP_NO_INDEX\nWORKDIR /app\nRUN pip install x\n");
+        assert_eq!(declare_build_args("FROM a\n", std::iter::empty()), "FROM a\n");
+    }
 }

@@ -19,6 +19,7 @@
 
 pub mod admission;
 pub mod backend;
+pub mod build_network;
 pub mod cgroup;
 pub mod contract;
 pub mod devices;

@@ -128,6 +128,7 @@ impl Runtime {
         };
         let runtime = Runtime { inner: Arc::new(inner) };
         runtime.sweep().await;
+        runtime.sweep_build_networks().await;
         Ok(runtime)
     }
 

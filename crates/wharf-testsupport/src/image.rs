@@ -251,6 +251,21 @@ pub(crate) fn append_file_with_mtime(
     Ok(())
 }
 
+/// A symbolic link at `path` to `target`.
+pub(crate) fn append_symlink(b: &mut LayerTar, path: &Path, target: &str) -> anyhow::Result<()> {
+    append_dirs_above(b, path)?;
+    if !b.first(path) {
+        return Ok(());
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_mode(0o777);
+    header.set_size(0);
+    header.set_mtime(0);
+    b.builder.append_link(&mut header, path, target)?;
+    Ok(())
+}
+
 /// The libraries `ldd` says `binary` loads, by the paths the dynamic loader will look for.
 pub(crate) fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let output = Command::new("ldd").arg(binary).output().context("cannot run ldd")?;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 pub use image::{TestImage, testapp_image};
 pub use lab::WharfLab;
-pub use python::python_image;
+pub use python::{python_build_image, python_image};
 pub use server::WharfServer;
 
 /// An HTTP client for talking to a test server: no proxy, and pooled connections dropped after

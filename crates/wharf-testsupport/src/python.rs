@@ -8,6 +8,10 @@
 //! requirements into `target/wharf-python/<hash>/` and reused by later runs (delete it to
 //! reinstall). The only network used is pip's, to PyPI.
 //!
+//! [`python_build_image`] is a base image for source builds instead: the same interpreter, plus
+//! `/bin/sh` (Debian's `busybox-static`), pip (from PyPI, on `PYTHONPATH`) with `pip` and
+//! `python` commands, so a Dockerfile's `RUN pip install -r requirements.txt` works in it.
+//!
 //! Inside the image: `/usr/bin/python3`, packages on `PYTHONPATH` at `/opt/python-packages`,
 //! the app's files under `/app`, entrypoint `python3`, command `/app/main.py` (override with
 //! `--command`/`--args`), `PYTHONUNBUFFERED=1` so prints reach the logs at once.
@@ -21,7 +25,9 @@ use anyhow::{Context as _, bail};
 use wharf_image::Digest;
 use wharf_image::manifest::{OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR, OCI_MANIFEST};
 
-use crate::image::{LayerTar, TestImage, append_dir, append_file, append_file_with_mtime, shared_libraries};
+use crate::image::{
+    LayerTar, TestImage, append_dir, append_file, append_file_with_mtime, append_symlink, shared_libraries,
+};
 
 /// Debian's interpreter (not one from pyenv or a venv earlier on PATH): the one whose
 /// libraries and standard library are where `ldd` and `sysconfig` say.
@@ -47,37 +53,98 @@ pub fn python_image(
     let interpreter = interpreter_layer()?;
     let packages = packages_layer(pip_packages)?;
     let app = app_layer(app_files)?;
-    let layers = [&interpreter, &packages, &app];
+    let config = serde_json::json!({
+        "Entrypoint": ["/usr/bin/python3"],
+        "Cmd": ["/app/main.py"],
+        "Env": [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            format!("PYTHONPATH={PACKAGES_DIR}"),
+            "PYTHONUNBUFFERED=1",
+            "PYTHONDONTWRITEBYTECODE=1",
+            "LANG=C.UTF-8",
+        ],
+        "WorkingDir": "/app",
+        "ExposedPorts": {"8080/tcp": {}}
+    });
+    let history = [
+        "wharf-testsupport: the host's python3, its standard library and shared libraries".to_owned(),
+        format!("wharf-testsupport: pip install --target {PACKAGES_DIR} {}", pip_packages.join(" ")),
+        "wharf-testsupport: /app and /etc files".to_owned(),
+    ];
+    write_layout(dir, tag, &[&interpreter, &packages, &app], config, &history)
+}
 
+/// Where `busybox-static` puts its binary.
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Writes a Python *base image for builds* into `dir/<tag>-oci`: the host's python3,
+/// `/bin/sh` (busybox-static), pip on `PYTHONPATH` with `/usr/local/bin/pip` and
+/// `/usr/local/bin/python`. `pip install` in it installs into `/usr/local` (Debian's scheme),
+/// console scripts (gunicorn) into `/usr/local/bin`. No entrypoint; command `python3`.
+pub fn python_build_image(dir: &Path, tag: &str) -> anyhow::Result<TestImage> {
+    let interpreter = interpreter_layer()?;
+    let pip = packages_layer(&["pip"])?;
+    let busybox = std::fs::read(BUSYBOX)
+        .with_context(|| format!("cannot read {BUSYBOX} (install it: apt-get install busybox-static)"))?;
+    let tools = tar_layer(|b| {
+        append_file(b, Path::new("bin/busybox"), &busybox, 0o755)?;
+        append_symlink(b, Path::new("bin/sh"), "busybox")?;
+        append_symlink(b, Path::new("usr/local/bin/python"), "/usr/bin/python3")?;
+        append_file(
+            b,
+            Path::new("usr/local/bin/pip"),
+            b"#!/usr/bin/python3
+import sys
+from pip._internal.cli.main import main
+sys.exit(main())
+",
+            0o755,
+        )?;
+        Ok(())
+    })?;
+    let config = serde_json::json!({
+        "Cmd": ["python3"],
+        "Env": [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            format!("PYTHONPATH={PACKAGES_DIR}"),
+            "PYTHONUNBUFFERED=1",
+            "PYTHONDONTWRITEBYTECODE=1",
+            "PIP_DISABLE_PIP_VERSION_CHECK=1",
+            "PIP_ROOT_USER_ACTION=ignore",
+            "LANG=C.UTF-8",
+        ],
+        "WorkingDir": "/",
+    });
+    let history = [
+        "wharf-testsupport: the host's python3, its standard library and shared libraries".to_owned(),
+        format!("wharf-testsupport: pip install --target {PACKAGES_DIR} pip"),
+        "wharf-testsupport: /bin/sh (busybox-static), pip and python commands".to_owned(),
+    ];
+    write_layout(dir, tag, &[&interpreter, &pip, &tools], config, &history)
+}
+
+/// Writes an OCI layout of `layers` with the image `config` (its `config` field) into
+/// `dir/<tag>-oci`.
+fn write_layout(
+    dir: &Path,
+    tag: &str,
+    layers: &[&TarLayer],
+    image_config: serde_json::Value,
+    history: &[String],
+) -> anyhow::Result<TestImage> {
     let layout = dir.join(format!("{tag}-oci"));
     let blob_dir = layout.join("blobs").join("sha256");
     std::fs::create_dir_all(&blob_dir)?;
     std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    for layer in layers {
+    for layer in layers.iter() {
         std::fs::write(blob_dir.join(layer.digest.hex()), &layer.tar)?;
     }
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {
-            "Entrypoint": ["/usr/bin/python3"],
-            "Cmd": ["/app/main.py"],
-            "Env": [
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                format!("PYTHONPATH={PACKAGES_DIR}"),
-                "PYTHONUNBUFFERED=1",
-                "PYTHONDONTWRITEBYTECODE=1",
-                "LANG=C.UTF-8",
-            ],
-            "WorkingDir": "/app",
-            "ExposedPorts": {"8080/tcp": {}}
-        },
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.digest.to_string()).collect::<Vec<_>>()},
-        "history": [
-            {"created_by": "wharf-testsupport: the host's python3, its standard library and shared libraries"},
-            {"created_by": format!("wharf-testsupport: pip install --target {PACKAGES_DIR} {}", pip_packages.join(" "))},
-            {"created_by": "wharf-testsupport: /app and /etc files"},
-        ],
+        "history": history.iter().map(|h| serde_json::json!({"created_by": h})).collect::<Vec<_>>(),
     });
     let config_bytes = serde_json::to_vec(&config)?;
     let config_digest = Digest::of(&config_bytes);
@@ -160,7 +227,11 @@ fn build_interpreter_layer() -> anyhow::Result<TarLayer> {
             &mut |path| {
                 let relative = path.strip_prefix(&stdlib).unwrap_or(path);
                 let first = relative.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or("");
-                let skip = STDLIB_SKIPPED.contains(&first) || first.starts_with("config-") || first == "site-packages";
+                // Debian's EXTERNALLY-MANAGED marker would make pip refuse to install in build images.
+                let skip = STDLIB_SKIPPED.contains(&first)
+                    || first.starts_with("config-")
+                    || first == "site-packages"
+                    || first == "EXTERNALLY-MANAGED";
                 if !skip && path.extension().is_some_and(|e| e == "so") {
                     extension_modules.push(path.to_owned());
                 }
@@ -338,4 +409,32 @@ fn app_layer(files: &[(&str, &[u8])]) -> anyhow::Result<TarLayer> {
         }
         Ok(())
     })
+}
+
+/// Downloads the wheels of `requirements` (and their dependencies) for the host's Debian
+/// python3 with the host's pip, into `target/wharf-python/wheels-<hash>/` (once; reused by
+/// later runs), so a test can serve them to a build as a package index: builds never reach
+/// PyPI themselves.
+pub fn download_wheels(requirements: &[&str]) -> anyhow::Result<PathBuf> {
+    let (executable, _) = host_python()?;
+    let key = format!("{}\0wheels\0{}", executable.display(), requirements.join("\0"));
+    let cache = target_dir()?.join("wharf-python").join(format!("wheels-{}", &Digest::of(key.as_bytes()).hex()[..16]));
+    let wheels = cache.join("wheels");
+    if cache.join("complete").exists() {
+        return Ok(wheels);
+    }
+    let _ = std::fs::remove_dir_all(&cache);
+    std::fs::create_dir_all(&wheels)?;
+    let out = Command::new(HOST_PYTHON)
+        .args(["-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-input", "--only-binary=:all:"])
+        .arg("--dest")
+        .arg(&wheels)
+        .args(requirements)
+        .output()
+        .context("cannot run python3 -m pip (install it: apt-get install python3-pip)")?;
+    if !out.status.success() {
+        bail!("pip download {requirements:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::write(cache.join("complete"), requirements.join("\n"))?;
+    Ok(wheels)
 }

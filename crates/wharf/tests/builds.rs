@@ -5,7 +5,10 @@
 //! buildah's own log lines), `wharf builds list|describe|log`; a failing build failing the
 //! deploy with its last lines and creating no revision; a source with no Dockerfile detected
 //! as Python and built on the server's default base image (from Wharf's registry);
-//! `wharf builds submit --config cloudbuild.yaml`; a source nothing is detected in.
+//! `wharf builds submit --config cloudbuild.yaml`; a source nothing is detected in; with
+//! `--build-network egress`, RUN steps reaching a test-made address but not the host, and the
+//! seed lab's Flask color API built without and with a Dockerfile, `pip install` reading a
+//! package index the test serves behind a veth.
 //!
 //! Needs `buildah` (scripts/test installs it). Build durations are printed, not asserted.
 
@@ -276,42 +279,44 @@ async fn a_build_runs_in_its_own_bounded_cgroup_and_stops_at_its_timeout() {
     assert!(!cgroup.exists(), "the build's cgroup {} is left", cgroup.display());
 }
 
-/// "Another host": a network namespace holding 203.0.113.77/32 behind a veth, with a host
-/// route to it, so a process in the host's network namespace reaches it and one in a network
-/// namespace of its own cannot. No traffic leaves the machine. Removed on drop.
+/// "Another host": a network namespace holding an address of 203.0.113.0/24 (TEST-NET-3)
+/// behind a veth, with a host route to it, so a process in the host's network namespace (or
+/// routed through it) reaches it and one in a network namespace of its own cannot. No traffic
+/// leaves the machine. Removed on drop.
 struct OtherHost {
     netns: String,
     host_link: String,
+    ip: std::net::Ipv4Addr,
 }
 
-const OTHER_HOST: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 77);
-
 impl OtherHost {
-    fn create() -> OtherHost {
+    /// `tag` keeps the names of tests running at once apart (one letter).
+    fn create(tag: &str, ip: std::net::Ipv4Addr) -> OtherHost {
         let n = std::process::id() % 100_000;
-        let host = OtherHost { netns: format!("wharf-test-bld-{n}"), host_link: format!("tbld{n}h") };
-        let ip = |args: &[&str]| {
+        let host = OtherHost { netns: format!("wharf-test-bld{tag}-{n}"), host_link: format!("tbld{tag}{n}h"), ip };
+        let run = |args: &[&str]| {
             let out = std::process::Command::new("ip").args(args).output().unwrap();
             assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
-        ip(&["netns", "add", &host.netns]);
-        ip(&["link", "add", &host.host_link, "type", "veth", "peer", "name", "eth0", "netns", &host.netns]);
-        ip(&["link", "set", &host.host_link, "up"]);
-        ip(&["-n", &host.netns, "addr", "add", &format!("{OTHER_HOST}/32"), "dev", "eth0"]);
-        ip(&["-n", &host.netns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &host.netns, "link", "set", "lo", "up"]);
-        ip(&["-n", &host.netns, "route", "add", "default", "dev", "eth0"]);
-        ip(&["route", "add", &format!("{OTHER_HOST}/32"), "dev", &host.host_link]);
+        run(&["netns", "add", &host.netns]);
+        run(&["link", "add", &host.host_link, "type", "veth", "peer", "name", "eth0", "netns", &host.netns]);
+        run(&["link", "set", &host.host_link, "up"]);
+        run(&["-n", &host.netns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        run(&["-n", &host.netns, "link", "set", "eth0", "up"]);
+        run(&["-n", &host.netns, "link", "set", "lo", "up"]);
+        run(&["-n", &host.netns, "route", "add", "default", "dev", "eth0"]);
+        run(&["route", "add", &format!("{ip}/32"), "dev", &host.host_link]);
         host
     }
 
     /// A listener inside the namespace (bound from a thread that entered it).
     fn listen(&self) -> std::net::TcpListener {
         let path = Path::new("/run/netns").join(&self.netns);
+        let ip = self.ip;
         std::thread::spawn(move || {
             let ns = std::fs::File::open(path).unwrap();
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            std::net::TcpListener::bind((OTHER_HOST, 0)).unwrap()
+            std::net::TcpListener::bind((ip, 0)).unwrap()
         })
         .join()
         .unwrap()
@@ -320,7 +325,7 @@ impl OtherHost {
 
 impl Drop for OtherHost {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["route", "del", &format!("{OTHER_HOST}/32")]).output();
+        let _ = std::process::Command::new("ip").args(["route", "del", &format!("{}/32", self.ip)]).output();
         let _ = std::process::Command::new("ip").args(["netns", "delete", &self.netns]).output();
         let _ = std::process::Command::new("ip").args(["link", "delete", &self.host_link]).output();
     }
@@ -348,7 +353,7 @@ async fn run_steps_are_isolated_held_to_a_disk_quota_and_cancellable() {
     // Listeners a RUN step sharing the host's network would reach: one on the host's
     // loopback, one on an address behind a veth, and Wharf's own API (loopback).
     let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let other = OtherHost::create();
+    let other = OtherHost::create("i", std::net::Ipv4Addr::new(203, 0, 113, 77));
     let elsewhere = other.listen();
     let targets = [
         loopback.local_addr().unwrap().to_string(),
@@ -412,7 +417,13 @@ async fn run_steps_are_isolated_held_to_a_disk_quota_and_cancellable() {
 
 #[tokio::test]
 async fn a_build_the_server_died_during_is_failed_and_killed_at_the_next_start() {
-    let mut env = setup(&["testapp:v1"]);
+    // With egress, so the build's network is left too (and must be swept).
+    let work = tempfile::tempdir().unwrap();
+    let built = testapp_image(work.path(), "v1").unwrap();
+    let server = WharfServer::start_with_env(wharf(), &[("WHARF_BUILD_NETWORK", "egress")]).unwrap();
+    let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut env = Env { server, work };
     let dir =
         env.source("hangs", &[("Dockerfile", "FROM testapp:v1\nENV TESTAPP_NO_LISTEN=1\nRUN [\"/app/testapp\"]\n")]);
     env.ok(&["builds", "submit", &dir, "--tag", "hangs:v1", "--async"]);
@@ -426,9 +437,16 @@ async fn a_build_the_server_died_during_is_failed_and_killed_at_the_next_start()
             procs.lines().map(str::trim).find(|p| is_testapp(p)).map(str::to_owned)
         })
         .unwrap();
+    let compact = id.replace('-', "");
+    let netns = Path::new("/run/netns").join(format!("wharf-bld{}", &compact[..9]));
+    let veth = Path::new("/sys/class/net").join(format!("whbld{}", &compact[..9]));
+    let record = env.server.data_dir().join("build-networks").join(format!("bld{}.json", &compact[..9]));
+    assert!(netns.exists() && veth.exists() && record.exists(), "the egress build has no network of its own");
 
     // SIGKILL: the server cannot stop its build; buildah and the step outlive it.
     env.server.crash_and_restart().unwrap();
+    // The next start removed the build's network (namespace, veth, record).
+    assert!(!netns.exists() && !veth.exists() && !record.exists(), "the crashed build's network is left");
     let build = env.builds().into_iter().find(|b| b["id"] == id.as_str()).unwrap();
     assert_eq!(build["status"], "INTERNAL_ERROR", "{build}");
     assert_eq!(build["failureDetail"], "The server restarted before this build completed.");
@@ -522,4 +540,201 @@ async fn the_build_api_refuses_what_it_does_not_support_by_name() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
+}
+
+/// A find-links package index: `GET /` lists the wheels in `dir` as HTML links (what pip's
+/// `--find-links URL` reads), `GET /<wheel>` serves one. Serves `listener` (inside another
+/// host's namespace) from a thread until the test process ends; counts wheels served.
+fn serve_wheels(
+    listener: std::net::TcpListener,
+    dir: std::path::PathBuf,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::io::{BufRead as _, Write as _};
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_owned();
+            let (status, kind, body) = if path.is_empty() {
+                let mut names: Vec<String> = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                let links: String = names.iter().map(|n| format!("<a href=\"{n}\">{n}</a>\n")).collect();
+                ("200 OK", "text/html", format!("<html><body>\n{links}</body></html>\n").into_bytes())
+            } else if !path.contains('/') && dir.join(&path).is_file() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                ("200 OK", "application/octet-stream", std::fs::read(dir.join(&path)).unwrap())
+            } else {
+                ("404 Not Found", "text/plain", b"not found\n".to_vec())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+        }
+    });
+    served
+}
+
+/// An IPv4 address of this host other than loopback, link-local, the instances' subnet and
+/// the test's own 203.0.113.0/24.
+fn a_host_address() -> Option<std::net::Ipv4Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|i| {
+        let ip = i.address?.as_sockaddr_in()?.ip();
+        let [a, b, c, _] = ip.octets();
+        let ours = (a, b) == (10, 213) || (a, b, c) == (203, 0, 113);
+        (!ip.is_loopback() && !ip.is_link_local() && !ours).then_some(ip)
+    })
+}
+
+/// The seed lab's color API (Flask, gunicorn).
+const COLOR_API_MAIN: &str = "import os\n\nfrom flask import Flask\n\napp = Flask(__name__)\n\n\n@app.route(\"/\")\ndef color():\n    return {\"color\": os.environ.get(\"COLOR\", \"blue\")}\n";
+
+#[tokio::test]
+async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_api_from_source() {
+    let work = tempfile::tempdir().unwrap();
+    let wheels = wharf_testsupport::python::download_wheels(&["flask", "gunicorn"]).unwrap();
+    let testapp = testapp_image(work.path(), "v1").unwrap();
+    // The server's default Python base image, only in Wharf's registry: Debian's python3 with
+    // /bin/sh and pip.
+    let python = wharf_testsupport::python_build_image(work.path(), "python-build").unwrap();
+    let server = WharfServer::start_with_env(wharf(), &[("WHARF_BUILD_NETWORK", "egress")]).unwrap();
+    for (image, tag) in [(&testapp, "testapp:v1"), (&python, "python:3.12-slim")] {
+        let out = server.cli(&["images", "import", &image.layout.to_string_lossy(), "--tag", tag]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let env = Env { server, work };
+
+    // A RUN step reaches an address behind a veth (what the internet is to a build), but
+    // not the host's loopback, Wharf's API, the host's own address, or the metadata address.
+    let other = OtherHost::create("e", std::net::Ipv4Addr::new(203, 0, 113, 78));
+    let elsewhere = other.listen();
+    let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let any_address = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let mut refused = vec![
+        loopback.local_addr().unwrap().to_string(),
+        env.server.addrs.api_addr.clone(),
+        env.server.addrs.registry_addr.to_string(),
+        // No DNAT for builds at 169.254.169.254: the policy drops it on this machine.
+        "169.254.169.254:80".to_owned(),
+    ];
+    if let Some(ip) = a_host_address() {
+        refused.push(format!("{ip}:{}", any_address.local_addr().unwrap().port()));
+    }
+    let reached = elsewhere.local_addr().unwrap().to_string();
+    let targets: Vec<String> = std::iter::once(reached.clone()).chain(refused.iter().cloned()).collect();
+    let probe = format!(
+        "FROM testapp:v1\nRUN [\"/app/testapp\", \"build-probe\", {}]\n",
+        targets.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ")
+    );
+    let dir = env.source("probe", &[("Dockerfile", probe.as_str())]);
+    let (_, log) = env.ok(&["builds", "submit", &dir, "--tag", "probe:v1"]);
+    assert!(log.contains("RUN steps reach the internet but not this host"), "{log}");
+    assert!(log.contains(&format!("connect {reached}: reached")), "an egress RUN step did not reach {reached}:\n{log}");
+    for target in &refused {
+        assert!(log.contains(&format!("connect {target}: failed")), "a RUN step reached {target}:\n{log}");
+    }
+    assert!(has_pending_connection(&elsewhere));
+    assert!(!has_pending_connection(&loopback) && !has_pending_connection(&any_address));
+    // The build's namespace, veth and record are gone with it.
+    let id = env.builds()[0]["id"].as_str().unwrap().replace('-', "");
+    let leftover = |dir: &str, prefix: &str| {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with(prefix)))
+            .unwrap_or(false)
+    };
+    assert!(!leftover("/run/netns", &format!("wharf-bld{}", &id[..9])), "the build's netns is left");
+    assert!(!leftover("/sys/class/net", &format!("whbld{}", &id[..9])), "the build's veth is left");
+    let records = env.server.data_dir().join("build-networks");
+    assert!(!leftover(&records.to_string_lossy(), "b"), "the build network's record is left");
+
+    // The seed lab's color API, no Dockerfile: detected as Python, `pip install -r
+    // requirements.txt` in a RUN step, from the test's index behind the veth (never PyPI).
+    let index_listener = other.listen();
+    let index_addr = index_listener.local_addr().unwrap();
+    let served = serve_wheels(index_listener, wheels);
+    // The index reaches pip as build environment variables (gcloud's --set-build-env-vars);
+    // the seed's requirements.txt stays as it is.
+    let requirements = "flask\ngunicorn\n";
+    let build_env = format!("PIP_NO_INDEX=1,PIP_FIND_LINKS=http://{index_addr}/,PIP_TRUSTED_HOST={}", index_addr.ip());
+    let dir = env.source("color-api", &[("requirements.txt", requirements), ("main.py", COLOR_API_MAIN)]);
+    let (ok, _, stderr) =
+        env.wharf(&["run", "deploy", "color-api", "--source", &dir, "--set-build-env-vars", "PATH=/x"]);
+    assert!(!ok && stderr.contains("build environment variable PATH is not allowed"), "{stderr}");
+    let cold = std::time::Instant::now();
+    let (stdout, stderr) = env.ok(&[
+        "run",
+        "deploy",
+        "color-api",
+        "--source",
+        &dir,
+        "--allow-unauthenticated",
+        "--set-build-env-vars",
+        &build_env,
+    ]);
+    let cold = cold.elapsed();
+    assert!(stdout.contains("Service URL: http://"), "{stdout}");
+    assert!(stderr.contains("ARG PIP_FIND_LINKS\nARG PIP_NO_INDEX\nARG PIP_TRUSTED_HOST\n"), "{stderr}");
+    assert!(stderr.contains("no Dockerfile; detected Python"), "{stderr}");
+    assert!(stderr.contains("RUN pip install --no-cache-dir -r requirements.txt"), "{stderr}");
+    assert!(stderr.contains("Successfully installed") && stderr.contains(" flask-"), "pip installed nothing: {stderr}");
+    let wheels_served = served.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(wheels_served >= 2, "pip took {wheels_served} wheels from the test's index");
+    let host = service_host("color-api", "default");
+    let client = wharf_testsupport::http_client().timeout(Duration::from_secs(60)).build().unwrap();
+    let ask = || async {
+        let r = client
+            .get(format!("http://{}/", env.server.addrs.ingress_addr))
+            .header("Host", &host)
+            .send()
+            .await
+            .unwrap();
+        let server = r.headers().get("server").map(|v| v.to_str().unwrap_or_default().to_owned()).unwrap_or_default();
+        (r.status().as_u16(), server, r.text().await.unwrap())
+    };
+    let (status, server_header, body) = ask().await;
+    assert_eq!((status, body.trim()), (200, r#"{"color":"blue"}"#), "{}", env.server.log());
+    assert!(server_header.starts_with("gunicorn"), "served by {server_header:?}, not gunicorn");
+    let generated = &env.builds()[0];
+    assert_eq!(generated["detectedLanguage"], "Python");
+
+    // The same app with its own Dockerfile: the dependency steps are the generated ones, so
+    // they come from the layer cache and pip downloads nothing.
+    let dockerfile = "FROM python:3.12-slim\nARG PIP_FIND_LINKS\nARG PIP_NO_INDEX\nARG PIP_TRUSTED_HOST\nWORKDIR /app\nCOPY requirements.txt ./\n\
+                      RUN pip install --no-cache-dir -r requirements.txt\nCOPY . ./\nENV COLOR=green\n\
+                      CMD [\"/bin/sh\", \"-c\", \"exec gunicorn --bind :$PORT main:app\"]\n";
+    let dir = env.source(
+        "color-api-dockerfile",
+        &[("requirements.txt", requirements), ("main.py", COLOR_API_MAIN), ("Dockerfile", dockerfile)],
+    );
+    let cached = std::time::Instant::now();
+    let (_, stderr) = env.ok(&["run", "deploy", "color-api", "--source", &dir, "--set-build-env-vars", &build_env]);
+    let cached = cached.elapsed();
+    assert!(!stderr.contains("no Dockerfile"), "{stderr}");
+    let with_dockerfile = &env.builds()[0];
+    assert!(with_dockerfile["cachedSteps"].as_u64().unwrap() >= 3, "{with_dockerfile}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), wheels_served, "a cached pip step downloaded");
+    let (status, server_header, body) = ask().await;
+    assert_eq!((status, body.trim()), (200, r#"{"color":"green"}"#));
+    assert!(server_header.starts_with("gunicorn"), "served by {server_header:?}");
+    // Figures for docs/benchmarks.md (printed, never asserted).
+    eprintln!(
+        "flask color-api run deploy --source: cold {:.2}s (build {}), dependencies cached {:.2}s (build {})",
+        cold.as_secs_f64(),
+        generated["duration"],
+        cached.as_secs_f64(),
+        with_dockerfile["duration"]
+    );
 }

@@ -63,13 +63,27 @@ pub struct InstanceServices {
 
 impl InstanceServices {
     /// `(address the instance uses, port, host-side listener)` for each service.
-    fn mappings(&self) -> Vec<(Ipv4Addr, u16, SocketAddrV4)> {
+    fn mappings(&self, reach: ServiceReach) -> Vec<(Ipv4Addr, u16, SocketAddrV4)> {
+        if reach == ServiceReach::DnsOnly {
+            return vec![(METADATA_ADDR, DNS_PORT, self.dns)];
+        }
         let mut m = vec![(METADATA_ADDR, DNS_PORT, self.dns), (METADATA_ADDR, METADATA_HTTP_PORT, self.metadata)];
         if let Some(ingress) = self.ingress {
             m.push((INGRESS_ADDR, ingress.port(), ingress));
         }
         m
     }
+}
+
+/// Which of the server's [`InstanceServices`] a network reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceReach {
+    /// DNS, metadata and the ingress: an instance.
+    All,
+    /// Only the DNS resolver: a build's `RUN` steps, which have no identity for the metadata
+    /// server and no business with the server's services (their packets to 169.254.169.254:80
+    /// and to the ingress address have no DNAT element and are dropped by the policy).
+    DnsOnly,
 }
 
 /// An instance's network, everything needed to tear it down.
@@ -272,10 +286,27 @@ impl Network {
         };
         let this = self.clone();
         let id = id.to_owned();
-        blocking(move || this.create_blocking(&id, vpc_chain.as_deref())).await
+        blocking(move || this.create_blocking(&id, vpc_chain.as_deref(), ServiceReach::All)).await
     }
 
-    fn create_blocking(&self, id: &str, vpc_chain: Option<&str>) -> Result<InstanceNetwork, RuntimeError> {
+    /// Creates a network like an instance's (same namespace, veth, address, NAT and egress
+    /// policy: the public internet yes, the host, private and link-local ranges and other
+    /// instances no) that reaches only the server's DNS resolver of its services: what a
+    /// build's `RUN` steps get with `--build-network egress`. `id` names it as an instance id
+    /// does (`wharf-<id>`, `wh<id>`); it must not collide with instance ids.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn create_for_build(&self, id: &str) -> Result<InstanceNetwork, RuntimeError> {
+        let this = self.clone();
+        let id = id.to_owned();
+        blocking(move || this.create_blocking(&id, None, ServiceReach::DnsOnly)).await
+    }
+
+    fn create_blocking(
+        &self,
+        id: &str,
+        vpc_chain: Option<&str>,
+        reach: ServiceReach,
+    ) -> Result<InstanceNetwork, RuntimeError> {
         let netns = format!("wharf-{id}");
         let host_interface = format!("wh{}", &id[..id.len().min(12)]);
         let (netns_file, inside) = rtnl::create_netns(&netns)?;
@@ -286,7 +317,7 @@ impl Network {
             service_keys: Vec::new(),
             vpc_mapped: false,
         };
-        match self.configure(&mut net, &netns_file, inside, vpc_chain) {
+        match self.configure(&mut net, &netns_file, inside, vpc_chain, reach) {
             Ok(()) => Ok(net),
             Err(e) => {
                 self.destroy_blocking(&net);
@@ -301,6 +332,7 @@ impl Network {
         netns: &std::fs::File,
         mut inside: Rtnl,
         vpc_chain: Option<&str>,
+        reach: ServiceReach,
     ) -> Result<(), RuntimeError> {
         let host_if = net.host_interface.clone();
         let mut host = Rtnl::open()?;
@@ -321,7 +353,7 @@ impl Network {
         }
         host.set_up(&host_if)?;
         if let Some(services) = &self.services {
-            self.map_services(net, services)?;
+            self.map_services(net, services, reach)?;
         }
         if let Some(chain) = vpc_chain {
             // Recorded first, so that a failure half-way is still cleaned up.
@@ -348,8 +380,13 @@ impl Network {
 
     /// Adds this interface's DNAT elements to the services map, recording their keys in `net`
     /// first so that a failure half-way is still cleaned up.
-    fn map_services(&self, net: &mut InstanceNetwork, services: &InstanceServices) -> Result<(), RuntimeError> {
-        let mappings = services.mappings();
+    fn map_services(
+        &self,
+        net: &mut InstanceNetwork,
+        services: &InstanceServices,
+        reach: ServiceReach,
+    ) -> Result<(), RuntimeError> {
+        let mappings = services.mappings(reach);
         net.service_keys = mappings.iter().map(|(addr, port, _)| (*addr, *port)).collect();
         let elements: Vec<(Vec<u8>, nft::ElementData)> = mappings
             .iter()

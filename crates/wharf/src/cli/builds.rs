@@ -52,6 +52,10 @@ pub struct SubmitArgs {
     /// Base image of a generated Dockerfile (no Dockerfile in the source).
     #[arg(long)]
     pub base_image: Option<String>,
+    /// Build environment variables, KEY=VALUE[,KEY=VALUE...] (repeatable): seen by a generated
+    /// Dockerfile's RUN steps, and as build args by a Dockerfile that declares them (ARG KEY).
+    #[arg(long = "set-build-env-vars", value_name = "KEY=VALUE,...")]
+    pub set_build_env_vars: Vec<String>,
     /// Return once the build is submitted.
     #[arg(long = "async")]
     pub no_wait: bool,
@@ -64,6 +68,21 @@ pub struct SourceBuild<'a> {
     pub image_uri: &'a str,
     pub dockerfile: Option<&'a str>,
     pub base_image: Option<&'a str>,
+    /// `--set-build-env-vars`, parsed by [`parse_build_env`].
+    pub build_env: std::collections::BTreeMap<String, String>,
+}
+
+/// `--set-build-env-vars KEY=VALUE[,KEY=VALUE...]`, each flag possibly repeated. Names are
+/// checked by the server (it says which it refuses).
+pub fn parse_build_env(values: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut env = std::collections::BTreeMap::new();
+    for pair in values.iter().flat_map(|v| v.split(',')).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--set-build-env-vars {pair:?} has no '=': give KEY=VALUE[,KEY=VALUE...]");
+        };
+        env.insert(key.trim().to_owned(), value.to_owned());
+    }
+    Ok(env)
 }
 
 pub async fn run(connection: &ConnectionArgs, place: &Place, command: BuildsCommand) -> anyhow::Result<()> {
@@ -130,6 +149,7 @@ async fn submit(ctx: &Ctx, args: SubmitArgs) -> anyhow::Result<()> {
         image_uri: &tag,
         dockerfile: dockerfile.as_deref(),
         base_image: args.base_image.as_deref(),
+        build_env: parse_build_env(&args.set_build_env_vars)?,
     };
     if args.no_wait {
         let build = start_build(ctx, &request).await?;
@@ -181,9 +201,17 @@ async fn start_build(ctx: &Ctx, request: &SourceBuild<'_>) -> anyhow::Result<Bui
             "--base-image is for sources without a Dockerfile; with --dockerfile, the Dockerfile's FROM names the base"
         );
     }
+    let env = &request.build_env;
     match (request.dockerfile, request.base_image) {
-        (Some(dockerfile), _) => submit["dockerBuild"] = serde_json::json!({ "dockerfile": dockerfile }),
-        (None, Some(base)) => submit["buildpackBuild"] = serde_json::json!({ "baseImage": base }),
+        (Some(dockerfile), _) => {
+            submit["dockerBuild"] = serde_json::json!({ "dockerfile": dockerfile, "environmentVariables": env });
+        }
+        (None, Some(base)) => {
+            submit["buildpackBuild"] = serde_json::json!({ "baseImage": base, "environmentVariables": env });
+        }
+        (None, None) if !env.is_empty() => {
+            submit["buildpackBuild"] = serde_json::json!({ "environmentVariables": env });
+        }
         (None, None) => {}
     }
     let r = ctx

@@ -31,8 +31,10 @@ pub struct BuildArgs {
     /// 10GiB; past it the build fails [default: 10GiB]
     #[arg(long, env = "WHARF_BUILD_DISK_QUOTA")]
     pub build_disk_quota: Option<String>,
-    /// The network of RUN steps: none (loopback only), or host (the host's network, loopback
-    /// services included: only for builds as trusted as root) [default: none]
+    /// The network of RUN steps: none (loopback only), egress (a namespace per build with the
+    /// instances' egress policy: the internet, not this host, private or link-local
+    /// addresses), or host (the host's network, loopback services included: only for builds as
+    /// trusted as root) [default: none]
     #[arg(long, env = "WHARF_BUILD_NETWORK")]
     pub build_network: Option<String>,
     /// Base image of Python builds without a Dockerfile [default: python:3.12-slim, in Wharf's registry]
@@ -100,11 +102,9 @@ impl BuildSettings {
         if let Some(s) = pick(&args.build_disk_quota, &file.disk_quota) {
             limits.disk_quota_bytes = super::config::parse_size(&s).context("--build-disk-quota")?;
         }
-        limits.network = match pick(&args.build_network, &file.network).as_deref() {
-            None | Some("none") => wharf_build::BuildNetwork::None,
-            Some("host") => wharf_build::BuildNetwork::Host,
-            Some(other) => anyhow::bail!("--build-network {other:?} is not none or host"),
-        };
+        if let Some(network) = pick(&args.build_network, &file.network) {
+            limits.network = network.parse().map_err(|e| anyhow::anyhow!("--build-network: {e}"))?;
+        }
         let storage_driver = pick(&args.build_storage_driver, &file.storage_driver).unwrap_or_else(|| "overlay".into());
         anyhow::ensure!(
             matches!(storage_driver.as_str(), "overlay" | "vfs"),

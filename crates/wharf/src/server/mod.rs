@@ -10,6 +10,7 @@
 
 mod api;
 mod build_config;
+mod build_networks;
 mod config;
 mod console;
 mod housekeeping;
@@ -146,6 +147,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     )
     .await
     .context("cannot start the container runtime (wharf server must run as root)")?;
+    builds.set_egress_networks(Arc::new(build_networks::RuntimeBuildNetworks::new(runtime.clone())));
     // Its listener was bound before the runtime (whose rules DNAT to it); it answers once
     // the runtime can say which instance holds an address.
     let metadata = serve_metadata(

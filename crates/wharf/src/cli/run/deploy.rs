@@ -98,6 +98,11 @@ pub struct SourceFlags {
     /// With --source and no Dockerfile: the base image of the generated Dockerfile.
     #[arg(long, requires = "source")]
     pub base_image: Option<String>,
+    /// With --source: build environment variables, KEY=VALUE[,KEY=VALUE...] (repeatable), seen
+    /// by a generated Dockerfile's RUN steps (e.g. PIP_INDEX_URL), and as build args by a
+    /// Dockerfile that declares them (ARG KEY).
+    #[arg(long = "set-build-env-vars", value_name = "KEY=VALUE,...", requires = "source")]
+    pub set_build_env_vars: Vec<String>,
 }
 
 impl SourceFlags {
@@ -119,6 +124,7 @@ impl SourceFlags {
             image_uri: &target,
             dockerfile: self.dockerfile.as_deref(),
             base_image: self.base_image.as_deref(),
+            build_env: crate::cli::builds::parse_build_env(&self.set_build_env_vars)?,
         };
         let build = crate::cli::builds::build_source(ctx, &request).await?;
         *image = Some(build.image.context("the build succeeded but reported no image")?);

@@ -83,6 +83,10 @@ struct DockerBuild {
     /// Wharf's addition: the Dockerfile's path in the source (`--dockerfile`).
     #[serde(default)]
     dockerfile: Option<String>,
+    /// Wharf's addition: build environment variables (`--set-build-env-vars`), passed as
+    /// `--build-arg`s (the Dockerfile sees those it declares with `ARG`).
+    #[serde(default)]
+    environment_variables: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,11 +148,11 @@ async fn submit(
     if !request.tags.is_empty() {
         return unsupported("tags", "remove them");
     }
-    let (dockerfile, base_image) = match (request.docker_build, request.buildpack_build) {
+    let (dockerfile, base_image, build_env) = match (request.docker_build, request.buildpack_build) {
         (Some(_), Some(_)) => {
             return Err(ApiError::InvalidArgument("give dockerBuild or buildpackBuild, not both".into()));
         }
-        (Some(docker), None) => (docker.dockerfile, None),
+        (Some(docker), None) => (docker.dockerfile, None, docker.environment_variables),
         (None, buildpack) => {
             let b = buildpack.unwrap_or_default();
             if b.runtime.is_some() {
@@ -160,16 +164,13 @@ async fn submit(
             if b.cache_image_uri.is_some() {
                 return unsupported("buildpackBuild.cacheImageUri", "the layer cache is kept on the server");
             }
-            if !b.environment_variables.is_empty() {
-                return unsupported("buildpackBuild.environmentVariables", "set env on the service instead");
-            }
             if b.enable_automatic_updates == Some(true) {
                 return unsupported("buildpackBuild.enableAutomaticUpdates", "remove it");
             }
             if b.project_descriptor.is_some() {
                 return unsupported("buildpackBuild.projectDescriptor", "remove it");
             }
-            (None, b.base_image)
+            (None, b.base_image, b.environment_variables)
         }
     };
     let expected_bucket = "wharf-build-sources";
@@ -185,6 +186,7 @@ async fn submit(
         image_uri: request.image_uri,
         dockerfile,
         base_image: base_image.clone(),
+        build_env,
     })?;
     let operation = build_operation(&parent, &build);
     Ok(axum::Json(serde_json::json!({
