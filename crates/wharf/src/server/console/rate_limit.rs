@@ -123,7 +123,7 @@ mod tests {
         }
         assert!(limiter.check("2001:db8:1:2:ffff::1".parse().unwrap(), now).is_err(), "same /64");
         assert_eq!(limiter.check("2001:db8:1:3::1".parse().unwrap(), now), Ok(()));
-        for i in 0..(MAX_CLIENTS as u32 + 100) {
+        for i in 0..(u32::try_from(MAX_CLIENTS).unwrap() + 100) {
             limiter.failed(IpAddr::V4(i.into()), now);
         }
         assert!(limiter.lock().len() <= MAX_CLIENTS);
