@@ -262,6 +262,14 @@ async fn console_headers_cookie_csrf_a_viewers_refusal_https_sessions_across_res
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "a change through the HTTPS console: {}", r.text().await.unwrap());
+    // The plain HTTP ingress does not serve the console host (cookies would travel in the clear).
+    let plain = http
+        .get(format!("http://{}/console", server.addrs.ingress_addr))
+        .header("host", "console.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::NOT_FOUND);
 
     // Sessions are kept across a restart (the database holds the id's hash, not the id).
     server.restart().unwrap();

@@ -10,7 +10,7 @@ import { errorBox, h, replace, table } from "./ui.js";
 const SVG = "http://www.w3.org/2000/svg";
 const WIDTH = 600;
 const HEIGHT = 150;
-const PAD = { left: 44, right: 8, top: 8, bottom: 20 };
+const PAD = { left: 64, right: 8, top: 8, bottom: 20 };
 const CLASSES = ["2xx", "3xx", "4xx", "5xx", "1xx"];
 const PERCENTILES = ["p50", "p95", "p99"];
 
@@ -46,7 +46,6 @@ function frame(id, title, description, series, max, unit) {
       viewBox: `0 0 ${WIDTH} ${HEIGHT}`,
       role: "img",
       "aria-labelledby": `${id}-title ${id}-desc`,
-      preserveAspectRatio: "none",
     },
     s("title", { id: `${id}-title` }, title),
     s("desc", { id: `${id}-desc` }, description),
