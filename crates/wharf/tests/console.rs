@@ -552,7 +552,16 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     // The metrics API has every one of those requests, in the last hour's points, with
     // latencies and the instances that served them; a window it does not keep is refused.
     let metrics_api = server.api_url("/wharf/v1/projects/default/locations/us-central1/services/hello/metrics");
-    let series: Value = owner_api.get(format!("{metrics_api}?window=1h")).send().await.unwrap().json().await.unwrap();
+    // A request is counted when its response ends on the server's side, which may be just
+    // after the client read it: wait for the count, then hold it exact.
+    let mut series = Value::Null;
+    for _ in 0..400 {
+        series = owner_api.get(format!("{metrics_api}?window=1h")).send().await.unwrap().json().await.unwrap();
+        if series["totalRequests"]["2xx"] == json!(served) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(series["totalRequests"]["2xx"], json!(served), "{series}");
     assert_eq!(series["totalRequests"]["5xx"], json!(0), "{series}");
     let in_points: u64 =
