@@ -5,9 +5,9 @@
 //! `X-Forwarded-Proto: https` and the client's address, and answers it.
 //!
 //! Only the HTTPS listener serves it: a console over the plain HTTP ingress would carry
-//! session cookies in the clear. A service host or mapped domain never shadows it (the
-//! site's name is checked first) and it never shadows one: the server refuses to give the
-//! site a name under its own service domain's pattern (see the server's config).
+//! session cookies in the clear. The site's name is looked at first, so a service host or
+//! mapped domain of the same name would not be reachable over HTTPS; the server's default
+//! name, `console.{domain}`, can be no service's host (those carry a region label).
 
 use std::fmt;
 use std::net::SocketAddr;
