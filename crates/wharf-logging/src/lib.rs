@@ -3,10 +3,11 @@
 //! ([`query`]). The admin API's `entries:list` and `wharf logging read` are built on these.
 //! Also what the server observes of its traffic: request log entries ([`requests`]) and the
 //! metrics registry with its Prometheus exposition ([`metrics`]), and usage metering
-//! ([`usage`]).
+//! ([`usage`]), and the last hour of each service's metrics for charts ([`history`]).
 
 pub mod entry;
 pub mod filter;
+pub mod history;
 pub mod metrics;
 pub mod query;
 pub mod requests;

@@ -20,6 +20,7 @@
 //!   access tokens) and `run.routes.invoke`, checked per request.
 //! - [`observe`]: what the proxy reports of each request ([`RequestRecord`]) to the server's
 //!   [`RequestObserver`] (request logs, metrics), and the pools' startup histograms.
+//! - [`site`]: the server's own site on the HTTPS ingress (the web console), by host name.
 //! - [`error`]: how every proxy failure is answered, classified in one place.
 //!
 //! It does not know how instances are built (the launcher does) nor where routes come from.
@@ -31,6 +32,7 @@ pub mod listener;
 pub mod observe;
 pub mod pool;
 pub mod proxy;
+pub mod site;
 pub mod table;
 #[cfg(test)]
 mod testing;
@@ -41,6 +43,7 @@ pub use access::{Access, Gate, IngressSetting};
 pub use listener::{Listener, ListenerLimits};
 pub use observe::{PoolOwner, RequestObserver, RequestRecord};
 pub use pool::{Lease, PoolConfig, PoolReport, PoolStats, RevisionPool, UpstreamProtocol};
-pub use proxy::{serve, serve_tls};
+pub use proxy::{ProxyBody, serve, serve_tls};
+pub use site::LocalSite;
 pub use table::{HttpsPolicy, RoutingTable, ServiceRoute};
 pub use upstream::{BoxFuture, LaunchError, Launcher, Upstream};

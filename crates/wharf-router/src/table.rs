@@ -53,6 +53,8 @@ pub struct RoutingTable {
     domains: RwLock<HashMap<String, String>>,
     https: RwLock<Option<HttpsPolicy>>,
     acme: Arc<crate::acme::AcmeChallenges>,
+    /// The server's own site on the HTTPS ingress (the web console), if any.
+    site: RwLock<Option<Arc<dyn crate::site::LocalSite>>>,
 }
 
 impl RoutingTable {
@@ -101,6 +103,22 @@ impl RoutingTable {
 
     pub fn https_policy(&self) -> Option<HttpsPolicy> {
         *self.https.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves `site` for its host on the HTTPS ingress from now on (`None`: no site).
+    pub fn set_local_site(&self, site: Option<Arc<dyn crate::site::LocalSite>>) {
+        *self.site.write().unwrap_or_else(|p| p.into_inner()) = site;
+    }
+
+    /// The server's own site when a `Host` header value (any port ignored) names it.
+    pub fn local_site(&self, host: &str) -> Option<Arc<dyn crate::site::LocalSite>> {
+        let site = self.site.read().unwrap_or_else(|p| p.into_inner());
+        site.as_ref().filter(|site| host_name(host).eq_ignore_ascii_case(site.host())).cloned()
+    }
+
+    /// Whether `name` (an SNI server name) is the server's own site.
+    pub fn is_local_site(&self, name: &str) -> bool {
+        self.local_site(name).is_some()
     }
 
     /// The ACME challenge answers the ingress serves.

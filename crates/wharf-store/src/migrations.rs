@@ -243,6 +243,19 @@ const MIGRATIONS: &[&str] = &[
          create_time TEXT NOT NULL
      );
      CREATE INDEX domain_mappings_project ON domain_mappings (project);",
+    // 13: web console sessions, kept across restarts. The cookie's session id is never
+    // stored: rows are found by its SHA-256, and the credential the session stands for is
+    // sealed (AES-256-GCM) under another key derived from the id, so the database alone
+    // opens no session and reveals no credential. Times are Unix seconds.
+    "CREATE TABLE console_sessions (
+         id_hash BLOB PRIMARY KEY,
+         principal TEXT NOT NULL,
+         sealed_credential BLOB NOT NULL,
+         csrf_token TEXT NOT NULL,
+         created_at INTEGER NOT NULL,
+         last_used_at INTEGER NOT NULL
+     );
+     CREATE INDEX console_sessions_last_used ON console_sessions (last_used_at);",
 ];
 
 pub(crate) fn latest_version() -> i64 {

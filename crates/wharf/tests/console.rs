@@ -3,10 +3,15 @@
 //!   attributes, the CSRF rule (a change authenticated by the cookie without the session's
 //!   CSRF token is 403; with it, it goes through), cross-site refusals, sign-out, and a
 //!   viewer's refusal by the API's own authorization;
+//! - over HTTPS (the HTTPS ingress with the server's local CA, host `console.localhost`): the
+//!   console and the API it calls, a `Secure` cookie; a session surviving a server restart;
+//!   sign-in failures limited per address (429 with `Retry-After`);
 //! - in a real browser (headless Debian chromium through chromedriver): sign in, create a
 //!   service, deploy a second revision, split traffic 50/50 and see both revisions answer
-//!   through the ingress, roll back in one click, execute a job with an override and read its
-//!   task logs, and see a viewer's deploy refused with the API's message.
+//!   through the ingress, see those requests in the service's charts and their tables (and in
+//!   the metrics API), roll back in one click, create a job from the form, execute a job with
+//!   an override and read its task logs, reveal a secret's value on request, and see a
+//!   viewer's deploy and reveal refused with the API's messages.
 //!
 //! Screenshots of the main pages are written to `$WHARF_CONSOLE_SCREENSHOTS` when it is set
 //! (`WHARF_CONSOLE_SCREENSHOTS=$PWD/docs/console bash scripts/test -p wharf --test console`).
@@ -57,8 +62,8 @@ fn assert_console_headers(response: &reqwest::Response, what: &str) {
 }
 
 #[tokio::test]
-async fn console_headers_cookie_csrf_and_a_viewers_refusal() {
-    let server = WharfServer::start(binary()).unwrap();
+async fn console_headers_cookie_csrf_a_viewers_refusal_https_sessions_across_restarts_and_sign_in_limits() {
+    let mut server = WharfServer::start_with_env(binary(), &[("WHARF_HTTPS_ADDR", "127.0.0.1:0")]).unwrap();
     let http = client();
 
     // The page and every asset it loads: strict headers, no inline script or style.
@@ -76,6 +81,7 @@ async fn console_headers_cookie_csrf_and_a_viewers_refusal() {
         ("ui.js", "text/javascript"),
         ("services.js", "text/javascript"),
         ("service.js", "text/javascript"),
+        ("charts.js", "text/javascript"),
         ("jobs.js", "text/javascript"),
         ("resources.js", "text/javascript"),
         ("console.css", "text/css"),
@@ -218,6 +224,102 @@ async fn console_headers_cookie_csrf_and_a_viewers_refusal() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let body: Value = r.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("sign in again"), "{body}");
+
+    // Over HTTPS: the HTTPS ingress serves the console and the API for console.localhost with
+    // a certificate of the server's local CA; the cookie is Secure.
+    let https: std::net::SocketAddr = server.addrs.https_addr.as_deref().expect("httpsAddr").parse().unwrap();
+    let ca = std::fs::read(server.data_dir().join("tls/local-ca.pem")).unwrap();
+    let tls = http_client()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .resolve("console.localhost", https)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let origin = format!("https://console.localhost:{}", https.port());
+    let page = tls.get(format!("{origin}/console")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_console_headers(&page, "/console over HTTPS");
+    assert!(page.text().await.unwrap().contains("/console/assets/app.js"));
+    let r = tls
+        .post(format!("{origin}/console/session"))
+        .header("x-forwarded-proto", "http")
+        .json(&json!({ "credential": server.token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.ends_with("; Secure") && set_cookie.contains("HttpOnly"), "{set_cookie}");
+    let https_cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let https_csrf = r.json::<Value>().await.unwrap()["csrfToken"].as_str().unwrap().to_owned();
+    let r = tls
+        .post(format!("{origin}/v1/projects/web/secrets?secretId=over-https"))
+        .header("cookie", &https_cookie)
+        .header("x-csrf-token", &https_csrf)
+        .header("origin", &origin)
+        .json(&json!({"replication": {"automatic": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "a change through the HTTPS console: {}", r.text().await.unwrap());
+    // The plain HTTP ingress does not serve the console host (cookies would travel in the clear).
+    let plain = http
+        .get(format!("http://{}/console", server.addrs.ingress_addr))
+        .header("host", "console.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::NOT_FOUND);
+
+    // Sessions are kept across a restart (the database holds the id's hash, not the id).
+    server.restart().unwrap();
+    let http = client();
+    let session: Value = http
+        .get(server.api_url("/console/session"))
+        .header("cookie", &https_cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (session["principal"].as_str(), session["csrfToken"].as_str()),
+        (Some("owner"), Some(https_csrf.as_str()))
+    );
+    let r = http
+        .delete(server.api_url("/v1/projects/web/secrets/over-https"))
+        .header("cookie", &https_cookie)
+        .header("x-csrf-token", &https_csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "a change with the restored session: {}", r.text().await.unwrap());
+    let state_db = std::fs::read(server.data_dir().join("state.db")).unwrap();
+    let session_id = https_cookie.trim_start_matches("wharf_session=");
+    assert!(!state_db.windows(session_id.len()).any(|w| w == session_id.as_bytes()), "the session id is not stored");
+
+    // Sign-in failures: 10 a minute per address, then 429 with Retry-After, even for a good
+    // credential, in google.rpc.Status's shape.
+    let attempt = |credential: String| {
+        let http = http.clone();
+        let url = server.api_url("/console/session");
+        async move { http.post(url).json(&json!({ "credential": credential })).send().await.unwrap() }
+    };
+    for i in 0..10 {
+        assert_eq!(attempt(format!("wharf_guess_{i}")).await.status(), StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    let limited = attempt(server.token.clone()).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED", "{body}");
+    assert_eq!(body["error"]["details"][0]["@type"], "type.googleapis.com/google.rpc.RetryInfo", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("too many failed sign-ins"), "{body}");
+    // The existing session is not affected.
+    let r = http.get(server.api_url("/console/session")).header("cookie", &https_cookie).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 /// The revision that answered `/` on `host` through the ingress (the testapp says
@@ -287,9 +389,10 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
         ],
     );
     let viewer_token = cli_ok(&server, &["iam", "users", "create", "vera@example.com"]).trim().to_owned();
+    // roles/viewer: reads services and secrets' names and versions, not their values.
     cli_ok(
         &server,
-        &["projects", "add-iam-policy-binding", "default", "--member=user:vera@example.com", "--role=roles/run.viewer"],
+        &["projects", "add-iam-policy-binding", "default", "--member=user:vera@example.com", "--role=roles/viewer"],
     );
     let http = client();
     let service_api = server.api_url("/v2/projects/default/locations/us-central1/services/hello");
@@ -386,6 +489,8 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     let second_revision = second["latestReadyRevision"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
     assert_ne!(first_revision, second_revision);
     let host = service_host("hello", "default");
+    // Every request through the ingress is counted, for the charts' figures below (all 200).
+    let mut served = 1u64;
     assert_eq!(who_answers(&http, &server, &host).await, second_revision);
 
     // Split 50/50 in the traffic editor; both revisions answer through the ingress.
@@ -418,6 +523,7 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     assert_eq!(split, expected, "{service}");
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..60 {
+        served += 1;
         seen.insert(who_answers(&http, &server, &host).await);
         if seen.len() == 2 {
             break;
@@ -425,6 +531,7 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     }
     assert_eq!(seen, [first_revision.clone(), second_revision.clone()].into_iter().collect(), "both revisions serve");
     let tagged = format!("blue---{host}");
+    served += 1;
     assert_eq!(who_answers(&http, &server, &tagged).await, first_revision, "the tag's own URL");
     screenshot(&browser, "service").await;
 
@@ -438,8 +545,40 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     );
     browser.wait("the rollback applied", WAIT, &rolled_back).await.unwrap();
     for _ in 0..10 {
+        served += 1;
         assert_eq!(who_answers(&http, &server, &host).await, first_revision);
     }
+
+    // The metrics API has every one of those requests, in the last hour's points, with
+    // latencies and the instances that served them; a window it does not keep is refused.
+    let metrics_api = server.api_url("/wharf/v1/projects/default/locations/us-central1/services/hello/metrics");
+    // A request is counted when its response ends on the server's side, which may be just
+    // after the client read it: wait for the count, then hold it exact.
+    let mut series = Value::Null;
+    for _ in 0..400 {
+        series = owner_api.get(format!("{metrics_api}?window=1h")).send().await.unwrap().json().await.unwrap();
+        if series["totalRequests"]["2xx"] == json!(served) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(series["totalRequests"]["2xx"], json!(served), "{series}");
+    assert_eq!(series["totalRequests"]["5xx"], json!(0), "{series}");
+    let in_points: u64 =
+        series["points"].as_array().unwrap().iter().map(|p| p["requests"]["2xx"].as_u64().unwrap()).sum();
+    assert_eq!(in_points, served, "{series}");
+    assert!(series["totalLatencyMs"]["p99"].as_f64().unwrap() > 0.0, "{series}");
+    assert!(series["peakInstances"].as_u64().unwrap() >= 1, "{series}");
+    let r = owner_api.get(format!("{metrics_api}?window=2h")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("window \"2h\""), "{body}");
+    let r = owner_api
+        .get(server.api_url("/wharf/v1/projects/default/locations/us-central1/services/nope/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
     browser
         .wait(
             "logs of the service",
@@ -463,6 +602,33 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
         .wait("the filter to hide hello", WAIT, "return document.querySelectorAll('#services-body tr').length === 0")
         .await
         .unwrap();
+
+    // Create a job from the form: the page follows the operation to the new job's page.
+    browser.goto(&format!("{console}#/jobs")).await.unwrap();
+    browser.type_into("#create-job-form input[name=jobId]", "made-here").await.unwrap();
+    browser.type_into("#create-job-form input[name=image]", &image).await.unwrap();
+    browser.type_into("#create-job-form input[name=args]", "job").await.unwrap();
+    browser.type_into("#create-job-form input[name=taskCount]", "2").await.unwrap();
+    assert_all_labelled(&browser, "jobs").await;
+    browser.click("#create-job-form button[type=submit]").await.unwrap();
+    browser
+        .wait(
+            "the new job's page",
+            WAIT,
+            "return location.hash === '#/jobs/us-central1/made-here' && document.querySelector('h1')?.textContent === 'made-here'",
+        )
+        .await
+        .unwrap();
+    let made: Value = owner_api
+        .get(server.api_url("/v2/projects/default/locations/us-central1/jobs/made-here"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(made["template"]["taskCount"], 2, "{made}");
+    assert_eq!(made["template"]["template"]["containers"][0]["args"], json!(["job"]), "{made}");
 
     // Execute the job with an override and read its task logs.
     browser.goto(&format!("{console}#/jobs")).await.unwrap();
@@ -509,11 +675,60 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     let secrets_page = browser.text("main").await.unwrap();
     assert!(secrets_page.contains("1 (enabled)"), "{secrets_page}");
     assert!(!secrets_page.contains("hunter2"), "a secret's value on the page");
+    // Revealed only on request, hidden again with the same button.
+    browser.click("li[data-version='1'] button.reveal").await.unwrap();
+    let revealed = browser
+        .wait(
+            "the revealed value",
+            WAIT,
+            "return document.querySelector('li[data-version=\"1\"] .secret-value')?.textContent",
+        )
+        .await
+        .unwrap();
+    assert_eq!(revealed, json!("hunter2-value"));
+    browser.click("li[data-version='1'] button.reveal").await.unwrap();
+    assert!(!browser.text("main").await.unwrap().contains("hunter2"), "hidden again");
 
     // Narrow window: nothing overflows sideways, the page still works.
     browser.set_window_size(400, 900).await.unwrap();
     browser.goto(&format!("{console}#/services/us-central1/hello")).await.unwrap();
     browser.find("#traffic-form").await.unwrap();
+    // The charts show the requests: bars in the SVG summing to the count, and the same number
+    // in the table beside it; latency dots and a title on every chart.
+    let charted = browser
+        .wait(
+            "the request chart",
+            WAIT,
+            "const cell = document.querySelector(\"#table-requests td[data-class='2xx']\"); return cell && cell.textContent",
+        )
+        .await
+        .unwrap();
+    assert_eq!(charted, json!(served.to_string()));
+    let drawn = browser
+        .script(
+            "return [...document.querySelectorAll(\"#chart-requests rect[data-class='2xx']\")].reduce((n, r) => n + Number(r.dataset.count), 0)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(drawn, json!(served));
+    let charts = browser
+        .script(
+            "return [...document.querySelectorAll('svg.chart')].map(svg => [svg.id, svg.querySelector('title')?.textContent, svg.getAttribute('role'), svg.querySelectorAll('circle, rect, polyline').length > 0])",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        charts,
+        json!([
+            ["chart-requests", "Request count by response class", "img", true],
+            ["chart-latency", "Request latency p50, p95 and p99", "img", true],
+            ["chart-instances", "Instance count", "img", true]
+        ])
+    );
+    let p50 = browser.text("#table-latency td[data-percentile='p50']").await.unwrap();
+    assert!(p50.parse::<f64>().unwrap() > 0.0, "{p50}");
     let overflow = browser
         .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth", vec![])
         .await
@@ -521,6 +736,13 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     assert_eq!(overflow, json!(0), "the service page scrolls sideways at 400 px");
     screenshot(&browser, "narrow").await;
     browser.set_window_size(1280, 1000).await.unwrap();
+    if std::env::var_os("WHARF_CONSOLE_SCREENSHOTS").is_some() {
+        browser.goto(&format!("{console}#/services/us-central1/hello")).await.unwrap();
+        browser.find("#table-requests td[data-class='2xx']").await.unwrap();
+        browser.script("document.getElementById('metrics-heading').scrollIntoView()", vec![]).await.unwrap();
+        let dir = std::path::PathBuf::from(std::env::var_os("WHARF_CONSOLE_SCREENSHOTS").unwrap());
+        browser.screenshot(&dir.join("metrics.png")).await.unwrap();
+    }
 
     // Sign out; a viewer signs in, sees the service, and the deploy is refused by the API.
     browser.click("#sign-out").await.unwrap();
@@ -549,6 +771,19 @@ async fn a_browser_signs_in_deploys_splits_traffic_rolls_back_and_runs_a_job() {
     assert!(refused.as_str().unwrap().starts_with("Permission 'run.services.update' denied"), "{refused}");
     let after: Value = owner_api.get(&service_api).send().await.unwrap().json().await.unwrap();
     assert_eq!(after["latestCreatedRevision"], second["latestCreatedRevision"], "the viewer deployed nothing");
+    // The viewer lists secrets but may not read a value: the API's refusal, next to the button.
+    browser.goto(&format!("{console}#/secrets")).await.unwrap();
+    browser.click("li[data-version='1'] button.reveal").await.unwrap();
+    let refused = browser
+        .wait(
+            "the viewer's reveal refused",
+            WAIT,
+            "return document.querySelector('li[data-version=\"1\"] .error')?.textContent",
+        )
+        .await
+        .unwrap();
+    assert!(refused.as_str().unwrap().starts_with("Permission 'secretmanager.versions.access' denied"), "{refused}");
+    assert!(!browser.text("main").await.unwrap().contains("hunter2"));
 
     browser.quit().await.unwrap();
 }

@@ -228,6 +228,11 @@ impl Proxy {
         if let Some(response) = self.edge_answer(&req, &host) {
             return response;
         }
+        if self.forwarded_proto == "https"
+            && let Some(site) = self.table.local_site(&host)
+        {
+            return serve_local_site(site.as_ref(), req, remote, &host).instrument(span).await;
+        }
         let hsts = self.hsts(&host);
         let grpc = is_grpc(req.headers());
         let mut trail = self.observer.as_ref().map(|observer| Trail::begin(observer.clone(), &req, &host, remote));
@@ -290,6 +295,31 @@ impl Proxy {
         }
         HeaderValue::from_str(&format!("max-age={max_age}")).ok()
     }
+}
+
+/// Hands a request for the server's own site over, with the ingress's forwarding headers in
+/// place of any the client sent, and `Host` set from the HTTP/2 `:authority` when absent.
+async fn serve_local_site(
+    site: &dyn crate::site::LocalSite,
+    mut req: Request<Incoming>,
+    remote: SocketAddr,
+    host: &str,
+) -> Response<ProxyBody> {
+    let headers = req.headers_mut();
+    for name in ["x-forwarded-proto", "x-forwarded-for", "x-forwarded-host", "forwarded"] {
+        headers.remove(name);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    if let Ok(client) = HeaderValue::from_str(&remote.ip().to_string()) {
+        headers.insert("x-forwarded-for", client);
+    }
+    if !headers.contains_key(header::HOST)
+        && let Ok(value) = HeaderValue::from_str(host)
+    {
+        headers.insert(header::HOST, value);
+    }
+    tracing::debug!(%host, "served by the server's own site");
+    site.serve(req, remote).await
 }
 
 fn text_response(status: StatusCode, body: String) -> Response<ProxyBody> {

@@ -47,6 +47,10 @@ pub struct ServerArgs {
     /// loopback without /etc/hosts edits [default: localhost]
     #[arg(long, env = "WHARF_DOMAIN")]
     pub domain: Option<String>,
+    /// The host name the HTTPS ingress serves the web console (and the API it calls) on, with a
+    /// certificate from the local CA; `off` for none. Needs --https-addr [default: console.{domain}]
+    #[arg(long, env = "WHARF_CONSOLE_HOST")]
+    pub console_host: Option<String>,
     /// How long an idle instance is kept before it is stopped, e.g. 60s, 15m [default: 60s]
     #[arg(long, env = "WHARF_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
@@ -243,6 +247,7 @@ struct ConfigFile {
     registry_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     domain: Option<String>,
+    console_host: Option<String>,
     idle_timeout: Option<String>,
     header_read_timeout: Option<String>,
     tls_handshake_timeout: Option<String>,
@@ -284,6 +289,8 @@ pub struct ServerConfig {
     /// The Prometheus metrics endpoint, when enabled.
     pub metrics_addr: Option<SocketAddr>,
     pub domain: String,
+    /// The host the HTTPS ingress serves the console on (`None`: not on HTTPS).
+    pub console_host: Option<String>,
     pub idle_timeout: Duration,
     pub edge: EdgeLimits,
     /// `None`: sized to the data directory's free space at start.
@@ -378,6 +385,7 @@ impl ServerConfig {
         let edge = resolve_edge(&args.edge, &file)?;
         let build = super::build_config::BuildSettings::resolve(&args.build, file.build.as_ref())?;
         let acme = AcmeSettings::resolve(&args.acme, &file)?;
+        let console_host = console_host(args, &file)?;
         Ok(ServerConfig {
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             api_addr: args.api_addr.or(file.api_addr).unwrap_or_else(|| addr("127.0.0.1:8090")),
@@ -385,6 +393,7 @@ impl ServerConfig {
             https_addr: args.https_addr.or(file.https_addr),
             registry_addr: args.registry_addr.or(file.registry_addr).unwrap_or_else(|| addr("127.0.0.1:5000")),
             metrics_addr: args.metrics_addr.or(file.metrics_addr),
+            console_host,
             domain: args.domain.clone().or(file.domain).unwrap_or_else(|| "localhost".to_owned()),
             idle_timeout: parse_duration(
                 args.idle_timeout.as_deref().or(file.idle_timeout.as_deref()).unwrap_or("60s"),
@@ -479,6 +488,29 @@ fn resolve_edge(args: &EdgeArgs, file: &ConfigFile) -> anyhow::Result<EdgeLimits
     Ok(EdgeLimits { listener, max_api_body_bytes, pull })
 }
 
+/// `--console-host`: a DNS name (lowercased), `off`, or by default `console.{domain}`, which
+/// no service host can be (those have a region label before the domain).
+fn console_host(args: &ServerArgs, file: &ConfigFile) -> anyhow::Result<Option<String>> {
+    let domain = args.domain.as_deref().or(file.domain.as_deref()).unwrap_or("localhost");
+    let host = match args.console_host.as_deref().or(file.console_host.as_deref()) {
+        None => format!("console.{domain}"),
+        Some("off") => return Ok(None),
+        Some(name) => name.trim_end_matches('.').to_ascii_lowercase(),
+    };
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    anyhow::ensure!(
+        host.len() <= 253 && host.split('.').all(valid_label),
+        "--console-host {host:?} is not a DNS name; give a name such as console.example.com, or off"
+    );
+    Ok(Some(host))
+}
+
 fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
@@ -498,6 +530,7 @@ mod tests {
             registry_addr: None,
             metrics_addr: None,
             domain: None,
+            console_host: None,
             idle_timeout: None,
             build: Default::default(),
             edge: EdgeArgs::default(),
@@ -616,6 +649,21 @@ mod tests {
         a.instance_memory_limit = Some("lots".into());
         let err = format!("{:#}", ServerConfig::resolve(&a).unwrap_err());
         assert!(err.starts_with("--instance-memory-limit: invalid memory \"lots\""), "{err}");
+    }
+
+    #[test]
+    fn the_console_host_defaults_under_the_domain_and_is_checked() {
+        let mut a = args();
+        assert_eq!(ServerConfig::resolve(&a).unwrap().console_host.as_deref(), Some("console.localhost"));
+        a.domain = Some("run.example.com".into());
+        assert_eq!(ServerConfig::resolve(&a).unwrap().console_host.as_deref(), Some("console.run.example.com"));
+        a.console_host = Some("Wharf.Example.com.".into());
+        assert_eq!(ServerConfig::resolve(&a).unwrap().console_host.as_deref(), Some("wharf.example.com"));
+        a.console_host = Some("off".into());
+        assert_eq!(ServerConfig::resolve(&a).unwrap().console_host, None);
+        a.console_host = Some("not a host/".into());
+        let error = ServerConfig::resolve(&a).unwrap_err().to_string();
+        assert!(error.starts_with("--console-host \"not a host/\" is not a DNS name"), "{error}");
     }
 
     #[test]

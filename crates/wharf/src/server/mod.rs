@@ -67,8 +67,13 @@ pub struct Platform {
     /// Request, instance and server metrics, in process: `metrics.snapshot()` is what
     /// `/metrics` renders (see `wharf_logging::metrics`).
     pub metrics: Arc<wharf_logging::metrics::Metrics>,
-    /// Signed-in browsers of the web console (`/console`), in memory.
+    /// The last hour of each service's metrics, sampled from `metrics` every 10 s by
+    /// [`sample_metrics_history`], for the console's charts.
+    pub metrics_history: Arc<wharf_logging::history::MetricsHistory>,
+    /// Signed-in browsers of the web console (`/console`), in the state database.
     pub console_sessions: console::sessions::Sessions,
+    /// Failed console sign-ins per client address (429 past 10 a minute).
+    pub console_sign_ins: console::rate_limit::SignInLimiter,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -184,6 +189,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         control: control.clone(),
         grace: config.image_gc_grace,
     };
+    let metrics_history = Arc::new(wharf_logging::history::MetricsHistory::new());
     let platform = Platform {
         iam: iam.clone(),
         images: images.clone(),
@@ -194,10 +200,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         builds: builds.clone(),
         secrets,
         metrics: metrics.clone(),
-        console_sessions: console::sessions::Sessions::default(),
+        metrics_history: metrics_history.clone(),
+        console_sessions: console::sessions::Sessions::open(db.clone()),
+        console_sign_ins: console::rate_limit::SignInLimiter::default(),
     };
 
     let housekeeper = housekeeping.spawn(shutdown.clone());
+    let history_sampler = tokio::spawn(sample_metrics_history(metrics.clone(), metrics_history, shutdown.clone()));
     let registry = metrics::counted(
         wharf_registry::router(wharf_registry::RegistryState { images, iam: iam.clone() }),
         metrics.clone(),
@@ -213,7 +222,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             tracing::info!(ca = %local_ca.cert_path.display(), "HTTPS for service hosts uses the local CA");
             let certificates = wharf_router::tls::Certificates::new(
                 Some(local_ca),
-                Arc::new(move |name| routed.lookup(name).is_some()),
+                Arc::new(move |name| routed.lookup(name).is_some() || routed.is_local_site(name)),
             );
             certificates.answer_challenges(table.acme_challenges().clone());
             let domain_certificates = domain_certificates(&config, &certificates, &table, https_port, &shutdown);
@@ -249,17 +258,23 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             https_port,
         })
         .context("cannot restore the domain mappings")?;
+    let api_router = metrics::counted(
+        api::router(platform, config.edge.max_api_body_bytes),
+        metrics.clone(),
+        wharf_logging::metrics::Surface::Api,
+    );
+    if https.is_some()
+        && let Some(host) = &config.console_host
+    {
+        tracing::info!(%host, "the console is served on the HTTPS ingress");
+        table.set_local_site(Some(Arc::new(console::https::ConsoleSite::new(
+            host.clone(),
+            api_router.clone(),
+            tokio::runtime::Handle::current(),
+        ))));
+    }
     let servers = [
-        serve(
-            api_listener,
-            Listener::new("API", limits.clone()),
-            metrics::counted(
-                api::router(platform, config.edge.max_api_body_bytes),
-                metrics.clone(),
-                wharf_logging::metrics::Surface::Api,
-            ),
-            shutdown.clone(),
-        ),
+        serve(api_listener, Listener::new("API", limits.clone()), api_router, shutdown.clone()),
         tokio::spawn(wharf_router::serve(
             ingress_listener,
             Listener::new("ingress", limits.clone()),
@@ -290,6 +305,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let _ = server.await;
     }
     let _ = housekeeper.await;
+    let _ = history_sampler.await;
     builds.shutdown().await;
     control.shutdown().await;
     runtime.shutdown().await;
@@ -297,6 +313,25 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(data_dir.join(SERVER_INFO_FILE));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every [`wharf_logging::history::STEP`] until shutdown, closes an interval of each
+/// service's metrics history.
+async fn sample_metrics_history(
+    metrics: Arc<wharf_logging::metrics::Metrics>,
+    history: Arc<wharf_logging::history::MetricsHistory>,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(wharf_logging::history::STEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let _span = tracing::debug_span!("metrics_history_sample").entered();
+        history.sample(&metrics.snapshot(), std::time::SystemTime::now());
+    }
 }
 
 /// Where mapped domains' certificates come from: the ACME directory, or (ACME off) nowhere,
@@ -510,16 +545,22 @@ fn local_registry_names(addr: SocketAddr) -> Vec<String> {
     names
 }
 
-/// Serves `router` on `socket` with `listener`'s connection limits until `shutdown`.
+/// Serves `router` on `socket` with `listener`'s connection limits until `shutdown`. Each
+/// request carries the client's address (`ConnectInfo<SocketAddr>`).
 fn serve(
     socket: TcpListener,
     listener: Arc<Listener>,
     router: axum::Router,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(
-        listener.serve(socket, shutdown, move |_remote| hyper_util::service::TowerToHyperService::new(router.clone())),
-    )
+    tokio::spawn(listener.serve(socket, shutdown, move |remote: SocketAddr| {
+        let router = router.clone();
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+            let mut router = router.clone();
+            async move { tower_service::Service::call(&mut router, request).await }
+        })
+    }))
 }
 
 /// Raises this process's RLIMIT_NOFILE soft limit to its hard limit: every client

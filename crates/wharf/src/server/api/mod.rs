@@ -19,6 +19,7 @@ mod jobs;
 mod logging;
 mod operations;
 pub mod secrets;
+mod service_metrics;
 mod services;
 mod usage;
 
@@ -82,6 +83,9 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("{0}")]
     Internal(String),
+    /// Too many failed console sign-ins from one address (429 with `Retry-After`).
+    #[error(transparent)]
+    TooManySignIns(#[from] crate::server::console::rate_limit::TooManyFailures),
     #[error(
         "the request body is larger than the server accepts ({limit} bytes, set by --max-api-body-bytes); send a smaller resource"
     )]
@@ -97,6 +101,7 @@ impl ApiError {
         match self {
             ApiError::Auth(AuthError::Store(_) | AuthError::Random) => Code::Internal,
             ApiError::Auth(_) => Code::Unauthenticated,
+            ApiError::Cookie(e) if e.is_internal() => Code::Internal,
             ApiError::Cookie(e) if e.is_refusal() => Code::PermissionDenied,
             ApiError::Cookie(_) => Code::Unauthenticated,
             ApiError::Denied(_) | ApiError::OwnerOnly { .. } => Code::PermissionDenied,
@@ -115,6 +120,7 @@ impl ApiError {
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::MethodNotAllowed { .. } | ApiError::Unimplemented(_) => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
+            ApiError::TooManySignIns(_) => Code::ResourceExhausted,
             ApiError::BodyTooLarge { .. } => Code::InvalidArgument,
             ApiError::BodyTimeout { .. } => Code::DeadlineExceeded,
             ApiError::Control(e) => e.code(),
@@ -195,7 +201,20 @@ impl IntoResponse for ApiError {
                 "fieldViolations": [{"field": field, "description": message}],
             }]);
         }
+        let retry_after = match &self {
+            ApiError::TooManySignIns(e) => Some(e.retry_after_seconds),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            error["details"] = serde_json::json!([{
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": format!("{seconds}s"),
+            }]);
+        }
         let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
         if matches!(
             self,
             ApiError::BodyTooLarge { .. }
@@ -227,6 +246,7 @@ pub fn router(platform: Platform, max_body_bytes: usize) -> Router {
         .merge(builds::routes())
         .merge(secrets::routes())
         .merge(usage::routes())
+        .merge(service_metrics::routes())
         .route("/wharf/v1/images", get(list_images).delete(delete_image))
         .route("/wharf/v1/images:pull", post(pull_image))
         .route("/wharf/v1/images:gc", post(collect_image_garbage))

@@ -1,7 +1,9 @@
 //! The web console at `/console` on the API address: a few hand-written HTML, CSS and
 //! JavaScript files embedded in the binary ([`ASSETS`]; no build step, no CDN) and the
 //! sign-in endpoints (`/console/session`) that trade a Wharf credential for a session cookie
-//! ([`sessions`]).
+//! ([`sessions`], kept across restarts), failed sign-ins limited per client address
+//! ([`rate_limit`]). The same routes are served on the HTTPS ingress for `--console-host`
+//! ([`https`]).
 //!
 //! The console holds no authority of its own: its JavaScript calls the same REST API as the
 //! CLI, authenticated by the session cookie plus a CSRF token, so every page and action goes
@@ -9,11 +11,16 @@
 //! Every console response carries a strict Content-Security-Policy (no inline script or
 //! style, nothing from another origin), `nosniff`, `no-referrer` and `frame-ancestors 'none'`.
 
+pub mod https;
+pub mod rate_limit;
 pub mod sessions;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -50,6 +57,7 @@ const ASSETS: &[Asset] = &[
     asset!("ui.js", JS),
     asset!("services.js", JS),
     asset!("service.js", JS),
+    asset!("charts.js", JS),
     asset!("jobs.js", JS),
     asset!("resources.js", JS),
 ];
@@ -100,8 +108,11 @@ fn over_https(headers: &HeaderMap) -> bool {
 /// `GET /console/session`: who is signed in, and the CSRF token the console sends with
 /// every change. 401 without a live session.
 async fn session(State(platform): State<Platform>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let view = sessions::session_cookie(&headers)
-        .and_then(|id| platform.console_sessions.view(id))
+    let id = sessions::session_cookie(&headers).ok_or(ApiError::Cookie(sessions::CookieError::UnknownSession))?;
+    let view = platform
+        .console_sessions
+        .view(id)
+        .map_err(|e| ApiError::Cookie(sessions::CookieError::Store(e)))?
         .ok_or(ApiError::Cookie(sessions::CookieError::UnknownSession))?;
     Ok(axum::Json(view).into_response())
 }
@@ -114,8 +125,26 @@ struct SignIn {
 
 /// `POST /console/session` with `{"credential": "..."}`: checks the credential as the API
 /// does, starts a session and sets its cookie. Only JSON from this origin is taken, so
-/// another site cannot sign a browser into an account of its choosing.
-async fn sign_in(State(platform): State<Platform>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+/// another site cannot sign a browser into an account of its choosing. A client address with
+/// too many recent failures is refused (429) before its credential is even looked at.
+async fn sign_in(
+    State(platform): State<Platform>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if let Err(refused) = platform.console_sign_ins.check(client.ip(), Instant::now()) {
+        tracing::warn!(client = %client.ip(), retry_after = refused.retry_after_seconds, "console sign-in refused: too many failures");
+        super::api::audit(
+            &platform,
+            "too many failed sign-ins",
+            &axum::http::Method::POST,
+            "/console/session",
+            StatusCode::TOO_MANY_REQUESTS,
+        )
+        .await;
+        return Err(refused.into());
+    }
     let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !json.starts_with("application/json") {
         return Err(ApiError::InvalidArgument(
@@ -139,6 +168,7 @@ async fn sign_in(State(platform): State<Platform>, headers: HeaderMap, body: Byt
             let status = if matches!(e, AuthError::Store(_) | AuthError::Random) {
                 StatusCode::INTERNAL_SERVER_ERROR
             } else {
+                platform.console_sign_ins.failed(client.ip(), Instant::now());
                 StatusCode::UNAUTHORIZED
             };
             super::api::audit(&platform, "invalid credentials", &axum::http::Method::POST, "/console/session", status)
@@ -169,7 +199,7 @@ async fn sign_out(State(platform): State<Platform>, headers: HeaderMap) -> Resul
         .authenticate_cookie(&axum::http::Method::DELETE, &headers)?
         .ok_or(ApiError::Cookie(sessions::CookieError::UnknownSession))?;
     if let Some(id) = sessions::session_cookie(&headers) {
-        platform.console_sessions.remove(id);
+        platform.console_sessions.remove(id).map_err(|e| ApiError::Cookie(sessions::CookieError::Store(e)))?;
     }
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, sessions::clear_cookie(over_https(&headers)))]).into_response())
 }

@@ -1,22 +1,26 @@
 //! Console sessions: what a signed-in browser holds instead of a credential.
 //!
 //! Signing in trades a Wharf credential (the owner token, a user's token) for a random
-//! session id in an `HttpOnly; SameSite=Strict` cookie. The server keeps, in memory only, the
-//! SHA-256 of that id with the credential it stands for, a per-session CSRF secret and its
-//! expiry; the API re-authenticates the credential on every request, so a deleted user or a
-//! revoked token stops working in the console at once. A server restart signs everyone out.
+//! 256-bit session id in an `HttpOnly; SameSite=Strict` cookie. The server keeps, in its state
+//! database so that sessions outlive a restart, only the SHA-256 of that id with the principal,
+//! the credential sealed (AES-256-GCM) under a second key derived from the id, a per-session
+//! CSRF secret and the session's times; the database alone therefore opens no session and
+//! reveals no credential. The API re-authenticates the credential on every request, so a
+//! deleted user or a revoked token stops working in the console at once.
 //!
 //! The API accepts the cookie as authentication only under [`Sessions::authenticate_cookie`]'s
 //! rules: a state-changing request must carry the session's CSRF secret in `X-CSRF-Token` and
 //! must not come from another site (`Sec-Fetch-Site`, `Origin`), else 403. This module knows
 //! nothing of HTTP routing; `console/mod.rs` serves the sign-in endpoints.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
 use axum::http::{HeaderMap, Method, header};
 use sha2::{Digest as _, Sha256};
+use wharf_store::rusqlite::{OptionalExtension as _, params};
+use wharf_store::{Store, StoreError};
 use zeroize::Zeroizing;
 
 /// The cookie that carries the session id.
@@ -27,13 +31,17 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// A session ends this long after sign-in, however busy.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
-/// At most this many sessions at once; the oldest are dropped first when more sign in.
-const MAX_SESSIONS: usize = 10_000;
+/// At most this many sessions at once; the least recently used are dropped first when more
+/// sign in.
+const MAX_SESSIONS: i64 = 10_000;
+/// A session's last use is written at most this often (reads would otherwise all write).
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+const NONCE_BYTES: usize = 12;
 
 /// Why a cookie could not authenticate a request.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum CookieError {
-    /// No session has this id (never existed, signed out, expired, or the server restarted).
+    /// No session has this id (never existed, signed out, or expired).
     #[error("the console session has expired or was signed out; sign in again at /console")]
     UnknownSession,
     /// A state-changing request without the session's CSRF secret.
@@ -46,13 +54,42 @@ pub enum CookieError {
     /// The browser says the request came from another site.
     #[error("cross-site request refused: {0}")]
     CrossSite(String),
+    /// The session table could not be read or written.
+    #[error("cannot read or write the console's sessions")]
+    Store(#[source] StoreError),
+}
+
+impl PartialEq for CookieError {
+    fn eq(&self, other: &CookieError) -> bool {
+        match (self, other) {
+            (CookieError::CrossSite(a), CookieError::CrossSite(b)) => a == b,
+            (CookieError::Store(_), _) | (_, CookieError::Store(_)) => false,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
 }
 
 impl CookieError {
     /// A refusal (403) rather than a missing or stale credential (401).
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, CookieError::UnknownSession)
+        !matches!(self, CookieError::UnknownSession | CookieError::Store(_))
     }
+
+    /// The server's own failure (500), not the client's.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, CookieError::Store(_))
+    }
+}
+
+/// Why a session could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum NewSessionError {
+    #[error("cannot draw a random session id")]
+    Random(#[source] getrandom::Error),
+    #[error("cannot seal the session's credential")]
+    Seal,
+    #[error("cannot store the session")]
+    Store(#[source] StoreError),
 }
 
 /// A session just created: the cookie value and the CSRF secret to hand to the browser.
@@ -72,34 +109,66 @@ pub struct SessionView {
     pub expires_in_seconds: u64,
 }
 
-struct Session {
-    credential: Zeroizing<String>,
+/// One stored session, its credential still sealed.
+struct Row {
     principal: String,
+    sealed_credential: Vec<u8>,
     csrf_token: String,
-    created: Instant,
-    last_used: Instant,
+    created_at: i64,
+    last_used_at: i64,
 }
 
-impl Session {
-    fn expired(&self, now: Instant) -> bool {
-        now.duration_since(self.last_used) >= IDLE_TIMEOUT || now.duration_since(self.created) >= MAX_LIFETIME
-    }
+fn expired(created_at: i64, last_used_at: i64, now: i64) -> bool {
+    now - last_used_at >= secs(IDLE_TIMEOUT) || now - created_at >= secs(MAX_LIFETIME)
 }
 
-/// The server's console sessions, in memory. Cheap to clone (shared).
-#[derive(Clone, Default)]
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The server's console sessions, in the state database. Cheap to clone (shared).
+#[derive(Debug, Clone)]
 pub struct Sessions {
-    by_id_hash: Arc<Mutex<HashMap<[u8; 32], Session>>>,
+    store: Store,
 }
 
-impl std::fmt::Debug for Sessions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions").field("count", &self.lock().len()).finish()
-    }
-}
-
+/// Where a session is found: SHA-256 of its id.
 fn id_hash(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
+}
+
+/// The key a session's credential is sealed under: derived from the id, apart from its
+/// lookup hash, so only the cookie's holder can unseal it.
+fn credential_key(id: &str) -> Zeroizing<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"wharf console session credential key\0");
+    hasher.update(id.as_bytes());
+    Zeroizing::new(hasher.finalize().into())
+}
+
+fn seal(id: &str, credential: &str) -> Result<Vec<u8>, NewSessionError> {
+    let key = credential_key(id);
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key.as_slice()));
+    let mut nonce = [0u8; NONCE_BYTES];
+    getrandom::fill(&mut nonce).map_err(NewSessionError::Random)?;
+    let sealed = cipher.encrypt(Nonce::from_slice(&nonce), credential.as_bytes()).map_err(|_| NewSessionError::Seal)?;
+    Ok([nonce.as_slice(), &sealed].concat())
+}
+
+/// The credential, or `None` when the sealed bytes were not sealed under this id's key.
+fn unseal(id: &str, sealed: &[u8]) -> Option<Zeroizing<String>> {
+    if sealed.len() < NONCE_BYTES {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_BYTES);
+    let key = credential_key(id);
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key.as_slice()));
+    let plain = Zeroizing::new(cipher.decrypt(Nonce::from_slice(nonce), ciphertext).ok()?);
+    String::from_utf8(plain.to_vec()).ok().map(Zeroizing::new)
 }
 
 fn random_hex() -> Result<String, getrandom::Error> {
@@ -114,55 +183,98 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
-        self.by_id_hash.lock().unwrap_or_else(|e| e.into_inner())
+    /// Sessions kept in `store` (its `console_sessions` table).
+    pub fn open(store: Store) -> Sessions {
+        Sessions { store }
     }
 
-    /// Starts a session for an already authenticated `credential` of `principal`.
-    pub fn create(&self, credential: &str, principal: String) -> Result<NewSession, getrandom::Error> {
-        let id = random_hex()?;
-        let csrf_token = random_hex()?;
-        let now = Instant::now();
-        let mut sessions = self.lock();
-        sessions.retain(|_, s| !s.expired(now));
-        while sessions.len() >= MAX_SESSIONS {
-            let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| *k) else { break };
-            sessions.remove(&oldest);
-        }
-        sessions.insert(
-            id_hash(&id),
-            Session {
-                credential: Zeroizing::new(credential.to_owned()),
-                principal,
-                csrf_token: csrf_token.clone(),
-                created: now,
-                last_used: now,
-            },
-        );
+    /// Starts a session for an already authenticated `credential` of `principal`; drops
+    /// expired sessions, and the least recently used ones past the cap.
+    pub fn create(&self, credential: &str, principal: String) -> Result<NewSession, NewSessionError> {
+        let id = random_hex().map_err(NewSessionError::Random)?;
+        let csrf_token = random_hex().map_err(NewSessionError::Random)?;
+        let sealed = seal(&id, credential)?;
+        let now = unix_now();
+        self.store
+            .write(|tx| {
+                tx.execute(
+                    "DELETE FROM console_sessions WHERE last_used_at <= ?1 OR created_at <= ?2",
+                    params![now - secs(IDLE_TIMEOUT), now - secs(MAX_LIFETIME)],
+                )?;
+                tx.execute(
+                    "DELETE FROM console_sessions WHERE id_hash IN (SELECT id_hash FROM console_sessions
+                         ORDER BY last_used_at DESC LIMIT -1 OFFSET ?1)",
+                    params![MAX_SESSIONS - 1],
+                )?;
+                tx.execute(
+                    "INSERT INTO console_sessions (id_hash, principal, sealed_credential, csrf_token, created_at, last_used_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                    params![id_hash(&id).as_slice(), principal, sealed, csrf_token, now],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .map_err(NewSessionError::Store)?;
         Ok(NewSession { id, csrf_token })
     }
 
-    /// The session `id` names, if it is live (and marks it used).
-    pub fn view(&self, id: &str) -> Option<SessionView> {
-        let now = Instant::now();
-        let mut sessions = self.lock();
+    /// The live session `id` names, its credential unsealed, after marking it used.
+    /// Expired sessions are deleted when met.
+    fn live(&self, id: &str) -> Result<Option<(Row, Zeroizing<String>)>, StoreError> {
         let hash = id_hash(id);
-        let session = sessions.get_mut(&hash)?;
-        if session.expired(now) {
-            sessions.remove(&hash);
-            return None;
+        let row = self.store.read(|c| {
+            c.query_row(
+                "SELECT principal, sealed_credential, csrf_token, created_at, last_used_at
+                 FROM console_sessions WHERE id_hash = ?1",
+                [hash.as_slice()],
+                |r| {
+                    Ok(Row {
+                        principal: r.get(0)?,
+                        sealed_credential: r.get(1)?,
+                        csrf_token: r.get(2)?,
+                        created_at: r.get(3)?,
+                        last_used_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+        })?;
+        let Some(row) = row else { return Ok(None) };
+        let now = unix_now();
+        let credential = unseal(id, &row.sealed_credential);
+        if expired(row.created_at, row.last_used_at, now) || credential.is_none() {
+            self.store.write(|tx| {
+                Ok::<_, StoreError>(tx.execute("DELETE FROM console_sessions WHERE id_hash = ?1", [hash.as_slice()])?)
+            })?;
+            return Ok(None);
         }
-        session.last_used = now;
-        Some(SessionView {
-            principal: session.principal.clone(),
-            csrf_token: session.csrf_token.clone(),
+        if now - row.last_used_at >= secs(TOUCH_EVERY) {
+            self.store.write(|tx| {
+                Ok::<_, StoreError>(tx.execute(
+                    "UPDATE console_sessions SET last_used_at = ?1 WHERE id_hash = ?2",
+                    params![now, hash.as_slice()],
+                )?)
+            })?;
+        }
+        Ok(credential.map(|credential| (row, credential)))
+    }
+
+    /// The session `id` names, if it is live (and marks it used).
+    pub fn view(&self, id: &str) -> Result<Option<SessionView>, StoreError> {
+        Ok(self.live(id)?.map(|(row, _)| SessionView {
+            principal: row.principal,
+            csrf_token: row.csrf_token,
             expires_in_seconds: IDLE_TIMEOUT.as_secs(),
-        })
+        }))
     }
 
     /// Ends the session `id` (sign-out). True if it existed.
-    pub fn remove(&self, id: &str) -> bool {
-        self.lock().remove(&id_hash(id)).is_some()
+    pub fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        let removed = self.store.write(|tx| {
+            Ok::<_, StoreError>(
+                tx.execute("DELETE FROM console_sessions WHERE id_hash = ?1", [id_hash(id).as_slice()])?,
+            )
+        })?;
+        Ok(removed > 0)
     }
 
     /// The credential a request's session cookie stands for, or `Ok(None)` when the request
@@ -178,22 +290,14 @@ impl Sessions {
         if !safe {
             check_same_origin(headers)?;
         }
-        let now = Instant::now();
-        let mut sessions = self.lock();
-        let hash = id_hash(id);
-        let session = sessions.get_mut(&hash).ok_or(CookieError::UnknownSession)?;
-        if session.expired(now) {
-            sessions.remove(&hash);
-            return Err(CookieError::UnknownSession);
-        }
+        let (row, credential) = self.live(id).map_err(CookieError::Store)?.ok_or(CookieError::UnknownSession)?;
         if !safe {
             let sent = headers.get(CSRF_HEADER).ok_or(CookieError::MissingCsrfToken)?;
-            if !constant_time_eq(sent.as_bytes(), session.csrf_token.as_bytes()) {
+            if !constant_time_eq(sent.as_bytes(), row.csrf_token.as_bytes()) {
                 return Err(CookieError::WrongCsrfToken);
             }
         }
-        session.last_used = now;
-        Ok(Some(session.credential.clone()))
+        Ok(Some(credential))
     }
 }
 
@@ -249,6 +353,12 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    fn sessions() -> (tempfile::TempDir, Sessions) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        (dir, Sessions::open(store))
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
@@ -259,7 +369,7 @@ mod tests {
 
     #[test]
     fn a_cookie_reads_without_a_csrf_token_but_changes_only_with_it() {
-        let sessions = Sessions::default();
+        let (_dir, sessions) = sessions();
         let new = sessions.create("wharf_secret", "user:a@example.com".into()).unwrap();
         let cookie = format!("other=1; {COOKIE_NAME}={}", new.id);
         let read = sessions.authenticate_cookie(&Method::GET, &headers(&[("cookie", &cookie)])).unwrap();
@@ -282,7 +392,7 @@ mod tests {
             Ok(Some("wharf_secret".into()))
         );
 
-        assert!(sessions.remove(&new.id));
+        assert!(sessions.remove(&new.id).unwrap());
         assert_eq!(
             sessions.authenticate_cookie(&Method::GET, &headers(&[("cookie", &cookie)])),
             Err(CookieError::UnknownSession)
@@ -301,13 +411,66 @@ mod tests {
 
     #[test]
     fn sessions_are_random_and_distinct() {
-        let sessions = Sessions::default();
+        let (_dir, sessions) = sessions();
         let a = sessions.create("t", "owner".into()).unwrap();
         let b = sessions.create("t", "owner".into()).unwrap();
         assert_ne!(a.id, b.id);
         assert_ne!(a.csrf_token, b.csrf_token);
         assert_eq!(a.id.len(), 64);
-        assert_eq!(sessions.view(&a.id).unwrap().csrf_token, a.csrf_token);
-        assert!(sessions.view("not-a-session").is_none());
+        assert_eq!(sessions.view(&a.id).unwrap().unwrap().csrf_token, a.csrf_token);
+        assert!(sessions.view("not-a-session").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_database_holds_neither_the_id_nor_the_credential_and_sessions_outlive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let new = Sessions::open(Store::open(&path).unwrap()).create("wharf_owner_secret", "owner".into()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let wal = std::fs::read(dir.path().join("state.db-wal")).unwrap_or_default();
+        for haystack in [&bytes, &wal] {
+            let contains = |needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+            assert!(!contains(b"wharf_owner_secret"), "the credential is stored sealed");
+            assert!(!contains(new.id.as_bytes()), "the session id is not stored");
+        }
+        // Another process (a restarted server) finds the session by the cookie alone.
+        let reopened = Sessions::open(Store::open(&path).unwrap());
+        let cookie = format!("{COOKIE_NAME}={}", new.id);
+        let credential = reopened.authenticate_cookie(&Method::GET, &headers(&[("cookie", &cookie)])).unwrap();
+        assert_eq!(credential.as_deref().map(String::as_str), Some("wharf_owner_secret"));
+        // A row whose credential was sealed under another id opens nothing.
+        let other = reopened.create("t", "owner".into()).unwrap();
+        reopened
+            .store
+            .write(|tx| {
+                Ok::<_, StoreError>(tx.execute(
+                    "UPDATE console_sessions SET sealed_credential = (SELECT sealed_credential FROM console_sessions WHERE id_hash = ?1) WHERE id_hash = ?2",
+                    params![id_hash(&new.id).as_slice(), id_hash(&other.id).as_slice()],
+                )?)
+            })
+            .unwrap();
+        assert!(reopened.view(&other.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn idle_and_old_sessions_expire() {
+        assert!(!expired(0, 0, secs(IDLE_TIMEOUT) - 1));
+        assert!(expired(0, 0, secs(IDLE_TIMEOUT)));
+        assert!(!expired(0, secs(MAX_LIFETIME) - 10, secs(MAX_LIFETIME) - 1));
+        assert!(expired(0, secs(MAX_LIFETIME) - 10, secs(MAX_LIFETIME)));
+        let (_dir, sessions) = sessions();
+        let new = sessions.create("t", "owner".into()).unwrap();
+        sessions
+            .store
+            .write(|tx| {
+                Ok::<_, StoreError>(
+                    tx.execute("UPDATE console_sessions SET last_used_at = last_used_at - ?1", [secs(IDLE_TIMEOUT)])?,
+                )
+            })
+            .unwrap();
+        assert!(sessions.view(&new.id).unwrap().is_none());
+        let left: i64 =
+            sessions.store.read(|c| c.query_row("SELECT count(*) FROM console_sessions", [], |r| r.get(0))).unwrap();
+        assert_eq!(left, 0, "an expired session is deleted when met");
     }
 }

@@ -1,7 +1,8 @@
-// Jobs: the list, a job's page with "execute" (with overrides), its executions with task
-// counts and states that refresh while they run, an execution's tasks and their logs.
+// Jobs: the list with a create form, a job's page with "execute" (with overrides), its
+// executions with task counts and states that refresh while they run, an execution's tasks
+// and their logs.
 
-import { get, logEntries, post } from "./api.js";
+import { followOperation, get, logEntries, post } from "./api.js";
 import { announce, clearErrors, errorBox, field, formError, h, parseEnv, readiness, replace, segment, shortName, showErrors, table, when } from "./ui.js";
 
 const jobsPath = (ctx, location) => `/v2/projects/${encodeURIComponent(ctx.project)}/locations/${encodeURIComponent(location)}/jobs`;
@@ -25,8 +26,74 @@ export async function renderJobs(main, ctx) {
     main,
     h("h1", {}, "Jobs"),
     table(`Jobs in project ${ctx.project}`, ["Name", "Region", "Executions", "Last execution"], rows),
-    h("p", { class: "hint" }, "Create jobs with wharf run jobs create (or the API); run and inspect them here.")
+    h("section", { "aria-labelledby": "create-job-heading" }, h("h2", { id: "create-job-heading" }, "Create a job"), createJobForm(ctx))
   );
+}
+
+/** The create-job form: POST .../jobs?jobId=, then follows the operation to the job's page. */
+function createJobForm(ctx) {
+  const form = h(
+    "form",
+    { id: "create-job-form", novalidate: true },
+    formError(),
+    h(
+      "div",
+      { class: "grid" },
+      field("Job name", { name: "jobId", field: "jobId", required: true, autocomplete: "off", hint: "Lowercase letters, digits and hyphens." }),
+      field("Region", { name: "region", field: "parent", value: "us-central1", autocomplete: "off" })
+    ),
+    field("Container image", { name: "image", field: "template.template.containers[0].image", required: true, autocomplete: "off", hint: "From Wharf's registry (host:port/name:tag) or a remote registry." }),
+    field("Arguments", { name: "args", field: "template.template.containers[0].args", autocomplete: "off", hint: "Space-separated; empty runs the image's command as it is." }),
+    field("Environment", { name: "env", type: "textarea", field: "template.template.containers[0].env", hint: "One KEY=VALUE per line." }),
+    h(
+      "div",
+      { class: "grid" },
+      field("Tasks", { name: "taskCount", type: "number", min: 1, field: "template.taskCount", placeholder: "1" }),
+      field("Parallelism", { name: "parallelism", type: "number", min: 0, field: "template.parallelism", placeholder: "all" }),
+      field("Retries per task", { name: "maxRetries", type: "number", min: 0, field: "template.template.maxRetries", placeholder: "3" }),
+      field("Task timeout", { name: "timeout", field: "template.template.timeout", placeholder: "600s" }),
+      field("Memory", { name: "memory", field: "template.template.containers[0].resources.limits.memory", placeholder: "512Mi" })
+    ),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Create job"), h("p", { class: "progress", role: "status", "data-progress": "" }))
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const progress = form.querySelector("[data-progress]");
+    const button = form.querySelector("button[type=submit]");
+    const container = { image: form.image.value.trim() };
+    try {
+      const env = parseEnv(form.env.value);
+      if (env.length) container.env = env;
+    } catch (error) {
+      return showErrors(form, { message: error.message, fieldViolations: [{ field: "template.template.containers[0].env", description: error.message }] });
+    }
+    if (form.args.value.trim()) container.args = form.args.value.trim().split(/\s+/);
+    if (form.memory.value.trim()) container.resources = { limits: { memory: form.memory.value.trim() } };
+    const task = { containers: [container] };
+    if (form.maxRetries.value) task.maxRetries = Number(form.maxRetries.value);
+    if (form.timeout.value.trim()) task.timeout = form.timeout.value.trim();
+    const template = { template: task };
+    if (form.taskCount.value) template.taskCount = Number(form.taskCount.value);
+    if (form.parallelism.value) template.parallelism = Number(form.parallelism.value);
+    const region = form.region.value.trim() || "us-central1";
+    const jobId = form.jobId.value.trim();
+    button.disabled = true;
+    try {
+      const op = await post(`${jobsPath(ctx, region)}?jobId=${encodeURIComponent(jobId)}`, { template });
+      await followOperation(op, (_, seconds) => {
+        progress.textContent = `Creating ${jobId}… ${seconds} s`;
+      });
+      announce(`Job ${jobId} created.`);
+      location.hash = `#/jobs/${encodeURIComponent(region)}/${encodeURIComponent(jobId)}`;
+    } catch (error) {
+      progress.textContent = "";
+      showErrors(form, error);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
 }
 
 /** "Succeeded", "Failed", "Running", from an execution's counts and conditions. */

@@ -1,8 +1,9 @@
 // A service's page: its URL and state, revisions with their traffic and tags (edit the split,
 // roll back in one action), a revision's configuration, the deploy form (also used to create
-// a service), logs that follow, and who may do what on it.
+// a service), logs that follow, who may do what on it, and its metrics charts (charts.js).
 
 import { followOperation, get, logEntries, patch, post } from "./api.js";
+import { metricsPanel } from "./charts.js";
 import {
   announce,
   clearErrors,
@@ -63,11 +64,7 @@ export async function renderService(main, ctx, location, name) {
       "section",
       { "aria-labelledby": "metrics-heading" },
       h("h2", { id: "metrics-heading" }, "Metrics"),
-      h(
-        "p",
-        { class: "placeholder" },
-        "Charts of requests by status class, latency percentiles and instance count are not wired yet: they need the server's metrics endpoint, which is being built separately. No data is shown rather than made-up data."
-      )
+      metricsPanel(ctx, location, name)
     )
   );
 }
