@@ -19,7 +19,7 @@ use crate::rootfs::Rootfs;
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub data_dir: PathBuf,
-    /// The `wharf` binary, whose `shim` subcommand runs each container.
+    /// The `wharf` binary, whose `supervise` and `shim` subcommands run the containers.
     pub helper: PathBuf,
     /// How many log lines to keep.
     pub log_retention_lines: i64,
@@ -61,7 +61,8 @@ pub struct Runtime {
 pub(crate) struct Inner {
     pub(crate) instances_dir: PathBuf,
     pub(crate) state_root: PathBuf,
-    pub(crate) helper: PathBuf,
+    /// The one helper process that parents, stops and reaps this runtime's containers.
+    pub(crate) supervisor: crate::supervisor::Supervisor,
     pub(crate) network: Network,
     pub(crate) logs: LogStore,
     pub(crate) cgroups: CgroupParent,
@@ -117,8 +118,8 @@ impl Runtime {
         network.setup_host().await?;
         let inner = Inner {
             instances_dir,
+            supervisor: crate::supervisor::Supervisor::new(config.helper, state_root.clone()),
             state_root,
-            helper: config.helper,
             network,
             logs: LogStore::open(db, config.log_retention_lines, config.log_limits),
             admission: Admission::new(config.instance_limits.memory_bytes),
@@ -170,6 +171,7 @@ impl Runtime {
         for stop in stops.collect::<Vec<_>>() {
             let _ = stop.await;
         }
+        self.inner.supervisor.close().await;
         self.inner.network.teardown_host().await;
         self.inner.cgroups.remove_if_unused();
         self.inner.logs.flush().await;
