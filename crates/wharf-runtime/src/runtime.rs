@@ -52,6 +52,12 @@ impl RuntimeConfig {
     }
 }
 
+/// How many instance launches may run at once, per core. A launch is mostly CPU (mounts,
+/// netlink, the shim's fork and exec, libcontainer): more at once only share the cores, and a
+/// thousand at once made this 2-core machine's load average pass 300 with next to no start
+/// finishing (`docs/benchmarks.md`, 1000 instances).
+const LAUNCHES_PER_CORE: usize = 2;
+
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub(crate) inner: Arc<Inner>,
@@ -67,6 +73,9 @@ pub(crate) struct Inner {
     pub(crate) logs: LogStore,
     pub(crate) cgroups: CgroupParent,
     pub(crate) admission: Admission,
+    /// Launches (rootfs, network, container) under way at once: a burst of starts queues here
+    /// instead of forking hundreds of shims together (`LAUNCHES_PER_CORE`).
+    pub(crate) launches: tokio::sync::Semaphore,
     pub(crate) instances: Mutex<HashMap<String, Arc<Instance>>>,
     /// Who has which instance address: from the moment a start creates the instance's network
     /// (before its process runs) until its release destroys it, so an address never names a
@@ -123,6 +132,9 @@ impl Runtime {
             network,
             logs: LogStore::open(db, config.log_retention_lines, config.log_limits),
             admission: Admission::new(config.instance_limits.memory_bytes),
+            launches: tokio::sync::Semaphore::new(
+                LAUNCHES_PER_CORE * std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            ),
             cgroups,
             instances: Mutex::default(),
             callers: Mutex::default(),

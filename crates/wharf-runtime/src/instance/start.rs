@@ -169,7 +169,11 @@ impl Runtime {
         let dir = self.inner.instances_dir.join(&id);
         std::fs::create_dir_all(&dir).map_err(RuntimeError::io("create directory", &dir))?;
         let mut partial = PartialStart::new(self, &id, &dir);
-        let launched = match self.launch(&spec, identity, &id, &dir, partial.created()).await {
+        let launched = {
+            let _slot = self.inner.launches.acquire().await;
+            self.launch(&spec, identity, &id, &dir, partial.created()).await
+        };
+        let launched = match launched {
             Ok(launched) => launched,
             Err(e) => return Err(partial.fail(e).await),
         };
