@@ -47,8 +47,14 @@ pub(crate) fn helper_pids(server: &WharfServer) -> Vec<u32> {
 
 /// Wharf's own memory: the server's PSS plus its helpers', in KiB, and how many helpers.
 pub(crate) fn wharf_pss_kib(server: &WharfServer) -> (f64, usize) {
+    let (helpers, count) = helpers_pss_kib(server);
+    (pss_kib(server.addrs.pid) + helpers, count)
+}
+
+/// The helper processes' PSS alone, in KiB, and how many there are.
+fn helpers_pss_kib(server: &WharfServer) -> (f64, usize) {
     let helpers = helper_pids(server);
-    (pss_kib(server.addrs.pid) + helpers.iter().map(|p| pss_kib(*p)).sum::<f64>(), helpers.len())
+    (helpers.iter().map(|p| pss_kib(*p)).sum(), helpers.len())
 }
 
 /// Ids and addresses (`ip:8080`) of `service`'s instances that have a running container.
@@ -87,11 +93,13 @@ pub async fn memory_row(server: &WharfServer, image_ref: &str, n: usize) -> anyh
     // Let the starts' transient allocations settle (the pool's idle instances are frozen).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (after, helpers) = wharf_pss_kib(server);
+    let (helpers_kib, _) = helpers_pss_kib(server);
     cli(server, &["run", "services", "delete", "mem", "--project", "bench", "--quiet"])?;
     wait_for("the mem instances to stop", Duration::from_secs(60), || instances_of(server, "mem").is_empty())?;
     Ok(Row {
         metric: format!(
-            "Wharf memory per idle instance (server growth + {helpers} helper processes, PSS, {n} instances)"
+            "Wharf memory per idle instance (server growth + {helpers} helper processes of {:.2} MiB, PSS, {n} instances)",
+            helpers_kib / 1024.0
         ),
         wharf: (after - before) / (n as f64) / 1024.0,
         baseline: None,
@@ -131,6 +139,7 @@ pub async fn many_rows(server: &WharfServer, image_ref: &str, count: usize) -> a
         let deploy_returned = t.elapsed();
         let client = wharf_testsupport::http_client().timeout(Duration::from_secs(5)).build()?;
         let mut answered = std::collections::HashSet::new();
+        let (mut tenth, mut nine_tenths) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(300);
         while answered.len() < count {
             if Instant::now() > deadline {
@@ -150,11 +159,19 @@ pub async fn many_rows(server: &WharfServer, image_ref: &str, count: usize) -> a
                 .collect()
                 .await;
             answered.extend(results.into_iter().flatten());
+            if tenth.is_none() && answered.len() * 10 >= count {
+                tenth = Some(t.elapsed());
+            }
+            if nine_tenths.is_none() && answered.len() * 10 >= count * 9 {
+                nine_tenths = Some(t.elapsed());
+            }
             if answered.len() < count {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         let all_answered = t.elapsed();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_or(0, |m| m.lines().count());
+        let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
         let (after, helpers) = wharf_pss_kib(server);
         let instances = instances_of(server, "many");
         let cgroups: f64 = instances.iter().map(|(id, _)| instance_memory_bytes(id)).sum::<f64>() / 1048576.0;
@@ -162,8 +179,11 @@ pub async fn many_rows(server: &WharfServer, image_ref: &str, count: usize) -> a
         Ok(vec![
             Row {
                 metric: format!(
-                    "{count} instances started and each answering once (deploy returned after {:.2} s)",
-                    deploy_returned.as_secs_f64()
+                    "{count} instances started and each answering once (deploy returned after {:.2} s; \
+                     10% answered at {:.2} s, 90% at {:.2} s; {mounts} host mounts at the end)",
+                    deploy_returned.as_secs_f64(),
+                    secs(tenth),
+                    secs(nine_tenths),
                 ),
                 wharf: all_answered.as_secs_f64(),
                 baseline: None,

@@ -19,7 +19,6 @@
 //! It knows nothing of services, revisions or HTTP: callers hand it an [`InstanceSpec`].
 
 pub mod admission;
-pub mod allocator;
 pub mod backend;
 pub mod cgroup;
 pub mod contract;

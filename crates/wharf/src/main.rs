@@ -128,10 +128,6 @@ fn main() -> std::process::ExitCode {
         let code = wharf_runtime::shim::run(&wharf_runtime::shim::ShimArgs { id, bundle, state_root });
         return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    if matches!(args.command, Command::Server(_)) {
-        // Before any thread exists: the server's heap stays in few malloc arenas.
-        wharf_runtime::allocator::limit_arenas();
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
