@@ -548,7 +548,7 @@ mod tests {
     fn commands_and_events_round_trip_as_json_lines() {
         let stop = SupervisorCommand::Stop { id: "ab12".into(), grace_ms: 10_000 };
         let text = serde_json::to_string(&stop).unwrap();
-        assert_eq!(text, r#"{"command":"stop","id":"ab12","graceMs":10000}"#);
+        assert_eq!(text, r#"{"command":"stop","id":"ab12","grace_ms":10000}"#);
         assert_eq!(serde_json::from_str::<SupervisorCommand>(&text).unwrap(), stop);
         let exited = SupervisorEvent {
             id: "ab12".into(),
