@@ -12,6 +12,9 @@
 //! `all [--smoke] [--out FILE]`: the whole-system table (see `system.rs`), also written as JSON
 //! (default `bench-results.json`); `--smoke` runs few iterations (CI runs it so it cannot rot).
 //!
+//! `instances [--count 1000] [--smoke] [--wharf PATH]`: memory per idle instance and N
+//! instances started and each answering once, with their memory (see `instances.rs`).
+//!
 //! `cpu [--smoke]`: the CPU allocation rows of `all` alone (idle CPU, thaw latency; `cpu.rs`).
 //!
 //! `protocols [--requests 20000]`: HTTP/1.1, h2c, HTTP/1.1 over TLS and h2 over TLS through
@@ -23,6 +26,7 @@
 mod cpu;
 mod flood;
 mod haproxy;
+mod instances;
 mod invoker;
 mod logquery;
 mod openloop;
@@ -60,6 +64,19 @@ fn main() -> anyhow::Result<()> {
                 .map_or_else(|| PathBuf::from("bench-results.json"), PathBuf::from);
             let smoke = args.iter().any(|a| a == "--smoke");
             tokio::runtime::Runtime::new()?.block_on(system::run(system::Options { smoke, out }))
+        }
+        Some("instances") => {
+            let count = args
+                .iter()
+                .position(|a| a == "--count")
+                .and_then(|i| args.get(i + 1))
+                .map(|n| n.parse::<usize>())
+                .transpose()
+                .context("--count takes a number")?;
+            let smoke = args.iter().any(|a| a == "--smoke");
+            let wharf = args.iter().position(|a| a == "--wharf").and_then(|i| args.get(i + 1)).map(PathBuf::from);
+            let count = count.unwrap_or(if smoke { 20 } else { 1000 });
+            tokio::runtime::Runtime::new()?.block_on(instances::run(count, smoke, wharf))
         }
         Some("cpu") => tokio::runtime::Runtime::new()?.block_on(cpu::run(args.iter().any(|a| a == "--smoke"))),
         Some("protocols") => {
@@ -102,7 +119,8 @@ fn main() -> anyhow::Result<()> {
         _ => bail!(
             "usage: wharf-bench start [--runs N] | wharf-bench all [--smoke] [--out FILE] | \
              wharf-bench flood [--clients N] [--rounds N] [--waves N] | wharf-bench logs [--entries N] | \
-             wharf-bench protocols [--requests N] | wharf-bench cpu [--smoke]"
+             wharf-bench protocols [--requests N] | wharf-bench cpu [--smoke] | \
+             wharf-bench instances [--count N] [--smoke] [--wharf PATH]"
         ),
     }
 }

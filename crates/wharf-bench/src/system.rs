@@ -7,8 +7,9 @@
 //!    the same instance reached directly, and through nginx as a reverse proxy;
 //! 3. `wharf run deploy` of a new revision (cached image) until its URL serves it;
 //! 4. scale-out: 0 to 200 concurrent slow requests at concurrency 10;
-//! 5. Wharf's memory (server and shims) per running instance;
-//! 6. CPU allocation: an idle instance's CPU use and the latency of thawing it (`cpu.rs`).
+//! 5. Wharf's memory (server growth and helper processes, PSS) per idle instance;
+//! 6. CPU allocation: an idle instance's CPU use and the latency of thawing it (`cpu.rs`);
+//! 7. 1,000 instances (20 in `--smoke`) started and each answering once, with their memory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -104,11 +105,17 @@ async fn first_byte(client: &reqwest::Client, url: &str, host: Option<&str>) -> 
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let trials = if options.smoke { 3 } else { 30 };
+    let many = if options.smoke { 20 } else { 1000 };
     let work = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
     let image = wharf_testsupport::testapp_image(work.path(), "bench")?;
     let server = WharfServer::start_with_env(
         &wharf_binary()?,
-        &[("WHARF_IDLE_TIMEOUT", "1s"), ("WHARF_LOG", "warn"), ("WHARF_HTTPS_ADDR", "127.0.0.1:0")],
+        &[
+            ("WHARF_IDLE_TIMEOUT", "1s"),
+            ("WHARF_LOG", "warn"),
+            ("WHARF_HTTPS_ADDR", "127.0.0.1:0"),
+            ("WHARF_INSTANCE_MEMORY_LIMIT", &crate::instances::memory_limit_for(many)),
+        ],
     )?;
     cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
     let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
@@ -119,27 +126,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let client = server.client_builder().timeout(Duration::from_secs(60)).build()?;
     let mut rows = Vec::new();
 
-    // 5 (measured first, on the fresh server). Memory per instance.
-    let before = wharf_rss_kib(&server, true);
-    let n = if options.smoke { 2 } else { 10 };
-    let shims_before = count_shims(&server);
-    cli(
-        &server,
-        &["run", "deploy", "mem", "--image", &image_ref, "--project", "bench", "--min-instances", &n.to_string()],
-    )?;
-    wait_for("min instances", Duration::from_secs(60), || count_shims(&server) >= shims_before + n)?;
-    std::thread::sleep(Duration::from_secs(1));
-    let after = wharf_rss_kib(&server, true);
-    let per_instance = (after - before) / (n as f64) / 1024.0;
-    cli(&server, &["run", "services", "delete", "mem", "--project", "bench", "--quiet"])?;
-    let memory_row = Row {
-        metric: format!("Wharf memory per running instance (server + shim PSS, {n} instances)"),
-        wharf: per_instance,
-        baseline: None,
-        baseline_name: "(target: 2 MiB)".into(),
-        unit: "MiB",
-        higher_is_better: false,
-    };
+    // 5 (measured first, on the fresh server). Memory per idle instance (`instances.rs`).
+    let memory_row = crate::instances::memory_row(&server, &image_ref, if options.smoke { 2 } else { 10 }).await?;
 
     // 1. Cold start.
     cli(&server, &["run", "deploy", "cold", "--image", &image_ref, "--project", "bench"])?;
@@ -375,6 +363,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     rows.extend(crate::cpu::rows(&server, &client, &image_ref, options.smoke).await?);
 
     rows.push(memory_row);
+    // 7. Many instances at once (`instances.rs`), last: it fills the machine.
+    rows.extend(crate::instances::many_rows(&server, &image_ref, many).await?);
     rows.extend(crate::invoker::rows(if options.smoke { 2_000 } else { 100_000 })?);
     rows.extend(crate::logquery::rows(if options.smoke { 20_000 } else { 1_000_000 }).await?);
     print_table(&rows);
@@ -532,18 +522,6 @@ fn runc_baseline(dir: &Path, image: &wharf_testsupport::TestImage, trials: usize
     Ok(times)
 }
 
-fn pids_matching(filter: impl Fn(&str) -> bool) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            filter(&String::from_utf8_lossy(&cmdline).replace('\0', " ")).then_some(pid)
-        })
-        .collect()
-}
-
 pub(crate) fn rss_kib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -551,24 +529,6 @@ pub(crate) fn rss_kib(pid: u32) -> f64 {
             s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0.0)
-}
-
-fn count_shims(server: &WharfServer) -> usize {
-    let dir = server.data_dir().to_string_lossy().into_owned();
-    pids_matching(|c| (c.contains(" shim --id ") || c.contains(" shim-wait --pid ")) && c.contains(&dir)).len()
-}
-
-/// RSS of the server plus, when `with_shims`, of every shim of this server.
-fn wharf_rss_kib(server: &WharfServer, with_shims: bool) -> f64 {
-    let dir = server.data_dir().to_string_lossy().into_owned();
-    let mut total = rss_kib(server.addrs.pid);
-    if with_shims {
-        for pid in pids_matching(|c| (c.contains(" shim --id ") || c.contains(" shim-wait --pid ")) && c.contains(&dir))
-        {
-            total += rss_kib(pid);
-        }
-    }
-    total
 }
 
 pub fn print_table(rows: &[Row]) {

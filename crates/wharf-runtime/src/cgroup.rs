@@ -341,7 +341,7 @@ impl Freezer {
 
 /// Thaws every cgroup of instance `id` found on the machine, so that its processes can be
 /// killed: a process frozen by the v1 freezer does not die of SIGKILL until it is thawed.
-/// For the shim, before it signals the container, and the start-up sweep.
+/// For the instance supervisor, before it signals a container, and the start-up sweep.
 pub fn thaw_all(id: &str) {
     for dir in directories(id) {
         if dir.join("freezer.state").exists() {
@@ -390,7 +390,7 @@ fn hierarchies() -> Vec<PathBuf> {
 
 /// Every directory instance `id`'s cgroup may have, across v1 controllers and v2: at the root
 /// of a hierarchy (before the parent cgroup existed), under `wharf/` or one level deeper
-/// (a parent such as `wharf/test-1`). Found by looking, so the shim and a start-up sweep need
+/// (a parent such as `wharf/test-1`). Found by looking, so the supervisor and a start-up sweep need
 /// not know which parent the server that started the instance used.
 pub fn directories(id: &str) -> Vec<PathBuf> {
     let cg = name(id);
@@ -410,7 +410,7 @@ pub fn directories(id: &str) -> Vec<PathBuf> {
 }
 
 /// Kills every process in the instance's cgroups and removes them. For the start-up sweep,
-/// after an unclean exit left an instance behind, and for the shim after its container exits.
+/// after an unclean exit left an instance behind, and for the supervisor after a container exits.
 pub fn kill_and_remove(id: &str) {
     thaw_all(id);
     let dirs = directories(id);

@@ -28,6 +28,9 @@ pub enum RuntimeError {
     InvalidSpec(#[from] crate::spec::SpecError),
     #[error("the container helper failed: {0}")]
     Shim(String),
+    /// The instance supervisor process could not be started or reached.
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
     /// The container did not become ready; `reason` is what a user needs to see.
     #[error("{reason}")]
     StartupFailed { reason: String },

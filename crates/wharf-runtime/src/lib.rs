@@ -3,8 +3,9 @@
 //!
 //! - [`Runtime`] (`runtime.rs`): the handle; opening it sweeps leftovers of an unclean exit.
 //! - [`instance`]: an instance's lifecycle, one file per operation (start, probe, stop, reap).
-//! - [`shim`]: the helper process that drives youki's libcontainer, one per instance, so the
-//!   multi-threaded server never forks a container itself.
+//! - [`shim`]: the helper process that drives youki's libcontainer, one per instance start,
+//!   so the multi-threaded server never forks a container itself; [`supervisor`]: the one
+//!   helper process per runtime that parents, stops and reaps every container.
 //! - [`rootfs`], [`network`], [`spec`]: the sandbox: overlay on a memory-charged
 //!   tmpfs, a network namespace with NAT egress and no instance-to-instance traffic, cgroup
 //!   limits, and the OCI runtime spec.
@@ -33,6 +34,7 @@ mod runtime;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod supervisor;
 
 pub use backend::RuntimeBackend;
 pub use contract::Owner;

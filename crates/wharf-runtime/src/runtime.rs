@@ -19,7 +19,7 @@ use crate::rootfs::Rootfs;
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub data_dir: PathBuf,
-    /// The `wharf` binary, whose `shim` subcommand runs each container.
+    /// The `wharf` binary, whose `supervise` and `shim` subcommands run the containers.
     pub helper: PathBuf,
     /// How many log lines to keep.
     pub log_retention_lines: i64,
@@ -52,6 +52,12 @@ impl RuntimeConfig {
     }
 }
 
+/// How many instance launches may run at once, per core. A launch is mostly CPU (mounts,
+/// netlink, the shim's fork and exec, libcontainer): more at once only share the cores, and a
+/// thousand at once made this 2-core machine's load average pass 300 with next to no start
+/// finishing (`docs/benchmarks.md`, 1000 instances).
+const LAUNCHES_PER_CORE: usize = 2;
+
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub(crate) inner: Arc<Inner>,
@@ -61,11 +67,15 @@ pub struct Runtime {
 pub(crate) struct Inner {
     pub(crate) instances_dir: PathBuf,
     pub(crate) state_root: PathBuf,
-    pub(crate) helper: PathBuf,
+    /// The one helper process that parents, stops and reaps this runtime's containers.
+    pub(crate) supervisor: crate::supervisor::Supervisor,
     pub(crate) network: Network,
     pub(crate) logs: LogStore,
     pub(crate) cgroups: CgroupParent,
     pub(crate) admission: Admission,
+    /// Launches (rootfs, network, container) under way at once: a burst of starts queues here
+    /// instead of forking hundreds of shims together (`LAUNCHES_PER_CORE`).
+    pub(crate) launches: tokio::sync::Semaphore,
     pub(crate) instances: Mutex<HashMap<String, Arc<Instance>>>,
     /// Who has which instance address: from the moment a start creates the instance's network
     /// (before its process runs) until its release destroys it, so an address never names a
@@ -117,11 +127,14 @@ impl Runtime {
         network.setup_host().await?;
         let inner = Inner {
             instances_dir,
+            supervisor: crate::supervisor::Supervisor::new(config.helper, state_root.clone()),
             state_root,
-            helper: config.helper,
             network,
             logs: LogStore::open(db, config.log_retention_lines, config.log_limits),
             admission: Admission::new(config.instance_limits.memory_bytes),
+            launches: tokio::sync::Semaphore::new(
+                LAUNCHES_PER_CORE * std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            ),
             cgroups,
             instances: Mutex::default(),
             callers: Mutex::default(),
@@ -171,6 +184,7 @@ impl Runtime {
         for stop in stops.collect::<Vec<_>>() {
             let _ = stop.await;
         }
+        self.inner.supervisor.close().await;
         self.inner.network.teardown_host().await;
         self.inner.cgroups.remove_if_unused();
         self.inner.logs.flush().await;

@@ -123,7 +123,7 @@ pub fn wharf_leftovers(scope: &Scope) -> Vec<Leftover> {
             let subcommand = argv.get(1).map(String::as_str).unwrap_or_default();
             let ours = scope.server_pids.iter().any(|p| i32::try_from(*p).is_ok_and(|p| p == pid))
                 || (!data_dir.is_empty() && argv.iter().any(|a| Path::new(a).starts_with(&scope.data_dir)));
-            if is_wharf && matches!(subcommand, "server" | "shim" | "shim-wait") && ours {
+            if is_wharf && matches!(subcommand, "server" | "shim" | "supervise") && ours {
                 found.push(Leftover::Process { pid, cmdline: argv.join(" ").trim().to_owned() });
             }
         }

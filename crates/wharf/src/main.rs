@@ -18,7 +18,7 @@ struct Wharf {
 enum Command {
     /// Run the Wharf platform: API, ingress, registry, runtime and state store.
     Server(Box<server::ServerArgs>),
-    /// Internal: the per-instance container helper the server starts (not for users).
+    /// Internal: the per-instance container helper the instance supervisor starts (not for users).
     #[command(hide = true)]
     Shim {
         #[arg(long)]
@@ -104,14 +104,17 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    // The per-instance waiter stays small: it starts before any parsing or logging set-up.
+    // The instance supervisor stays small: it starts before any parsing or logging set-up.
     let raw: Vec<String> = std::env::args().collect();
-    if raw.get(1).map(String::as_str) == Some("shim-wait") {
-        let Some(args) = wharf_runtime::shim::WaitArgs::parse(&raw[2..]) else {
-            eprintln!("usage: wharf shim-wait --pid N --id ID --state-root DIR (internal)");
-            return std::process::ExitCode::FAILURE;
+    if raw.get(1).map(String::as_str) == Some("supervise") {
+        let state_root = match (raw.get(2).map(String::as_str), raw.get(3)) {
+            (Some("--state-root"), Some(dir)) if raw.len() == 4 => std::path::PathBuf::from(dir),
+            _ => {
+                eprintln!("usage: wharf supervise --state-root DIR (internal)");
+                return std::process::ExitCode::FAILURE;
+            }
         };
-        return std::process::ExitCode::from(u8::try_from(wharf_runtime::shim::wait(&args)).unwrap_or(1));
+        return std::process::ExitCode::from(u8::try_from(wharf_runtime::supervisor::run(state_root)).unwrap_or(1));
     }
     let args = Wharf::parse();
     // The shim forks containers, so it must stay single-threaded: no async runtime for it.

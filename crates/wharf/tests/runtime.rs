@@ -111,6 +111,53 @@ async fn get(instance: &Instance, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// Pids of the helper processes (`wharf supervise`, `wharf shim`) working for the runtime on
+/// `data_dir`.
+fn helpers(data_dir: &std::path::Path) -> Vec<i32> {
+    let dir = data_dir.to_string_lossy().into_owned();
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?).replace('\0', " ");
+            let helper = cmdline.contains(" supervise ") || cmdline.contains(" shim ");
+            (helper && cmdline.contains(&dir)).then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The parent process of `pid`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|p| p.trim().parse().ok())
+}
+
+/// The runtime's supervisor and its children, once it has exactly `expected` of them (the
+/// shims exit right after their containers run), bounded.
+async fn supervisor_and_children(data_dir: &std::path::Path, expected: usize) -> (i32, Vec<i32>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let own = i32::try_from(std::process::id()).ok();
+        let found: Vec<i32> = helpers(data_dir).into_iter().filter(|p| parent_of(*p) == own).collect();
+        if let [supervisor] = found[..] {
+            let children: Vec<i32> = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+                .filter(|p| parent_of(*p) == Some(supervisor))
+                .collect();
+            if children.len() == expected {
+                return (supervisor, children);
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no supervisor with {expected} children: helpers {found:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_instances_share_port_8080_and_stop_gracefully() {
     let h = harness().await;
@@ -123,6 +170,26 @@ async fn two_instances_share_port_8080_and_stop_gracefully() {
     let phases = a.phases();
     assert!(phases.total_us > 0 && phases.create_us > 0, "{phases:?}");
     assert_eq!(a.state(), InstanceState::Ready);
+    // One helper process for all instances: the supervisor, parent of both containers' init
+    // processes once their shims have exited; no process of its own beside each instance.
+    let (supervisor, children) = supervisor_and_children(h.dir.path(), 2).await;
+    assert_eq!(helpers(h.dir.path()), vec![supervisor], "helpers other than the one supervisor");
+    let mut cgroups: Vec<String> = children
+        .iter()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default())
+        .map(|c| {
+            if c.contains(&format!("wharf-{}", a.id)) {
+                "a"
+            } else if c.contains(&format!("wharf-{}", b.id)) {
+                "b"
+            } else {
+                "?"
+            }
+        })
+        .map(str::to_owned)
+        .collect();
+    cgroups.sort();
+    assert_eq!(cgroups, ["a", "b"], "the supervisor's children are not the two containers");
 
     let status = h.runtime.stop(&a).await;
     assert_eq!(status.state, InstanceState::Stopped);

@@ -124,7 +124,6 @@ pub struct Instance {
     pub(crate) grace_period: Duration,
     pub(crate) status: watch::Sender<InstanceStatus>,
     pub(crate) phases: Mutex<StartPhases>,
-    pub(crate) control: tokio::sync::Mutex<Option<tokio::process::ChildStdin>>,
     pub(crate) recent: Mutex<VecDeque<String>>,
     /// Where its output goes (its own queue and rate budget).
     pub(crate) log: crate::logs::InstanceLog,

@@ -1,5 +1,5 @@
 //! The end of an instance: reading its output into the log store while it runs, then, when
-//! the shim reports the exit, recording how it ended and releasing everything it used
+//! the supervisor reports the exit, recording how it ended and releasing everything it used
 //! (mounts, network namespace and veth, instance directory). The instance reaches a terminal
 //! state only after all of that is done.
 
@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use tokio::io::{BufReader, Lines};
-use tokio::process::{Child, ChildStdout};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
@@ -22,11 +21,10 @@ use crate::rootfs::Rootfs;
 use crate::runtime::{Inner, Runtime};
 use crate::shim::ShimEvent;
 
-/// A started shim: the process, its event lines, and the read ends of the container's output.
-pub(crate) type ShimParts = (Child, Lines<BufReader<ChildStdout>>, std::io::PipeReader, std::io::PipeReader);
-
-pub(crate) async fn read_output(runtime: Runtime, instance: Arc<Instance>, pipe: std::io::PipeReader, stream: Stream) {
-    let receiver = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe.into()) {
+/// Reads one of the container's output FIFOs (its read end, opened non-blocking) until every
+/// writer closed it, into the instance's log.
+pub(crate) async fn read_output(runtime: Runtime, instance: Arc<Instance>, pipe: std::os::fd::OwnedFd, stream: Stream) {
+    let receiver = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(?stream, error = %e, "cannot read container output");
@@ -46,33 +44,29 @@ pub(crate) async fn read_output(runtime: Runtime, instance: Arc<Instance>, pipe:
     }
 }
 
-/// Waits for the shim's exit report, then releases everything and records the end state.
-/// Runs in the instance's span (spawned from `start`).
+/// Waits for the supervisor's exit report, then releases everything and records the end
+/// state. Runs in the instance's span (spawned from `start`).
 pub(crate) async fn reap(
     runtime: Runtime,
     instance: Arc<Instance>,
-    mut events: Lines<BufReader<ChildStdout>>,
-    mut child: Child,
+    mut events: UnboundedReceiver<ShimEvent>,
     readers: Vec<JoinHandle<()>>,
 ) {
     let mut exit = None;
-    while let Ok(Some(line)) = events.next_line().await {
-        match serde_json::from_str::<ShimEvent>(&line) {
-            Ok(ShimEvent::Exited { code, signal, oom_killed }) => {
+    while let Some(event) = events.recv().await {
+        match event {
+            ShimEvent::Exited { code, signal, oom_killed } => {
                 instance.exited.store(true, std::sync::atomic::Ordering::SeqCst);
                 tracing::debug!(?code, ?signal, oom_killed, "container exited");
                 exit = Some(ExitInfo { code, signal, oom_killed });
             }
-            Ok(other) => tracing::debug!(event = ?other, "shim event"),
-            Err(_) => tracing::warn!(line, "unreadable shim event"),
+            other => tracing::debug!(event = ?other, "supervisor event"),
         }
     }
     instance.exited.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = child.wait().await;
-    *instance.control.lock().await = None;
     if exit.is_none() {
-        // The shim died without reporting: make sure nothing of the container survives.
-        tracing::warn!("the container helper exited without reporting; killing the container's cgroup");
+        // The supervisor died without reporting: make sure nothing of the container survives.
+        tracing::warn!("the instance supervisor ended without reporting; killing the container's cgroup");
         let id = instance.id.clone();
         let _ = tokio::task::spawn_blocking(move || crate::cgroup::kill_and_remove(&id)).await;
     }

@@ -1,17 +1,14 @@
-//! Starting an instance: rootfs, network, OCI bundle, the shim that runs the container, then
-//! the startup probe. Until the shim reports the container running, everything created so far
-//! is held by a [`PartialStart`], which releases it if the start fails (or is abandoned), so a
-//! failed start leaves nothing behind. From then on the instance's reaper owns it all.
+//! Starting an instance: rootfs, network, OCI bundle, the container (started through the
+//! instance supervisor and its shim), then the startup probe. Until the container runs,
+//! everything created so far is held by a [`PartialStart`], which releases it if the start
+//! fails (or is abandoned), so a failed start leaves nothing behind. From then on the instance's reaper owns it all.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use command_fds::{CommandFdExt as _, FdMapping};
-use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
@@ -50,15 +47,21 @@ struct Created {
     dir: PathBuf,
     rootfs: Option<Rootfs>,
     network: Option<InstanceNetwork>,
-    shim: Option<Child>,
+    /// Whether the supervisor was asked to start the container.
+    launched: bool,
 }
 
 impl Created {
-    /// Kills the shim, if one was started (a shim that reported failure is exiting anyway),
-    /// and releases mounts, network, container state and the instance directory.
-    async fn release(mut self) {
-        if let Some(shim) = self.shim.as_mut() {
-            let _ = shim.kill().await;
+    /// Stops the container, if its start was asked for (the supervisor kills it as soon as it
+    /// runs, if it does not yet), and releases mounts, network, container state and the
+    /// instance directory.
+    async fn release(self) {
+        if self.launched {
+            let supervisor = &self.runtime.inner.supervisor;
+            supervisor.forget(&self.id);
+            supervisor.command(&crate::supervisor::SupervisorCommand::Stop { id: self.id.clone(), grace_ms: 0 }).await;
+            let id = self.id.clone();
+            let _ = tokio::task::spawn_blocking(move || crate::cgroup::kill_and_remove(&id)).await;
         }
         // A rootfs not (yet) mounted is unmounted by path: unmounting nothing is no error.
         let rootfs = self.rootfs.unwrap_or_else(|| Rootfs::paths(&self.dir));
@@ -75,7 +78,7 @@ impl PartialStart {
                 dir: dir.to_owned(),
                 rootfs: None,
                 network: None,
-                shim: None,
+                launched: false,
             }),
         }
     }
@@ -93,13 +96,13 @@ impl PartialStart {
         error
     }
 
-    /// Hands the rootfs, network and shim over to the instance; the guard releases nothing.
-    /// Can only be called once all three exist.
-    fn into_parts(mut self) -> (Rootfs, InstanceNetwork, Child) {
+    /// Hands the rootfs and network over to the instance; the guard releases nothing.
+    /// Can only be called once the container runs.
+    fn into_parts(mut self) -> (Rootfs, InstanceNetwork) {
         let created = self.created.take().expect("into_parts is called once");
-        match (created.rootfs, created.network, created.shim) {
-            (Some(rootfs), Some(network), Some(shim)) => (rootfs, network, shim),
-            _ => unreachable!("into_parts is called only after the shim reported the container running"),
+        match (created.rootfs, created.network) {
+            (Some(rootfs), Some(network)) if created.launched => (rootfs, network),
+            _ => unreachable!("into_parts is called only after the container was reported running"),
         }
     }
 }
@@ -116,12 +119,13 @@ impl Drop for PartialStart {
     }
 }
 
-/// A container the shim reports running, with the pipes the reaper takes over.
+/// A container reported running, with its event stream and the output FIFOs' read ends the
+/// reaper takes over.
 #[derive(Debug)]
 struct Launched {
-    events: Lines<BufReader<ChildStdout>>,
-    stdout: std::io::PipeReader,
-    stderr: std::io::PipeReader,
+    events: UnboundedReceiver<ShimEvent>,
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
     phases: StartPhases,
 }
 
@@ -165,11 +169,15 @@ impl Runtime {
         let dir = self.inner.instances_dir.join(&id);
         std::fs::create_dir_all(&dir).map_err(RuntimeError::io("create directory", &dir))?;
         let mut partial = PartialStart::new(self, &id, &dir);
-        let launched = match self.launch(&spec, identity, &id, &dir, partial.created()).await {
+        let launched = {
+            let _slot = self.inner.launches.acquire().await;
+            self.launch(&spec, identity, &id, &dir, partial.created()).await
+        };
+        let launched = match launched {
             Ok(launched) => launched,
             Err(e) => return Err(partial.fail(e).await),
         };
-        let (rootfs, network, mut child) = partial.into_parts();
+        let (rootfs, network) = partial.into_parts();
         let running_at = Instant::now();
 
         let port = spec.startup_probe.as_ref().map_or(spec.port, |p| match &p.action {
@@ -178,7 +186,6 @@ impl Runtime {
             | super::ProbeAction::Grpc { port, .. } => *port,
         });
         let (status, _) = watch::channel(InstanceStatus { state: InstanceState::Starting, reason: None, exit: None });
-        let control = child.stdin.take();
         let instance = Arc::new(Instance {
             id: id.clone(),
             owner: spec.owner.clone(),
@@ -193,7 +200,6 @@ impl Runtime {
             grace_period: spec.grace_period,
             status,
             phases: Mutex::new(launched.phases),
-            control: tokio::sync::Mutex::new(control),
             recent: Mutex::default(),
             log: self.logs().instance(&spec.owner, &id),
             failure: Mutex::new(None),
@@ -216,7 +222,7 @@ impl Runtime {
                 reap::read_output(self.clone(), instance.clone(), launched.stderr, Stream::Stderr).in_current_span(),
             ),
         ];
-        tokio::spawn(reap::reap(self.clone(), instance.clone(), launched.events, child, readers).in_current_span());
+        tokio::spawn(reap::reap(self.clone(), instance.clone(), launched.events, readers).in_current_span());
 
         if let Some(probe) = &spec.startup_probe {
             if let Err(e) = super::probe_until_ready(&instance, probe).await {
@@ -268,8 +274,8 @@ impl Runtime {
         (limit * 2).min(crate::resources::MAX_CPU_MILLIS).min(self.inner.cgroups.limits.cpu_millis).max(limit)
     }
 
-    /// Mounts the rootfs, creates the network, writes the bundle and starts the shim, then
-    /// waits for the shim's first report. Each thing created is recorded in `created` as soon
+    /// Mounts the rootfs, creates the network, writes the bundle and has the supervisor start
+    /// the container, then waits for the first report. Each thing created is recorded in `created` as soon
     /// as it exists, for the caller to release if this fails.
     async fn launch(
         &self,
@@ -306,15 +312,17 @@ impl Runtime {
         tracing::debug!(us = network_us, ip = %network.ip, netns = %network.netns, "network ready");
 
         self.write_bundle(spec, id, dir, &rootfs, &network)?;
-        let (child, mut events, stdout, stderr) = self.launch_shim(id, dir, &bundle_dir(&rootfs.scratch)).await?;
-        created.shim = Some(child);
-        let first = tokio::time::timeout(SHIM_REPORT_TIMEOUT, events.next_line()).await;
+        let (stdout, stderr) = (open_output_fifo(&dir.join("stdout"))?, open_output_fifo(&dir.join("stderr"))?);
+        created.launched = true;
+        let mut events = self
+            .inner
+            .supervisor
+            .start(id, &bundle_dir(&rootfs.scratch), &dir.join("shim.log"), &dir.join("stdout"), &dir.join("stderr"))
+            .await?;
+        let first = tokio::time::timeout(SHIM_REPORT_TIMEOUT, events.recv()).await;
         let (create_us, exec_us) = match first {
-            Ok(Ok(Some(line))) => match serde_json::from_str::<ShimEvent>(&line) {
-                Ok(ShimEvent::Started { create_us, start_us, .. }) => (create_us, start_us),
-                Ok(ShimEvent::Failed { error }) => return Err(RuntimeError::Shim(error)),
-                other => return Err(RuntimeError::Shim(format!("unexpected first report {other:?}"))),
-            },
+            Ok(Some(ShimEvent::Started { create_us, start_us, .. })) => (create_us, start_us),
+            Ok(Some(ShimEvent::Failed { error })) => return Err(RuntimeError::Shim(error)),
             other => {
                 let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
                 return Err(RuntimeError::Shim(format!("no report from the container helper ({other:?}): {log}")));
@@ -370,35 +378,21 @@ impl Runtime {
         config.save(&path).map_err(|source| SpecError::Write { path, source })?;
         Ok(())
     }
+}
 
-    /// Starts `wharf shim` for instance `id` with the container's output pipes on fds 3 and 4.
-    async fn launch_shim(&self, id: &str, dir: &Path, bundle: &Path) -> Result<reap::ShimParts, RuntimeError> {
-        let (stdout_r, stdout_w) = std::io::pipe().map_err(RuntimeError::io("create pipe for", dir))?;
-        let (stderr_r, stderr_w) = std::io::pipe().map_err(RuntimeError::io("create pipe for", dir))?;
-        let log_path = dir.join("shim.log");
-        let log = std::fs::File::create(&log_path).map_err(RuntimeError::io("create", &log_path))?;
-        let mut cmd = std::process::Command::new(&self.inner.helper);
-        cmd.arg("shim")
-            .arg("--id")
-            .arg(id)
-            .arg("--bundle")
-            .arg(bundle)
-            .arg("--state-root")
-            .arg(&self.inner.state_root)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        cmd.fd_mappings(vec![
-            FdMapping { parent_fd: stdout_w.into(), child_fd: 3 },
-            FdMapping { parent_fd: stderr_w.into(), child_fd: 4 },
-        ])
-        .map_err(|e| RuntimeError::Shim(e.to_string()))?;
-        let mut cmd = tokio::process::Command::from(cmd);
-        let mut child = cmd.spawn().map_err(RuntimeError::io("start the container helper", &self.inner.helper))?;
-        drop(cmd); // closes our copies of the pipes' write ends
-        let events = child.stdout.take().ok_or_else(|| RuntimeError::Shim("no event pipe".to_owned()))?;
-        Ok((child, BufReader::new(events).lines(), stdout_r, stderr_r))
-    }
+/// Creates the FIFO at `path` that one of the container's output streams goes to, and opens
+/// its read end, non-blocking (the reader task polls it; the writers, the container's
+/// processes, block as on a pipe). It reads end of file once every writer closed it.
+fn open_output_fifo(path: &Path) -> Result<std::os::fd::OwnedFd, RuntimeError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| RuntimeError::io("create FIFO", path)(e.into()))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(RuntimeError::io("open", path))?;
+    Ok(file.into())
 }
 
 /// The OCI bundle's directory: on the scratch tmpfs, so the spec (and the environment it

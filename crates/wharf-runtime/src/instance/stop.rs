@@ -1,10 +1,11 @@
 //! Stopping an instance: thawed for good if its CPU was throttled, then SIGTERM, the grace
-//! period (10 s by default), then SIGKILL, carried out by the instance's shim. Returns once the reaper has released everything.
+//! period (10 s by default), then SIGKILL, carried out by the instance supervisor. Returns
+//! once the reaper has released everything.
 
 use super::{Instance, InstanceState, InstanceStatus};
 use crate::runtime::Runtime;
+use crate::supervisor::SupervisorCommand;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt as _;
 use tracing::Instrument as _;
 
 impl Runtime {
@@ -22,16 +23,20 @@ impl Runtime {
             // A frozen instance could not handle SIGTERM: it gets its CPU back for good first.
             instance.cpu.release();
             instance.set_state(InstanceState::Stopping);
-            send_stop(instance, grace).await;
+            self.send_stop(instance, grace).await;
             instance.wait_terminal().await
         }
         .instrument(span)
         .await
     }
 
-    /// Sends signal `signo` to the container's main process; false if its shim is gone.
+    /// Sends signal `signo` to the container's main process; false if it has exited.
     pub async fn signal(&self, instance: &Instance, signo: i32) -> bool {
-        send_command(instance, &format!("signal {signo}\n")).await
+        if instance.has_exited() {
+            return false;
+        }
+        let command = SupervisorCommand::Signal { id: instance.id.clone(), signal: signo };
+        self.inner.supervisor.command(&command).await
     }
 
     /// Kills `instance` at once for a platform `reason` (it ends `Failed` with that reason).
@@ -39,22 +44,14 @@ impl Runtime {
         tracing::debug!(%reason, "killing");
         *instance.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
         instance.cpu.release();
-        send_stop(instance, Duration::ZERO).await;
+        self.send_stop(instance, Duration::ZERO).await;
     }
-}
 
-async fn send_stop(instance: &Instance, grace: Duration) {
-    send_command(instance, &format!("stop {}\n", grace.as_millis())).await;
-}
-
-/// Writes one command line to the instance's shim; false if the shim is gone.
-async fn send_command(instance: &Instance, command: &str) -> bool {
-    let mut control = instance.control.lock().await;
-    let Some(stdin) = control.as_mut() else { return false };
-    if stdin.write_all(command.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
-        // The shim is already gone; the reaper takes it from here.
-        *control = None;
-        return false;
+    async fn send_stop(&self, instance: &Instance, grace: Duration) {
+        if instance.has_exited() {
+            return;
+        }
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self.inner.supervisor.command(&SupervisorCommand::Stop { id: instance.id.clone(), grace_ms }).await;
     }
-    true
 }
