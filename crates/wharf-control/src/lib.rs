@@ -28,6 +28,7 @@ pub mod paging;
 mod pinned;
 pub mod services;
 pub mod time;
+pub mod usage;
 pub mod validate;
 
 #[cfg(test)]
@@ -75,6 +76,7 @@ pub(crate) struct Inner {
     pub(crate) serving: services::Serving,
     pub(crate) jobs: jobs::Runs,
     pub(crate) domains: domains::DomainState,
+    pub(crate) usage: usage::Meter,
 }
 
 /// How long a stopping server gives job runners to stop their tasks.
@@ -103,11 +105,13 @@ impl ControlPlane {
                 serving: services::Serving::new(table),
                 jobs: jobs::Runs::default(),
                 domains: domains::DomainState::new(),
+                usage: usage::Meter::default(),
             }),
         };
         let mut claimed = control.restore()?;
         claimed.extend(control.resume_executions()?);
         control.settle_operations(&claimed)?;
+        control.spawn_usage_flush();
         Ok(control)
     }
 
@@ -195,10 +199,13 @@ impl ControlPlane {
     /// instances, draining in-flight requests first.
     pub async fn shutdown(&self) {
         self.inner.jobs.stop_all(JOB_STOP_BUDGET).await;
-        let pools: Vec<Arc<RevisionPool>> =
-            self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, p)| p).collect();
-        let closes: Vec<_> = pools.iter().map(|p| p.close(DRAIN_BUDGET)).collect();
+        let pools: Vec<(String, Arc<RevisionPool>)> =
+            self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let closes: Vec<_> = pools.iter().map(|(_, p)| p.close(DRAIN_BUDGET)).collect();
         futures::future::join_all(closes).await;
+        for (key, pool) in &pools {
+            self.flush_closed_pool(key, pool);
+        }
     }
 
     /// The operation `name`.

@@ -2,15 +2,14 @@
 //! Logging v2 entries ([`entry`]), and queries answered from the log store's indexes
 //! ([`query`]). The admin API's `entries:list` and `wharf logging read` are built on these.
 //! Also what the server observes of its traffic: request log entries ([`requests`]) and the
-//! metrics registry with its Prometheus exposition ([`metrics`]), and usage metering
-//! ([`usage`]).
+//! metrics registry with its Prometheus exposition ([`metrics`]). Usage metering, which
+//! must outlive a restart, is the control plane's (`wharf_control::usage`).
 
 pub mod entry;
 pub mod filter;
 pub mod metrics;
 pub mod query;
 pub mod requests;
-pub mod usage;
 
 pub use entry::Origin;
 pub use filter::{Filter, ParseError};

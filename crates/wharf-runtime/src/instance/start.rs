@@ -165,6 +165,7 @@ impl Runtime {
         let dir = self.inner.instances_dir.join(&id);
         std::fs::create_dir_all(&dir).map_err(RuntimeError::io("create directory", &dir))?;
         let mut partial = PartialStart::new(self, &id, &dir);
+        let project = identity.as_ref().map(|i| i.project.clone());
         let launched = match self.launch(&spec, identity, &id, &dir, partial.created()).await {
             Ok(launched) => launched,
             Err(e) => return Err(partial.fail(e).await),
@@ -195,7 +196,8 @@ impl Runtime {
             phases: Mutex::new(launched.phases),
             control: tokio::sync::Mutex::new(control),
             recent: Mutex::default(),
-            log: self.logs().instance(&spec.owner, &id),
+            log: self.logs().instance(&spec.owner, project.clone(), &id),
+            project,
             failure: Mutex::new(None),
             exited: std::sync::atomic::AtomicBool::new(false),
             cpu: if spec.cpu.throttled {

@@ -64,7 +64,9 @@ pub struct Platform {
     pub builds: wharf_build::Builder,
     pub secrets: wharf_secrets::SecretManager,
     /// Request, instance and server metrics, in process: `metrics.snapshot()` is what
-    /// `/metrics` renders (see `wharf_logging::metrics`).
+    /// `/metrics` renders (see `wharf_logging::metrics`). Kept for in-process readers (the
+    /// console's charts); usage, which outlives a restart, is read from the control plane.
+    #[allow(dead_code, reason = "the console charts from it; no API handler reads it now")]
     pub metrics: Arc<wharf_logging::metrics::Metrics>,
     /// Signed-in browsers of the web console (`/console`), in memory.
     pub console_sessions: console::sessions::Sessions,
