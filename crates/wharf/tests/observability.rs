@@ -9,7 +9,8 @@
 //! - container CPU utilisation from the instance's cgroup that rises with a CPU-burning
 //!   request, and memory utilisation within (0, 1];
 //! - that request's log entry stamped with its arrival (its latency running to the end), and
-//!   the project's entries invisible from another project.
+//!   the project's entries invisible from another project;
+//! - a job's usage (task run time per execution), and both usages the same after a restart.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -49,6 +50,13 @@ fn histogram(scrape: &str, name: &str, service: &str) -> (f64, f64, f64) {
         total(&format!("{name}_sum{{"), ""),
         total(&format!("{name}_bucket{{"), r#"le="1"}"#),
     )
+}
+
+/// `wharf ARGS` on `server`, which must succeed: its standard output as JSON.
+fn cli_json(server: &WharfServer, args: &[&str]) -> Value {
+    let out = server.cli(args).unwrap();
+    assert!(out.status.success(), "wharf {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The value of the first sample whose line starts with `prefix`.
@@ -244,4 +252,45 @@ async fn a_load_shows_up_exactly_in_metrics_request_logs_and_usage() {
     assert!(own.iter().all(|e| e["resource"]["labels"]["project_id"] == "demo"), "{own:?}");
     let other = cli(&["logging", "read", "resource.labels.service_name=api", "--project", "other", "--format", "json"]);
     assert_eq!(serde_json::from_str::<Vec<Value>>(&other).unwrap(), Vec::<Value>::new(), "{other}");
+
+    // A job's usage: its tasks' run time, per execution. Each task sleeps 300 ms.
+    cli(&[
+        "run",
+        "jobs",
+        "create",
+        "crunch",
+        "--image",
+        &image,
+        "--args",
+        "job",
+        "--tasks",
+        "2",
+        "--set-env-vars",
+        "TESTAPP_SLEEP_MS=300",
+        "--project",
+        "demo",
+    ]);
+    let execution = cli(&["run", "jobs", "execute", "crunch", "--wait", "--project", "demo"]).trim().to_owned();
+    let job_usage_args = ["run", "jobs", "usage", "crunch", "--project", "demo", "--format", "json"];
+    let job_usage = cli_json(&server, &job_usage_args);
+    assert_eq!(job_usage["name"], "projects/demo/locations/us-central1/jobs/crunch", "{job_usage}");
+    let executions = job_usage["executions"].as_array().unwrap();
+    assert_eq!(executions.len(), 1, "{job_usage}");
+    assert!(execution.ends_with(executions[0]["execution"].as_str().unwrap()), "{execution}: {job_usage}");
+    let task_seconds = job_usage["tasks"]["instanceSeconds"].as_f64().unwrap();
+    assert!(task_seconds >= 0.6, "two tasks of at least 300 ms each: {job_usage}");
+    assert_eq!(job_usage["tasks"]["vcpuSeconds"], job_usage["tasks"]["instanceSeconds"], "1 vCPU: {job_usage}");
+
+    // Usage is kept in the state database: after a restart it reads the same (instances
+    // idle since: no request time added; instance time only grows).
+    let service_usage_args = ["run", "services", "usage", "api", "--project", "demo", "--format", "json"];
+    let before = cli_json(&server, &service_usage_args);
+    let mut server = server;
+    server.restart().unwrap();
+    let after = cli_json(&server, &service_usage_args);
+    assert_eq!((&after["requests"], &after["cpuThrottled"]), (&before["requests"], &before["cpuThrottled"]), "{after}");
+    assert_eq!(after["requests"], 41, "{after}");
+    let always = |u: &Value| u["cpuAlwaysAllocated"]["instanceSeconds"].as_f64().unwrap();
+    assert!(always(&after) >= always(&before), "{before} -> {after}");
+    assert_eq!(cli_json(&server, &job_usage_args), job_usage);
 }
