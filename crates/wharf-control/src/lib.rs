@@ -246,12 +246,12 @@ impl ControlPlane {
     }
 
     /// What every revision pool reports now (instances by state, the autoscaler's wish,
-    /// startups, instance and busy time), for metrics and usage metering. A deleted
+    /// startups, instance and busy time, each instance's resource use), for metrics. A deleted
     /// revision's pool is gone from here, and so are its metric series.
     pub fn pool_reports(&self) -> Vec<wharf_router::PoolReport> {
         let pools: Vec<Arc<RevisionPool>> =
             self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        pools.iter().map(|p| p.report()).collect()
+        pools.iter().map(|p| p.report_with_usage()).collect()
     }
 }
 

@@ -374,7 +374,8 @@ pub struct PoolReport {
     pub busy_time: Duration,
     /// Requests the pool gave an instance (refused and timed-out queued requests are not).
     pub requests: u64,
-    /// Each instance in the pool and what it uses now, read when the report was made.
+    /// Each instance in the pool and what it uses now, read when the report was made
+    /// ([`RevisionPool::report_with_usage`]; empty in a plain [`RevisionPool::report`]).
     pub instances: Vec<InstanceSample>,
 }
 
@@ -466,8 +467,19 @@ impl RevisionPool {
         &self.owner
     }
 
-    /// Instance counts by state, the autoscaler's wish, startups and accounted time.
+    /// Instance counts by state, the autoscaler's wish, startups and accounted time, without
+    /// the instances' resource use (`instances` is empty): cheap, for usage metering.
     pub fn report(&self) -> PoolReport {
+        self.report_of(false)
+    }
+
+    /// [`RevisionPool::report`] with each instance and what it uses now
+    /// ([`Upstream::resource_usage`], read outside the pool's lock): for metrics.
+    pub fn report_with_usage(&self) -> PoolReport {
+        self.report_of(true)
+    }
+
+    fn report_of(&self, with_usage: bool) -> PoolReport {
         let now = Instant::now();
         let mut st = self.lock();
         st.prune_gone();
@@ -487,9 +499,11 @@ impl RevisionPool {
             requests: st.meter.requests,
             instances: Vec::new(),
         };
-        let mut upstreams = Vec::with_capacity(st.slots.len());
+        let mut upstreams = Vec::with_capacity(if with_usage { st.slots.len() } else { 0 });
         for slot in &st.slots {
-            upstreams.push((slot.upstream.clone(), slot.joined));
+            if with_usage {
+                upstreams.push((slot.upstream.clone(), slot.joined));
+            }
             if slot.in_flight > 0 {
                 report.active += 1;
             } else {
