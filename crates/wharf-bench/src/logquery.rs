@@ -33,7 +33,7 @@ pub async fn rows(entries: usize) -> anyhow::Result<Vec<Row>> {
         let severity = severities[i % severities.len()];
         let word = if i % 10_000 == 7 { "needle" } else { "hay" };
         let line = format!(r#"{{"severity":"{severity}","message":"request {i} {word}","code":{}}}"#, i % 1000);
-        store.append(&owners[i % SERVICES], "instance-1", Stream::Stdout, &line).await;
+        store.append(&owners[i % SERVICES], Some("bench"), "instance-1", Stream::Stdout, &line).await;
     }
     store.flush().await;
     eprintln!("filled the log store with {entries} entries in {:.1} s", fill.elapsed().as_secs_f64());

@@ -28,6 +28,7 @@ pub mod paging;
 mod pinned;
 pub mod services;
 pub mod time;
+pub mod usage;
 pub mod validate;
 
 #[cfg(test)]
@@ -75,6 +76,7 @@ pub(crate) struct Inner {
     pub(crate) serving: services::Serving,
     pub(crate) jobs: jobs::Runs,
     pub(crate) domains: domains::DomainState,
+    pub(crate) usage: usage::Meter,
 }
 
 /// How long a stopping server gives job runners to stop their tasks.
@@ -103,11 +105,13 @@ impl ControlPlane {
                 serving: services::Serving::new(table),
                 jobs: jobs::Runs::default(),
                 domains: domains::DomainState::new(),
+                usage: usage::Meter::default(),
             }),
         };
         let mut claimed = control.restore()?;
         claimed.extend(control.resume_executions()?);
         control.settle_operations(&claimed)?;
+        control.spawn_usage_flush();
         Ok(control)
     }
 
@@ -195,10 +199,13 @@ impl ControlPlane {
     /// instances, draining in-flight requests first.
     pub async fn shutdown(&self) {
         self.inner.jobs.stop_all(JOB_STOP_BUDGET).await;
-        let pools: Vec<Arc<RevisionPool>> =
-            self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, p)| p).collect();
-        let closes: Vec<_> = pools.iter().map(|p| p.close(DRAIN_BUDGET)).collect();
+        let pools: Vec<(String, Arc<RevisionPool>)> =
+            self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let closes: Vec<_> = pools.iter().map(|(_, p)| p.close(DRAIN_BUDGET)).collect();
         futures::future::join_all(closes).await;
+        for (key, pool) in &pools {
+            self.flush_closed_pool(key, pool);
+        }
     }
 
     /// The operation `name`.
@@ -239,12 +246,12 @@ impl ControlPlane {
     }
 
     /// What every revision pool reports now (instances by state, the autoscaler's wish,
-    /// startups, instance and busy time), for metrics and usage metering. A deleted
+    /// startups, instance and busy time, each instance's resource use), for metrics. A deleted
     /// revision's pool is gone from here, and so are its metric series.
     pub fn pool_reports(&self) -> Vec<wharf_router::PoolReport> {
         let pools: Vec<Arc<RevisionPool>> =
             self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        pools.iter().map(|p| p.report()).collect()
+        pools.iter().map(|p| p.report_with_usage()).collect()
     }
 }
 

@@ -711,3 +711,56 @@ async fn unfinished_operations_nobody_resumes_are_settled_at_start() {
     assert_eq!(error.code, Code::Aborted.number());
     assert!(error.message.contains("The server restarted before this operation completed"), "{}", error.message);
 }
+
+// ---- usage ---------------------------------------------------------------------------------
+
+/// Usage is metered into the store: a deleted revision's stays counted in its service, a
+/// job's task time per execution, and both read the same after a restart.
+#[tokio::test(start_paused = true)]
+async fn usage_outlives_its_revision_and_a_restart_and_counts_job_task_time() {
+    let backend = FakeBackend::new(|spec| match spec.owner {
+        Owner::Task { .. } => Behaviour::Exit { run_for: Duration::from_secs(30), code: 0 },
+        Owner::Service { .. } => Behaviour::Serve { start_delay: Duration::ZERO },
+    });
+    let h = Harness::new(backend).await;
+    h.deploy("hello", service(&[("V", "1")])).await;
+    let first = h.routed("hello")[0].0.clone();
+    let pool = h.control.pool("p", "l", &first).unwrap();
+    // One request in flight for 2 s (paused time: exactly).
+    let lease = pool.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(lease);
+    let usage = h.control.service_usage(&parent(), "hello").unwrap();
+    assert_eq!((usage.requests, usage.cpu_throttled.instance_seconds), (1, 2.0), "{usage:?}");
+    assert_eq!(usage.cpu_throttled.vcpu_seconds, 2.0, "1 vCPU by default");
+    assert_eq!(usage.cpu_throttled.gib_seconds, 1.0, "512 MiB by default");
+    assert!(usage.cpu_always_allocated.instance_seconds >= 2.0, "{usage:?}");
+
+    // A new revision takes the traffic; the first is deleted, its usage stays.
+    let op = h.control.update_service(&parent(), "hello", service(&[("V", "2")]), None, false, false).await.unwrap();
+    assert_eq!(h.done(op).await.error, None);
+    let op = h.control.delete_revision(&parent(), "hello", &first, "", false).await.unwrap();
+    assert_eq!(h.done(op).await.error, None);
+    assert!(h.control.pool("p", "l", &first).is_none(), "the deleted revision's pool is gone");
+    let usage = h.control.service_usage(&parent(), "hello").unwrap();
+    let deleted = usage.revisions.iter().find(|r| r.revision == first).expect("the deleted revision's usage");
+    assert_eq!((deleted.requests, deleted.cpu_throttled.instance_seconds), (1, 2.0));
+
+    // A job: two tasks of 30 s each.
+    let (op, execution) = h.run("batch", job(2, 2, 0, "600s")).await;
+    assert_eq!(op.error, None);
+    let jobs = h.control.job_usage(&parent(), "batch").unwrap();
+    assert_eq!(jobs.name, "projects/p/locations/l/jobs/batch");
+    assert_eq!(jobs.executions.len(), 1);
+    assert_eq!(jobs.executions[0].execution, execution.name.rsplit('/').next().unwrap());
+    assert_eq!(jobs.tasks, crate::usage::Billable { instance_seconds: 60.0, vcpu_seconds: 60.0, gib_seconds: 30.0 });
+
+    // A restart: the same figures, read from the store.
+    let before = h.control.service_usage(&parent(), "hello").unwrap();
+    let h = h.restart().await;
+    let after = h.control.service_usage(&parent(), "hello").unwrap();
+    assert_eq!((after.requests, after.cpu_throttled.clone()), (before.requests, before.cpu_throttled.clone()));
+    assert!(after.cpu_always_allocated.instance_seconds >= before.cpu_always_allocated.instance_seconds);
+    assert_eq!(h.control.job_usage(&parent(), "batch").unwrap(), jobs);
+    let _ = &h.dir;
+}

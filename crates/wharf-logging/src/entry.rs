@@ -15,8 +15,9 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 use wharf_runtime::logs::{LogEntry, Stream};
 
-/// Where the entries come from: the project they are reported under, and the location of
-/// each of its services and jobs (`("service" | "job", name) -> location`; a line of a
+/// Where the entries come from: the project they are read for (entries stored before
+/// projects were recorded are reported under it), and the location of each of its services
+/// and jobs (`("service" | "job", name) -> location`; a line of a
 /// deleted service has no location label).
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
@@ -41,7 +42,10 @@ pub fn log_name(project: &str, stream: Stream) -> String {
     format!("projects/{project}/logs/{id}")
 }
 
+/// The entry in Logging v2's `LogEntry` shape: `logName` and the resource's `project_id` are
+/// the entry's own project.
 pub fn render(entry: &LogEntry, origin: &Origin) -> Value {
+    let project = entry.project.as_deref().unwrap_or(&origin.project);
     let mut labels = Map::new();
     labels.insert("instanceId".into(), Value::String(entry.instance.clone()));
     let resource = match (&entry.service, &entry.job) {
@@ -56,7 +60,7 @@ pub fn render(entry: &LogEntry, origin: &Origin) -> Value {
                 labels.insert("run.googleapis.com/task_attempt".into(), Value::String(attempt.to_string()));
             }
             json!({"type": "cloud_run_job", "labels": {
-                "job_name": job, "location": origin.location("job", job), "project_id": origin.project,
+                "job_name": job, "location": origin.location("job", job), "project_id": project,
             }})
         }
         (service, None) => json!({"type": "cloud_run_revision", "labels": {
@@ -64,12 +68,12 @@ pub fn render(entry: &LogEntry, origin: &Origin) -> Value {
             "revision_name": entry.revision.clone().unwrap_or_default(),
             "configuration_name": service.clone().unwrap_or_default(),
             "location": origin.location("service", service.as_deref().unwrap_or_default()),
-            "project_id": origin.project,
+            "project_id": project,
         }}),
     };
     let timestamp = timestamp(entry.timestamp_us);
     let mut out = Map::new();
-    out.insert("logName".into(), Value::String(log_name(&origin.project, entry.stream)));
+    out.insert("logName".into(), Value::String(log_name(project, entry.stream)));
     out.insert("resource".into(), resource);
     out.insert("timestamp".into(), Value::String(timestamp.clone()));
     out.insert("receiveTimestamp".into(), Value::String(timestamp));
@@ -121,6 +125,7 @@ mod tests {
     fn line(payload: Option<Value>, job: bool) -> LogEntry {
         LogEntry {
             id: 42,
+            project: Some("p".into()),
             timestamp_us: 1_764_000_000_123_456,
             stream: Stream::Stdout,
             severity: "WARNING".into(),

@@ -374,6 +374,7 @@ mod tests {
             latency: histogram.snapshot(),
             cold_start_requests: 0,
             pool: None,
+            utilization: None,
         }
     }
 

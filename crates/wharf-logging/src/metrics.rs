@@ -16,12 +16,20 @@
 //! codes 100-599 actually answered (other values count under `response_code="other"`), API
 //! methods are the seven HTTP verbs or `other`, and a revision's series disappear when its
 //! pool does (the revision was deleted).
+//!
+//! Container CPU and memory utilisation (Cloud Run's `container/cpu/utilizations` and
+//! `container/memory/utilizations`, distributions over instances) are histograms per
+//! revision, sampled from each instance's cgroup when the metrics are read
+//! ([`UtilizationSampler`]): reading costs two or three small files per instance and nothing
+//! runs between reads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use wharf_router::observe::{Histogram, HistogramSnapshot};
 use wharf_router::{PoolReport, RequestRecord};
 
@@ -40,6 +48,7 @@ pub struct Metrics {
     api: SurfaceCounts,
     registry: SurfaceCounts,
     pools: OnceLock<PoolSource>,
+    utilization: Mutex<UtilizationSampler>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -108,6 +117,111 @@ pub struct RevisionSnapshot {
     /// The revision's pool now (instances, queue, autoscaler, startups, time); `None` for
     /// requests refused before a revision was picked.
     pub pool: Option<PoolReport>,
+    /// Its instances' CPU and memory utilisation so far; `None` without a pool.
+    pub utilization: Option<UtilizationSnapshot>,
+}
+
+/// Bucket bounds of the utilisation histograms, as fractions of the instance's limit.
+pub const UTILIZATION_BOUNDS: &[f64] = &[0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+
+/// The shortest window an instance's CPU utilisation is measured over: metrics read sooner
+/// after the last observation of an instance add none for it.
+pub const UTILIZATION_WINDOW: Duration = Duration::from_secs(1);
+
+/// One revision's utilisation histograms: one observation per instance per window.
+#[derive(Debug, Clone)]
+pub struct UtilizationSnapshot {
+    /// CPU time used over the window divided by the window times the CPU limit.
+    pub cpu: HistogramSnapshot,
+    /// Memory working set at the end of the window divided by the memory limit.
+    pub memory: HistogramSnapshot,
+}
+
+/// Turns the instances' cgroup counters into utilisation observations, per revision.
+///
+/// For each instance it keeps the last CPU reading; when metrics are read at least
+/// [`UTILIZATION_WINDOW`] after it, the CPU used since, divided by the time since times the
+/// CPU limit, is observed, with the memory in use over the memory limit beside it. An
+/// instance's first window starts when it joined its pool (its CPU counter starts with the
+/// container, so start-up CPU falls into that first window). Frozen instances (CPU throttled
+/// between requests) use no CPU, and their windows say so.
+#[derive(Debug, Default)]
+struct UtilizationSampler {
+    /// Per instance id, its last reading.
+    readings: HashMap<String, CpuReading>,
+    revisions: HashMap<RevisionLabels, RevisionUtilization>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CpuReading {
+    cpu_usage_us: u64,
+    at: Instant,
+}
+
+#[derive(Debug)]
+struct RevisionUtilization {
+    cpu: Histogram,
+    memory: Histogram,
+}
+
+fn labels_of(pool: &PoolReport) -> RevisionLabels {
+    RevisionLabels {
+        project_id: pool.owner.project.clone(),
+        location: pool.owner.location.clone(),
+        service_name: pool.owner.service.clone(),
+        revision_name: pool.revision.clone(),
+    }
+}
+
+/// CPU used between two readings over the CPU the limit allowed in that time.
+#[allow(clippy::cast_precision_loss)]
+fn cpu_utilization(used_us: u64, window: Duration, cpu_millis: u64) -> Option<f64> {
+    let allowed_us = window.as_secs_f64() * 1e6 * (cpu_millis as f64 / 1000.0);
+    (allowed_us > 0.0).then(|| used_us as f64 / allowed_us)
+}
+
+impl UtilizationSampler {
+    /// Observes every instance of `pools` whose window has run `UTILIZATION_WINDOW`, and
+    /// forgets instances and revisions that are gone.
+    fn sample(&mut self, pools: &[PoolReport], now: Instant) {
+        let mut present = HashSet::new();
+        for pool in pools {
+            let histograms = self.revisions.entry(labels_of(pool)).or_insert_with(|| RevisionUtilization {
+                cpu: Histogram::new(UTILIZATION_BOUNDS),
+                memory: Histogram::new(UTILIZATION_BOUNDS),
+            });
+            for instance in &pool.instances {
+                present.insert(instance.id.as_str());
+                let Some(usage) = instance.usage else { continue };
+                let previous = self
+                    .readings
+                    .get(&instance.id)
+                    .copied()
+                    .unwrap_or(CpuReading { cpu_usage_us: 0, at: instance.joined });
+                let window = now.saturating_duration_since(previous.at);
+                if window < UTILIZATION_WINDOW {
+                    continue;
+                }
+                let used = usage.cpu_usage_us.saturating_sub(previous.cpu_usage_us);
+                if let Some(cpu) = cpu_utilization(used, window, pool.owner.cpu_millis) {
+                    histograms.cpu.observe_value(cpu);
+                }
+                if pool.owner.memory_bytes > 0 {
+                    #[allow(clippy::cast_precision_loss)]
+                    histograms.memory.observe_value(usage.memory_bytes as f64 / pool.owner.memory_bytes as f64);
+                }
+                self.readings.insert(instance.id.clone(), CpuReading { cpu_usage_us: usage.cpu_usage_us, at: now });
+            }
+        }
+        self.readings.retain(|id, _| present.contains(id.as_str()));
+        let live: HashSet<RevisionLabels> = pools.iter().map(labels_of).collect();
+        self.revisions.retain(|labels, _| live.contains(labels));
+    }
+
+    fn snapshot(&self, labels: &RevisionLabels) -> Option<UtilizationSnapshot> {
+        let r = self.revisions.get(labels)?;
+        Some(UtilizationSnapshot { cpu: r.cpu.snapshot(), memory: r.memory.snapshot() })
+    }
 }
 
 impl RevisionSnapshot {
@@ -146,6 +260,7 @@ impl Metrics {
             api: SurfaceCounts::new(),
             registry: SurfaceCounts::new(),
             pools: OnceLock::new(),
+            utilization: Mutex::default(),
         }
     }
 
@@ -219,6 +334,8 @@ impl Metrics {
     /// so their series end.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let pools = self.pools.get().map(|source| source()).unwrap_or_default();
+        let mut utilization = self.utilization.lock().unwrap_or_else(|p| p.into_inner());
+        utilization.sample(&pools, Instant::now());
         let pool_of = |labels: &RevisionLabels| {
             pools.iter().find(|p| {
                 p.revision == labels.revision_name
@@ -266,6 +383,7 @@ impl Metrics {
                 latency: traffic.latency.snapshot(),
                 cold_start_requests: traffic.cold_starts.load(Ordering::Relaxed),
                 pool: pool_of(&traffic.labels).cloned(),
+                utilization: utilization.snapshot(&traffic.labels),
             });
         }
         drop(map);
@@ -279,6 +397,7 @@ impl Metrics {
             };
             if !revisions.iter().any(|r| r.labels == labels) {
                 revisions.push(RevisionSnapshot {
+                    utilization: utilization.snapshot(&labels),
                     labels,
                     requests_by_code: BTreeMap::new(),
                     latency: Histogram::default().snapshot(),
@@ -287,6 +406,7 @@ impl Metrics {
                 });
             }
         }
+        drop(utilization);
         revisions.sort_by(|a, b| a.labels.cmp(&b.labels));
         let mut surface_requests = Vec::new();
         for (surface, counts) in [(Surface::Api, &self.api), (Surface::Registry, &self.registry)] {
@@ -377,6 +497,26 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     );
     for (labels, p) in &pools {
         out.histogram("wharf_run_container_startup_latencies_seconds", labels, &p.startups);
+    }
+    out.family(
+        "wharf_run_container_cpu_utilizations",
+        "histogram",
+        "Instances' CPU use over windows of at least 1 s, as a fraction of their CPU limit, read from their cgroups (Cloud Run: container/cpu/utilizations).",
+    );
+    for r in revisions {
+        if let Some(u) = &r.utilization {
+            out.histogram("wharf_run_container_cpu_utilizations", &r.labels, &u.cpu);
+        }
+    }
+    out.family(
+        "wharf_run_container_memory_utilizations",
+        "histogram",
+        "Instances' memory in use (without reclaimable page cache) as a fraction of their memory limit, read from their cgroups with each CPU window (Cloud Run: container/memory/utilizations).",
+    );
+    for r in revisions {
+        if let Some(u) = &r.utilization {
+            out.histogram("wharf_run_container_memory_utilizations", &r.labels, &u.memory);
+        }
     }
     out.family("wharf_run_container_max_request_concurrencies", "gauge", "The most requests in flight on one instance over the last one to two minutes (Cloud Run: container/max_request_concurrencies).");
     for (labels, p) in &pools {
@@ -576,6 +716,76 @@ mod tests {
         // No pool left for either revision: both were deleted.
         assert_eq!(metrics.snapshot().revisions.len(), 0);
         assert!(!render(&metrics.snapshot()).contains("api-0000"));
+    }
+
+    fn pool_with(instances: Vec<wharf_router::InstanceSample>) -> PoolReport {
+        PoolReport {
+            owner: Arc::new(PoolOwner {
+                project: "p".into(),
+                location: "l".into(),
+                service: "api".into(),
+                cpu_millis: 1000,
+                memory_bytes: 512 << 20,
+            }),
+            revision: "api-00001".into(),
+            active: 0,
+            idle: 1,
+            starting: 0,
+            in_flight: 0,
+            queued: 0,
+            desired: 1,
+            max_concurrency: 0,
+            startups: Histogram::default().snapshot(),
+            instance_time: Duration::ZERO,
+            busy_time: Duration::ZERO,
+            requests: 0,
+            instances,
+        }
+    }
+
+    #[test]
+    fn utilisation_is_cpu_over_each_window_and_memory_over_the_limit() {
+        let joined = Instant::now();
+        let instance = |cpu_usage_us, memory_bytes| wharf_router::InstanceSample {
+            id: "i1".into(),
+            joined,
+            usage: Some(wharf_router::ResourceUsage { cpu_usage_us, memory_bytes }),
+        };
+        let labels = labels_of(&pool_with(Vec::new()));
+        let mut sampler = UtilizationSampler::default();
+        // 0.5 s of CPU in the 2 s since it joined, on 1 vCPU; 128 of 512 MiB.
+        sampler.sample(&[pool_with(vec![instance(500_000, 128 << 20)])], joined + Duration::from_secs(2));
+        // Less than a window since: no observation, and the reading is not taken.
+        sampler.sample(&[pool_with(vec![instance(900_000, 128 << 20)])], joined + Duration::from_millis(2500));
+        // 2 s later with no CPU used since the last reading (frozen); 256 of 512 MiB.
+        sampler.sample(&[pool_with(vec![instance(500_000, 256 << 20)])], joined + Duration::from_secs(4));
+        let u = sampler.snapshot(&labels).unwrap();
+        assert_eq!((u.cpu.count, u.memory.count), (2, 2));
+        assert!((u.cpu.sum_seconds - 0.25).abs() < 1e-9, "{:?}", u.cpu);
+        assert!((u.memory.sum_seconds - 0.75).abs() < 1e-9, "{:?}", u.memory);
+        let le = |h: &HistogramSnapshot, bound: f64| h.cumulative[h.bounds.iter().position(|b| *b == bound).unwrap()];
+        assert_eq!((le(&u.cpu, 0.01), le(&u.cpu, 0.2), le(&u.cpu, 0.3)), (1, 1, 2), "{:?}", u.cpu);
+        assert_eq!((le(&u.memory, 0.2), le(&u.memory, 0.3), le(&u.memory, 0.5)), (0, 1, 2), "{:?}", u.memory);
+        // The instance left: its reading is forgotten; the revision was deleted: its series too.
+        sampler.sample(&[pool_with(Vec::new())], joined + Duration::from_secs(6));
+        assert!(sampler.readings.is_empty());
+        sampler.sample(&[], joined + Duration::from_secs(8));
+        assert!(sampler.snapshot(&labels).is_none());
+    }
+
+    #[test]
+    fn utilisation_histograms_are_rendered_per_revision() {
+        let metrics = Metrics::new();
+        let joined = Instant::now() - Duration::from_secs(2);
+        let usage = wharf_router::ResourceUsage { cpu_usage_us: 1_000_000, memory_bytes: 64 << 20 };
+        let pool = pool_with(vec![wharf_router::InstanceSample { id: "i1".into(), joined, usage: Some(usage) }]);
+        metrics.set_pool_source(Box::new(move || vec![pool.clone()]));
+        let text = render(&metrics.snapshot());
+        let labels = r#"{project_id="p",location="l",service_name="api",revision_name="api-00001""#;
+        assert!(text.contains(&format!("wharf_run_container_cpu_utilizations_count{labels}}} 1")), "{text}");
+        assert!(text.contains(&format!("wharf_run_container_memory_utilizations_sum{labels}}} 0.125000")), "{text}");
+        assert!(text.contains(&format!(r#"wharf_run_container_memory_utilizations_bucket{labels},le="0.1"}} 0"#)));
+        assert!(text.contains(&format!(r#"wharf_run_container_memory_utilizations_bucket{labels},le="0.2"}} 1"#)));
     }
 
     #[test]

@@ -164,8 +164,8 @@ fn plain_ascii(text: &str) -> bool {
         && text.chars().all(|c| c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\')
 }
 
-/// Runs `filter` over the store: up to `limit` matching entries in `order`, continuing after
-/// `page_token` when given.
+/// Runs `filter` over the store's entries of `origin.project`: up to `limit` matching entries
+/// in `order`, continuing after `page_token` when given.
 pub async fn run(
     store: &LogStore,
     filter: &Filter,
@@ -182,6 +182,8 @@ pub async fn run(
     let mut page = Page { entries: Vec::new(), next_page_token: None, rows_read: 0 };
     let Some((mut narrowed, exact)) = push_down(filter) else { return Ok(page) };
     let mut batch = (limit * 4).clamp(64, BATCH);
+    // Only the project's own entries, whatever the filter says.
+    narrowed.project = Some(origin.project.clone());
     narrowed.oldest_first = order == Order::OldestFirst;
     loop {
         match order {

@@ -124,12 +124,14 @@ pub fn entry(record: &RequestRecord) -> LogEntry {
         payload["logging.googleapis.com/trace"] =
             Value::String(format!("projects/{}/traces/{trace}", record.owner.project));
     }
-    // Stamped when the response ended: the store orders entries as they arrive, so a
-    // request's entry comes after the lines its instance logged while serving it.
-    let ended = record.received + record.latency;
-    let timestamp_us = ended.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    // Stamped with the request's arrival, as Cloud Run does (`latency` still runs to the
+    // response's end). The entry is stored when the response ended, so in the store's order
+    // (ids) it comes after the lines its instance logged while serving it.
+    let timestamp_us =
+        record.received.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
     LogEntry {
         id: 0,
+        project: Some(record.owner.project.clone()),
         timestamp_us,
         stream: Stream::Requests,
         severity: severity(record.status).to_owned(),
@@ -190,6 +192,10 @@ mod tests {
                    "protocol": "HTTP/1.1", "userAgent": "curl/8"})
         );
         assert_eq!(e["trace"], "projects/p/traces/0123456789abcdef0123456789abcdef");
+        assert_eq!(stored.project.as_deref(), Some("p"));
+        assert_eq!(e["resource"]["labels"]["project_id"], "p");
+        // Stamped with the arrival, as Cloud Run does; the latency runs to the response's end.
+        assert_eq!(e["timestamp"], "2025-11-24T16:00:00.123456Z");
         assert_eq!(
             e["labels"],
             json!({"instanceId": "i-1", COLD_START_LABEL: "true", QUEUE_LATENCY_LABEL: "0.812000s"})

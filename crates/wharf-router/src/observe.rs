@@ -112,6 +112,15 @@ impl Histogram {
         self.sum_micros.fetch_add(u64::try_from(value.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
+    /// Observes a plain number (a ratio, say): the sum keeps it to a millionth.
+    pub fn observe_value(&self, value: f64) {
+        let i = self.bounds.iter().position(|b| value <= *b).unwrap_or(self.bounds.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let millionths = (value.max(0.0) * 1e6).round() as u64;
+        self.sum_micros.fetch_add(millionths, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut running = 0;
         let mut cumulative = Vec::with_capacity(self.bounds.len());

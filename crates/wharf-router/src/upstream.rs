@@ -36,6 +36,21 @@ pub trait Upstream: Any + Send + Sync + fmt::Debug {
     /// A lease begun with [`Upstream::request_started`] ended: its response body, or its
     /// upgraded (WebSocket) stream, is done. Called exactly once per lease.
     fn request_ended(&self) {}
+    /// What the instance uses now (CPU time so far, memory), for utilisation metrics; `None`
+    /// when the implementation cannot tell or the instance is gone. Called when metrics are
+    /// read, outside the pool's lock; may read a few files.
+    fn resource_usage(&self) -> Option<ResourceUsage> {
+        None
+    }
+}
+
+/// One instance's resource use at one moment ([`Upstream::resource_usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResourceUsage {
+    /// CPU time all its processes used since it started, in microseconds.
+    pub cpu_usage_us: u64,
+    /// Memory in use now, without the page cache the kernel can drop (the working set).
+    pub memory_bytes: u64,
 }
 
 /// Starts and stops a revision's instances.

@@ -161,7 +161,10 @@ impl InstanceBackend for RuntimeBackend {
 
     fn log(&self, instance: &dyn InstanceHandle, severity: Severity, message: String) -> BoxFuture<'static, ()> {
         let (runtime, owner, id) = (self.runtime.clone(), instance.owner().clone(), instance.id().to_owned());
-        Box::pin(async move { runtime.logs().platform(&owner, &id, severity.name(), &message).await })
+        let project = self.runtime.instance(&id).and_then(|i| i.project.clone());
+        Box::pin(
+            async move { runtime.logs().platform(&owner, project.as_deref(), &id, severity.name(), &message).await },
+        )
     }
 
     fn stats(&self, instance: &dyn InstanceHandle) -> Option<InstanceStats> {
@@ -173,6 +176,7 @@ impl InstanceBackend for RuntimeBackend {
             cpu_periods: cpu.periods,
             cpu_throttled_periods: cpu.throttled_periods,
             cpu_throttled_us: cpu.throttled_us,
+            memory_bytes: running.memory_working_set().unwrap_or(0),
         })
     }
 }

@@ -362,6 +362,27 @@ pub fn cpu_usage_us(path: &str) -> Option<u64> {
     field(&std::fs::read_to_string(format!("{ROOT}/{path}/cpu.stat")).ok()?, "usage_usec")
 }
 
+/// Memory the cgroup at `path` uses now, without the inactive page cache the kernel would
+/// reclaim before an out-of-memory kill (the "working set" `docker stats` and cAdvisor show):
+/// `memory.usage_in_bytes` minus `total_inactive_file` of `memory.stat` on v1,
+/// `memory.current` minus `inactive_file` on v2.
+pub fn memory_working_set(path: &str) -> Option<u64> {
+    let path = path.trim_start_matches('/');
+    let v1 = Path::new(ROOT).join("memory").join(path);
+    if let Ok(usage) = std::fs::read_to_string(v1.join("memory.usage_in_bytes")) {
+        let stat = std::fs::read_to_string(v1.join("memory.stat")).unwrap_or_default();
+        return Some(working_set(usage.trim().parse().ok()?, field(&stat, "total_inactive_file")));
+    }
+    let v2 = Path::new(ROOT).join(path);
+    let current = std::fs::read_to_string(v2.join("memory.current")).ok()?;
+    let stat = std::fs::read_to_string(v2.join("memory.stat")).unwrap_or_default();
+    Some(working_set(current.trim().parse().ok()?, field(&stat, "inactive_file")))
+}
+
+fn working_set(usage: u64, inactive_file: Option<u64>) -> u64 {
+    usage.saturating_sub(inactive_file.unwrap_or(0))
+}
+
 /// Sets the CFS quota of the cgroup at `path` to `cpu_millis` thousandths of a core (to end a
 /// start-up CPU boost).
 pub fn set_cpu_quota(layout: Layout, path: &str, cpu_millis: u64) -> Result<(), CgroupError> {
@@ -441,6 +462,14 @@ mod tests {
         assert_eq!(default_memory(24 * gib), 17 * gib);
         assert_eq!(default_memory(4 * gib), 2 * gib);
         assert_eq!(default_memory(gib), 256 << 20);
+    }
+
+    #[test]
+    fn the_working_set_leaves_out_inactive_page_cache() {
+        let stat = "cache 4096\ntotal_inactive_file 12288\ntotal_rss 8192\n";
+        assert_eq!(working_set(20480, field(stat, "total_inactive_file")), 8192);
+        assert_eq!(working_set(4096, Some(8192)), 0, "never below zero");
+        assert_eq!(working_set(4096, None), 4096);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Instance logs: stdout and stderr captured line by line, labelled with the service,
-//! revision and instance (or job, execution and task) that wrote them, and stored durably in
+//! Instance logs: stdout and stderr captured line by line, labelled with the project,
+//! service, revision and instance (or job, execution and task) that wrote them, and stored durably in
 //! the state database with a retention bound. A line that is a JSON object with `severity` or
 //! `message` is a structured entry, as Cloud Logging reads it; other stdout lines are INFO and
 //! stderr lines ERROR. The platform's own lines about an instance (why it failed, say) are
@@ -77,6 +77,10 @@ pub const AUDIT_INSTANCE: &str = "audit";
 #[serde(rename_all = "camelCase")]
 pub struct LogEntry {
     pub id: i64,
+    /// The project whose service or job wrote it; `None` for server-wide lines (the admin
+    /// audit log) and lines stored before projects were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// Microseconds since the Unix epoch.
     pub timestamp_us: i64,
     pub stream: Stream,
@@ -103,6 +107,8 @@ pub struct LogEntry {
 /// Which lines to read. Empty fields match everything.
 #[derive(Debug, Clone, Default)]
 pub struct LogFilter {
+    /// Lines of this project only.
+    pub project: Option<String>,
     pub service: Option<String>,
     pub revision: Option<String>,
     pub job: Option<String>,
@@ -202,13 +208,14 @@ impl LogStore {
         self.limits
     }
 
-    /// The log of one instance: its own queue, its own rate budget.
-    pub fn instance(&self, owner: &Owner, instance: &str) -> InstanceLog {
+    /// The log of one instance of `project`: its own queue, its own rate budget.
+    pub fn instance(&self, owner: &Owner, project: Option<String>, instance: &str) -> InstanceLog {
         let (tx, rx) = mpsc::channel(INSTANCE_QUEUE);
         let _ = self.control.send(Control::Queue(rx));
         InstanceLog {
             store: self.clone(),
             owner: owner.clone(),
+            project,
             instance: instance.to_owned(),
             tx,
             budget: std::sync::Mutex::new(Budget::new(tokio::time::Instant::now())),
@@ -217,14 +224,16 @@ impl LogStore {
 
     /// Records a line `owner`'s instance wrote on `stream`, outside any rate budget (tools
     /// and tests; instances write through [`InstanceLog`]).
-    pub async fn append(&self, owner: &Owner, instance: &str, stream: Stream, line: &str) {
-        let entry = parse_line(owner, instance, stream, line);
+    pub async fn append(&self, owner: &Owner, project: Option<&str>, instance: &str, stream: Stream, line: &str) {
+        let mut entry = parse_line(owner, instance, stream, line);
+        entry.project = project.map(str::to_owned);
         let _ = self.control.send(Control::Line(Box::new(entry)));
     }
 
     /// Records a platform line about an instance.
-    pub async fn platform(&self, owner: &Owner, instance: &str, severity: &str, message: &str) {
+    pub async fn platform(&self, owner: &Owner, project: Option<&str>, instance: &str, severity: &str, message: &str) {
         let mut entry = parse_line(owner, instance, Stream::Platform, "");
+        entry.project = project.map(str::to_owned);
         entry.severity = severity.to_owned();
         entry.message = message.to_owned();
         let _ = self.control.send(Control::Line(Box::new(entry)));
@@ -236,6 +245,7 @@ impl LogStore {
     pub async fn audit(&self, severity: &str, message: String, payload: serde_json::Value) {
         let entry = LogEntry {
             id: 0,
+            project: None,
             timestamp_us: now_us(),
             stream: Stream::Platform,
             severity: severity.to_owned(),
@@ -271,13 +281,16 @@ impl LogStore {
         self.flush().await;
         let mut sql = String::from(
             "SELECT id, ts_us, stream, severity, message, payload, instance, service, revision, job, execution,
-                    task_index, task_attempt FROM logs WHERE 1 = 1",
+                    task_index, task_attempt, project FROM logs WHERE 1 = 1",
         );
         let mut args: Vec<Box<dyn ToSql>> = Vec::new();
         let mut add = |clause: &str, value: Box<dyn ToSql>| {
             sql.push_str(&format!(" AND {clause} ?{}", args.len() + 1));
             args.push(value);
         };
+        if let Some(v) = &filter.project {
+            add("project =", Box::new(v.clone()));
+        }
         if let Some(v) = &filter.service {
             add("service =", Box::new(v.clone()));
         }
@@ -336,6 +349,7 @@ impl LogStore {
                 let payload: Option<String> = r.get(5)?;
                 Ok(LogEntry {
                     id: r.get(0)?,
+                    project: r.get(13)?,
                     timestamp_us: r.get(1)?,
                     stream: match stream.as_str() {
                         "stdout" => Stream::Stdout,
@@ -403,6 +417,7 @@ impl Budget {
 pub struct InstanceLog {
     store: LogStore,
     owner: Owner,
+    project: Option<String>,
     instance: String,
     tx: mpsc::Sender<Box<LogEntry>>,
     budget: std::sync::Mutex<Budget>,
@@ -422,7 +437,8 @@ impl InstanceLog {
             self.marker(dropped).await;
         }
         if admitted {
-            let entry = parse_line(&self.owner, &self.instance, stream, line);
+            let mut entry = parse_line(&self.owner, &self.instance, stream, line);
+            entry.project.clone_from(&self.project);
             let _ = self.tx.send(Box::new(entry)).await;
         }
     }
@@ -442,6 +458,7 @@ impl InstanceLog {
             limits.lines_per_second, limits.bytes_per_second
         );
         let mut entry = parse_line(&self.owner, &self.instance, Stream::Platform, "");
+        entry.project.clone_from(&self.project);
         entry.severity = "WARNING".to_owned();
         entry.message = message;
         let _ = self.tx.send(Box::new(entry)).await;
@@ -453,6 +470,7 @@ fn now_us() -> i64 {
 }
 
 /// Turns one output line into an entry, reading structured JSON lines as Cloud Logging does.
+/// The entry has no project: the caller sets it.
 pub fn parse_line(owner: &Owner, instance: &str, stream: Stream, line: &str) -> LogEntry {
     let (mut severity, mut message, mut payload) =
         (if stream == Stream::Stderr { "ERROR" } else { "INFO" }.to_owned(), line.to_owned(), None);
@@ -474,6 +492,7 @@ pub fn parse_line(owner: &Owner, instance: &str, stream: Stream, line: &str) -> 
     }
     let mut entry = LogEntry {
         id: 0,
+        project: None,
         timestamp_us: now_us(),
         stream,
         severity,
@@ -617,8 +636,8 @@ async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_li
             let result = db.write(|tx| {
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO logs (ts_us, stream, severity, message, payload, service, revision, job,
-                                       execution, task_index, task_attempt, instance)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                       execution, task_index, task_attempt, instance, project)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )?;
                 for e in &batch {
                     stmt.execute(params![
@@ -634,6 +653,7 @@ async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_li
                         e.task_index,
                         e.task_attempt,
                         e.instance,
+                        e.project,
                     ])?;
                 }
                 if prune_lines {
@@ -698,15 +718,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn lines_carry_their_project_and_a_project_reads_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::open(Store::open(&dir.path().join("state.db")).unwrap(), 1000, LogLimits::default());
+        logs.append(&owner(), Some("a"), "i1", Stream::Stdout, "from a").await;
+        logs.append(&owner(), Some("b"), "i2", Stream::Stdout, "from b, same service name").await;
+        logs.instance(&owner(), Some("a".into()), "i3").line(Stream::Stderr, "from a's instance").await;
+        logs.platform(&owner(), Some("a"), "i3", "ERROR", "a's instance failed").await;
+        logs.audit("INFO", "server-wide".into(), serde_json::json!({})).await;
+        let read = |project: Option<&str>| {
+            let filter = LogFilter {
+                project: project.map(str::to_owned),
+                limit: 10,
+                oldest_first: true,
+                ..LogFilter::default()
+            };
+            let logs = logs.clone();
+            async move { logs.query(&filter).await.unwrap() }
+        };
+        let mut a: Vec<(Option<String>, String)> =
+            read(Some("a")).await.into_iter().map(|e| (e.project, e.message)).collect();
+        // Lines of one instance's queue and the platform's channel may be stored in either order.
+        a.sort();
+        let a_ = |m: &str| (Some("a".to_owned()), m.to_owned());
+        assert_eq!(a, [a_("a's instance failed"), a_("from a"), a_("from a's instance")]);
+        assert_eq!(read(Some("b")).await.len(), 1);
+        assert_eq!(read(Some("c")).await, []);
+        assert_eq!(read(None).await.len(), 5, "no project filter: every line, the audit line without a project");
+    }
+
+    #[tokio::test]
     async fn stores_filters_and_bounds_retention() {
         let dir = tempfile::tempdir().unwrap();
         let db = Store::open(&dir.path().join("state.db")).unwrap();
         let logs = LogStore::open(db.clone(), 1500, LogLimits::default());
         // Far more lines than kept, so a store without retention holds 5,001.
         for i in 0..5000 {
-            logs.append(&owner(), "inst", Stream::Stdout, &format!("line {i}")).await;
+            logs.append(&owner(), Some("p"), "inst", Stream::Stdout, &format!("line {i}")).await;
         }
-        logs.platform(&owner(), "inst", "ERROR", "Memory limit of 512 MiB exceeded").await;
+        logs.platform(&owner(), Some("p"), "inst", "ERROR", "Memory limit of 512 MiB exceeded").await;
         let errors = logs
             .query(&LogFilter { service: Some("s".into()), min_severity: Some(500), limit: 10, ..LogFilter::default() })
             .await
@@ -748,7 +798,7 @@ mod tests {
         let db = Store::open(&dir.path().join("state.db")).unwrap();
         let limits = LogLimits { lines_per_second: 100, ..LogLimits::default() };
         let logs = LogStore::open(db, 1_000_000, limits);
-        let (noisy, quiet) = (logs.instance(&owner(), "noisy"), logs.instance(&owner(), "quiet"));
+        let (noisy, quiet) = (logs.instance(&owner(), None, "noisy"), logs.instance(&owner(), None, "quiet"));
         for i in 0..5000 {
             noisy.line(Stream::Stdout, &format!("noise {i}")).await;
         }
@@ -773,7 +823,7 @@ mod tests {
         let db = Store::open(&dir.path().join("state.db")).unwrap();
         let limits = LogLimits { bytes_per_second: 1000, ..LogLimits::default() };
         let logs = LogStore::open(db, 1_000_000, limits);
-        let log = logs.instance(&owner(), "big");
+        let log = logs.instance(&owner(), None, "big");
         let line = "y".repeat(300);
         for _ in 0..10 {
             log.line(Stream::Stdout, &line).await;
@@ -793,7 +843,7 @@ mod tests {
         let pad = "z".repeat(100);
         // About 820 KB of lines, 12 times the cap.
         for i in 0..5000 {
-            logs.append(&owner(), "inst", Stream::Stdout, &format!("{i:05} {pad}")).await;
+            logs.append(&owner(), Some("p"), "inst", Stream::Stdout, &format!("{i:05} {pad}")).await;
         }
         logs.flush().await;
         let (bytes, rows): (i64, i64) = db

@@ -256,6 +256,31 @@ const MIGRATIONS: &[&str] = &[
          last_used_at INTEGER NOT NULL
      );
      CREATE INDEX console_sessions_last_used ON console_sessions (last_used_at);",
+    // 14: observability. Log lines record their project (reads select by it); lines stored
+    // before are given the project of their service or job where that name is in one project
+    // only, and stay without one (read by no project) otherwise. Usage meters what Cloud Run
+    // would bill, per revision of a service or execution of a job, kept across restarts and
+    // after the revision or execution is deleted.
+    "ALTER TABLE logs ADD COLUMN project TEXT;
+     UPDATE logs SET project =
+         (SELECT min(s.project) FROM services s WHERE s.name = logs.service HAVING count(DISTINCT s.project) = 1)
+         WHERE service IS NOT NULL;
+     UPDATE logs SET project =
+         (SELECT min(j.project) FROM jobs j WHERE j.name = logs.job HAVING count(DISTINCT j.project) = 1)
+         WHERE job IS NOT NULL;
+     CREATE TABLE usage (
+         project TEXT NOT NULL,
+         location TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         name TEXT NOT NULL,
+         part TEXT NOT NULL,
+         vcpu REAL NOT NULL,
+         memory_gib REAL NOT NULL,
+         requests INTEGER NOT NULL DEFAULT 0,
+         busy_seconds REAL NOT NULL DEFAULT 0,
+         instance_seconds REAL NOT NULL DEFAULT 0,
+         PRIMARY KEY (project, location, kind, name, part)
+     );",
 ];
 
 pub(crate) fn latest_version() -> i64 {

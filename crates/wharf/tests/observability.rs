@@ -5,7 +5,12 @@
 //!   server's own API and registry counts;
 //! - request log entries for each of them, found with `httpRequest.status>=500`;
 //! - the service's usage (`wharf run services usage`) counting the same requests and more
-//!   instance time with CPU always allocated than with CPU throttled.
+//!   instance time with CPU always allocated than with CPU throttled;
+//! - container CPU utilisation from the instance's cgroup that rises with a CPU-burning
+//!   request, and memory utilisation within (0, 1];
+//! - that request's log entry stamped with its arrival (its latency running to the end), and
+//!   the project's entries invisible from another project;
+//! - a job's usage (task run time per execution), and both usages the same after a restart.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -28,6 +33,30 @@ fn requests_by_class(scrape: &str, service: &str) -> BTreeMap<String, u64> {
         *sums.entry(class.to_owned()).or_default() += value;
     }
     sums
+}
+
+/// A histogram of `service` summed over its revisions: (count, sum, count at `le="1"`).
+fn histogram(scrape: &str, name: &str, service: &str) -> (f64, f64, f64) {
+    let of_service = format!("service_name=\"{service}\"");
+    let total = |prefix: &str, extra: &str| -> f64 {
+        scrape
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(&of_service) && l.contains(extra))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        total(&format!("{name}_count{{"), ""),
+        total(&format!("{name}_sum{{"), ""),
+        total(&format!("{name}_bucket{{"), r#"le="1"}"#),
+    )
+}
+
+/// `wharf ARGS` on `server`, which must succeed: its standard output as JSON.
+fn cli_json(server: &WharfServer, args: &[&str]) -> Value {
+    let out = server.cli(args).unwrap();
+    assert!(out.status.success(), "wharf {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The value of the first sample whose line starts with `prefix`.
@@ -166,4 +195,102 @@ async fn a_load_shows_up_exactly_in_metrics_request_logs_and_usage() {
     let missing = server.cli(&["run", "services", "usage", "nope", "--project", "demo"]).unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("Cannot find service [nope]"));
+
+    // Utilisation from the instances' cgroups: a request that burns CPU raises the CPU
+    // utilisation observed over the next window; the instance is frozen between requests
+    // (CPU throttled), so nothing else would.
+    let scrape_now = || async {
+        let r = scraper.get(&scrape_url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.unwrap()
+    };
+    let (cpu_count, cpu_sum, _) = histogram(&scrape_now().await, "wharf_run_container_cpu_utilizations", "api");
+    let sent_at = jiff::Timestamp::now();
+    let burn = client
+        .get(format!("http://{}/cpu?ms=400", server.addrs.ingress_addr))
+        .header("Host", &host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(burn.status().as_u16(), 200);
+    burn.bytes().await.unwrap();
+    let done_at = jiff::Timestamp::now();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let scrape = loop {
+        let scrape = scrape_now().await;
+        if histogram(&scrape, "wharf_run_container_cpu_utilizations", "api").0 > cpu_count {
+            break scrape;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new CPU utilisation window: {scrape}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, burnt_sum, _) = histogram(&scrape, "wharf_run_container_cpu_utilizations", "api");
+    assert!(burnt_sum - cpu_sum > 0.01, "400 ms of CPU shows as utilisation: {cpu_sum} -> {burnt_sum}\n{scrape}");
+    let (memory_count, memory_sum, memory_le_1) = histogram(&scrape, "wharf_run_container_memory_utilizations", "api");
+    assert!(memory_count >= 1.0 && memory_sum > 0.0, "{scrape}");
+    assert_eq!(memory_le_1, memory_count, "memory utilisation never above the limit: {scrape}");
+
+    // The burn's request log entry is stamped when the request arrived, as Cloud Run does:
+    // after it was sent, and early enough that its latency (the 400 ms burn and more) ends
+    // before the response was read.
+    let burns = wait_until("the burn's request log entry", Duration::from_secs(20), || {
+        let found = read(r#"httpRequest.requestUrl:"/cpu?ms=400""#);
+        (found.len() == 1).then_some(found)
+    })
+    .unwrap();
+    let stamped: jiff::Timestamp = burns[0]["timestamp"].as_str().unwrap().parse().unwrap();
+    let latency = burns[0]["httpRequest"]["latency"].as_str().unwrap().trim_end_matches('s').parse::<f64>().unwrap();
+    assert!(latency >= 0.4, "{}", burns[0]);
+    let ended = stamped + jiff::SignedDuration::from_secs_f64(latency);
+    // Stamps keep microseconds: allow the truncation.
+    let micro = jiff::SignedDuration::from_micros(1);
+    assert!(stamped + micro >= sent_at && ended <= done_at + micro, "{sent_at} <= {stamped} + {latency}s <= {done_at}");
+
+    // Entries carry their project: another project's reader sees none of demo's.
+    let own = read("resource.labels.service_name=api");
+    assert!(own.len() >= 41, "demo's 41 request entries at least: {}", own.len());
+    assert!(own.iter().all(|e| e["resource"]["labels"]["project_id"] == "demo"), "{own:?}");
+    let other = cli(&["logging", "read", "resource.labels.service_name=api", "--project", "other", "--format", "json"]);
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&other).unwrap(), Vec::<Value>::new(), "{other}");
+
+    // A job's usage: its tasks' run time, per execution. Each task sleeps 300 ms.
+    cli(&[
+        "run",
+        "jobs",
+        "create",
+        "crunch",
+        "--image",
+        &image,
+        "--args",
+        "job",
+        "--tasks",
+        "2",
+        "--set-env-vars",
+        "TESTAPP_SLEEP_MS=300",
+        "--project",
+        "demo",
+    ]);
+    let execution = cli(&["run", "jobs", "execute", "crunch", "--wait", "--project", "demo"]).trim().to_owned();
+    let job_usage_args = ["run", "jobs", "usage", "crunch", "--project", "demo", "--format", "json"];
+    let job_usage = cli_json(&server, &job_usage_args);
+    assert_eq!(job_usage["name"], "projects/demo/locations/us-central1/jobs/crunch", "{job_usage}");
+    let executions = job_usage["executions"].as_array().unwrap();
+    assert_eq!(executions.len(), 1, "{job_usage}");
+    assert!(execution.ends_with(executions[0]["execution"].as_str().unwrap()), "{execution}: {job_usage}");
+    let task_seconds = job_usage["tasks"]["instanceSeconds"].as_f64().unwrap();
+    assert!(task_seconds >= 0.6, "two tasks of at least 300 ms each: {job_usage}");
+    assert_eq!(job_usage["tasks"]["vcpuSeconds"], job_usage["tasks"]["instanceSeconds"], "1 vCPU: {job_usage}");
+
+    // Usage is kept in the state database: after a restart it reads the same (instances
+    // idle since: no request time added; instance time only grows).
+    let service_usage_args = ["run", "services", "usage", "api", "--project", "demo", "--format", "json"];
+    let before = cli_json(&server, &service_usage_args);
+    let mut server = server;
+    server.restart().unwrap();
+    let after = cli_json(&server, &service_usage_args);
+    assert_eq!((&after["requests"], &after["cpuThrottled"]), (&before["requests"], &before["cpuThrottled"]), "{after}");
+    assert_eq!(after["requests"], 41, "{after}");
+    let always = |u: &Value| u["cpuAlwaysAllocated"]["instanceSeconds"].as_f64().unwrap();
+    assert!(always(&after) >= always(&before), "{before} -> {after}");
+    assert_eq!(cli_json(&server, &job_usage_args), job_usage);
 }

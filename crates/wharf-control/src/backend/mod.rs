@@ -140,7 +140,7 @@ impl Severity {
     }
 }
 
-/// CPU usage counters of a running instance.
+/// CPU and memory use of a running instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStats {
@@ -153,6 +153,10 @@ pub struct InstanceStats {
     pub cpu_periods: u64,
     pub cpu_throttled_periods: u64,
     pub cpu_throttled_us: u64,
+    /// Memory in use now, without the page cache the kernel can reclaim (the working set
+    /// that counts toward the memory limit before an out-of-memory kill).
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

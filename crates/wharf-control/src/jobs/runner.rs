@@ -194,6 +194,7 @@ impl TaskRunner {
             template: self.template.clone(),
         };
         let backend = &e.control.inner.backend;
+        let started = tokio::time::Instant::now();
         let instance = match backend.start(spec).await {
             Ok(instance) => instance,
             Err(err) => {
@@ -202,7 +203,7 @@ impl TaskRunner {
         };
         tracing::debug!(instance = %instance.id(), "task instance running");
         let timeout = e.spec.timeout();
-        tokio::select! {
+        let ended = tokio::select! {
             status = instance.wait_terminal() => {
                 if status.succeeded() {
                     Attempt::Succeeded
@@ -225,7 +226,17 @@ impl TaskRunner {
                 self.stop(&instance).await;
                 Attempt::Interrupted
             }
+        };
+        // Billed like Cloud Run's jobs: from the instance's start until it is gone, whatever
+        // the outcome.
+        let resources = (self.template.resources.cpu_millis, self.template.resources.memory_bytes);
+        let ran = started.elapsed();
+        if let Err(err) =
+            crate::usage::add_task_time(&e.control.inner.db, &e.parent, &e.job, &e.execution, resources, ran)
+        {
+            tracing::error!(error = %err, "cannot record the task's usage");
         }
+        ended
     }
 
     async fn stop(&self, instance: &Arc<dyn InstanceHandle>) {

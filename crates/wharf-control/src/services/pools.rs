@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tracing::Instrument as _;
-use wharf_router::{BoxFuture, LaunchError, Launcher, Upstream};
+use wharf_router::{BoxFuture, LaunchError, Launcher, ResourceUsage, Upstream};
 
 use crate::backend::{BackendError, InstanceBackend, InstanceHandle, InstanceState, LaunchSpec};
 
@@ -22,6 +22,8 @@ pub(crate) struct RevisionLauncher {
 #[derive(Debug)]
 pub(crate) struct ServingInstance {
     pub(crate) handle: Arc<dyn InstanceHandle>,
+    /// The backend that started it, asked for its resource use.
+    pub(crate) backend: Arc<dyn InstanceBackend>,
 }
 
 impl Upstream for ServingInstance {
@@ -44,13 +46,18 @@ impl Upstream for ServingInstance {
     fn request_ended(&self) {
         self.handle.request_ended();
     }
+
+    fn resource_usage(&self) -> Option<ResourceUsage> {
+        let stats = self.backend.stats(self.handle.as_ref())?;
+        Some(ResourceUsage { cpu_usage_us: stats.cpu_usage_us, memory_bytes: stats.memory_bytes })
+    }
 }
 
 impl RevisionLauncher {
     /// Starts one instance and waits until it is ready.
     pub(crate) async fn start(&self) -> Result<Arc<ServingInstance>, BackendError> {
         let handle = self.backend.start(self.spec.clone()).await?;
-        Ok(Arc::new(ServingInstance { handle }))
+        Ok(Arc::new(ServingInstance { handle, backend: self.backend.clone() }))
     }
 }
 

@@ -296,6 +296,8 @@ impl ControlPlane {
         let pool = self.inner.serving.pools.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         if let Some(pool) = pool {
             pool.close(Duration::from_secs(10)).await;
+            // Its usage stays counted in the service after the revision is gone.
+            self.flush_closed_pool(&key, &pool);
         }
     }
 }

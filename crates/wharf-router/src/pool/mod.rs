@@ -109,6 +109,8 @@ struct PoolState {
 struct Meter {
     retired_instance_time: Duration,
     busy_time: Duration,
+    /// Requests given an instance (leases).
+    requests: u64,
     desired: u32,
     /// The most requests in flight on one instance in the current minute, and in the last.
     peak: u32,
@@ -370,6 +372,21 @@ pub struct PoolReport {
     /// Summed time instances had at least one request in flight: what Cloud Run bills when
     /// CPU is only allocated during requests.
     pub busy_time: Duration,
+    /// Requests the pool gave an instance (refused and timed-out queued requests are not).
+    pub requests: u64,
+    /// Each instance in the pool and what it uses now, read when the report was made
+    /// ([`RevisionPool::report_with_usage`]; empty in a plain [`RevisionPool::report`]).
+    pub instances: Vec<InstanceSample>,
+}
+
+/// One instance of a pool as [`RevisionPool::report`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSample {
+    pub id: String,
+    /// When it joined the pool (was ready).
+    pub joined: Instant,
+    /// `None`: the instance's implementation cannot tell, or it just went.
+    pub usage: Option<crate::upstream::ResourceUsage>,
 }
 
 impl RevisionPool {
@@ -450,8 +467,19 @@ impl RevisionPool {
         &self.owner
     }
 
-    /// Instance counts by state, the autoscaler's wish, startups and accounted time.
+    /// Instance counts by state, the autoscaler's wish, startups and accounted time, without
+    /// the instances' resource use (`instances` is empty): cheap, for usage metering.
     pub fn report(&self) -> PoolReport {
+        self.report_of(false)
+    }
+
+    /// [`RevisionPool::report`] with each instance and what it uses now
+    /// ([`Upstream::resource_usage`], read outside the pool's lock): for metrics.
+    pub fn report_with_usage(&self) -> PoolReport {
+        self.report_of(true)
+    }
+
+    fn report_of(&self, with_usage: bool) -> PoolReport {
         let now = Instant::now();
         let mut st = self.lock();
         st.prune_gone();
@@ -468,8 +496,14 @@ impl RevisionPool {
             startups: self.startups.snapshot(),
             instance_time: st.meter.retired_instance_time,
             busy_time: st.meter.busy_time,
+            requests: st.meter.requests,
+            instances: Vec::new(),
         };
+        let mut upstreams = Vec::with_capacity(if with_usage { st.slots.len() } else { 0 });
         for slot in &st.slots {
+            if with_usage {
+                upstreams.push((slot.upstream.clone(), slot.joined));
+            }
             if slot.in_flight > 0 {
                 report.active += 1;
             } else {
@@ -486,6 +520,16 @@ impl RevisionPool {
             report.max_concurrency = st.meter.peak.max(st.meter.previous_peak);
         }
         report.max_concurrency = report.max_concurrency.max(st.slots.iter().map(|s| s.in_flight).max().unwrap_or(0));
+        drop(st);
+        // Reading usage may take a system call per instance: never under the pool's lock.
+        report.instances = upstreams
+            .into_iter()
+            .map(|(upstream, joined)| InstanceSample {
+                id: upstream.id().to_owned(),
+                joined,
+                usage: upstream.resource_usage(),
+            })
+            .collect();
         report
     }
 
@@ -533,6 +577,7 @@ impl RevisionPool {
             joined: slot.joined,
         };
         let in_flight = slot.in_flight;
+        st.meter.requests += 1;
         st.meter.record_in_flight(now, in_flight);
         PendingLease(lease)
     }

@@ -110,6 +110,9 @@ impl std::fmt::Debug for SecretFileContent {
 pub struct Instance {
     pub id: String,
     pub owner: Owner,
+    /// The project of its service or job (its identity's), labelling its log lines; `None`
+    /// for an instance started without an identity (runtime tests and tools).
+    pub project: Option<String>,
     /// Where the platform reaches the container's port.
     pub addr: SocketAddr,
     pub created_at: SystemTime,
@@ -166,6 +169,11 @@ impl Instance {
     /// CPU time used by the instance's processes so far, in microseconds.
     pub fn cpu_usage_us(&self) -> Option<u64> {
         crate::cgroup::cpu_usage_us(&self.cgroup)
+    }
+
+    /// Memory the instance uses now, without reclaimable page cache.
+    pub fn memory_working_set(&self) -> Option<u64> {
+        crate::cgroup::memory_working_set(&self.cgroup)
     }
 
     /// Whether the instance is frozen between requests now (its CPU is throttled).

@@ -97,7 +97,7 @@ pub(crate) async fn reap(
     };
     tracing::debug!(?state, reason = reason.as_deref().unwrap_or(""), "instance ended");
     if let Some(reason) = &reason {
-        runtime.logs().platform(&instance.owner, &instance.id, "ERROR", reason).await;
+        runtime.logs().platform(&instance.owner, instance.project.as_deref(), &instance.id, "ERROR", reason).await;
     }
     runtime.inner.instances.lock().unwrap_or_else(|p| p.into_inner()).remove(&instance.id);
     instance.status.send_modify(|s| {

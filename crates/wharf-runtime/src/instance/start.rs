@@ -169,6 +169,7 @@ impl Runtime {
         let dir = self.inner.instances_dir.join(&id);
         std::fs::create_dir_all(&dir).map_err(RuntimeError::io("create directory", &dir))?;
         let mut partial = PartialStart::new(self, &id, &dir);
+        let project = identity.as_ref().map(|i| i.project.clone());
         let launched = {
             let _slot = self.inner.launches.acquire().await;
             self.launch(&spec, identity, &id, &dir, partial.created()).await
@@ -201,7 +202,8 @@ impl Runtime {
             status,
             phases: Mutex::new(launched.phases),
             recent: Mutex::default(),
-            log: self.logs().instance(&spec.owner, &id),
+            log: self.logs().instance(&spec.owner, project.clone(), &id),
+            project,
             failure: Mutex::new(None),
             exited: std::sync::atomic::AtomicBool::new(false),
             cpu: if spec.cpu.throttled {

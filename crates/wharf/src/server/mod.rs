@@ -65,7 +65,8 @@ pub struct Platform {
     pub builds: wharf_build::Builder,
     pub secrets: wharf_secrets::SecretManager,
     /// Request, instance and server metrics, in process: `metrics.snapshot()` is what
-    /// `/metrics` renders (see `wharf_logging::metrics`).
+    /// `/metrics` renders (see `wharf_logging::metrics`), also read by the console's charts API;
+    /// usage, which outlives a restart, is read from the control plane.
     pub metrics: Arc<wharf_logging::metrics::Metrics>,
     /// The last hour of each service's metrics, sampled from `metrics` every 10 s by
     /// [`sample_metrics_history`], for the console's charts.

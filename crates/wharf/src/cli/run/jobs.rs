@@ -43,6 +43,9 @@ pub enum JobsCommand {
     },
     /// Run a job now.
     Execute(ExecuteArgs),
+    /// Show a job's usage in Cloud Run's billing units (task seconds, vCPU-seconds,
+    /// GiB-seconds) per execution, deleted executions included; kept across restarts.
+    Usage { job: String },
     /// Executions of jobs.
     #[command(subcommand)]
     Executions(ExecutionsCommand),
@@ -199,6 +202,12 @@ pub async fn run(ctx: &Ctx, command: JobsCommand) -> anyhow::Result<()> {
             ctx.print(&job, "yaml")
         }
         JobsCommand::Replace { file } => replace(ctx, &jobs, &file).await,
+        JobsCommand::Usage { job } => {
+            let path = format!("/wharf/v1/projects/{}/locations/{}/jobs/{job}/usage", ctx.project, ctx.region);
+            let r = ctx.client.api_request(reqwest::Method::GET, &path).send().await?;
+            let usage: serde_json::Value = check(r).await?.json().await?;
+            ctx.print(&usage, "yaml")
+        }
         JobsCommand::List => {
             let r = ctx.client.api_request(reqwest::Method::GET, &jobs).send().await?;
             let list: serde_json::Value = check(r).await?.json().await?;

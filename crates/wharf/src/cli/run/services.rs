@@ -29,7 +29,7 @@ pub enum ServicesCommand {
     UpdateTraffic(UpdateTrafficArgs),
     /// Show a service's usage in Cloud Run's billing units (vCPU-seconds, GiB-seconds,
     /// requests), both with CPU throttled (request time) and with CPU always allocated
-    /// (instance time), since the server started.
+    /// (instance time), per revision (deleted ones included); kept across restarts.
     Usage { service: String },
     /// Show a service's IAM policy.
     GetIamPolicy { service: String },
