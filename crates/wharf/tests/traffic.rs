@@ -345,6 +345,13 @@ async fn a_request_needing_an_instance_past_the_server_memory_limit_gets_429_wit
             tokio::spawn(async move { client.get(url).header("Host", host).send().await.unwrap().status().as_u16() })
         })
         .collect();
+    // The probes start only once both busy requests hold an instance: a probe sent earlier
+    // could take an instance itself and leave a busy request the 429.
+    let started = Instant::now() + Duration::from_secs(20);
+    while lab.instances() < 2 {
+        assert!(Instant::now() < started, "two instances did not start in 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(24);
     let (status, body) = loop {
         let r = client.get(format!("{base}/")).header("Host", host).send().await.unwrap();
@@ -354,14 +361,12 @@ async fn a_request_needing_an_instance_past_the_server_memory_limit_gets_429_wit
             break (status, body);
         }
     };
-    // Which request gets the second instance is a race: a busy request may be the one that
-    // needed the third instance and got the 429; at least one of them is served.
     let mut busy_statuses = Vec::new();
     for b in busy {
         busy_statuses.push(b.await.unwrap());
     }
-    assert!(busy_statuses.contains(&200) && busy_statuses.iter().all(|s| [200, 429].contains(s)), "{busy_statuses:?}");
-    let instances = std::fs::read_dir(lab.server.data_dir().join("instances")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(busy_statuses, [200, 200]);
+    let instances = lab.instances();
     assert_eq!(status, 429, "{body}");
     assert!(
         body.contains("wharf: no capacity: instances use 256 MiB of 256 MiB (--instance-memory-limit); this instance needs 128 MiB"),

@@ -12,6 +12,7 @@ mod scaling;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -89,6 +90,10 @@ struct PoolState {
     next_key: u64,
     starting: u32,
     queued: u32,
+    /// The tickets of the queued requests, oldest first: a freed slot goes to the oldest
+    /// waiter, never to a request that arrived after it.
+    waiting: BTreeSet<u64>,
+    next_ticket: u64,
     /// Why the last start failed, while no instance runs or starts.
     last_error: Option<LaunchError>,
     /// After a failed start, no new start before this (a crashing image is not restarted in
@@ -200,6 +205,16 @@ impl PoolState {
 
     /// The slot a request should take: the `preferred` instance if it has room, else the
     /// least loaded one with room. Asks `is_gone` of the chosen instance only.
+    /// Picks a slot for the queued request holding `ticket` if the requests queued before it
+    /// leave one free (they take the first free slots).
+    fn pick_in_turn(&mut self, ticket: u64) -> Option<usize> {
+        let limit = self.config.scaling.container_concurrency.max(1);
+        let ahead = self.waiting.range(..ticket).count();
+        let free: usize =
+            self.slots.iter().filter(|s| !s.gone).map(|s| limit.saturating_sub(s.in_flight) as usize).sum();
+        if free > ahead { self.pick(None) } else { None }
+    }
+
     fn pick(&mut self, preferred: Option<&str>) -> Option<usize> {
         let limit = self.config.scaling.container_concurrency.max(1);
         if let Some(id) = preferred
@@ -327,14 +342,23 @@ impl PendingLease {
 }
 
 /// A request's place in the queue; leaving it (served, refused, timed out or cancelled)
-/// gives the place back.
+/// gives the place back and lets the waiters behind it move up.
 struct QueuePlace<'a> {
     pool: &'a RevisionPool,
+    ticket: u64,
 }
 
 impl Drop for QueuePlace<'_> {
     fn drop(&mut self) {
-        self.pool.lock().queued -= 1;
+        let others = {
+            let mut st = self.pool.lock();
+            st.queued -= 1;
+            st.waiting.remove(&self.ticket);
+            !st.waiting.is_empty()
+        };
+        if others {
+            self.pool.changed.notify_waiters();
+        }
     }
 }
 
@@ -417,6 +441,8 @@ impl RevisionPool {
                 next_key: 0,
                 starting: 0,
                 queued: 0,
+                waiting: BTreeSet::new(),
+                next_ticket: 0,
                 last_error: None,
                 retry_after: None,
                 drained: false,
@@ -590,6 +616,10 @@ impl RevisionPool {
         }
         let pending = {
             let mut st = self.lock();
+            if !st.waiting.is_empty() {
+                // Requests are queued: this one goes behind them.
+                return None;
+            }
             let i = st.pick(preferred)?;
             self.lease(&mut st, i)
         };
@@ -603,7 +633,7 @@ impl RevisionPool {
             return Ok(lease);
         }
         let deadline = Instant::now() + self.lock().config.queue_timeout;
-        let mut place = None;
+        let mut place: Option<QueuePlace<'_>> = None;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -614,9 +644,16 @@ impl RevisionPool {
                     return Err(ProxyError::NoInstance);
                 }
                 st.prune_gone();
-                if let Some(i) = st.pick(None) {
+                let picked = match &place {
+                    Some(place) => st.pick_in_turn(place.ticket),
+                    None if st.waiting.is_empty() => st.pick(None),
+                    None => None,
+                };
+                if let Some(i) = picked {
                     let pending = self.lease(&mut st, i);
                     drop(st);
+                    // Dropping the place (after the lock) wakes the waiters behind it.
+                    drop(place);
                     return Ok(pending.started());
                 }
                 if place.is_none() {
@@ -624,7 +661,10 @@ impl RevisionPool {
                         return Err(ProxyError::QueueFull);
                     }
                     st.queued += 1;
-                    place = Some(QueuePlace { pool: self });
+                    let ticket = st.next_ticket;
+                    st.next_ticket += 1;
+                    st.waiting.insert(ticket);
+                    place = Some(QueuePlace { pool: self, ticket });
                     if st.slots.is_empty() && st.starting == 0 {
                         // Scale from zero now, not at the next tick.
                         let sample = f64::from(st.queued);

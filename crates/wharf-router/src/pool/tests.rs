@@ -110,6 +110,31 @@ async fn a_queued_request_gets_the_instance_when_it_is_ready() {
     assert_eq!(pool.stats(), stats(1, 0, 0, 0));
 }
 
+/// The queue is first come, first served: when an instance becomes ready, a request that
+/// queued later cannot take it from one that queued earlier, whichever is woken first (a
+/// later one taking it left the earlier one a 429 when the machine had no room for more).
+#[tokio::test(start_paused = true)]
+async fn a_ready_instance_goes_to_the_oldest_queued_request() {
+    let launcher = FakeLauncher::gated();
+    let pool = RevisionPool::start("hello-00001", config(1, 0, 1), launcher.arc());
+    let mut older = Box::pin(pool.acquire());
+    let mut newer = Box::pin(pool.acquire());
+    assert!(futures::poll!(older.as_mut()).is_pending());
+    assert!(futures::poll!(newer.as_mut()).is_pending());
+    launcher.wait_launches(1).await;
+
+    launcher.release(1);
+    tokio::task::yield_now().await;
+    assert!(futures::poll!(newer.as_mut()).is_pending(), "the newer request jumped the queue");
+    assert!(pool.try_acquire(None).is_none(), "a new request jumped the queue");
+    let std::task::Poll::Ready(lease) = futures::poll!(older.as_mut()) else { panic!("the oldest request waits") };
+    let lease = lease.expect("the oldest request is served");
+    assert!(futures::poll!(newer.as_mut()).is_pending());
+    drop(lease);
+    let served = tokio::time::timeout(Duration::from_secs(1), newer).await.expect("the newer one is served next");
+    assert_eq!(served.expect("served").upstream().id(), "i1");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_full_queue_refuses_requests_and_cancelled_waiters_give_their_place_back() {
     let launcher = FakeLauncher::gated();
