@@ -132,8 +132,8 @@ impl NginxTls {
             format!(
                 "worker_processes 2; pid {p}/nginx.pid; error_log {p}/logs/error.log;
                  events {{ worker_connections 1024; }}
-                 http {{ access_log off;
-                   upstream app {{ server {upstream}; keepalive 64; }}
+                 http {{ access_log off; keepalive_requests 1000000;
+                   upstream app {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
                    server {{ listen 127.0.0.1:{port} ssl http2;
                      ssl_certificate {p}/cert.pem; ssl_certificate_key {p}/key.pem;
                      ssl_protocols TLSv1.2 TLSv1.3;

@@ -446,8 +446,8 @@ fn nginx_baseline(dir: &Path, upstream: &str, duration: &str) -> anyhow::Result<
         format!(
             "worker_processes 2; pid {p}/nginx.pid; error_log {p}/logs/error.log;
              events {{ worker_connections 1024; }}
-             http {{ access_log off;
-               upstream app {{ server {upstream}; keepalive 64; }}
+             http {{ access_log off; keepalive_requests 1000000;
+               upstream app {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
                server {{ listen 127.0.0.1:{port};
                  location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}",
             p = prefix.display()

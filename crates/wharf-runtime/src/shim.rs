@@ -69,6 +69,10 @@ pub fn run(args: &ShimArgs) -> i32 {
         }
     };
     let t0 = Instant::now();
+    if let Err(e) = crate::rootfs::mount_overlay_privately(&args.bundle.join("config.json")) {
+        emit(&ShimEvent::Failed { error: error_chain(&e) });
+        return 1;
+    }
     let filters = match crate::seccomp::Filters::compile() {
         Ok(f) => f,
         Err(e) => {
@@ -110,6 +114,18 @@ pub fn run(args: &ShimArgs) -> i32 {
     let _ = std::io::stdin().read_line(&mut released);
     drop(container);
     0
+}
+
+/// `error` and its sources, joined by ": ".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn elapsed_us(since: Instant) -> u64 {

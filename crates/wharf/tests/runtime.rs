@@ -249,8 +249,35 @@ async fn rootfs_writes_vanish_with_the_instance() {
     let r = client().put(format!("http://{}/file?path=/scratch.txt", first.addr)).body("written").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
     assert_eq!(get(&first, "/file?path=/scratch.txt").await, (200, "written".to_owned()));
+    // The overlay is mounted in the instance's own mount namespace: the container's `/` is
+    // an overlay, and the host's mount table holds none at the instance's rootfs (only the
+    // scratch tmpfs), so it does not grow by an overlay line per running instance.
+    let (_, inside) = get(&first, "/file?path=/proc/self/mountinfo").await;
+    assert!(inside.lines().any(|l| l.split(' ').nth(4) == Some("/") && l.contains(" - overlay ")), "{inside}");
+    let instance_dir = h.dir.path().join("instances").join(&first.id);
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let host_mounts: Vec<&str> = host.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    assert!(!host_mounts.contains(&instance_dir.join("rootfs").to_str().unwrap()), "{host}");
+    assert!(host_mounts.contains(&instance_dir.join("scratch").to_str().unwrap()), "{host}");
     h.runtime.stop(&first).await;
-    let second = h.start(h.spec("hello-00005-fs")).await.unwrap();
+    // The image's USER, by name, is resolved in the merged tree (by the shim, whose mount
+    // namespace alone holds the overlay).
+    let mut as_nobody = h.spec("hello-00005-fs");
+    as_nobody.image.config.config.set_user(Some("nobody".into()));
+    let second = h.start(as_nobody).await.unwrap();
+    let (_, status) = get(&second, "/file?path=/proc/self/status").await;
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Uid:", "65534", "65534", "65534", "65534"]),
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Gid:", "65534", "65534", "65534", "65534"]),
+        "{status}"
+    );
     assert_eq!(get(&second, "/file?path=/scratch.txt").await.0, 404);
     // The image's own files are there, read through the overlay.
     assert_eq!(get(&second, "/file?path=/etc/group").await.0, 200);
@@ -529,8 +556,11 @@ async fn failed_starts_release_what_they_created() {
     let mut ghost = h.spec("hello-00013-ghost");
     ghost.image.config.config.set_user(Some("ghost".into()));
     match h.start(ghost).await {
-        Err(RuntimeError::InvalidSpec(SpecError::UnknownUser { user })) => assert_eq!(user, "ghost"),
-        other => panic!("expected UnknownUser, got {other:?}"),
+        // The shim resolves the user in the merged tree, only its mount namespace holds.
+        Err(RuntimeError::Shim(error)) => {
+            assert!(error.contains("user \"ghost\" is not in the image's /etc/passwd"), "{error}")
+        }
+        other => panic!("expected the unknown user, got {other:?}"),
     }
     h.finish().await;
 }

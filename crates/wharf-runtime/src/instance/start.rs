@@ -22,7 +22,7 @@ use crate::resources::Resources;
 use crate::rootfs::Rootfs;
 use crate::runtime::{InstanceCaller, InstanceRecord, Runtime};
 use crate::shim::ShimEvent;
-use crate::spec::{SpecError, SpecInput, command_line, resolve_user, runtime_spec};
+use crate::spec::{SpecError, SpecInput, command_line, runtime_spec};
 
 /// How long the shim may take to create and start the container.
 const SHIM_REPORT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -345,7 +345,9 @@ impl Runtime {
     ) -> Result<(), RuntimeError> {
         let image = &spec.image.config.config;
         let args = command_line(image, spec.command.as_deref(), spec.args.as_deref())?;
-        let user = resolve_user(image.user().as_deref(), &rootfs.merged)?;
+        // The shim resolves a named or numeric user in the merged tree, which only its mount
+        // namespace holds; the spec says root until then.
+        let image_user = image.user().as_deref().map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned);
         let env = instance_env(image.env().as_deref().unwrap_or_default(), &spec.env, &spec.owner, spec.port);
         let resolv_conf = dir.join("resolv.conf");
         std::fs::write(&resolv_conf, crate::network::INSTANCE_RESOLV_CONF)
@@ -360,7 +362,7 @@ impl Runtime {
             args,
             env,
             cwd: spec.working_dir.as_deref().or(image.working_dir().as_deref()).unwrap_or("/"),
-            user,
+            user: (0, 0),
             rootfs: &rootfs.merged,
             hostname: id,
             netns: &netns,
@@ -372,6 +374,15 @@ impl Runtime {
             secret_mounts,
             memory_volumes: spec.memory_volumes.iter().map(|v| (v.mount_path.clone(), v.size_bytes)).collect(),
         })?;
+        let mut annotations = std::collections::HashMap::from([(
+            crate::rootfs::OVERLAY_ANNOTATION.to_owned(),
+            rootfs.overlay_options.clone(),
+        )]);
+        if let Some(user) = image_user {
+            annotations.insert(crate::rootfs::USER_ANNOTATION.to_owned(), user);
+        }
+        let mut config = config;
+        config.set_annotations(Some(annotations));
         // The bundle lives on the instance's in-memory scratch, never on disk: its
         // config.json holds the environment, secret values included.
         let bundle = bundle_dir(&rootfs.scratch);
