@@ -131,6 +131,15 @@ pub fn mount_overlay_privately(config: &Path) -> Result<(), PrivateRootfsError> 
     // Nothing mounted here reaches the host, and nothing the host mounts later reaches here.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(PrivateRootfsError::Unshare)?;
+    let netns = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).and_then(|namespaces| {
+        namespaces
+            .iter()
+            .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            .and_then(|n| n.path().clone())
+    });
+    if let Some(instance_dir) = root.parent() {
+        drop_other_instances_mounts(instance_dir, netns.as_deref())?;
+    }
     mount(Some("wharf-rootfs"), &root, Some("overlay"), MsFlags::MS_NODEV, Some(options.as_str()))
         .map_err(|source| PrivateRootfsError::Mount { target: root.clone(), source })?;
     if let Some(user) = annotations.get(USER_ANNOTATION) {
@@ -144,4 +153,99 @@ pub fn mount_overlay_privately(config: &Path) -> Result<(), PrivateRootfsError> 
         spec.save(config).map_err(PrivateRootfsError::SaveSpec)?;
     }
     Ok(())
+}
+
+/// Where the shim parks the instance's scratch while it detaches the other instances'.
+const PARKING: &str = "/mnt";
+
+/// In the shim's private mount namespace: detaches every other instance's mounts (their
+/// scratch tmpfs under the instances directory, their network namespaces under `/run/netns`),
+/// keeping this instance's, so the container's namespace is copied from a table as small as
+/// the host's without instances, and libcontainer's reads of it stay short. Each tree goes
+/// in one detach of its parent mount (the server makes the instances directory a mount
+/// point: [`make_instances_mount_point`]); where the parent is not a mount point nothing is
+/// detached and the start goes on as before.
+fn drop_other_instances_mounts(instance_dir: &Path, netns: Option<&Path>) -> Result<(), PrivateRootfsError> {
+    use std::os::fd::AsRawFd as _;
+    let scratch = instance_dir.join("scratch");
+    if let Some(instances) = instance_dir.parent()
+        && mount(Some(&scratch), PARKING, None::<&str>, MsFlags::MS_BIND, None::<&str>).is_ok()
+    {
+        let parked = Path::new(PARKING);
+        if umount2(instances, MntFlags::MNT_DETACH).is_ok() {
+            mount(Some(parked), &scratch, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+                .map_err(|source| PrivateRootfsError::Mount { target: scratch.clone(), source })?;
+        } else {
+            let _ = umount2(parked, MntFlags::MNT_DETACH);
+        }
+    }
+    if let Some(netns) = netns
+        && let Some(dir) = netns.parent()
+        && let Ok(handle) = std::fs::File::open(netns)
+        && umount2(dir, MntFlags::MNT_DETACH).is_ok()
+    {
+        // A namespace file can be bound from a descriptor even though its mount is gone.
+        let source = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        mount(Some(source.as_str()), netns, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|source| PrivateRootfsError::Mount { target: netns.to_owned(), source })?;
+    }
+    Ok(())
+}
+
+/// Makes `instances` (the directory holding every instance's directory) a private mount
+/// point of its own, if it is not one yet, so each shim can detach all the instances' mounts
+/// below it at once ([`mount_overlay_privately`]); [`unmount_instances_mount_point`] undoes
+/// it when the runtime shuts down.
+pub fn make_instances_mount_point(instances: &Path) -> Result<(), RuntimeError> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let wanted = instances.to_string_lossy();
+    if !mounts.lines().filter_map(|l| l.split(' ').nth(4)).any(|point| unescape_mount_point(point) == wanted) {
+        mount(Some(instances), instances, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| RuntimeError::Mount { target: instances.to_owned(), source: e.into() })?;
+    }
+    mount(None::<&str>, instances, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| RuntimeError::Mount { target: instances.to_owned(), source: e.into() })
+}
+
+/// A mount point as `/proc/self/mountinfo` prints it, with its octal escapes (`\\040` for a
+/// space, and tab, newline and backslash) decoded.
+fn unescape_mount_point(point: &str) -> String {
+    let mut out = String::with_capacity(point.len());
+    let mut rest = point;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(d, 8).ok());
+        match code {
+            Some(byte) => {
+                out.push(char::from(byte));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Undoes [`make_instances_mount_point`] (once no instance runs).
+pub fn unmount_instances_mount_point(instances: &Path) {
+    match umount2(instances, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => tracing::warn!(target = %instances.display(), error = %e, "unmount failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_mount_point;
+
+    #[test]
+    fn mount_points_are_unescaped_as_mountinfo_escapes_them() {
+        assert_eq!(unescape_mount_point("/var/lib/wharf/instances"), "/var/lib/wharf/instances");
+        assert_eq!(unescape_mount_point("/data\\040dir/a\\134b"), "/data dir/a\\b");
+        assert_eq!(unescape_mount_point("/odd\\x"), "/odd\\x");
+    }
 }

@@ -125,6 +125,7 @@ impl Runtime {
         );
         let network = Network::new(config.instance_services, config.vpc_networks);
         network.setup_host().await?;
+        crate::rootfs::make_instances_mount_point(&instances_dir)?;
         let inner = Inner {
             instances_dir,
             supervisor: crate::supervisor::Supervisor::new(config.helper, state_root.clone()),
@@ -185,6 +186,7 @@ impl Runtime {
             let _ = stop.await;
         }
         self.inner.supervisor.close().await;
+        crate::rootfs::unmount_instances_mount_point(&self.inner.instances_dir);
         self.inner.network.teardown_host().await;
         self.inner.cgroups.remove_if_unused();
         self.inner.logs.flush().await;

@@ -259,6 +259,9 @@ async fn rootfs_writes_vanish_with_the_instance() {
     let host_mounts: Vec<&str> = host.lines().filter_map(|l| l.split(' ').nth(4)).collect();
     assert!(!host_mounts.contains(&instance_dir.join("rootfs").to_str().unwrap()), "{host}");
     assert!(host_mounts.contains(&instance_dir.join("scratch").to_str().unwrap()), "{host}");
+    // The instances directory is a mount point of its own: each shim detaches every other
+    // instance's scratch at once from the mount namespace its container is copied from.
+    assert!(host_mounts.contains(&h.dir.path().join("instances").to_str().unwrap()), "{host}");
     h.runtime.stop(&first).await;
     // The image's USER, by name, is resolved in the merged tree (by the shim, whose mount
     // namespace alone holds the overlay).
@@ -527,18 +530,21 @@ fn an_unclean_exit_is_swept_up_on_the_next_start() {
         };
         let runtime = Runtime::open(config, db).await.unwrap();
         // The orphaned shim notices its server is gone and kills its container; the sweep
-        // removes the rest. Give the shim a moment, bounded.
+        // removes the rest. Give the shim a moment, bounded. What stays is the running
+        // runtime's own instances mount point, gone at its shutdown.
+        let own = vec![Leftover::Mount(dir.path().join("instances"))];
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !wharf_leftovers(&scope).is_empty() && tokio::time::Instant::now() < deadline {
+        while wharf_leftovers(&scope) != own && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(wharf_leftovers(&scope), Vec::<Leftover>::new());
+        assert_eq!(wharf_leftovers(&scope), own);
         assert_eq!(std::fs::read_dir(dir.path().join("instances")).unwrap().count(), 0);
         // What the crashed instance logged survived the crash.
         let filter = LogFilter { revision: Some("hello-00011-crash".into()), limit: 10, ..LogFilter::default() };
         let logs = runtime.logs().query(&filter).await.unwrap();
         assert!(logs.iter().any(|l| l.message == "testapp: listening on port 8080"), "{logs:?}");
         runtime.shutdown().await;
+        assert_eq!(wharf_leftovers(&scope), Vec::<Leftover>::new());
     });
 }
 
