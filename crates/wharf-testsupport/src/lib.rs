@@ -3,6 +3,7 @@
 //! - [`image`]: builds the testapp binary and packages it as a multi-layer OCI image layout,
 //!   with no network access;
 //! - [`python`]: a Python image from the host's python3 and packages pip installs from PyPI;
+//! - [`node`]: a Node.js base image for source builds from the host's node and npm;
 //! - [`server`]: starts a real `wharf server` on free ports in a temporary data directory and
 //!   stops it (even when a test fails), in a sealed environment (no developer config);
 //! - [`lab`]: [`WharfLab`], a server with the testapp image imported, and the calls every
@@ -15,6 +16,7 @@ pub mod browser;
 pub mod image;
 pub mod lab;
 pub mod leaks;
+pub mod node;
 pub mod python;
 pub mod server;
 
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use image::{TestImage, testapp_image};
 pub use lab::WharfLab;
+pub use node::node_build_image;
 pub use python::{python_build_image, python_image};
 pub use server::WharfServer;
 
