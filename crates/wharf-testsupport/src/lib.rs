@@ -1,5 +1,6 @@
 //! Test support for Wharf's end-to-end tests and benchmarks:
 //! - [`browser`]: a headless chromium driven over WebDriver, for the web console's tests;
+//! - [`dns`]: a DNS server standing for the host's resolver, answering one name;
 //! - [`image`]: builds the testapp binary and packages it as a multi-layer OCI image layout,
 //!   with no network access;
 //! - [`python`]: a Python image from the host's python3 and packages pip installs from PyPI;
@@ -13,6 +14,7 @@
 //! - [`wait_until`]: waits for a condition with a deadline, instead of sleeping.
 
 pub mod browser;
+pub mod dns;
 pub mod image;
 pub mod lab;
 pub mod leaks;

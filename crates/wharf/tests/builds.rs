@@ -18,6 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use wharf_testsupport::dns::UpstreamResolver;
 use wharf_testsupport::{WharfServer, service_host, testapp_image};
 
 fn wharf() -> &'static Path {
@@ -618,19 +619,20 @@ fn npm_tarball(files: &[(&str, &str)]) -> Vec<u8> {
     tar.into_inner().unwrap().finish().unwrap()
 }
 
-/// A one-package npm registry at `listener` (inside another host's namespace): `GET /<name>`
+/// A one-package npm registry at `listener` (inside another host's namespace, reached as
+/// `base_url`): `GET /<name>`
 /// answers the package's metadata (the "packument" npm resolves versions from, with the
 /// tarball's sha512 integrity), `GET /<name>/-/<name>-<version>.tgz` the tarball. Returns the
 /// paths it answered.
 fn serve_npm_registry(
     listener: std::net::TcpListener,
+    base_url: &str,
     name: &'static str,
     version: &'static str,
     tarball: Vec<u8>,
 ) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
     use base64::Engine as _;
     use sha2::Digest as _;
-    let addr = listener.local_addr().unwrap();
     let tarball_path = format!("{name}/-/{name}-{version}.tgz");
     let integrity =
         format!("sha512-{}", base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(&tarball)));
@@ -641,7 +643,7 @@ fn serve_npm_registry(
             "name": name,
             "version": version,
             "main": "index.js",
-            "dist": {"tarball": format!("http://{addr}/{tarball_path}"), "integrity": integrity},
+            "dist": {"tarball": format!("{base_url}/{tarball_path}"), "integrity": integrity},
         }},
     });
     serve_http(listener, move |path| {
@@ -666,6 +668,9 @@ fn a_host_address() -> Option<std::net::Ipv4Addr> {
     })
 }
 
+/// Where the egress test's other host is: its package indexes and npm registry.
+const OTHER_HOST_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 78);
+
 /// The seed lab's color API (Flask, gunicorn).
 const COLOR_API_MAIN: &str = "import os\n\nfrom flask import Flask\n\napp = Flask(__name__)\n\n\n@app.route(\"/\")\ndef color():\n    return {\"color\": os.environ.get(\"COLOR\", \"blue\")}\n";
 
@@ -680,7 +685,21 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     // The server's default Node.js base image, only in Wharf's registry: the host's node and
     // npm with /bin/sh (whatever its version, under the default's name).
     let node = wharf_testsupport::node_build_image(work.path(), "node-build").unwrap();
-    let server = WharfServer::start_with_env(wharf(), &[("WHARF_BUILD_NETWORK", "egress")]).unwrap();
+    // The host's resolver, as Wharf's resolver sees it: on the host's loopback, which RUN steps
+    // cannot reach themselves, so a name it answers resolves in a step only through Wharf's
+    // resolver (169.254.169.254:53). It knows one name: the test's npm registry.
+    let upstream = UpstreamResolver::start(
+        std::net::Ipv4Addr::new(127, 78, 0, u8::try_from(std::process::id() % 250 + 1).unwrap()),
+        "registry.wharf-test",
+        OTHER_HOST_IP,
+    );
+    let resolv_conf = work.path().join("upstream-resolv.conf");
+    std::fs::write(&resolv_conf, format!("nameserver {}\n", upstream.addr)).unwrap();
+    let server = WharfServer::start_with_env(
+        wharf(),
+        &[("WHARF_BUILD_NETWORK", "egress"), ("WHARF_UPSTREAM_RESOLV_CONF", resolv_conf.to_str().unwrap())],
+    )
+    .unwrap();
     for (image, tag) in [(&testapp, "testapp:v1"), (&python, "python:3.12-slim"), (&node, "node:22-slim")] {
         let out = server.cli(&["images", "import", &image.layout.to_string_lossy(), "--tag", tag]).unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -689,7 +708,7 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
 
     // A RUN step reaches an address behind a veth (what the internet is to a build), but
     // not the host's loopback, Wharf's API, the host's own address, or the metadata address.
-    let other = OtherHost::create("e", std::net::Ipv4Addr::new(203, 0, 113, 78));
+    let other = OtherHost::create("e", OTHER_HOST_IP);
     let elsewhere = other.listen();
     let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let any_address = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
@@ -810,16 +829,17 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
 
     // A Node.js app, no Dockerfile: detected by its package.json, built on the Node.js base
     // image, its one dependency installed by the generated `npm install` from an npm registry
-    // the test serves behind the veth (NPM_CONFIG_REGISTRY as a build variable; the package
-    // exists on no public registry), started with `npm start`.
+    // the test serves behind the veth, named by a host name the step resolves through Wharf's
+    // resolver (NPM_CONFIG_REGISTRY as a build variable; the package exists on no public
+    // registry), started with `npm start`.
     let registry_listener = other.listen();
-    let registry_addr = registry_listener.local_addr().unwrap();
+    let registry_url = format!("http://registry.wharf-test:{}", registry_listener.local_addr().unwrap().port());
     let greeting = npm_tarball(&[
         ("package.json", r#"{"name": "wharf-test-greeting", "version": "1.2.0", "main": "index.js"}"#),
         ("index.js", "module.exports = (name) => `hello ${name}, from wharf-test-greeting`;\n"),
     ]);
-    let registry = serve_npm_registry(registry_listener, "wharf-test-greeting", "1.2.0", greeting);
-    let npm_env = format!("NPM_CONFIG_REGISTRY=http://{registry_addr}/");
+    let registry = serve_npm_registry(registry_listener, &registry_url, "wharf-test-greeting", "1.2.0", greeting);
+    let npm_env = format!("NPM_CONFIG_REGISTRY={registry_url}/");
     let dir = env.source(
         "node-hello",
         &[("package.json", NODE_HELLO_PACKAGE), ("server.js", &NODE_HELLO_SERVER.replace("NAME", "node-hello"))],
@@ -840,6 +860,8 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     assert!(stderr.contains("no Dockerfile; detected Node.js (package.json, runs `npm start`)"), "{stderr}");
     assert!(stderr.contains("RUN npm install --omit=dev --no-audit --no-fund"), "{stderr}");
     assert!(stderr.contains("added 1 package"), "npm installed nothing: {stderr}");
+    // The step's resolv.conf (printed by the app's postinstall script): Wharf's resolver only.
+    assert!(stderr.contains("> cat /etc/resolv.conf\n\nnameserver 169.254.169.254\n\n"), "{stderr}");
     let tarball_path = "wharf-test-greeting/-/wharf-test-greeting-1.2.0.tgz";
     assert_eq!(
         *registry.lock().unwrap(),
@@ -855,7 +877,11 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     assert_eq!(answer["greeting"], "hello node-hello, from wharf-test-greeting");
     let host_node = std::process::Command::new("/usr/bin/node").arg("--version").output().unwrap();
     assert_eq!(answer["node"], String::from_utf8_lossy(&host_node.stdout).trim(), "not the base image's node");
-    assert_eq!(answer["resolved"], format!("http://{registry_addr}/{tarball_path}"), "{answer}");
+    assert_eq!(answer["resolved"], format!("{registry_url}/{tarball_path}"), "{answer}");
+    assert!(
+        upstream.asked.lock().unwrap().iter().any(|name| name == "registry.wharf-test"),
+        "the step's lookup did not reach the host's resolver through Wharf's"
+    );
     assert_eq!(answer["startedBy"], "npm start", "{answer}");
 
     // The app changed, its dependencies did not: the install step comes from the layer cache
@@ -879,12 +905,13 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     );
 }
 
-/// The Node.js app: `npm start`, one dependency (from the test's registry).
+/// The Node.js app: `npm start`, one dependency (from the test's registry), and a postinstall
+/// script showing the build step's `/etc/resolv.conf` in the build log.
 const NODE_HELLO_PACKAGE: &str = r#"{
   "name": "node-hello",
   "version": "1.0.0",
   "private": true,
-  "scripts": {"start": "node server.js"},
+  "scripts": {"start": "node server.js", "postinstall": "cat /etc/resolv.conf"},
   "dependencies": {"wharf-test-greeting": "^1.2.0"}
 }
 "#;
