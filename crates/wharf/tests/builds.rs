@@ -697,7 +697,12 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     std::fs::write(&resolv_conf, format!("nameserver {}\n", upstream.addr)).unwrap();
     let server = WharfServer::start_with_env(
         wharf(),
-        &[("WHARF_BUILD_NETWORK", "egress"), ("WHARF_UPSTREAM_RESOLV_CONF", resolv_conf.to_str().unwrap())],
+        &[
+            ("WHARF_BUILD_NETWORK", "egress"),
+            // Builds reach the test's other host only: not the public address of a second one.
+            ("WHARF_BUILD_EGRESS_ALLOW", "203.0.113.0/24"),
+            ("WHARF_UPSTREAM_RESOLV_CONF", resolv_conf.to_str().unwrap()),
+        ],
     )
     .unwrap();
     for (image, tag) in [(&testapp, "testapp:v1"), (&python, "python:3.12-slim"), (&node, "node:22-slim")] {
@@ -710,6 +715,9 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     // not the host's loopback, Wharf's API, the host's own address, or the metadata address.
     let other = OtherHost::create("e", OTHER_HOST_IP);
     let elsewhere = other.listen();
+    // A public address too (TEST-NET-2), behind a veth of its own, outside the allow-list.
+    let not_allowed_host = OtherHost::create("n", std::net::Ipv4Addr::new(198, 51, 100, 78));
+    let not_allowed = not_allowed_host.listen();
     let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let any_address = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let mut refused = vec![
@@ -718,6 +726,7 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
         env.server.addrs.registry_addr.to_string(),
         // No DNAT for builds at 169.254.169.254: the policy drops it on this machine.
         "169.254.169.254:80".to_owned(),
+        not_allowed.local_addr().unwrap().to_string(),
     ];
     if let Some(ip) = a_host_address() {
         refused.push(format!("{ip}:{}", any_address.local_addr().unwrap().port()));
@@ -730,13 +739,14 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     );
     let dir = env.source("probe", &[("Dockerfile", probe.as_str())]);
     let (_, log) = env.ok(&["builds", "submit", &dir, "--tag", "probe:v1"]);
-    assert!(log.contains("RUN steps reach the internet but not this host"), "{log}");
+    assert!(log.contains("RUN steps reach only 203.0.113.0/24 (the server's --build-egress-allow)"), "{log}");
     assert!(log.contains(&format!("connect {reached}: reached")), "an egress RUN step did not reach {reached}:\n{log}");
     for target in &refused {
         assert!(log.contains(&format!("connect {target}: failed")), "a RUN step reached {target}:\n{log}");
     }
     assert!(has_pending_connection(&elsewhere));
     assert!(!has_pending_connection(&loopback) && !has_pending_connection(&any_address));
+    assert!(!has_pending_connection(&not_allowed), "a step reached a public address outside the allow-list");
     // The build's namespace, veth and record are gone with it.
     let id = env.builds()[0]["id"].as_str().unwrap().replace('-', "");
     let leftover = |dir: &str, prefix: &str| {
