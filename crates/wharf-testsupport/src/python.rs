@@ -242,6 +242,7 @@ fn build_interpreter_layer() -> anyhow::Result<TarLayer> {
         for module in &extension_modules {
             libraries.extend(shared_libraries(module)?);
         }
+        libraries.extend(libgcc_s());
         libraries.sort();
         libraries.dedup();
         for lib in libraries {
@@ -250,6 +251,17 @@ fn build_interpreter_layer() -> anyhow::Result<TarLayer> {
         }
         append_etc(b)
     })
+}
+
+/// Where the dynamic loader finds `libgcc_s.so.1` on the host. No binary of the image links
+/// it, but glibc loads it when a thread exits with `pthread_exit` (Python threads at
+/// interpreter exit, pip's among them): without it such a process aborts ("libgcc_s.so.1 must
+/// be installed for pthread_exit to work").
+fn libgcc_s() -> Option<PathBuf> {
+    ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"]
+        .iter()
+        .map(|dir| Path::new(dir).join("libgcc_s.so.1"))
+        .find(|lib| lib.is_file())
 }
 
 /// Appends the files below `dir` for which `keep` is true, at the paths `inside` gives, with
