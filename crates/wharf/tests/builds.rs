@@ -732,7 +732,9 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
         refused.push(format!("{ip}:{}", any_address.local_addr().unwrap().port()));
     }
     let reached = elsewhere.local_addr().unwrap().to_string();
-    let targets: Vec<String> = std::iter::once(reached.clone()).chain(refused.iter().cloned()).collect();
+    // Names, through Wharf's resolver: one the host's resolver knows, one nobody does.
+    let names = ["resolve:registry.wharf-test".to_owned(), "resolve:unknown.wharf-test".to_owned()];
+    let targets: Vec<String> = std::iter::once(reached.clone()).chain(refused.iter().cloned()).chain(names).collect();
     let probe = format!(
         "FROM testapp:v1\nRUN [\"/app/testapp\", \"build-probe\", {}]\n",
         targets.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ")
@@ -744,6 +746,10 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     for target in &refused {
         assert!(log.contains(&format!("connect {target}: failed")), "a RUN step reached {target}:\n{log}");
     }
+    assert!(log.contains(&format!("resolve registry.wharf-test: {OTHER_HOST_IP}\n")), "{log}");
+    assert!(log.contains("resolve unknown.wharf-test: failed ("), "an unknown name resolved:\n{log}");
+    let asked = upstream.asked.lock().unwrap().clone();
+    assert!(asked.iter().any(|n| n == "unknown.wharf-test"), "Wharf's resolver did not forward: {asked:?}");
     assert!(has_pending_connection(&elsewhere));
     assert!(!has_pending_connection(&loopback) && !has_pending_connection(&any_address));
     assert!(!has_pending_connection(&not_allowed), "a step reached a public address outside the allow-list");
