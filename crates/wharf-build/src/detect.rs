@@ -125,10 +125,16 @@ pub fn detect(dir: &Path, base_image: Option<&str>, defaults: &BaseImages) -> Re
                 why: "it has no \"start\" script, no \"main\" file, server.js or index.js: add \"scripts\": {\"start\": \"node server.js\"} to package.json".into(),
             });
         };
-        let install = if has("package-lock.json") { "npm ci --omit=dev" } else { "npm install --omit=dev" };
+        // No audit or funding requests: an install talks to the registry for packages only
+        // (a mirror given with NPM_CONFIG_REGISTRY need not answer npm's audit API).
+        let install = if has("package-lock.json") {
+            "npm ci --omit=dev --no-audit --no-fund"
+        } else {
+            "npm install --omit=dev --no-audit --no-fund"
+        };
         let base = base(Language::Nodejs);
         let dockerfile = format!(
-            "FROM {base}\nWORKDIR /app\nCOPY . .\nRUN {install}\nENV PORT=8080 NODE_ENV=production\n{}",
+            "FROM {base}\nWORKDIR /app\nCOPY package*.json ./\nRUN {install}\nCOPY . .\nENV PORT=8080 NODE_ENV=production\n{}",
             shell_cmd(&command)
         );
         let evidence = format!("package.json, runs `{command}`");
@@ -262,11 +268,14 @@ mod tests {
             detected(&[("package.json", r#"{"scripts": {"start": "node s.js"}}"#), ("package-lock.json", "{}")], None)
                 .unwrap();
         assert_eq!(d.language, Language::Nodejs);
-        assert!(d.dockerfile.starts_with("FROM node:22-slim\n"));
-        assert!(d.dockerfile.contains("RUN npm ci --omit=dev\n"));
-        assert!(d.dockerfile.ends_with("\"exec npm start\"]\n"));
+        assert_eq!(
+            d.dockerfile,
+            "FROM node:22-slim\nWORKDIR /app\nCOPY package*.json ./\nRUN npm ci --omit=dev --no-audit --no-fund\n\
+             COPY . .\nENV PORT=8080 NODE_ENV=production\nCMD [\"/bin/sh\", \"-c\", \"exec npm start\"]\n",
+            "dependencies are installed before the rest of the source is copied, so they stay cached"
+        );
         let d = detected(&[("package.json", r#"{"main": "srv.js"}"#), ("srv.js", "")], None).unwrap();
-        assert!(d.dockerfile.contains("RUN npm install --omit=dev\n"));
+        assert!(d.dockerfile.contains("RUN npm install --omit=dev --no-audit --no-fund\n"));
         assert!(d.dockerfile.ends_with("\"exec node srv.js\"]\n"));
         let e = detected(&[("package.json", "{}")], None).unwrap_err();
         assert!(

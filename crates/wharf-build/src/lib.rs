@@ -58,6 +58,10 @@ pub struct BuildLimits {
     pub disk_quota_bytes: u64,
     /// The network `RUN` steps get.
     pub network: BuildNetwork,
+    /// With [`BuildNetwork::Egress`], the only destinations `RUN` steps reach (CIDRs, the
+    /// server's `--build-egress-allow`, enforced by the runtime's nftables policy; shown in
+    /// the build log); empty: every public address.
+    pub egress_allow: Vec<String>,
 }
 
 impl Default for BuildLimits {
@@ -72,6 +76,7 @@ impl Default for BuildLimits {
             concurrent: 1,
             disk_quota_bytes: 10 << 30,
             network: BuildNetwork::None,
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -725,20 +730,23 @@ impl Job {
         let local_tag = format!("localhost/wharf-build/{repo}:latest");
         let digest_file = work.join("digest");
         let network = config.limits.network;
-        append(
-            log,
-            match network {
-                BuildNetwork::None => {
-                    "wharf: RUN steps run in containers with no network (the server's --build-network none): \
-                     a step that downloads (pip, npm, go mod) fails; vendor dependencies into the source or the base image\n"
-                }
-                BuildNetwork::Host => "wharf: RUN steps use the host's network (the server's --build-network host)\n",
-                BuildNetwork::Egress => {
-                    "wharf: RUN steps reach the internet but not this host, private or link-local \
-                     addresses (the server's --build-network egress)\n"
-                }
-            },
-        );
+        let network_note = match network {
+            BuildNetwork::None => "wharf: RUN steps run in containers with no network (the server's --build-network none): \
+                 a step that downloads (pip, npm, go mod) fails; vendor dependencies into the source or the base image\n"
+                .to_owned(),
+            BuildNetwork::Host => "wharf: RUN steps use the host's network (the server's --build-network host)\n".to_owned(),
+            BuildNetwork::Egress if config.limits.egress_allow.is_empty() => {
+                "wharf: RUN steps reach the internet but not this host, private or link-local \
+                 addresses (the server's --build-network egress)\n"
+                    .to_owned()
+            }
+            BuildNetwork::Egress => format!(
+                "wharf: RUN steps reach only {} (the server's --build-egress-allow), never this host, private or \
+                 link-local addresses (--build-network egress); names resolve through Wharf's resolver\n",
+                config.limits.egress_allow.join(", ")
+            ),
+        };
+        append(log, &network_note);
         let egress = match network {
             BuildNetwork::Egress => match self.create_egress_network().await {
                 Ok(egress) => Some(egress),

@@ -34,6 +34,9 @@ pub struct RuntimeConfig {
     pub instance_services: Option<crate::network::InstanceServices>,
     /// The private networks revisions and jobs may opt into (`--vpc-network`).
     pub vpc_networks: Vec<crate::network::VpcNetwork>,
+    /// The only destinations builds' `RUN` steps may reach (`--build-egress-allow`); `None`:
+    /// every public address.
+    pub build_egress_allow: Option<Vec<(std::net::Ipv4Addr, u8)>>,
 }
 
 impl RuntimeConfig {
@@ -48,6 +51,7 @@ impl RuntimeConfig {
             log_limits: crate::logs::LogLimits::default(),
             instance_services: None,
             vpc_networks: Vec::new(),
+            build_egress_allow: None,
         }
     }
 }
@@ -123,7 +127,8 @@ impl Runtime {
             parent = %cgroups.path, memory = config.instance_limits.memory_bytes,
             cpu_millis = config.instance_limits.cpu_millis, "instance cgroup parent ready"
         );
-        let network = Network::new(config.instance_services, config.vpc_networks);
+        let network = Network::new(config.instance_services, config.vpc_networks)
+            .with_build_egress_allow(config.build_egress_allow);
         network.setup_host().await?;
         crate::rootfs::make_instances_mount_point(&instances_dir)?;
         let inner = Inner {

@@ -1,15 +1,25 @@
 //! Modes for a Dockerfile's `RUN` step in build tests (the test image has no shell):
-//! `build-probe ADDR...` reports whether each TCP address could be reached and which processes
-//! the step can see; `fill PATH MIB` writes MIB mebibytes to PATH, 1 MiB at a time.
+//! `build-probe ADDR...` reports whether each TCP address could be reached (or each
+//! `resolve:NAME` resolved) and which processes the step can see; `fill PATH MIB` writes MIB mebibytes to PATH, 1 MiB at a time.
 
 use std::io::Write as _;
 use std::time::Duration;
 
-/// `build-probe ADDR...`: one `connect ADDR: reached|failed (why)` line per address, then
-/// `processes: N [names]` for what `/proc` shows. Exits 0 either way: the build log is the
-/// report.
+/// `build-probe ADDR...`: one `connect ADDR: reached|failed (why)` line per address (for
+/// `resolve:NAME`, `resolve NAME: ADDRESS...|failed (why)`, through the step's resolv.conf),
+/// then `processes: N [names]` for what `/proc` shows. Exits 0 either way: the build log is
+/// the report.
 pub fn probe(addrs: &[String]) -> ! {
     for addr in addrs {
+        if let Some(name) = addr.strip_prefix("resolve:") {
+            use std::net::ToSocketAddrs as _;
+            let outcome = match (name, 0).to_socket_addrs() {
+                Ok(found) => found.map(|a| a.ip().to_string()).collect::<Vec<_>>().join(" "),
+                Err(e) => format!("failed ({e})"),
+            };
+            println!("resolve {name}: {outcome}");
+            continue;
+        }
         let outcome = match addr.parse::<std::net::SocketAddr>() {
             Ok(sa) => match std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(3)) {
                 Ok(_) => "reached".to_owned(),

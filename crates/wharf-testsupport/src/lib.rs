@@ -1,8 +1,10 @@
 //! Test support for Wharf's end-to-end tests and benchmarks:
 //! - [`browser`]: a headless chromium driven over WebDriver, for the web console's tests;
+//! - [`dns`]: a DNS server standing for the host's resolver, answering one name;
 //! - [`image`]: builds the testapp binary and packages it as a multi-layer OCI image layout,
 //!   with no network access;
 //! - [`python`]: a Python image from the host's python3 and packages pip installs from PyPI;
+//! - [`node`]: a Node.js base image for source builds from the host's node and npm;
 //! - [`server`]: starts a real `wharf server` on free ports in a temporary data directory and
 //!   stops it (even when a test fails), in a sealed environment (no developer config);
 //! - [`lab`]: [`WharfLab`], a server with the testapp image imported, and the calls every
@@ -12,9 +14,11 @@
 //! - [`wait_until`]: waits for a condition with a deadline, instead of sleeping.
 
 pub mod browser;
+pub mod dns;
 pub mod image;
 pub mod lab;
 pub mod leaks;
+pub mod node;
 pub mod python;
 pub mod server;
 
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 
 pub use image::{TestImage, testapp_image};
 pub use lab::WharfLab;
+pub use node::node_build_image;
 pub use python::{python_build_image, python_image};
 pub use server::WharfServer;
 

@@ -75,7 +75,7 @@ pub fn python_image(
 }
 
 /// Where `busybox-static` puts its binary.
-const BUSYBOX: &str = "/bin/busybox";
+pub(crate) const BUSYBOX: &str = "/bin/busybox";
 
 /// Writes a Python *base image for builds* into `dir/<tag>-oci`: the host's python3,
 /// `/bin/sh` (busybox-static), pip on `PYTHONPATH` with `/usr/local/bin/pip` and
@@ -125,7 +125,7 @@ sys.exit(main())
 
 /// Writes an OCI layout of `layers` with the image `config` (its `config` field) into
 /// `dir/<tag>-oci`.
-fn write_layout(
+pub(crate) fn write_layout(
     dir: &Path,
     tag: &str,
     layers: &[&TarLayer],
@@ -179,12 +179,12 @@ fn write_layout(
 
 /// An uncompressed layer: its tar and digest (also its diff id).
 #[derive(Debug, Clone)]
-struct TarLayer {
+pub(crate) struct TarLayer {
     tar: Vec<u8>,
     digest: Digest,
 }
 
-fn tar_layer(fill: impl FnOnce(&mut LayerTar) -> anyhow::Result<()>) -> anyhow::Result<TarLayer> {
+pub(crate) fn tar_layer(fill: impl FnOnce(&mut LayerTar) -> anyhow::Result<()>) -> anyhow::Result<TarLayer> {
     let mut tar = LayerTar::new();
     fill(&mut tar)?;
     let tar = tar.into_tar()?;
@@ -242,6 +242,7 @@ fn build_interpreter_layer() -> anyhow::Result<TarLayer> {
         for module in &extension_modules {
             libraries.extend(shared_libraries(module)?);
         }
+        libraries.extend(libgcc_s());
         libraries.sort();
         libraries.dedup();
         for lib in libraries {
@@ -250,6 +251,17 @@ fn build_interpreter_layer() -> anyhow::Result<TarLayer> {
         }
         append_etc(b)
     })
+}
+
+/// Where the dynamic loader finds `libgcc_s.so.1` on the host. No binary of the image links
+/// it, but glibc loads it when a thread exits with `pthread_exit` (Python threads at
+/// interpreter exit, pip's among them): without it such a process aborts ("libgcc_s.so.1 must
+/// be installed for pthread_exit to work").
+fn libgcc_s() -> Option<PathBuf> {
+    ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"]
+        .iter()
+        .map(|dir| Path::new(dir).join("libgcc_s.so.1"))
+        .find(|lib| lib.is_file())
 }
 
 /// Appends the files below `dir` for which `keep` is true, at the paths `inside` gives, with
@@ -296,7 +308,7 @@ fn files_below(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Appends host file `source` at `inside` with its mode and modification time.
-fn append_host_file(b: &mut LayerTar, source: &Path, inside: &Path) -> anyhow::Result<()> {
+pub(crate) fn append_host_file(b: &mut LayerTar, source: &Path, inside: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let metadata = std::fs::metadata(source).with_context(|| format!("cannot read {}", source.display()))?;
     let data = std::fs::read(source).with_context(|| format!("cannot read {}", source.display()))?;
@@ -304,7 +316,7 @@ fn append_host_file(b: &mut LayerTar, source: &Path, inside: &Path) -> anyhow::R
     append_file_with_mtime(b, inside, &data, metadata.permissions().mode() & 0o7777, mtime)
 }
 
-fn append_etc(b: &mut LayerTar) -> anyhow::Result<()> {
+pub(crate) fn append_etc(b: &mut LayerTar) -> anyhow::Result<()> {
     append_file(
         b,
         Path::new("etc/passwd"),

@@ -8,7 +8,9 @@
 //! `wharf builds submit --config cloudbuild.yaml`; a source nothing is detected in; with
 //! `--build-network egress`, RUN steps reaching a test-made address but not the host, and the
 //! seed lab's Flask color API built without and with a Dockerfile, `pip install` reading a
-//! package index the test serves behind a veth.
+//! package index the test serves behind a veth, and a Node.js app without a Dockerfile,
+//! `npm install` reading an npm registry the test serves there, on a Node.js base image made
+//! from the host's node (only in Wharf's registry).
 //!
 //! Needs `buildah` (scripts/test installs it). Build durations are printed, not asserted.
 
@@ -16,6 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use wharf_testsupport::dns::UpstreamResolver;
 use wharf_testsupport::{WharfServer, service_host, testapp_image};
 
 fn wharf() -> &'static Path {
@@ -542,16 +545,17 @@ async fn the_build_api_refuses_what_it_does_not_support_by_name() {
     assert_eq!(r.status().as_u16(), 404);
 }
 
-/// A find-links package index: `GET /` lists the wheels in `dir` as HTML links (what pip's
-/// `--find-links URL` reads), `GET /<wheel>` serves one. Serves `listener` (inside another
-/// host's namespace) from a thread until the test process ends; counts wheels served.
-fn serve_wheels(
+/// A small HTTP/1.1 server for a test's package index: `respond(path)` (the request path
+/// without its leading `/`) gives the content type and body, `None` is a 404. Serves
+/// `listener` (inside another host's namespace) from a thread until the test process ends;
+/// returns the paths it answered 200, in order.
+fn serve_http(
     listener: std::net::TcpListener,
-    dir: std::path::PathBuf,
-) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    respond: impl Fn(&str) -> Option<(&'static str, Vec<u8>)> + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
     use std::io::{BufRead as _, Write as _};
-    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = served.clone();
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = served.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -563,20 +567,12 @@ fn serve_wheels(
                 header.clear();
             }
             let path = request_line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_owned();
-            let (status, kind, body) = if path.is_empty() {
-                let mut names: Vec<String> = std::fs::read_dir(&dir)
-                    .unwrap()
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect();
-                names.sort();
-                let links: String = names.iter().map(|n| format!("<a href=\"{n}\">{n}</a>\n")).collect();
-                ("200 OK", "text/html", format!("<html><body>\n{links}</body></html>\n").into_bytes())
-            } else if !path.contains('/') && dir.join(&path).is_file() {
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                ("200 OK", "application/octet-stream", std::fs::read(dir.join(&path)).unwrap())
-            } else {
-                ("404 Not Found", "text/plain", b"not found\n".to_vec())
+            let (status, kind, body) = match respond(&path) {
+                Some((kind, body)) => {
+                    log.lock().unwrap().push(path);
+                    ("200 OK", kind, body)
+                }
+                None => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
             };
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -586,6 +582,79 @@ fn serve_wheels(
         }
     });
     served
+}
+
+/// A find-links package index: `GET /` lists the wheels in `dir` as HTML links (what pip's
+/// `--find-links URL` reads), `GET /<wheel>` serves one. Counts wheels served.
+fn serve_wheels(listener: std::net::TcpListener, dir: std::path::PathBuf) -> impl Fn() -> usize {
+    let served = serve_http(listener, move |path| {
+        if path.is_empty() {
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            let links: String = names.iter().map(|n| format!("<a href=\"{n}\">{n}</a>\n")).collect();
+            Some(("text/html", format!("<html><body>\n{links}</body></html>\n").into_bytes()))
+        } else if !path.contains('/') && dir.join(path).is_file() {
+            Some(("application/octet-stream", std::fs::read(dir.join(path)).unwrap()))
+        } else {
+            None
+        }
+    });
+    move || served.lock().unwrap().iter().filter(|p| !p.is_empty()).count()
+}
+
+/// An npm package tarball (`package/...` entries, gzipped) of `files`.
+fn npm_tarball(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
+    for (name, text) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(1_700_000_000);
+        tar.append_data(&mut header, format!("package/{name}"), text.as_bytes()).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// A one-package npm registry at `listener` (inside another host's namespace, reached as
+/// `base_url`): `GET /<name>`
+/// answers the package's metadata (the "packument" npm resolves versions from, with the
+/// tarball's sha512 integrity), `GET /<name>/-/<name>-<version>.tgz` the tarball. Returns the
+/// paths it answered.
+fn serve_npm_registry(
+    listener: std::net::TcpListener,
+    base_url: &str,
+    name: &'static str,
+    version: &'static str,
+    tarball: Vec<u8>,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let tarball_path = format!("{name}/-/{name}-{version}.tgz");
+    let integrity =
+        format!("sha512-{}", base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(&tarball)));
+    let packument = serde_json::json!({
+        "name": name,
+        "dist-tags": {"latest": version},
+        "versions": {version: {
+            "name": name,
+            "version": version,
+            "main": "index.js",
+            "dist": {"tarball": format!("{base_url}/{tarball_path}"), "integrity": integrity},
+        }},
+    });
+    serve_http(listener, move |path| {
+        if path == name {
+            Some(("application/json", serde_json::to_vec(&packument).unwrap()))
+        } else if path == tarball_path {
+            Some(("application/octet-stream", tarball.clone()))
+        } else {
+            None
+        }
+    })
 }
 
 /// An IPv4 address of this host other than loopback, link-local, the instances' subnet and
@@ -599,19 +668,44 @@ fn a_host_address() -> Option<std::net::Ipv4Addr> {
     })
 }
 
+/// Where the egress test's other host is: its package indexes and npm registry.
+const OTHER_HOST_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 78);
+
 /// The seed lab's color API (Flask, gunicorn).
 const COLOR_API_MAIN: &str = "import os\n\nfrom flask import Flask\n\napp = Flask(__name__)\n\n\n@app.route(\"/\")\ndef color():\n    return {\"color\": os.environ.get(\"COLOR\", \"blue\")}\n";
 
 #[tokio::test]
-async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_api_from_source() {
+async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_api_and_a_node_app_from_source() {
     let work = tempfile::tempdir().unwrap();
     let wheels = wharf_testsupport::python::download_wheels(&["flask", "gunicorn"]).unwrap();
     let testapp = testapp_image(work.path(), "v1").unwrap();
     // The server's default Python base image, only in Wharf's registry: Debian's python3 with
     // /bin/sh and pip.
     let python = wharf_testsupport::python_build_image(work.path(), "python-build").unwrap();
-    let server = WharfServer::start_with_env(wharf(), &[("WHARF_BUILD_NETWORK", "egress")]).unwrap();
-    for (image, tag) in [(&testapp, "testapp:v1"), (&python, "python:3.12-slim")] {
+    // The server's default Node.js base image, only in Wharf's registry: the host's node and
+    // npm with /bin/sh (whatever its version, under the default's name).
+    let node = wharf_testsupport::node_build_image(work.path(), "node-build").unwrap();
+    // The host's resolver, as Wharf's resolver sees it: on the host's loopback, which RUN steps
+    // cannot reach themselves, so a name it answers resolves in a step only through Wharf's
+    // resolver (169.254.169.254:53). It knows one name: the test's npm registry.
+    let upstream = UpstreamResolver::start(
+        std::net::Ipv4Addr::new(127, 78, 0, u8::try_from(std::process::id() % 250 + 1).unwrap()),
+        "registry.wharf-test",
+        OTHER_HOST_IP,
+    );
+    let resolv_conf = work.path().join("upstream-resolv.conf");
+    std::fs::write(&resolv_conf, format!("nameserver {}\n", upstream.addr)).unwrap();
+    let server = WharfServer::start_with_env(
+        wharf(),
+        &[
+            ("WHARF_BUILD_NETWORK", "egress"),
+            // Builds reach the test's other host only: not the public address of a second one.
+            ("WHARF_BUILD_EGRESS_ALLOW", "203.0.113.0/24"),
+            ("WHARF_UPSTREAM_RESOLV_CONF", resolv_conf.to_str().unwrap()),
+        ],
+    )
+    .unwrap();
+    for (image, tag) in [(&testapp, "testapp:v1"), (&python, "python:3.12-slim"), (&node, "node:22-slim")] {
         let out = server.cli(&["images", "import", &image.layout.to_string_lossy(), "--tag", tag]).unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
@@ -619,8 +713,11 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
 
     // A RUN step reaches an address behind a veth (what the internet is to a build), but
     // not the host's loopback, Wharf's API, the host's own address, or the metadata address.
-    let other = OtherHost::create("e", std::net::Ipv4Addr::new(203, 0, 113, 78));
+    let other = OtherHost::create("e", OTHER_HOST_IP);
     let elsewhere = other.listen();
+    // A public address too (TEST-NET-2), behind a veth of its own, outside the allow-list.
+    let not_allowed_host = OtherHost::create("n", std::net::Ipv4Addr::new(198, 51, 100, 78));
+    let not_allowed = not_allowed_host.listen();
     let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let any_address = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let mut refused = vec![
@@ -629,25 +726,33 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
         env.server.addrs.registry_addr.to_string(),
         // No DNAT for builds at 169.254.169.254: the policy drops it on this machine.
         "169.254.169.254:80".to_owned(),
+        not_allowed.local_addr().unwrap().to_string(),
     ];
     if let Some(ip) = a_host_address() {
         refused.push(format!("{ip}:{}", any_address.local_addr().unwrap().port()));
     }
     let reached = elsewhere.local_addr().unwrap().to_string();
-    let targets: Vec<String> = std::iter::once(reached.clone()).chain(refused.iter().cloned()).collect();
+    // Names, through Wharf's resolver: one the host's resolver knows, one nobody does.
+    let names = ["resolve:registry.wharf-test".to_owned(), "resolve:unknown.wharf-test".to_owned()];
+    let targets: Vec<String> = std::iter::once(reached.clone()).chain(refused.iter().cloned()).chain(names).collect();
     let probe = format!(
         "FROM testapp:v1\nRUN [\"/app/testapp\", \"build-probe\", {}]\n",
         targets.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ")
     );
     let dir = env.source("probe", &[("Dockerfile", probe.as_str())]);
     let (_, log) = env.ok(&["builds", "submit", &dir, "--tag", "probe:v1"]);
-    assert!(log.contains("RUN steps reach the internet but not this host"), "{log}");
+    assert!(log.contains("RUN steps reach only 203.0.113.0/24 (the server's --build-egress-allow)"), "{log}");
     assert!(log.contains(&format!("connect {reached}: reached")), "an egress RUN step did not reach {reached}:\n{log}");
     for target in &refused {
         assert!(log.contains(&format!("connect {target}: failed")), "a RUN step reached {target}:\n{log}");
     }
+    assert!(log.contains(&format!("resolve registry.wharf-test: {OTHER_HOST_IP}\n")), "{log}");
+    assert!(log.contains("resolve unknown.wharf-test: failed ("), "an unknown name resolved:\n{log}");
+    let asked = upstream.asked.lock().unwrap().clone();
+    assert!(asked.iter().any(|n| n == "unknown.wharf-test"), "Wharf's resolver did not forward: {asked:?}");
     assert!(has_pending_connection(&elsewhere));
     assert!(!has_pending_connection(&loopback) && !has_pending_connection(&any_address));
+    assert!(!has_pending_connection(&not_allowed), "a step reached a public address outside the allow-list");
     // The build's namespace, veth and record are gone with it.
     let id = env.builds()[0]["id"].as_str().unwrap().replace('-', "");
     let leftover = |dir: &str, prefix: &str| {
@@ -664,7 +769,7 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     // requirements.txt` in a RUN step, from the test's index behind the veth (never PyPI).
     let index_listener = other.listen();
     let index_addr = index_listener.local_addr().unwrap();
-    let served = serve_wheels(index_listener, wheels);
+    let wheels_served_so_far = serve_wheels(index_listener, wheels);
     // The index reaches pip as build environment variables (gcloud's --set-build-env-vars);
     // the seed's requirements.txt stays as it is.
     let requirements = "flask\ngunicorn\n";
@@ -690,7 +795,7 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     assert!(stderr.contains("no Dockerfile; detected Python"), "{stderr}");
     assert!(stderr.contains("RUN pip install --no-cache-dir -r requirements.txt"), "{stderr}");
     assert!(stderr.contains("Successfully installed") && stderr.contains(" flask-"), "pip installed nothing: {stderr}");
-    let wheels_served = served.load(std::sync::atomic::Ordering::SeqCst);
+    let wheels_served = wheels_served_so_far();
     assert!(wheels_served >= 2, "pip took {wheels_served} wheels from the test's index");
     let host = service_host("color-api", "default");
     let client = wharf_testsupport::http_client().timeout(Duration::from_secs(60)).build().unwrap();
@@ -725,7 +830,7 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
     assert!(!stderr.contains("no Dockerfile"), "{stderr}");
     let with_dockerfile = &env.builds()[0];
     assert!(with_dockerfile["cachedSteps"].as_u64().unwrap() >= 3, "{with_dockerfile}");
-    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), wheels_served, "a cached pip step downloaded");
+    assert_eq!(wheels_served_so_far(), wheels_served, "a cached pip step downloaded");
     let (status, server_header, body) = ask().await;
     assert_eq!((status, body.trim()), (200, r#"{"color":"green"}"#));
     assert!(server_header.starts_with("gunicorn"), "served by {server_header:?}");
@@ -737,4 +842,109 @@ async fn egress_run_steps_reach_an_index_not_the_host_and_build_the_flask_color_
         cached.as_secs_f64(),
         with_dockerfile["duration"]
     );
+
+    // A Node.js app, no Dockerfile: detected by its package.json, built on the Node.js base
+    // image, its one dependency installed by the generated `npm install` from an npm registry
+    // the test serves behind the veth, named by a host name the step resolves through Wharf's
+    // resolver (NPM_CONFIG_REGISTRY as a build variable; the package exists on no public
+    // registry), started with `npm start`.
+    let registry_listener = other.listen();
+    let registry_url = format!("http://registry.wharf-test:{}", registry_listener.local_addr().unwrap().port());
+    let greeting = npm_tarball(&[
+        ("package.json", r#"{"name": "wharf-test-greeting", "version": "1.2.0", "main": "index.js"}"#),
+        ("index.js", "module.exports = (name) => `hello ${name}, from wharf-test-greeting`;\n"),
+    ]);
+    let registry = serve_npm_registry(registry_listener, &registry_url, "wharf-test-greeting", "1.2.0", greeting);
+    let npm_env = format!("NPM_CONFIG_REGISTRY={registry_url}/");
+    let dir = env.source(
+        "node-hello",
+        &[("package.json", NODE_HELLO_PACKAGE), ("server.js", &NODE_HELLO_SERVER.replace("NAME", "node-hello"))],
+    );
+    let cold = std::time::Instant::now();
+    let (stdout, stderr) = env.ok(&[
+        "run",
+        "deploy",
+        "node-hello",
+        "--source",
+        &dir,
+        "--allow-unauthenticated",
+        "--set-build-env-vars",
+        &npm_env,
+    ]);
+    let cold = cold.elapsed();
+    assert!(stdout.contains("Service URL: http://"), "{stdout}");
+    assert!(stderr.contains("no Dockerfile; detected Node.js (package.json, runs `npm start`)"), "{stderr}");
+    assert!(stderr.contains("RUN npm install --omit=dev --no-audit --no-fund"), "{stderr}");
+    assert!(stderr.contains("added 1 package"), "npm installed nothing: {stderr}");
+    // The step's resolv.conf (printed by the app's postinstall script): Wharf's resolver only.
+    assert!(stderr.contains("> cat /etc/resolv.conf\n\nnameserver 169.254.169.254\n\n"), "{stderr}");
+    let tarball_path = "wharf-test-greeting/-/wharf-test-greeting-1.2.0.tgz";
+    assert_eq!(
+        *registry.lock().unwrap(),
+        ["wharf-test-greeting", tarball_path],
+        "npm asked the test's registry for something else"
+    );
+    let node_build = env.builds()[0].clone();
+    assert_eq!(node_build["detectedLanguage"], "Node.js");
+    let node_host = service_host("node-hello", "default");
+    let (status, body) = env.get(&node_host, "/").await;
+    assert_eq!(status, 200, "{body}\n{}", env.server.log());
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["greeting"], "hello node-hello, from wharf-test-greeting");
+    let host_node = std::process::Command::new("/usr/bin/node").arg("--version").output().unwrap();
+    assert_eq!(answer["node"], String::from_utf8_lossy(&host_node.stdout).trim(), "not the base image's node");
+    assert_eq!(answer["resolved"], format!("{registry_url}/{tarball_path}"), "{answer}");
+    assert!(
+        upstream.asked.lock().unwrap().iter().any(|name| name == "registry.wharf-test"),
+        "the step's lookup did not reach the host's resolver through Wharf's"
+    );
+    assert_eq!(answer["startedBy"], "npm start", "{answer}");
+
+    // The app changed, its dependencies did not: the install step comes from the layer cache
+    // and the registry is asked nothing.
+    std::fs::write(Path::new(&dir).join("server.js"), NODE_HELLO_SERVER.replace("NAME", "node-hello v2")).unwrap();
+    let cached = std::time::Instant::now();
+    env.ok(&["run", "deploy", "node-hello", "--source", &dir, "--set-build-env-vars", &npm_env]);
+    let cached = cached.elapsed();
+    let node_rebuild = env.builds()[0].clone();
+    assert!(node_rebuild["cachedSteps"].as_u64().unwrap() >= 3, "{node_rebuild}");
+    assert_eq!(registry.lock().unwrap().len(), 2, "a cached npm step asked the registry");
+    let (status, body) = env.get(&node_host, "/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("hello node-hello v2, from wharf-test-greeting"), "{body}");
+    eprintln!(
+        "node-hello run deploy --source: cold {:.2}s (build {}), dependencies cached {:.2}s (build {})",
+        cold.as_secs_f64(),
+        node_build["duration"],
+        cached.as_secs_f64(),
+        node_rebuild["duration"]
+    );
 }
+
+/// The Node.js app: `npm start`, one dependency (from the test's registry), and a postinstall
+/// script showing the build step's `/etc/resolv.conf` in the build log.
+const NODE_HELLO_PACKAGE: &str = r#"{
+  "name": "node-hello",
+  "version": "1.0.0",
+  "private": true,
+  "scripts": {"start": "node server.js", "postinstall": "cat /etc/resolv.conf"},
+  "dependencies": {"wharf-test-greeting": "^1.2.0"}
+}
+"#;
+
+/// Its server (NAME replaced): the greeting from the dependency, the node that runs it, where
+/// npm took the dependency from (the lock file `npm install` wrote in the build) and whether
+/// npm started it.
+const NODE_HELLO_SERVER: &str = r#"const http = require("http");
+const greet = require("wharf-test-greeting");
+const lock = require("./package-lock.json");
+
+const resolved = lock.packages["node_modules/wharf-test-greeting"].resolved;
+const startedBy = process.env.npm_lifecycle_event === "start" ? "npm start" : "node";
+http
+  .createServer((req, res) => {
+    res.setHeader("Content-Type", "application/json");
+    res.end(JSON.stringify({ greeting: greet("NAME"), node: process.version, resolved, startedBy }));
+  })
+  .listen(Number(process.env.PORT || 8080));
+"#;

@@ -248,6 +248,30 @@ pub(crate) fn vpc_chain(b: &mut Batch, chain: &str, cidrs: &[(Ipv4Addr, u8)]) {
     }
 }
 
+/// Adds (or refills) the chain limiting builds' `RUN` steps to the server's egress allow-list
+/// (`--build-egress-allow`): a build's interface jumps here through the same `vpc_access` map
+/// as a VPC, from `instance_to_host` and `instance_egress`. DNAT'd packets (the DNS resolver)
+/// and destinations in `cidrs` return to the normal policy, which still refuses the host, the
+/// blocked ranges and other instances; anything else is rejected here.
+pub(crate) fn build_allow_chain(b: &mut Batch, chain: &str, cidrs: &[(Ipv4Addr, u8)]) {
+    use nft::{CtKey, Expr, Verdict};
+    b.add_chain(Family::Inet, TABLE, chain, None);
+    b.flush_chain(Family::Inet, TABLE, chain);
+    let mut dnat = Expr::any_bit(
+        Expr::Ct { key: CtKey::Status, dreg: nft::REG_1, original_direction: false },
+        nft::CT_STATUS_DNAT,
+    )
+    .to_vec();
+    dnat.push(Expr::Immediate(Verdict::Return));
+    b.add_rule(Family::Inet, TABLE, chain, &dnat);
+    for (net, prefix) in cidrs {
+        let mut exprs = Expr::ipv4_in(16, *net, *prefix);
+        exprs.push(Expr::Immediate(Verdict::Return));
+        b.add_rule(Family::Inet, TABLE, chain, &exprs);
+    }
+    b.add_rule(Family::Inet, TABLE, chain, &[Expr::Counter, Expr::RejectAdminProhibited]);
+}
+
 /// `a.b.c.d/n` as an address and a prefix length.
 pub(crate) fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
     let (addr, prefix) = cidr.split_once('/')?;
@@ -373,6 +397,7 @@ mod tests {
         let listed = in_fresh_netns(|netns| {
             let mut first = ruleset((Ipv4Addr::new(10, 213, 0, 0), 16));
             vpc_chain(&mut first, "vpc-test-office", &[(Ipv4Addr::new(10, 78, 0, 0), 16)]);
+            build_allow_chain(&mut first, "bldallow-test", &[(Ipv4Addr::new(203, 0, 113, 0), 24)]);
             first.commit().unwrap();
             // Reinstalling (a second server starting) is accepted and leaves one copy.
             ruleset((Ipv4Addr::new(10, 213, 0, 0), 16)).commit().unwrap();
@@ -387,6 +412,13 @@ mod tests {
         has("iifname vmap @vpc_access");
         has("type ifname : verdict");
         has("ip daddr 10.78.0.0/16 accept");
+        // The build allow-list: the DNS resolver's DNAT and the allowed range go back to the
+        // policy, the rest is rejected.
+        has("ct status dnat return");
+        has("ip daddr 203.0.113.0/24 return");
+        let allow_chain = listed.split("chain bldallow-test {").nth(1).unwrap_or_default();
+        let last_rule = allow_chain.lines().map(str::trim).take_while(|l| *l != "}").last().unwrap_or_default();
+        assert_eq!(last_rule, "counter packets 0 bytes 0 reject with icmpx admin-prohibited", "{listed}");
         has("iifname \"wh*\" jump instance_to_host");
         has("ct status dnat ct original ip daddr 169.254.1.2 accept");
         has("ip daddr 10.0.0.0/8 counter packets 0 bytes 0 reject with icmpx admin-prohibited");

@@ -174,6 +174,9 @@ pub struct Network {
     services: Option<InstanceServices>,
     /// The private networks instances may opt into, each with its chain in the host table.
     vpc_networks: Vec<VpcNetwork>,
+    /// The only destinations builds' `RUN` steps may reach (`--build-egress-allow`), with
+    /// their chain in the host table; `None`: every public address.
+    build_egress_allow: Option<Vec<(Ipv4Addr, u8)>>,
 }
 
 impl Network {
@@ -181,7 +184,19 @@ impl Network {
         let unique = uuid::Uuid::new_v4().simple().to_string();
         let [a, b, _, _] = INSTANCE_SUBNET.0.octets();
         let holder = format!("{}-{}", std::process::id(), &unique[..12]);
-        Network { prefix: [a, b], holder, services, vpc_networks }
+        Network { prefix: [a, b], holder, services, vpc_networks, build_egress_allow: None }
+    }
+
+    /// Limits builds' `RUN` steps to `cidrs` (still never the host, blocked ranges or
+    /// instances); `None` leaves them every public address.
+    pub fn with_build_egress_allow(mut self, cidrs: Option<Vec<(Ipv4Addr, u8)>>) -> Network {
+        self.build_egress_allow = cidrs;
+        self
+    }
+
+    /// The chain of this server's build egress allow-list in the host table.
+    fn build_allow_chain(&self) -> String {
+        format!("bldallow-{}", self.holder)
     }
 
     /// The chain of this server's network `name` in the host table: named after the server
@@ -233,6 +248,9 @@ impl Network {
         for network in &self.vpc_networks {
             host::vpc_chain(&mut ruleset, &self.vpc_chain(&network.name), &network.cidrs);
         }
+        if let Some(cidrs) = &self.build_egress_allow {
+            host::build_allow_chain(&mut ruleset, &self.build_allow_chain(), cidrs);
+        }
         let installed = blocking(move || ruleset.commit().map_err(RuntimeError::from)).await;
         if installed.is_err() {
             host::unregister(&self.holder);
@@ -255,12 +273,14 @@ impl Network {
         let others = host::live_holders();
         if !others.is_empty() {
             tracing::debug!(?others, "other servers use the host rules; keeping them");
-            for network in &self.vpc_networks {
+            let build_chain = self.build_egress_allow.as_ref().map(|_| self.build_allow_chain());
+            let chains = self.vpc_networks.iter().map(|n| self.vpc_chain(&n.name)).chain(build_chain);
+            for chain in chains {
                 // One transaction each: a chain still jumped to fails only its own removal.
                 let mut batch = nft::Batch::new();
-                batch.delete_chain(nft::Family::Inet, host::TABLE, &self.vpc_chain(&network.name));
+                batch.delete_chain(nft::Family::Inet, host::TABLE, &chain);
                 if let Err(e) = batch.commit() {
-                    tracing::debug!(network = %network.name, error = %e, "keeping a VPC chain");
+                    tracing::debug!(%chain, error = %e, "keeping a VPC or build allow-list chain");
                 }
             }
             return;
@@ -298,7 +318,8 @@ impl Network {
     pub async fn create_for_build(&self, id: &str) -> Result<InstanceNetwork, RuntimeError> {
         let this = self.clone();
         let id = id.to_owned();
-        blocking(move || this.create_blocking(&id, None, ServiceReach::DnsOnly)).await
+        let allow_chain = self.build_egress_allow.as_ref().map(|_| self.build_allow_chain());
+        blocking(move || this.create_blocking(&id, allow_chain.as_deref(), ServiceReach::DnsOnly)).await
     }
 
     fn create_blocking(

@@ -105,6 +105,8 @@ pub enum PayloadBase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accept,
+    /// Back to the chain that jumped here, after its jump rule.
+    Return,
     Jump(String),
 }
 
@@ -301,6 +303,8 @@ impl Attrs {
         self.nest(kind, |data| {
             data.nest(2, |v| match verdict {
                 Verdict::Accept => v.put_u32(1, 1),
+                // NFT_RETURN
+                Verdict::Return => v.put_u32(1, (-5i32) as u32),
                 Verdict::Jump(chain) => {
                     v.put_u32(1, (-3i32) as u32);
                     v.put_str(2, chain);

@@ -187,7 +187,7 @@ async fn start_build(ctx: &Ctx, request: &SourceBuild<'_>) -> anyhow::Result<Bui
         .api_request(reqwest::Method::POST, &format!("/wharf/v1{}/sources", ctx.parent().trim_start_matches("/v2")))
         .header(reqwest::header::CONTENT_TYPE, "application/gzip")
         .header(reqwest::header::CONTENT_LENGTH, size)
-        .body(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(body)))
+        .body(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(body, 1 << 20)))
         .send()
         .await
         .context("cannot upload the source")?;

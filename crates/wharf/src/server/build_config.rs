@@ -37,6 +37,11 @@ pub struct BuildArgs {
     /// trusted as root) [default: none]
     #[arg(long, env = "WHARF_BUILD_NETWORK")]
     pub build_network: Option<String>,
+    /// With --build-network egress, the only destinations RUN steps may reach: CIDRs, e.g.
+    /// 151.101.0.0/16,104.16.0.0/12 (a package mirror); the host, private and link-local
+    /// ranges stay refused whatever is listed [default: every public address]
+    #[arg(long, env = "WHARF_BUILD_EGRESS_ALLOW", value_delimiter = ',')]
+    pub build_egress_allow: Vec<String>,
     /// Base image of Python builds without a Dockerfile [default: python:3.12-slim, in Wharf's registry]
     #[arg(long, env = "WHARF_BUILD_PYTHON_IMAGE")]
     pub build_python_image: Option<String>,
@@ -60,6 +65,7 @@ pub struct BuildFile {
     storage_driver: Option<String>,
     disk_quota: Option<String>,
     network: Option<String>,
+    egress_allow: Option<Vec<String>>,
     python_image: Option<String>,
     nodejs_image: Option<String>,
     go_image: Option<String>,
@@ -71,6 +77,26 @@ pub struct BuildSettings {
     pub limits: wharf_build::BuildLimits,
     pub storage_driver: String,
     pub base_images: wharf_build::BaseImages,
+    /// The parsed `--build-egress-allow`, for the runtime's policy; `None`: every public address.
+    pub egress_allow: Option<Vec<(std::net::Ipv4Addr, u8)>>,
+}
+
+/// `a.b.c.d/n` (or a lone address, /32), with its host bits cleared.
+fn parse_allowed_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+    let form = "give IPv4 CIDRs separated by commas, e.g. 203.0.113.0/24,198.51.100.7";
+    let (addr, prefix) = text.split_once('/').unwrap_or((text, "32"));
+    let addr: std::net::Ipv4Addr = addr
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--build-egress-allow: {text:?} is not an IPv4 address: {form}"))?;
+    let prefix: u8 = prefix
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p <= 32)
+        .ok_or_else(|| anyhow::anyhow!("--build-egress-allow: {text:?} has no prefix length 0-32: {form}"))?;
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+    Ok((std::net::Ipv4Addr::from(u32::from(addr) & mask), prefix))
 }
 
 impl BuildSettings {
@@ -116,7 +142,26 @@ impl BuildSettings {
             nodejs: pick(&args.build_nodejs_image, &file.nodejs_image).unwrap_or(defaults.nodejs),
             go: pick(&args.build_go_image, &file.go_image).unwrap_or(defaults.go),
         };
-        Ok(BuildSettings { limits, storage_driver, base_images })
+        let allow_texts = if args.build_egress_allow.is_empty() {
+            file.egress_allow.clone().unwrap_or_default()
+        } else {
+            args.build_egress_allow.clone()
+        };
+        let allow_texts: Vec<&str> = allow_texts.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).collect();
+        let egress_allow = if allow_texts.is_empty() {
+            None
+        } else {
+            anyhow::ensure!(
+                limits.network == wharf_build::BuildNetwork::Egress,
+                "--build-egress-allow limits what builds reach with --build-network egress, but the build network is \
+                 {:?}: add --build-network egress",
+                limits.network
+            );
+            let cidrs = allow_texts.iter().map(|t| parse_allowed_cidr(t)).collect::<anyhow::Result<Vec<_>>>()?;
+            limits.egress_allow = cidrs.iter().map(|(net, prefix)| format!("{net}/{prefix}")).collect();
+            Some(cidrs)
+        };
+        Ok(BuildSettings { limits, storage_driver, base_images, egress_allow })
     }
 }
 
@@ -138,6 +183,29 @@ mod tests {
         let bad = BuildArgs { build_storage_driver: Some("btrfs".into()), ..BuildArgs::default() };
         let e = BuildSettings::resolve(&bad, None).unwrap_err();
         assert_eq!(e.to_string(), "--build-storage-driver \"btrfs\" is not overlay or vfs");
+        let allow = BuildArgs {
+            build_network: Some("egress".into()),
+            build_egress_allow: vec!["203.0.113.9/24".into(), " 198.51.100.7".into()],
+            ..BuildArgs::default()
+        };
+        let settings = BuildSettings::resolve(&allow, None).unwrap();
+        assert_eq!(
+            settings.egress_allow,
+            Some(vec![([203, 0, 113, 0].into(), 24), ([198, 51, 100, 7].into(), 32)]),
+            "host bits cleared, a lone address is a /32"
+        );
+        assert_eq!(settings.limits.egress_allow, ["203.0.113.0/24", "198.51.100.7/32"]);
+        let from_file: BuildFile = toml::from_str("network = \"egress\"\negress_allow = [\"10.1.0.0/16\"]\n").unwrap();
+        assert!(BuildSettings::resolve(&BuildArgs::default(), Some(&from_file)).unwrap().egress_allow.is_some());
+        let no_egress = BuildArgs { build_egress_allow: vec!["203.0.113.0/24".into()], ..BuildArgs::default() };
+        let e = BuildSettings::resolve(&no_egress, None).unwrap_err();
+        assert!(e.to_string().contains("add --build-network egress"), "{e}");
+        let bad = BuildArgs { build_egress_allow: vec!["example.org".into()], ..allow.clone() };
+        let e = BuildSettings::resolve(&bad, None).unwrap_err();
+        assert!(e.to_string().contains("\"example.org\" is not an IPv4 address"), "{e}");
+        let bad = BuildArgs { build_egress_allow: vec!["203.0.113.0/40".into()], ..allow };
+        let e = BuildSettings::resolve(&bad, None).unwrap_err();
+        assert!(e.to_string().contains("no prefix length 0-32"), "{e}");
         let e = toml::from_str::<BuildFile>("timeuot = \"5m\"\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `timeuot`"), "{e}");
     }

@@ -148,6 +148,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             log_limits: config.log_limits,
             instance_services: Some(instance_services),
             vpc_networks: config.vpc_networks.clone(),
+            build_egress_allow: config.build.egress_allow.clone(),
         },
         db.clone(),
     )
