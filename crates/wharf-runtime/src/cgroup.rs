@@ -343,7 +343,12 @@ impl Freezer {
 /// killed: a process frozen by the v1 freezer does not die of SIGKILL until it is thawed.
 /// For the instance supervisor, before it signals a container, and the start-up sweep.
 pub fn thaw_all(id: &str) {
-    for dir in directories(id) {
+    thaw_directories(&directories(id));
+}
+
+/// Thaws the cgroup directories `dirs` (see [`thaw_all`]).
+pub fn thaw_directories(dirs: &[PathBuf]) {
+    for dir in dirs {
         if dir.join("freezer.state").exists() {
             let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
         } else if dir.join("cgroup.freeze").exists() {
@@ -413,6 +418,10 @@ fn hierarchies() -> Vec<PathBuf> {
 /// of a hierarchy (before the parent cgroup existed), under `wharf/` or one level deeper
 /// (a parent such as `wharf/test-1`). Found by looking, so the supervisor and a start-up sweep need
 /// not know which parent the server that started the instance used.
+///
+/// The search lists the parents' directories, each holding every instance's cgroup: with many
+/// instances it costs thousands of lookups, so whoever knows the instance's cgroup path uses
+/// [`directories_of`].
 pub fn directories(id: &str) -> Vec<PathBuf> {
     let cg = name(id);
     let mut dirs = Vec::new();
@@ -433,16 +442,31 @@ pub fn directories(id: &str) -> Vec<PathBuf> {
 /// Kills every process in the instance's cgroups and removes them. For the start-up sweep,
 /// after an unclean exit left an instance behind, and for the supervisor after a container exits.
 pub fn kill_and_remove(id: &str) {
-    thaw_all(id);
-    let dirs = directories(id);
-    for dir in &dirs {
+    kill_and_remove_directories(&directories(id));
+}
+
+/// The directories of the cgroup at `path` (such as `/wharf/wharf-ID`, as the runtime spec's
+/// `cgroupsPath` names it) in each hierarchy where it exists.
+pub fn directories_of(path: &str) -> Vec<PathBuf> {
+    let relative = path.trim_start_matches('/');
+    if relative.is_empty() {
+        return Vec::new();
+    }
+    hierarchies().into_iter().map(|root| root.join(relative)).filter(|dir| dir.is_dir()).collect()
+}
+
+/// Kills every process in the cgroup directories `dirs` and removes them (see
+/// [`kill_and_remove`]).
+pub fn kill_and_remove_directories(dirs: &[PathBuf]) {
+    thaw_directories(dirs);
+    for dir in dirs {
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
         }
     }
-    for dir in &dirs {
+    for dir in dirs {
         for _ in 0..100 {
             if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
                 break;

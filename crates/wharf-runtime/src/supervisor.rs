@@ -43,7 +43,17 @@ use crate::shim::ShimEvent;
 pub enum SupervisorCommand {
     /// Start a shim for container `id`: its bundle, the shim's log file, and the FIFOs the
     /// container's stdout and stderr go to (the server holds their read ends open).
-    Start { id: String, bundle: PathBuf, log: PathBuf, stdout: PathBuf, stderr: PathBuf },
+    /// `cgroup` is the container's cgroup path (the spec's `cgroupsPath`): where to thaw,
+    /// kill and remove it without searching every instance's cgroup.
+    Start {
+        id: String,
+        bundle: PathBuf,
+        log: PathBuf,
+        stdout: PathBuf,
+        stderr: PathBuf,
+        #[serde(default)]
+        cgroup: String,
+    },
     /// SIGTERM now (thawed first), SIGKILL after `grace_ms` unless it exited.
     Stop { id: String, grace_ms: u64 },
     /// Deliver signal `signal` to the container's init.
@@ -73,6 +83,21 @@ struct Container {
     pid: Option<Pid>,
     /// A stop arrived before the container ran: kill it as soon as it does.
     doomed: bool,
+    /// The container's cgroup path (empty: unknown, found by searching).
+    cgroup: String,
+}
+
+impl Container {
+    /// The directories of the container `id`'s cgroup.
+    fn cgroup_directories(&self, id: &str) -> Vec<PathBuf> {
+        cgroup_directories(&self.cgroup, id)
+    }
+}
+
+/// The directories of container `id`'s cgroup at `path`, or found by searching if the path
+/// is unknown.
+fn cgroup_directories(path: &str, id: &str) -> Vec<PathBuf> {
+    if path.is_empty() { crate::cgroup::directories(id) } else { crate::cgroup::directories_of(path) }
 }
 
 #[derive(Debug, Default)]
@@ -146,7 +171,7 @@ pub fn run(state_root: PathBuf) -> i32 {
     for (id, container) in &mut state.containers {
         container.doomed = true;
         if let Some(pid) = container.pid {
-            crate::cgroup::thaw_all(id);
+            crate::cgroup::thaw_directories(&container.cgroup_directories(id));
             let _ = kill(pid, Signal::SIGKILL);
         }
     }
@@ -158,8 +183,8 @@ pub fn run(state_root: PathBuf) -> i32 {
 
 fn handle(shared: &Arc<Shared>, command: SupervisorCommand) {
     match command {
-        SupervisorCommand::Start { id, bundle, log, stdout, stderr } => {
-            shared.lock().containers.insert(id.clone(), Container::default());
+        SupervisorCommand::Start { id, bundle, log, stdout, stderr, cgroup } => {
+            shared.lock().containers.insert(id.clone(), Container { cgroup, ..Container::default() });
             if let Err(error) = spawn_shim(shared, &id, &bundle, &log, &stdout, &stderr) {
                 shared.lock().containers.remove(&id);
                 shared.emit(&id, ShimEvent::Failed { error });
@@ -170,7 +195,7 @@ fn handle(shared: &Arc<Shared>, command: SupervisorCommand) {
             let Some(container) = state.containers.get_mut(&id) else { return };
             match container.pid {
                 Some(pid) => {
-                    crate::cgroup::thaw_all(&id);
+                    crate::cgroup::thaw_directories(&container.cgroup_directories(&id));
                     let _ = kill(pid, Signal::SIGTERM);
                     state.kills.push((Instant::now() + Duration::from_millis(grace_ms), id));
                     shared.changed.notify_all();
@@ -263,10 +288,12 @@ fn follow_shim(shared: &Shared, id: &str, events: std::process::ChildStdout, ack
                 let pid = Pid::from_raw(*pid);
                 let mut state = shared.lock();
                 let doomed = state.server_gone || state.containers.get(id).is_none_or(|c| c.doomed);
-                state.containers.entry(id.to_owned()).or_default().pid = Some(pid);
+                let container = state.containers.entry(id.to_owned()).or_default();
+                container.pid = Some(pid);
+                let dirs = if doomed { container.cgroup_directories(id) } else { Vec::new() };
                 state.by_pid.insert(pid, id.to_owned());
                 if doomed {
-                    crate::cgroup::thaw_all(id);
+                    crate::cgroup::thaw_directories(&dirs);
                     let _ = kill(pid, Signal::SIGKILL);
                 }
                 drop(state);
@@ -284,9 +311,9 @@ fn follow_shim(shared: &Shared, id: &str, events: std::process::ChildStdout, ack
         }
     }
     if !reported {
-        shared.lock().containers.remove(id);
+        let cgroup = shared.lock().containers.remove(id).map(|c| c.cgroup).unwrap_or_default();
         shared.changed.notify_all();
-        crate::cgroup::kill_and_remove(id);
+        crate::cgroup::kill_and_remove_directories(&cgroup_directories(&cgroup, id));
         shared.emit(id, ShimEvent::Failed { error: "the container helper exited without reporting".to_owned() });
     }
 }
@@ -309,15 +336,16 @@ fn reap_children(shared: &Shared) {
                 continue;
             }
         };
-        let id = {
+        let (id, cgroup) = {
             let mut state = shared.lock();
             let Some(id) = state.by_pid.remove(&pid) else { continue };
-            state.containers.remove(&id);
-            id
+            let cgroup = state.containers.remove(&id).map(|c| c.cgroup).unwrap_or_default();
+            (id, cgroup)
         };
-        let oom_killed = oom_killed(&id);
+        let dirs = cgroup_directories(&cgroup, &id);
+        let oom_killed = oom_killed(&dirs);
         // What libcontainer's delete does for a stopped container: its cgroups and its state.
-        crate::cgroup::kill_and_remove(&id);
+        crate::cgroup::kill_and_remove_directories(&dirs);
         let dir = shared.state_root.join(&id);
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -338,9 +366,11 @@ fn kill_at_deadlines(shared: &Shared) {
             std::mem::take(&mut state.kills).into_iter().partition(|(at, _)| *at <= now);
         state.kills = pending;
         for (_, id) in due {
-            if let Some(pid) = state.containers.get(&id).and_then(|c| c.pid) {
+            if let Some(container) = state.containers.get(&id)
+                && let Some(pid) = container.pid
+            {
                 // Killing the pid namespace's init kills everything in it.
-                crate::cgroup::thaw_all(&id);
+                crate::cgroup::thaw_directories(&container.cgroup_directories(&id));
                 let _ = kill(pid, Signal::SIGKILL);
             }
         }
@@ -354,10 +384,8 @@ fn kill_at_deadlines(shared: &Shared) {
 }
 
 /// Whether the kernel OOM-killed a process of the container's memory cgroup.
-fn oom_killed(id: &str) -> bool {
-    let files = crate::cgroup::directories(id)
-        .into_iter()
-        .flat_map(|dir| [dir.join("memory.oom_control"), dir.join("memory.events")]);
+fn oom_killed(dirs: &[PathBuf]) -> bool {
+    let files = dirs.iter().flat_map(|dir| [dir.join("memory.oom_control"), dir.join("memory.events")]);
     files.filter_map(|f| std::fs::read_to_string(f).ok()).any(|text| {
         text.lines().any(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0) > 0)
     })
@@ -412,6 +440,7 @@ impl Supervisor {
         log: &Path,
         stdout: &Path,
         stderr: &Path,
+        cgroup: &str,
     ) -> Result<tokio::sync::mpsc::UnboundedReceiver<ShimEvent>, SupervisorError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let command = SupervisorCommand::Start {
@@ -420,6 +449,7 @@ impl Supervisor {
             log: log.to_owned(),
             stdout: stdout.to_owned(),
             stderr: stderr.to_owned(),
+            cgroup: cgroup.to_owned(),
         };
         self.send(&command, Some((id, tx))).await?;
         Ok(rx)

@@ -319,7 +319,14 @@ impl Runtime {
         let mut events = self
             .inner
             .supervisor
-            .start(id, &bundle_dir(&rootfs.scratch), &dir.join("shim.log"), &dir.join("stdout"), &dir.join("stderr"))
+            .start(
+                id,
+                &bundle_dir(&rootfs.scratch),
+                &dir.join("shim.log"),
+                &dir.join("stdout"),
+                &dir.join("stderr"),
+                &self.inner.cgroups.instance_path(id),
+            )
             .await?;
         let first = tokio::time::timeout(SHIM_REPORT_TIMEOUT, events.recv()).await;
         let (create_us, exec_us) = match first {
