@@ -167,6 +167,18 @@ async fn two_instances_share_port_8080_and_stop_gracefully() {
     assert_ne!(a.addr.ip(), b.addr.ip());
     assert_eq!(get(&a, "/").await, (200, "Hello from hello-00001-aaa!\n".to_owned()));
     assert_eq!(get(&b, "/").await, (200, "Hello from hello-00002-bbb!\n".to_owned()));
+    // The host knows each instance's MAC from the start (a permanent neighbour entry, outside
+    // the neighbour table's 1,024-entry limit), instead of an ARP entry per instance.
+    for instance in [&a, &b] {
+        let device = format!("wh{}", &instance.id[..instance.id.len().min(12)]);
+        let out = std::process::Command::new("ip").args(["-4", "neigh", "show", "dev", &device]).output().unwrap();
+        let neighbours = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ip = instance.addr.ip().to_string();
+        assert!(
+            neighbours.lines().any(|l| l.starts_with(&format!("{ip} ")) && l.trim_end().ends_with("PERMANENT")),
+            "{device}: {neighbours}"
+        );
+    }
     let phases = a.phases();
     assert!(phases.total_us > 0 && phases.create_us > 0, "{phases:?}");
     assert_eq!(a.state(), InstanceState::Ready);

@@ -391,6 +391,11 @@ impl Network {
         net.ip = self.claim_address(&mut host, host_index)?;
         inside.set_up("lo")?;
         let eth0 = inside.index("eth0")?;
+        // The host reaches the instance without ARP: with one neighbour entry per instance
+        // the host's table overflows its limit (1,024 by default) near 1,000 instances, and
+        // new connections to instances then stall until entries expire.
+        let mac = inside.hardware_address("eth0")?;
+        host.add_permanent_neighbour(host_index, net.ip, &mac)?;
         inside.add_address(eth0, net.ip, 32)?;
         inside.set_up("eth0")?;
         let gateway = GATEWAY;

@@ -11,9 +11,12 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::path::{Path, PathBuf};
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -98,6 +101,46 @@ impl Rtnl {
                 _ => None,
             })
             .ok_or_else(|| NetlinkError { request: what, source: std::io::Error::other("no link in the answer") })
+    }
+
+    /// The hardware (MAC) address of the link `name`.
+    pub fn hardware_address(&mut self, name: &str) -> Result<Vec<u8>, NetlinkError> {
+        let mut message = LinkMessage::default();
+        message.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        let what = format!("looking up the address of link {name}");
+        let replies = self.request(RouteNetlinkMessage::GetLink(message), 0, what.clone())?;
+        replies
+            .iter()
+            .filter_map(|reply| NetlinkMessage::<RouteNetlinkMessage>::deserialize(reply).ok())
+            .find_map(|reply| match reply.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                    link.attributes.into_iter().find_map(|a| match a {
+                        LinkAttribute::Address(mac) => Some(mac),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            })
+            .ok_or_else(|| NetlinkError { request: what, source: std::io::Error::other("no address in the answer") })
+    }
+
+    /// Adds (or replaces) a permanent neighbour entry: `ip` is at `mac` on the link with
+    /// index `index`. Permanent entries need no ARP and do not count toward the neighbour
+    /// table's garbage-collection limits (`gc_thresh3`, 1,024 entries by default).
+    pub fn add_permanent_neighbour(&mut self, index: u32, ip: Ipv4Addr, mac: &[u8]) -> Result<(), NetlinkError> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.ifindex = index;
+        message.header.state = NeighbourState::Permanent;
+        message.header.kind = RouteType::Unicast;
+        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        message.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(message),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            format!("adding the neighbour {ip}"),
+        )
+        .map(drop)
     }
 
     /// Deletes the link `name`; `false` if there was none.
