@@ -70,7 +70,7 @@ pub fn run(args: &ShimArgs) -> i32 {
     };
     let t0 = Instant::now();
     if let Err(e) = crate::rootfs::mount_overlay_privately(&args.bundle.join("config.json")) {
-        emit(&ShimEvent::Failed { error: error_chain(&e) });
+        emit(&ShimEvent::Failed { error: crate::instance::probe::chain(&e) });
         return 1;
     }
     let filters = match crate::seccomp::Filters::compile() {
@@ -114,18 +114,6 @@ pub fn run(args: &ShimArgs) -> i32 {
     let _ = std::io::stdin().read_line(&mut released);
     drop(container);
     0
-}
-
-/// `error` and its sources, joined by ": ".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn elapsed_us(since: Instant) -> u64 {

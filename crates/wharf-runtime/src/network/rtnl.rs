@@ -87,8 +87,8 @@ impl Rtnl {
         self.request(RouteNetlinkMessage::SetLink(message), 0, format!("setting link {name} up")).map(drop)
     }
 
-    /// The index of the link `name`.
-    pub fn index(&mut self, name: &str) -> Result<u32, NetlinkError> {
+    /// The link `name`, as the kernel describes it.
+    fn link(&mut self, name: &str) -> Result<LinkMessage, NetlinkError> {
         let mut message = LinkMessage::default();
         message.attributes.push(LinkAttribute::IfName(name.to_owned()));
         let what = format!("looking up link {name}");
@@ -97,31 +97,30 @@ impl Rtnl {
             .iter()
             .filter_map(|reply| NetlinkMessage::<RouteNetlinkMessage>::deserialize(reply).ok())
             .find_map(|reply| match reply.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => Some(link.header.index),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => Some(link),
                 _ => None,
             })
             .ok_or_else(|| NetlinkError { request: what, source: std::io::Error::other("no link in the answer") })
     }
 
+    /// The index of the link `name`.
+    pub fn index(&mut self, name: &str) -> Result<u32, NetlinkError> {
+        self.link(name).map(|link| link.header.index)
+    }
+
     /// The hardware (MAC) address of the link `name`.
     pub fn hardware_address(&mut self, name: &str) -> Result<Vec<u8>, NetlinkError> {
-        let mut message = LinkMessage::default();
-        message.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        let what = format!("looking up the address of link {name}");
-        let replies = self.request(RouteNetlinkMessage::GetLink(message), 0, what.clone())?;
-        replies
-            .iter()
-            .filter_map(|reply| NetlinkMessage::<RouteNetlinkMessage>::deserialize(reply).ok())
-            .find_map(|reply| match reply.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                    link.attributes.into_iter().find_map(|a| match a {
-                        LinkAttribute::Address(mac) => Some(mac),
-                        _ => None,
-                    })
-                }
+        let link = self.link(name)?;
+        link.attributes
+            .into_iter()
+            .find_map(|a| match a {
+                LinkAttribute::Address(mac) => Some(mac),
                 _ => None,
             })
-            .ok_or_else(|| NetlinkError { request: what, source: std::io::Error::other("no address in the answer") })
+            .ok_or_else(|| NetlinkError {
+                request: format!("looking up the address of link {name}"),
+                source: std::io::Error::other("the link has no hardware address"),
+            })
     }
 
     /// Adds (or replaces) a permanent neighbour entry: `ip` is at `mac` on the link with
