@@ -89,7 +89,6 @@ struct PoolState {
     slots: Vec<Slot>,
     next_key: u64,
     starting: u32,
-    queued: u32,
     /// The tickets of the queued requests, oldest first: a freed slot goes to the oldest
     /// waiter, never to a request that arrived after it.
     waiting: BTreeSet<u64>,
@@ -205,6 +204,11 @@ impl PoolState {
 
     /// The slot a request should take: the `preferred` instance if it has room, else the
     /// least loaded one with room. Asks `is_gone` of the chosen instance only.
+    /// How many requests wait in the queue.
+    fn queued(&self) -> u32 {
+        u32::try_from(self.waiting.len()).unwrap_or(u32::MAX)
+    }
+
     /// Picks a slot for the queued request holding `ticket` if the requests queued before it
     /// leave one free (they take the first free slots).
     fn pick_in_turn(&mut self, ticket: u64) -> Option<usize> {
@@ -269,7 +273,7 @@ impl fmt::Debug for RevisionPool {
             .field("revision", &self.revision)
             .field("instances", &st.slots.len())
             .field("starting", &st.starting)
-            .field("queued", &st.queued)
+            .field("queued", &st.queued())
             .finish()
     }
 }
@@ -352,7 +356,6 @@ impl Drop for QueuePlace<'_> {
     fn drop(&mut self) {
         let others = {
             let mut st = self.pool.lock();
-            st.queued -= 1;
             st.waiting.remove(&self.ticket);
             !st.waiting.is_empty()
         };
@@ -440,7 +443,6 @@ impl RevisionPool {
                 slots: Vec::new(),
                 next_key: 0,
                 starting: 0,
-                queued: 0,
                 waiting: BTreeSet::new(),
                 next_ticket: 0,
                 last_error: None,
@@ -516,7 +518,7 @@ impl RevisionPool {
             idle: 0,
             starting: st.starting,
             in_flight: 0,
-            queued: st.queued,
+            queued: st.queued(),
             desired: st.meter.desired,
             max_concurrency: 0,
             startups: self.startups.snapshot(),
@@ -566,7 +568,7 @@ impl RevisionPool {
             ready: u32::try_from(ready).unwrap_or(u32::MAX),
             starting: st.starting,
             in_flight: st.in_flight(),
-            queued: st.queued,
+            queued: st.queued(),
         }
     }
 
@@ -657,17 +659,16 @@ impl RevisionPool {
                     return Ok(pending.started());
                 }
                 if place.is_none() {
-                    if st.queued as usize >= st.config.max_queue {
+                    if st.waiting.len() >= st.config.max_queue {
                         return Err(ProxyError::QueueFull);
                     }
-                    st.queued += 1;
                     let ticket = st.next_ticket;
                     st.next_ticket += 1;
                     st.waiting.insert(ticket);
                     place = Some(QueuePlace { pool: self, ticket });
                     if st.slots.is_empty() && st.starting == 0 {
                         // Scale from zero now, not at the next tick.
-                        let sample = f64::from(st.queued);
+                        let sample = f64::from(st.queued());
                         st.autoscaler.record(Instant::now(), sample);
                     }
                 }

@@ -42,15 +42,15 @@ fn scale_once(pool: &Arc<RevisionPool>) {
         let mut st = pool.lock();
         st.prune_gone();
         let in_flight = st.in_flight();
-        let sample = f64::from(in_flight + st.queued);
+        let sample = f64::from(in_flight + st.queued());
         st.autoscaler.record(now, sample);
         let current = u32::try_from(st.slots.len()).unwrap_or(u32::MAX) + st.starting;
         let mut desired = st.autoscaler.decide(now, current).desired;
-        if st.queued > 0 {
+        if st.queued() > 0 {
             // Requests are waiting for capacity: start what they need now, without waiting
             // for the windows to fill (what Knative's activator does for a cold revision).
             let limit = st.config.scaling.container_concurrency.max(1);
-            let needed = (in_flight + st.queued).div_ceil(limit).min(st.config.scaling.max_instances);
+            let needed = (in_flight + st.queued()).div_ceil(limit).min(st.config.scaling.max_instances);
             desired = desired.max(needed);
         }
         st.meter.desired = desired;
