@@ -178,7 +178,9 @@ async fn oversized_headers_get_431_and_oversized_api_bodies_413_with_a_status_bo
 async fn a_hundred_abandoned_queued_requests_leave_nothing_behind() {
     let work = tempfile::tempdir().unwrap();
     let built = testapp_image(work.path(), "v1").unwrap();
-    let server = WharfServer::start_with_env(wharf(), &[("WHARF_IDLE_TIMEOUT", "2s")]).unwrap();
+    let server =
+        WharfServer::start_with_env(wharf(), &[("WHARF_IDLE_TIMEOUT", "2s"), ("WHARF_METRICS_ADDR", "127.0.0.1:0")])
+            .unwrap();
     let out = server.cli(&["images", "import", &built.layout.to_string_lossy(), "--tag", "testapp:v1"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let image = format!("{}/testapp:v1", server.addrs.registry_addr);
@@ -217,6 +219,27 @@ async fn a_hundred_abandoned_queued_requests_leave_nothing_behind() {
         (instances() == 1).then_some(())
     })
     .unwrap();
+    // ... and once the holder has it (the instance active, nothing queued): the queue holds
+    // 100, so 100 more requests fit only once the holder has left it.
+    let metrics =
+        format!("http://{}/metrics", server.addrs.metrics_addr.clone().expect("server.json names metricsAddr"));
+    let scraper = wharf_testsupport::http_client().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scraper.get(&metrics).send().await.unwrap().text().await.unwrap();
+        let value = |name: &str, extra: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains("service_name=\"queue\"") && l.contains(extra))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        if value("wharf_run_container_instances{", "state=\"active\"") == Some(1.0)
+            && value("wharf_run_pending_requests{", "") == Some(0.0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the holder was not served in 30 s:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut queued = Vec::new();
     for _ in 0..100 {
         let mut stream = TcpStream::connect(ingress).await.unwrap();
