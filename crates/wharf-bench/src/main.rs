@@ -15,6 +15,10 @@
 //! `instances [--count 1000] [--smoke] [--wharf PATH]`: memory per idle instance and N
 //! instances started and each answering once, with their memory (see `instances.rs`).
 //!
+//! `proxy [--rounds 5] [--seconds 5]`: the warm proxy rows of `all` alone, in more alternating
+//! rounds: Wharf, direct, nginx and HAProxy throughput, and the latency added at 1,000 req/s
+//! (see `proxy.rs`).
+//!
 //! `cpu [--smoke]`: the CPU allocation rows of `all` alone (idle CPU, thaw latency; `cpu.rs`).
 //!
 //! `protocols [--requests 20000]`: HTTP/1.1, h2c, HTTP/1.1 over TLS and h2 over TLS through
@@ -23,14 +27,15 @@
 //! `flood [--clients 1000] [--rounds 3] [--waves 3]`: concurrent clients against a service scaled to zero
 //! with `--max-instances 5`; fails unless every answer is 200, 429 or 503 (see `flood.rs`).
 
+mod baselines;
 mod cpu;
 mod flood;
-mod haproxy;
 mod instances;
 mod invoker;
 mod logquery;
 mod openloop;
 mod protocols;
+mod proxy;
 mod system;
 
 use std::path::PathBuf;
@@ -78,6 +83,19 @@ fn main() -> anyhow::Result<()> {
             let count = count.unwrap_or(if smoke { 20 } else { 1000 });
             tokio::runtime::Runtime::new()?.block_on(instances::run(count, smoke, wharf))
         }
+        Some("proxy") => {
+            let number = |flag: &str, default: usize| -> anyhow::Result<usize> {
+                args.iter()
+                    .position(|a| a == flag)
+                    .and_then(|i| args.get(i + 1))
+                    .map(|n| n.parse::<usize>())
+                    .transpose()
+                    .with_context(|| format!("{flag} takes a number"))
+                    .map(|n| n.unwrap_or(default))
+            };
+            let (rounds, seconds) = (number("--rounds", 5)?, number("--seconds", 5)?);
+            tokio::runtime::Runtime::new()?.block_on(proxy::run(rounds, u64::try_from(seconds)?))
+        }
         Some("cpu") => tokio::runtime::Runtime::new()?.block_on(cpu::run(args.iter().any(|a| a == "--smoke"))),
         Some("protocols") => {
             let requests = args
@@ -119,7 +137,7 @@ fn main() -> anyhow::Result<()> {
         _ => bail!(
             "usage: wharf-bench start [--runs N] | wharf-bench all [--smoke] [--out FILE] | \
              wharf-bench flood [--clients N] [--rounds N] [--waves N] | wharf-bench logs [--entries N] | \
-             wharf-bench protocols [--requests N] | wharf-bench cpu [--smoke] | \
+             wharf-bench protocols [--requests N] | wharf-bench proxy [--rounds N] [--seconds N] | wharf-bench cpu [--smoke] | \
              wharf-bench instances [--count N] [--smoke] [--wharf PATH]"
         ),
     }

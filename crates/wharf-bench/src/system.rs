@@ -3,8 +3,9 @@
 //!
 //! 1. cold start of a service scaled to zero, to the first response byte, against `runc run`
 //!    of the same rootfs until its port answers, and Wharf's own runtime start (no proxy);
-//! 2. warm proxy latency and throughput at 64 connections (wrk) through the ingress, against
-//!    the same instance reached directly, and through nginx as a reverse proxy;
+//! 2. warm proxy throughput and latency at 64 connections (wrk) through the ingress, against
+//!    the same instance reached directly and through nginx and HAProxy, and the latency added
+//!    at a moderate fixed rate (`proxy.rs`);
 //! 3. `wharf run deploy` of a new revision (cached image) until its URL serves it;
 //! 4. scale-out: 0 to 200 concurrent slow requests at concurrency 10;
 //! 5. Wharf's memory (server growth and helper processes, PSS) per idle instance;
@@ -148,94 +149,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         });
     }
 
-    // 2. Warm proxy. Always-on CPU: the direct baselines reach the instance without the
-    // router, which would find a throttled instance frozen.
-    cli(
-        &server,
-        &[
-            "run",
-            "deploy",
-            "warm",
-            "--image",
-            &image_ref,
-            "--project",
-            "bench",
-            "--min-instances",
-            "1",
-            "--no-cpu-throttling",
-        ],
-    )?;
-    first_byte(&client, &ingress, Some(&service_host("warm", "bench"))).await?;
-    let direct = instance_address(&server, "warm")?;
-    let duration = if options.smoke { "1s" } else { "5s" };
-    if which("wrk") {
-        let through = wrk(&ingress, Some((&service_host("warm", "bench"), &server.token)), duration)?;
-        let direct_run = wrk(&format!("http://{direct}/"), None, duration)?;
-        let nginx = nginx_baseline(work.path(), &direct, duration).ok();
-        let haproxy =
-            if which("haproxy") { crate::haproxy::baseline(work.path(), &direct, duration).ok() } else { None };
-        for (metric, key, higher) in [
-            ("proxy throughput, 64 connections", "rps", true),
-            ("proxy latency p50", "p50_ms", false),
-            ("proxy latency p99", "p99_ms", false),
-        ] {
-            rows.push(Row {
-                metric: metric.into(),
-                wharf: through[key],
-                baseline: Some(direct_run[key]),
-                baseline_name: "direct to the instance".into(),
-                unit: if higher { "req/s" } else { "ms" },
-                higher_is_better: higher,
-            });
-            for (proxy, results) in [("nginx", &nginx), ("haproxy", &haproxy)] {
-                if let Some(n) = results {
-                    rows.push(Row {
-                        metric: format!("{metric} (vs {proxy})"),
-                        wharf: through[key],
-                        baseline: Some(n[key]),
-                        baseline_name: format!("{proxy} reverse proxy"),
-                        unit: if higher { "req/s" } else { "ms" },
-                        higher_is_better: higher,
-                    });
-                }
-            }
-        }
-    } else {
-        eprintln!("wrk is not installed: skipping the proxy rows (apt-get install wrk nginx haproxy)");
-    }
-
-    // 2b. Added latency at a moderate, fixed rate (open loop), through Wharf vs direct.
+    // 2. Warm proxy (`proxy.rs`): throughput against the direct connection, nginx and HAProxy
+    // in alternating rounds, and the latency added at a moderate fixed rate.
+    let warm = crate::proxy::deploy_warm(&server, &image_ref, "warm").await?;
+    let direct = warm.direct.clone();
+    let (rounds, duration) = if options.smoke { (1, "1s") } else { (3, "5s") };
+    rows.extend(crate::proxy::throughput_rows(&warm, work.path(), rounds, duration)?);
     let (rate, seconds) = if options.smoke { (200, 1) } else { (1000, 10) };
-    let period = Duration::from_secs(seconds);
-    let warm_host = service_host("warm", "bench");
-    let through = crate::openloop::latencies(
-        &crate::openloop::Target { url: &ingress, host: Some(&warm_host), token: Some(&server.token) },
-        rate,
-        period,
-    )
-    .await?;
-    let direct_url = format!("http://{direct}/");
-    let straight = crate::openloop::latencies(
-        &crate::openloop::Target { url: &direct_url, host: None, token: None },
-        rate,
-        period,
-    )
-    .await?;
-    for (p, name) in [(0.5, "p50"), (0.99, "p99")] {
-        let (wharf, direct) = (percentile(&through, p), percentile(&straight, p));
-        rows.push(Row {
-            metric: format!("added latency {name} at {rate} req/s, open loop (latency through Wharf)"),
-            wharf,
-            baseline: Some(direct),
-            baseline_name: format!(
-                "direct to the instance; Wharf adds {:.3} ms{}",
-                wharf - direct,
-                if name == "p50" { " (target: 0.1 ms)" } else { "" }
-            ),
-            unit: "ms",
-            higher_is_better: false,
-        });
-    }
+    rows.extend(crate::proxy::added_latency_rows(&warm, work.path(), rate, seconds).await?);
     if which("h2load") && which("nginx") {
         // A failed HTTPS run is reported and the other rows still measured (a release run
         // once saw 4 of 16 h2 connections fail; `wharf-bench protocols` is its closer look).
@@ -382,7 +303,7 @@ pub(crate) fn which(program: &str) -> bool {
 }
 
 /// The address of a running instance of `service`, read from its instance directory.
-fn instance_address(server: &WharfServer, service: &str) -> anyhow::Result<String> {
+pub(crate) fn instance_address(server: &WharfServer, service: &str) -> anyhow::Result<String> {
     for entry in std::fs::read_dir(server.data_dir().join("instances"))? {
         let dir = entry?.path();
         let config = instance_spec(&dir);
@@ -414,6 +335,7 @@ pub(crate) fn wrk(
         parse_wrk_number(v)
     };
     let mut m = BTreeMap::new();
+    m.insert("seconds", parse_wrk_number(duration).context("a wrk duration like 5s")? / 1000.0);
     m.insert("rps", value("Requests/sec:").context("wrk printed no Requests/sec")?);
     m.insert("p50_ms", value("50%").context("wrk printed no 50% latency")?);
     m.insert("p99_ms", value("99%").context("wrk printed no 99% latency")?);
@@ -432,43 +354,6 @@ pub(crate) fn parse_wrk_number(v: &str) -> Option<f64> {
         return n.parse::<f64>().ok().map(|x| x * 1000.0);
     }
     v.parse().ok()
-}
-
-fn nginx_baseline(dir: &Path, upstream: &str, duration: &str) -> anyhow::Result<BTreeMap<&'static str, f64>> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    drop(listener);
-    let prefix = dir.join("nginx");
-    std::fs::create_dir_all(prefix.join("logs"))?;
-    let conf = prefix.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 2; pid {p}/nginx.pid; error_log {p}/logs/error.log;
-             events {{ worker_connections 1024; }}
-             http {{ access_log off; keepalive_requests 1000000;
-               upstream app {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
-               server {{ listen 127.0.0.1:{port};
-                 location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}",
-            p = prefix.display()
-        ),
-    )?;
-    let mut nginx = Command::new("nginx")
-        .args(["-p", &prefix.to_string_lossy(), "-c", &conf.to_string_lossy(), "-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start nginx")?;
-    let result = (|| {
-        wait_for("nginx", Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
-        wrk(&format!("http://127.0.0.1:{port}/"), None, duration)
-    })();
-    // SIGTERM, not SIGKILL: the master must take its workers down with it.
-    if let Ok(pid) = i32::try_from(nginx.id()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-    }
-    let _ = nginx.wait();
-    result
 }
 
 /// Unpacks the image into a rootfs and times `runc run -d` until the app's port answers.

@@ -14,8 +14,9 @@
 //! The hot path does no I/O: [`RequestTelemetry::observe`] updates atomics and offers the
 //! record to a bounded queue ([`QUEUE_CAPACITY`]); when the queue is full the entry is
 //! dropped and counted (`wharf_request_log_dropped_total`), the metrics still count it. One
-//! task drains the queue into the log store in batches and waits for each batch to be stored
-//! before taking the next, so a slow disk fills the queue rather than memory.
+//! task turns the records into entries and hands them to a bounded queue of the log store's
+//! writer (which stores them in group commits), waiting while that is full, so a slow disk
+//! fills the queue rather than memory.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +31,7 @@ use crate::metrics::Metrics;
 
 /// Request records waiting to be stored, at most.
 pub const QUEUE_CAPACITY: usize = 16 * 1024;
-/// Records written to the store per batch, at most.
+/// Records taken from the queue at once, and entries the log store's queue holds.
 const BATCH: usize = 1024;
 
 /// `labels."wharf.dev/cold_start"`: `"true"` on a request that waited for an instance start.
@@ -69,13 +70,15 @@ impl RequestObserver for RequestTelemetry {
 }
 
 async fn store_entries(logs: LogStore, mut rx: mpsc::Receiver<RequestRecord>) {
+    let store = logs.queue(BATCH);
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         for record in batch.drain(..) {
-            logs.record(entry(&record));
+            // Back-pressure: waits while the store's queue is full.
+            if store.send(Box::new(entry(&record))).await.is_err() {
+                return;
+            }
         }
-        // Back-pressure: the next batch waits until this one is stored.
-        logs.flush().await;
     }
 }
 

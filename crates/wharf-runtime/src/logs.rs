@@ -15,6 +15,10 @@
 //! - a line is at most [`LogLimits::line_bytes`] long (the reader replaces longer ones);
 //! - the store keeps at most [`LogLimits::store_bytes`] (and a number of lines), the oldest
 //!   lines going first.
+//!
+//! The writer commits in groups: woken by a line, it waits [`COMMIT_WINDOW`] for more
+//! before it writes them in one transaction (unless a reader is waiting on a flush), so
+//! that a busy ingress's request log costs one commit per window, not one per request.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -174,6 +178,12 @@ const INSTANCE_QUEUE: usize = 1024;
 /// How many lines the writer takes from one queue before it turns to the next.
 const TURN: usize = 64;
 
+/// How long the writer lets lines gather after the first before it stores them together.
+const COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The most lines stored in one transaction.
+const MAX_BATCH: usize = 4096;
+
 enum Control {
     Line(Box<LogEntry>),
     Queue(mpsc::Receiver<Box<LogEntry>>),
@@ -262,10 +272,19 @@ impl LogStore {
         let _ = self.control.send(Control::Line(Box::new(entry)));
     }
 
-    /// Records a prebuilt entry (a request log entry, say) as is, outside any rate budget:
-    /// the caller bounds what it records. Its `id` is assigned when it is stored.
+    /// Records a prebuilt entry as is, outside any rate budget: the caller bounds what it
+    /// records. Its `id` is assigned when it is stored.
     pub fn record(&self, entry: LogEntry) {
         let _ = self.control.send(Control::Line(Box::new(entry)));
+    }
+
+    /// A queue of prebuilt entries (request log entries, say) of its own, holding up to
+    /// `capacity` entries: the writer takes from it in turn with the instances' queues, and a
+    /// full queue makes its sender wait (back-pressure) rather than grow.
+    pub fn queue(&self, capacity: usize) -> mpsc::Sender<Box<LogEntry>> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let _ = self.control.send(Control::Queue(rx));
+        tx
     }
 
     /// Waits until every line appended so far (by any instance) is stored.
@@ -613,8 +632,12 @@ async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_li
                 flushes.push(done);
             }
         }
-        // More control lines waiting (platform lines, flushes) join this batch.
-        while batch.len() < 4096 {
+        // Unless a reader waits, let more lines gather for one commit.
+        if flushes.is_empty() && !batch.is_empty() && batch.len() < MAX_BATCH {
+            tokio::time::sleep(COMMIT_WINDOW).await;
+        }
+        // Lines and flushes waiting now join this batch.
+        while batch.len() < MAX_BATCH {
             match control.try_recv() {
                 Ok(Control::Line(entry)) => batch.push(*entry),
                 Ok(Control::Queue(rx)) => queues.push(rx),
@@ -629,9 +652,26 @@ async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_li
                 Err(_) => break,
             }
         }
+        while batch.len() < MAX_BATCH {
+            let before = batch.len();
+            std::future::poll_fn(|cx| {
+                take_lines(cx, &mut queues, &mut first, &mut batch);
+                std::task::Poll::Ready(())
+            })
+            .await;
+            if batch.len() == before {
+                break;
+            }
+        }
         if !batch.is_empty() {
             since_prune += batch.len();
-            stored += batch.iter().map(entry_bytes).sum::<u64>();
+            let payloads: Vec<Option<String>> =
+                batch.iter().map(|e| e.payload.as_ref().map(serde_json::Value::to_string)).collect();
+            stored += batch
+                .iter()
+                .zip(&payloads)
+                .map(|(e, payload)| (e.message.len() + payload.as_ref().map_or(0, String::len)) as u64 + ROW_OVERHEAD)
+                .sum::<u64>();
             let prune_lines = since_prune >= 1000;
             let result = db.write(|tx| {
                 let mut stmt = tx.prepare_cached(
@@ -639,13 +679,13 @@ async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_li
                                        execution, task_index, task_attempt, instance, project)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )?;
-                for e in &batch {
+                for (e, payload) in batch.iter().zip(&payloads) {
                     stmt.execute(params![
                         e.timestamp_us,
                         e.stream.as_str(),
                         severity_number(&e.severity).unwrap_or(0),
                         e.message,
-                        e.payload.as_ref().map(|p| p.to_string()),
+                        payload,
                         e.service,
                         e.revision,
                         e.job,
@@ -690,11 +730,6 @@ async fn writer(db: Store, mut control: mpsc::UnboundedReceiver<Control>, max_li
             let _ = done.send(());
         }
     }
-}
-
-fn entry_bytes(e: &LogEntry) -> u64 {
-    let payload = e.payload.as_ref().map_or(0, |p| p.to_string().len());
-    (e.message.len() + payload) as u64 + ROW_OVERHEAD
 }
 
 #[cfg(test)]
@@ -786,6 +821,56 @@ mod tests {
         let none =
             logs.query(&LogFilter { revision: Some("other".into()), limit: 10, ..LogFilter::default() }).await.unwrap();
         assert_eq!(none, []);
+    }
+
+    #[tokio::test]
+    async fn queued_entries_are_all_stored_and_owner_queries_use_their_partial_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Store::open(&dir.path().join("state.db")).unwrap();
+        let logs = LogStore::open(db.clone(), 1_000_000, LogLimits::default());
+        let queue = logs.queue(8);
+        let entry = |i: usize| {
+            let mut entry = parse_line(&owner(), "inst", Stream::Requests, "");
+            entry.project = Some("p".into());
+            entry.message = format!("GET 200 /{i}");
+            entry.payload = Some(serde_json::json!({ "httpRequest": { "status": 200 } }));
+            Box::new(entry)
+        };
+        // More entries than the queue holds: the sender waits on the writer, nothing is lost.
+        for i in 0..100 {
+            queue.send(entry(i)).await.unwrap();
+        }
+        let stored = logs.query(&LogFilter { service: Some("s".into()), limit: 1000, ..LogFilter::default() }).await;
+        let stored = stored.unwrap();
+        assert_eq!(stored.len(), 100, "a flush returns once every queued entry is stored");
+        assert_eq!(stored[99].message, "GET 200 /99");
+        assert_eq!(stored[0].payload, Some(serde_json::json!({ "httpRequest": { "status": 200 } })));
+        let plan = |sql: &str| -> String {
+            db.read(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(3))?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap()
+            .join("; ")
+        };
+        // The owner indexes are partial (non-NULL only) and still serve `column = ?` reads.
+        for (column, index) in [
+            ("service", "logs_service"),
+            ("revision", "logs_revision"),
+            ("job", "logs_job"),
+            ("execution", "logs_execution"),
+        ] {
+            let used = plan(&format!("SELECT id FROM logs WHERE {column} = 'x' ORDER BY id DESC LIMIT 20"));
+            assert!(used.contains(index), "a read by {column} does not use {index}: {used}");
+            let definition: String = db
+                .read(|c| c.query_row("SELECT sql FROM sqlite_master WHERE name = ?1", [index], |r| r.get(0)))
+                .unwrap();
+            assert!(
+                definition.ends_with(&format!("WHERE {column} IS NOT NULL")),
+                "{index} is not partial: {definition}"
+            );
+        }
     }
 
     fn messages(entries: &[LogEntry]) -> Vec<&str> {

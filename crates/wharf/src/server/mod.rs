@@ -102,10 +102,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Arc::new(SnapshotStore::open(&data_dir.join("snapshots"), images.blobs().clone())?.with_limits(unpack_limits));
 
     let api_listener = bind(config.api_addr, "API").await?;
-    let ingress_listener = bind(config.ingress_addr, "ingress").await?;
+    let ingress_listener = bind_ingress(config.ingress_addr, "ingress", "--ingress-addr")?;
     let registry_listener = bind(config.registry_addr, "registry").await?;
     let https_listener = match config.https_addr {
-        Some(addr) => Some(bind(addr, "HTTPS ingress").await?),
+        Some(addr) => Some(bind_ingress(addr, "HTTPS ingress", "--https-addr")?),
         None => None,
     };
     let metrics_listener = match config.metrics_addr {
@@ -537,6 +537,13 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for the {what} on {addr} (is another wharf server running? pass --{}-addr with a free port, or port 0)", what.to_lowercase()))
+}
+
+/// As [`bind`], for an ingress: one socket per worker thread (`wharf_router::bind_ingress`).
+fn bind_ingress(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    wharf_router::bind_ingress(addr).with_context(|| {
+        format!("cannot listen for the {what} on {addr} (is another wharf server running? pass {flag} with a free port, or port 0)")
+    })
 }
 
 /// Names under which users refer to this server's registry in image references.

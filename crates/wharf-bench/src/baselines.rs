@@ -1,0 +1,179 @@
+//! The reverse proxies Wharf's ingress is measured against: nginx and HAProxy (Debian's 2.6),
+//! each in front of the same instance the Wharf rows use, on a free loopback port, for as long
+//! as the [`ReverseProxy`] lives. The configurations are what a user would write for this job,
+//! tuned sensibly and nothing more: one worker (thread) per core, keep-alive to the client and
+//! pooled, reused connections to the instance, no access log.
+//!
+//! nginx closes a connection after `keepalive_requests` requests (1,000 by default, HTTP/2
+//! included) and the load generators do not reconnect, so both of its limits are raised.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::system::{wait_for, wrk};
+
+/// A running reverse proxy in front of one upstream; stopped (SIGTERM, then reaped) on drop.
+pub struct ReverseProxy {
+    pub name: &'static str,
+    pub port: u16,
+    process: Child,
+}
+
+impl ReverseProxy {
+    /// nginx with `worker_processes` = the number of cores.
+    pub fn nginx(dir: &Path, upstream: &str) -> anyhow::Result<ReverseProxy> {
+        let port = free_port()?;
+        let prefix = dir.join("nginx");
+        std::fs::create_dir_all(prefix.join("logs"))?;
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes {cores}; pid {p}/nginx.pid; error_log {p}/logs/error.log;
+                 events {{ worker_connections 1024; }}
+                 http {{ access_log off; keepalive_requests 1000000;
+                   upstream app {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
+                   server {{ listen 127.0.0.1:{port};
+                     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}",
+                cores = cores(),
+                p = prefix.display()
+            ),
+        )?;
+        let process = Command::new("nginx")
+            .args(["-p", &prefix.to_string_lossy(), "-c", &conf.to_string_lossy(), "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start nginx")?;
+        ReverseProxy { name: "nginx", port, process }.ready()
+    }
+
+    /// HAProxy with `nbthread` = the number of cores.
+    pub fn haproxy(dir: &Path, upstream: &str) -> anyhow::Result<ReverseProxy> {
+        let port = free_port()?;
+        let conf = dir.join("haproxy.cfg");
+        std::fs::write(
+            &conf,
+            format!(
+                "global
+  nbthread {cores}
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend bench
+  bind 127.0.0.1:{port}
+  default_backend app
+backend app
+  server instance {upstream}
+",
+                cores = cores()
+            ),
+        )?;
+        let process = Command::new("haproxy")
+            .args(["-db", "-f", &conf.to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start haproxy")?;
+        ReverseProxy { name: "haproxy", port, process }.ready()
+    }
+
+    /// Where clients reach it.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// wrk through it for `duration` (wrk's syntax, e.g. "5s"), with the CPU time the proxy
+    /// spent per request (`cpu_us_per_request`, its processes and their children).
+    pub fn wrk(&self, duration: &str) -> anyhow::Result<BTreeMap<&'static str, f64>> {
+        let pids = with_children(self.process.id());
+        let before = cpu_seconds(&pids);
+        let mut result = wrk(&self.url(), None, duration)?;
+        let spent = cpu_seconds(&pids) - before;
+        let requests = result["rps"] * result["seconds"];
+        result.insert("cpu_us_per_request", spent * 1e6 / requests.max(1.0));
+        Ok(result)
+    }
+
+    fn ready(self) -> anyhow::Result<ReverseProxy> {
+        wait_for(self.name, Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok())?;
+        Ok(self)
+    }
+}
+
+impl Drop for ReverseProxy {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: nginx's master must take its workers down with it.
+        if let Ok(pid) = i32::try_from(self.process.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = self.process.wait();
+    }
+}
+
+/// User and system CPU time of processes `pids` (all their threads) so far, in seconds.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter().map(|pid| cpu_seconds_of(&format!("/proc/{pid}/stat"))).sum()
+}
+
+/// User and system CPU time in a `/proc/.../stat` file, in seconds (0 if it is gone).
+fn cpu_seconds_of(stat: &str) -> f64 {
+    let ticks_per_second =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|t| *t > 0).unwrap_or(100);
+    let ticks = std::fs::read_to_string(stat).ok().and_then(|stat| {
+        // Fields after the command name (which may hold spaces): state is field 3, utime and
+        // stime are fields 14 and 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    });
+    ticks.unwrap_or(0) as f64 / ticks_per_second as f64
+}
+
+/// CPU time of process `pid`'s threads so far, in seconds, summed by thread name (Wharf's
+/// `wharf-ingress-N` workers against the rest of the server).
+pub fn thread_cpu_seconds(pid: u32) -> BTreeMap<String, f64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
+    for task in tasks.flatten() {
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_owned();
+        let name = if name.starts_with("wharf-ingress") { "ingress".to_owned() } else { "rest".to_owned() };
+        *by_name.entry(name).or_insert(0.0) += cpu_seconds_of(&format!("/proc/{pid}/task/{tid}/stat"));
+    }
+    by_name
+}
+
+/// `pid` and its direct children (nginx's workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let parent = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if parent == Some(pid) {
+                pids.push(child);
+            }
+        }
+    }
+    pids
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}

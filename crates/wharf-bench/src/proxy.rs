@@ -1,0 +1,207 @@
+//! The warm proxy rows: wrk at 64 connections through Wharf's ingress, straight to the
+//! instance, and through nginx and HAProxy in front of the same instance
+//! ([`crate::baselines`]), in alternating rounds (one run of each per round, so that a slow
+//! stretch of the shared machine hits all of them), medians reported; and the latency each
+//! proxy adds at a fixed moderate rate, open loop ([`crate::openloop`]).
+//!
+//! `wharf-bench proxy [--rounds 5] [--seconds 5]` runs these alone on a fresh server.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use wharf_testsupport::{WharfServer, service_host};
+
+use crate::baselines::{ReverseProxy, thread_cpu_seconds};
+use crate::system::{Row, cli, instance_address, percentile, which, wrk};
+
+/// A warm service to measure: Wharf's ingress with the service's host and a token, and the
+/// address of its one instance.
+pub struct Warm<'a> {
+    pub server: &'a WharfServer,
+    pub host: String,
+    pub direct: String,
+}
+
+impl Warm<'_> {
+    fn ingress(&self) -> String {
+        format!("http://{}/", self.server.addrs.ingress_addr)
+    }
+}
+
+/// Deploys `service` with one instance always there and CPU always on (the direct and
+/// baseline runs reach the instance without the router, which would find a throttled
+/// instance frozen), waits for it to serve, and finds its address.
+pub async fn deploy_warm<'a>(server: &'a WharfServer, image_ref: &str, service: &str) -> anyhow::Result<Warm<'a>> {
+    cli(
+        server,
+        &[
+            "run",
+            "deploy",
+            service,
+            "--image",
+            image_ref,
+            "--project",
+            "bench",
+            "--min-instances",
+            "1",
+            "--no-cpu-throttling",
+        ],
+    )?;
+    let host = service_host(service, "bench");
+    let client = server.client_builder().timeout(Duration::from_secs(60)).build()?;
+    let status =
+        client.get(format!("http://{}/", server.addrs.ingress_addr)).header("Host", &host).send().await?.status();
+    anyhow::ensure!(status.is_success(), "the warm service answered {status}");
+    let direct = instance_address(server, service)?;
+    Ok(Warm { server, host, direct })
+}
+
+/// Throughput, p50 and p99 at 64 connections: Wharf against the direct connection, nginx
+/// and HAProxy, medians of `rounds` alternating rounds of `duration` each (wrk's syntax).
+pub fn throughput_rows(warm: &Warm<'_>, dir: &Path, rounds: usize, duration: &str) -> anyhow::Result<Vec<Row>> {
+    if !which("wrk") {
+        eprintln!("wrk is not installed: skipping the proxy rows (apt-get install wrk nginx haproxy)");
+        return Ok(Vec::new());
+    }
+    let mut runs: BTreeMap<&str, Vec<BTreeMap<&'static str, f64>>> = BTreeMap::new();
+    for round in 0..rounds {
+        let mut line = format!("round {}:", round + 1);
+        let before = thread_cpu_seconds(warm.server.addrs.pid);
+        let mut wharf = wrk(&warm.ingress(), Some((&warm.host, &warm.server.token)), duration)?;
+        let after = thread_cpu_seconds(warm.server.addrs.pid);
+        let requests = (wharf["rps"] * wharf["seconds"]).max(1.0);
+        let per_request = |part: &str| {
+            (after.get(part).copied().unwrap_or(0.0) - before.get(part).copied().unwrap_or(0.0)) * 1e6 / requests
+        };
+        wharf.insert("cpu_us_per_request", per_request("ingress") + per_request("rest"));
+        eprintln!(
+            "  wharf CPU a request: ingress threads {:.1} us, the rest of the server {:.1} us",
+            per_request("ingress"),
+            per_request("rest")
+        );
+        let direct = wrk(&format!("http://{}/", warm.direct), None, duration)?;
+        line += &format!(
+            " wharf {:.0} ({:.1} us CPU a request), direct {:.0}",
+            wharf["rps"], wharf["cpu_us_per_request"], direct["rps"]
+        );
+        runs.entry("wharf").or_default().push(wharf);
+        runs.entry("direct").or_default().push(direct);
+        for start in [ReverseProxy::nginx, ReverseProxy::haproxy] {
+            match start(dir, &warm.direct).and_then(|proxy| Ok((proxy.name, proxy.wrk(duration)?))) {
+                Ok((name, result)) => {
+                    line += &format!(", {name} {:.0} ({:.1} us)", result["rps"], result["cpu_us_per_request"]);
+                    runs.entry(name).or_default().push(result);
+                }
+                Err(error) => eprintln!("a baseline proxy failed, skipped: {error:#}"),
+            }
+        }
+        eprintln!("{line} req/s");
+    }
+    let median = |name: &str, key: &str| -> Option<f64> {
+        let values: Vec<f64> = runs.get(name)?.iter().map(|r| r[key]).collect();
+        Some(percentile(&values, 0.5))
+    };
+    let mut rows = Vec::new();
+    if let Some(wharf) = median("wharf", "cpu_us_per_request") {
+        for name in ["nginx", "haproxy"] {
+            let Some(baseline) = median(name, "cpu_us_per_request") else { continue };
+            rows.push(Row {
+                metric: format!("proxy CPU time per request, 64 connections (vs {name})"),
+                wharf,
+                baseline: Some(baseline),
+                baseline_name: format!("{name}'s processes, median of {rounds}; Wharf's whole server process"),
+                unit: "us",
+                higher_is_better: false,
+            });
+        }
+    }
+    for (metric, key, higher) in [
+        ("proxy throughput, 64 connections", "rps", true),
+        ("proxy latency p50", "p50_ms", false),
+        ("proxy latency p99", "p99_ms", false),
+    ] {
+        let Some(wharf) = median("wharf", key) else { continue };
+        for (name, baseline_name) in [
+            ("direct", "direct to the instance"),
+            ("nginx", "nginx reverse proxy"),
+            ("haproxy", "haproxy reverse proxy"),
+        ] {
+            let Some(baseline) = median(name, key) else { continue };
+            rows.push(Row {
+                metric: if name == "direct" { metric.to_owned() } else { format!("{metric} (vs {name})") },
+                wharf,
+                baseline: Some(baseline),
+                baseline_name: format!("{baseline_name}, median of {rounds}"),
+                unit: if higher { "req/s" } else { "ms" },
+                higher_is_better: higher,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The latency Wharf adds at `rate` requests per second (to each target) for `seconds`
+/// (open loop), against
+/// the direct connection, and the latency nginx adds for comparison: the three interleaved
+/// in one run ([`crate::openloop`]).
+pub async fn added_latency_rows(warm: &Warm<'_>, dir: &Path, rate: u32, seconds: u64) -> anyhow::Result<Vec<Row>> {
+    use crate::openloop::{Target, latencies};
+    let nginx = if which("nginx") { Some(ReverseProxy::nginx(dir, &warm.direct)?) } else { None };
+    let mut targets = vec![
+        Target { url: warm.ingress(), host: Some(warm.host.clone()), token: Some(warm.server.token.clone()) },
+        Target { url: format!("http://{}/", warm.direct), host: None, token: None },
+    ];
+    if let Some(nginx) = &nginx {
+        targets.push(Target { url: nginx.url(), host: None, token: None });
+    }
+    // Each target at `rate`: the machine sees `rate` times the number of targets.
+    let total = rate * u32::try_from(targets.len()).unwrap_or(1);
+    let measured = latencies(&targets, total, Duration::from_secs(seconds)).await?;
+    drop(nginx);
+    let mut rows = Vec::new();
+    for (p, name) in [(0.5, "p50"), (0.99, "p99")] {
+        let (wharf, direct) = (percentile(&measured[0], p), percentile(&measured[1], p));
+        rows.push(Row {
+            metric: format!("added latency {name} at {rate} req/s, open loop (through Wharf)"),
+            wharf,
+            baseline: Some(direct),
+            baseline_name: format!(
+                "direct to the instance, interleaved; Wharf adds {:.3} ms{}",
+                wharf - direct,
+                if name == "p50" { " (target: 0.1 ms)" } else { "" }
+            ),
+            unit: "ms",
+            higher_is_better: false,
+        });
+        if let Some(nginx) = measured.get(2) {
+            let nginx = percentile(nginx, p);
+            rows.push(Row {
+                metric: format!("added latency {name} at {rate} req/s, open loop (vs nginx)"),
+                wharf,
+                baseline: Some(nginx),
+                baseline_name: format!("through nginx, interleaved; nginx adds {:.3} ms", nginx - direct),
+                unit: "ms",
+                higher_is_better: false,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// `wharf-bench proxy`: a fresh server, one warm service, the rows above.
+pub async fn run(rounds: usize, seconds: u64) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
+    let image = wharf_testsupport::testapp_image(work.path(), "bench")?;
+    let server = WharfServer::start_with_env(
+        &crate::system::wharf_binary()?,
+        &[("WHARF_IDLE_TIMEOUT", "1s"), ("WHARF_LOG", "warn")],
+    )?;
+    cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
+    let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
+    let warm = deploy_warm(&server, &image_ref, "warm").await?;
+    let mut rows = throughput_rows(&warm, work.path(), rounds, &format!("{seconds}s"))?;
+    rows.extend(added_latency_rows(&warm, work.path(), 1000, 10).await?);
+    crate::system::print_table(&rows);
+    Ok(())
+}
