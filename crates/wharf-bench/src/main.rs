@@ -17,7 +17,7 @@
 //!
 //! `proxy [--rounds 5] [--seconds 5]`: the warm proxy rows of `all` alone, in more alternating
 //! rounds: Wharf, direct, nginx and HAProxy throughput, and the latency added at 1,000 req/s
-//! (see `proxy.rs`).
+//! (see `proxy.rs`), and the real app row (Flask on gunicorn, `realapp.rs`).
 //!
 //! `cpu [--smoke]`: the CPU allocation rows of `all` alone (idle CPU, thaw latency; `cpu.rs`).
 //!
@@ -36,6 +36,7 @@ mod logquery;
 mod openloop;
 mod protocols;
 mod proxy;
+mod realapp;
 mod system;
 
 use std::path::PathBuf;

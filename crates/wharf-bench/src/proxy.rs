@@ -13,7 +13,7 @@ use std::time::Duration;
 use wharf_testsupport::{WharfServer, service_host};
 
 use crate::baselines::{ReverseProxy, thread_cpu_seconds};
-use crate::system::{Row, cli, instance_address, percentile, which, wrk};
+use crate::system::{Row, cli, instance_address, percentile, which, wrk, wrk_with};
 
 /// A warm service to measure: Wharf's ingress with the service's host and a token, and the
 /// address of its one instance.
@@ -147,7 +147,7 @@ pub fn throughput_rows(warm: &Warm<'_>, dir: &Path, rounds: usize, duration: &st
 /// in one run ([`crate::openloop`]).
 pub async fn added_latency_rows(warm: &Warm<'_>, dir: &Path, rate: u32, seconds: u64) -> anyhow::Result<Vec<Row>> {
     use crate::openloop::{Target, latencies};
-    let nginx = if which("nginx") { Some(ReverseProxy::nginx(dir, &warm.direct)?) } else { None };
+    let nginx = nginx_if_there(dir, &warm.direct);
     let mut targets = vec![
         Target { url: warm.ingress(), host: Some(warm.host.clone()), token: Some(warm.server.token.clone()) },
         Target { url: format!("http://{}/", warm.direct), host: None, token: None },
@@ -189,6 +189,53 @@ pub async fn added_latency_rows(warm: &Warm<'_>, dir: &Path, rate: u32, seconds:
     Ok(rows)
 }
 
+/// Latency of one request at a time over one kept-alive connection (wrk, one connection),
+/// through Wharf, straight to the instance and through nginx, in alternating rounds: the
+/// latency each hop adds with no queueing and no client connection pool in the picture.
+pub fn sequential_rows(warm: &Warm<'_>, dir: &Path, rounds: usize, duration: &str) -> anyhow::Result<Vec<Row>> {
+    if !which("wrk") {
+        return Ok(Vec::new());
+    }
+    let (mut wharf, mut direct, mut nginx) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        wharf.push(wrk_with(&warm.ingress(), Some((&warm.host, &warm.server.token)), duration, 1)?["p50_ms"]);
+        direct.push(wrk_with(&format!("http://{}/", warm.direct), None, duration, 1)?["p50_ms"]);
+        if let Some(proxy) = nginx_if_there(dir, &warm.direct) {
+            nginx.push(wrk_with(&proxy.url(), None, duration, 1)?["p50_ms"]);
+        }
+    }
+    let (wharf, direct) = (percentile(&wharf, 0.5), percentile(&direct, 0.5));
+    let mut rows = vec![Row {
+        metric: "added latency p50, one connection, one request at a time (through Wharf)".into(),
+        wharf,
+        baseline: Some(direct),
+        baseline_name: format!("direct to the instance, median of {rounds}; Wharf adds {:.3} ms", wharf - direct),
+        unit: "ms",
+        higher_is_better: false,
+    }];
+    if !nginx.is_empty() {
+        let nginx = percentile(&nginx, 0.5);
+        rows.push(Row {
+            metric: "added latency p50, one connection, one request at a time (vs nginx)".into(),
+            wharf,
+            baseline: Some(nginx),
+            baseline_name: format!("through nginx, median of {rounds}; nginx adds {:.3} ms", nginx - direct),
+            unit: "ms",
+            higher_is_better: false,
+        });
+    }
+    Ok(rows)
+}
+
+/// nginx in front of `upstream`, or `None` (said on stderr) when it is not installed or does
+/// not start: the Wharf rows are still measured.
+fn nginx_if_there(dir: &Path, upstream: &str) -> Option<ReverseProxy> {
+    if !which("nginx") {
+        return None;
+    }
+    ReverseProxy::nginx(dir, upstream).map_err(|error| eprintln!("nginx did not start, skipped: {error:#}")).ok()
+}
+
 /// `wharf-bench proxy`: a fresh server, one warm service, the rows above.
 pub async fn run(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
@@ -201,7 +248,9 @@ pub async fn run(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
     let warm = deploy_warm(&server, &image_ref, "warm").await?;
     let mut rows = throughput_rows(&warm, work.path(), rounds, &format!("{seconds}s"))?;
+    rows.extend(sequential_rows(&warm, work.path(), rounds, "3s")?);
     rows.extend(added_latency_rows(&warm, work.path(), 1000, 10).await?);
+    rows.extend(crate::realapp::rows(&server, work.path(), rounds, &format!("{seconds}s")).await?);
     crate::system::print_table(&rows);
     Ok(())
 }

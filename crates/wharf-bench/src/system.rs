@@ -5,7 +5,8 @@
 //!    of the same rootfs until its port answers, and Wharf's own runtime start (no proxy);
 //! 2. warm proxy throughput and latency at 64 connections (wrk) through the ingress, against
 //!    the same instance reached directly and through nginx and HAProxy, and the latency added
-//!    at a moderate fixed rate (`proxy.rs`);
+//!    at a moderate fixed rate (`proxy.rs`); a Flask app on gunicorn through Wharf against
+//!    direct (`realapp.rs`);
 //! 3. `wharf run deploy` of a new revision (cached image) until its URL serves it;
 //! 4. scale-out: 0 to 200 concurrent slow requests at concurrency 10;
 //! 5. Wharf's memory (server growth and helper processes, PSS) per idle instance;
@@ -155,8 +156,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let direct = warm.direct.clone();
     let (rounds, duration) = if options.smoke { (1, "1s") } else { (3, "5s") };
     rows.extend(crate::proxy::throughput_rows(&warm, work.path(), rounds, duration)?);
+    rows.extend(crate::proxy::sequential_rows(&warm, work.path(), rounds, if options.smoke { "1s" } else { "3s" })?);
     let (rate, seconds) = if options.smoke { (200, 1) } else { (1000, 10) };
     rows.extend(crate::proxy::added_latency_rows(&warm, work.path(), rate, seconds).await?);
+    rows.extend(crate::realapp::rows(&server, work.path(), rounds, duration).await?);
     if which("h2load") && which("nginx") {
         // A failed HTTPS run is reported and the other rows still measured (a release run
         // once saw 4 of 16 h2 connections fail; `wharf-bench protocols` is its closer look).
@@ -317,13 +320,25 @@ pub(crate) fn instance_address(server: &WharfServer, service: &str) -> anyhow::R
     bail!("no running instance of {service}")
 }
 
+/// wrk at 64 connections (2 threads) for `duration`: requests per second, p50 and p99.
 pub(crate) fn wrk(
     url: &str,
     host: Option<(&str, &str)>,
     duration: &str,
 ) -> anyhow::Result<BTreeMap<&'static str, f64>> {
+    wrk_with(url, host, duration, 64)
+}
+
+/// wrk with `connections` connections (at most 2 threads).
+pub(crate) fn wrk_with(
+    url: &str,
+    host: Option<(&str, &str)>,
+    duration: &str,
+    connections: usize,
+) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", "-c64", "-d", duration, "--latency"]);
+    let threads = connections.clamp(1, 2);
+    cmd.args([&format!("-t{threads}"), &format!("-c{connections}"), "-d", duration, "--latency"]);
     if let Some((h, token)) = host {
         cmd.args(["-H", &format!("Host: {h}"), "-H", &format!("Authorization: Bearer {token}")]);
     }
@@ -339,6 +354,19 @@ pub(crate) fn wrk(
     m.insert("rps", value("Requests/sec:").context("wrk printed no Requests/sec")?);
     m.insert("p50_ms", value("50%").context("wrk printed no 50% latency")?);
     m.insert("p99_ms", value("99%").context("wrk printed no 99% latency")?);
+    // Answers other than 2xx/3xx, and connect, read, write and timeout errors: a rate over
+    // failures would mean nothing, so callers check this.
+    let non_2xx = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let socket_errors: f64 = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("Socket errors:"))
+        .map(|rest| rest.split(',').filter_map(|part| part.split_whitespace().nth(1)?.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    m.insert("errors", non_2xx + socket_errors);
     Ok(m)
 }
 
