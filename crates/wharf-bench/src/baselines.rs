@@ -26,10 +26,36 @@ pub struct ReverseProxy {
 impl ReverseProxy {
     /// nginx with `worker_processes` = the number of cores.
     pub fn nginx(dir: &Path, upstream: &str) -> anyhow::Result<ReverseProxy> {
+        ReverseProxy::start_nginx(&dir.join("nginx"), upstream, "", "", "nginx")
+    }
+
+    /// nginx terminating TLS (HTTP/2 and HTTP/1.1) with `cert` and `key` (PEM), as the HTTPS
+    /// ingress's baseline.
+    pub fn nginx_tls(dir: &Path, cert: &str, key: &str, upstream: &str) -> anyhow::Result<ReverseProxy> {
+        let prefix = dir.join("nginx-tls");
+        std::fs::create_dir_all(&prefix)?;
+        std::fs::write(prefix.join("cert.pem"), cert)?;
+        std::fs::write(prefix.join("key.pem"), key)?;
+        let tls = format!(
+            "ssl_certificate {p}/cert.pem; ssl_certificate_key {p}/key.pem; ssl_protocols TLSv1.2 TLSv1.3;",
+            p = prefix.display()
+        );
+        ReverseProxy::start_nginx(&prefix, upstream, " ssl http2", &tls, "nginx (TLS)")
+    }
+
+    /// nginx under `prefix`, listening with `listen_options` and `server_directives` added.
+    fn start_nginx(
+        prefix: &Path,
+        upstream: &str,
+        listen_options: &str,
+        server_directives: &str,
+        name: &'static str,
+    ) -> anyhow::Result<ReverseProxy> {
         let port = free_port()?;
-        let prefix = dir.join("nginx");
         std::fs::create_dir_all(prefix.join("logs"))?;
         let conf = prefix.join("nginx.conf");
+        let forwarded_proto =
+            if listen_options.contains("ssl") { " proxy_set_header X-Forwarded-Proto https;" } else { "" };
         std::fs::write(
             &conf,
             format!(
@@ -37,8 +63,8 @@ impl ReverseProxy {
                  events {{ worker_connections 1024; }}
                  http {{ access_log off; keepalive_requests 1000000;
                    upstream app {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
-                   server {{ listen 127.0.0.1:{port};
-                     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}",
+                   server {{ listen 127.0.0.1:{port}{listen_options}; {server_directives}
+                     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";{forwarded_proto} }} }} }}",
                 cores = cores(),
                 p = prefix.display()
             ),
@@ -49,7 +75,7 @@ impl ReverseProxy {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start nginx")?;
-        ReverseProxy { name: "nginx", port, process }.ready()
+        ReverseProxy { name, port, process }.ready()
     }
 
     /// HAProxy with `nbthread` = the number of cores.

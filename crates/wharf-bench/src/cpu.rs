@@ -76,14 +76,9 @@ async fn get(
 /// `wharf-bench cpu`: these rows alone, on a server of their own.
 pub async fn run(smoke: bool) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
-    let image = wharf_testsupport::testapp_image(work.path(), "bench")?;
-    let server = WharfServer::start_with_env(
-        &crate::system::wharf_binary()?,
-        &[("WHARF_IDLE_TIMEOUT", "1s"), ("WHARF_LOG", "warn")],
-    )?;
-    cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
+    let (server, image_ref) = crate::system::bench_server(work.path())?;
     let client = server.client_builder().timeout(Duration::from_secs(60)).build()?;
-    let rows = rows(&server, &client, &format!("{}/bench:v1", server.addrs.registry_addr), smoke).await?;
+    let rows = rows(&server, &client, &image_ref, smoke).await?;
     crate::system::print_table(&rows);
     Ok(())
 }

@@ -60,6 +60,16 @@ fn main() -> anyhow::Result<()> {
         .transpose()
         .context("--runs takes a number")?
         .unwrap_or(20);
+    // `--flag N`, or `default` when the flag is absent.
+    let number = |flag: &str, default: usize| -> anyhow::Result<usize> {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|n| n.parse::<usize>())
+            .transpose()
+            .with_context(|| format!("{flag} takes a number"))
+            .map(|n| n.unwrap_or(default))
+    };
     match args.first().map(String::as_str) {
         Some("start") => tokio::runtime::Runtime::new()?.block_on(instance_start(runs)),
         Some("all") => {
@@ -85,52 +95,20 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(instances::run(count, smoke, wharf))
         }
         Some("proxy") => {
-            let number = |flag: &str, default: usize| -> anyhow::Result<usize> {
-                args.iter()
-                    .position(|a| a == flag)
-                    .and_then(|i| args.get(i + 1))
-                    .map(|n| n.parse::<usize>())
-                    .transpose()
-                    .with_context(|| format!("{flag} takes a number"))
-                    .map(|n| n.unwrap_or(default))
-            };
             let (rounds, seconds) = (number("--rounds", 5)?, number("--seconds", 5)?);
             tokio::runtime::Runtime::new()?.block_on(proxy::run(rounds, u64::try_from(seconds)?))
         }
         Some("cpu") => tokio::runtime::Runtime::new()?.block_on(cpu::run(args.iter().any(|a| a == "--smoke"))),
         Some("protocols") => {
-            let requests = args
-                .iter()
-                .position(|a| a == "--requests")
-                .and_then(|i| args.get(i + 1))
-                .map(|n| n.parse::<usize>())
-                .transpose()
-                .context("--requests takes a number")?
-                .unwrap_or(20_000);
+            let requests = number("--requests", 20_000)?;
             tokio::runtime::Runtime::new()?.block_on(protocols::run(requests))
         }
         Some("flood") => {
-            let number = |flag: &str, default: usize| -> anyhow::Result<usize> {
-                args.iter()
-                    .position(|a| a == flag)
-                    .and_then(|i| args.get(i + 1))
-                    .map(|n| n.parse::<usize>())
-                    .transpose()
-                    .with_context(|| format!("{flag} takes a number"))
-                    .map(|n| n.unwrap_or(default))
-            };
             let (clients, rounds, waves) = (number("--clients", 1000)?, number("--rounds", 3)?, number("--waves", 3)?);
             tokio::runtime::Runtime::new()?.block_on(flood::run(clients, rounds, waves))
         }
         Some("logs") => {
-            let entries = args
-                .iter()
-                .position(|a| a == "--entries")
-                .and_then(|i| args.get(i + 1))
-                .map(|n| n.parse::<usize>())
-                .transpose()
-                .context("--entries takes a number")?
-                .unwrap_or(1_000_000);
+            let entries = number("--entries", 1_000_000)?;
             let rows = tokio::runtime::Runtime::new()?.block_on(logquery::rows(entries))?;
             system::print_table(&rows);
             Ok(())

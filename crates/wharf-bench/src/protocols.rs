@@ -112,59 +112,6 @@ pub async fn run(requests: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// nginx terminating TLS on a free loopback port with `cert`/`key`, proxying to `upstream`;
-/// stopped (SIGTERM, so its workers go too) when dropped.
-struct NginxTls {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl NginxTls {
-    fn start(dir: &std::path::Path, cert: &str, key: &str, upstream: &str) -> anyhow::Result<NginxTls> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let prefix = dir.join("nginx-tls");
-        std::fs::create_dir_all(prefix.join("logs"))?;
-        std::fs::write(prefix.join("cert.pem"), cert)?;
-        std::fs::write(prefix.join("key.pem"), key)?;
-        let conf = prefix.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "worker_processes 2; pid {p}/nginx.pid; error_log {p}/logs/error.log;
-                 events {{ worker_connections 1024; }}
-                 http {{ access_log off; keepalive_requests 1000000;
-                   upstream app {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
-                   server {{ listen 127.0.0.1:{port} ssl http2;
-                     ssl_certificate {p}/cert.pem; ssl_certificate_key {p}/key.pem;
-                     ssl_protocols TLSv1.2 TLSv1.3;
-                     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";
-                       proxy_set_header X-Forwarded-Proto https; }} }} }}",
-                p = prefix.display()
-            ),
-        )?;
-        let child = Command::new("nginx")
-            .args(["-p", &prefix.to_string_lossy(), "-c", &conf.to_string_lossy(), "-g", "daemon off;"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("cannot start nginx")?;
-        let nginx = NginxTls { child, port };
-        crate::system::wait_for("nginx (TLS)", Duration::from_secs(5), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })?;
-        Ok(nginx)
-    }
-}
-
-impl Drop for NginxTls {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
 /// HTTPS through Wharf's ingress (`https`, the service's `host`, the owner's `token`) vs nginx
 /// terminating TLS to the same instance (`direct`), in this run: requests per second over h2
 /// and HTTP/1.1 (16 connections), and new TLS connections per second (one request each).
@@ -178,7 +125,7 @@ pub(crate) fn tls_rows(
     let https = server.addrs.https_addr.clone().context("the server wrote no httpsAddr")?;
     let ca = wharf_router::tls::LocalCa::open(&server.data_dir().join("tls"))?;
     let (cert, key) = ca.issue_pem(host)?;
-    let nginx = NginxTls::start(dir, &cert, &key, direct)?;
+    let nginx = crate::baselines::ReverseProxy::nginx_tls(dir, &cert, &key, direct)?;
     let nginx_addr = format!("127.0.0.1:{}", nginx.port);
     let auth = [format!("authorization: Bearer {}", server.token)];
     let url = format!("https://{host}/");

@@ -239,13 +239,7 @@ fn nginx_if_there(dir: &Path, upstream: &str) -> Option<ReverseProxy> {
 /// `wharf-bench proxy`: a fresh server, one warm service, the rows above.
 pub async fn run(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
-    let image = wharf_testsupport::testapp_image(work.path(), "bench")?;
-    let server = WharfServer::start_with_env(
-        &crate::system::wharf_binary()?,
-        &[("WHARF_IDLE_TIMEOUT", "1s"), ("WHARF_LOG", "warn")],
-    )?;
-    cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
-    let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
+    let (server, image_ref) = crate::system::bench_server(work.path())?;
     let warm = deploy_warm(&server, &image_ref, "warm").await?;
     let mut rows = throughput_rows(&warm, work.path(), rounds, &format!("{seconds}s"))?;
     rows.extend(sequential_rows(&warm, work.path(), rounds, "3s")?);

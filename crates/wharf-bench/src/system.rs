@@ -58,6 +58,16 @@ pub(crate) fn wharf_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A fresh server for one subcommand's rows (idle timeout 1 s) with the testapp image
+/// imported as `bench:v1`; returns it and the image's reference. `work` holds the image.
+pub(crate) fn bench_server(work: &Path) -> anyhow::Result<(WharfServer, String)> {
+    let image = wharf_testsupport::testapp_image(work, "bench")?;
+    let server = WharfServer::start_with_env(&wharf_binary()?, &[("WHARF_IDLE_TIMEOUT", "1s"), ("WHARF_LOG", "warn")])?;
+    cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
+    let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
+    Ok((server, image_ref))
+}
+
 pub(crate) fn cli(server: &WharfServer, args: &[&str]) -> anyhow::Result<String> {
     let out = server.cli(args)?;
     if !out.status.success() {
