@@ -147,7 +147,7 @@ impl Drop for ReverseProxy {
 }
 
 /// User and system CPU time of processes `pids` (all their threads) so far, in seconds.
-pub fn cpu_seconds(pids: &[u32]) -> f64 {
+fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().map(|pid| cpu_seconds_of(&format!("/proc/{pid}/stat"))).sum()
 }
 

@@ -272,12 +272,6 @@ impl LogStore {
         let _ = self.control.send(Control::Line(Box::new(entry)));
     }
 
-    /// Records a prebuilt entry as is, outside any rate budget: the caller bounds what it
-    /// records. Its `id` is assigned when it is stored.
-    pub fn record(&self, entry: LogEntry) {
-        let _ = self.control.send(Control::Line(Box::new(entry)));
-    }
-
     /// A queue of prebuilt entries (request log entries, say) of its own, holding up to
     /// `capacity` entries: the writer takes from it in turn with the instances' queues, and a
     /// full queue makes its sender wait (back-pressure) rather than grow.
