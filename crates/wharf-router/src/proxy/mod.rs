@@ -146,6 +146,11 @@ async fn serve_on(
 /// user would silently join the first one's group and take half its connections.
 pub fn bind_ingress(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+    listen_shared(addr)
+}
+
+/// A listening socket on `addr` with `SO_REUSEPORT`, joining the other sockets on it.
+fn listen_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
@@ -161,17 +166,10 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// it) clones of `socket`, from which the workers accept in turn.
 fn worker_sockets(socket: std::net::TcpListener, threads: usize) -> Vec<std::net::TcpListener> {
     let mut sockets = Vec::with_capacity(threads);
-    let sibling = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
-        let sibling = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-        sibling.set_reuseaddr(true)?;
-        sibling.set_reuseport(true)?;
-        sibling.bind(addr)?;
-        sibling.listen(LISTEN_BACKLOG)?.into_std()
-    };
     let addr = socket.local_addr();
     for _ in 1..threads {
         let next = match &addr {
-            Ok(addr) => sibling(*addr).or_else(|_| socket.try_clone()),
+            Ok(addr) => listen_shared(*addr).and_then(TcpListener::into_std).or_else(|_| socket.try_clone()),
             Err(_) => socket.try_clone(),
         };
         match next {
