@@ -29,9 +29,14 @@ impl Warm<'_> {
     }
 }
 
-/// Deploys `service` with one instance always there and CPU always on (the direct and
+/// Deploys `service` with exactly one instance, always there, CPU always on (the direct and
 /// baseline runs reach the instance without the router, which would find a throttled
 /// instance frozen), waits for it to serve, and finds its address.
+///
+/// One instance at most: 64 connections are above the autoscaler's aim of 0.7 x 80
+/// concurrent requests per instance, so Wharf would otherwise start a second instance during
+/// its own rounds (twice the app's CPU against the baselines' one instance) and might stop the
+/// first one afterwards, leaving the direct runs a dead address.
 pub async fn deploy_warm<'a>(server: &'a WharfServer, image_ref: &str, service: &str) -> anyhow::Result<Warm<'a>> {
     cli(
         server,
@@ -44,6 +49,8 @@ pub async fn deploy_warm<'a>(server: &'a WharfServer, image_ref: &str, service: 
             "--project",
             "bench",
             "--min-instances",
+            "1",
+            "--max-instances",
             "1",
             "--no-cpu-throttling",
         ],

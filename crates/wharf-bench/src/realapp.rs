@@ -23,8 +23,9 @@ def index():
     return jsonify(message="hello from flask", service="realapp")
 "#;
 
-/// Builds and imports the image, deploys it warm (one instance always there, CPU always on,
-/// so the direct runs find it running), and measures it.
+/// Builds and imports the image, deploys it warm (exactly one instance, always there, CPU
+/// always on, so the direct runs find it running: see [`crate::proxy::deploy_warm`]), and
+/// measures it. The instance's address is checked again after each round through Wharf.
 pub async fn rows(server: &WharfServer, dir: &Path, rounds: usize, duration: &str) -> anyhow::Result<Vec<Row>> {
     if !which("wrk") {
         return Ok(Vec::new());
@@ -43,6 +44,8 @@ pub async fn rows(server: &WharfServer, dir: &Path, rounds: usize, duration: &st
             "--project",
             "bench",
             "--min-instances",
+            "1",
+            "--max-instances",
             "1",
             "--no-cpu-throttling",
             "--command",
@@ -63,6 +66,10 @@ pub async fn rows(server: &WharfServer, dir: &Path, rounds: usize, duration: &st
             [(&mut through, &ingress, Some((host.as_str(), server.token.as_str()))), (&mut straight, &direct, None)]
         {
             // wrk counts failed answers in its rate: a run with failures is reported, not hidden.
+            anyhow::ensure!(
+                format!("http://{}/", crate::system::instance_address(server, "realapp")?) == direct,
+                "the realapp instance changed during the benchmark: the direct runs would miss it"
+            );
             let run = wrk(url, auth, duration)?;
             failed += run["errors"];
             results.push(run["rps"]);
