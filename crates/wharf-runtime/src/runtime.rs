@@ -76,6 +76,9 @@ pub(crate) struct Inner {
     pub(crate) network: Network,
     pub(crate) logs: LogStore,
     pub(crate) cgroups: CgroupParent,
+    /// Keeps the v1 freezer's static key on, so thaws and freezes stay cheap; released at
+    /// shutdown, before the parent cgroup is removed.
+    freezer_anchor: Mutex<Option<crate::cgroup::FreezerAnchor>>,
     pub(crate) admission: Admission,
     /// Launches (rootfs, network, container) under way at once: a burst of starts queues here
     /// instead of forking hundreds of shims together (`LAUNCHES_PER_CORE`).
@@ -123,6 +126,10 @@ impl Runtime {
         }
         let cgroups = CgroupParent::new(&config.cgroup_parent, config.instance_limits)?;
         cgroups.setup()?;
+        let freezer_anchor = crate::cgroup::FreezerAnchor::hold(&cgroups).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no freezer anchor: thawing throttled instances costs more");
+            None
+        });
         tracing::info!(
             parent = %cgroups.path, memory = config.instance_limits.memory_bytes,
             cpu_millis = config.instance_limits.cpu_millis, "instance cgroup parent ready"
@@ -142,6 +149,7 @@ impl Runtime {
                 LAUNCHES_PER_CORE * std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             ),
             cgroups,
+            freezer_anchor: Mutex::new(freezer_anchor),
             instances: Mutex::default(),
             callers: Mutex::default(),
         };
@@ -193,6 +201,7 @@ impl Runtime {
         self.inner.supervisor.close().await;
         crate::rootfs::unmount_instances_mount_point(&self.inner.instances_dir);
         self.inner.network.teardown_host().await;
+        drop(self.inner.freezer_anchor.lock().unwrap_or_else(|p| p.into_inner()).take());
         self.inner.cgroups.remove_if_unused();
         self.inner.logs.flush().await;
     }
