@@ -1,4 +1,4 @@
-# What thawing a cgroup costs by itself, outside Wharf (docs/benchmarks.md, "Thaw, round 2").
+# What thawing a cgroup costs by itself, outside Wharf (docs/benchmarks.md, "Round 4").
 # A one-thread echo server in a v1 freezer cgroup; each trial idles 50 ms, then one byte's round
 # trip warm (never frozen), then again after freezing the cgroup, with `THAWED` written just
 # before the send. ANCHOR=1 keeps a second, empty cgroup frozen meanwhile (what Wharf's

@@ -25,7 +25,7 @@ def index():
 
 /// Builds and imports the image, deploys it warm (exactly one instance, always there, CPU
 /// always on, so the direct runs find it running: see [`crate::proxy::deploy_warm`]), and
-/// measures it. The instance's address is checked again after each round through Wharf.
+/// measures it. Before each run the instance's address is checked to be the one measured.
 pub async fn rows(server: &WharfServer, dir: &Path, rounds: usize, duration: &str) -> anyhow::Result<Vec<Row>> {
     if !which("wrk") {
         return Ok(Vec::new());

@@ -345,9 +345,9 @@ impl Freezer {
 /// The v1 freezer switches a kernel static key (`freezer_active`) on when the first cgroup of
 /// the machine starts freezing and off when the last one thaws, and flipping a static key
 /// patches kernel code on every CPU. With one throttled instance, each thaw and each freeze
-/// flipped it: a `THAWED` write took 359-379 us at p50, against 199-224 us with this anchor
+/// flipped it: a `THAWED` write took 359-426 us at p50, against 199-248 us with this anchor
 /// holding the key on (`scripts/freezer-thaw.py`, 100 trials, a one-thread echo server;
-/// `docs/benchmarks.md`, "Thaw, round 2"). The anchor holds no process, so freezing it stops
+/// `docs/benchmarks.md`, "Round 4"). The anchor holds no process, so freezing it stops
 /// nothing. The v2 freezer has no such key (cgroup.freeze: ~210 us without an anchor), so
 /// [`FreezerAnchor::hold`] makes none there.
 ///
