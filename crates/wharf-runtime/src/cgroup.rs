@@ -380,7 +380,8 @@ impl FreezerAnchor {
     }
 
     /// The anchor's cgroup directory.
-    pub fn dir(&self) -> &Path {
+    #[cfg(test)]
+    fn dir(&self) -> &Path {
         &self.dir
     }
 }

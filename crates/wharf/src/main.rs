@@ -126,7 +126,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(u8::try_from(wharf_runtime::supervisor::run(state_root)).unwrap_or(1));
     }
     // The per-instance container helper the supervisor starts, one per instance start: it
-    // skips the CLI's parser too (building clap's whole command tree cost ~0.6 ms of each
+    // skips the CLI's parser too (building clap's whole command tree cost about 1 ms of each
     // start's CPU). It forks containers, so it stays single-threaded: no async runtime.
     if raw.get(1).map(String::as_str) == Some("shim") {
         let Some(shim) = shim_args(&raw[2..]) else {
