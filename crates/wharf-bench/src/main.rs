@@ -98,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             let (rounds, seconds) = (number("--rounds", 5)?, number("--seconds", 5)?);
             tokio::runtime::Runtime::new()?.block_on(proxy::run(rounds, u64::try_from(seconds)?))
         }
+        Some("cold") => tokio::runtime::Runtime::new()?.block_on(system::cold(number("--runs", 30)?)),
         Some("cpu") => tokio::runtime::Runtime::new()?.block_on(cpu::run(args.iter().any(|a| a == "--smoke"))),
         Some("protocols") => {
             let requests = number("--requests", 20_000)?;
@@ -114,7 +115,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: wharf-bench start [--runs N] | wharf-bench all [--smoke] [--out FILE] | \
+            "usage: wharf-bench start [--runs N] | wharf-bench cold [--runs N] | wharf-bench all [--smoke] [--out FILE] | \
              wharf-bench flood [--clients N] [--rounds N] [--waves N] | wharf-bench logs [--entries N] | \
              wharf-bench protocols [--requests N] | wharf-bench proxy [--rounds N] [--seconds N] | wharf-bench cpu [--smoke] | \
              wharf-bench instances [--count N] [--smoke] [--wharf PATH]"

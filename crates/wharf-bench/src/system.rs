@@ -115,6 +115,50 @@ async fn first_byte(client: &reqwest::Client, url: &str, host: Option<&str>) -> 
     Ok(elapsed)
 }
 
+/// Cold starts of a service scaled to zero, to the first response byte through the ingress,
+/// `trials` times, against `runc run` of the same rootfs in the same run: p50, p90 and p99.
+async fn cold_rows(
+    server: &WharfServer,
+    image: &wharf_testsupport::TestImage,
+    client: &reqwest::Client,
+    trials: usize,
+    dir: &Path,
+) -> anyhow::Result<Vec<Row>> {
+    let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
+    let ingress = format!("http://{}/", server.addrs.ingress_addr);
+    let host = &service_host("cold", "bench");
+    cli(server, &["run", "deploy", "cold", "--image", &image_ref, "--project", "bench"])?;
+    let mut cold = Vec::new();
+    for _ in 0..trials {
+        wait_for("scale to zero", Duration::from_secs(30), || instances(server, "cold") == 0)?;
+        cold.push(first_byte(client, &ingress, Some(host)).await?.as_secs_f64() * 1000.0);
+    }
+    let runc = runc_baseline(dir, image, trials).ok();
+    Ok([(0.5, "p50"), (0.9, "p90"), (0.99, "p99")]
+        .into_iter()
+        .map(|(p, name)| Row {
+            metric: format!("cold start to first byte, {name}"),
+            wharf: percentile(&cold, p),
+            baseline: runc.as_ref().map(|r| percentile(r, p)),
+            baseline_name: "runc run until port answers".into(),
+            unit: "ms",
+            higher_is_better: false,
+        })
+        .collect())
+}
+
+/// `wharf-bench cold`: the cold start rows of `all` alone, on a fresh server.
+pub async fn cold(trials: usize) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
+    let image = wharf_testsupport::testapp_image(work.path(), "bench")?;
+    let server = WharfServer::start_with_env(&wharf_binary()?, &[("WHARF_IDLE_TIMEOUT", "1s"), ("WHARF_LOG", "warn")])?;
+    cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
+    let client = server.client_builder().timeout(Duration::from_secs(60)).build()?;
+    let rows = cold_rows(&server, &image, &client, trials, work.path()).await?;
+    print_table(&rows);
+    Ok(())
+}
+
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let trials = if options.smoke { 3 } else { 30 };
     let many = if options.smoke { 20 } else { 1000 };
@@ -132,7 +176,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
     let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
     let ingress = format!("http://{}/", server.addrs.ingress_addr);
-    let host = &service_host("cold", "bench");
     // Services are private: the owner's token rides on every request, so the ingress rows
     // include the invoker check.
     let client = server.client_builder().timeout(Duration::from_secs(60)).build()?;
@@ -142,23 +185,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let memory_row = crate::instances::memory_row(&server, &image_ref, if options.smoke { 2 } else { 10 }).await?;
 
     // 1. Cold start.
-    cli(&server, &["run", "deploy", "cold", "--image", &image_ref, "--project", "bench"])?;
-    let mut cold = Vec::new();
-    for _ in 0..trials {
-        wait_for("scale to zero", Duration::from_secs(30), || instances(&server, "cold") == 0)?;
-        cold.push(first_byte(&client, &ingress, Some(host)).await?.as_secs_f64() * 1000.0);
-    }
-    let runc = runc_baseline(work.path(), &image, trials).ok();
-    for (p, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
-        rows.push(Row {
-            metric: format!("cold start to first byte, {name}"),
-            wharf: percentile(&cold, p),
-            baseline: runc.as_ref().map(|r| percentile(r, p)),
-            baseline_name: "runc run until port answers".into(),
-            unit: "ms",
-            higher_is_better: false,
-        });
-    }
+    rows.extend(cold_rows(&server, &image, &client, trials, work.path()).await?);
 
     // 2. Warm proxy (`proxy.rs`): throughput against the direct connection, nginx and HAProxy
     // in alternating rounds, and the latency added at a moderate fixed rate.

@@ -91,6 +91,13 @@ pub enum CgroupError {
     },
     #[error("the cgroup parent {0:?} is not a relative cgroup path like `wharf` or `wharf/test`")]
     BadParent(String),
+    #[error("cannot set the options {options:?} on the cgroup2 mount {mount_point}")]
+    Reconfigure {
+        mount_point: PathBuf,
+        options: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The parent cgroup of every instance of this server, with the server-wide limits.
@@ -421,6 +428,101 @@ fn remove_dead_anchors(parent_dir: &Path) {
     }
 }
 
+/// The cgroup v2 mount option that spares each instance start an RCU grace period.
+///
+/// Moving a process into a cgroup (a write to `cgroup.procs`, which libcontainer makes for
+/// every container) takes a machine-wide percpu rwsem for writing, and a writer of an idle
+/// percpu rwsem waits for a whole RCU grace period. On this machine that was 4.7-16.6 ms
+/// (14.5 ms at p50) per move, on v1 and v2 controllers alike, the largest single part of a
+/// cold start (`scripts/cgroup-attach.py`; `docs/benchmarks.md`, "Round 5"). With
+/// `favordynmods` on any cgroup root the kernel keeps that rwsem ready for writers (since
+/// Linux 6.18 it takes a per-process lock instead), and the same move takes 0.4-0.6 ms,
+/// at the price the kernel documents: forks and exits take a slower lock.
+pub const FAVOR_DYNMODS: &str = "favordynmods";
+
+/// The machine's cgroup v2 mount (the `unified` one of a hybrid layout), as
+/// `/proc/self/mountinfo` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup2Mount {
+    pub mount_point: PathBuf,
+    /// Its superblock options, e.g. `rw`, `nsdelegate`, `memory_recursiveprot`.
+    pub options: Vec<String>,
+}
+
+impl Cgroup2Mount {
+    /// The first mount of a cgroup2 hierarchy's root in this mount namespace, if any.
+    pub fn find() -> Option<Cgroup2Mount> {
+        parse_cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+    }
+
+    pub fn favors_dynmods(&self) -> bool {
+        self.options.iter().any(|o| o == FAVOR_DYNMODS)
+    }
+
+    /// Turns [`FAVOR_DYNMODS`] on or off, keeping every other option of the hierarchy: a
+    /// reconfiguration of cgroup2 applies the whole option set it is given, so the current
+    /// options are given again. Only the superblock is reconfigured (`fspick`, `fsconfig`):
+    /// the mount's own flags (`nosuid`, `nodev`, `noexec`) are not touched. Needs root in the
+    /// initial cgroup namespace, and Linux 6.0 or later for the option.
+    pub fn set_favor_dynmods(&self, on: bool) -> Result<(), CgroupError> {
+        use rustix::mount::{FsPickFlags, fsconfig_reconfigure, fsconfig_set_flag, fspick};
+        let mut options: Vec<&str> =
+            self.options.iter().map(String::as_str).filter(|o| !matches!(*o, "rw" | "ro" | FAVOR_DYNMODS)).collect();
+        if on {
+            options.push(FAVOR_DYNMODS);
+        }
+        let failed = |source: rustix::io::Errno| CgroupError::Reconfigure {
+            mount_point: self.mount_point.clone(),
+            options: options.join(","),
+            source: source.into(),
+        };
+        let fs = fspick(rustix::fs::CWD, &self.mount_point, FsPickFlags::FSPICK_CLOEXEC).map_err(failed)?;
+        for option in &options {
+            fsconfig_set_flag(&fs, *option).map_err(failed)?;
+        }
+        fsconfig_reconfigure(&fs).map_err(failed)
+    }
+}
+
+/// The first cgroup2 mount of a hierarchy's root in `mountinfo` (its format: proc(5)).
+fn parse_cgroup2_mount(mountinfo: &str) -> Option<Cgroup2Mount> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        let mut filesystem = filesystem.split(' ');
+        let (fstype, _source, options) = (filesystem.next()?, filesystem.next()?, filesystem.next()?);
+        let mount: Vec<&str> = mount.split(' ').collect();
+        if fstype != "cgroup2" || mount.get(3) != Some(&"/") {
+            return None;
+        }
+        Some(Cgroup2Mount {
+            mount_point: PathBuf::from(unescape_mountinfo(mount.get(4)?)),
+            options: options.split(',').map(str::to_owned).collect(),
+        })
+    })
+}
+
+/// A mountinfo path field with its octal escapes (`\040` for a space) decoded.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal =
+            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Thaws every cgroup of instance `id` found on the machine, so that its processes can be
 /// killed: a process frozen by the v1 freezer does not die of SIGKILL until it is thawed.
 /// For the instance supervisor, before it signals a container, and the start-up sweep.
@@ -561,6 +663,21 @@ pub fn kill_and_remove_directories(dirs: &[PathBuf]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_read_from_mountinfo_with_escapes_decoded() {
+        let mountinfo = "\
+25 30 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - tmpfs tmpfs ro,mode=755
+40 25 0:35 /sub /srv/delegated rw,relatime - cgroup2 cgroup2 rw
+34 25 0:29 / /sys/fs/cgroup/my\\040unified rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,favordynmods
+";
+        let mount = parse_cgroup2_mount(mountinfo).unwrap();
+        assert_eq!(mount.mount_point, PathBuf::from("/sys/fs/cgroup/my unified"));
+        assert_eq!(mount.options, ["rw", "nsdelegate", "favordynmods"]);
+        assert!(mount.favors_dynmods());
+        assert_eq!(parse_cgroup2_mount("25 30 0:23 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"), None);
+        assert_eq!(unescape_mountinfo("a\\134b\\0"), "a\\b\\0");
+    }
 
     #[test]
     fn default_memory_leaves_the_host_headroom() {

@@ -596,6 +596,11 @@ async fn instances_live_under_the_parent_cgroup_and_admission_holds_the_total() 
         ..config
     })
     .await;
+    // An open runtime has the cgroup2 mount favour moving processes between cgroups: without
+    // it each of these starts waits for an RCU grace period (wharf_runtime::cgroup::FAVOR_DYNMODS).
+    if let Some(mount) = wharf_runtime::cgroup::Cgroup2Mount::find() {
+        assert!(mount.favors_dynmods(), "{mount:?} lacks favordynmods while a runtime is open");
+    }
     let mut spec = h.spec("hello-00030-cap");
     spec.resources.memory_bytes = 128 << 20;
     let a = h.start(spec.clone()).await.unwrap();

@@ -14,6 +14,12 @@
 //! `/run/wharf/host-network.sysctl` before setting it to 1; the last one to leave writes the
 //! recorded value back. Everything else (proxy ARP, its delay, `route_localnet`, IPv6 off)
 //! is set on each instance's own host interface and dies with it.
+//!
+//! The cgroup v2 mount's `favordynmods` option ([`crate::cgroup::FAVOR_DYNMODS`]) is the other
+//! machine-wide setting, for instance starts rather than networking, kept here because it
+//! follows the same rule: registering turns it on (the first server records in
+//! `/run/wharf/host-network.cgroup` that it was off), and the last server to leave turns it off
+//! again if it was.
 
 use std::path::Path;
 
@@ -21,6 +27,7 @@ use std::net::Ipv4Addr;
 
 use super::nft::{self, Batch, Family};
 use super::{INGRESS_ADDR, METADATA_ADDR};
+use crate::cgroup::{Cgroup2Mount, FAVOR_DYNMODS};
 use crate::error::RuntimeError;
 
 /// The host ends of instance veths are all named `wh<id>`: rules match them by prefix.
@@ -42,6 +49,8 @@ const HOLDERS_LOCK: &str = "/run/wharf/host-network.lock";
 /// The value `net.ipv4.ip_forward` had before the first wharf server set it.
 const SAVED_SYSCTL: &str = "/run/wharf/host-network.sysctl";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// `favordynmods=0` when the cgroup2 mount did not have the option before the first server.
+const SAVED_CGROUP: &str = "/run/wharf/host-network.cgroup";
 
 /// Destinations an instance may never reach unless its service opts into them: "this"
 /// network, RFC 1918, CGNAT (RFC 6598), loopback, link-local (the cloud metadata address
@@ -314,8 +323,9 @@ pub(crate) fn live_holders() -> Vec<String> {
     live
 }
 
-/// Registers `holder`, recording `ip_forward` first if no live server holds the host side
-/// (and no record survives from a server that died holding it), then enables forwarding.
+/// Registers `holder`, recording `ip_forward` and the cgroup2 mount's `favordynmods` first if
+/// no live server holds the host side (and no record survives from a server that died holding
+/// it), then enables forwarding and turns `favordynmods` on.
 /// Call with the lock held. On error nothing is registered.
 pub(crate) fn register(holder: &str) -> Result<(), RuntimeError> {
     let first = live_holders().is_empty();
@@ -325,6 +335,13 @@ pub(crate) fn register(holder: &str) -> Result<(), RuntimeError> {
             .map_err(RuntimeError::io("record forwarding in", SAVED_SYSCTL))?;
     }
     std::fs::write(IP_FORWARD, "1").map_err(RuntimeError::io("enable forwarding in", IP_FORWARD))?;
+    if let Some(mount) = Cgroup2Mount::find().filter(|m| !m.favors_dynmods()) {
+        if first && !Path::new(SAVED_CGROUP).exists() {
+            std::fs::write(SAVED_CGROUP, format!("{FAVOR_DYNMODS}=0\n"))
+                .map_err(RuntimeError::io("record the cgroup2 options in", SAVED_CGROUP))?;
+        }
+        favor_dynamic_modifications(&mount);
+    }
     let path = Path::new(HOLDERS_DIR).join(holder);
     std::fs::write(&path, b"").map_err(RuntimeError::io("register in", &path))
 }
@@ -333,9 +350,34 @@ pub(crate) fn unregister(holder: &str) {
     let _ = std::fs::remove_file(Path::new(HOLDERS_DIR).join(holder));
 }
 
+/// Turns the cgroup2 mount's [`FAVOR_DYNMODS`] on; without it each instance start waits for
+/// an RCU grace period, which is logged, and instances still start.
+fn favor_dynamic_modifications(mount: &Cgroup2Mount) {
+    match mount.set_favor_dynmods(true) {
+        Ok(()) => {
+            tracing::info!(mount = %mount.mount_point.display(), "turned on {FAVOR_DYNMODS} on the cgroup2 mount")
+        }
+        Err(e) => tracing::warn!(
+            error = %e, cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(),
+            "cannot turn on {FAVOR_DYNMODS}: each instance start waits for an RCU grace period (several ms)"
+        ),
+    }
+}
+
 /// Writes back what [`register`] recorded. Call with the lock held, as the last server
 /// leaving, once no instance interface is left.
-pub(crate) fn restore_sysctls() {
+pub(crate) fn restore_settings() {
+    if let Ok(saved) = std::fs::read_to_string(SAVED_CGROUP) {
+        if saved.trim() == format!("{FAVOR_DYNMODS}=0")
+            && let Some(mount) = Cgroup2Mount::find().filter(Cgroup2Mount::favors_dynmods)
+        {
+            match mount.set_favor_dynmods(false) {
+                Ok(()) => tracing::info!("turned {FAVOR_DYNMODS} off again on the cgroup2 mount"),
+                Err(e) => tracing::warn!(error = %e, "cannot turn {FAVOR_DYNMODS} off again"),
+            }
+        }
+        let _ = std::fs::remove_file(SAVED_CGROUP);
+    }
     let Ok(saved) = std::fs::read_to_string(SAVED_SYSCTL) else { return };
     let value = saved.trim().strip_prefix("net.ipv4.ip_forward=").unwrap_or("");
     if value == "0" || value == "1" {
@@ -390,6 +432,33 @@ mod tests {
             .expect("nsenter and nft (scripts/test installs nftables)");
         assert!(out.status.success(), "nft list: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The cgroup2 mount's options, its mount flags included, as one mountinfo line.
+    fn mountinfo_line(mount: &Cgroup2Mount) -> String {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let point = format!(" {} ", mount.mount_point.display());
+        mountinfo.lines().find(|l| l.contains(&point) && l.contains(" - cgroup2 ")).unwrap().to_owned()
+    }
+
+    /// Under the host lock, so that no server registers or leaves meanwhile.
+    #[tokio::test]
+    async fn favordynmods_goes_on_and_off_and_nothing_else_of_the_cgroup2_mount_changes() {
+        if Cgroup2Mount::find().is_none() {
+            eprintln!("no cgroup2 mount on this machine: nothing to test");
+            return;
+        }
+        let _lock = lock_holders().await.unwrap();
+        let before = Cgroup2Mount::find().unwrap();
+        let line_before = mountinfo_line(&before);
+        let was_on = before.favors_dynmods();
+        before.set_favor_dynmods(!was_on).unwrap();
+        let toggled = Cgroup2Mount::find().unwrap();
+        let others = |m: &Cgroup2Mount| m.options.iter().filter(|o| *o != FAVOR_DYNMODS).cloned().collect::<Vec<_>>();
+        assert_eq!(toggled.favors_dynmods(), !was_on, "{toggled:?}");
+        assert_eq!(others(&toggled), others(&before));
+        toggled.set_favor_dynmods(was_on).unwrap();
+        assert_eq!(mountinfo_line(&Cgroup2Mount::find().unwrap()), line_before);
     }
 
     #[test]

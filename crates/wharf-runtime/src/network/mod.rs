@@ -287,7 +287,7 @@ impl Network {
         }
         if !instance_interfaces_exist() {
             host::remove_rules();
-            host::restore_sysctls();
+            host::restore_settings();
         }
     }
 
