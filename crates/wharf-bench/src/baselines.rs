@@ -119,14 +119,16 @@ backend app
     }
 
     /// wrk through it for `duration` (wrk's syntax, e.g. "5s"), with the CPU time the proxy
-    /// spent per request (`cpu_us_per_request`, its processes and their children).
+    /// spent per request (`cpu_us_per_request`, its processes and their children), and the
+    /// part of it spent in the kernel (`kernel_cpu_us_per_request`).
     pub fn wrk(&self, duration: &str) -> anyhow::Result<BTreeMap<&'static str, f64>> {
         let pids = with_children(self.process.id());
         let before = cpu_seconds(&pids);
         let mut result = wrk(&self.url(), None, duration)?;
-        let spent = cpu_seconds(&pids) - before;
+        let after = cpu_seconds(&pids);
         let requests = result["rps"] * result["seconds"];
-        result.insert("cpu_us_per_request", spent * 1e6 / requests.max(1.0));
+        result.insert("cpu_us_per_request", (after.total() - before.total()) * 1e6 / requests.max(1.0));
+        result.insert("kernel_cpu_us_per_request", (after.system - before.system) * 1e6 / requests.max(1.0));
         Ok(result)
     }
 
@@ -146,34 +148,61 @@ impl Drop for ReverseProxy {
     }
 }
 
-/// User and system CPU time of processes `pids` (all their threads) so far, in seconds.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    pids.iter().map(|pid| cpu_seconds_of(&format!("/proc/{pid}/stat"))).sum()
+/// CPU time so far, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTime {
+    pub user: f64,
+    /// In the kernel: system calls, and the network processing they run (on loopback, the
+    /// receiving side's too).
+    pub system: f64,
 }
 
-/// User and system CPU time in a `/proc/.../stat` file, in seconds (0 if it is gone).
-fn cpu_seconds_of(stat: &str) -> f64 {
+impl CpuTime {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::AddAssign for CpuTime {
+    fn add_assign(&mut self, other: CpuTime) {
+        self.user += other.user;
+        self.system += other.system;
+    }
+}
+
+/// User and system CPU time of processes `pids` (all their threads) so far.
+fn cpu_seconds(pids: &[u32]) -> CpuTime {
+    let mut sum = CpuTime::default();
+    for pid in pids {
+        sum += cpu_seconds_of(&format!("/proc/{pid}/stat"));
+    }
+    sum
+}
+
+/// User and system CPU time in a `/proc/.../stat` file (0 if it is gone).
+fn cpu_seconds_of(stat: &str) -> CpuTime {
     let ticks_per_second =
         nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|t| *t > 0).unwrap_or(100);
     let ticks = std::fs::read_to_string(stat).ok().and_then(|stat| {
         // Fields after the command name (which may hold spaces): state is field 3, utime and
         // stime are fields 14 and 15.
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        Some((fields.get(11)?.parse::<u64>().ok()?, fields.get(12)?.parse::<u64>().ok()?))
     });
-    ticks.unwrap_or(0) as f64 / ticks_per_second as f64
+    let (user, system) = ticks.unwrap_or((0, 0));
+    CpuTime { user: user as f64 / ticks_per_second as f64, system: system as f64 / ticks_per_second as f64 }
 }
 
-/// CPU time of process `pid`'s threads so far, in seconds, summed by thread name (Wharf's
+/// CPU time of process `pid`'s threads so far, summed by thread name (Wharf's
 /// `wharf-ingress-N` workers against the rest of the server).
-pub fn thread_cpu_seconds(pid: u32) -> BTreeMap<String, f64> {
-    let mut by_name = BTreeMap::new();
+pub fn thread_cpu_seconds(pid: u32) -> BTreeMap<String, CpuTime> {
+    let mut by_name: BTreeMap<String, CpuTime> = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
     for task in tasks.flatten() {
         let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else { continue };
         let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_owned();
         let name = if name.starts_with("wharf-ingress") { "ingress".to_owned() } else { "rest".to_owned() };
-        *by_name.entry(name).or_insert(0.0) += cpu_seconds_of(&format!("/proc/{pid}/task/{tid}/stat"));
+        *by_name.entry(name).or_default() += cpu_seconds_of(&format!("/proc/{pid}/task/{tid}/stat"));
     }
     by_name
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use wharf_testsupport::{WharfServer, service_host};
 
-use crate::baselines::{ReverseProxy, thread_cpu_seconds};
+use crate::baselines::{CpuTime, ReverseProxy, thread_cpu_seconds};
 use crate::system::{Row, cli, instance_address, percentile, which, wrk, wrk_with};
 
 /// A warm service to measure: Wharf's ingress with the service's host and a token, and the
@@ -78,14 +78,19 @@ pub fn throughput_rows(warm: &Warm<'_>, dir: &Path, rounds: usize, duration: &st
         let mut wharf = wrk(&warm.ingress(), Some((&warm.host, &warm.server.token)), duration)?;
         let after = thread_cpu_seconds(warm.server.addrs.pid);
         let requests = (wharf["rps"] * wharf["seconds"]).max(1.0);
-        let per_request = |part: &str| {
-            (after.get(part).copied().unwrap_or(0.0) - before.get(part).copied().unwrap_or(0.0)) * 1e6 / requests
+        let spent = |part: &str| {
+            let (before, after) =
+                (before.get(part).copied().unwrap_or_default(), after.get(part).copied().unwrap_or_default());
+            CpuTime { user: after.user - before.user, system: after.system - before.system }
         };
-        wharf.insert("cpu_us_per_request", per_request("ingress") + per_request("rest"));
+        let (ingress, rest) = (spent("ingress"), spent("rest"));
+        wharf.insert("cpu_us_per_request", (ingress.total() + rest.total()) * 1e6 / requests);
+        wharf.insert("kernel_cpu_us_per_request", (ingress.system + rest.system) * 1e6 / requests);
         eprintln!(
-            "  wharf CPU a request: ingress threads {:.1} us, the rest of the server {:.1} us",
-            per_request("ingress"),
-            per_request("rest")
+            "  wharf CPU a request: ingress threads {:.1} us ({:.1} in the kernel), the rest of the server {:.1} us",
+            ingress.total() * 1e6 / requests,
+            ingress.system * 1e6 / requests,
+            rest.total() * 1e6 / requests,
         );
         let direct = wrk(&format!("http://{}/", warm.direct), None, duration)?;
         line += &format!(
@@ -97,7 +102,10 @@ pub fn throughput_rows(warm: &Warm<'_>, dir: &Path, rounds: usize, duration: &st
         for start in [ReverseProxy::nginx, ReverseProxy::haproxy] {
             match start(dir, &warm.direct).and_then(|proxy| Ok((proxy.name, proxy.wrk(duration)?))) {
                 Ok((name, result)) => {
-                    line += &format!(", {name} {:.0} ({:.1} us)", result["rps"], result["cpu_us_per_request"]);
+                    line += &format!(
+                        ", {name} {:.0} ({:.1} us, {:.1} in the kernel)",
+                        result["rps"], result["cpu_us_per_request"], result["kernel_cpu_us_per_request"]
+                    );
                     runs.entry(name).or_default().push(result);
                 }
                 Err(error) => eprintln!("a baseline proxy failed, skipped: {error:#}"),
@@ -110,11 +118,12 @@ pub fn throughput_rows(warm: &Warm<'_>, dir: &Path, rounds: usize, duration: &st
         Some(percentile(&values, 0.5))
     };
     let mut rows = Vec::new();
-    if let Some(wharf) = median("wharf", "cpu_us_per_request") {
+    for (key, what) in [("cpu_us_per_request", "CPU time"), ("kernel_cpu_us_per_request", "kernel CPU time")] {
+        let Some(wharf) = median("wharf", key) else { continue };
         for name in ["nginx", "haproxy"] {
-            let Some(baseline) = median(name, "cpu_us_per_request") else { continue };
+            let Some(baseline) = median(name, key) else { continue };
             rows.push(Row {
-                metric: format!("proxy CPU time per request, 64 connections (vs {name})"),
+                metric: format!("proxy {what} per request, 64 connections (vs {name})"),
                 wharf,
                 baseline: Some(baseline),
                 baseline_name: format!("{name}'s processes, median of {rounds}; Wharf's whole server process"),
