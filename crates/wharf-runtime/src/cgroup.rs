@@ -433,11 +433,11 @@ fn remove_dead_anchors(parent_dir: &Path) {
 /// Moving a process into a cgroup (a write to `cgroup.procs`, which libcontainer makes for
 /// every container) takes a machine-wide percpu rwsem for writing, and a writer of an idle
 /// percpu rwsem waits for a whole RCU grace period. On this machine that was 4.7-16.6 ms
-/// (14.5 ms at p50) per move, on v1 and v2 controllers alike, the largest single part of a
-/// cold start (`scripts/cgroup-attach.py`; `docs/benchmarks.md`, "Round 5"). With
-/// `favordynmods` on any cgroup root the kernel keeps that rwsem ready for writers (since
-/// Linux 6.18 it takes a per-process lock instead), and the same move takes 0.4-0.6 ms,
-/// at the price the kernel documents: forks and exits take a slower lock.
+/// (14.5 ms at p50) per move, on the v1 controllers alike, the largest single part of a cold
+/// start (`scripts/cgroup-attach.py`; `docs/benchmarks.md`, "Round 5"). With `favordynmods`
+/// on the cgroup2 root the kernel keeps writers off that slow path, and the same move takes
+/// 0.4-0.6 ms, at the price the kernel documents: forks and exits take a slower lock. (On
+/// Linux 6.18 the fast moves stayed after the option was turned off again, until reboot.)
 pub const FAVOR_DYNMODS: &str = "favordynmods";
 
 /// The machine's cgroup v2 mount (the `unified` one of a hybrid layout), as
