@@ -25,6 +25,7 @@ pub mod cgroup;
 pub mod contract;
 pub mod devices;
 mod error;
+mod forker;
 pub mod instance;
 pub mod logs;
 pub mod network;

@@ -4,7 +4,8 @@
 //!
 //! It owns the containers' process lifecycle; the server keeps everything else (mounts,
 //! network, logs, state). The supervisor is a child subreaper (`PR_SET_CHILD_SUBREAPER`): it
-//! starts a `wharf shim` per instance, the shim creates and starts the container with
+//! starts a shim per instance start (forked by its shim forker, [`crate::forker`]; executed as
+//! `wharf shim` if the forker is gone), the shim creates and starts the container with
 //! libcontainer, reports the container's pid and exits once the supervisor has recorded it,
 //! and the container's init process, orphaned, becomes the supervisor's child. The supervisor
 //! then reaps it when it exits, reads whether the kernel OOM-killed it, removes its cgroups and
@@ -109,7 +110,8 @@ struct State {
     kills: Vec<(Instant, String)>,
     /// Stdin closed: no new starts, everything is being killed.
     server_gone: bool,
-    /// Shims spawned so far: the reaper, finding no children, waits for this to change.
+    /// Shims started and containers recorded so far: the reaper, finding no children, waits
+    /// for this to change.
     spawns: u64,
 }
 
@@ -121,6 +123,8 @@ struct Shared {
     changed: Condvar,
     state_root: PathBuf,
     out: Mutex<std::io::Stdout>,
+    /// Forks the shims; `None` if it could not start (each shim is then executed).
+    forker: Option<crate::forker::Forker>,
 }
 
 impl Shared {
@@ -143,11 +147,16 @@ pub fn run(state_root: PathBuf) -> i32 {
         eprintln!("wharf supervise: cannot become a child subreaper: {e}");
         return 1;
     }
+    // Forked first, while this process still has a single thread.
+    let forker = crate::forker::Forker::start()
+        .map_err(|e| eprintln!("wharf supervise: {e}; each shim will be executed instead"))
+        .ok();
     let shared = Arc::new(Shared {
         state: Mutex::default(),
         changed: Condvar::new(),
         state_root,
         out: Mutex::new(std::io::stdout()),
+        forker,
     });
     {
         let shared = shared.clone();
@@ -235,18 +244,62 @@ fn spawn_shim(
     stdout: &Path,
     stderr: &Path,
 ) -> Result<(), String> {
-    use command_fds::{CommandFdExt as _, FdMapping};
     let out = open_fifo_for_writing(stdout)?;
     let err = open_fifo_for_writing(stderr)?;
     let log = std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let args =
+        crate::shim::ShimArgs { id: id.to_owned(), bundle: bundle.to_owned(), state_root: shared.state_root.clone() };
+    let (events, ack) = match &shared.forker {
+        Some(forker) => match fork_shim(forker, &args, &log, &out, &err) {
+            Ok(pipes) => pipes,
+            Err(e) => {
+                eprintln!("wharf supervise: {e}; executing the shim instead");
+                execute_shim(&args, log, out, err)?
+            }
+        },
+        None => execute_shim(&args, log, out, err)?,
+    };
+    shared.lock().spawns += 1;
+    shared.changed.notify_all();
+    let (shared, id) = (shared.clone(), id.to_owned());
+    std::thread::spawn(move || follow_shim(&shared, &id, events, ack));
+    Ok(())
+}
+
+/// A shim from the forker ([`crate::forker`]); returns the read end of its events pipe and
+/// the write end of its acknowledgement pipe.
+fn fork_shim(
+    forker: &crate::forker::Forker,
+    args: &crate::shim::ShimArgs,
+    log: &std::fs::File,
+    out: &std::fs::File,
+    err: &std::fs::File,
+) -> Result<(std::fs::File, std::fs::File), String> {
+    use std::os::fd::AsFd as _;
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"));
+    let ((events, events_shim), (ack_shim, ack)) = (pipe()?, pipe()?);
+    forker.fork_shim(args, [ack_shim.as_fd(), events_shim.as_fd(), log.as_fd(), out.as_fd(), err.as_fd()])?;
+    // Our copies of the shim's ends close here: its events pipe ends when the shim exits.
+    Ok((events.into(), ack.into()))
+}
+
+/// A shim executed from this process's own binary (`wharf shim`), our child; returns the same
+/// pipe ends as [`fork_shim`].
+fn execute_shim(
+    args: &crate::shim::ShimArgs,
+    log: std::fs::File,
+    out: std::fs::File,
+    err: std::fs::File,
+) -> Result<(std::fs::File, std::fs::File), String> {
+    use command_fds::{CommandFdExt as _, FdMapping};
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.arg("shim")
         .arg("--id")
-        .arg(id)
+        .arg(&args.id)
         .arg("--bundle")
-        .arg(bundle)
+        .arg(&args.bundle)
         .arg("--state-root")
-        .arg(&shared.state_root)
+        .arg(&args.state_root)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log);
@@ -257,21 +310,17 @@ fn spawn_shim(
     .map_err(|e| e.to_string())?;
     let mut child = cmd.spawn().map_err(|e| format!("cannot start the container helper: {e}"))?;
     drop(cmd); // closes our copies of the FIFOs' write ends
-    shared.lock().spawns += 1;
-    shared.changed.notify_all();
     let (Some(events), Some(ack)) = (child.stdout.take(), child.stdin.take()) else {
         return Err("the container helper has no pipes".to_owned());
     };
     // The shim is reaped by the reaper thread (it is our child); the `Child` is only dropped.
     drop(child);
-    let (shared, id) = (shared.clone(), id.to_owned());
-    std::thread::spawn(move || follow_shim(&shared, &id, events, ack));
-    Ok(())
+    Ok((std::fs::File::from(std::os::fd::OwnedFd::from(events)), std::fs::File::from(std::os::fd::OwnedFd::from(ack))))
 }
 
 /// Reads one shim's events. On `started` the container's pid is recorded before the shim is
 /// let go (its stdin closed), so the orphaned init is known when the reaper meets it.
-fn follow_shim(shared: &Shared, id: &str, events: std::process::ChildStdout, ack: std::process::ChildStdin) {
+fn follow_shim(shared: &Shared, id: &str, events: std::fs::File, ack: std::fs::File) {
     let mut ack = Some(ack);
     let mut reported = false;
     for line in std::io::BufReader::new(events).lines() {
@@ -292,6 +341,10 @@ fn follow_shim(shared: &Shared, id: &str, events: std::process::ChildStdout, ack
                 container.pid = Some(pid);
                 let dirs = if doomed { container.cgroup_directories(id) } else { Vec::new() };
                 state.by_pid.insert(pid, id.to_owned());
+                // The init becomes our child when its shim exits: a reaper that found no child
+                // must look again.
+                state.spawns += 1;
+                shared.changed.notify_all();
                 if doomed {
                     crate::cgroup::thaw_directories(&dirs);
                     let _ = kill(pid, Signal::SIGKILL);
@@ -336,6 +389,11 @@ fn reap_children(shared: &Shared) {
                 continue;
             }
         };
+        if shared.forker.as_ref().is_some_and(|forker| forker.pid() == pid) {
+            // Later starts fail to reach it and execute their shim instead.
+            eprintln!("wharf supervise: the shim forker exited (code {code:?}, signal {signal:?})");
+            continue;
+        }
         let (id, cgroup) = {
             let mut state = shared.lock();
             let Some(id) = state.by_pid.remove(&pid) else { continue };

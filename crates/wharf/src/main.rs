@@ -93,25 +93,6 @@ enum Command {
     },
 }
 
-/// `--id ID --bundle DIR --state-root DIR`, in any order, each exactly once and nothing else:
-/// the shim's command line as the supervisor writes it.
-fn shim_args(flags: &[String]) -> Option<wharf_runtime::shim::ShimArgs> {
-    let (mut id, mut bundle, mut state_root) = (None, None, None);
-    for pair in flags.chunks(2) {
-        let [flag, value] = pair else { return None };
-        let slot = match flag.as_str() {
-            "--id" => &mut id,
-            "--bundle" => &mut bundle,
-            "--state-root" => &mut state_root,
-            _ => return None,
-        };
-        if slot.replace(value.clone()).is_some() {
-            return None;
-        }
-    }
-    Some(wharf_runtime::shim::ShimArgs { id: id?, bundle: bundle?.into(), state_root: state_root?.into() })
-}
-
 fn main() -> std::process::ExitCode {
     // The instance supervisor stays small: it starts before any parsing or logging set-up.
     let raw: Vec<String> = std::env::args().collect();
@@ -125,22 +106,15 @@ fn main() -> std::process::ExitCode {
         };
         return std::process::ExitCode::from(u8::try_from(wharf_runtime::supervisor::run(state_root)).unwrap_or(1));
     }
-    // The per-instance container helper the supervisor starts, one per instance start: it
-    // skips the CLI's parser too (building clap's whole command tree cost about 1 ms of each
-    // start's CPU). It forks containers, so it stays single-threaded: no async runtime.
+    // The per-instance container helper, as the supervisor starts it when there is no
+    // `wharf-shim` binary beside this one (src/bin/wharf-shim.rs): it skips the CLI's parser
+    // too. It forks containers, so it stays single-threaded: no async runtime.
     if raw.get(1).map(String::as_str) == Some("shim") {
-        let Some(shim) = shim_args(&raw[2..]) else {
+        let Some(shim) = wharf_runtime::shim::ShimArgs::parse(&raw[2..]) else {
             eprintln!("usage: wharf shim --id ID --bundle DIR --state-root DIR (internal)");
             return std::process::ExitCode::FAILURE;
         };
-        // The shim's stderr is a file in the instance directory; WHARF_SHIM_LOG=debug shows
-        // libcontainer's own account of a failing start.
-        let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_SHIM_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-        let _ =
-            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr).try_init();
-        let code = wharf_runtime::shim::run(&shim);
-        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+        return std::process::ExitCode::from(u8::try_from(wharf_runtime::shim::main(&shim)).unwrap_or(1));
     }
     let args = Wharf::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -171,30 +145,6 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("ERROR: {e:#}");
             std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(line: &str) -> Vec<String> {
-        line.split_whitespace().map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn the_shim_command_line_is_read_in_any_order_and_nothing_else_is_accepted() {
-        let shim = shim_args(&args("--bundle /b --state-root /s --id abc")).expect("a whole command line");
-        assert_eq!((shim.id.as_str(), shim.bundle.to_str(), shim.state_root.to_str()), ("abc", Some("/b"), Some("/s")));
-        for bad in [
-            "",
-            "--id abc --bundle /b",
-            "--id abc --bundle /b --state-root",
-            "--id abc --bundle /b --state-root /s --id def",
-            "--id abc --bundle /b --state-root /s --verbose yes",
-        ] {
-            assert!(shim_args(&args(bad)).is_none(), "{bad:?} was accepted");
         }
     }
 }

@@ -1,0 +1,198 @@
+//! The shim forker: a single-threaded copy of the instance supervisor, forked before the
+//! supervisor starts its first thread, that forks a shim ([`crate::shim`]) for each instance
+//! start the supervisor asks for. Executing the 207 MB `wharf` binary for each shim instead
+//! cost 2.0 ms of CPU and 2.7 ms of each start's wall time (its relocations and page faults);
+//! a fork of this small process costs a fraction of that (`docs/benchmarks.md`, "Round 5").
+//!
+//! Protocol, over a `SOCK_SEQPACKET` socket pair: one message per shim, its three flags
+//! ([`ShimArgs`]) separated by NUL bytes, carrying the five descriptors the shim gets as 0-4
+//! (its acknowledgement pipe, its events pipe, its log, the container's stdout and stderr).
+//! Nothing comes back: the shim speaks for itself on its events pipe, and a shim that could
+//! not be forked is seen there as an end of file without a report.
+//!
+//! The forker ignores `SIGCHLD`, so the kernel reaps its shims; the containers' init
+//! processes, orphaned when their shim exits, still go to the supervisor (a child subreaper;
+//! the forker is not one). It dies with the supervisor (`PR_SET_PDEATHSIG`, and the end of
+//! file on its socket). Each shim closes every descriptor above 4 before anything else, the
+//! forker's socket among them: no container can reach it.
+
+#![allow(unsafe_code)] // fork, signal dispositions, and placing received descriptors at 0-4
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+use std::path::PathBuf;
+
+use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
+};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use crate::shim::ShimArgs;
+
+/// How many descriptors each shim gets (as 0 to 4).
+pub(crate) const SHIM_FDS: usize = 5;
+/// The first descriptor a shim does not get from the supervisor.
+const FIRST_UNUSED_FD: libc::c_uint = 5;
+
+/// The supervisor's end of the forker.
+#[derive(Debug)]
+pub(crate) struct Forker {
+    socket: OwnedFd,
+    pid: Pid,
+}
+
+impl Forker {
+    /// Forks the forker. Must be called while this process has a single thread.
+    pub(crate) fn start() -> Result<Forker, String> {
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| format!("cannot create the shim forker's socket: {e}"))?;
+        let supervisor = nix::unistd::getpid();
+        // SAFETY: the caller guarantees this process has one thread, so the child is a
+        // complete copy with no lock held by a thread that does not exist in it.
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { child }) => Ok(Forker { socket: ours, pid: child }),
+            Ok(ForkResult::Child) => {
+                drop(ours);
+                serve(theirs, supervisor)
+            }
+            Err(e) => Err(format!("cannot fork the shim forker: {e}")),
+        }
+    }
+
+    /// The forker's process id.
+    pub(crate) fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Asks for a shim with `args`, whose descriptors 0 to 4 are `fds`. The forker holds its
+    /// own copies once this returns.
+    pub(crate) fn fork_shim(&self, args: &ShimArgs, fds: [BorrowedFd<'_>; SHIM_FDS]) -> Result<(), String> {
+        let message = encode(args);
+        let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let control = [ControlMessage::ScmRights(&raw)];
+        sendmsg::<()>(self.socket.as_raw_fd(), &[IoSlice::new(&message)], &control, MsgFlags::MSG_NOSIGNAL, None)
+            .map(drop)
+            .map_err(|e| format!("the shim forker is gone ({e})"))
+    }
+}
+
+/// `id`, `bundle` and `state_root`, NUL-separated (none may hold a NUL byte: they come from
+/// the command line or from paths).
+fn encode(args: &ShimArgs) -> Vec<u8> {
+    let mut message = args.id.as_bytes().to_vec();
+    for part in [args.bundle.as_os_str(), args.state_root.as_os_str()] {
+        message.push(0);
+        message.extend_from_slice(part.as_bytes());
+    }
+    message
+}
+
+fn decode(message: &[u8]) -> Option<ShimArgs> {
+    let mut parts = message.split(|b| *b == 0);
+    let id = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let bundle = PathBuf::from(std::ffi::OsString::from_vec(parts.next()?.to_vec()));
+    let state_root = PathBuf::from(std::ffi::OsString::from_vec(parts.next()?.to_vec()));
+    parts.next().is_none().then_some(ShimArgs { id, bundle, state_root })
+}
+
+/// The forker's life: a shim per message, until the supervisor is gone.
+fn serve(socket: OwnedFd, supervisor: Pid) -> ! {
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != supervisor {
+        std::process::exit(0);
+    }
+    // The server's command and event pipes are the supervisor's business: the forker keeps
+    // neither open (the server sees the supervisor's end of file when it dies).
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        // SAFETY: dup2 onto 0 and 1 replaces them atomically; `null` stays valid throughout.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+    // SAFETY: ignoring SIGCHLD installs no handler; the kernel then reaps the shims.
+    let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) };
+    let mut buffer = vec![0_u8; 64 * 1024];
+    loop {
+        let mut control = nix::cmsg_space!([RawFd; SHIM_FDS]);
+        let mut iov = [IoSliceMut::new(&mut buffer)];
+        let received = match recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut control), MsgFlags::MSG_CMSG_CLOEXEC)
+        {
+            Ok(received) => received,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => std::process::exit(0),
+        };
+        if received.bytes == 0 {
+            std::process::exit(0); // the supervisor closed its end
+        }
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for message in received.cmsgs().into_iter().flatten() {
+            if let ControlMessageOwned::ScmRights(raw) = message {
+                // SAFETY: descriptors just received are open and owned by nothing else here.
+                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        let bytes = received.bytes;
+        let args = iov[0].get(..bytes).and_then(decode);
+        match (args, <[OwnedFd; SHIM_FDS]>::try_from(fds)) {
+            (Some(args), Ok(fds)) => fork_one(&args, fds),
+            _ => eprintln!("wharf supervise: the shim forker got an unreadable request"),
+        }
+    }
+}
+
+/// Forks one shim; the forker's copies of its descriptors are closed on return.
+fn fork_one(args: &ShimArgs, fds: [OwnedFd; SHIM_FDS]) {
+    // SAFETY: the forker has a single thread (see `Forker::start`).
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { .. }) => {}
+        Ok(ForkResult::Child) => {
+            become_shim(&fds);
+            std::process::exit(crate::shim::main(args));
+        }
+        Err(e) => eprintln!("wharf supervise: the shim forker cannot fork a shim for {}: {e}", args.id),
+    }
+}
+
+/// In a new shim: restores `SIGCHLD` (libcontainer waits for its own children), places `fds`
+/// at 0 to 4 and closes every other descriptor.
+fn become_shim(fds: &[OwnedFd; SHIM_FDS]) {
+    // SAFETY: restoring the default disposition installs no handler.
+    let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
+    // Moved above 4 first, so that placing one cannot overwrite another still to be placed.
+    let high: Vec<RawFd> = fds
+        .iter()
+        // SAFETY: F_DUPFD_CLOEXEC on an open descriptor only allocates a new one.
+        .map(|fd| unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 16) })
+        .collect();
+    if high.iter().any(|fd| *fd < 0) {
+        std::process::exit(1);
+    }
+    for (target, fd) in (0..).zip(&high) {
+        // SAFETY: `fd` is open; dup2 atomically replaces `target`, which the shim now owns.
+        if unsafe { libc::dup2(*fd, target) } < 0 {
+            std::process::exit(1);
+        }
+    }
+    // SAFETY: nothing in this new process holds a descriptor above 4 that it still needs:
+    // what `fds` owned now lives at 0 to 4, and the forker's socket must not reach a container.
+    if unsafe { libc::close_range(FIRST_UNUSED_FD, libc::c_uint::MAX, 0) } != 0 {
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_reads_back_as_written_and_anything_else_is_refused() {
+        let args = ShimArgs { id: "abc".into(), bundle: "/data/b x".into(), state_root: "/data/s".into() };
+        let back = decode(&encode(&args)).unwrap();
+        assert_eq!((back.id, back.bundle, back.state_root), (args.id, args.bundle, args.state_root));
+        assert!(decode(b"abc\0/b").is_none());
+        assert!(decode(b"abc\0/b\0/s\0extra").is_none());
+        assert!(decode(b"\xff\0/b\0/s").is_none());
+    }
+}
