@@ -125,10 +125,10 @@ backend app
         let pids = with_children(self.process.id());
         let before = cpu_seconds(&pids);
         let mut result = wrk(&self.url(), None, duration)?;
-        let after = cpu_seconds(&pids);
+        let spent = cpu_seconds(&pids) - before;
         let requests = result["rps"] * result["seconds"];
-        result.insert("cpu_us_per_request", (after.total() - before.total()) * 1e6 / requests.max(1.0));
-        result.insert("kernel_cpu_us_per_request", (after.system - before.system) * 1e6 / requests.max(1.0));
+        result.insert("cpu_us_per_request", spent.total() * 1e6 / requests.max(1.0));
+        result.insert("kernel_cpu_us_per_request", spent.system * 1e6 / requests.max(1.0));
         Ok(result)
     }
 
@@ -160,6 +160,13 @@ pub struct CpuTime {
 impl CpuTime {
     pub fn total(self) -> f64 {
         self.user + self.system
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+    fn sub(self, earlier: CpuTime) -> CpuTime {
+        CpuTime { user: self.user - earlier.user, system: self.system - earlier.system }
     }
 }
 

@@ -76,7 +76,7 @@ async fn get(
 /// `wharf-bench cpu`: these rows alone, on a server of their own.
 pub async fn run(smoke: bool) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
-    let (server, image_ref) = crate::system::bench_server(work.path())?;
+    let (server, _image, image_ref) = crate::system::bench_server(work.path())?;
     let client = server.client_builder().timeout(Duration::from_secs(60)).build()?;
     let rows = rows(&server, &client, &image_ref, smoke).await?;
     crate::system::print_table(&rows);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use wharf_testsupport::{WharfServer, service_host};
 
-use crate::baselines::{CpuTime, ReverseProxy, thread_cpu_seconds};
+use crate::baselines::{ReverseProxy, thread_cpu_seconds};
 use crate::system::{Row, cli, instance_address, percentile, which, wrk, wrk_with};
 
 /// A warm service to measure: Wharf's ingress with the service's host and a token, and the
@@ -78,11 +78,8 @@ pub fn throughput_rows(warm: &Warm<'_>, dir: &Path, rounds: usize, duration: &st
         let mut wharf = wrk(&warm.ingress(), Some((&warm.host, &warm.server.token)), duration)?;
         let after = thread_cpu_seconds(warm.server.addrs.pid);
         let requests = (wharf["rps"] * wharf["seconds"]).max(1.0);
-        let spent = |part: &str| {
-            let (before, after) =
-                (before.get(part).copied().unwrap_or_default(), after.get(part).copied().unwrap_or_default());
-            CpuTime { user: after.user - before.user, system: after.system - before.system }
-        };
+        let spent =
+            |part: &str| after.get(part).copied().unwrap_or_default() - before.get(part).copied().unwrap_or_default();
         let (ingress, rest) = (spent("ingress"), spent("rest"));
         wharf.insert("cpu_us_per_request", (ingress.total() + rest.total()) * 1e6 / requests);
         wharf.insert("kernel_cpu_us_per_request", (ingress.system + rest.system) * 1e6 / requests);
@@ -255,7 +252,7 @@ fn nginx_if_there(dir: &Path, upstream: &str) -> Option<ReverseProxy> {
 /// `wharf-bench proxy`: a fresh server, one warm service, the rows above.
 pub async fn run(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
-    let (server, image_ref) = crate::system::bench_server(work.path())?;
+    let (server, _image, image_ref) = crate::system::bench_server(work.path())?;
     let warm = deploy_warm(&server, &image_ref, "warm").await?;
     let mut rows = throughput_rows(&warm, work.path(), rounds, &format!("{seconds}s"))?;
     rows.extend(sequential_rows(&warm, work.path(), rounds, "3s")?);

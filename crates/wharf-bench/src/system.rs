@@ -59,13 +59,13 @@ pub(crate) fn wharf_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// A fresh server for one subcommand's rows (idle timeout 1 s) with the testapp image
-/// imported as `bench:v1`; returns it and the image's reference. `work` holds the image.
-pub(crate) fn bench_server(work: &Path) -> anyhow::Result<(WharfServer, String)> {
+/// imported as `bench:v1`; returns it, the image (which `work` holds) and its reference.
+pub(crate) fn bench_server(work: &Path) -> anyhow::Result<(WharfServer, wharf_testsupport::TestImage, String)> {
     let image = wharf_testsupport::testapp_image(work, "bench")?;
     let server = WharfServer::start_with_env(&wharf_binary()?, &[("WHARF_IDLE_TIMEOUT", "1s"), ("WHARF_LOG", "warn")])?;
     cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
     let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
-    Ok((server, image_ref))
+    Ok((server, image, image_ref))
 }
 
 pub(crate) fn cli(server: &WharfServer, args: &[&str]) -> anyhow::Result<String> {
@@ -119,15 +119,14 @@ async fn first_byte(client: &reqwest::Client, url: &str, host: Option<&str>) -> 
 /// `trials` times, against `runc run` of the same rootfs in the same run: p50, p90 and p99.
 async fn cold_rows(
     server: &WharfServer,
-    image: &wharf_testsupport::TestImage,
+    (image, image_ref): (&wharf_testsupport::TestImage, &str),
     client: &reqwest::Client,
     trials: usize,
     dir: &Path,
 ) -> anyhow::Result<Vec<Row>> {
-    let image_ref = format!("{}/bench:v1", server.addrs.registry_addr);
     let ingress = format!("http://{}/", server.addrs.ingress_addr);
     let host = &service_host("cold", "bench");
-    cli(server, &["run", "deploy", "cold", "--image", &image_ref, "--project", "bench"])?;
+    cli(server, &["run", "deploy", "cold", "--image", image_ref, "--project", "bench"])?;
     let mut cold = Vec::new();
     for _ in 0..trials {
         wait_for("scale to zero", Duration::from_secs(30), || instances(server, "cold") == 0)?;
@@ -150,12 +149,9 @@ async fn cold_rows(
 /// `wharf-bench cold`: the cold start rows of `all` alone, on a fresh server.
 pub async fn cold(trials: usize) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("wharf-bench-").tempdir()?;
-    let image = wharf_testsupport::testapp_image(work.path(), "bench")?;
-    let server = WharfServer::start_with_env(&wharf_binary()?, &[("WHARF_IDLE_TIMEOUT", "1s"), ("WHARF_LOG", "warn")])?;
-    cli(&server, &["images", "import", &image.layout.to_string_lossy(), "--tag", "bench:v1"])?;
+    let (server, image, image_ref) = bench_server(work.path())?;
     let client = server.client_builder().timeout(Duration::from_secs(60)).build()?;
-    let rows = cold_rows(&server, &image, &client, trials, work.path()).await?;
-    print_table(&rows);
+    print_table(&cold_rows(&server, (&image, &image_ref), &client, trials, work.path()).await?);
     Ok(())
 }
 
@@ -185,7 +181,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let memory_row = crate::instances::memory_row(&server, &image_ref, if options.smoke { 2 } else { 10 }).await?;
 
     // 1. Cold start.
-    rows.extend(cold_rows(&server, &image, &client, trials, work.path()).await?);
+    rows.extend(cold_rows(&server, (&image, &image_ref), &client, trials, work.path()).await?);
 
     // 2. Warm proxy (`proxy.rs`): throughput against the direct connection, nginx and HAProxy
     // in alternating rounds, and the latency added at a moderate fixed rate.
