@@ -67,8 +67,7 @@ fn instances_of(server: &WharfServer, service: &str) -> Vec<(String, String)> {
             if !spec.contains(&format!("K_SERVICE={service}\"")) {
                 return None;
             }
-            let hosts = std::fs::read_to_string(dir.join("hosts")).ok()?;
-            let ip = hosts.lines().last()?.split_whitespace().next()?.to_owned();
+            let ip = crate::system::instance_ip(&dir)?;
             Some((d.file_name().to_string_lossy().into_owned(), format!("{ip}:8080")))
         })
         .collect()

@@ -346,11 +346,16 @@ pub(crate) fn instance_address(server: &WharfServer, service: &str) -> anyhow::R
         if !config.contains(&format!("K_SERVICE={service}\"")) {
             continue;
         }
-        let hosts = std::fs::read_to_string(dir.join("hosts"))?;
-        let ip = hosts.lines().last().and_then(|l| l.split_whitespace().next()).context("no instance address")?;
-        return Ok(format!("{ip}:8080"));
+        return instance_ip(&dir).map(|ip| format!("{ip}:8080")).context("no instance address");
     }
     bail!("no running instance of {service}")
+}
+
+/// The address of the instance whose directory is `dir`: the last line of the `hosts` file
+/// Wharf wrote for it (on its scratch tmpfs).
+pub(crate) fn instance_ip(dir: &Path) -> Option<String> {
+    let hosts = std::fs::read_to_string(dir.join("scratch/hosts")).ok()?;
+    Some(hosts.lines().last()?.split_whitespace().next()?.to_owned())
 }
 
 /// wrk at 64 connections (2 threads) for `duration`: requests per second, p50 and p99.

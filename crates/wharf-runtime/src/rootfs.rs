@@ -4,7 +4,8 @@
 //! instance's memory as Cloud Run's in-memory filesystem does, and vanish with the instance.
 //!
 //! The server mounts only the scratch tmpfs (upper and work directories, the OCI bundle, the
-//! secret files) on the host. The overlay itself is mounted by the instance's shim, in a
+//! secret files, the container's `hosts` and `resolv.conf`, its output FIFOs and the shim's
+//! log) on the host. The overlay itself is mounted by the instance's shim, in a
 //! mount namespace of its own ([`mount_overlay_privately`]), which the container's namespace
 //! is then copied from: the host's mount table never holds an instance's overlay, the
 //! overlay is gone with the container's last process (no unmount to miss), and every
@@ -90,10 +91,7 @@ impl Rootfs {
     /// not mounted is not an error.
     pub fn unmount(&self) {
         for target in [&self.merged, &self.scratch] {
-            match umount2(target, MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-                Err(e) => tracing::warn!(target = %target.display(), error = %e, "unmount failed"),
-            }
+            detach(target);
         }
     }
 }
@@ -197,14 +195,45 @@ fn drop_other_instances_mounts(instance_dir: &Path, netns: Option<&Path>) -> Res
 /// below it at once ([`mount_overlay_privately`]); [`unmount_instances_mount_point`] undoes
 /// it when the runtime shuts down.
 pub fn make_instances_mount_point(instances: &Path) -> Result<(), RuntimeError> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let wanted = instances.to_string_lossy();
-    if !mounts.lines().filter_map(|l| l.split(' ').nth(4)).any(|point| unescape_mount_point(point) == wanted) {
+    if !is_mount_point(instances) {
         mount(Some(instances), instances, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .map_err(|e| RuntimeError::Mount { target: instances.to_owned(), source: e.into() })?;
     }
     mount(None::<&str>, instances, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| RuntimeError::Mount { target: instances.to_owned(), source: e.into() })
+}
+
+/// Whether `path` is a mount point in this process's mount namespace.
+fn is_mount_point(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let wanted = path.to_string_lossy();
+    mounts.lines().filter_map(|l| l.split(' ').nth(4)).any(|point| unescape_mount_point(point) == wanted)
+}
+
+/// Mounts a tmpfs at libcontainer's state directory (`state_root`: a directory and a
+/// `state.json` per running container, rewritten at each step of a start), unless something
+/// is mounted there already (the tmpfs of a server that did not shut down cleanly, whose
+/// containers the sweep just removed). Containers do not outlive a reboot, and neither need
+/// their states. On the data directory's disk each container's files were new inodes, and
+/// an ext4 inode allocation scans its group's recently deleted inodes: a few percent of the
+/// machine when many instances start and stop. [`unmount_state_tmpfs`] undoes it.
+pub fn mount_state_tmpfs(state_root: &Path) -> Result<(), RuntimeError> {
+    if is_mount_point(state_root) {
+        return Ok(());
+    }
+    mount(
+        Some("wharf-state"),
+        state_root,
+        Some("tmpfs"),
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=256m"),
+    )
+    .map_err(|e| RuntimeError::Mount { target: state_root.to_owned(), source: e.into() })
+}
+
+/// Undoes [`mount_state_tmpfs`] (once no container runs).
+pub fn unmount_state_tmpfs(state_root: &Path) {
+    detach(state_root);
 }
 
 /// A mount point as `/proc/self/mountinfo` prints it, with its octal escapes (`\\040` for a
@@ -232,9 +261,14 @@ fn unescape_mount_point(point: &str) -> String {
 
 /// Undoes [`make_instances_mount_point`] (once no instance runs).
 pub fn unmount_instances_mount_point(instances: &Path) {
-    match umount2(instances, MntFlags::MNT_DETACH) {
+    detach(instances);
+}
+
+/// Unmounts `target` lazily; that nothing is mounted there is not an error.
+fn detach(target: &Path) {
+    match umount2(target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => tracing::warn!(target = %instances.display(), error = %e, "unmount failed"),
+        Err(e) => tracing::warn!(target = %target.display(), error = %e, "unmount failed"),
     }
 }
 

@@ -156,6 +156,9 @@ impl Runtime {
         let runtime = Runtime { inner: Arc::new(inner) };
         runtime.sweep().await;
         runtime.sweep_build_networks().await;
+        if let Err(e) = crate::rootfs::mount_state_tmpfs(&runtime.inner.state_root) {
+            tracing::warn!(error = %e, "container states stay on the data directory's disk: each start costs more");
+        }
         Ok(runtime)
     }
 
@@ -200,6 +203,7 @@ impl Runtime {
         }
         self.inner.supervisor.close().await;
         crate::rootfs::unmount_instances_mount_point(&self.inner.instances_dir);
+        crate::rootfs::unmount_state_tmpfs(&self.inner.state_root);
         self.inner.network.teardown_host().await;
         drop(self.inner.freezer_anchor.lock().unwrap_or_else(|p| p.into_inner()).take());
         self.inner.cgroups.remove_if_unused();

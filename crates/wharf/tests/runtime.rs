@@ -521,6 +521,13 @@ async fn instances_reach_neither_each_other_nor_the_host() {
     h.finish().await;
 }
 
+/// The type of the filesystem `path` is on, as `stat -f` names it.
+fn filesystem_type(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("stat").args(["-f", "-c", "%T"]).arg(path).output().unwrap();
+    assert!(out.status.success(), "stat -f {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 #[test]
 fn an_unclean_exit_is_swept_up_on_the_next_start() {
     let (dir, scope, _guard);
@@ -530,6 +537,14 @@ fn an_unclean_exit_is_swept_up_on_the_next_start() {
         let h = rt.block_on(harness());
         let instance = rt.block_on(h.start(h.spec("hello-00011-crash"))).unwrap();
         assert_eq!(instance.state(), InstanceState::Ready);
+        // The container's state and the instance's own files are in memory, not on disk.
+        let state = h.dir.path().join("containers").join(&instance.id);
+        assert!(state.join("state.json").exists(), "no state at {}", state.display());
+        assert_eq!(filesystem_type(&state), "tmpfs");
+        for file in ["hosts", "resolv.conf", "stdout", "stderr", "shim.log"] {
+            let path = h.dir.path().join("instances").join(&instance.id).join("scratch").join(file);
+            assert_eq!(filesystem_type(&path), "tmpfs", "{}", path.display());
+        }
         scope = h.scope();
         // Lines already stored must survive the crash.
         rt.block_on(h.runtime.logs().flush());
@@ -549,8 +564,9 @@ fn an_unclean_exit_is_swept_up_on_the_next_start() {
         let runtime = Runtime::open(config, db).await.unwrap();
         // The orphaned shim notices its server is gone and kills its container; the sweep
         // removes the rest. Give the shim a moment, bounded. What stays is the running
-        // runtime's own instances mount point, gone at its shutdown.
-        let own = vec![Leftover::Mount(dir.path().join("instances"))];
+        // runtime's own mount points, gone at its shutdown: the instances directory, and the
+        // tmpfs of the containers' states (the crashed runtime's, kept and emptied).
+        let own = vec![Leftover::Mount(dir.path().join("instances")), Leftover::Mount(dir.path().join("containers"))];
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while wharf_leftovers(&scope) != own && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
