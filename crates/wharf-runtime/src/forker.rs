@@ -6,17 +6,24 @@
 //!
 //! Protocol, over a `SOCK_SEQPACKET` socket pair: one message per shim, its three flags
 //! ([`ShimArgs`]) separated by NUL bytes, carrying the five descriptors the shim gets as 0-4
-//! (its acknowledgement pipe, its events pipe, its log, the container's stdout and stderr).
+//! (its acknowledgement pipe, its events pipe, its log, the container's stdout and stderr)
+//! and the two it gets as 5 and 6 ([`crate::rootfs::GivenMounts`]: a clone of its scratch
+//! mount and its network namespace).
+//!
+//! The forker lives in a mount namespace of its own without the instances' mounts
+//! ([`crate::rootfs::enter_shim_template`]), so each shim's namespace is copied from a small
+//! table, not from the host's, which grows with every instance. If it could not enter it,
+//! its shims detach those mounts themselves, as executed shims do.
 //! Nothing comes back: the shim speaks for itself on its events pipe, and a shim that could
 //! not be forked is seen there as an end of file without a report.
 //!
 //! The forker ignores `SIGCHLD`, so the kernel reaps its shims; the containers' init
 //! processes, orphaned when their shim exits, still go to the supervisor (a child subreaper;
 //! the forker is not one). It dies with the supervisor (`PR_SET_PDEATHSIG`, and the end of
-//! file on its socket). Each shim closes every descriptor above 4 before anything else, the
+//! file on its socket). Each shim closes every descriptor above those it is given before anything else, the
 //! forker's socket among them: no container can reach it.
 
-#![allow(unsafe_code)] // fork, signal dispositions, and placing received descriptors at 0-4
+#![allow(unsafe_code)] // fork, signal dispositions, and placing received descriptors at 0-6
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
@@ -31,10 +38,10 @@ use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::shim::ShimArgs;
 
-/// How many descriptors each shim gets (as 0 to 4).
+/// How many descriptors each shim gets as 0 to 4.
 pub(crate) const SHIM_FDS: usize = 5;
-/// The first descriptor a shim does not get from the supervisor.
-const FIRST_UNUSED_FD: libc::c_uint = 5;
+/// How many more it gets as 5 and 6 (its scratch mount and network namespace).
+pub(crate) const MOUNT_FDS: usize = 2;
 
 /// The supervisor's end of the forker.
 #[derive(Debug)]
@@ -44,8 +51,9 @@ pub(crate) struct Forker {
 }
 
 impl Forker {
-    /// Forks the forker. Must be called while this process has a single thread.
-    pub(crate) fn start() -> Result<Forker, String> {
+    /// Forks the forker, whose shims' mount namespaces are copied from one without the
+    /// mounts under `instances`. Must be called while this process has a single thread.
+    pub(crate) fn start(instances: &std::path::Path) -> Result<Forker, String> {
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
             .map_err(|e| format!("cannot create the shim forker's socket: {e}"))?;
         let supervisor = nix::unistd::getpid();
@@ -55,7 +63,7 @@ impl Forker {
             Ok(ForkResult::Parent { child }) => Ok(Forker { socket: ours, pid: child }),
             Ok(ForkResult::Child) => {
                 drop(ours);
-                serve(theirs, supervisor)
+                serve(theirs, supervisor, instances)
             }
             Err(e) => Err(format!("cannot fork the shim forker: {e}")),
         }
@@ -66,11 +74,16 @@ impl Forker {
         self.pid
     }
 
-    /// Asks for a shim with `args`, whose descriptors 0 to 4 are `fds`. The forker holds its
-    /// own copies once this returns.
-    pub(crate) fn fork_shim(&self, args: &ShimArgs, fds: [BorrowedFd<'_>; SHIM_FDS]) -> Result<(), String> {
+    /// Asks for a shim with `args`, whose descriptors 0 to 4 are `fds` and 5 and 6 `mounts`.
+    /// The forker holds its own copies once this returns.
+    pub(crate) fn fork_shim(
+        &self,
+        args: &ShimArgs,
+        fds: [BorrowedFd<'_>; SHIM_FDS],
+        mounts: [BorrowedFd<'_>; MOUNT_FDS],
+    ) -> Result<(), String> {
         let message = encode(args);
-        let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let raw: Vec<RawFd> = fds.iter().chain(&mounts).map(|fd| fd.as_raw_fd()).collect();
         let control = [ControlMessage::ScmRights(&raw)];
         sendmsg::<()>(self.socket.as_raw_fd(), &[IoSlice::new(&message)], &control, MsgFlags::MSG_NOSIGNAL, None)
             .map(drop)
@@ -94,14 +107,22 @@ fn decode(message: &[u8]) -> Option<ShimArgs> {
     let id = String::from_utf8(parts.next()?.to_vec()).ok()?;
     let bundle = PathBuf::from(std::ffi::OsString::from_vec(parts.next()?.to_vec()));
     let state_root = PathBuf::from(std::ffi::OsString::from_vec(parts.next()?.to_vec()));
-    parts.next().is_none().then_some(ShimArgs { id, bundle, state_root })
+    parts.next().is_none().then_some(ShimArgs { id, bundle, state_root, given_mounts: false })
 }
 
 /// The forker's life: a shim per message, until the supervisor is gone.
-fn serve(socket: OwnedFd, supervisor: Pid) -> ! {
+fn serve(socket: OwnedFd, supervisor: Pid, instances: &std::path::Path) -> ! {
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != supervisor {
         std::process::exit(0);
     }
+    let template = match crate::rootfs::enter_shim_template(instances) {
+        Ok(()) => true,
+        Err(e) => {
+            let error = crate::instance::probe::chain(&e);
+            eprintln!("wharf supervise: the shim forker keeps the host's mounts ({error}); each shim drops them");
+            false
+        }
+    };
     // The server's command and event pipes are the supervisor's business: the forker keeps
     // neither open (the server sees the supervisor's end of file when it dies).
     if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
@@ -115,7 +136,7 @@ fn serve(socket: OwnedFd, supervisor: Pid) -> ! {
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) };
     let mut buffer = vec![0_u8; 64 * 1024];
     loop {
-        let mut control = nix::cmsg_space!([RawFd; SHIM_FDS]);
+        let mut control = nix::cmsg_space!([RawFd; SHIM_FDS + MOUNT_FDS]);
         let mut iov = [IoSliceMut::new(&mut buffer)];
         let received = match recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut control), MsgFlags::MSG_CMSG_CLOEXEC)
         {
@@ -135,20 +156,27 @@ fn serve(socket: OwnedFd, supervisor: Pid) -> ! {
         }
         let bytes = received.bytes;
         let args = iov[0].get(..bytes).and_then(decode);
-        match (args, <[OwnedFd; SHIM_FDS]>::try_from(fds)) {
-            (Some(args), Ok(fds)) => fork_one(&args, fds),
+        match args {
+            Some(mut args) if fds.len() == SHIM_FDS + MOUNT_FDS => {
+                if template {
+                    args.given_mounts = true;
+                } else {
+                    fds.truncate(SHIM_FDS); // this namespace has them, under the host's
+                }
+                fork_one(&args, &fds);
+            }
             _ => eprintln!("wharf supervise: the shim forker got an unreadable request"),
         }
     }
 }
 
-/// Forks one shim; the forker's copies of its descriptors are closed on return.
-fn fork_one(args: &ShimArgs, fds: [OwnedFd; SHIM_FDS]) {
+/// Forks one shim; the forker's copies of its descriptors are closed by the caller.
+fn fork_one(args: &ShimArgs, fds: &[OwnedFd]) {
     // SAFETY: the forker has a single thread (see `Forker::start`).
     match unsafe { fork() } {
         Ok(ForkResult::Parent { .. }) => {}
         Ok(ForkResult::Child) => {
-            become_shim(&fds);
+            become_shim(fds);
             std::process::exit(crate::shim::main(args));
         }
         Err(e) => eprintln!("wharf supervise: the shim forker cannot fork a shim for {}: {e}", args.id),
@@ -156,8 +184,8 @@ fn fork_one(args: &ShimArgs, fds: [OwnedFd; SHIM_FDS]) {
 }
 
 /// In a new shim: restores `SIGCHLD` (libcontainer waits for its own children), places `fds`
-/// at 0 to 4 and closes every other descriptor.
-fn become_shim(fds: &[OwnedFd; SHIM_FDS]) {
+/// at 0, 1, 2... and closes every other descriptor.
+fn become_shim(fds: &[OwnedFd]) {
     // SAFETY: restoring the default disposition installs no handler.
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
     // Moved above 4 first, so that placing one cannot overwrite another still to be placed.
@@ -175,9 +203,11 @@ fn become_shim(fds: &[OwnedFd; SHIM_FDS]) {
             std::process::exit(1);
         }
     }
-    // SAFETY: nothing in this new process holds a descriptor above 4 that it still needs:
-    // what `fds` owned now lives at 0 to 4, and the forker's socket must not reach a container.
-    if unsafe { libc::close_range(FIRST_UNUSED_FD, libc::c_uint::MAX, 0) } != 0 {
+    let first_unused = libc::c_uint::try_from(fds.len()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: nothing in this new process holds a descriptor above those placed that it still
+    // needs: what `fds` owned now lives below, and the forker's socket must not reach a
+    // container.
+    if unsafe { libc::close_range(first_unused, libc::c_uint::MAX, 0) } != 0 {
         std::process::exit(1);
     }
 }
@@ -188,7 +218,12 @@ mod tests {
 
     #[test]
     fn a_request_reads_back_as_written_and_anything_else_is_refused() {
-        let args = ShimArgs { id: "abc".into(), bundle: "/data/b x".into(), state_root: "/data/s".into() };
+        let args = ShimArgs {
+            id: "abc".into(),
+            bundle: "/data/b x".into(),
+            state_root: "/data/s".into(),
+            given_mounts: false,
+        };
         let back = decode(&encode(&args)).unwrap();
         assert_eq!((back.id, back.bundle, back.state_root), (args.id, args.bundle, args.state_root));
         assert!(decode(b"abc\0/b").is_none());

@@ -13,8 +13,12 @@
 //! times (libcontainer), no longer reads one long overlay line per running instance: with
 //! 300 instances that reading was a third of the CPU spent starting containers.
 //! The shim also resolves the image's `USER` there, in the merged tree
-//! ([`crate::spec::resolve_user`]).
+//! ([`crate::spec::resolve_user`]). A shim of the forker copies that namespace from the
+//! forker's, which holds no instance's mounts ([`enter_shim_template`]), and is handed its
+//! own scratch and network namespace ([`GivenMounts`]), so a start costs the same with a
+//! thousand instances running as with none.
 
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -115,28 +119,79 @@ pub enum PrivateRootfsError {
     User(#[from] crate::spec::SpecError),
 }
 
-/// In the shim, before libcontainer creates the container from the bundle at `config`:
-/// enters a private mount namespace, mounts the overlay the server described
-/// ([`OVERLAY_ANNOTATION`]) at the spec's root, and resolves the image's user
-/// ([`USER_ANNOTATION`]) in it into the spec's `process.user`. A bundle without the
-/// annotations is left as it is. Must run in the single-threaded shim.
-pub fn mount_overlay_privately(config: &Path) -> Result<(), PrivateRootfsError> {
-    let mut spec = Spec::load(config).map_err(PrivateRootfsError::LoadSpec)?;
-    let annotations = spec.annotations().clone().unwrap_or_default();
-    let Some(options) = annotations.get(OVERLAY_ANNOTATION) else { return Ok(()) };
-    let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_default();
+/// What a shim of the forker is handed instead of finding it in its mount namespace, which
+/// is copied from the forker's ([`enter_shim_template`]): a clone of its instance's scratch
+/// mount (`open_tree`, detached, the same tmpfs) and its network namespace.
+#[derive(Debug)]
+pub struct GivenMounts {
+    pub scratch: OwnedFd,
+    pub netns: OwnedFd,
+}
+
+/// In the shim forker, once: enters a mount namespace of its own, private, without the
+/// instances' mounts (the `instances` mount point, holding every instance's scratch tmpfs)
+/// and without `/run/netns`'s bindings of their network namespaces. Each shim's namespace is
+/// then a copy of this one, whose table stays as small as the host's without instances,
+/// instead of the host's, which grows by two mounts per instance: with a thousand instances,
+/// copying and then detaching them made each start cost more than the one before
+/// (`docs/benchmarks.md`, "Round 6"). The shim gets its own mounts as [`GivenMounts`].
+/// Must run while this process has a single thread.
+pub fn enter_shim_template(instances: &Path) -> Result<(), PrivateRootfsError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(PrivateRootfsError::Unshare)?;
-    // Nothing mounted here reaches the host, and nothing the host mounts later reaches here.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(PrivateRootfsError::Unshare)?;
+    // Either may not be a mount point (no instance has run yet): then there is nothing to drop.
+    for dir in [instances, Path::new("/run/netns")] {
+        match umount2(dir, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(source) => return Err(PrivateRootfsError::Mount { target: dir.to_owned(), source }),
+        }
+    }
+    Ok(())
+}
+
+/// In the shim, before libcontainer creates the container from `bundle`: enters a private
+/// mount namespace, mounts the overlay the server described ([`OVERLAY_ANNOTATION`]) at the
+/// spec's root, and resolves the image's user ([`USER_ANNOTATION`]) in it into the spec's
+/// `process.user`. A shim of the forker first attaches its `given` scratch (which holds the
+/// bundle) and binds its network namespace where the spec names it; any other shim detaches
+/// the other instances' mounts from its copy of the host's table. A bundle without the
+/// annotations is left as it is. Must run in the single-threaded shim.
+pub fn mount_overlay_privately(bundle: &Path, given: Option<GivenMounts>) -> Result<(), PrivateRootfsError> {
+    let config = bundle.join("config.json");
+    if let Some(given) = &given {
+        enter_private_namespace()?;
+        let scratch = bundle.parent().unwrap_or(bundle);
+        rustix::mount::move_mount(
+            given.scratch.as_fd(),
+            "",
+            rustix::fs::CWD,
+            scratch,
+            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| PrivateRootfsError::Mount {
+            target: scratch.to_owned(),
+            source: nix::errno::Errno::from_raw(e.raw_os_error()),
+        })?;
+    }
+    let mut spec = Spec::load(&config).map_err(PrivateRootfsError::LoadSpec)?;
     let netns = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).and_then(|namespaces| {
         namespaces
             .iter()
             .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
             .and_then(|n| n.path().clone())
     });
-    if let Some(instance_dir) = root.parent() {
-        drop_other_instances_mounts(instance_dir, netns.as_deref())?;
+    if let (Some(given), Some(netns)) = (&given, &netns) {
+        bind_descriptor(given.netns.as_fd(), netns)?;
+    }
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let Some(options) = annotations.get(OVERLAY_ANNOTATION) else { return Ok(()) };
+    let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_default();
+    if given.is_none() {
+        enter_private_namespace()?;
+        if let Some(instance_dir) = root.parent() {
+            drop_other_instances_mounts(instance_dir, netns.as_deref())?;
+        }
     }
     mount(Some("wharf-rootfs"), &root, Some("overlay"), MsFlags::MS_NODEV, Some(options.as_str()))
         .map_err(|source| PrivateRootfsError::Mount { target: root.clone(), source })?;
@@ -148,9 +203,25 @@ pub fn mount_overlay_privately(config: &Path) -> Result<(), PrivateRootfsError> 
             resolved.set_gid(gid);
             process.set_user(resolved);
         }
-        spec.save(config).map_err(PrivateRootfsError::SaveSpec)?;
+        spec.save(&config).map_err(PrivateRootfsError::SaveSpec)?;
     }
     Ok(())
+}
+
+/// Enters a mount namespace of this process's own, copied from its current one.
+fn enter_private_namespace() -> Result<(), PrivateRootfsError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(PrivateRootfsError::Unshare)?;
+    // Nothing mounted here reaches the host, and nothing the host mounts later reaches here.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(PrivateRootfsError::Unshare)
+}
+
+/// Binds what the open descriptor `fd` refers to (a namespace file) onto `target`: a
+/// namespace can be bound from a descriptor though no path to it is mounted here.
+fn bind_descriptor(fd: BorrowedFd<'_>, target: &Path) -> Result<(), PrivateRootfsError> {
+    let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    mount(Some(source.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|source| PrivateRootfsError::Mount { target: target.to_owned(), source })
 }
 
 /// Where the shim parks the instance's scratch while it detaches the other instances'.
@@ -164,7 +235,6 @@ const PARKING: &str = "/mnt";
 /// point: [`make_instances_mount_point`]); where the parent is not a mount point nothing is
 /// detached and the start goes on as before.
 fn drop_other_instances_mounts(instance_dir: &Path, netns: Option<&Path>) -> Result<(), PrivateRootfsError> {
-    use std::os::fd::AsRawFd as _;
     let scratch = instance_dir.join("scratch");
     if let Some(instances) = instance_dir.parent()
         && mount(Some(&scratch), PARKING, None::<&str>, MsFlags::MS_BIND, None::<&str>).is_ok()
@@ -182,10 +252,7 @@ fn drop_other_instances_mounts(instance_dir: &Path, netns: Option<&Path>) -> Res
         && let Ok(handle) = std::fs::File::open(netns)
         && umount2(dir, MntFlags::MNT_DETACH).is_ok()
     {
-        // A namespace file can be bound from a descriptor even though its mount is gone.
-        let source = format!("/proc/self/fd/{}", handle.as_raw_fd());
-        mount(Some(source.as_str()), netns, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|source| PrivateRootfsError::Mount { target: netns.to_owned(), source })?;
+        bind_descriptor(handle.as_fd(), netns)?;
     }
     Ok(())
 }

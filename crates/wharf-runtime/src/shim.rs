@@ -46,6 +46,10 @@ pub struct ShimArgs {
     pub bundle: PathBuf,
     /// libcontainer's state directory.
     pub state_root: PathBuf,
+    /// Whether the shim holds, as descriptors 5 and 6, a clone of its instance's scratch mount
+    /// and its network namespace ([`crate::rootfs::GivenMounts`]): so does a shim of the
+    /// forker, whose mount namespace holds no instance's mounts. Never on the command line.
+    pub given_mounts: bool,
 }
 
 impl ShimArgs {
@@ -66,7 +70,7 @@ impl ShimArgs {
                 return None;
             }
         }
-        Some(ShimArgs { id: id?, bundle: bundle?.into(), state_root: state_root?.into() })
+        Some(ShimArgs { id: id?, bundle: bundle?.into(), state_root: state_root?.into(), given_mounts: false })
     }
 }
 
@@ -101,7 +105,12 @@ pub fn run(args: &ShimArgs) -> i32 {
         }
     };
     let t0 = Instant::now();
-    if let Err(e) = crate::rootfs::mount_overlay_privately(&args.bundle.join("config.json")) {
+    // SAFETY: the forker placed these two descriptors at 5 and 6 when it says so, and
+    // nothing else in this process owns them.
+    let given = args.given_mounts.then(|| unsafe {
+        crate::rootfs::GivenMounts { scratch: OwnedFd::from_raw_fd(5), netns: OwnedFd::from_raw_fd(6) }
+    });
+    if let Err(e) = crate::rootfs::mount_overlay_privately(&args.bundle, given) {
         emit(&ShimEvent::Failed { error: crate::instance::probe::chain(&e) });
         return 1;
     }

@@ -54,6 +54,9 @@ pub enum SupervisorCommand {
         stderr: PathBuf,
         #[serde(default)]
         cgroup: String,
+        /// The container's network namespace, bound where its spec names it.
+        #[serde(default)]
+        netns: Option<PathBuf>,
     },
     /// SIGTERM now (thawed first), SIGKILL after `grace_ms` unless it exited.
     Stop { id: String, grace_ms: u64 },
@@ -147,8 +150,9 @@ pub fn run(state_root: PathBuf) -> i32 {
         eprintln!("wharf supervise: cannot become a child subreaper: {e}");
         return 1;
     }
-    // Forked first, while this process still has a single thread.
-    let forker = crate::forker::Forker::start()
+    // Forked first, while this process still has a single thread. The instances directory
+    // is beside the state root (`Runtime::open`).
+    let forker = crate::forker::Forker::start(&state_root.with_file_name("instances"))
         .map_err(|e| eprintln!("wharf supervise: {e}; each shim will be executed instead"))
         .ok();
     let shared = Arc::new(Shared {
@@ -192,9 +196,11 @@ pub fn run(state_root: PathBuf) -> i32 {
 
 fn handle(shared: &Arc<Shared>, command: SupervisorCommand) {
     match command {
-        SupervisorCommand::Start { id, bundle, log, stdout, stderr, cgroup } => {
+        SupervisorCommand::Start { id, bundle, log, stdout, stderr, cgroup, netns } => {
             shared.lock().containers.insert(id.clone(), Container { cgroup, ..Container::default() });
-            if let Err(error) = spawn_shim(shared, &id, &bundle, &log, &stdout, &stderr) {
+            let paths =
+                ShimPaths { bundle: &bundle, log: &log, stdout: &stdout, stderr: &stderr, netns: netns.as_deref() };
+            if let Err(error) = spawn_shim(shared, &id, &paths) {
                 shared.lock().containers.remove(&id);
                 shared.emit(&id, ShimEvent::Failed { error });
             }
@@ -236,27 +242,35 @@ fn open_fifo_for_writing(path: &Path) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
-fn spawn_shim(
-    shared: &Arc<Shared>,
-    id: &str,
-    bundle: &Path,
-    log: &Path,
-    stdout: &Path,
-    stderr: &Path,
-) -> Result<(), String> {
-    let out = open_fifo_for_writing(stdout)?;
-    let err = open_fifo_for_writing(stderr)?;
-    let log = std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let args =
-        crate::shim::ShimArgs { id: id.to_owned(), bundle: bundle.to_owned(), state_root: shared.state_root.clone() };
+/// Where a shim's files are, on the host.
+struct ShimPaths<'a> {
+    bundle: &'a Path,
+    log: &'a Path,
+    stdout: &'a Path,
+    stderr: &'a Path,
+    netns: Option<&'a Path>,
+}
+
+fn spawn_shim(shared: &Arc<Shared>, id: &str, paths: &ShimPaths<'_>) -> Result<(), String> {
+    let out = open_fifo_for_writing(paths.stdout)?;
+    let err = open_fifo_for_writing(paths.stderr)?;
+    let log = std::fs::File::create(paths.log).map_err(|e| format!("cannot create {}: {e}", paths.log.display()))?;
+    let args = crate::shim::ShimArgs {
+        id: id.to_owned(),
+        bundle: paths.bundle.to_owned(),
+        state_root: shared.state_root.clone(),
+        given_mounts: false,
+    };
     let (events, ack) = match &shared.forker {
-        Some(forker) => match fork_shim(forker, &args, &log, &out, &err) {
-            Ok(pipes) => pipes,
-            Err(e) => {
-                eprintln!("wharf supervise: {e}; executing the shim instead");
-                execute_shim(&args, log, out, err)?
+        Some(forker) => {
+            match given_mounts(paths).and_then(|mounts| fork_shim(forker, &args, &log, &out, &err, &mounts)) {
+                Ok(pipes) => pipes,
+                Err(e) => {
+                    eprintln!("wharf supervise: {e}; executing the shim instead");
+                    execute_shim(&args, log, out, err)?
+                }
             }
-        },
+        }
         None => execute_shim(&args, log, out, err)?,
     };
     shared.lock().spawns += 1;
@@ -264,6 +278,18 @@ fn spawn_shim(
     let (shared, id) = (shared.clone(), id.to_owned());
     std::thread::spawn(move || follow_shim(&shared, &id, events, ack));
     Ok(())
+}
+
+/// What a shim of the forker is handed ([`crate::rootfs::GivenMounts`]): a clone of the
+/// instance's scratch mount (the bundle's directory's parent) and its network namespace.
+fn given_mounts(paths: &ShimPaths<'_>) -> Result<crate::rootfs::GivenMounts, String> {
+    let scratch = paths.bundle.parent().unwrap_or(paths.bundle);
+    let flags = rustix::mount::OpenTreeFlags::OPEN_TREE_CLONE | rustix::mount::OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    let scratch = rustix::mount::open_tree(rustix::fs::CWD, scratch, flags)
+        .map_err(|e| format!("cannot clone the scratch mount {}: {e}", scratch.display()))?;
+    let netns = paths.netns.ok_or("the start names no network namespace")?;
+    let netns = std::fs::File::open(netns).map_err(|e| format!("cannot open {}: {e}", netns.display()))?;
+    Ok(crate::rootfs::GivenMounts { scratch, netns: netns.into() })
 }
 
 /// A shim from the forker ([`crate::forker`]); returns the read end of its events pipe and
@@ -274,11 +300,16 @@ fn fork_shim(
     log: &std::fs::File,
     out: &std::fs::File,
     err: &std::fs::File,
+    mounts: &crate::rootfs::GivenMounts,
 ) -> Result<(std::fs::File, std::fs::File), String> {
     use std::os::fd::AsFd as _;
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"));
     let ((events, events_shim), (ack_shim, ack)) = (pipe()?, pipe()?);
-    forker.fork_shim(args, [ack_shim.as_fd(), events_shim.as_fd(), log.as_fd(), out.as_fd(), err.as_fd()])?;
+    forker.fork_shim(
+        args,
+        [ack_shim.as_fd(), events_shim.as_fd(), log.as_fd(), out.as_fd(), err.as_fd()],
+        [mounts.scratch.as_fd(), mounts.netns.as_fd()],
+    )?;
     // Our copies of the shim's ends close here: its events pipe ends when the shim exits.
     Ok((events.into(), ack.into()))
 }
@@ -474,6 +505,19 @@ struct Link {
     events: tokio::task::JoinHandle<()>,
 }
 
+/// Where a container's files are on the host, for [`Supervisor::start`].
+#[derive(Debug)]
+pub(crate) struct ContainerFiles {
+    pub(crate) bundle: PathBuf,
+    /// The shim's diagnostics.
+    pub(crate) log: PathBuf,
+    /// The FIFOs the container's output goes to.
+    pub(crate) stdout: PathBuf,
+    pub(crate) stderr: PathBuf,
+    /// The network namespace the spec names.
+    pub(crate) netns: PathBuf,
+}
+
 /// The supervisor process could not be started or written to.
 #[derive(Debug, thiserror::Error)]
 #[error("the instance supervisor ({helper}) {what}")]
@@ -494,20 +538,19 @@ impl Supervisor {
     pub(crate) async fn start(
         &self,
         id: &str,
-        bundle: &Path,
-        log: &Path,
-        stdout: &Path,
-        stderr: &Path,
+        files: ContainerFiles,
         cgroup: &str,
     ) -> Result<tokio::sync::mpsc::UnboundedReceiver<ShimEvent>, SupervisorError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let ContainerFiles { bundle, log, stdout, stderr, netns } = files;
         let command = SupervisorCommand::Start {
             id: id.to_owned(),
-            bundle: bundle.to_owned(),
-            log: log.to_owned(),
-            stdout: stdout.to_owned(),
-            stderr: stderr.to_owned(),
+            bundle,
+            log,
+            stdout,
+            stderr,
             cgroup: cgroup.to_owned(),
+            netns: Some(netns),
         };
         self.send(&command, Some((id, tx))).await?;
         Ok(rx)

@@ -192,6 +192,29 @@ async fn two_instances_share_port_8080_and_stop_gracefully() {
         matches!(others[..], [forker] if parent_of(forker) == Some(supervisor)),
         "helpers other than the supervisor and its forker: {others:?}"
     );
+    // Each shim's mount namespace is copied from the forker's, which holds no instance's
+    // mounts however many run (the host's holds each one's scratch and network namespace),
+    // and a container sees no other instance's mounts.
+    let mount_points = |mountinfo: &str| -> Vec<String> {
+        mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).map(str::to_owned).collect()
+    };
+    let instances = h.dir.path().join("instances");
+    let host = mount_points(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
+    let forker = mount_points(&std::fs::read_to_string(format!("/proc/{}/mountinfo", others[0])).unwrap());
+    for instance in [&a, &b] {
+        let scratch = instances.join(&instance.id).join("scratch").to_string_lossy().into_owned();
+        assert!(host.contains(&scratch), "{scratch} is not mounted on the host: {host:?}");
+    }
+    let instance_mounts = |points: &[String]| -> Vec<String> {
+        points
+            .iter()
+            .filter(|p| std::path::Path::new(p).starts_with(&instances) || p.starts_with("/run/netns/"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(instance_mounts(&forker), Vec::<String>::new(), "the forker's mount namespace: {forker:?}");
+    let (_, inside) = get(&b, "/file?path=/proc/self/mountinfo").await;
+    assert!(!inside.contains(&a.id), "instance b's container sees instance a's mounts: {inside}");
     let mut cgroups: Vec<String> = children
         .iter()
         .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default())

@@ -323,10 +323,13 @@ impl Runtime {
             .supervisor
             .start(
                 id,
-                &bundle_dir(&rootfs.scratch),
-                &shim_log,
-                &stdout_path,
-                &stderr_path,
+                crate::supervisor::ContainerFiles {
+                    bundle: bundle_dir(&rootfs.scratch),
+                    log: shim_log.clone(),
+                    stdout: stdout_path,
+                    stderr: stderr_path,
+                    netns: network.netns_path(),
+                },
                 &self.inner.cgroups.instance_path(id),
             )
             .await?;
