@@ -69,6 +69,25 @@ impl Forker {
         }
     }
 
+    /// Ends the forker and waits, up to `timeout`, until it has exited: its mount namespace is
+    /// torn down as it exits, which takes a while, and nothing of the supervisor may be left
+    /// running once the supervisor is gone.
+    pub(crate) fn stop(&self, timeout: std::time::Duration) {
+        let _ = nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        // SAFETY: pidfd_open takes a pid and flags and at most returns a new descriptor.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid.as_raw(), 0) };
+        let Ok(raw) = RawFd::try_from(raw) else { return };
+        if raw < 0 {
+            return; // gone (and reaped) already
+        }
+        // SAFETY: a descriptor pidfd_open just returned, owned by nothing else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut poll = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd; a pidfd becomes readable when its process has exited.
+        let _ = unsafe { libc::poll(&mut poll, 1, millis) };
+    }
+
     /// The forker's process id.
     pub(crate) fn pid(&self) -> Pid {
         self.pid

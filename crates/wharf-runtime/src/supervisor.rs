@@ -191,6 +191,10 @@ pub fn run(state_root: PathBuf) -> i32 {
     while !state.containers.is_empty() && Instant::now() < deadline {
         state = shared.changed.wait_timeout(state, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
     }
+    drop(state);
+    if let Some(forker) = &shared.forker {
+        forker.stop(deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)));
+    }
     0
 }
 
