@@ -425,8 +425,11 @@ fn reap_children(shared: &Shared) {
             }
         };
         if shared.forker.as_ref().is_some_and(|forker| forker.pid() == pid) {
-            // Later starts fail to reach it and execute their shim instead.
-            eprintln!("wharf supervise: the shim forker exited (code {code:?}, signal {signal:?})");
+            // Later starts fail to reach it and execute their shim instead. While draining,
+            // the supervisor ended it itself.
+            if !shared.lock().server_gone {
+                eprintln!("wharf supervise: the shim forker exited (code {code:?}, signal {signal:?})");
+            }
             continue;
         }
         let (id, cgroup) = {
