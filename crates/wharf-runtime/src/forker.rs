@@ -20,8 +20,8 @@
 //! The forker ignores `SIGCHLD`, so the kernel reaps its shims; the containers' init
 //! processes, orphaned when their shim exits, still go to the supervisor (a child subreaper;
 //! the forker is not one). It dies with the supervisor (`PR_SET_PDEATHSIG`, and the end of
-//! file on its socket). Each shim closes every descriptor above those it is given before anything else, the
-//! forker's socket among them: no container can reach it.
+//! file on its socket). Each shim closes every descriptor above those it is given before
+//! anything else, the forker's socket among them: no container can reach it.
 
 #![allow(unsafe_code)] // fork, signal dispositions, and placing received descriptors at 0-6
 

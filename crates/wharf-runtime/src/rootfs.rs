@@ -137,9 +137,7 @@ pub struct GivenMounts {
 /// (`docs/benchmarks.md`, "Round 6"). The shim gets its own mounts as [`GivenMounts`].
 /// Must run while this process has a single thread.
 pub fn enter_shim_template(instances: &Path) -> Result<(), PrivateRootfsError> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(PrivateRootfsError::Unshare)?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(PrivateRootfsError::Unshare)?;
+    enter_private_namespace()?;
     // Either may not be a mount point (no instance has run yet): then there is nothing to drop.
     for dir in [instances, Path::new("/run/netns")] {
         match umount2(dir, MntFlags::MNT_DETACH) {

@@ -48,15 +48,10 @@ pub enum SupervisorCommand {
     /// kill and remove it without searching every instance's cgroup.
     Start {
         id: String,
-        bundle: PathBuf,
-        log: PathBuf,
-        stdout: PathBuf,
-        stderr: PathBuf,
+        #[serde(flatten)]
+        files: ContainerFiles,
         #[serde(default)]
         cgroup: String,
-        /// The container's network namespace, bound where its spec names it.
-        #[serde(default)]
-        netns: Option<PathBuf>,
     },
     /// SIGTERM now (thawed first), SIGKILL after `grace_ms` unless it exited.
     Stop { id: String, grace_ms: u64 },
@@ -200,11 +195,9 @@ pub fn run(state_root: PathBuf) -> i32 {
 
 fn handle(shared: &Arc<Shared>, command: SupervisorCommand) {
     match command {
-        SupervisorCommand::Start { id, bundle, log, stdout, stderr, cgroup, netns } => {
+        SupervisorCommand::Start { id, files, cgroup } => {
             shared.lock().containers.insert(id.clone(), Container { cgroup, ..Container::default() });
-            let paths =
-                ShimPaths { bundle: &bundle, log: &log, stdout: &stdout, stderr: &stderr, netns: netns.as_deref() };
-            if let Err(error) = spawn_shim(shared, &id, &paths) {
+            if let Err(error) = spawn_shim(shared, &id, &files) {
                 shared.lock().containers.remove(&id);
                 shared.emit(&id, ShimEvent::Failed { error });
             }
@@ -246,19 +239,10 @@ fn open_fifo_for_writing(path: &Path) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
-/// Where a shim's files are, on the host.
-struct ShimPaths<'a> {
-    bundle: &'a Path,
-    log: &'a Path,
-    stdout: &'a Path,
-    stderr: &'a Path,
-    netns: Option<&'a Path>,
-}
-
-fn spawn_shim(shared: &Arc<Shared>, id: &str, paths: &ShimPaths<'_>) -> Result<(), String> {
-    let out = open_fifo_for_writing(paths.stdout)?;
-    let err = open_fifo_for_writing(paths.stderr)?;
-    let log = std::fs::File::create(paths.log).map_err(|e| format!("cannot create {}: {e}", paths.log.display()))?;
+fn spawn_shim(shared: &Arc<Shared>, id: &str, paths: &ContainerFiles) -> Result<(), String> {
+    let out = open_fifo_for_writing(&paths.stdout)?;
+    let err = open_fifo_for_writing(&paths.stderr)?;
+    let log = std::fs::File::create(&paths.log).map_err(|e| format!("cannot create {}: {e}", paths.log.display()))?;
     let args = crate::shim::ShimArgs {
         id: id.to_owned(),
         bundle: paths.bundle.to_owned(),
@@ -286,12 +270,12 @@ fn spawn_shim(shared: &Arc<Shared>, id: &str, paths: &ShimPaths<'_>) -> Result<(
 
 /// What a shim of the forker is handed ([`crate::rootfs::GivenMounts`]): a clone of the
 /// instance's scratch mount (the bundle's directory's parent) and its network namespace.
-fn given_mounts(paths: &ShimPaths<'_>) -> Result<crate::rootfs::GivenMounts, String> {
-    let scratch = paths.bundle.parent().unwrap_or(paths.bundle);
+fn given_mounts(paths: &ContainerFiles) -> Result<crate::rootfs::GivenMounts, String> {
+    let scratch = paths.bundle.parent().unwrap_or(&paths.bundle);
     let flags = rustix::mount::OpenTreeFlags::OPEN_TREE_CLONE | rustix::mount::OpenTreeFlags::OPEN_TREE_CLOEXEC;
     let scratch = rustix::mount::open_tree(rustix::fs::CWD, scratch, flags)
         .map_err(|e| format!("cannot clone the scratch mount {}: {e}", scratch.display()))?;
-    let netns = paths.netns.ok_or("the start names no network namespace")?;
+    let netns = paths.netns.as_deref().ok_or("the start names no network namespace")?;
     let netns = std::fs::File::open(netns).map_err(|e| format!("cannot open {}: {e}", netns.display()))?;
     Ok(crate::rootfs::GivenMounts { scratch, netns: netns.into() })
 }
@@ -512,17 +496,19 @@ struct Link {
     events: tokio::task::JoinHandle<()>,
 }
 
-/// Where a container's files are on the host, for [`Supervisor::start`].
-#[derive(Debug)]
-pub(crate) struct ContainerFiles {
-    pub(crate) bundle: PathBuf,
+/// Where a container's files are on the host ([`SupervisorCommand::Start`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerFiles {
+    pub bundle: PathBuf,
     /// The shim's diagnostics.
-    pub(crate) log: PathBuf,
+    pub log: PathBuf,
     /// The FIFOs the container's output goes to.
-    pub(crate) stdout: PathBuf,
-    pub(crate) stderr: PathBuf,
-    /// The network namespace the spec names.
-    pub(crate) netns: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    /// The container's network namespace, bound where its spec names it in a shim of the
+    /// forker ([`crate::rootfs::GivenMounts`]).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 /// The supervisor process could not be started or written to.
@@ -549,16 +535,7 @@ impl Supervisor {
         cgroup: &str,
     ) -> Result<tokio::sync::mpsc::UnboundedReceiver<ShimEvent>, SupervisorError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let ContainerFiles { bundle, log, stdout, stderr, netns } = files;
-        let command = SupervisorCommand::Start {
-            id: id.to_owned(),
-            bundle,
-            log,
-            stdout,
-            stderr,
-            cgroup: cgroup.to_owned(),
-            netns: Some(netns),
-        };
+        let command = SupervisorCommand::Start { id: id.to_owned(), files, cgroup: cgroup.to_owned() };
         self.send(&command, Some((id, tx))).await?;
         Ok(rx)
     }

@@ -328,7 +328,7 @@ impl Runtime {
                     log: shim_log.clone(),
                     stdout: stdout_path,
                     stderr: stderr_path,
-                    netns: network.netns_path(),
+                    netns: Some(network.netns_path()),
                 },
                 &self.inner.cgroups.instance_path(id),
             )
