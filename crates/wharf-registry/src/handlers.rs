@@ -312,7 +312,9 @@ fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>> {
 ///
 /// An upload may not grow past the store's blob size limit: a `Content-Length` (or
 /// `Content-Range`) announcing more is refused before the body is read, and a body that
-/// goes on past it is cut off there, with 413 either way.
+/// goes on past it is cut off there, with 413 either way. The refused rest of the body is read
+/// and thrown away (within [`discard_rest`]'s bounds) so that a client still writing it reads
+/// the 413 instead of a broken pipe.
 async fn append_chunk(
     images: &ImageStore,
     name: &str,
@@ -330,6 +332,7 @@ async fn append_chunk(
     if let Some(announced) = announced
         && offset.saturating_add(announced) > limit
     {
+        discard_rest(&mut body.into_data_stream()).await;
         return Err(ImageError::BlobTooLarge { size: offset, limit }.into());
     }
     let mut file = tokio::fs::File::from_std(file);
@@ -341,6 +344,7 @@ async fn append_chunk(
             Ok(bytes) => {
                 if offset + written + bytes.len() as u64 > limit {
                     failure = Some(RegistryError::Image(ImageError::BlobTooLarge { size: offset + written, limit }));
+                    discard_rest(&mut stream).await;
                     break;
                 }
                 if let Err(e) = file.write_all(&bytes).await {
@@ -370,6 +374,29 @@ async fn append_chunk(
     }
     file.flush().await.map_err(|e| ImageError::Task(format!("flushing upload {id}: {e}")))?;
     Ok(offset + written)
+}
+
+/// How much of a refused body is read and thrown away before answering, and for how long: enough
+/// for a client that sent the rest of a chunk without waiting to see the answer, not enough for a
+/// sender to keep the connection busy. Past either bound the answer goes out and the connection
+/// closes under the client.
+const DISCARD_BYTES: u64 = 16 << 20;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn discard_rest<S, E>(stream: &mut S)
+where
+    S: futures::Stream<Item = std::result::Result<axum::body::Bytes, E>> + Unpin,
+{
+    let mut discarded: u64 = 0;
+    let drain = async {
+        while let Some(Ok(bytes)) = stream.next().await {
+            discarded += bytes.len() as u64;
+            if discarded > DISCARD_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }
 
 async fn finish_upload(images: &ImageStore, name: &str, id: &str, digest: &Digest) -> Result<Response> {

@@ -145,7 +145,10 @@ async fn oversized_blobs_get_413_and_abandoned_uploads_expire() {
     let half = vec![2u8; 600 << 10];
     let r = req(Method::PATCH, &location).body(half.clone()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(half.clone()), Ok(half.clone())];
+    // The client goes on sending 12 MiB past the limit without waiting, more than the sockets
+    // buffer: it still reads the 413 rather than a broken pipe.
+    let overshoot = std::iter::repeat_n(vec![3u8; 1 << 20], 12);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = std::iter::once(half.clone()).chain(overshoot).map(Ok).collect();
     let r = req(Method::PATCH, &location)
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
