@@ -35,6 +35,9 @@ pub enum ProxyError {
     Upstream(String),
     #[error("the request exceeded its timeout of {0:?}")]
     Timeout(std::time::Duration),
+    /// The client's request body could not be read (it broke off, or was longer than it said).
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
     /// The caller may not invoke the service (see [`crate::access`]).
     #[error("refused {path}: {refusal}")]
     Refused { refusal: Refusal, path: String },
@@ -49,6 +52,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Refused { refusal, .. } => match refusal {
                 Refusal::NotInternal => StatusCode::NOT_FOUND,
@@ -79,6 +83,7 @@ impl ProxyError {
                 format!("The request was aborted because there was no available instance: {reason}")
             }
             ProxyError::Upstream(_) => "The upstream instance failed to answer the request.".to_owned(),
+            ProxyError::ClientBody(reason) => format!("The request body could not be read: {reason}"),
             ProxyError::Timeout(t) => format!("upstream request timeout: the request exceeded {}s", t.as_secs()),
             ProxyError::Refused { refusal, path } => google_error_page(refusal, path),
         }

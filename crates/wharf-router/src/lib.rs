@@ -43,7 +43,7 @@ pub use access::{Access, Gate, IngressSetting};
 pub use listener::{Listener, ListenerLimits};
 pub use observe::{PoolOwner, RequestObserver, RequestRecord};
 pub use pool::{InstanceSample, Lease, PoolConfig, PoolReport, PoolStats, RevisionPool, UpstreamProtocol};
-pub use proxy::{ProxyBody, bind_ingress, serve, serve_tls};
+pub use proxy::{BoxError, ProxyBody, bind_ingress, serve, serve_tls};
 pub use site::LocalSite;
 pub use table::{HttpsPolicy, RoutingTable, ServiceRoute};
 pub use upstream::{BoxFuture, LaunchError, Launcher, ResourceUsage, Upstream};

@@ -45,10 +45,15 @@ use crate::observe::{PoolOwner, RequestObserver, RequestRecord};
 use crate::pool::{Lease, UpstreamProtocol};
 use crate::table::RoutingTable;
 
+mod http1;
 #[cfg(test)]
 mod tests;
 
-pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+/// A response body as the ingress sends it.
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Why a response body broke off.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where the ingress reports each request, if anywhere.
 pub type Observer = Option<Arc<dyn RequestObserver>>;
@@ -209,7 +214,21 @@ async fn accept_loop(
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
     let forwarded_proto = if tls.is_some() { "https" } else { "http" };
-    let proxy = Arc::new(Proxy { table, gate, http1, h2c, forwarded_proto, observer });
+    let own_http1 = http1::Http1Client::default();
+    let reaper = {
+        let (own_http1, shutdown) = (own_http1.clone(), shutdown.clone());
+        async move {
+            let mut every = tokio::time::interval(http1::IDLE_TIMEOUT / 3);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => own_http1.close_expired(),
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
+    tokio::spawn(reaper);
+    let proxy = Arc::new(Proxy { table, gate, own_http1, http1, h2c, forwarded_proto, observer });
     let make_service = move |remote| {
         let proxy = proxy.clone();
         hyper::service::service_fn(move |req| {
@@ -226,7 +245,11 @@ async fn accept_loop(
 struct Proxy {
     table: Arc<RoutingTable>,
     gate: Gate,
-    /// To instances of revisions whose port is `http1`, and for upgrades (WebSocket) to any.
+    /// To instances of revisions whose port is `http1`, for requests with no body or a small
+    /// one of announced length (most): see [`http1`].
+    own_http1: http1::Http1Client,
+    /// To instances of revisions whose port is `http1` for the other requests (streamed
+    /// bodies), and for upgrades (WebSocket) to any.
     http1: Client<HttpConnector, Incoming>,
     /// To instances of revisions whose port is `h2c`: HTTP/2 with prior knowledge.
     h2c: Client<HttpConnector, Incoming>,
@@ -442,51 +465,64 @@ impl Proxy {
         // it with an error, which the client gets as a 502).
         let http2 = pool.protocol == UpstreamProtocol::H2c && !upgrade;
         let client_version = req.version();
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let place = req.extensions_mut().remove::<ConnectionPlace>();
-        let (mut parts, body) = req.into_parts();
-        let mut uri = hyper::http::uri::Parts::default();
-        uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
-        uri.authority = Some(lease.authority().clone());
-        uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| "/".parse().expect("valid")));
-        parts.uri = hyper::Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))?;
-        parts.version = if http2 { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
-        let trace = prepare_headers(&mut parts.headers, remote, &host, upgrade, self.forwarded_proto);
-        if let Some(trail) = trail {
-            trail.record.trace = Some(trace);
-        }
-        let upstream = Request::from_parts(parts, body);
-        let client = if http2 { &self.h2c } else { &self.http1 };
-
-        let mut response = tokio::select! {
-            response = client.request(upstream) => response.map_err(|e| ProxyError::Upstream(e.to_string()))?,
-            _ = deadline.as_mut() => return Err(ProxyError::Timeout(timeout)),
-        };
-
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let splice = splice(client_upgrade, upstream_upgrade, lease, timeout);
-            tokio::spawn(
-                async move {
-                    splice.await;
-                    // The upgraded stream counted against the listener's cap until now.
-                    drop(place);
-                }
-                .instrument(span.clone()),
-            );
-            let (parts, _) = response.into_parts();
-            if let Some(trail) = trail.take() {
-                trail.finish(StatusCode::SWITCHING_PROTOCOLS.as_u16(), 0);
+        let own_client = !http2 && !upgrade && fits_own_client(&req);
+        let (mut parts, body) = if own_client {
+            let send = self.send_own(req, remote, &host, &lease, trail);
+            let response = tokio::select! {
+                response = send => response?,
+                _ = deadline.as_mut() => return Err(ProxyError::Timeout(timeout)),
+            };
+            let (parts, body) = response.into_parts();
+            (parts, InstanceBody::Own(body))
+        } else {
+            let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+            let place = req.extensions_mut().remove::<ConnectionPlace>();
+            let (mut parts, body) = req.into_parts();
+            let mut uri = hyper::http::uri::Parts::default();
+            uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+            uri.authority = Some(lease.authority().clone());
+            uri.path_and_query =
+                Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| "/".parse().expect("valid")));
+            parts.uri =
+                hyper::Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))?;
+            parts.version = if http2 { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
+            let trace = prepare_headers(&mut parts.headers, remote, &host, upgrade, self.forwarded_proto);
+            if let Some(trail) = trail {
+                trail.record.trace = Some(trace);
             }
-            return Ok(Response::from_parts(
-                parts,
-                http_body_util::Empty::new().map_err(|never| match never {}).boxed(),
-            ));
-        }
+            let upstream = Request::from_parts(parts, body);
+            let client = if http2 { &self.h2c } else { &self.http1 };
 
-        let (mut parts, body) = response.into_parts();
+            let mut response = tokio::select! {
+                response = client.request(upstream) => response.map_err(|e| ProxyError::Upstream(e.to_string()))?,
+                _ = deadline.as_mut() => return Err(ProxyError::Timeout(timeout)),
+            };
+
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client_upgrade) = client_upgrade
+            {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                let splice = splice(client_upgrade, upstream_upgrade, lease, timeout);
+                tokio::spawn(
+                    async move {
+                        splice.await;
+                        // The upgraded stream counted against the listener's cap until now.
+                        drop(place);
+                    }
+                    .instrument(span.clone()),
+                );
+                let (parts, _) = response.into_parts();
+                if let Some(trail) = trail.take() {
+                    trail.finish(StatusCode::SWITCHING_PROTOCOLS.as_u16(), 0);
+                }
+                return Ok(Response::from_parts(
+                    parts,
+                    http_body_util::Empty::new().map_err(|never| match never {}).boxed(),
+                ));
+            }
+            let (parts, body) = response.into_parts();
+            (parts, InstanceBody::Hyper(body))
+        };
         // The client's connection decides the version it is answered in (an HTTP/1.1 client
         // of an h2c revision gets HTTP/1.1).
         parts.version = client_version;
@@ -509,6 +545,77 @@ impl Proxy {
         });
         let body = LeasedBody { inner: body, _lease: lease, deadline, timeout, grpc, ended: false, report };
         Ok(Response::from_parts(parts, body.boxed()))
+    }
+
+    /// Sends a request with [`http1::Http1Client`]: reads its (small) body, writes it to the
+    /// leased instance with the forwarding headers, and reads the response head.
+    async fn send_own(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        host: &str,
+        lease: &Lease,
+        trail: &mut Option<Trail>,
+    ) -> Result<Response<http1::UpstreamBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let body = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            http_body_util::Limited::new(body, http1::MAX_BUFFERED_BODY)
+                .collect()
+                .await
+                .map_err(|e| ProxyError::ClientBody(e.to_string()))?
+                .to_bytes()
+        };
+        let trace = prepare_headers(&mut parts.headers, remote, host, false, self.forwarded_proto);
+        if let Some(trail) = trail {
+            trail.record.trace = Some(trace);
+        }
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let request = http1::encode_request(&parts.method, path, &parts.headers, host, &body);
+        self.own_http1.send(lease.upstream(), &request).await.map_err(|e| ProxyError::Upstream(e.to_string()))
+    }
+}
+
+/// Whether [`http1::Http1Client`] can send this request: its body is empty, or announced
+/// with a length it may read whole first.
+fn fits_own_client(req: &Request<Incoming>) -> bool {
+    if req.body().is_end_stream() {
+        return true;
+    }
+    let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    announced.is_some_and(|length| length <= http1::MAX_BUFFERED_BODY)
+}
+
+/// An instance's response body, from whichever client fetched it.
+enum InstanceBody {
+    Hyper(Incoming),
+    Own(http1::UpstreamBody),
+}
+
+impl Body for InstanceBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            InstanceBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            InstanceBody::Own(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            InstanceBody::Hyper(body) => body.is_end_stream(),
+            InstanceBody::Own(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            InstanceBody::Hyper(body) => body.size_hint(),
+            InstanceBody::Own(body) => body.size_hint(),
+        }
     }
 }
 
@@ -719,7 +826,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ActivityIo<T> {
 /// request's deadline: a gRPC call's then ends with trailers saying DEADLINE_EXCEEDED (its
 /// client sees why), any other body just ends.
 struct LeasedBody {
-    inner: Incoming,
+    inner: InstanceBody,
     _lease: Lease,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
@@ -799,9 +906,9 @@ impl Trail {
 
 impl Body for LeasedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.ended {
             return Poll::Ready(None);
         }

@@ -66,17 +66,16 @@ impl LocalSite for ConsoleSite {
     }
 }
 
-/// An axum body as the ingress's response body type, which must be `Sync` and fail only with
-/// hyper's own errors: the body is only ever polled through `&mut` (no lock is taken), and a
-/// failing body ends the response where it failed (logged; hyper then closes the connection
+/// An axum body as the ingress's response body type, which must be `Sync`: the body is only
+/// ever polled through `&mut` (no lock is taken), and a failing body ends the response where it failed (logged; hyper then closes the connection
 /// when the length does not add up).
 struct SyncBody(Mutex<axum::body::Body>);
 
 impl Body for SyncBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = wharf_router::BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let inner = self.get_mut().0.get_mut().unwrap_or_else(|p| p.into_inner());
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
