@@ -74,6 +74,9 @@ pub(crate) struct Http1Client {
 
 struct IdleConnection {
     stream: TcpStream,
+    /// Its read buffer, kept with it: a new one per request costs an allocation large enough
+    /// to make malloc consolidate its free lists (measured: 6% of the ingress's time).
+    buf: BytesMut,
     /// The instance it was opened to: an address may later belong to another instance.
     instance: Weak<dyn Upstream>,
     since: Instant,
@@ -137,8 +140,8 @@ impl Http1Client {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let addr = instance.addr();
         let instance = Arc::downgrade(instance);
-        while let Some(stream) = self.checkout(&instance, addr) {
-            match self.exchange(stream, &instance, addr, request).await {
+        while let Some((stream, buf)) = self.checkout(&instance, addr) {
+            match self.exchange(stream, buf, &instance, addr, request).await {
                 Ok(response) => return Ok(response),
                 Err(Failure { error, retry }) => {
                     if !retry {
@@ -154,11 +157,11 @@ impl Http1Client {
             Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
         };
         stream.set_nodelay(true)?;
-        self.exchange(stream, &instance, addr, request).await.map_err(|f| f.error)
+        self.exchange(stream, BytesMut::with_capacity(READ_SIZE), &instance, addr, request).await.map_err(|f| f.error)
     }
 
     /// An idle connection to `instance` that is still open, if there is one.
-    fn checkout(&self, instance: &Weak<dyn Upstream>, addr: SocketAddr) -> Option<TcpStream> {
+    fn checkout(&self, instance: &Weak<dyn Upstream>, addr: SocketAddr) -> Option<(TcpStream, BytesMut)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let connections = idle.get_mut(&addr)?;
         while let Some(connection) = connections.pop() {
@@ -169,18 +172,20 @@ impl Http1Client {
             // readiness it last saw, without a system call. A close or a stray byte shows up as
             // readable.
             match connection.stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(connection.stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Some((connection.stream, connection.buf));
+                }
                 _ => continue,
             }
         }
         None
     }
 
-    fn put_back(&self, instance: Weak<dyn Upstream>, addr: SocketAddr, stream: TcpStream) {
+    fn put_back(&self, instance: Weak<dyn Upstream>, addr: SocketAddr, stream: TcpStream, buf: BytesMut) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let connections = idle.entry(addr).or_default();
         if connections.len() < MAX_IDLE_PER_INSTANCE {
-            connections.push(IdleConnection { stream, instance, since: Instant::now() });
+            connections.push(IdleConnection { stream, buf, instance, since: Instant::now() });
         }
     }
 
@@ -203,6 +208,7 @@ impl Http1Client {
     async fn exchange(
         &self,
         mut stream: TcpStream,
+        mut buf: BytesMut,
         instance: &Weak<dyn Upstream>,
         addr: SocketAddr,
         request: &Outgoing,
@@ -214,7 +220,6 @@ impl Http1Client {
         if let Err(e) = stream.write_all(&request.bytes).await {
             return Err(Failure { error: e.into(), retry: true });
         }
-        let mut buf = BytesMut::with_capacity(READ_SIZE);
         let (response, framing, keep_alive) = loop {
             match read_more(&mut stream, &mut buf).await {
                 Ok(0) if buf.is_empty() => {
@@ -391,7 +396,7 @@ impl UpstreamBody {
             && self.reusable
             && self.buf.is_empty()
         {
-            client.put_back(instance, addr, stream);
+            client.put_back(instance, addr, stream, std::mem::take(&mut self.buf));
         }
     }
 
