@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body::Frame;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -759,4 +760,62 @@ async fn a_plain_socket_is_shared_by_the_workers() {
     let _client = std::net::TcpStream::connect(addr).unwrap();
     sockets[2].set_nonblocking(true).unwrap();
     assert!(sockets[2].accept().is_ok(), "a clone accepts from the one queue");
+}
+
+/// An instance stand-in that answers with the request's method, `Host` and body, and counts
+/// the connections it accepted.
+async fn echoing_instance() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let method = req.method().clone();
+                let body = req.into_body().collect().await?.to_bytes();
+                let answer = format!("{method} {host} {}", String::from_utf8_lossy(&body));
+                Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(answer))))
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    (addr, accepted)
+}
+
+/// Requests with no body or a small one of known length go through the ingress's own client,
+/// which keeps one connection to the instance for requests in turn; a streamed body goes
+/// through hyper-util's, whole.
+#[tokio::test]
+async fn small_requests_share_one_upstream_connection_and_streamed_bodies_still_arrive_whole() {
+    let table = Arc::new(RoutingTable::default());
+    let (addr, accepted) = echoing_instance().await;
+    route(&table, "hello-00001", addr, config(80, 0, 10));
+    let ingress = Ingress::start(table).await;
+
+    for _ in 0..5 {
+        assert_eq!(ingress.get(HOST, "/").await, (StatusCode::OK, format!("GET {HOST} ")));
+    }
+    let post = |body: Full<Bytes>| {
+        Request::post(format!("http://{}/", ingress.addr)).header(header::HOST, HOST).body(body).unwrap()
+    };
+    let response = ingress.client.request(post(Full::new(Bytes::from_static(b"ping")))).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], format!("POST {HOST} ping").as_bytes());
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one upstream connection for requests in turn");
+
+    // A body of unannounced length, streamed in chunks: hyper-util's client, on a connection
+    // of its own.
+    let chunks = futures::stream::iter(["a", "b", "c"].map(|c| Ok::<_, std::io::Error>(Frame::data(Bytes::from(c)))));
+    let streamed = Request::post(format!("http://{}/", ingress.addr))
+        .header(header::HOST, HOST)
+        .body(http_body_util::StreamBody::new(chunks))
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(streamed).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], format!("POST {HOST} abc").as_bytes());
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

@@ -326,6 +326,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Response<()
             continue;
         }
         let framing = framing(&headers, status, method)?;
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            // The transfer coding decides the body's end; a length beside it means nothing
+            // (RFC 9112 section 6.3) and must not reach the client.
+            headers.remove(header::CONTENT_LENGTH);
+        }
         let connection = |token: &str| {
             headers
                 .get_all(header::CONNECTION)
