@@ -55,7 +55,13 @@ impl UnpackLimits {
     pub fn sized_for(dir: &Path) -> io::Result<UnpackLimits> {
         let stat = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
         let free = stat.blocks_available().saturating_mul(stat.fragment_size());
-        Ok(Self::with_max_bytes((free / 2).clamp(1 << 20, Self::DEFAULT_MAX_BYTES_CAP)))
+        Ok(Self::for_free_space(free))
+    }
+
+    /// The default when `free` bytes are free where snapshots live: half of it, at least
+    /// 1 MiB and at most [`Self::DEFAULT_MAX_BYTES_CAP`].
+    pub fn for_free_space(free: u64) -> UnpackLimits {
+        Self::with_max_bytes((free / 2).clamp(1 << 20, Self::DEFAULT_MAX_BYTES_CAP))
     }
 }
 
