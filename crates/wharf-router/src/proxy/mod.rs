@@ -487,6 +487,15 @@ impl Proxy {
                 hyper::Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))?;
             parts.version = if http2 { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
             let trace = prepare_headers(&mut parts.headers, remote, &host, upgrade, self.forwarded_proto);
+            // An HTTP/2 client names the host in `:authority` only: the instance gets it as
+            // `Host` (not the instance's own address, which hyper-util would put there), as
+            // from the own client.
+            if !http2
+                && !parts.headers.contains_key(header::HOST)
+                && let Ok(value) = HeaderValue::from_str(&host)
+            {
+                parts.headers.insert(header::HOST, value);
+            }
             if let Some(trail) = trail {
                 trail.record.trace = Some(trace);
             }
@@ -577,9 +586,13 @@ impl Proxy {
     }
 }
 
-/// Whether [`http1::Http1Client`] can send this request: its body is empty, or announced
-/// with a length it may read whole first.
+/// Whether [`http1::Http1Client`] can send this request: not a CONNECT (whose answer turns
+/// the connection into a tunnel), and a body that is empty, or announced with a length it may
+/// read whole first.
 fn fits_own_client(req: &Request<Incoming>) -> bool {
+    if req.method() == hyper::Method::CONNECT {
+        return false;
+    }
     if req.body().is_end_stream() {
         return true;
     }
@@ -824,7 +837,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ActivityIo<T> {
 
 /// A response body that holds its instance slot until the body ends, and is cut off at the
 /// request's deadline: a gRPC call's then ends with trailers saying DEADLINE_EXCEEDED (its
-/// client sees why), any other body just ends.
+/// client sees why), any other body fails (the client sees a cut-off answer, not a whole one).
 struct LeasedBody {
     inner: InstanceBody,
     _lease: Lease,
@@ -913,7 +926,9 @@ impl Body for LeasedBody {
             return Poll::Ready(None);
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
-            // Past the timeout mid-body: end the stream (the status line is already sent).
+            // Past the timeout mid-body (the status line is already sent): a gRPC call ends
+            // with its status in trailers; any other body fails, so the client's connection
+            // or stream is cut and the answer cannot pass for a whole one.
             self.ended = true;
             if self.grpc {
                 let mut trailers = HeaderMap::new();
@@ -924,7 +939,7 @@ impl Body for LeasedBody {
                 }
                 return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
             }
-            return Poll::Ready(None);
+            return Poll::Ready(Some(Err(ProxyError::Timeout(self.timeout).into())));
         }
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
         if let (Some(trail), Poll::Ready(Some(Ok(frame)))) = (self.report.as_mut(), &frame)

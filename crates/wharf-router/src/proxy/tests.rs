@@ -819,3 +819,38 @@ async fn small_requests_share_one_upstream_connection_and_streamed_bodies_still_
     assert_eq!(&body[..], format!("POST {HOST} abc").as_bytes());
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// A body still streaming at the request's deadline is cut off as a failure: an HTTP/1.1
+/// client of a chunked answer sees the connection end without the last chunk, not an answer
+/// that looks whole.
+#[tokio::test]
+async fn a_body_past_the_deadline_is_cut_off_not_ended() {
+    // An instance that sends a head and one chunk, then nothing more.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                let _ = stream.write_all(answer).await;
+                let _ = stream.read(&mut head).await;
+            });
+        }
+    });
+    let table = Arc::new(RoutingTable::default());
+    let timeout = PoolConfig { request_timeout: Duration::from_millis(300), ..config(80, 0, 10) };
+    route(&table, "hello-00001", addr, timeout);
+    let ingress = Ingress::start(table).await;
+
+    let request = Request::get(format!("http://{}/", ingress.addr))
+        .header(header::HOST, HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = ingress.client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await.expect("in time");
+    assert!(body.is_err(), "the cut-off body passed for a whole one");
+}

@@ -88,10 +88,10 @@ pub(crate) struct Outgoing {
     pub bytes: Vec<u8>,
 }
 
-/// Encodes a request head and body for an instance: the given headers, `Host` if the client
-/// sent none (an HTTP/2 client sends `:authority`), and a `Content-Length` for the body (any
-/// the client sent is replaced by the body's real length). `Expect` is dropped: the body was
-/// already read.
+/// Encodes a request head and body for an instance: the given headers; one `Host` (the
+/// client's first, or `authority` when it sent none, as an HTTP/2 client does); its cookies on
+/// one line; and a `Content-Length` for the body (any the client sent is replaced by the
+/// body's real length). `Expect` is dropped: the body was already read.
 pub(crate) fn encode_request(
     method: &Method,
     path_and_query: &str,
@@ -105,13 +105,27 @@ pub(crate) fn encode_request(
     bytes.extend_from_slice(path_and_query.as_bytes());
     bytes.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::EXPECT {
+        if name == header::CONTENT_LENGTH || name == header::EXPECT || name == header::HOST || name == header::COOKIE {
             continue;
         }
         push_field(&mut bytes, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !headers.contains_key(header::HOST) {
-        push_field(&mut bytes, b"host", authority.as_bytes());
+    // One `Host`: the first, which routing used.
+    let host = headers.get(header::HOST).map_or(authority.as_bytes(), HeaderValue::as_bytes);
+    push_field(&mut bytes, b"host", host);
+    // An HTTP/2 client may split its cookies over several fields: one line, joined with
+    // "; " (RFC 9113 section 8.2.3).
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if let Some(first) = cookies.next() {
+        let at = bytes.len();
+        push_field(&mut bytes, b"cookie", first.as_bytes());
+        for more in cookies {
+            bytes.truncate(bytes.len() - 2);
+            bytes.extend_from_slice(b"; ");
+            bytes.extend_from_slice(more.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
+        debug_assert!(bytes[at..].ends_with(b"\r\n"));
     }
     if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         push_field(&mut bytes, b"content-length", body.len().to_string().as_bytes());
@@ -129,10 +143,10 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 impl Http1Client {
-    /// Sends `request` to `instance` and reads the response head. A pooled
-    /// connection that fails before any byte of the answer arrives is dropped and the request
-    /// sent once more on a new connection when that is safe: the method is idempotent, or the
-    /// request could not be written at all.
+    /// Sends `request` to `instance` and reads the response head, on a pooled connection if
+    /// there is one. If that connection fails before any byte of the answer arrives, it is
+    /// dropped and the request sent once more, on a new connection, when that is safe: the
+    /// method is idempotent, or no byte of the request was written. Never more than once.
     pub(crate) async fn send(
         &self,
         instance: &Arc<dyn Upstream>,
@@ -140,13 +154,11 @@ impl Http1Client {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let addr = instance.addr();
         let instance = Arc::downgrade(instance);
-        while let Some((stream, buf)) = self.checkout(&instance, addr) {
+        if let Some((stream, buf)) = self.checkout(&instance, addr) {
             match self.exchange(stream, buf, &instance, addr, request).await {
                 Ok(response) => return Ok(response),
-                Err(Failure { error, retry }) => {
-                    if !retry {
-                        return Err(error);
-                    }
+                Err(Failure { error, retry: false }) => return Err(error),
+                Err(Failure { error, retry: true }) => {
                     tracing::debug!(%error, %addr, "a pooled connection to the instance had gone stale");
                 }
             }
@@ -217,17 +229,27 @@ impl Http1Client {
             request.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
         );
-        if let Err(e) = stream.write_all(&request.bytes).await {
-            return Err(Failure { error: e.into(), retry: true });
+        let mut written = 0;
+        while written < request.bytes.len() {
+            match stream.write(&request.bytes[written..]).await {
+                Ok(0) => {
+                    let error = std::io::Error::from(std::io::ErrorKind::WriteZero).into();
+                    return Err(Failure { error, retry: written == 0 || idempotent });
+                }
+                Ok(n) => written += n,
+                Err(e) => return Err(Failure { error: e.into(), retry: written == 0 || idempotent }),
+            }
         }
+        // Whether any byte of an answer came (an interim 1xx leaves nothing in `buf`).
+        let mut answered = false;
         let (response, framing, keep_alive) = loop {
             match read_more(&mut stream, &mut buf).await {
-                Ok(0) if buf.is_empty() => {
+                Ok(0) if !answered => {
                     return Err(Failure { error: UpstreamError::ClosedBeforeAnswer, retry: idempotent });
                 }
                 Ok(0) => return Err(Failure::final_(UpstreamError::Truncated)),
-                Ok(_) => {}
-                Err(e) if buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                Ok(_) => answered = true,
+                Err(e) if !answered && e.kind() == std::io::ErrorKind::ConnectionReset => {
                     return Err(Failure { error: e.into(), retry: idempotent });
                 }
                 Err(e) => return Err(Failure::final_(e.into())),
@@ -326,9 +348,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Response<()
             continue;
         }
         let framing = framing(&headers, status, method)?;
+        // A transfer coding beside a length, or in an HTTP/1.0 answer, is framing RFC 9112
+        // (sections 6.1 and 6.3) calls faulty: the coding decides this body's end, the length
+        // is dropped, and the connection is not used again.
+        let mut faulty = false;
         if headers.contains_key(header::TRANSFER_ENCODING) {
-            // The transfer coding decides the body's end; a length beside it means nothing
-            // (RFC 9112 section 6.3) and must not reach the client.
+            faulty = !http11 || headers.contains_key(header::CONTENT_LENGTH);
             headers.remove(header::CONTENT_LENGTH);
         }
         let connection = |token: &str| {
@@ -338,8 +363,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Response<()
                 .filter_map(|v| v.to_str().ok())
                 .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         };
-        let keep_alive =
-            framing != Framing::UntilClose && if http11 { !connection("close") } else { connection("keep-alive") };
+        let keep_alive = framing != Framing::UntilClose
+            && !faulty
+            && if http11 { !connection("close") } else { connection("keep-alive") };
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.headers_mut() = headers;
@@ -421,12 +447,7 @@ impl UpstreamBody {
         match state {
             ChunkState::Size => {
                 let Some(line) = self.take_line()? else { return self.poll_more_or_truncated(cx) };
-                let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-                let digits = std::str::from_utf8(digits).map(str::trim).unwrap_or("");
-                let size = u64::from_str_radix(digits, 16)
-                    .ok()
-                    .filter(|_| !digits.is_empty() && digits.len() <= 16)
-                    .ok_or_else(|| UpstreamError::Malformed(format!("chunk size {digits:?}")))?;
+                let size = parse_chunk_size(&line)?;
                 self.framing = Framing::Chunked(if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) });
                 self.poll_data(cx)
             }
@@ -449,21 +470,17 @@ impl UpstreamBody {
                 self.poll_data(cx)
             }
             ChunkState::Trailers => {
-                let end = self.buf.windows(2).position(|w| w == b"\r\n");
-                let section = match end {
-                    // No trailers: the section is just its final CRLF.
-                    Some(0) => 2,
-                    _ => match self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        Some(at) => at + 4,
-                        None if self.buf.len() > MAX_HEAD => {
-                            return Poll::Ready(Some(Err(UpstreamError::HeadTooLarge)));
-                        }
-                        None => return self.poll_more_or_truncated(cx),
-                    },
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let (length, trailers) = match httparse::parse_headers(&self.buf, &mut fields) {
+                    Ok(httparse::Status::Complete((length, fields))) => (length, trailer_map(fields)?),
+                    Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
+                        return Poll::Ready(Some(Err(UpstreamError::HeadTooLarge)));
+                    }
+                    Ok(httparse::Status::Partial) => return self.poll_more_or_truncated(cx),
+                    Err(e) => return Poll::Ready(Some(Err(UpstreamError::Malformed(format!("trailers: {e}"))))),
                 };
-                let section = self.buf.split_to(section);
+                self.buf.advance(length);
                 self.framing = Framing::Done;
-                let trailers = parse_trailers(&section)?;
                 self.finish_if_done();
                 match trailers {
                     Some(trailers) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
@@ -531,28 +548,43 @@ impl UpstreamBody {
     }
 }
 
-/// The fields of a chunked body's trailer section (which ends with its empty line); `None`
-/// when it has none.
-fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, UpstreamError> {
-    if section.len() <= 2 {
+/// A chunked body's trailer fields; `None` when it has none.
+fn trailer_map(fields: &[httparse::Header<'_>]) -> Result<Option<HeaderMap>, UpstreamError> {
+    if fields.is_empty() {
         return Ok(None);
     }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::parse_headers(section, &mut fields) {
-        Ok(httparse::Status::Complete((_, fields))) => {
-            let mut trailers = HeaderMap::with_capacity(fields.len());
-            for field in fields {
-                let name = HeaderName::from_bytes(field.name.as_bytes())
-                    .map_err(|_| UpstreamError::Malformed(format!("trailer name {:?}", field.name)))?;
-                let value = HeaderValue::from_bytes(field.value)
-                    .map_err(|_| UpstreamError::Malformed(format!("the value of trailer {name}")))?;
-                trailers.append(name, value);
-            }
-            Ok(Some(trailers))
-        }
-        Ok(httparse::Status::Partial) => Err(UpstreamError::Malformed("an unfinished trailer section".into())),
-        Err(e) => Err(UpstreamError::Malformed(format!("trailers: {e}"))),
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| UpstreamError::Malformed(format!("trailer name {:?}", field.name)))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| UpstreamError::Malformed(format!("the value of trailer {name}")))?;
+        trailers.append(name, value);
     }
+    Ok(Some(trailers))
+}
+
+/// A chunk-size line's size (RFC 9112 section 7.1): hex digits, then optional blanks and
+/// extensions, which are ignored. Leading zeros are allowed; a size past `u64` is refused.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, UpstreamError> {
+    let malformed = || UpstreamError::Malformed(format!("chunk size line {:?}", String::from_utf8_lossy(line)));
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let (hex, rest) = line.split_at(digits);
+    let rest = &rest[rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count()..];
+    let extension_ok = rest.first().is_none_or(|&b| b == b';') && !rest.iter().any(|&b| b == b'\r' || b == 0);
+    if digits == 0 || !extension_ok {
+        return Err(malformed());
+    }
+    let first_significant = hex.iter().position(|&b| b != b'0').unwrap_or(hex.len());
+    let significant = &hex[first_significant..];
+    if significant.len() > 16 {
+        return Err(malformed());
+    }
+    if significant.is_empty() {
+        return Ok(0);
+    }
+    let significant = std::str::from_utf8(significant).map_err(|_| malformed())?;
+    u64::from_str_radix(significant, 16).map_err(|_| malformed())
 }
 
 impl Body for UpstreamBody {
