@@ -335,14 +335,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(Response<()
             return Err(UpstreamError::Malformed("101 Switching Protocols to a request that asked no upgrade".into()));
         }
         let http11 = parsed.version == Some(1);
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-        for field in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(field.name.as_bytes())
-                .map_err(|_| UpstreamError::Malformed(format!("header name {:?}", field.name)))?;
-            let value = HeaderValue::from_bytes(field.value)
-                .map_err(|_| UpstreamError::Malformed(format!("the value of header {name}")))?;
-            headers.append(name, value);
-        }
+        let mut headers = header_map(parsed.headers, "header")?;
         buf.advance(length);
         if status.is_informational() {
             continue;
@@ -553,15 +546,20 @@ fn trailer_map(fields: &[httparse::Header<'_>]) -> Result<Option<HeaderMap>, Ups
     if fields.is_empty() {
         return Ok(None);
     }
-    let mut trailers = HeaderMap::with_capacity(fields.len());
+    header_map(fields, "trailer").map(Some)
+}
+
+/// Parsed fields as a header map; `what` names them in the error ("header", "trailer").
+fn header_map(fields: &[httparse::Header<'_>], what: &str) -> Result<HeaderMap, UpstreamError> {
+    let mut map = HeaderMap::with_capacity(fields.len());
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| UpstreamError::Malformed(format!("trailer name {:?}", field.name)))?;
+            .map_err(|_| UpstreamError::Malformed(format!("{what} name {:?}", field.name)))?;
         let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| UpstreamError::Malformed(format!("the value of trailer {name}")))?;
-        trailers.append(name, value);
+            .map_err(|_| UpstreamError::Malformed(format!("the value of {what} {name}")))?;
+        map.append(name, value);
     }
-    Ok(Some(trailers))
+    Ok(map)
 }
 
 /// A chunk-size line's size (RFC 9112 section 7.1): hex digits, then optional blanks and

@@ -241,16 +241,17 @@ fn chunk_sizes_are_hex_digits_then_extensions() {
     }
 }
 
+/// Two connections that each answer once, then drop the next request; then one that answers.
+fn twice_answered_once_then_dropping() -> Vec<Vec<Step>> {
+    let dropping = vec![Step::Answer(vec![HELLO]), Step::CloseAfterRequest];
+    vec![dropping.clone(), dropping, vec![Step::Answer(vec![HELLO])]]
+}
+
 #[tokio::test]
 async fn a_pooled_connection_the_instance_dropped_is_replaced() {
     // The first connection answers once, then closes after reading the next request: a GET
     // is sent again on a new connection; a POST is not (the instance may have acted on it).
-    let (instance, accepted) = scripted(vec![
-        vec![Step::Answer(vec![HELLO]), Step::CloseAfterRequest],
-        vec![Step::Answer(vec![HELLO]), Step::CloseAfterRequest],
-        vec![Step::Answer(vec![HELLO])],
-    ])
-    .await;
+    let (instance, accepted) = scripted(twice_answered_once_then_dropping()).await;
     let client = Http1Client::default();
     fetch(&client, &instance, &get()).await.unwrap();
     let (status, body, _) = fetch(&client, &instance, &get()).await.unwrap();
@@ -267,12 +268,7 @@ async fn a_pooled_connection_the_instance_dropped_is_replaced() {
 async fn a_request_is_sent_again_once_at_most_and_on_a_new_connection() {
     // Two pooled connections that both drop the next request: the GET that meets the first
     // goes to a new connection, not to the other pooled one.
-    let (instance, accepted) = scripted(vec![
-        vec![Step::Answer(vec![HELLO]), Step::CloseAfterRequest],
-        vec![Step::Answer(vec![HELLO]), Step::CloseAfterRequest],
-        vec![Step::Answer(vec![HELLO])],
-    ])
-    .await;
+    let (instance, accepted) = scripted(twice_answered_once_then_dropping()).await;
     let client = Http1Client::default();
     // Two at once, so that two connections are opened and pooled.
     let request = get();
