@@ -448,9 +448,7 @@ impl UpstreamBody {
                 if self.buf.is_empty() {
                     return self.poll_more_or_truncated(cx);
                 }
-                let take = usize::try_from(left).unwrap_or(usize::MAX).min(self.buf.len());
-                let data = self.buf.split_to(take).freeze();
-                let left = left - take as u64;
+                let (data, left) = self.take_data(left);
                 self.framing = Framing::Chunked(if left == 0 { ChunkState::DataEnd } else { ChunkState::Data(left) });
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
@@ -481,6 +479,12 @@ impl UpstreamBody {
                 }
             }
         }
+    }
+
+    /// Takes up to `left` bytes of body off the buffer; returns them and how many are left.
+    fn take_data(&mut self, left: u64) -> (Bytes, u64) {
+        let take = usize::try_from(left).unwrap_or(usize::MAX).min(self.buf.len());
+        (self.buf.split_to(take).freeze(), left - take as u64)
     }
 
     /// Takes a CRLF-terminated line off the buffer (without its CRLF), if a whole one is there.
@@ -514,9 +518,7 @@ impl UpstreamBody {
                 if self.buf.is_empty() {
                     return self.poll_more_or_truncated(cx);
                 }
-                let take = usize::try_from(left).unwrap_or(usize::MAX).min(self.buf.len());
-                let data = self.buf.split_to(take).freeze();
-                let left = left - take as u64;
+                let (data, left) = self.take_data(left);
                 self.framing = if left == 0 { Framing::Done } else { Framing::Length(left) };
                 self.finish_if_done();
                 Poll::Ready(Some(Ok(Frame::data(data))))
